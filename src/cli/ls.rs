@@ -1,0 +1,106 @@
+//! `ferry ls ROOT`: what images a root holds.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+
+use super::{GlobalArgs, human_bytes};
+use crate::manifest::Manifest;
+use crate::store::Store;
+
+/// Flags of `ferry ls`.
+#[derive(Debug, clap::Args)]
+pub struct LsArgs {
+    /// The registry root.
+    root: PathBuf,
+    /// One JSON object per image on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(_g: &GlobalArgs, a: LsArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&a.root);
+    if !store.exists() {
+        bail!(
+            "{}: not a registry root (no docker/registry/v2 directory)",
+            a.root.display()
+        );
+    }
+    let mut rows = Vec::new();
+    for repo in store.repositories()? {
+        for tag in store.tags(&repo)? {
+            let Some(digest) = store.resolve_tag(&repo, &tag)? else {
+                continue;
+            };
+            let raw = store.read_manifest(&digest)?;
+            let parsed = raw.parse()?;
+            let mut size = raw.bytes().len() as u64;
+            let mut platforms = Vec::new();
+            let images: Vec<Manifest> = match &parsed {
+                Manifest::Image(_) => vec![parsed.clone()],
+                Manifest::Index(_) => {
+                    let mut v = Vec::new();
+                    for c in parsed.children() {
+                        if let Some(p) = &c.platform {
+                            platforms.push(if store.has_blob(&c.digest) {
+                                p.to_string()
+                            } else {
+                                format!("{p} (absent)")
+                            });
+                        }
+                        if store.has_blob(&c.digest) {
+                            let child = store.read_manifest(&c.digest)?;
+                            size += child.bytes().len() as u64;
+                            v.push(child.parse()?);
+                        }
+                    }
+                    v
+                }
+            };
+            size += images
+                .iter()
+                .flat_map(|m| m.blobs())
+                .map(|b| b.size)
+                .sum::<u64>();
+            rows.push((
+                format!("{repo}:{tag}"),
+                digest,
+                raw.media_type().to_string(),
+                platforms,
+                size,
+            ));
+        }
+    }
+    for (name, digest, media_type, platforms, size) in &rows {
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({ "image": name, "digest": digest, "mediaType": media_type, "platforms": platforms, "size": size })
+            );
+        } else {
+            let p = if platforms.is_empty() {
+                "-".to_string()
+            } else {
+                platforms.join(",")
+            };
+            println!(
+                "{name}\t{digest}\t{}\t{p}\t{}",
+                short_type(media_type),
+                human_bytes(*size)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn short_type(media_type: &str) -> &'static str {
+    use crate::media_type as mt;
+    match media_type {
+        mt::DOCKER_MANIFEST => "docker",
+        mt::DOCKER_MANIFEST_LIST => "docker-list",
+        mt::OCI_MANIFEST => "oci",
+        mt::OCI_INDEX => "oci-index",
+        _ => "other",
+    }
+}

@@ -1,0 +1,116 @@
+//! The command line: one file per subcommand. Each turns its flags into
+//! library calls and prints results; none touches files or the network itself.
+
+mod demo;
+mod fixtures;
+mod ls;
+mod manifest_digest;
+mod serve;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// ferry carries container images across air gaps.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, propagate_version = true)]
+pub struct Args {
+    /// Flags every subcommand takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags shared by every subcommand.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Print nothing but errors (and results on stdout).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Turn on debug logs on stderr (RUST_LOG overrides).
+    #[arg(long, global = true)]
+    pub debug: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a registry root over the distribution API.
+    Serve(serve::ServeArgs),
+    /// Re-hash every blob and resolve every link of a root; exit 1 on any fault.
+    Verify(verify::VerifyArgs),
+    /// List the images of a root: repositories, tags, digests, platforms, sizes.
+    Ls(ls::LsArgs),
+    /// Print the sha256 digest of a manifest file, as a registry would compute it.
+    ManifestDigest(manifest_digest::ManifestDigestArgs),
+    /// The main job end to end on built-in images, no network needed.
+    Demo(demo::DemoArgs),
+    /// Generate the deterministic fixture images into a root (tests and benchmarks).
+    #[command(hide = true)]
+    Fixtures(fixtures::FixturesArgs),
+}
+
+/// Sets up `tracing`: warnings by default, debug with `--debug`, `RUST_LOG` overriding both.
+pub fn init_logging(global: &GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let default = if global.debug {
+        "ferry=debug,info"
+    } else if global.quiet {
+        "error"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs a parsed command line; the error is printed by `main` as one line with its causes.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let g = &args.global;
+    match args.command {
+        Command::Serve(a) => serve::run(g, a),
+        Command::Verify(a) => verify::run(g, a),
+        Command::Ls(a) => ls::run(g, a),
+        Command::ManifestDigest(a) => manifest_digest::run(a),
+        Command::Demo(a) => demo::run(g, a),
+        Command::Fixtures(a) => fixtures::run(g, a),
+    }
+}
+
+/// The multi-threaded runtime every networked command runs on.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Human-readable byte counts for messages.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM, for a clean server exit.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

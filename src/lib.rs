@@ -1,0 +1,16 @@
+//! ferry carries container images across air gaps: it keeps images in a
+//! store laid out exactly like the distribution registry's v2 storage, serves
+//! that store as a registry, and checks it byte by byte.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod copy;
+pub mod digest;
+pub mod fixtures;
+pub mod limits;
+pub mod manifest;
+pub mod media_type;
+pub mod reference;
+pub mod registry;
+pub mod serve;
+pub mod store;

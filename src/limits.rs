@@ -1,0 +1,28 @@
+//! Every byte cap and default concurrency, in one place (as containers/image's iolimits).
+
+/// Largest manifest ferry reads or stores; larger ones are refused (c/image and regclient use 4 MiB).
+pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Largest image config ferry parses.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Largest registry error body read, so a hostile server cannot make us buffer much.
+pub const MAX_ERROR_BODY_BYTES: u64 = 64 * 1024;
+
+/// Largest link file read: a link holds one digest string.
+pub const MAX_LINK_BYTES: u64 = 256;
+
+/// Buffer used when streaming blobs through files and sockets.
+pub const IO_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Default number of tags or repositories returned by one list page when the client asks for none.
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+
+/// Largest `n` honoured on list endpoints.
+pub const MAX_PAGE_SIZE: usize = 10_000;
+
+/// Longest tag the distribution spec allows.
+pub const MAX_TAG_LEN: usize = 128;
+
+/// Longest repository name the distribution spec allows.
+pub const MAX_REPOSITORY_LEN: usize = 255;

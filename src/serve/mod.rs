@@ -1,0 +1,441 @@
+//! An OCI distribution API server over a [`Backend`]: manifests by tag and
+//! digest, blobs with `Range`, tags and catalog with pagination, the spec's
+//! JSON errors. Read-only. Blobs are streamed from files; memory stays flat.
+
+mod backend;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+pub use backend::{Backend, BlobLocation};
+
+use crate::digest::Digest;
+use crate::limits::{DEFAULT_PAGE_SIZE, IO_BUFFER_BYTES, MAX_PAGE_SIZE};
+use crate::reference::{validate_repository, validate_tag};
+use crate::registry::errcode::{ErrorCode, ErrorEnvelope};
+use crate::registry::routes::Route;
+use crate::store::StoreError;
+
+const API_VERSION_HEADER: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("docker-distribution-api-version");
+const API_VERSION: (axum::http::HeaderName, &str) = (API_VERSION_HEADER, "registry/2.0");
+
+/// A failed request: a spec error code, or a server-side fault.
+enum ApiError {
+    Code(ErrorCode, serde_json::Value),
+    Internal(String),
+    NotFound,
+    MethodNotAllowed,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!("{e}");
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Code(code, detail) => {
+                let body =
+                    serde_json::to_vec(&ErrorEnvelope::one(code, detail)).unwrap_or_default();
+                let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                (
+                    status,
+                    [(header::CONTENT_TYPE, "application/json"), API_VERSION],
+                    body,
+                )
+                    .into_response()
+            }
+            ApiError::Internal(msg) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, [API_VERSION], msg).into_response()
+            }
+            ApiError::NotFound => {
+                (StatusCode::NOT_FOUND, [API_VERSION], "404 page not found\n").into_response()
+            }
+            ApiError::MethodNotAllowed => {
+                ApiError::Code(ErrorCode::Unsupported, serde_json::Value::Null).into_response()
+            }
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The router for a backend, to mount on any listener (tests use it in-process).
+pub fn router<B: Backend>(backend: B) -> Router {
+    Router::new()
+        .fallback(handle::<B>)
+        .with_state(Arc::new(backend))
+}
+
+/// Serves `backend` on `listener` until `shutdown` completes.
+pub async fn run<B: Backend>(
+    backend: B,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(backend))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds `addr` and returns the listener and the address actually bound (port 0 picks one).
+pub async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+async fn handle<B: Backend>(State(backend): State<Arc<B>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let headers = req.headers().clone();
+    tracing::debug!(%method, %path, "request");
+    let result = match Route::parse(&path) {
+        None => Err(ApiError::NotFound),
+        Some(route) => dispatch(backend, &method, route, &query, &headers).await,
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn dispatch<B: Backend>(
+    backend: Arc<B>,
+    method: &Method,
+    route: Route,
+    query: &str,
+    headers: &HeaderMap,
+) -> ApiResult {
+    let head = method == Method::HEAD;
+    if method != Method::GET && !head {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    match route {
+        Route::Base => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json"), API_VERSION],
+            "{}",
+        )
+            .into_response()),
+        Route::Catalog => {
+            let repos = blocking(move || backend.repositories()).await?;
+            let page = paginate(repos, query, "/v2/_catalog")?;
+            json_page(serde_json::json!({ "repositories": page.0 }), page.1)
+        }
+        Route::Tags { name } => {
+            check_name(&name)?;
+            let n = name.clone();
+            let tags = blocking(move || backend.tags(&n)).await?;
+            let Some(tags) = tags else {
+                return Err(ApiError::Code(
+                    ErrorCode::NameUnknown,
+                    serde_json::json!({ "name": name }),
+                ));
+            };
+            let page = paginate(tags, query, &Route::Tags { name: name.clone() }.path())?;
+            json_page(serde_json::json!({ "name": name, "tags": page.0 }), page.1)
+        }
+        Route::Manifest { name, reference } => manifest(backend, name, reference, head).await,
+        Route::Blob { name, digest } => blob(backend, name, digest, head, headers).await,
+        Route::Uploads { .. } | Route::Upload { .. } => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    validate_repository(name).map_err(|e| {
+        ApiError::Code(
+            ErrorCode::NameInvalid,
+            serde_json::json!({ "name": name, "reason": e.to_string() }),
+        )
+    })
+}
+
+fn parse_digest(s: &str) -> Result<Digest, ApiError> {
+    Digest::parse(s).map_err(|e| {
+        ApiError::Code(
+            ErrorCode::DigestInvalid,
+            serde_json::json!({ "digest": s, "reason": e.to_string() }),
+        )
+    })
+}
+
+/// Applies `n` and `last` to a sorted list; returns the page and the `Link` header for the next one.
+fn paginate(
+    mut items: Vec<String>,
+    query: &str,
+    path: &str,
+) -> Result<(Vec<String>, Option<String>), ApiError> {
+    let mut n = None;
+    let mut last = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "n" => {
+                let parsed = v.parse::<usize>().map_err(|_| {
+                    ApiError::Code(
+                        ErrorCode::Unsupported,
+                        serde_json::json!({ "n": v, "reason": "n must be a whole number" }),
+                    )
+                })?;
+                n = Some(parsed.min(MAX_PAGE_SIZE));
+            }
+            "last" => last = Some(percent_decode(v)),
+            _ => {}
+        }
+    }
+    items.sort();
+    if let Some(last) = &last {
+        items.retain(|t| t > last);
+    }
+    let limit = n.unwrap_or(DEFAULT_PAGE_SIZE);
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let link = match (more, items.last()) {
+        (true, Some(l)) => Some(format!("<{path}?last={l}&n={limit}>; rel=\"next\"")),
+        _ => None,
+    };
+    Ok((items, link))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn json_page(body: serde_json::Value, link: Option<String>) -> ApiResult {
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json"), API_VERSION],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(link) = link
+        && let Ok(v) = HeaderValue::from_str(&link)
+    {
+        resp.headers_mut().insert(header::LINK, v);
+    }
+    Ok(resp)
+}
+
+async fn manifest<B: Backend>(
+    backend: Arc<B>,
+    name: String,
+    reference: String,
+    head: bool,
+) -> ApiResult {
+    check_name(&name)?;
+    let digest = if reference.contains(':') {
+        parse_digest(&reference)?
+    } else {
+        validate_tag(&reference).map_err(|e| {
+            ApiError::Code(
+                ErrorCode::ManifestUnknown,
+                serde_json::json!({ "tag": reference, "reason": e.to_string() }),
+            )
+        })?;
+        let (b, n, t) = (backend.clone(), name.clone(), reference.clone());
+        match blocking(move || b.resolve_tag(&n, &t)).await? {
+            Some(d) => d,
+            None => {
+                return Err(ApiError::Code(
+                    ErrorCode::ManifestUnknown,
+                    serde_json::json!({ "tag": reference }),
+                ));
+            }
+        }
+    };
+    let d = digest.clone();
+    let Some(raw) = blocking(move || backend.manifest(&name, &d)).await? else {
+        return Err(ApiError::Code(
+            ErrorCode::ManifestUnknown,
+            serde_json::json!({ "digest": digest.to_string() }),
+        ));
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, header_value(raw.media_type()));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(raw.bytes().len()));
+    headers.insert(
+        "docker-content-digest",
+        header_value(&raw.digest().to_string()),
+    );
+    headers.insert(header::ETAG, header_value(&format!("\"{}\"", raw.digest())));
+    headers.insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(raw.bytes().to_vec())
+    };
+    Ok((StatusCode::OK, headers, body).into_response())
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+}
+
+/// A single `bytes=` range resolved against a size: `(start, length)`.
+fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            if n == 0 {
+                return None;
+            }
+            (size.saturating_sub(n), size.checked_sub(1)?)
+        }
+        (s, "") => (s.parse().ok()?, size.checked_sub(1)?),
+        (s, e) => (
+            s.parse().ok()?,
+            e.parse::<u64>().ok()?.min(size.checked_sub(1)?),
+        ),
+    };
+    if start <= end && start < size {
+        Some((start, end - start + 1))
+    } else {
+        None
+    }
+}
+
+async fn blob<B: Backend>(
+    backend: Arc<B>,
+    name: String,
+    digest: String,
+    head: bool,
+    req_headers: &HeaderMap,
+) -> ApiResult {
+    check_name(&name)?;
+    let digest = parse_digest(&digest)?;
+    let d = digest.clone();
+    let Some(loc) = blocking(move || backend.blob(&name, &d)).await? else {
+        return Err(ApiError::Code(
+            ErrorCode::BlobUnknown,
+            serde_json::json!({ "digest": digest.to_string() }),
+        ));
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert("docker-content-digest", header_value(&digest.to_string()));
+    headers.insert(header::ETAG, header_value(&format!("\"{digest}\"")));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    headers.insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    let (status, start, len) = match req_headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => (StatusCode::OK, 0, loc.size),
+        Some(r) => match parse_range(r, loc.size) {
+            Some((s, l)) => {
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    header_value(&format!("bytes {}-{}/{}", s, s + l - 1, loc.size)),
+                );
+                (StatusCode::PARTIAL_CONTENT, s, l)
+            }
+            None => {
+                let mut resp =
+                    ApiError::Code(ErrorCode::RangeInvalid, serde_json::json!({ "range": r }))
+                        .into_response();
+                resp.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    header_value(&format!("bytes */{}", loc.size)),
+                );
+                return Ok(resp);
+            }
+        },
+    };
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if head {
+        return Ok((status, headers, Body::empty()).into_response());
+    }
+    let mut file = tokio::fs::File::open(&loc.path)
+        .await
+        .map_err(|e| ApiError::Internal(format!("opening {}: {e}", loc.path.display())))?;
+    file.seek(std::io::SeekFrom::Start(loc.offset + start))
+        .await
+        .map_err(|e| ApiError::Internal(format!("seeking {}: {e}", loc.path.display())))?;
+    let stream = ReaderStream::with_capacity(file.take(len), IO_BUFFER_BYTES);
+    Ok((status, headers, Body::from_stream(stream)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let table = [
+            ("bytes=0-9", 100, Some((0, 10))),
+            ("bytes=90-", 100, Some((90, 10))),
+            ("bytes=-10", 100, Some((90, 10))),
+            ("bytes=-200", 100, Some((0, 100))),
+            ("bytes=50-500", 100, Some((50, 50))),
+            ("bytes=100-", 100, None),
+            ("bytes=9-0", 100, None),
+            ("bytes=0-1,5-6", 100, None),
+            ("items=0-1", 100, None),
+            ("bytes=0-0", 0, None),
+            ("bytes=-0", 100, None),
+        ];
+        for (r, size, want) in table {
+            assert_eq!(parse_range(r, size), want, "{r} of {size}");
+        }
+    }
+
+    #[test]
+    fn pages() {
+        let tags: Vec<String> = ["c", "a", "b", "d"].iter().map(|s| s.to_string()).collect();
+        let (p, link) = paginate(tags.clone(), "n=2", "/v2/x/tags/list")
+            .ok()
+            .unwrap();
+        assert_eq!(p, ["a", "b"]);
+        assert_eq!(link.unwrap(), "</v2/x/tags/list?last=b&n=2>; rel=\"next\"");
+        let (p, link) = paginate(tags.clone(), "n=2&last=b", "/p").ok().unwrap();
+        assert_eq!(p, ["c", "d"]);
+        assert!(link.is_none());
+        let (p, _) = paginate(tags, "", "/p").ok().unwrap();
+        assert_eq!(p.len(), 4);
+    }
+}

@@ -1,0 +1,312 @@
+//! Blob content: verified atomic ingest, reads, and hardlink import.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Result, Store, StoreError};
+use crate::digest::{self, Algorithm, Digest, Hasher};
+use crate::limits::{IO_BUFFER_BYTES, MAX_MANIFEST_BYTES};
+use crate::manifest::RawManifest;
+use crate::store::paths::PathSpec;
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temp file in the store's temp directory, unique to this process.
+fn temp_path(store: &Store, kind: &str) -> PathBuf {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    store
+        .path(PathSpec::Temp)
+        .join(format!("{kind}-{}-{n}-{nanos:08x}", std::process::id()))
+}
+
+/// Removes temp files whose writer process is gone (a killed run), leaving live ones alone.
+pub(super) fn clear_stale_temps(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for entry in rd.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid
+            .is_some_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes a file's full content under a temp name and renames it into place,
+/// so readers see the old content or the new, never a part.
+pub(super) fn write_atomic(
+    store: &Store,
+    dest: &Path,
+    content: &[u8],
+    op: &'static str,
+) -> Result<()> {
+    let parent = dest.parent().expect("layout paths have parents");
+    fs::create_dir_all(parent).map_err(StoreError::io("creating directory", parent))?;
+    let tmp = temp_path(store, "file");
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(content)?;
+        if store.durable {
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, dest)?;
+        if store.durable {
+            fsync_dir(parent)?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        StoreError::Io {
+            op,
+            path: dest.to_path_buf(),
+            source: e,
+        }
+    })
+}
+
+/// Streams one blob into the store: bytes go to a temp file while being
+/// hashed; [`BlobWriter::commit`] checks them and only then publishes the blob.
+/// Dropped without commit, it deletes the temp file.
+pub struct BlobWriter {
+    store: Store,
+    tmp: PathBuf,
+    file: Option<File>,
+    hasher: Hasher,
+    written: u64,
+}
+
+impl BlobWriter {
+    /// The number of bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Checks the content against `expected` (and `size`), or takes its own digest when none is given,
+    /// then publishes it. Returns the digest and size.
+    pub fn commit(mut self, expected: Option<(&Digest, Option<u64>)>) -> Result<(Digest, u64)> {
+        let file = self.file.take().expect("file present until commit");
+        let found = std::mem::replace(&mut self.hasher, Hasher::new(Algorithm::Sha256)).finish();
+        let digest = match expected {
+            Some((want, size)) => {
+                digest::check(want, size, &found, self.written).map_err(|source| {
+                    StoreError::Verify {
+                        digest: want.clone(),
+                        source,
+                    }
+                })?;
+                want.clone()
+            }
+            None => found,
+        };
+        if self.store.durable {
+            file.sync_all()
+                .map_err(StoreError::io("syncing", &self.tmp))?;
+        }
+        drop(file);
+        publish(&self.store, &self.tmp, &digest)?;
+        Ok((digest, self.written))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self
+            .file
+            .as_mut()
+            .expect("file present until commit")
+            .write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// Moves a verified temp file to the blob's place without ever replacing an existing blob.
+fn publish(store: &Store, tmp: &Path, digest: &Digest) -> Result<()> {
+    let dest = store.path(PathSpec::BlobData(digest));
+    let parent = dest.parent().expect("blob paths have parents");
+    fs::create_dir_all(parent).map_err(StoreError::io("creating directory", parent))?;
+    match fs::hard_link(tmp, &dest) {
+        Ok(()) => {
+            if store.durable {
+                fsync_dir(parent).map_err(StoreError::io("syncing", parent))?;
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(StoreError::Io {
+                op: "publishing blob",
+                path: dest,
+                source: e,
+            });
+        }
+    }
+    let _ = fs::remove_file(tmp);
+    Ok(())
+}
+
+impl Store {
+    /// Starts writing a blob whose digest is checked on commit.
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let dir = self.path(PathSpec::Temp);
+        fs::create_dir_all(&dir).map_err(StoreError::io("creating directory", &dir))?;
+        let tmp = temp_path(self, "blob");
+        let file = File::create(&tmp).map_err(StoreError::io("creating temp file", &tmp))?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            tmp,
+            file: Some(file),
+            hasher: Hasher::new(Algorithm::Sha256),
+            written: 0,
+        })
+    }
+
+    /// Whether the blob's data file exists.
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.path(PathSpec::BlobData(digest)).is_file()
+    }
+
+    /// The blob's size, or `None` when it is absent.
+    pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let p = self.path(PathSpec::BlobData(digest));
+        match fs::metadata(&p) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io {
+                op: "reading metadata of",
+                path: p,
+                source: e,
+            }),
+        }
+    }
+
+    /// Opens a blob for reading.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File> {
+        let p = self.path(PathSpec::BlobData(digest));
+        File::open(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::BlobUnknown(digest.clone()),
+            _ => StoreError::Io {
+                op: "opening blob",
+                path: p,
+                source: e,
+            },
+        })
+    }
+
+    /// Stores bytes whose digest is computed here (manifests, configs); returns the digest.
+    pub fn put_blob_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::sha256_of(bytes);
+        if !self.has_blob(&digest) {
+            let mut w = self.blob_writer()?;
+            w.write_all(bytes)
+                .map_err(StoreError::io("writing", &w.tmp))?;
+            w.commit(Some((&digest, Some(bytes.len() as u64))))?;
+        }
+        Ok(digest)
+    }
+
+    /// Streams a blob in from `reader`, verified against `digest` and `size`; a no-op when present.
+    pub fn put_blob_reader(
+        &self,
+        digest: &Digest,
+        size: Option<u64>,
+        mut reader: impl Read,
+    ) -> Result<()> {
+        if self.has_blob(digest) {
+            return Ok(());
+        }
+        let mut w = self.blob_writer()?;
+        let mut buf = vec![0u8; IO_BUFFER_BYTES];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        op: "reading content for blob",
+                        path: PathBuf::from(digest.to_string()),
+                        source: e,
+                    });
+                }
+            };
+            w.write_all(&buf[..n])
+                .map_err(StoreError::io("writing", &w.tmp))?;
+        }
+        w.commit(Some((digest, size)))?;
+        Ok(())
+    }
+
+    /// Reads a manifest blob (capped) and checks that its bytes hash to `digest`.
+    pub fn read_manifest(&self, digest: &Digest) -> Result<RawManifest> {
+        let f = self.open_blob(digest)?;
+        let p = self.path(PathSpec::BlobData(digest));
+        let mut bytes = Vec::new();
+        f.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(StoreError::io("reading manifest", &p))?;
+        let found = Digest::sha256_of(&bytes);
+        if &found != digest {
+            return Err(StoreError::Verify {
+                digest: digest.clone(),
+                source: digest::VerifyError::DigestMismatch {
+                    expected: digest.clone(),
+                    found,
+                },
+            });
+        }
+        RawManifest::new(bytes, None).map_err(|source| StoreError::Manifest {
+            digest: digest.clone(),
+            source,
+        })
+    }
+
+    /// Makes `digest` present here by hardlinking it from `other` (copying, verified, across file systems).
+    pub fn import_blob(&self, other: &Store, digest: &Digest) -> Result<()> {
+        if self.has_blob(digest) {
+            return Ok(());
+        }
+        let src = other.path(PathSpec::BlobData(digest));
+        let dest = self.path(PathSpec::BlobData(digest));
+        let parent = dest.parent().expect("blob paths have parents");
+        fs::create_dir_all(parent).map_err(StoreError::io("creating directory", parent))?;
+        match fs::hard_link(&src, &dest) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !src.exists() => {
+                Err(StoreError::BlobUnknown(digest.clone()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::CrossesDevices || e.raw_os_error() == Some(18) => {
+                let size = other.blob_size(digest)?;
+                let f = other.open_blob(digest)?;
+                self.put_blob_reader(digest, size, f)
+            }
+            Err(e) => Err(StoreError::Io {
+                op: "hardlinking blob to",
+                path: dest,
+                source: e,
+            }),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Bad input at the command line: one clear error line, exit 1, nothing written.
+
+use crate::harness::*;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+#[test]
+fn manifest_digest_matches_registry_digest_and_refuses_bad_manifests() {
+    let (dir, corpus) = tiny();
+    let store = ferry::store::Store::open(dir.path());
+    let img = &corpus.images[0];
+    let p = store.path(ferry::store::paths::PathSpec::BlobData(&img.digest));
+    let out = run_ok(ferry().arg("manifest-digest").arg(&p));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        img.digest.to_string()
+    );
+
+    let cases = [
+        (
+            fixture("manifests/schema1.json"),
+            "skopeo copy --format v2s2",
+        ),
+        (fixture("manifests/not-json.json"), "does not parse"),
+        (
+            fixture("manifests/unknown-media-type.json"),
+            "unsupported manifest media type",
+        ),
+    ];
+    for (path, why) in cases {
+        let out = run(ferry().arg("manifest-digest").arg(&path));
+        assert_eq!(out.status.code(), Some(1), "{}", path.display());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+
+    let big = tempfile::NamedTempFile::new().unwrap();
+    let mut text = String::from("{\"schemaVersion\":2,\"manifests\":[],\"pad\":\"");
+    text.push_str(&"x".repeat(5 * 1024 * 1024));
+    text.push_str("\"}");
+    std::fs::write(big.path(), text).unwrap();
+    let out = run(ferry().arg("manifest-digest").arg(big.path()));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("over the 4194304-byte cap"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_directory_that_is_not_a_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(ferry()
+        .arg("serve")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"]));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not a registry root"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = run(ferry().arg("serve"));
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(ferry().arg("no-such-command"));
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn ls_lists_every_tag_with_digest_and_platforms() {
+    let (dir, corpus) = tiny();
+    let out = run_ok(ferry().arg("ls").arg("--json").arg(dir.path()));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), corpus.images.len());
+    for img in &corpus.images {
+        let row = rows
+            .iter()
+            .find(|r| r["image"] == format!("{}:{}", img.repository, img.tag))
+            .unwrap_or_else(|| panic!("{} missing", img.repository));
+        assert_eq!(row["digest"], img.digest.to_string());
+        assert_eq!(
+            row["platforms"].as_array().unwrap().len(),
+            img.platforms.len()
+        );
+        assert!(row["size"].as_u64().unwrap() > 0);
+    }
+}

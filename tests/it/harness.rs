@@ -1,0 +1,298 @@
+//! Starting and stopping real servers, running ferry and skopeo, and the shared fixture corpus.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ferry::fixtures::{Corpus, Preset, generate};
+use ferry::store::Store;
+
+/// The ferry binary under test.
+pub fn ferry() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// Runs a command and returns its output, with the command line in any panic message.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Makes sure a tool the suite needs is installed (scripts/test.sh installs them).
+pub fn require(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed: run scripts/test.sh, which installs it with apt-get"
+    );
+}
+
+/// A free loopback port (bound then released; retried by callers on a clash).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.0 request with std only, for readiness checks and raw status probes.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, head, buf[split + 4..].to_vec()))
+}
+
+/// A header's value from a raw response head.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn wait_ready(addr: &str, child: &mut Child, what: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if let Some((200, _, _)) = http(addr, "GET", "/v2/", &[]) {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before it was ready: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} on {addr} not ready after 20 s");
+}
+
+/// Sends SIGTERM and waits (we are the parent, so the child is reaped at once), then SIGKILL.
+fn stop(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok();
+    None
+}
+
+/// The Debian `docker-registry` (distribution 2.8) over a root, on a random loopback port.
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its config file (for garbage-collect).
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry whose `rootdirectory` is `root`.
+    pub fn start(root: &Path) -> Registry {
+        require("docker-registry");
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let addr = format!("127.0.0.1:{}", free_port());
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: ferry-test-not-a-secret\n",
+                    root.display()
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.path().join("log")).unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("starting docker-registry");
+            std::thread::sleep(Duration::from_millis(30));
+            if let Ok(Some(_)) = child.try_wait() {
+                continue; // port taken between free_port and bind: try another
+            }
+            wait_ready(&addr, &mut child, "docker-registry");
+            return Registry {
+                child,
+                addr,
+                config,
+                _dir: dir,
+            };
+        }
+        panic!("could not start docker-registry on a free port");
+    }
+
+    /// Runs `garbage-collect --dry-run` and returns (blobs eligible, manifests eligible) from its last line.
+    pub fn gc_dry_run(&self) -> (u64, u64, String) {
+        let out = run_ok(
+            Command::new("docker-registry")
+                .args(["garbage-collect", "--dry-run"])
+                .arg(&self.config),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        let line = text
+            .lines()
+            .find(|l| l.contains("eligible for deletion"))
+            .unwrap_or_else(|| panic!("no summary in garbage-collect output:\n{text}"))
+            .to_string();
+        // "N blobs marked, M blobs and K manifests eligible for deletion"
+        let nums: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.trim_end_matches(',').parse().ok())
+            .collect();
+        assert_eq!(nums.len(), 3, "unexpected summary: {line}");
+        (nums[1], nums[2], text)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// `ferry serve ROOT` on a port it picks itself (it prints the address).
+pub struct FerryServe {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl FerryServe {
+    /// Starts `ferry serve` over `root` with extra flags.
+    pub fn start(root: &Path) -> FerryServe {
+        let mut child = ferry()
+            .arg("serve")
+            .arg(root)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting ferry serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let addr = first
+            .rsplit("http://")
+            .next()
+            .filter(|_| first.contains("http://"))
+            .unwrap_or_else(|| panic!("ferry serve did not print its address: {first:?}"))
+            .to_string();
+        std::thread::spawn(move || for _ in lines {}); // keep draining stderr
+        wait_ready(&addr, &mut child, "ferry serve");
+        FerryServe {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    /// Sends SIGTERM and returns how the server exited.
+    pub fn stop(mut self) -> Option<std::process::ExitStatus> {
+        stop(self.child.as_mut().unwrap())
+    }
+}
+
+impl Drop for FerryServe {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            stop(c);
+        }
+    }
+}
+
+/// skopeo with the flags every test needs (no policy file, plain HTTP on loopback).
+pub fn skopeo(args: &[&str]) -> Output {
+    require("skopeo");
+    run(Command::new("skopeo").arg("--insecure-policy").args(args))
+}
+
+/// skopeo that must succeed.
+pub fn skopeo_ok(args: &[&str]) -> Output {
+    let out = skopeo(args);
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The `small` corpus, generated once per test run into a root that tests must not change.
+pub fn small() -> &'static (PathBuf, Corpus) {
+    static SMALL: OnceLock<(PathBuf, Corpus)> = OnceLock::new();
+    SMALL.get_or_init(|| {
+        // Under cargo's per-target temp dir, so no run leaves anything in /tmp.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("small-corpus");
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::create(&dir).unwrap().with_durable(false);
+        let corpus = generate(Preset::Small, &store).unwrap();
+        (dir, corpus)
+    })
+}
+
+/// A fresh copy of a root made of hardlinks (`cp -al`), which a test may change links in freely.
+pub fn hardlink_copy(root: &Path, dest: &Path) {
+    run_ok(
+        Command::new("cp")
+            .arg("-al")
+            .arg(root.join("docker"))
+            .arg(dest),
+    );
+}
+
+/// A fresh `tiny` corpus in its own temp dir, for tests that damage it.
+pub fn tiny() -> (tempfile::TempDir, Corpus) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path()).unwrap().with_durable(false);
+    let corpus = generate(Preset::Tiny, &store).unwrap();
+    (dir, corpus)
+}
+
+/// The sha256 digest of bytes, as a string.
+pub fn sha256(bytes: &[u8]) -> String {
+    ferry::digest::Digest::sha256_of(bytes).to_string()
+}
