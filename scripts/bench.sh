@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Benchmarks against the incumbent tools, measured in the same run on the same data.
+#   scripts/bench.sh serve [WORK]     large-blob GETs: ferry serve vs docker-registry over one root;
+#                                     ferry verify vs sha256sum of the same blob files
+# WORK (default /tmp/ferry-bench) keeps the generated `medium` corpus between runs.
+# Prints median seconds of RUNS runs (default 5) and the ratio incumbent/ferry.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$HERE/.."
+WHAT="${1:-serve}"; WORK="${2:-/tmp/ferry-bench}"; RUNS="${RUNS:-5}"
+mkdir -p "$WORK"
+
+cargo build --release --locked -q
+FERRY="$PWD/target/release/ferry"
+for t in docker-registry curl sha256sum python3; do command -v "$t" >/dev/null || { echo "bench needs $t" >&2; exit 1; }; done
+
+ROOT="$WORK/medium-root"
+if [ ! -f "$WORK/medium.json" ]; then
+  rm -rf "$ROOT"
+  "$FERRY" fixtures --preset medium --no-sync "$ROOT" --list "$WORK/medium-list.txt" > "$WORK/medium.json.tmp"
+  mv "$WORK/medium.json.tmp" "$WORK/medium.json"
+fi
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# median_time CMD...: runs CMD RUNS times (after one warm-up), prints the median wall seconds.
+median_time() {
+  "$@" >/dev/null 2>&1
+  local ts=()
+  for _ in $(seq 1 "$RUNS"); do
+    local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
+    ts+=("$(python3 -c "print($e-$s)")")
+  done
+  python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${ts[@]}"
+}
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+
+# start_registry ROOT / start_ferry ROOT: start a server over ROOT in the background, set ADDR.
+start_registry() {
+  local port; port=$(free_port)
+  cat > "$WORK/registry.yml" <<YAML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $1
+http:
+  addr: 127.0.0.1:$port
+  secret: bench-not-a-secret
+YAML
+  docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
+  PIDS+=($!)
+  ADDR="127.0.0.1:$port"
+  for _ in $(seq 1 100); do curl -fsS "http://$ADDR/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
+}
+
+start_ferry() {
+  local port; port=$(free_port)
+  "$FERRY" serve -q "$1" --listen "127.0.0.1:$port" >"$WORK/ferry-serve.log" 2>&1 &
+  PIDS+=($!)
+  ADDR="127.0.0.1:$port"
+  for _ in $(seq 1 100); do curl -fsS "http://$ADDR/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
+}
+
+case "$WHAT" in
+serve)
+  # The largest blob and a repository that links it.
+  read -r REPO DIGEST SIZE < <(python3 - "$WORK/medium.json" "$ROOT" <<'PY'
+import json, os, sys
+corpus, root = json.load(open(sys.argv[1])), sys.argv[2]
+best = None
+for img in corpus["images"]:
+    m = json.load(open(f"{root}/docker/registry/v2/blobs/sha256/{img['digest'][7:9]}/{img['digest'][7:]}/data"))
+    for ch in ([img["digest"]] if not img["platforms"] else [d for _, d in img["platforms"]]):
+        mm = json.load(open(f"{root}/docker/registry/v2/blobs/sha256/{ch[7:9]}/{ch[7:]}/data"))
+        for l in mm["layers"]:
+            if best is None or l["size"] > best[2]:
+                best = (img["repository"], l["digest"], l["size"])
+print(*best)
+PY
+)
+  start_registry "$ROOT"; REG=$ADDR; start_ferry "$ROOT"; FER=$ADDR
+  N=10
+  urls() { for _ in $(seq 1 $N); do printf -- '-o /dev/null http://%s/v2/%s/blobs/%s ' "$1" "$REPO" "$DIGEST"; done; }
+  # shellcheck disable=SC2046
+  t_reg=$(median_time curl -fsS $(urls "$REG"))
+  # shellcheck disable=SC2046
+  t_fer=$(median_time curl -fsS $(urls "$FER"))
+  mb=$(python3 -c "print(f'{$SIZE*$N/1e6:.0f}')")
+  echo "blob GET, $N x $SIZE bytes ($mb MB) per run, median of $RUNS:"
+  echo "  docker-registry  ${t_reg}s  ($(python3 -c "print(f'{$SIZE*$N/$t_reg/1e6:.0f}')") MB/s)"
+  echo "  ferry serve      ${t_fer}s  ($(python3 -c "print(f'{$SIZE*$N/$t_fer/1e6:.0f}')") MB/s)"
+  echo "  throughput ferry/docker-registry: $(ratio "$t_reg" "$t_fer")x"
+
+  BYTES=$(du -sb "$ROOT/docker/registry/v2/blobs" | cut -f1)
+  t_sum=$(median_time sh -c "find '$ROOT/docker/registry/v2/blobs' -name data -print0 | xargs -0 sha256sum")
+  t_ver=$(median_time "$FERRY" verify "$ROOT")
+  echo "verify of the medium root ($(python3 -c "print(f'{$BYTES/1e9:.2f}')") GB of blobs, page cache warm), median of $RUNS:"
+  echo "  sha256sum        ${t_sum}s"
+  echo "  ferry verify     ${t_ver}s  (also resolves every link)"
+  echo "  speed-up ferry verify vs sha256sum: $(ratio "$t_sum" "$t_ver")x"
+  ;;
+*) echo "usage: scripts/bench.sh serve [WORK]" >&2; exit 2 ;;
+esac
