@@ -7,7 +7,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 
 use crate::digest::Digest;
 use crate::manifest::{Descriptor, Manifest, RawManifest};
-use crate::registry::client::{Client, RegistryError};
+use crate::registry::{Client, RegistryError};
 use crate::store::{LinkReport, Store, StoreError};
 
 /// Why an image could not be copied; names the image.
@@ -95,7 +95,7 @@ pub async fn pull_to_store(
             .map(|b| async move { client.fetch_blob(store, repo, b).await }),
     )
     .buffer_unordered(jobs.max(1))
-    .try_collect::<Vec<()>>()
+    .try_collect::<Vec<u64>>()
     .await
     .map_err(reg)?;
     let st = |source| CopyError::Store {

@@ -3,6 +3,8 @@
 //! that store as a registry, and checks it byte by byte.
 #![deny(missing_docs)]
 
+pub mod auth;
+pub mod bundle;
 pub mod cli;
 pub mod copy;
 pub mod digest;
@@ -10,6 +12,7 @@ pub mod fixtures;
 pub mod limits;
 pub mod manifest;
 pub mod media_type;
+pub mod plan;
 pub mod reference;
 pub mod registry;
 pub mod serve;

@@ -26,3 +26,18 @@ pub const MAX_TAG_LEN: usize = 128;
 
 /// Longest repository name the distribution spec allows.
 pub const MAX_REPOSITORY_LEN: usize = 255;
+
+/// Requests in flight to one registry host at once (containers/image downloads 6 blobs at a time).
+pub const DEFAULT_PER_HOST_CONCURRENCY: usize = 6;
+
+/// Blobs fetched at once across all images, unless `--jobs` says otherwise.
+pub const DEFAULT_JOBS: usize = 6;
+
+/// Times a failed request is repeated (connection errors, 408, 429, 5xx).
+pub const RETRIES: u32 = 4;
+
+/// Longest `Retry-After` honoured.
+pub const MAX_RETRY_AFTER_SECS: u64 = 60;
+
+/// Set (to anything) to skip retry pauses, so tests of retries run fast.
+pub const ENV_NO_RETRY_DELAY: &str = "FERRY_TEST_NO_RETRY_DELAY";

@@ -16,7 +16,15 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {e:#}");
+            // Library errors already say their cause; print each cause only once.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !line.contains(&c) {
+                    line = format!("{line}: {c}");
+                }
+            }
+            eprintln!("error: {line}");
             ExitCode::from(1)
         }
     }

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use super::{GlobalArgs, human_bytes};
 use crate::copy::pull_to_store;
 use crate::fixtures::{Preset, generate};
-use crate::registry::client::{Client, ClientOptions};
+use crate::registry::{Client, ClientOptions};
 use crate::store::Store;
 
 /// Flags of `ferry demo`.

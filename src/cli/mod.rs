@@ -1,10 +1,12 @@
 //! The command line: one file per subcommand. Each turns its flags into
 //! library calls and prints results; none touches files or the network itself.
 
+mod bundle;
 mod demo;
 mod fixtures;
 mod ls;
 mod manifest_digest;
+mod progress;
 mod serve;
 mod verify;
 
@@ -36,6 +38,8 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Pull an images list into one deduplicated, verified, seekable registry bundle.
+    Bundle(bundle::BundleArgs),
     /// Serve a registry root over the distribution API.
     Serve(serve::ServeArgs),
     /// Re-hash every blob and resolve every link of a root; exit 1 on any fault.
@@ -73,6 +77,7 @@ pub fn init_logging(global: &GlobalArgs) {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let g = &args.global;
     match args.command {
+        Command::Bundle(a) => bundle::run(g, a),
         Command::Serve(a) => serve::run(g, a),
         Command::Verify(a) => verify::run(g, a),
         Command::Ls(a) => ls::run(g, a),

@@ -1,25 +1,30 @@
-//! A client for the distribution API: manifests verified against the digest
-//! asked for, blobs streamed into a store and verified before they appear.
+//! The connection to one registry: scheme choice (https, or http when TLS
+//! verification is off, as skopeo does), `certs.d` CAs, bearer and basic auth
+//! from challenges, retries with backoff that honour `Retry-After`, and a cap
+//! on concurrent requests.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use reqwest::{Method, StatusCode, header};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::errcode::ErrorEnvelope;
 use super::routes::Route;
+use crate::auth::{self, AuthError, Challenge, Credentials};
 use crate::digest::Digest;
-use crate::limits::{MAX_ERROR_BODY_BYTES, MAX_MANIFEST_BYTES};
-use crate::manifest::{Descriptor, ManifestError, RawManifest};
-use crate::media_type::ACCEPTED_MANIFESTS;
-use crate::store::{Store, StoreError};
+use crate::limits::{self, MAX_ERROR_BODY_BYTES};
+use crate::manifest::ManifestError;
+use crate::store::StoreError;
 
-/// What went wrong talking to a registry; URLs carry no credentials.
+/// What went wrong talking to a registry; URLs and messages carry no credentials.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
     /// The request could not be sent or the response not read.
-    #[error("{method} {url}: {source}")]
+    #[error("{method} {url}: {}", transport_cause(.source))]
     Transport {
         /// HTTP method.
         method: Method,
@@ -66,6 +71,17 @@ pub enum RegistryError {
         /// The store's error.
         source: StoreError,
     },
+    /// Credentials could not be read.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The token endpoint did not give a token.
+    #[error("getting a token from {realm}: {why}")]
+    Token {
+        /// The token endpoint.
+        realm: String,
+        /// Why.
+        why: String,
+    },
     /// A registry host or option that cannot be used.
     #[error("registry {host}: {why}")]
     Config {
@@ -74,6 +90,17 @@ pub enum RegistryError {
         /// Why.
         why: String,
     },
+}
+
+/// The innermost cause of a transport error (reqwest's own text is just "error sending request").
+fn transport_cause(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg = s.to_string();
+        src = s.source();
+    }
+    msg
 }
 
 fn fmt_errors(e: &ErrorEnvelope) -> String {
@@ -93,8 +120,14 @@ impl RegistryError {
 /// How to reach one registry.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Verify TLS certificates; when false, plain HTTP is used as skopeo's `--tls-verify=false` allows.
+    /// Verify TLS certificates; when false, an https failure falls back to plain http, as skopeo's `--tls-verify=false`.
     pub tls_verify: bool,
+    /// Credentials given on the command line (`--src-creds`).
+    pub credentials: Option<Credentials>,
+    /// `--authfile`.
+    pub authfile: Option<PathBuf>,
+    /// Most requests in flight to this host at once.
+    pub max_concurrent: usize,
     /// Connect timeout.
     pub connect_timeout: Duration,
 }
@@ -103,17 +136,36 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             tls_verify: true,
+            credentials: None,
+            authfile: None,
+            max_concurrent: limits::DEFAULT_PER_HOST_CONCURRENCY,
             connect_timeout: Duration::from_secs(30),
         }
     }
 }
 
-/// A connection pool to one registry host.
+/// A connection pool to one registry host, shared by every task that talks to it.
 #[derive(Debug, Clone)]
 pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     http: reqwest::Client,
-    base: String,
     host: String,
+    opts: ClientOptions,
+    base: tokio::sync::OnceCell<String>,
+    /// `Authorization` values by scope, learnt from challenges.
+    auth: Mutex<HashMap<String, String>>,
+    credentials: Mutex<Option<Option<Credentials>>>,
+    permits: Arc<Semaphore>,
+}
+
+/// A response plus the permit that counts it against the host's cap until dropped.
+pub(super) struct Held {
+    pub resp: reqwest::Response,
+    pub _permit: OwnedSemaphorePermit,
 }
 
 /// Installs ring as rustls's crypto provider once per process (reqwest is built without a default).
@@ -124,243 +176,307 @@ fn ensure_crypto_provider() {
     });
 }
 
+/// CA files for a host from `/etc/containers/certs.d/HOST/*.crt` and `/etc/docker/certs.d/HOST/*.crt`.
+fn certs_d(host: &str) -> Vec<reqwest::Certificate> {
+    let mut out = Vec::new();
+    for base in ["/etc/containers/certs.d", "/etc/docker/certs.d"] {
+        let Ok(rd) = std::fs::read_dir(std::path::Path::new(base).join(host)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "crt")
+                && let Ok(pem) = std::fs::read(&p)
+            {
+                match reqwest::Certificate::from_pem_bundle(&pem) {
+                    Ok(certs) => out.extend(certs),
+                    Err(err) => tracing::warn!("ignoring CA file {}: {err}", p.display()),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a failed attempt is worth repeating (gcr's `Temporary()` list).
+fn retryable_status(s: StatusCode) -> bool {
+    matches!(s.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// The pause before attempt `n + 1`: `Retry-After` when the server gave one, else exponential backoff.
+fn backoff(attempt: u32, retry_after: Option<&header::HeaderValue>) -> Duration {
+    if std::env::var_os(limits::ENV_NO_RETRY_DELAY).is_some() {
+        return Duration::ZERO;
+    }
+    if let Some(secs) = retry_after
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return Duration::from_secs(secs.min(limits::MAX_RETRY_AFTER_SECS));
+    }
+    Duration::from_millis(250u64.saturating_mul(1 << attempt.min(6)))
+}
+
 impl Client {
-    /// A client for `host` (`name[:port]`): https, or plain http when TLS verification is off.
+    /// A client for `host` (`name[:port]`).
     pub fn new(host: &str, opts: &ClientOptions) -> Result<Client, RegistryError> {
         ensure_crypto_provider();
-        let scheme = if opts.tls_verify { "https" } else { "http" };
         let http = reqwest::Client::builder()
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(opts.connect_timeout)
+            .tls_certs_merge(certs_d(host))
+            .tls_danger_accept_invalid_certs(!opts.tls_verify)
             .build()
             .map_err(|e| RegistryError::Config {
                 host: host.to_string(),
-                why: e.to_string(),
+                why: transport_cause(&e),
             })?;
         Ok(Client {
-            http,
-            base: format!("{scheme}://{host}"),
-            host: host.to_string(),
+            inner: Arc::new(Inner {
+                http,
+                host: host.to_string(),
+                opts: opts.clone(),
+                base: tokio::sync::OnceCell::new(),
+                auth: Mutex::new(HashMap::new()),
+                credentials: Mutex::new(None),
+                permits: Arc::new(Semaphore::new(opts.max_concurrent.max(1))),
+            }),
         })
     }
 
     /// The registry host this client talks to.
     pub fn host(&self) -> &str {
-        &self.host
+        &self.inner.host
     }
 
-    async fn send(
+    /// `scheme://host`: https, or http when TLS verification is off and https does not answer.
+    async fn base(&self) -> Result<&str, RegistryError> {
+        self.inner
+            .base
+            .get_or_try_init(|| async {
+                let https = format!("https://{}", self.inner.host);
+                if self.inner.opts.tls_verify {
+                    return Ok(https);
+                }
+                let url = format!("{https}/v2/");
+                match self.inner.http.get(&url).send().await {
+                    Ok(_) => Ok(https),
+                    Err(e) => {
+                        tracing::debug!(
+                            "https to {} failed ({}), using http",
+                            self.inner.host,
+                            transport_cause(&e)
+                        );
+                        Ok(format!("http://{}", self.inner.host))
+                    }
+                }
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// The full URL of a route.
+    pub(super) async fn url(&self, route: &Route, query: &str) -> Result<String, RegistryError> {
+        Ok(format!("{}{}{}", self.base().await?, route.path(), query))
+    }
+
+    fn credentials(&self) -> Result<Option<Credentials>, RegistryError> {
+        let mut cached = self.inner.credentials.lock().unwrap();
+        if let Some(c) = &*cached {
+            return Ok(c.clone());
+        }
+        let c = auth::lookup(
+            &self.inner.host,
+            self.inner.opts.credentials.as_ref(),
+            self.inner.opts.authfile.as_deref(),
+        )?;
+        *cached = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Answers a 401: fetches a bearer token or switches to basic auth for `scope`; false when nothing can be done.
+    async fn authenticate(&self, challenge: &str, scope: &str) -> Result<bool, RegistryError> {
+        let Some(ch) = auth::parse_challenge(challenge) else {
+            return Ok(false);
+        };
+        let creds = self.credentials()?;
+        let value = match ch {
+            Challenge::Basic => match creds {
+                Some(c) => c.basic_header(),
+                None => return Ok(false),
+            },
+            Challenge::Bearer {
+                realm,
+                service,
+                scope: suggested,
+            } => {
+                let mut req = self.inner.http.get(&realm);
+                let mut query: Vec<(&str, String)> = Vec::new();
+                if let Some(s) = service {
+                    query.push(("service", s));
+                }
+                let scope = if scope.is_empty() {
+                    suggested.unwrap_or_default()
+                } else {
+                    scope.to_string()
+                };
+                if !scope.is_empty() {
+                    query.push(("scope", scope));
+                }
+                req = req.query(&query);
+                if let Some(c) = &creds {
+                    req = req.header(header::AUTHORIZATION, c.basic_header());
+                }
+                let resp = req.send().await.map_err(|e| RegistryError::Token {
+                    realm: realm.clone(),
+                    why: transport_cause(&e),
+                })?;
+                if !resp.status().is_success() {
+                    return Err(RegistryError::Token {
+                        realm,
+                        why: format!("HTTP {}", resp.status()),
+                    });
+                }
+                #[derive(serde::Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let t: Token = resp.json().await.map_err(|e| RegistryError::Token {
+                    realm: realm.clone(),
+                    why: transport_cause(&e),
+                })?;
+                match t.token.or(t.access_token) {
+                    Some(t) => format!("Bearer {t}"),
+                    None => {
+                        return Err(RegistryError::Token {
+                            realm,
+                            why: "the answer has no token".into(),
+                        });
+                    }
+                }
+            }
+        };
+        self.inner
+            .auth
+            .lock()
+            .unwrap()
+            .insert(scope.to_string(), value);
+        Ok(true)
+    }
+
+    /// Sends a body-less request with auth and retries; a non-success status becomes an error.
+    pub(super) async fn send(
         &self,
         method: Method,
         route: &Route,
         query: &str,
-        accept: Option<&str>,
-    ) -> Result<reqwest::Response, RegistryError> {
-        let url = format!("{}{}{}", self.base, route.path(), query);
-        let mut req = self.http.request(method.clone(), &url);
-        if let Some(a) = accept {
-            req = req.header(header::ACCEPT, a);
-        }
-        tracing::debug!(%method, %url, "request");
-        let resp = req
-            .send()
+        headers: &[(header::HeaderName, String)],
+    ) -> Result<Held, RegistryError> {
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|source| RegistryError::Transport {
-                method: method.clone(),
-                url: url.clone(),
-                source,
-            })?;
-        if resp.status().is_success() {
-            return Ok(resp);
+            .expect("semaphore never closed");
+        let url = self.url(route, query).await?;
+        let scope = match route {
+            Route::Base | Route::Catalog => String::new(),
+            Route::Tags { name }
+            | Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::Uploads { name }
+            | Route::Upload { name, .. } => {
+                format!("repository:{name}:pull")
+            }
+        };
+        let mut authed_once = false;
+        let mut attempt = 0u32;
+        loop {
+            let mut req = self.inner.http.request(method.clone(), &url);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            if let Some(a) = self.inner.auth.lock().unwrap().get(&scope) {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            tracing::debug!(%method, %url, attempt, "request");
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(source) => {
+                    if attempt < limits::RETRIES
+                        && (source.is_connect() || source.is_timeout() || source.is_request())
+                    {
+                        tracing::warn!("{method} {url}: {}; retrying", transport_cause(&source));
+                        tokio::time::sleep(backoff(attempt, None)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(RegistryError::Transport {
+                        method,
+                        url,
+                        source,
+                    });
+                }
+            };
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(Held {
+                    resp,
+                    _permit: permit,
+                });
+            }
+            if status == StatusCode::UNAUTHORIZED && !authed_once {
+                authed_once = true;
+                let challenge = resp
+                    .headers()
+                    .get(header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                if let Some(ch) = challenge
+                    && self.authenticate(&ch, &scope).await?
+                {
+                    continue;
+                }
+            }
+            if retryable_status(status) && attempt < limits::RETRIES {
+                let wait = backoff(attempt, resp.headers().get(header::RETRY_AFTER));
+                tracing::warn!(
+                    "{method} {url}: HTTP {status}; retrying in {:.1}s",
+                    wait.as_secs_f64()
+                );
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+                continue;
+            }
+            let body = read_capped(resp, MAX_ERROR_BODY_BYTES)
+                .await
+                .unwrap_or_default();
+            let errors = serde_json::from_slice(&body).unwrap_or_default();
+            return Err(RegistryError::Status {
+                method,
+                url,
+                status,
+                errors,
+            });
         }
-        let status = resp.status();
-        let body = read_capped(resp, MAX_ERROR_BODY_BYTES)
-            .await
-            .unwrap_or_default();
-        let errors = serde_json::from_slice(&body).unwrap_or_default();
-        Err(RegistryError::Status {
-            method,
-            url,
-            status,
-            errors,
-        })
     }
 
-    /// Checks that the registry speaks the v2 API.
+    /// Checks that the registry speaks the v2 API (and learns its auth).
     pub async fn ping(&self) -> Result<(), RegistryError> {
-        self.send(Method::GET, &Route::Base, "", None)
+        self.send(Method::GET, &Route::Base, "", &[])
             .await
             .map(drop)
     }
-
-    /// Fetches a manifest by tag or digest; by digest, the bytes must hash to it.
-    pub async fn get_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> Result<RawManifest, RegistryError> {
-        let route = Route::Manifest {
-            name: repo.to_string(),
-            reference: reference.to_string(),
-        };
-        let url = format!("{}{}", self.base, route.path());
-        let resp = self
-            .send(
-                Method::GET,
-                &route,
-                "",
-                Some(&ACCEPTED_MANIFESTS.join(", ")),
-            )
-            .await?;
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let header_digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| Digest::parse(v).ok());
-        let bytes = read_capped(resp, MAX_MANIFEST_BYTES + 1)
-            .await
-            .map_err(|source| RegistryError::Transport {
-                method: Method::GET,
-                url: url.clone(),
-                source,
-            })?;
-        let raw = RawManifest::new(bytes, content_type.as_deref()).map_err(|source| {
-            RegistryError::Manifest {
-                url: url.clone(),
-                source,
-            }
-        })?;
-        let expected = Digest::parse(reference).ok().or(header_digest);
-        if let Some(expected) = expected
-            && &expected != raw.digest()
-        {
-            return Err(RegistryError::DigestMismatch {
-                url,
-                expected,
-                found: raw.digest().clone(),
-            });
-        }
-        Ok(raw)
-    }
-
-    /// Streams a blob into `store`, verified against the descriptor; a no-op when the store has it.
-    pub async fn fetch_blob(
-        &self,
-        store: &Store,
-        repo: &str,
-        desc: &Descriptor,
-    ) -> Result<(), RegistryError> {
-        if store.has_blob(&desc.digest) {
-            return Ok(());
-        }
-        let route = Route::blob(repo, &desc.digest);
-        let url = format!("{}{}", self.base, route.path());
-        let resp = self.send(Method::GET, &route, "", None).await?;
-        let mut writer = store.blob_writer().map_err(|source| RegistryError::Store {
-            url: url.clone(),
-            source,
-        })?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
-        let expected = (desc.digest.clone(), desc.size);
-        let write_task = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            use std::io::Write;
-            while let Some(chunk) = rx.blocking_recv() {
-                writer.write_all(&chunk).map_err(|source| StoreError::Io {
-                    op: "writing blob",
-                    path: expected.0.to_string().into(),
-                    source,
-                })?;
-            }
-            writer
-                .commit(Some((&expected.0, Some(expected.1))))
-                .map(drop)
-        });
-        let mut stream = resp.bytes_stream();
-        let mut transport_err = None;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(c) => {
-                    if tx.send(c).await.is_err() {
-                        break;
-                    }
-                }
-                Err(source) => {
-                    transport_err = Some(source);
-                    break;
-                }
-            }
-        }
-        if let Some(source) = transport_err {
-            drop(tx);
-            let _ = write_task.await;
-            return Err(RegistryError::Transport {
-                method: Method::GET,
-                url,
-                source,
-            });
-        }
-        drop(tx);
-        match write_task.await {
-            Ok(r) => r.map_err(|source| RegistryError::Store { url, source }),
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
-        }
-    }
-
-    /// Every tag of a repository, following pagination.
-    pub async fn tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
-        #[derive(serde::Deserialize)]
-        struct TagList {
-            #[serde(default)]
-            tags: Option<Vec<String>>,
-        }
-        let route = Route::Tags {
-            name: repo.to_string(),
-        };
-        let mut out = Vec::new();
-        let mut query = String::new();
-        loop {
-            let resp = self.send(Method::GET, &route, &query, None).await?;
-            let next = next_link(&resp);
-            let url = resp.url().to_string();
-            let body = read_capped(resp, MAX_MANIFEST_BYTES)
-                .await
-                .map_err(|source| RegistryError::Transport {
-                    method: Method::GET,
-                    url: url.clone(),
-                    source,
-                })?;
-            let list: TagList =
-                serde_json::from_slice(&body).map_err(|e| RegistryError::Config {
-                    host: self.host.clone(),
-                    why: format!("tags list of {repo} is not JSON: {e}"),
-                })?;
-            out.extend(list.tags.unwrap_or_default());
-            match next {
-                Some(q) => query = q,
-                None => return Ok(out),
-            }
-        }
-    }
 }
 
-/// The query part of a `Link: <...?n=..&last=..>; rel="next"` header.
-fn next_link(resp: &reqwest::Response) -> Option<String> {
-    let link = resp.headers().get(header::LINK)?.to_str().ok()?;
-    let target = link
-        .split(';')
-        .next()?
-        .trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>');
-    target.find('?').map(|i| target[i..].to_string())
-}
-
-async fn read_capped(resp: reqwest::Response, cap: u64) -> Result<Vec<u8>, reqwest::Error> {
+/// Reads at most `cap` bytes of a body (a hostile server cannot make us buffer more).
+pub(super) async fn read_capped(
+    resp: reqwest::Response,
+    cap: u64,
+) -> Result<Vec<u8>, reqwest::Error> {
+    use futures_util::StreamExt;
     let mut out = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {

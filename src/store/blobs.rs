@@ -93,6 +93,11 @@ impl BlobWriter {
         self.written
     }
 
+    /// The temp file being written, for error messages.
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Checks the content against `expected` (and `size`), or takes its own digest when none is given,
     /// then publishes it. Returns the digest and size.
     pub fn commit(mut self, expected: Option<(&Digest, Option<u64>)>) -> Result<(Digest, u64)> {

@@ -1,0 +1,92 @@
+//! The bundle file format, in one place.
+//!
+//! A bundle is a POSIX tar (GNU long names), zstd-compressed unless asked
+//! otherwise, whose entries are, in this order and nothing else:
+//!
+//! 1. `ferry-bundle.json`: this module's [`BundleIndex`];
+//! 2. the registry root: `docker/`, `docker/registry/`, … every directory and
+//!    file of distribution's v2 layout, depth first, names sorted bytewise.
+//!
+//! Every entry has uid/gid 0, no user or group names, mode 0755 (directories)
+//! or 0644 (files), and mtime `SOURCE_DATE_EPOCH` (else 0), so the same inputs
+//! give the same bytes. The zstd stream is *seekable*: independent frames that
+//! start at tar member boundaries (a large member is cut every
+//! [`MAX_FRAME_BYTES`]), then the seek table of the zstd seekable format in a
+//! skippable frame. `zstd -d` and `tar --zstd -x` read it as one stream.
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::plan::{Failure, PlatformEntry};
+
+/// Name of the index entry, always first.
+pub const INDEX_NAME: &str = "ferry-bundle.json";
+
+/// Format identifier written into the index.
+pub const FORMAT: &str = "ferry-bundle/v1";
+
+/// A frame is closed at the first member boundary past this many bytes…
+pub const MIN_FRAME_BYTES: usize = 1024 * 1024;
+
+/// …or inside a member when it reaches this many.
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Skippable frame magic used for the seek table.
+pub const SEEK_TABLE_MAGIC: u32 = 0x184D_2A5E;
+
+/// Magic at the very end of a seekable zstd file.
+pub const SEEKABLE_MAGIC: u32 = 0x8F92_EAB1;
+
+/// What a bundle holds; the first entry of every bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleIndex {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The ferry version that wrote it.
+    pub created_by: String,
+    /// The mtime of every entry.
+    pub source_date_epoch: u64,
+    /// Every image, in list order.
+    pub images: Vec<BundleImage>,
+    /// Images left out by `--keep-going`, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<Failure>,
+    /// Number of config and layer blobs.
+    pub blob_count: usize,
+    /// Bytes of config and layer blobs.
+    pub blob_bytes: u64,
+    /// Every blob file of the root (manifests included), sorted, so a reader can check as it streams.
+    pub blobs: Vec<BlobEntry>,
+}
+
+/// One image of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleImage {
+    /// `##section` of the list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section: Option<String>,
+    /// Reference as written in the list.
+    pub source: String,
+    /// Repository in the bundle.
+    pub repository: String,
+    /// Tag in the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Top manifest digest (the source's).
+    pub digest: Digest,
+    /// Top manifest media type.
+    pub media_type: String,
+    /// For an index: every child and whether it is in the bundle (absent ones make a sparse index).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformEntry>,
+}
+
+/// A blob file in the bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+pub struct BlobEntry {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+}

@@ -1,0 +1,440 @@
+//! The main job: images list → plan → pull into the cache → hardlink into a
+//! fresh root → pack `ferry-bundle.json` and the root into one deterministic,
+//! seekable `tar.zst`, written under a temp name and renamed into place.
+
+pub mod format;
+mod pack;
+mod space;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures_util::{StreamExt, stream};
+
+use crate::digest::Digest;
+use crate::plan::{self, Clients, Failure, Plan, PlanOptions};
+use crate::reference::ListEntry;
+use crate::store::Store;
+use format::{BlobEntry, BundleImage, BundleIndex, FORMAT, INDEX_NAME};
+pub use space::SpaceError;
+
+/// How the bundle file is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    /// Seekable zstd.
+    Zstd,
+    /// Plain tar.
+    None,
+}
+
+/// Everything `ferry bundle` needs besides the list.
+#[derive(Debug, Clone)]
+pub struct BundleOptions {
+    /// Resolution and source options.
+    pub plan: PlanOptions,
+    /// The persistent blob cache (a registry root).
+    pub cache: PathBuf,
+    /// The bundle file to write.
+    pub output: PathBuf,
+    /// Also leave the hardlinked root here.
+    pub root_dir: Option<PathBuf>,
+    /// Compression of the file.
+    pub compression: Compression,
+    /// zstd level.
+    pub level: i32,
+    /// Blobs fetched at once.
+    pub jobs: usize,
+    /// Write the bundle without images that failed (still an error afterwards).
+    pub keep_going: bool,
+    /// Entry mtime (`SOURCE_DATE_EPOCH`).
+    pub mtime: u64,
+}
+
+/// Progress events, so the CLI can draw bars without the library printing.
+pub trait Progress: Send + Sync {
+    /// The plan is known: totals.
+    fn planned(&self, _images: usize, _blobs: usize, _bytes_to_fetch: u64) {}
+    /// Bytes arrived (or came from the cache) for a blob.
+    fn fetched(&self, _bytes: u64) {}
+    /// Packing starts, with the bytes to pack.
+    fn packing(&self, _bytes: u64) {}
+}
+
+/// No progress output.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What a bundle run did, for `--json` and the closing message.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BundleSummary {
+    /// The file written.
+    pub output: PathBuf,
+    /// Images in the bundle.
+    pub images: usize,
+    /// Images left out.
+    pub failed: Vec<Failure>,
+    /// Unique config and layer blobs.
+    pub blobs: usize,
+    /// Their bytes.
+    pub blob_bytes: u64,
+    /// Blobs downloaded by this run.
+    pub blobs_downloaded: usize,
+    /// Bytes downloaded by this run.
+    pub bytes_downloaded: u64,
+    /// Blobs that were in the cache already.
+    pub blobs_reused: usize,
+    /// Bytes that were in the cache already.
+    pub bytes_reused: u64,
+    /// Size of the bundle file.
+    pub bundle_bytes: u64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Why a bundle was not written (or was written without some images).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// Images could not be resolved or fetched; one line each.
+    #[error("{}", fmt_failures(.failures, .written))]
+    Images {
+        /// Each image and its cause.
+        failures: Vec<Failure>,
+        /// The bundle written without them (`--keep-going`).
+        written: Option<PathBuf>,
+    },
+    /// Not enough disk space for what the plan will write.
+    #[error(transparent)]
+    Space(#[from] SpaceError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Writing the bundle file failed.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The list selected nothing.
+    #[error("the images list selects no image")]
+    Empty,
+}
+
+fn fmt_failures(failures: &[Failure], written: &Option<PathBuf>) -> String {
+    let mut lines: Vec<String> = failures
+        .iter()
+        .map(|f| format!("{}: {}", f.image, f.cause))
+        .collect();
+    match written {
+        Some(p) => lines.push(format!(
+            "{} image(s) failed; {} was written without them",
+            failures.len(),
+            p.display()
+        )),
+        None => lines.push(format!(
+            "{} image(s) failed; no bundle written (what was downloaded stays in the cache)",
+            failures.len()
+        )),
+    }
+    lines.join("\n")
+}
+
+/// The main job; see the module docs.
+pub async fn bundle(
+    entries: &[ListEntry],
+    opts: &BundleOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<BundleSummary, BundleError> {
+    let start = Instant::now();
+    if entries.is_empty() {
+        return Err(BundleError::Empty);
+    }
+    let cache = Store::create(&opts.cache)?;
+    let clients = Clients::default();
+    let mut plan: Plan = plan::resolve(entries, &opts.plan, &clients, &cache).await;
+    if !plan.failures.is_empty() && !opts.keep_going {
+        return Err(BundleError::Images {
+            failures: plan.failures,
+            written: None,
+        });
+    }
+    if plan.images.is_empty() {
+        return Err(BundleError::Images {
+            failures: plan.failures,
+            written: None,
+        });
+    }
+
+    let missing: Vec<(&Digest, &plan::BlobSource)> = plan
+        .blobs
+        .iter()
+        .filter(|(d, _)| !cache.has_blob(d))
+        .collect();
+    let fetch_bytes: u64 = missing.iter().map(|(_, s)| s.size).sum();
+    let pack_bytes = plan.blob_bytes();
+    space::check(
+        &opts.cache,
+        fetch_bytes,
+        opts.output.parent().unwrap_or(Path::new(".")),
+        pack_bytes,
+    )?;
+    progress.planned(plan.images.len(), plan.blobs.len(), fetch_bytes);
+
+    // Every missing blob, across all images, `jobs` at a time.
+    let downloaded = AtomicU64::new(0);
+    let results: Vec<(Digest, Result<u64, String>)> = stream::iter(missing.iter())
+        .map(|(d, src)| {
+            let clients = &clients;
+            let cache = &cache;
+            let progress = &progress;
+            let downloaded = &downloaded;
+            async move {
+                let r = async {
+                    let client = clients
+                        .get(&src.registry, &opts.plan.client)
+                        .map_err(|e| e.to_string())?;
+                    let n = client
+                        .fetch_blob(cache, &src.repository, &src.descriptor)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    downloaded.fetch_add(n, Ordering::Relaxed);
+                    progress.fetched(src.size);
+                    Ok(n)
+                }
+                .await;
+                ((*d).clone(), r)
+            }
+        })
+        .buffer_unordered(opts.jobs.max(1))
+        .collect()
+        .await;
+    let fetch_failures: BTreeMap<Digest, String> = results
+        .into_iter()
+        .filter_map(|(d, r)| r.err().map(|e| (d, e)))
+        .collect();
+    let blobs_downloaded = missing.len() - fetch_failures.len();
+    if !fetch_failures.is_empty() {
+        let mut kept = Vec::new();
+        for img in std::mem::take(&mut plan.images) {
+            match img.blobs.iter().find_map(|b| fetch_failures.get(&b.digest)) {
+                Some(cause) => plan.failures.push(Failure {
+                    image: img.source.clone(),
+                    cause: cause.clone(),
+                }),
+                None => kept.push(img),
+            }
+        }
+        plan.images = kept;
+        if !opts.keep_going || plan.images.is_empty() {
+            return Err(BundleError::Images {
+                failures: plan.failures,
+                written: None,
+            });
+        }
+    }
+
+    // The bundle root: hardlinks from the cache.
+    let temp_root = cache
+        .path(crate::store::paths::PathSpec::Temp)
+        .join(format!("root-{}", std::process::id()));
+    let root_path = opts.root_dir.clone().unwrap_or_else(|| temp_root.clone());
+    let _cleanup = opts
+        .root_dir
+        .is_none()
+        .then(|| RemoveOnDrop(temp_root.clone()));
+    if root_path.exists()
+        && std::fs::read_dir(&root_path)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        if opts.root_dir.is_some() {
+            return Err(BundleError::Write {
+                path: root_path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "--root-dir must be a new or empty directory",
+                ),
+            });
+        }
+        let _ = std::fs::remove_dir_all(&root_path);
+    }
+    let root = Store::create(&root_path)?.with_durable(false);
+    let mut images = Vec::new();
+    for img in &plan.images {
+        root.import_image(&cache, &img.digest, &img.repository, img.tag.as_deref())?;
+        images.push(BundleImage {
+            section: img.section.clone(),
+            source: img.source.clone(),
+            repository: img.repository.clone(),
+            tag: img.tag.clone(),
+            digest: img.digest.clone(),
+            media_type: img.media_type.clone(),
+            platforms: img.platforms.clone(),
+        });
+    }
+    // The root must hold the layout and nothing else: drop the store's (now empty) temp dir.
+    let _ = std::fs::remove_dir(root.path(crate::store::paths::PathSpec::Temp));
+    let mut blob_set: BTreeSet<BlobEntry> = BTreeSet::new();
+    for img in &plan.images {
+        for m in &img.manifests {
+            blob_set.insert(BlobEntry {
+                digest: m.digest().clone(),
+                size: m.bytes().len() as u64,
+            });
+        }
+        for b in &img.blobs {
+            blob_set.insert(BlobEntry {
+                digest: b.digest.clone(),
+                size: b.size,
+            });
+        }
+    }
+    let layer_blobs: BTreeSet<&Digest> = plan
+        .images
+        .iter()
+        .flat_map(|i| i.blobs.iter().map(|b| &b.digest))
+        .collect();
+    let index = BundleIndex {
+        format: FORMAT.to_string(),
+        created_by: concat!("ferry ", env!("CARGO_PKG_VERSION")).to_string(),
+        source_date_epoch: opts.mtime,
+        images,
+        failed: plan.failures.clone(),
+        blob_count: layer_blobs.len(),
+        blob_bytes: layer_blobs.iter().map(|d| plan.blobs[*d].size).sum(),
+        blobs: blob_set.into_iter().collect(),
+    };
+    let index_json = serde_json::to_vec_pretty(&index).expect("index serialises");
+    progress.packing(index.blobs.iter().map(|b| b.size).sum());
+    let bundle_bytes = write_bundle(&opts.output, &index_json, &root_path, opts).await?;
+
+    let bytes_downloaded = downloaded.into_inner();
+    let summary = BundleSummary {
+        output: opts.output.clone(),
+        images: plan.images.len(),
+        failed: plan.failures.clone(),
+        blobs: plan.blobs.len(),
+        blob_bytes: pack_bytes,
+        blobs_downloaded,
+        bytes_downloaded,
+        blobs_reused: plan.blobs.len() - missing.len(),
+        bytes_reused: pack_bytes - fetch_bytes,
+        bundle_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    if !plan.failures.is_empty() {
+        return Err(BundleError::Images {
+            failures: plan.failures,
+            written: Some(opts.output.clone()),
+        });
+    }
+    Ok(summary)
+}
+
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Packs into `<output>.tmp-<pid>`, fsyncs, renames; on any failure the temp file is removed.
+async fn write_bundle(
+    output: &Path,
+    index_json: &[u8],
+    root: &Path,
+    opts: &BundleOptions,
+) -> Result<u64, BundleError> {
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let guard = RemoveOnDrop(tmp.clone());
+    let (tmp2, index_json, root, compression, level, mtime) = (
+        tmp.clone(),
+        index_json.to_vec(),
+        root.to_path_buf(),
+        opts.compression,
+        opts.level,
+        opts.mtime,
+    );
+    let werr = |source| BundleError::Write {
+        path: output.to_path_buf(),
+        source,
+    };
+    let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let file = std::fs::File::create(&tmp2)?;
+        let out = match compression {
+            Compression::None => {
+                pack::Output::Plain(std::io::BufWriter::with_capacity(1 << 20, file))
+            }
+            Compression::Zstd => {
+                let threads = std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2);
+                pack::Output::Zstd(pack::FrameWriter::new(file, level, threads))
+            }
+        };
+        let file = pack::write_tar(out, &index_json, &root, mtime)?;
+        file.sync_all()?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| werr(std::io::Error::other(e.to_string())))?
+    .map_err(werr)?;
+    let size = file.metadata().map_err(werr)?.len();
+    std::fs::rename(&tmp, output).map_err(werr)?;
+    std::mem::forget(guard);
+    let _ = std::fs::File::open(&dir).and_then(|d| d.sync_all());
+    Ok(size)
+}
+
+/// Reads `ferry-bundle.json` from the first entry of a bundle file (zstd or plain).
+pub fn read_index(path: &Path) -> Result<BundleIndex, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut head = [0u8; 4];
+    let mut f = std::io::BufReader::new(f);
+    f.read_exact(&mut head)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let chained = std::io::Cursor::new(head.to_vec()).chain(f);
+    let reader: Box<dyn Read> = if head == [0x28, 0xB5, 0x2F, 0xFD] {
+        Box::new(zstd::stream::read::Decoder::new(chained).map_err(|e| e.to_string())?)
+    } else {
+        Box::new(chained)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = archive.entries().map_err(|e| e.to_string())?;
+    let mut first = entries
+        .next()
+        .ok_or_else(|| format!("{}: empty archive", path.display()))?
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if first
+        .path()
+        .map(|p| p.to_string_lossy() != INDEX_NAME)
+        .unwrap_or(true)
+    {
+        return Err(format!(
+            "{}: not a ferry bundle (first entry is not {INDEX_NAME})",
+            path.display()
+        ));
+    }
+    let mut json = Vec::new();
+    first
+        .by_ref()
+        .take(crate::limits::MAX_MANIFEST_BYTES * 16)
+        .read_to_end(&mut json)
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&json).map_err(|e| format!("{}: {INDEX_NAME}: {e}", path.display()))
+}

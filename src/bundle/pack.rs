@@ -1,0 +1,258 @@
+//! Writing a root into a deterministic tar, optionally as seekable zstd
+//! compressed on every core (see `format`).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use super::format::{MAX_FRAME_BYTES, MIN_FRAME_BYTES, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC};
+
+/// Where tar bytes go: straight to the file, or cut into frames compressed in parallel.
+pub enum Output {
+    /// Plain tar.
+    Plain(BufWriter<File>),
+    /// Seekable zstd.
+    Zstd(FrameWriter),
+}
+
+impl Output {
+    /// Marks a tar member boundary: a good place to start a new frame.
+    pub fn boundary(&mut self) -> io::Result<()> {
+        match self {
+            Output::Plain(_) => Ok(()),
+            Output::Zstd(f) => f.boundary(),
+        }
+    }
+
+    /// Flushes everything (and the seek table) and returns the file.
+    pub fn finish(self) -> io::Result<File> {
+        match self {
+            Output::Plain(w) => w.into_inner().map_err(|e| e.into_error()),
+            Output::Zstd(f) => f.finish(),
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Output::Plain(w) => w.write(buf),
+            Output::Zstd(f) => f.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+type Job = (usize, Vec<u8>);
+type Done = (usize, io::Result<(Vec<u8>, usize)>);
+/// The finished file and its seek table: (compressed, decompressed) size per frame.
+type Written = io::Result<(File, Vec<(u32, u32)>)>;
+
+/// Cuts the stream into frames and compresses them on worker threads; the
+/// writer thread puts them back in order and records the seek table.
+pub struct FrameWriter {
+    buf: Vec<u8>,
+    seq: usize,
+    jobs: Option<SyncSender<Job>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    writer: Option<std::thread::JoinHandle<Written>>,
+}
+
+impl FrameWriter {
+    /// Starts compressing into `file` at `level` with `threads` workers.
+    pub fn new(file: File, level: i32, threads: usize) -> FrameWriter {
+        let threads = threads.max(1);
+        let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (done_tx, done_rx) = sync_channel::<Done>(threads * 2);
+        let workers = (0..threads)
+            .map(|_| {
+                let rx = job_rx.clone();
+                let tx = done_tx.clone();
+                std::thread::spawn(move || compress_worker(rx, tx, level))
+            })
+            .collect();
+        drop(done_tx);
+        let writer = std::thread::spawn(move || write_frames(file, done_rx));
+        FrameWriter {
+            buf: Vec::with_capacity(MAX_FRAME_BYTES),
+            seq: 0,
+            jobs: Some(job_tx),
+            workers,
+            writer: Some(writer),
+        }
+    }
+
+    fn emit(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(MAX_FRAME_BYTES));
+        let tx = self.jobs.as_ref().expect("open until finish");
+        tx.send((self.seq, chunk))
+            .map_err(|_| io::Error::other("compression threads stopped"))?;
+        self.seq += 1;
+        Ok(())
+    }
+
+    fn boundary(&mut self) -> io::Result<()> {
+        if self.buf.len() >= MIN_FRAME_BYTES {
+            self.emit()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn finish(mut self) -> io::Result<File> {
+        self.emit()?;
+        drop(self.jobs.take());
+        for w in self.workers.drain(..) {
+            w.join()
+                .map_err(|_| io::Error::other("compression thread panicked"))?;
+        }
+        let (mut file, table) = self
+            .writer
+            .take()
+            .expect("once")
+            .join()
+            .map_err(|_| io::Error::other("writer thread panicked"))??;
+        write_seek_table(&mut file, &table)?;
+        Ok(file)
+    }
+}
+
+impl Write for FrameWriter {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let n = data.len();
+        while !data.is_empty() {
+            let room = MAX_FRAME_BYTES - self.buf.len();
+            let take = room.min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == MAX_FRAME_BYTES {
+                self.emit()?;
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn compress_worker(rx: Arc<Mutex<Receiver<Job>>>, tx: SyncSender<Done>, level: i32) {
+    let mut compressor = match zstd::bulk::Compressor::new(level) {
+        Ok(mut c) => {
+            let _ = c.include_checksum(true);
+            let _ = c.include_contentsize(true);
+            c
+        }
+        Err(e) => {
+            let _ = tx.send((usize::MAX, Err(e)));
+            return;
+        }
+    };
+    loop {
+        let job = rx.lock().unwrap().recv();
+        let Ok((seq, chunk)) = job else { return };
+        let out = compressor.compress(&chunk).map(|c| (c, chunk.len()));
+        if tx.send((seq, out)).is_err() {
+            return;
+        }
+    }
+}
+
+fn write_frames(file: File, rx: Receiver<Done>) -> Written {
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut pending = BTreeMap::new();
+    let mut next = 0usize;
+    let mut table = Vec::new();
+    for (seq, result) in rx {
+        let (frame, raw_len) = result?;
+        pending.insert(seq, (frame, raw_len));
+        while let Some((frame, raw_len)) = pending.remove(&next) {
+            w.write_all(&frame)?;
+            table.push((frame.len() as u32, raw_len as u32));
+            next += 1;
+        }
+    }
+    if !pending.is_empty() {
+        return Err(io::Error::other("a compressed frame went missing"));
+    }
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    Ok((file, table))
+}
+
+/// Appends the zstd seekable format's seek table (no per-frame checksums: each frame carries its own).
+fn write_seek_table(file: &mut File, table: &[(u32, u32)]) -> io::Result<()> {
+    let mut t = Vec::with_capacity(8 + table.len() * 8 + 9);
+    t.extend_from_slice(&SEEK_TABLE_MAGIC.to_le_bytes());
+    t.extend_from_slice(&((table.len() * 8 + 9) as u32).to_le_bytes());
+    for (c, d) in table {
+        t.extend_from_slice(&c.to_le_bytes());
+        t.extend_from_slice(&d.to_le_bytes());
+    }
+    t.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    t.push(0);
+    t.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
+    file.write_all(&t)
+}
+
+/// Writes `index` then the tree under `root` (sorted, depth first) as tar entries into `out`.
+pub fn write_tar(out: Output, index_json: &[u8], root: &Path, mtime: u64) -> io::Result<File> {
+    let mut tar = tar::Builder::new(out);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let header = |kind: tar::EntryType, size: u64, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(mtime);
+        h
+    };
+    let mut h = header(tar::EntryType::Regular, index_json.len() as u64, 0o644);
+    tar.append_data(&mut h, super::format::INDEX_NAME, index_json)?;
+    tar.get_mut().boundary()?;
+    walk(&mut tar, root, Path::new(""), &header)?;
+    tar.into_inner()?.finish()
+}
+
+fn walk(
+    tar: &mut tar::Builder<Output>,
+    dir: &Path,
+    rel: &Path,
+    header: &dyn Fn(tar::EntryType, u64, u32) -> tar::Header,
+) -> io::Result<()> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()?;
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let rel = rel.join(&name);
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            let mut h = header(tar::EntryType::Directory, 0, 0o755);
+            tar.append_data(&mut h, format!("{}/", rel.display()), io::empty())?;
+            walk(tar, &path, &rel, header)?;
+        } else if meta.is_file() {
+            let mut h = header(tar::EntryType::Regular, meta.len(), 0o644);
+            let f = File::open(&path)?;
+            tar.append_data(&mut h, &rel, f)?;
+            tar.get_mut().boundary()?;
+        } else {
+            return Err(io::Error::other(format!(
+                "{}: not a file or directory",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}

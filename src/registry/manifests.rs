@@ -1,0 +1,110 @@
+//! Manifest GET and HEAD: the bytes are kept as received and checked against the digest asked for.
+
+use reqwest::{Method, header};
+
+use super::client::{Client, RegistryError, read_capped};
+use super::routes::Route;
+use crate::digest::Digest;
+use crate::limits::MAX_MANIFEST_BYTES;
+use crate::manifest::RawManifest;
+use crate::media_type::ACCEPTED_MANIFESTS;
+
+/// What a manifest HEAD tells without the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    /// `Docker-Content-Digest`.
+    pub digest: Digest,
+    /// `Content-Type`.
+    pub media_type: Option<String>,
+    /// `Content-Length`.
+    pub size: Option<u64>,
+}
+
+fn accept() -> [(header::HeaderName, String); 1] {
+    [(header::ACCEPT, ACCEPTED_MANIFESTS.join(", "))]
+}
+
+impl Client {
+    /// Fetches a manifest by tag or digest; by digest (or when the registry sends
+    /// `Docker-Content-Digest`) the bytes must hash to it.
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<RawManifest, RegistryError> {
+        let route = Route::Manifest {
+            name: repo.to_string(),
+            reference: reference.to_string(),
+        };
+        let held = self.send(Method::GET, &route, "", &accept()).await?;
+        let url = held.resp.url().to_string();
+        let content_type = held
+            .resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let header_digest = held
+            .resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Digest::parse(v).ok());
+        let bytes = read_capped(held.resp, MAX_MANIFEST_BYTES + 1)
+            .await
+            .map_err(|source| RegistryError::Transport {
+                method: Method::GET,
+                url: url.clone(),
+                source,
+            })?;
+        let raw = RawManifest::new(bytes, content_type.as_deref()).map_err(|source| {
+            RegistryError::Manifest {
+                url: url.clone(),
+                source,
+            }
+        })?;
+        let expected = Digest::parse(reference).ok().or(header_digest);
+        if let Some(expected) = expected
+            && &expected != raw.digest()
+        {
+            return Err(RegistryError::DigestMismatch {
+                url,
+                expected,
+                found: raw.digest().clone(),
+            });
+        }
+        Ok(raw)
+    }
+
+    /// Asks for a manifest's digest without its body; `None` when the registry sends no digest header.
+    pub async fn head_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<ManifestHead>, RegistryError> {
+        let route = Route::Manifest {
+            name: repo.to_string(),
+            reference: reference.to_string(),
+        };
+        let held = self.send(Method::HEAD, &route, "", &accept()).await?;
+        let h = held.resp.headers();
+        let Some(digest) = h
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Digest::parse(v).ok())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(ManifestHead {
+            digest,
+            media_type: h
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            size: h
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        }))
+    }
+}
