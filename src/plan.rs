@@ -178,10 +178,11 @@ async fn resolve_one(
         Some(d) => manifest(&client, cache, &remote_repository, d).await?,
         None => {
             let tag = r.effective_tag().unwrap_or(crate::reference::DEFAULT_TAG);
-            let head = client
-                .head_manifest(&remote_repository, tag)
-                .await
-                .map_err(|e| not_found_msg(e, tag))?;
+            // A HEAD 404 has no body: ask again with GET, whose error says NAME_UNKNOWN or MANIFEST_UNKNOWN.
+            let head = match client.head_manifest(&remote_repository, tag).await {
+                Err(e) if e.is_not_found() => None,
+                other => other.map_err(|e| not_found_msg(e, tag))?,
+            };
             match head {
                 Some(h) => manifest(&client, cache, &remote_repository, &h.digest).await?,
                 None => {
@@ -297,21 +298,26 @@ pub async fn resolve(
     let mut ordered: Vec<_> = results;
     ordered.sort_by_key(|(i, _)| *i);
     let mut plan = Plan::default();
-    let mut names: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut names: BTreeMap<(String, String), (String, Digest)> = BTreeMap::new();
     for (i, r) in ordered {
         let e = &entries[i];
         match r {
             Ok(img) => {
                 if let Some(tag) = &img.tag {
                     let key = (img.repository.clone(), tag.clone());
-                    if let Some(other) = names.get(&key) {
-                        plan.failures.push(Failure {
-                            image: entry_label(e),
-                            cause: format!("{other} is also named {}:{tag} in the bundle; use --keep-host to keep them apart", img.repository),
-                        });
+                    if let Some((other, digest)) = names.get(&key) {
+                        if digest != &img.digest {
+                            plan.failures.push(Failure {
+                                image: entry_label(e),
+                                cause: format!(
+                                    "{other} is also named {}:{tag} in the bundle, with other content; use --keep-host to keep them apart",
+                                    img.repository
+                                ),
+                            });
+                        }
                         continue;
                     }
-                    names.insert(key, img.source.clone());
+                    names.insert(key, (img.source.clone(), img.digest.clone()));
                 }
                 for b in &img.blobs {
                     plan.blobs

@@ -1,6 +1,7 @@
 //! ferry's integration tests: one binary (as ripgrep and uv), a module per feature.
 //! Real servers run on random 127.0.0.1 ports and are stopped by PID when a test ends or panics.
 
+mod bundle;
 mod cli;
 mod harness;
 mod serve;

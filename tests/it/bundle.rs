@@ -1,0 +1,511 @@
+//! `ferry bundle` against the real `docker-registry`: the bundle is a registry
+//! root, deterministic, incremental, and bad input or a bad source leaves nothing behind.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ferry::digest::Digest;
+use ferry::fixtures::Corpus;
+use ferry::store::Store;
+
+use crate::harness::*;
+
+/// A source registry holding the `small` fixtures.
+fn source() -> (tempfile::TempDir, Registry) {
+    let (root, _) = small();
+    let dir = tempfile::tempdir().unwrap();
+    hardlink_copy(root, dir.path());
+    let reg = Registry::start(dir.path());
+    (dir, reg)
+}
+
+fn bundle_cmd(list: &Path, out: &Path, cache: &Path, source: &str) -> Command {
+    let mut c = ferry();
+    c.env("FERRY_TEST_NO_RETRY_DELAY", "1")
+        .arg("bundle")
+        .arg("-f")
+        .arg(list)
+        .arg("-o")
+        .arg(out)
+        .arg("--cache")
+        .arg(cache)
+        .args(["--source", source, "--src-tls-verify=false", "-q"]);
+    c
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Config and layer digests of an image (the platforms kept by default: linux/amd64).
+fn blobs_of(root: &Path, digest: &Digest, all: bool) -> BTreeSet<Digest> {
+    let store = Store::open(root);
+    let m = store.read_manifest(digest).unwrap().parse().unwrap();
+    let mut out: BTreeSet<Digest> = m.blobs().into_iter().map(|b| b.digest.clone()).collect();
+    for c in m.children() {
+        if all
+            || c.platform
+                .as_ref()
+                .is_some_and(|p| p.architecture == "amd64")
+        {
+            out.extend(blobs_of(root, &c.digest, all));
+        }
+    }
+    out
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn list_with_extras(corpus: &Corpus) -> String {
+    // The generated list (sections, a bare name) plus comments, CRLF, a duplicate and pinned digests.
+    let pinned = corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.is_empty() && i.repository.contains('/'))
+        .unwrap();
+    let tagged_pin = corpus
+        .images
+        .iter()
+        .rev()
+        .find(|i| i.platforms.is_empty())
+        .unwrap();
+    format!(
+        "# release 1.0 images\r\n{}\n##pinned\n{}@{}   # by digest only\n{}:{}@{}\n{}:{}\n",
+        corpus.images_list(),
+        pinned.repository,
+        pinned.digest,
+        tagged_pin.repository,
+        tagged_pin.tag,
+        tagged_pin.digest,
+        corpus.images[0].repository,
+        corpus.images[0].tag,
+    )
+}
+
+#[test]
+fn bundle_extracted_with_tar_is_served_by_docker_registry() {
+    let (root, corpus) = small();
+    let (_src_dir, src) = source();
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("images-list.txt");
+    std::fs::write(&list, list_with_extras(corpus)).unwrap();
+    let out = work.path().join("bundle.tar.zst");
+    let res = run_ok(bundle_cmd(&list, &out, &work.path().join("cache"), &src.addr).arg("--json"));
+    let summary = json(&res);
+    assert_eq!(
+        summary["images"],
+        corpus.images.len() + 1,
+        "every tag plus the digest-only entry"
+    );
+    assert_eq!(
+        entries(work.path()),
+        ["bundle.tar.zst", "cache", "images-list.txt"],
+        "no temp files left"
+    );
+
+    let site = work.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("--zstd")
+            .arg("-xf")
+            .arg(&out)
+            .arg("-C")
+            .arg(&site),
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(site.join("ferry-bundle.json")).unwrap()).unwrap();
+    let reg = Registry::start(&site);
+    for img in &corpus.images {
+        let name = format!("{}:{}", img.repository, img.tag);
+        let raw = skopeo_ok(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/{name}", reg.addr),
+        ]);
+        assert_eq!(
+            sha256(&raw.stdout),
+            img.digest.to_string(),
+            "{name}: the source's digest, index included"
+        );
+        let dest = work.path().join("pulled");
+        let _ = std::fs::remove_dir_all(&dest);
+        skopeo_ok(&[
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            &format!("docker://{}/{name}", reg.addr),
+            &format!("dir:{}", dest.display()),
+        ]);
+        let manifest = std::fs::read(dest.join("manifest.json")).unwrap();
+        let want = img
+            .platforms
+            .iter()
+            .find(|(p, _)| p == "linux/amd64")
+            .map_or(&img.digest, |(_, d)| d);
+        assert_eq!(sha256(&manifest), want.to_string(), "{name}: amd64 image");
+        if !img.platforms.is_empty() {
+            // The index is sparse: arm64 was not chosen, and ferry-bundle.json says so.
+            let entry = index["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["digest"] == img.digest.to_string())
+                .unwrap();
+            let present: Vec<(String, bool)> = entry["platforms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["platform"].as_str().unwrap().to_string(),
+                        p["present"].as_bool().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                present,
+                [
+                    ("linux/amd64".to_string(), true),
+                    ("linux/arm64/v8".to_string(), false)
+                ]
+            );
+        }
+    }
+    let (blobs, manifests, text) = reg.gc_dry_run();
+    assert_eq!((blobs, manifests), (0, 0), "{text}");
+    // The pinned, digest-only entry is there by digest.
+    let pinned = corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.is_empty() && i.repository.contains('/'))
+        .unwrap();
+    skopeo_ok(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!(
+            "docker://{}/{}@{}",
+            reg.addr, pinned.repository, pinned.digest
+        ),
+    ]);
+    let _ = root;
+}
+
+#[test]
+fn all_platforms_and_determinism() {
+    let (_, corpus) = small();
+    let (_src_dir, src) = source();
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, corpus.images_list()).unwrap();
+    let a = work.path().join("a.tar.zst");
+    let b = work.path().join("b.tar.zst");
+    for (out, cache) in [(&a, "cache-a"), (&b, "cache-b")] {
+        run_ok(
+            bundle_cmd(&list, out, &work.path().join(cache), &src.addr)
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .arg("--all-platforms"),
+        );
+    }
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "same inputs, same bytes"
+    );
+    let listing = run_ok(Command::new("tar").arg("--zstd").arg("-tvf").arg(&a));
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        text.lines().next().unwrap().ends_with("ferry-bundle.json"),
+        "index first"
+    );
+    assert!(
+        text.lines()
+            .all(|l| l.contains("0/0") && l.contains("2023-11-14")),
+        "fixed owners and mtime"
+    );
+
+    // Every platform of every multi-arch image is pullable.
+    let site = work.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("--zstd")
+            .arg("-xf")
+            .arg(&a)
+            .arg("-C")
+            .arg(&site),
+    );
+    let reg = Registry::start(&site);
+    for img in corpus.images.iter().filter(|i| !i.platforms.is_empty()) {
+        let oci = work.path().join("oci");
+        skopeo_ok(&[
+            "copy",
+            "-q",
+            "--all",
+            "--src-tls-verify=false",
+            &format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag),
+            &format!("oci:{}:x", oci.display()),
+        ]);
+    }
+    let (blobs, manifests, text) = reg.gc_dry_run();
+    assert_eq!((blobs, manifests), (0, 0), "{text}");
+}
+
+#[test]
+fn second_bundle_downloads_only_new_blobs() {
+    let (root, corpus) = small();
+    let (_src_dir, src) = source();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let (first, second) = (&corpus.images[..12], &corpus.images[6..]);
+    let write = |name: &str, imgs: &[ferry::fixtures::FixtureImage]| -> PathBuf {
+        let p = work.path().join(name);
+        std::fs::write(
+            &p,
+            imgs.iter()
+                .map(|i| format!("{}:{}\n", i.repository, i.tag))
+                .collect::<String>(),
+        )
+        .unwrap();
+        p
+    };
+    let blobs = |imgs: &[ferry::fixtures::FixtureImage]| {
+        imgs.iter()
+            .flat_map(|i| blobs_of(root, &i.digest, false))
+            .collect::<BTreeSet<_>>()
+    };
+    let r1 = json(&run_ok(
+        bundle_cmd(
+            &write("1.txt", first),
+            &work.path().join("1.tar.zst"),
+            &cache,
+            &src.addr,
+        )
+        .arg("--json"),
+    ));
+    assert_eq!(r1["blobs_downloaded"], blobs(first).len());
+    let r2 = json(&run_ok(
+        bundle_cmd(
+            &write("2.txt", second),
+            &work.path().join("2.tar.zst"),
+            &cache,
+            &src.addr,
+        )
+        .arg("--json"),
+    ));
+    let new: BTreeSet<_> = blobs(second).difference(&blobs(first)).cloned().collect();
+    assert!(!new.is_empty() && new.len() < blobs(second).len());
+    assert_eq!(
+        r2["blobs_downloaded"],
+        new.len(),
+        "only what the cache lacked"
+    );
+    assert_eq!(r2["blobs_reused"], blobs(second).len() - new.len());
+}
+
+#[test]
+fn bad_list_lines_are_reported_before_anything_is_downloaded() {
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, "##ok\nredis:5\nBad/Name:1\nx:-tag\n").unwrap();
+    let out = run(&mut bundle_cmd(
+        &list,
+        &work.path().join("b.tar.zst"),
+        &work.path().join("cache"),
+        "127.0.0.1:1",
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("list.txt:3: \"Bad/Name:1\": invalid repository name"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("list.txt:4: \"x:-tag\": invalid tag"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        3,
+        "one line per bad line, and a summary: {stderr}"
+    );
+    assert_eq!(entries(work.path()), ["list.txt"], "nothing written");
+}
+
+#[test]
+fn missing_image_and_dead_registry_fail_cleanly_and_keep_going_writes_the_rest() {
+    let (_, corpus) = small();
+    let (_src_dir, src) = source();
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    let good = &corpus.images[0];
+    std::fs::write(
+        &list,
+        format!(
+            "{}:{}\nno/such-image:1\n{}:no-such-tag\n",
+            good.repository, good.tag, good.repository
+        ),
+    )
+    .unwrap();
+    let out = work.path().join("b.tar.zst");
+    let cache = work.path().join("cache");
+    let res = run(&mut bundle_cmd(&list, &out, &cache, &src.addr));
+    assert_eq!(res.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].starts_with("error: no/such-image:1 (") && lines[0].contains("MANIFEST_UNKNOWN"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains(&format!("{}:no-such-tag", good.repository))
+            && lines[1].contains("MANIFEST_UNKNOWN"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    assert_eq!(entries(work.path()), ["cache", "list.txt"]);
+
+    let res = run(&mut bundle_cmd(&list, &out, &cache, &src.addr).arg("--keep-going"));
+    assert_eq!(res.status.code(), Some(1), "still an error");
+    assert!(String::from_utf8_lossy(&res.stderr).contains("was written without them"));
+    let index = ferry::bundle::read_index(&out).unwrap();
+    assert_eq!(index.images.len(), 1);
+    assert_eq!(index.failed.len(), 2);
+
+    // A registry that is not there: every image named, no bundle.
+    let port = free_port();
+    let out2 = work.path().join("c.tar.zst");
+    let res = run(&mut bundle_cmd(
+        &list,
+        &out2,
+        &cache,
+        &format!("127.0.0.1:{port}"),
+    ));
+    assert_eq!(res.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("Connection refused") || l.contains("onnection refused"))
+            .count(),
+        3,
+        "{stderr}"
+    );
+    assert!(!out2.exists());
+}
+
+#[test]
+fn corrupt_or_truncated_blob_from_the_source_is_refused_and_a_rerun_completes() {
+    let (root, corpus) = small();
+    let img = corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.is_empty())
+        .unwrap();
+    let layer = blobs_of(root, &img.digest, false)
+        .into_iter()
+        .max_by_key(|d| Store::open(root).blob_size(d).unwrap().unwrap())
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, format!("{}:{}\n", img.repository, img.tag)).unwrap();
+    let cache = work.path().join("cache");
+    let out = work.path().join("b.tar.zst");
+    for (damage, why) in [("corrupt", "hashes to"), ("truncate", "bytes, expected")] {
+        let hostile = tempfile::tempdir().unwrap();
+        hardlink_copy(root, hostile.path());
+        let data =
+            Store::open(hostile.path()).path(ferry::store::paths::PathSpec::BlobData(&layer));
+        let mut bytes = std::fs::read(&data).unwrap();
+        std::fs::remove_file(&data).unwrap(); // break the hardlink before changing content
+        match damage {
+            "corrupt" => bytes[1000] ^= 0xff,
+            _ => bytes.truncate(bytes.len() / 2),
+        }
+        std::fs::write(&data, bytes).unwrap();
+        let server = FerryServe::start(hostile.path());
+        let res = run(&mut bundle_cmd(&list, &out, &cache, &server.addr));
+        assert_eq!(res.status.code(), Some(1), "{damage}");
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert!(
+            stderr.lines().next().unwrap().contains(&img.repository) && stderr.contains(why),
+            "{damage}: {stderr}"
+        );
+        assert!(!out.exists());
+        assert!(
+            !Store::open(&cache).has_blob(&layer),
+            "{damage}: no partial blob in the cache"
+        );
+        assert_eq!(
+            std::fs::read_dir(cache.join(".ferry-tmp")).unwrap().count(),
+            0,
+            "{damage}: no temp file left"
+        );
+    }
+    let (_src_dir, src) = source();
+    let res = json(&run_ok(
+        bundle_cmd(&list, &out, &cache, &src.addr).arg("--json"),
+    ));
+    assert!(res["blobs_downloaded"].as_u64().unwrap() >= 1);
+    assert!(out.exists());
+}
+
+#[test]
+fn killed_bundle_resumes_and_downloads_only_what_was_missing() {
+    let (_, corpus) = small();
+    let (_src_dir, src) = source();
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, corpus.images_list()).unwrap();
+    let cache = work.path().join("cache");
+    let out = work.path().join("b.tar.zst");
+    let mut child = bundle_cmd(&list, &out, &cache, &src.addr)
+        .args(["--jobs", "1"])
+        .spawn()
+        .unwrap();
+    let blobs_dir = cache.join("docker/registry/v2/blobs/sha256");
+    let count = || walk_count(&blobs_dir);
+    let start = std::time::Instant::now();
+    while count() < 30 && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed before it finished");
+    assert!(!out.exists());
+    let had = count();
+    let res = json(&run_ok(
+        bundle_cmd(&list, &out, &cache, &src.addr).arg("--json"),
+    ));
+    let total = res["blobs"].as_u64().unwrap();
+    let downloaded = res["blobs_downloaded"].as_u64().unwrap();
+    assert!(
+        downloaded > 0 && downloaded < total,
+        "downloaded {downloaded} of {total}"
+    );
+    assert!(res["blobs_reused"].as_u64().unwrap() > 0);
+    let _ = had;
+    let report = run_ok(ferry().arg("verify").arg(&cache));
+    assert!(String::from_utf8_lossy(&report.stdout).contains(" 0 faults"));
+}
+
+fn walk_count(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| std::fs::read_dir(e.path()).map(|r| r.count()).unwrap_or(0))
+        .sum()
+}
