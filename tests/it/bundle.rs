@@ -377,7 +377,7 @@ fn missing_image_and_dead_registry_fail_cleanly_and_keep_going_writes_the_rest()
     assert!(!out.exists());
     assert_eq!(entries(work.path()), ["cache", "list.txt"]);
 
-    let res = run(&mut bundle_cmd(&list, &out, &cache, &src.addr).arg("--keep-going"));
+    let res = run(bundle_cmd(&list, &out, &cache, &src.addr).arg("--keep-going"));
     assert_eq!(res.status.code(), Some(1), "still an error");
     assert!(String::from_utf8_lossy(&res.stderr).contains("was written without them"));
     let index = ferry::bundle::read_index(&out).unwrap();
