@@ -2,6 +2,9 @@
 # Benchmarks against the incumbent tools, measured in the same run on the same data.
 #   scripts/bench.sh serve [WORK]     large-blob GETs: ferry serve vs docker-registry over one root;
 #                                     ferry verify vs sha256sum of the same blob files
+#   scripts/bench.sh bundle [WORK]    the seed workflow (skopeo sync + shell + tar + zstd) vs ferry bundle
+#                                     with an empty cache and with a warm one, vs plain tar | zstd of the root
+# The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated `medium` corpus between runs.
 # Prints median seconds of RUNS runs (default 5) and the ratio incumbent/ferry.
 set -euo pipefail
@@ -106,5 +109,35 @@ PY
   echo "  ferry verify     ${t_ver}s  (also resolves every link)"
   echo "  speed-up ferry verify vs sha256sum: $(ratio "$t_sum" "$t_ver")x"
   ;;
-*) echo "usage: scripts/bench.sh serve [WORK]" >&2; exit 2 ;;
+bundle)
+  INCUMBENT="${INCUMBENT:-$PWD/../shared/incumbent}"
+  for t in skopeo zstd tar /usr/bin/time; do command -v "$t" >/dev/null || { echo "bench needs $t" >&2; exit 1; }; done
+  start_registry "$ROOT"; REG=$ADDR
+  LIST="$WORK/medium-list.txt"; OUT="$WORK/bundle"; mkdir -p "$OUT"
+  SEEDLOG="$WORK/seed.log"; : > "$SEEDLOG"
+  seed() { bash "$INCUMBENT/seed_bundle.sh" "$REG" "$LIST" "$OUT/seed" "$SEEDLOG" sync; }
+  cold() { rm -rf "$OUT/cache" "$OUT/ferry.tar.zst"; sync; "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false; }
+  warm() { rm -f "$OUT/ferry.tar.zst"; "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false; }
+  floor() { tar -C "$OUT/root" -c docker | zstd -q -T0 -3 > "$OUT/floor.tar.zst" && sync; }
+  t_seed=$(median_time seed)
+  t_cold=$(median_time cold)
+  rm -rf "$OUT/root"; "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false --root-dir "$OUT/root"
+  t_warm=$(median_time warm)
+  t_floor=$(median_time floor)
+  # Peak memory and bytes written (file system outputs, 512-byte blocks) of one cold and one warm run.
+  rm -rf "$OUT/cache"; sync
+  /usr/bin/time -f "%M %O" -o "$WORK/cold.time" "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
+  /usr/bin/time -f "%M %O" -o "$WORK/warm.time" "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
+  read -r cold_rss cold_out < "$WORK/cold.time"; read -r warm_rss warm_out < "$WORK/warm.time"
+  UNIQUE=$(python3 -c "import json; print(json.load(open('$WORK/medium.json'))['unique_bytes'])")
+  echo "bundle of the medium corpus ($(wc -l < "$LIST") list lines, $(python3 -c "print(f'{$UNIQUE/1e9:.2f}')") GB unique), median of $RUNS, whole process:"
+  echo "  seed workflow (skopeo sync + convert + tar + zstd -T0 + sync)  ${t_seed}s"
+  echo "  ferry bundle, empty cache                                    ${t_cold}s   speed-up $(ratio "$t_seed" "$t_cold")x"
+  echo "  ferry bundle, warm cache                                     ${t_warm}s"
+  echo "  tar -c ROOT | zstd -T0 > F && sync (packing floor)           ${t_floor}s   warm/floor $(ratio "$t_warm" "$t_floor")x"
+  echo "  peak RSS: cold $((cold_rss / 1024)) MB, warm $((warm_rss / 1024)) MB"
+  echo "  bytes written, cold: $(python3 -c "print(f'{$cold_out*512/1e9:.2f} GB = {$cold_out*512/$UNIQUE:.2f}x the unique bytes')")"
+  echo "  seed phases (last run): $(tail -1 "$SEEDLOG" | cut -d' ' -f1-9)"
+  ;;
+*) echo "usage: scripts/bench.sh serve|bundle [WORK]" >&2; exit 2 ;;
 esac

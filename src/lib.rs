@@ -6,7 +6,6 @@
 pub mod auth;
 pub mod bundle;
 pub mod cli;
-pub mod copy;
 pub mod digest;
 pub mod fixtures;
 pub mod limits;
