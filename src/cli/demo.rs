@@ -31,7 +31,13 @@ pub struct DemoArgs {
 }
 
 /// Serves `store` on a random loopback port until the returned sender is dropped.
-async fn serve_in_background(store: Store) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>)> {
+async fn serve_in_background(
+    store: Store,
+) -> anyhow::Result<(
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
     let (listener, addr) = crate::serve::bind("127.0.0.1:0").await?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(crate::serve::run(store, listener, async {
@@ -43,7 +49,9 @@ async fn serve_in_background(store: Store) -> anyhow::Result<(String, tokio::syn
 fn unpack(bundle: &Path, dest: &Path) -> anyhow::Result<()> {
     let f = std::fs::File::open(bundle).with_context(|| format!("opening {}", bundle.display()))?;
     let mut archive = tar::Archive::new(zstd::stream::read::Decoder::new(f)?);
-    archive.unpack(dest).with_context(|| format!("unpacking {} into {}", bundle.display(), dest.display()))
+    archive
+        .unpack(dest)
+        .with_context(|| format!("unpacking {} into {}", bundle.display(), dest.display()))
 }
 
 pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -64,7 +72,8 @@ pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
     let source = Store::create(dir.join("source-root"))?.with_durable(false);
     let corpus = generate(a.preset, &source).context("generating the demo images")?;
     let list_path = dir.join("images-list.txt");
-    std::fs::write(&list_path, corpus.images_list()).with_context(|| format!("writing {}", list_path.display()))?;
+    std::fs::write(&list_path, corpus.images_list())
+        .with_context(|| format!("writing {}", list_path.display()))?;
     say(format!(
         "1. generated {} tags ({} unique, {} referenced) into {} and listed them in {}",
         corpus.images.len(),
@@ -78,15 +87,22 @@ pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
     let site = dir.join("site-root");
     let mismatches = rt.block_on(async {
         let (src_addr, stop_src, src_task) = serve_in_background(source.clone()).await?;
-        say(format!("2. serving the source at http://{src_addr} (ferry serve)"));
+        say(format!(
+            "2. serving the source at http://{src_addr} (ferry serve)"
+        ));
         let entries = parse_images_list(&list_path.display().to_string(), &corpus.images_list())?;
         let opts = BundleOptions {
             plan: PlanOptions {
                 default_registry: src_addr.clone(),
-                platforms: vec![crate::manifest::Platform::parse("linux/amd64").map_err(anyhow::Error::msg)?],
+                platforms: vec![
+                    crate::manifest::Platform::parse("linux/amd64").map_err(anyhow::Error::msg)?,
+                ],
                 all_platforms: true,
                 keep_host: false,
-                client: ClientOptions { tls_verify: false, ..ClientOptions::default() },
+                client: ClientOptions {
+                    tls_verify: false,
+                    ..ClientOptions::default()
+                },
                 jobs: crate::limits::DEFAULT_JOBS,
             },
             cache: dir.join("cache"),
@@ -113,14 +129,33 @@ pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
 
         unpack(&bundle_path, &site)?;
         let (site_addr, stop_site, site_task) = serve_in_background(Store::open(&site)).await?;
-        say(format!("4. unpacked the bundle into {} and serve it at http://{site_addr}", site.display()));
-        let client = Client::new(&site_addr, &ClientOptions { tls_verify: false, ..ClientOptions::default() })?;
+        say(format!(
+            "4. unpacked the bundle into {} and serve it at http://{site_addr}",
+            site.display()
+        ));
+        let client = Client::new(
+            &site_addr,
+            &ClientOptions {
+                tls_verify: false,
+                ..ClientOptions::default()
+            },
+        )?;
         let mut mismatches = 0;
         for img in &corpus.images {
             let got = client.get_manifest(&img.repository, &img.tag).await?;
             let ok = got.digest() == &img.digest;
             mismatches += usize::from(!ok);
-            println!("{}:{}\t{}\t{}", img.repository, img.tag, got.digest(), if ok { "same digest as the source" } else { "DIGEST DIFFERS" });
+            println!(
+                "{}:{}\t{}\t{}",
+                img.repository,
+                img.tag,
+                got.digest(),
+                if ok {
+                    "same digest as the source"
+                } else {
+                    "DIGEST DIFFERS"
+                }
+            );
         }
         drop(stop_site);
         site_task.await??;
@@ -139,11 +174,21 @@ pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
         report.faults.len()
     ));
     if mismatches > 0 || !report.faults.is_empty() {
-        bail!("demo failed: {mismatches} digest mismatches, {} faults", report.faults.len());
+        bail!(
+            "demo failed: {mismatches} digest mismatches, {} faults",
+            report.faults.len()
+        );
     }
     match &a.dir {
-        Some(d) => say(format!("done in {:.1}s; files kept in {}", t0.elapsed().as_secs_f64(), d.display())),
-        None => say(format!("done in {:.1}s (pass --dir DIR to keep the files)", t0.elapsed().as_secs_f64())),
+        Some(d) => say(format!(
+            "done in {:.1}s; files kept in {}",
+            t0.elapsed().as_secs_f64(),
+            d.display()
+        )),
+        None => say(format!(
+            "done in {:.1}s (pass --dir DIR to keep the files)",
+            t0.elapsed().as_secs_f64()
+        )),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -103,10 +103,24 @@ fn ls_lists_every_tag_with_digest_and_platforms() {
 #[test]
 fn demo_runs_the_main_job_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_ok(ferry().args(["demo", "--preset", "tiny", "--dir"]).arg(dir.path()));
+    let out = run_ok(
+        ferry()
+            .args(["demo", "--preset", "tiny", "--dir"])
+            .arg(dir.path()),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("(0 digests differ)") && stderr.contains(" 0 faults"), "{stderr}");
+    assert!(
+        stderr.contains("(0 digests differ)") && stderr.contains(" 0 faults"),
+        "{stderr}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().filter(|l| l.ends_with("same digest as the source")).count(), 4, "{stdout}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.ends_with("same digest as the source"))
+            .count(),
+        4,
+        "{stdout}"
+    );
     assert!(dir.path().join("bundle.tar.zst").is_file());
 }

@@ -4,6 +4,7 @@
 mod bundle;
 mod cli;
 mod harness;
+mod hostile;
 mod serve;
 mod store_interop;
 mod verify;
