@@ -120,6 +120,16 @@ pub enum BundleError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A cached blob changed since it was verified; it has been removed so a re-run downloads it again.
+    #[error("cached blob {digest} in {} is corrupt ({cause}); it was removed: run the bundle again to download it", cache.display())]
+    CorruptCache {
+        /// The blob.
+        digest: Digest,
+        /// What did not match.
+        cause: String,
+        /// The cache directory.
+        cache: PathBuf,
+    },
     /// The list selected nothing.
     #[error("the images list selects no image")]
     Empty,
@@ -154,9 +164,18 @@ pub async fn bundle(
     if entries.is_empty() {
         return Err(BundleError::Empty);
     }
-    let cache = Store::create(&opts.cache)?;
+    // The cache is not fsync'd blob by blob: every byte is re-hashed when it is
+    // packed, so a cache damaged by a crash is caught there (and repaired by a
+    // re-run), while only the bundle itself has to reach the disk.
+    let cache = Store::create(&opts.cache)?.with_durable(false);
     let clients = Clients::default();
     let mut plan: Plan = plan::resolve(entries, &opts.plan, &clients, &cache).await;
+    tracing::info!(
+        "plan: {} images, {} blobs, resolved in {:.2}s",
+        plan.images.len(),
+        plan.blobs.len(),
+        start.elapsed().as_secs_f64()
+    );
     if !plan.failures.is_empty() && !opts.keep_going {
         return Err(BundleError::Images {
             failures: plan.failures,
@@ -170,12 +189,26 @@ pub async fn bundle(
         });
     }
 
-    let missing: Vec<(&Digest, &plan::BlobSource)> = plan
+    if let Some(dir) = &opts.root_dir
+        && std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    {
+        return Err(BundleError::Write {
+            path: dir.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "--root-dir must be a new or empty directory",
+            ),
+        });
+    }
+    let missing: BTreeSet<Digest> = plan
         .blobs
-        .iter()
-        .filter(|(d, _)| !cache.has_blob(d))
+        .keys()
+        .filter(|d| !cache.has_blob(d))
+        .cloned()
         .collect();
-    let fetch_bytes: u64 = missing.iter().map(|(_, s)| s.size).sum();
+    let fetch_bytes: u64 = missing.iter().map(|d| plan.blobs[d].size).sum();
     let pack_bytes = plan.blob_bytes();
     space::check(
         &opts.cache,
@@ -185,40 +218,74 @@ pub async fn bundle(
     )?;
     progress.planned(plan.images.len(), plan.blobs.len(), fetch_bytes);
 
-    // Every missing blob, across all images, `jobs` at a time.
-    let downloaded = AtomicU64::new(0);
-    let results: Vec<(Digest, Result<u64, String>)> = stream::iter(missing.iter())
-        .map(|(d, src)| {
-            let clients = &clients;
-            let cache = &cache;
-            let progress = &progress;
-            let downloaded = &downloaded;
-            async move {
-                let r = async {
-                    let client = clients
-                        .get(&src.registry, &opts.plan.client)
-                        .map_err(|e| e.to_string())?;
-                    let n = client
-                        .fetch_blob(cache, &src.repository, &src.descriptor)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    downloaded.fetch_add(n, Ordering::Relaxed);
-                    progress.fetched(src.size);
-                    Ok(n)
-                }
-                .await;
-                ((*d).clone(), r)
-            }
+    // Download in pack order, `jobs` at a time, while the packer writes each
+    // blob as soon as it (and every blob before it) is in the cache: the
+    // network and the disk work at the same time.
+    let (layout, index_json) = layout_and_index(&plan, opts.mtime);
+    let order: Vec<Digest> = layout.blobs().cloned().collect();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(Digest, bool)>();
+    let packer = {
+        let (opts, cache, index_json) = (opts.clone(), cache.clone(), index_json.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut ready = move |d: &Digest| match ready_rx.recv() {
+                Ok((got, true)) if &got == d => Ok(()),
+                _ => Err(std::io::Error::other(Aborted)),
+            };
+            write_bundle(&opts, &index_json, &layout, &cache, &mut ready)
         })
-        .buffer_unordered(opts.jobs.max(1))
-        .collect()
-        .await;
-    let fetch_failures: BTreeMap<Digest, String> = results
-        .into_iter()
-        .filter_map(|(d, r)| r.err().map(|e| (d, e)))
-        .collect();
+    };
+    let downloaded = AtomicU64::new(0);
+    let mut fetch_failures: BTreeMap<Digest, String> = BTreeMap::new();
+    {
+        let mut results = stream::iter(order.iter())
+            .map(|d| {
+                let (clients, cache, progress, downloaded, missing, plan) =
+                    (&clients, &cache, &progress, &downloaded, &missing, &plan);
+                async move {
+                    if !missing.contains(d) {
+                        return (d.clone(), Ok(()));
+                    }
+                    let src = &plan.blobs[d];
+                    let r = async {
+                        let client = clients
+                            .get(&src.registry, &opts.plan.client)
+                            .map_err(|e| e.to_string())?;
+                        let n = client
+                            .fetch_blob(cache, &src.repository, &src.descriptor)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        downloaded.fetch_add(n, Ordering::Relaxed);
+                        progress.fetched(src.size);
+                        Ok(())
+                    }
+                    .await;
+                    (d.clone(), r)
+                }
+            })
+            .buffered(opts.jobs.max(1));
+        while let Some((d, r)) = results.next().await {
+            let ok = r.is_ok();
+            if let Err(e) = r {
+                fetch_failures.insert(d.clone(), e);
+            }
+            let _ = ready_tx.send((d, ok));
+        }
+    }
+    drop(ready_tx);
+    tracing::info!(
+        "fetch: {} blobs done at {:.2}s",
+        missing.len(),
+        start.elapsed().as_secs_f64()
+    );
+    let packed = packer.await.map_err(|e| BundleError::Write {
+        path: opts.output.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let blobs_downloaded = missing.len() - fetch_failures.len();
-    if !fetch_failures.is_empty() {
+
+    let bundle_bytes = if fetch_failures.is_empty() {
+        packed.map_err(|e| corrupt_cache(e, &cache, opts))?
+    } else {
         let mut kept = Vec::new();
         for img in std::mem::take(&mut plan.images) {
             match img.blobs.iter().find_map(|b| fetch_failures.get(&b.digest)) {
@@ -236,84 +303,29 @@ pub async fn bundle(
                 written: None,
             });
         }
-    }
-
-    // The bundle root: hardlinks from the cache.
-    let temp_root = cache
-        .path(crate::store::paths::PathSpec::Temp)
-        .join(format!("root-{}", std::process::id()));
-    let root_path = opts.root_dir.clone().unwrap_or_else(|| temp_root.clone());
-    let _cleanup = opts
-        .root_dir
-        .is_none()
-        .then(|| RemoveOnDrop(temp_root.clone()));
-    if root_path.exists()
-        && std::fs::read_dir(&root_path)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        if opts.root_dir.is_some() {
-            return Err(BundleError::Write {
-                path: root_path,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "--root-dir must be a new or empty directory",
-                ),
-            });
-        }
-        let _ = std::fs::remove_dir_all(&root_path);
-    }
-    let root = Store::create(&root_path)?.with_durable(false);
-    let mut images = Vec::new();
-    for img in &plan.images {
-        root.import_image(&cache, &img.digest, &img.repository, img.tag.as_deref())?;
-        images.push(BundleImage {
-            section: img.section.clone(),
-            source: img.source.clone(),
-            repository: img.repository.clone(),
-            tag: img.tag.clone(),
-            digest: img.digest.clone(),
-            media_type: img.media_type.clone(),
-            platforms: img.platforms.clone(),
-        });
-    }
-    // The root must hold the layout and nothing else: drop the store's (now empty) temp dir.
-    let _ = std::fs::remove_dir(root.path(crate::store::paths::PathSpec::Temp));
-    let mut blob_set: BTreeSet<BlobEntry> = BTreeSet::new();
-    for img in &plan.images {
-        for m in &img.manifests {
-            blob_set.insert(BlobEntry {
-                digest: m.digest().clone(),
-                size: m.bytes().len() as u64,
-            });
-        }
-        for b in &img.blobs {
-            blob_set.insert(BlobEntry {
-                digest: b.digest.clone(),
-                size: b.size,
-            });
-        }
-    }
-    let layer_blobs: BTreeSet<&Digest> = plan
-        .images
-        .iter()
-        .flat_map(|i| i.blobs.iter().map(|b| &b.digest))
-        .collect();
-    let index = BundleIndex {
-        format: FORMAT.to_string(),
-        created_by: concat!("ferry ", env!("CARGO_PKG_VERSION")).to_string(),
-        source_date_epoch: opts.mtime,
-        images,
-        failed: plan.failures.clone(),
-        blob_count: layer_blobs.len(),
-        blob_bytes: layer_blobs.iter().map(|d| plan.blobs[*d].size).sum(),
-        blobs: blob_set.into_iter().collect(),
+        // --keep-going: pack again without the failed images; everything left is in the cache.
+        let (layout, index_json) = layout_and_index(&plan, opts.mtime);
+        let (o, c) = (opts.clone(), cache.clone());
+        tokio::task::spawn_blocking(move || {
+            write_bundle(&o, &index_json, &layout, &c, &mut |_| Ok(()))
+        })
+        .await
+        .map_err(|e| BundleError::Write {
+            path: opts.output.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(|e| corrupt_cache(e, &cache, opts))?
     };
-    let index_json = serde_json::to_vec_pretty(&index).expect("index serialises");
-    progress.packing(index.blobs.iter().map(|b| b.size).sum());
-    let bundle_bytes = write_bundle(&opts.output, &index_json, &root_path, opts).await?;
+    tracing::info!("packed at {:.2}s", start.elapsed().as_secs_f64());
 
-    let bytes_downloaded = downloaded.into_inner();
+    if let Some(dir) = &opts.root_dir {
+        let root = Store::create(dir)?.with_durable(false);
+        for img in &plan.images {
+            root.import_image(&cache, &img.digest, &img.repository, img.tag.as_deref())?;
+        }
+        let _ = std::fs::remove_dir(root.path(crate::store::paths::PathSpec::Temp));
+    }
+
     let summary = BundleSummary {
         output: opts.output.clone(),
         images: plan.images.len(),
@@ -321,7 +333,7 @@ pub async fn bundle(
         blobs: plan.blobs.len(),
         blob_bytes: pack_bytes,
         blobs_downloaded,
-        bytes_downloaded,
+        bytes_downloaded: downloaded.into_inner(),
         blobs_reused: plan.blobs.len() - missing.len(),
         bytes_reused: pack_bytes - fetch_bytes,
         bundle_bytes,
@@ -336,6 +348,114 @@ pub async fn bundle(
     Ok(summary)
 }
 
+/// The packer stopped because a blob it waited for could not be downloaded.
+#[derive(Debug, thiserror::Error)]
+#[error("a blob could not be downloaded")]
+struct Aborted;
+
+/// Turns a packing error caused by a corrupt cached blob into advice, removing the blob so a re-run fetches it.
+fn corrupt_cache(e: BundleError, cache: &Store, opts: &BundleOptions) -> BundleError {
+    match e {
+        BundleError::Write { source, path } => match source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<pack::CorruptBlob>())
+        {
+            Some(c) => {
+                let _ = std::fs::remove_file(
+                    cache.path(crate::store::paths::PathSpec::BlobData(&c.digest)),
+                );
+                BundleError::CorruptCache {
+                    digest: c.digest.clone(),
+                    cause: c.cause.clone(),
+                    cache: opts.cache.clone(),
+                }
+            }
+            None => BundleError::Write { source, path },
+        },
+        other => other,
+    }
+}
+
+/// The bundle's tree and `ferry-bundle.json`, both from the plan alone (the
+/// same links `Store::link_image` writes, so `--root-dir` holds the same tree).
+fn layout_and_index(plan: &Plan, mtime: u64) -> (pack::Layout, Vec<u8>) {
+    use crate::store::paths::{PathSpec, path_for};
+    let rel = |spec| path_for(Path::new(""), spec);
+    let link = |d: &Digest| pack::Content::Bytes(d.to_string().into_bytes());
+    let mut layout = pack::Layout::default();
+    let mut blobs: BTreeSet<BlobEntry> = BTreeSet::new();
+    let mut images = Vec::new();
+    for img in &plan.images {
+        for m in &img.manifests {
+            let size = m.bytes().len() as u64;
+            layout.add(
+                &rel(PathSpec::BlobData(m.digest())),
+                pack::Content::Blob(m.digest().clone(), size),
+            );
+            layout.add(
+                &rel(PathSpec::RevisionLink(&img.repository, m.digest())),
+                link(m.digest()),
+            );
+            blobs.insert(BlobEntry {
+                digest: m.digest().clone(),
+                size,
+            });
+        }
+        for b in &img.blobs {
+            layout.add(
+                &rel(PathSpec::BlobData(&b.digest)),
+                pack::Content::Blob(b.digest.clone(), b.size),
+            );
+            layout.add(
+                &rel(PathSpec::LayerLink(&img.repository, &b.digest)),
+                link(&b.digest),
+            );
+            blobs.insert(BlobEntry {
+                digest: b.digest.clone(),
+                size: b.size,
+            });
+        }
+        if let Some(tag) = &img.tag {
+            layout.add(
+                &rel(PathSpec::TagIndexLink(&img.repository, tag, &img.digest)),
+                link(&img.digest),
+            );
+            layout.add(
+                &rel(PathSpec::TagCurrentLink(&img.repository, tag)),
+                link(&img.digest),
+            );
+        }
+        images.push(BundleImage {
+            section: img.section.clone(),
+            source: img.source.clone(),
+            repository: img.repository.clone(),
+            tag: img.tag.clone(),
+            digest: img.digest.clone(),
+            media_type: img.media_type.clone(),
+            platforms: img.platforms.clone(),
+        });
+    }
+    let layer_blobs: BTreeSet<&Digest> = plan
+        .images
+        .iter()
+        .flat_map(|i| i.blobs.iter().map(|b| &b.digest))
+        .collect();
+    let index = BundleIndex {
+        format: FORMAT.to_string(),
+        created_by: concat!("ferry ", env!("CARGO_PKG_VERSION")).to_string(),
+        source_date_epoch: mtime,
+        images,
+        failed: plan.failures.clone(),
+        blob_count: layer_blobs.len(),
+        blob_bytes: layer_blobs.iter().map(|d| plan.blobs[*d].size).sum(),
+        blobs: blobs.into_iter().collect(),
+    };
+    (
+        layout,
+        serde_json::to_vec_pretty(&index).expect("index serialises"),
+    )
+}
+
 struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -343,13 +463,15 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Packs into `<output>.tmp-<pid>`, fsyncs, renames; on any failure the temp file is removed.
-async fn write_bundle(
-    output: &Path,
-    index_json: &[u8],
-    root: &Path,
+/// Packs into `.<output>.tmp-<pid>`, fsyncs, renames; on any failure the temp file is removed.
+fn write_bundle(
     opts: &BundleOptions,
+    index_json: &[u8],
+    layout: &pack::Layout,
+    cache: &Store,
+    ready: &mut dyn FnMut(&Digest) -> std::io::Result<()>,
 ) -> Result<u64, BundleError> {
+    let output = &opts.output;
     let dir = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -361,38 +483,25 @@ async fn write_bundle(
         .unwrap_or_else(|| "bundle".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let guard = RemoveOnDrop(tmp.clone());
-    let (tmp2, index_json, root, compression, level, mtime) = (
-        tmp.clone(),
-        index_json.to_vec(),
-        root.to_path_buf(),
-        opts.compression,
-        opts.level,
-        opts.mtime,
-    );
     let werr = |source| BundleError::Write {
         path: output.to_path_buf(),
         source,
     };
-    let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-        let file = std::fs::File::create(&tmp2)?;
-        let out = match compression {
-            Compression::None => {
-                pack::Output::Plain(std::io::BufWriter::with_capacity(1 << 20, file))
-            }
-            Compression::Zstd => {
-                let threads = std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2);
-                pack::Output::Zstd(pack::FrameWriter::new(file, level, threads))
-            }
-        };
-        let file = pack::write_tar(out, &index_json, &root, mtime)?;
-        file.sync_all()?;
-        Ok(file)
-    })
-    .await
-    .map_err(|e| werr(std::io::Error::other(e.to_string())))?
-    .map_err(werr)?;
+    let file = std::fs::File::create(&tmp).map_err(werr)?;
+    let out = match opts.compression {
+        Compression::None => pack::Output::Plain(std::io::BufWriter::with_capacity(
+            1 << 20,
+            pack::Writeback::new(file),
+        )),
+        Compression::Zstd => {
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2);
+            pack::Output::Zstd(pack::FrameWriter::new(file, opts.level, threads))
+        }
+    };
+    let file = pack::write_tar(out, index_json, layout, cache, opts.mtime, ready).map_err(werr)?;
+    file.sync_all().map_err(werr)?;
     let size = file.metadata().map_err(werr)?.len();
     std::fs::rename(&tmp, output).map_err(werr)?;
     std::mem::forget(guard);

@@ -5,15 +5,68 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
+
+use crate::digest::Digest;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use super::format::{MAX_FRAME_BYTES, MIN_FRAME_BYTES, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC};
 
+/// Bytes written between two writeback requests.
+const WRITEBACK_BYTES: u64 = 32 * 1024 * 1024;
+
+/// A file that asks the kernel to start writing back every [`WRITEBACK_BYTES`],
+/// so the final fsync waits for the last few MiB instead of the whole file
+/// (the disk works while we are still producing).
+pub struct Writeback {
+    file: File,
+    written: u64,
+    flushed: u64,
+}
+
+impl Writeback {
+    /// Wraps a new, empty file.
+    pub fn new(file: File) -> Writeback {
+        Writeback {
+            file,
+            written: 0,
+            flushed: 0,
+        }
+    }
+
+    fn into_inner(self) -> File {
+        self.file
+    }
+}
+
+impl Write for Writeback {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.flushed >= WRITEBACK_BYTES {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid open fd and a range inside the file; the call only schedules I/O.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.flushed as libc::off64_t,
+                    (self.written - self.flushed) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.flushed = self.written;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Where tar bytes go: straight to the file, or cut into frames compressed in parallel.
 pub enum Output {
     /// Plain tar.
-    Plain(BufWriter<File>),
+    Plain(BufWriter<Writeback>),
     /// Seekable zstd.
     Zstd(FrameWriter),
 }
@@ -30,7 +83,10 @@ impl Output {
     /// Flushes everything (and the seek table) and returns the file.
     pub fn finish(self) -> io::Result<File> {
         match self {
-            Output::Plain(w) => w.into_inner().map_err(|e| e.into_error()),
+            Output::Plain(w) => w
+                .into_inner()
+                .map(Writeback::into_inner)
+                .map_err(|e| e.into_error()),
             Output::Zstd(f) => f.finish(),
         }
     }
@@ -67,9 +123,10 @@ impl FrameWriter {
     /// Starts compressing into `file` at `level` with `threads` workers.
     pub fn new(file: File, level: i32, threads: usize) -> FrameWriter {
         let threads = threads.max(1);
-        let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
+        // Short queues keep memory flat: at most a few frames in flight per thread.
+        let (job_tx, job_rx) = sync_channel::<Job>(threads);
         let job_rx = Arc::new(Mutex::new(job_rx));
-        let (done_tx, done_rx) = sync_channel::<Done>(threads * 2);
+        let (done_tx, done_rx) = sync_channel::<Done>(threads);
         let workers = (0..threads)
             .map(|_| {
                 let rx = job_rx.clone();
@@ -168,7 +225,7 @@ fn compress_worker(rx: Arc<Mutex<Receiver<Job>>>, tx: SyncSender<Done>, level: i
 }
 
 fn write_frames(file: File, rx: Receiver<Done>) -> Written {
-    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut w = Writeback::new(file);
     let mut pending = BTreeMap::new();
     let mut next = 0usize;
     let mut table = Vec::new();
@@ -184,8 +241,7 @@ fn write_frames(file: File, rx: Receiver<Done>) -> Written {
     if !pending.is_empty() {
         return Err(io::Error::other("a compressed frame went missing"));
     }
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    Ok((file, table))
+    Ok((w.into_inner(), table))
 }
 
 /// Appends the zstd seekable format's seek table (no per-frame checksums: each frame carries its own).
@@ -203,8 +259,59 @@ fn write_seek_table(file: &mut File, table: &[(u32, u32)]) -> io::Result<()> {
     file.write_all(&t)
 }
 
-/// Writes `index` then the tree under `root` (sorted, depth first) as tar entries into `out`.
-pub fn write_tar(out: Output, index_json: &[u8], root: &Path, mtime: u64) -> io::Result<File> {
+/// One entry of a bundle's tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// A directory.
+    Dir,
+    /// A blob's `data`, read from the cache (and re-hashed) when packed.
+    Blob(Digest, u64),
+    /// A small file (a link) held in memory.
+    Bytes(Vec<u8>),
+}
+
+/// The tree a bundle holds, keyed by path components: sorting by components is
+/// exactly a depth-first walk with names sorted bytewise, parents first.
+#[derive(Debug, Default)]
+pub struct Layout {
+    entries: BTreeMap<Vec<String>, Content>,
+}
+
+impl Layout {
+    /// Adds a file (and its parent directories) at a root-relative path.
+    pub fn add(&mut self, rel: &Path, content: Content) {
+        let parts: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        for i in 1..parts.len() {
+            self.entries
+                .entry(parts[..i].to_vec())
+                .or_insert(Content::Dir);
+        }
+        self.entries.insert(parts, content);
+    }
+
+    /// The blobs in the order they are packed.
+    pub fn blobs(&self) -> impl Iterator<Item = &Digest> {
+        self.entries.values().filter_map(|c| match c {
+            Content::Blob(d, _) => Some(d),
+            _ => None,
+        })
+    }
+}
+
+/// Writes `index_json` then `layout` as tar entries into `out`. Before each
+/// blob, `ready(digest)` is called and must return once the blob is in `cache`
+/// (so packing can run while later blobs are still downloading).
+pub fn write_tar(
+    out: Output,
+    index_json: &[u8],
+    layout: &Layout,
+    cache: &crate::store::Store,
+    mtime: u64,
+    ready: &mut dyn FnMut(&Digest) -> io::Result<()>,
+) -> io::Result<File> {
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Deterministic);
     let header = |kind: tar::EntryType, size: u64, mode: u32| {
@@ -220,39 +327,50 @@ pub fn write_tar(out: Output, index_json: &[u8], root: &Path, mtime: u64) -> io:
     let mut h = header(tar::EntryType::Regular, index_json.len() as u64, 0o644);
     tar.append_data(&mut h, super::format::INDEX_NAME, index_json)?;
     tar.get_mut().boundary()?;
-    walk(&mut tar, root, Path::new(""), &header)?;
+    for (parts, content) in &layout.entries {
+        let rel = parts.join("/");
+        match content {
+            Content::Dir => {
+                let mut h = header(tar::EntryType::Directory, 0, 0o755);
+                tar.append_data(&mut h, format!("{rel}/"), io::empty())?;
+            }
+            Content::Bytes(b) => {
+                let mut h = header(tar::EntryType::Regular, b.len() as u64, 0o644);
+                tar.append_data(&mut h, &rel, b.as_slice())?;
+                tar.get_mut().boundary()?;
+            }
+            Content::Blob(d, size) => {
+                ready(d)?;
+                let path = cache.path(crate::store::paths::PathSpec::BlobData(d));
+                let f = File::open(&path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+                let mut h = header(tar::EntryType::Regular, *size, 0o644);
+                // Every blob is re-hashed on its way into the bundle: a corrupt cache can never reach a site.
+                let reader = crate::digest::VerifyingReader::new(f, d.clone(), Some(*size));
+                tar.append_data(&mut h, &rel, reader)
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::InvalidData => io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            CorruptBlob {
+                                digest: d.clone(),
+                                cause: e.to_string(),
+                            },
+                        ),
+                        _ => e,
+                    })?;
+                tar.get_mut().boundary()?;
+            }
+        }
+    }
     tar.into_inner()?.finish()
 }
 
-fn walk(
-    tar: &mut tar::Builder<Output>,
-    dir: &Path,
-    rel: &Path,
-    header: &dyn Fn(tar::EntryType, u64, u32) -> tar::Header,
-) -> io::Result<()> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<_>>()?;
-    names.sort();
-    for name in names {
-        let path = dir.join(&name);
-        let rel = rel.join(&name);
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.is_dir() {
-            let mut h = header(tar::EntryType::Directory, 0, 0o755);
-            tar.append_data(&mut h, format!("{}/", rel.display()), io::empty())?;
-            walk(tar, &path, &rel, header)?;
-        } else if meta.is_file() {
-            let mut h = header(tar::EntryType::Regular, meta.len(), 0o644);
-            let f = File::open(&path)?;
-            tar.append_data(&mut h, &rel, f)?;
-            tar.get_mut().boundary()?;
-        } else {
-            return Err(io::Error::other(format!(
-                "{}: not a file or directory",
-                path.display()
-            )));
-        }
-    }
-    Ok(())
+/// A blob whose bytes no longer match its digest, found while packing.
+#[derive(Debug, thiserror::Error)]
+#[error("blob {digest}: {cause}")]
+pub struct CorruptBlob {
+    /// The blob.
+    pub digest: Digest,
+    /// What did not match.
+    pub cause: String,
 }

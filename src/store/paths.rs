@@ -278,6 +278,89 @@ pub fn list_tags(root: &Path, repo: &str) -> io::Result<Vec<String>> {
     read_dir_names(&path_for(root, PathSpec::Tags(repo)))
 }
 
+/// A file of the layout, recognised from its path relative to the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayoutFile {
+    /// `blobs/<alg>/<xx>/<hex>/data`.
+    BlobData(Digest),
+    /// A repository's `_layers` link.
+    LayerLink(String, Digest),
+    /// A repository's manifest revision link.
+    RevisionLink(String, Digest),
+    /// A tag's `current/link`.
+    TagCurrentLink(String, String),
+    /// A tag's `index/<alg>/<hex>/link`.
+    TagIndexLink(String, String, Digest),
+}
+
+fn algorithm(name: &str) -> Option<Algorithm> {
+    ALGORITHMS.into_iter().find(|a| a.name() == name)
+}
+
+/// Recognises a path relative to the root (`docker/registry/v2/...`, `/`-separated) as a layout file;
+/// `None` for anything else, so a reader of untrusted archives can refuse it. Names, tags and digests are validated.
+pub fn parse_file(rel: &str) -> Option<LayoutFile> {
+    let rest = rel.strip_prefix(V2)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return None;
+    }
+    let digest = |alg: &str, hex: &str| Digest::from_hex(algorithm(alg)?, hex).ok();
+    match parts.as_slice() {
+        ["blobs", alg, fan, hex, DATA] => digest(alg, hex)
+            .filter(|d| d.hex().starts_with(fan) && fan.len() == 2)
+            .map(LayoutFile::BlobData),
+        ["repositories", rest @ ..] => {
+            let split = rest.iter().position(|p| p.starts_with('_'))?;
+            let name = rest[..split].join("/");
+            crate::reference::validate_repository(&name).ok()?;
+            match &rest[split..] {
+                [LAYERS, alg, hex, LINK] => Some(LayoutFile::LayerLink(name, digest(alg, hex)?)),
+                [MANIFESTS, "revisions", alg, hex, LINK] => {
+                    Some(LayoutFile::RevisionLink(name, digest(alg, hex)?))
+                }
+                [MANIFESTS, "tags", tag, "current", LINK] => {
+                    crate::reference::validate_tag(tag).ok()?;
+                    Some(LayoutFile::TagCurrentLink(name, tag.to_string()))
+                }
+                [MANIFESTS, "tags", tag, "index", alg, hex, LINK] => {
+                    crate::reference::validate_tag(tag).ok()?;
+                    Some(LayoutFile::TagIndexLink(
+                        name,
+                        tag.to_string(),
+                        digest(alg, hex)?,
+                    ))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether a directory path relative to the root can hold layout files (an ancestor of `docker/registry/v2`, or a safe path below it).
+pub fn is_layout_dir(rel: &str) -> bool {
+    let rel = rel.trim_end_matches('/');
+    if V2.starts_with(rel) && (rel.len() == V2.len() || V2.as_bytes().get(rel.len()) == Some(&b'/'))
+    {
+        return !rel.is_empty();
+    }
+    rel.strip_prefix(V2)
+        .and_then(|r| r.strip_prefix('/'))
+        .is_some_and(|r| {
+            r.split('/').all(|p| {
+                !p.is_empty()
+                    && p != "."
+                    && p != ".."
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +415,73 @@ mod tests {
         ];
         for (spec, want) in table {
             assert_eq!(path_for(root, spec), PathBuf::from(&want), "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn parse_back_table() {
+        let d = Digest::parse(
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        )
+        .unwrap();
+        let h = d.hex();
+        let root = Path::new("");
+        let specs = [
+            (PathSpec::BlobData(&d), LayoutFile::BlobData(d.clone())),
+            (
+                PathSpec::LayerLink("a/b", &d),
+                LayoutFile::LayerLink("a/b".into(), d.clone()),
+            ),
+            (
+                PathSpec::RevisionLink("a", &d),
+                LayoutFile::RevisionLink("a".into(), d.clone()),
+            ),
+            (
+                PathSpec::TagCurrentLink("a", "v1"),
+                LayoutFile::TagCurrentLink("a".into(), "v1".into()),
+            ),
+            (
+                PathSpec::TagIndexLink("a", "v1", &d),
+                LayoutFile::TagIndexLink("a".into(), "v1".into(), d.clone()),
+            ),
+        ];
+        for (spec, want) in specs {
+            let rel = path_for(root, spec).to_string_lossy().into_owned();
+            assert_eq!(parse_file(&rel), Some(want), "{rel}");
+        }
+        let bad = [
+            format!("docker/registry/v2/blobs/sha256/ff/{h}/data"),
+            format!("docker/registry/v2/blobs/sha256/e3/{h}/data/x"),
+            "docker/registry/v2/blobs/sha256/e3/../../../../etc/passwd".to_string(),
+            format!("/docker/registry/v2/blobs/sha256/e3/{h}/data"),
+            format!("docker/registry/v2/repositories/A/_layers/sha256/{h}/link"),
+            format!("docker/registry/v2/repositories/a/../b/_layers/sha256/{h}/link"),
+            "docker/registry/v2/repositories/a/_uploads/x/data".to_string(),
+            "docker/registry/v2/repositories/a/_manifests/tags/-x/current/link".to_string(),
+            "ferry-bundle.json".to_string(),
+            "etc/passwd".to_string(),
+        ];
+        for rel in bad {
+            assert_eq!(parse_file(&rel), None, "{rel}");
+        }
+        for ok in [
+            "docker",
+            "docker/",
+            "docker/registry",
+            "docker/registry/v2/",
+            "docker/registry/v2/repositories/a/_layers",
+        ] {
+            assert!(is_layout_dir(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/docker",
+            "dock",
+            "docker/registry/v2/../x",
+            "docker/registry/v2/a//b",
+            "etc",
+        ] {
+            assert!(!is_layout_dir(bad), "{bad}");
         }
     }
 }
