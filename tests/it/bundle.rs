@@ -99,7 +99,13 @@ fn bundle_extracted_with_tar_is_served_by_docker_registry() {
     let list = work.path().join("images-list.txt");
     std::fs::write(&list, list_with_extras(corpus)).unwrap();
     let out = work.path().join("bundle.tar.zst");
-    let res = run_ok(bundle_cmd(&list, &out, &work.path().join("cache"), &src.addr).arg("--json"));
+    let kept_root = work.path().join("root");
+    let res = run_ok(
+        bundle_cmd(&list, &out, &work.path().join("cache"), &src.addr)
+            .arg("--json")
+            .arg("--root-dir")
+            .arg(&kept_root),
+    );
     let summary = json(&res);
     assert_eq!(
         summary["images"],
@@ -108,7 +114,7 @@ fn bundle_extracted_with_tar_is_served_by_docker_registry() {
     );
     assert_eq!(
         entries(work.path()),
-        ["bundle.tar.zst", "cache", "images-list.txt"],
+        ["bundle.tar.zst", "cache", "images-list.txt", "root"],
         "no temp files left"
     );
 
@@ -122,6 +128,17 @@ fn bundle_extracted_with_tar_is_served_by_docker_registry() {
             .arg("-C")
             .arg(&site),
     );
+    // --root-dir leaves the same tree the bundle holds.
+    let tree = |dir: &Path| {
+        run_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg("cd \"$0\" && find docker -type f -exec sha256sum {} + | sort")
+                .arg(dir),
+        )
+        .stdout
+    };
+    assert_eq!(tree(&kept_root), tree(&site));
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(site.join("ferry-bundle.json")).unwrap()).unwrap();
     let reg = Registry::start(&site);
