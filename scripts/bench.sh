@@ -30,10 +30,12 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2
 trap cleanup EXIT
 
 # median_time CMD...: runs CMD RUNS times (after one warm-up), prints the median wall seconds.
+# If $PREP names a command, it runs before each run, untimed (clean-up between runs).
 median_time() {
-  "$@" >/dev/null 2>&1
+  ${PREP:-true}; "$@" >/dev/null 2>&1
   local ts=()
   for _ in $(seq 1 "$RUNS"); do
+    ${PREP:-true}
     local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
     ts+=("$(python3 -c "print($e-$s)")")
   done
@@ -115,18 +117,23 @@ bundle)
   start_registry "$ROOT"; REG=$ADDR
   LIST="$WORK/medium-list.txt"; OUT="$WORK/bundle"; mkdir -p "$OUT"
   SEEDLOG="$WORK/seed.log"; : > "$SEEDLOG"
+  # Clean-up between runs is untimed for both sides (the seed script times its own clean-up apart: clean=).
+  seed_prep() { rm -rf "$OUT/seed"; sync; }
   seed() { bash "$INCUMBENT/seed_bundle.sh" "$REG" "$LIST" "$OUT/seed" "$SEEDLOG" sync; }
-  cold() { rm -rf "$OUT/cache" "$OUT/ferry.tar.zst"; sync; "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false; }
-  warm() { rm -f "$OUT/ferry.tar.zst"; "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false; }
+  cold_prep() { rm -rf "$OUT/cache" "$OUT/ferry.tar.zst"; sync; }
+  ferry_bundle() { "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false; }
+  warm_prep() { rm -f "$OUT/ferry.tar.zst"; sync; }
+  floor_prep() { rm -f "$OUT/floor.tar.zst"; sync; }
   floor() { tar -C "$OUT/root" -c docker | zstd -q -T0 -3 > "$OUT/floor.tar.zst" && sync; }
-  t_seed=$(median_time seed)
-  t_cold=$(median_time cold)
+  t_seed=$(PREP=seed_prep median_time seed)
+  t_cold=$(PREP=cold_prep median_time ferry_bundle)
   rm -rf "$OUT/root"; "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false --root-dir "$OUT/root"
-  t_warm=$(median_time warm)
-  t_floor=$(median_time floor)
+  t_warm=$(PREP=warm_prep median_time ferry_bundle)
+  t_floor=$(PREP=floor_prep median_time floor)
   # Peak memory and bytes written (file system outputs, 512-byte blocks) of one cold and one warm run.
-  rm -rf "$OUT/cache"; sync
+  cold_prep
   /usr/bin/time -f "%M %O" -o "$WORK/cold.time" "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
+  warm_prep
   /usr/bin/time -f "%M %O" -o "$WORK/warm.time" "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
   read -r cold_rss cold_out < "$WORK/cold.time"; read -r warm_rss warm_out < "$WORK/warm.time"
   UNIQUE=$(python3 -c "import json; print(json.load(open('$WORK/medium.json'))['unique_bytes'])")
