@@ -4,7 +4,9 @@
 
 pub mod format;
 mod pack;
+pub mod read;
 mod space;
+pub mod unpack;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

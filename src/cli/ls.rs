@@ -12,7 +12,7 @@ use crate::store::Store;
 /// Flags of `ferry ls`.
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
-    /// The registry root.
+    /// The registry root or bundle file.
     root: PathBuf,
     /// One JSON object per image on stdout.
     #[arg(long)]
@@ -20,6 +20,9 @@ pub struct LsArgs {
 }
 
 pub fn run(_g: &GlobalArgs, a: LsArgs) -> anyhow::Result<ExitCode> {
+    if a.root.is_file() {
+        return ls_bundle(&a);
+    }
     let store = Store::open(&a.root);
     if !store.exists() {
         bail!(
@@ -103,4 +106,48 @@ fn short_type(media_type: &str) -> &'static str {
         mt::OCI_INDEX => "oci-index",
         _ => "other",
     }
+}
+
+/// A bundle's images come from its index (the first entry: nothing else is read).
+fn ls_bundle(a: &LsArgs) -> anyhow::Result<ExitCode> {
+    let index = crate::bundle::read_index(&a.root).map_err(anyhow::Error::msg)?;
+    for img in &index.images {
+        let name = match &img.tag {
+            Some(t) => format!("{}:{t}", img.repository),
+            None => format!("{}@{}", img.repository, img.digest),
+        };
+        let platforms: Vec<String> = img
+            .platforms
+            .iter()
+            .map(|p| {
+                if p.present {
+                    p.platform.clone()
+                } else {
+                    format!("{} (absent)", p.platform)
+                }
+            })
+            .collect();
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({ "image": name, "digest": img.digest, "mediaType": img.media_type, "platforms": platforms, "section": img.section, "source": img.source })
+            );
+        } else {
+            let p = if platforms.is_empty() {
+                "-".to_string()
+            } else {
+                platforms.join(",")
+            };
+            println!(
+                "{name}\t{}\t{}\t{p}\t{}",
+                img.digest,
+                short_type(&img.media_type),
+                img.source
+            );
+        }
+    }
+    for f in &index.failed {
+        eprintln!("not in this bundle: {}: {}", f.image, f.cause);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ mod ls;
 mod manifest_digest;
 mod progress;
 mod serve;
+mod unbundle;
 mod verify;
 
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ pub struct GlobalArgs {
 enum Command {
     /// Pull an images list into one deduplicated, verified, seekable registry bundle.
     Bundle(bundle::BundleArgs),
+    /// At the site: serve a bundle in place, or link it into a registry root.
+    Unbundle(unbundle::UnbundleArgs),
     /// Serve a registry root over the distribution API.
     Serve(serve::ServeArgs),
     /// Re-hash every blob and resolve every link of a root; exit 1 on any fault.
@@ -78,6 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let g = &args.global;
     match args.command {
         Command::Bundle(a) => bundle::run(g, a),
+        Command::Unbundle(a) => unbundle::run(g, a),
         Command::Serve(a) => serve::run(g, a),
         Command::Verify(a) => verify::run(g, a),
         Command::Ls(a) => ls::run(g, a),

@@ -1,6 +1,6 @@
 //! `ferry serve ROOT`: the registry API over a root directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -19,19 +19,24 @@ pub struct ServeArgs {
 }
 
 pub fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&a.root);
+    serve_root(g, &a.root, &a.listen)
+}
+
+/// Serves a registry root until SIGINT or SIGTERM.
+pub fn serve_root(g: &GlobalArgs, root: &Path, listen: &str) -> anyhow::Result<ExitCode> {
+    let store = Store::open(root);
     if !store.exists() {
         bail!(
             "{}: not a registry root (no docker/registry/v2 directory)",
-            a.root.display()
+            root.display()
         );
     }
     super::runtime()?.block_on(async {
-        let (listener, addr) = crate::serve::bind(&a.listen)
+        let (listener, addr) = crate::serve::bind(listen)
             .await
-            .with_context(|| format!("listening on {}", a.listen))?;
+            .with_context(|| format!("listening on {listen}"))?;
         if !g.quiet {
-            eprintln!("ferry: serving {} at http://{addr}", a.root.display());
+            eprintln!("ferry: serving {} at http://{addr}", root.display());
         }
         crate::serve::run(store, listener, super::shutdown_signal())
             .await

@@ -1,21 +1,38 @@
-//! What the server reads from: a small trait, so a registry root today and a
-//! bundle file read in place later serve through the same handlers.
+//! What the server reads from: a small trait, so a registry root and bundle
+//! files read in place serve through the same handlers.
 
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::digest::Digest;
 use crate::manifest::RawManifest;
 use crate::store::{Store, StoreError};
 
-/// Where a blob's bytes are: a byte range of a file.
-#[derive(Debug, Clone)]
+/// Reads a byte range of one blob (blocking; the server calls it off the async threads).
+pub trait RangeRead: Send + Sync {
+    /// A reader of `len` bytes starting `start` bytes into the blob.
+    fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>>;
+}
+
+/// A blob the server may send: its size and how to read it.
+#[derive(Clone)]
 pub struct BlobLocation {
-    /// The file.
-    pub path: PathBuf,
-    /// Offset of the first byte.
-    pub offset: u64,
-    /// Length.
+    /// Its size.
     pub size: u64,
+    /// Where its bytes are.
+    pub source: Arc<dyn RangeRead>,
+}
+
+/// A blob that is a whole file.
+struct FileRange(PathBuf);
+
+impl RangeRead for FileRange {
+    fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>> {
+        let mut f = std::fs::File::open(&self.0)?;
+        f.seek(SeekFrom::Start(start))?;
+        Ok(Box::new(f.take(len)))
+    }
 }
 
 /// Read access to images, scoped by repository as distribution scopes it (only what a repository links is served from it).
@@ -67,9 +84,10 @@ impl Backend for Store {
             return Ok(None);
         }
         Ok(self.blob_size(digest)?.map(|size| BlobLocation {
-            path: self.path(crate::store::paths::PathSpec::BlobData(digest)),
-            offset: 0,
             size,
+            source: Arc::new(FileRange(
+                self.path(crate::store::paths::PathSpec::BlobData(digest)),
+            )),
         }))
     }
 }

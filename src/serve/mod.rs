@@ -3,6 +3,7 @@
 //! JSON errors. Read-only. Blobs are streamed from files; memory stays flat.
 
 mod backend;
+mod bundles;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +13,9 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
-pub use backend::{Backend, BlobLocation};
+pub use backend::{Backend, BlobLocation, RangeRead};
+pub use bundles::Bundles;
 
 use crate::digest::Digest;
 use crate::limits::{DEFAULT_PAGE_SIZE, IO_BUFFER_BYTES, MAX_PAGE_SIZE};
@@ -23,6 +23,7 @@ use crate::reference::{validate_repository, validate_tag};
 use crate::registry::errcode::{ErrorCode, ErrorEnvelope};
 use crate::registry::routes::Route;
 use crate::store::StoreError;
+use std::io::Read;
 
 const API_VERSION_HEADER: axum::http::HeaderName =
     axum::http::HeaderName::from_static("docker-distribution-api-version");
@@ -390,13 +391,48 @@ async fn blob<B: Backend>(
     if head {
         return Ok((status, headers, Body::empty()).into_response());
     }
-    let mut file = tokio::fs::File::open(&loc.path)
-        .await
-        .map_err(|e| ApiError::Internal(format!("opening {}: {e}", loc.path.display())))?;
-    file.seek(std::io::SeekFrom::Start(loc.offset + start))
-        .await
-        .map_err(|e| ApiError::Internal(format!("seeking {}: {e}", loc.path.display())))?;
-    let stream = ReaderStream::with_capacity(file.take(len), IO_BUFFER_BYTES);
+    // One blocking reader per response feeds the body through a short queue: memory stays flat.
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = match loc.source.open_range(start, len) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        let mut left = len;
+        while left > 0 {
+            let mut buf = vec![0u8; IO_BUFFER_BYTES.min(left as usize)];
+            let mut filled = 0;
+            while filled < buf.len() {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if filled == 0 {
+                let _ = tx.blocking_send(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "blob shorter than its size",
+                )));
+                return;
+            }
+            buf.truncate(filled);
+            left -= filled as u64;
+            if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
+                return; // the client went away
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     Ok((status, headers, Body::from_stream(stream)).into_response())
 }
 

@@ -83,7 +83,8 @@ pub struct BlobWriter {
     store: Store,
     tmp: PathBuf,
     file: Option<File>,
-    hasher: Hasher,
+    /// `None` when the caller verifies the bytes itself (see [`Store::blob_writer_prehashed`]).
+    hasher: Option<Hasher>,
     written: u64,
 }
 
@@ -102,7 +103,11 @@ impl BlobWriter {
     /// then publishes it. Returns the digest and size.
     pub fn commit(mut self, expected: Option<(&Digest, Option<u64>)>) -> Result<(Digest, u64)> {
         let file = self.file.take().expect("file present until commit");
-        let found = std::mem::replace(&mut self.hasher, Hasher::new(Algorithm::Sha256)).finish();
+        let found = self
+            .hasher
+            .take()
+            .expect("commit is for hashing writers; use commit_prehashed")
+            .finish();
         let digest = match expected {
             Some((want, size)) => {
                 digest::check(want, size, &found, self.written).map_err(|source| {
@@ -125,6 +130,29 @@ impl BlobWriter {
     }
 }
 
+impl BlobWriter {
+    /// Publishes content whose digest the caller has already verified while
+    /// streaming it (a `VerifyingReader` that reached its end); checks the size.
+    pub fn commit_prehashed(mut self, digest: &Digest, size: u64) -> Result<()> {
+        let file = self.file.take().expect("file present until commit");
+        if self.written != size {
+            return Err(StoreError::Verify {
+                digest: digest.clone(),
+                source: digest::VerifyError::SizeMismatch {
+                    expected: size,
+                    found: self.written,
+                },
+            });
+        }
+        if self.store.durable {
+            file.sync_all()
+                .map_err(StoreError::io("syncing", &self.tmp))?;
+        }
+        drop(file);
+        publish(&self.store, &self.tmp, digest)
+    }
+}
+
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self
@@ -132,7 +160,9 @@ impl Write for BlobWriter {
             .as_mut()
             .expect("file present until commit")
             .write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
         self.written += n as u64;
         Ok(n)
     }
@@ -182,9 +212,32 @@ impl Store {
             store: self.clone(),
             tmp,
             file: Some(file),
-            hasher: Hasher::new(Algorithm::Sha256),
+            hasher: Some(Hasher::new(Algorithm::Sha256)),
             written: 0,
         })
+    }
+
+    /// A blob writer that does not hash, for content the caller verifies as it streams (no hash computed twice).
+    pub fn blob_writer_prehashed(&self) -> Result<BlobWriter> {
+        let mut w = self.blob_writer()?;
+        w.hasher = None;
+        Ok(w)
+    }
+
+    /// Flushes everything written to this root's file system to disk (one `syncfs`), so links written next never point at data that is not there yet.
+    pub fn sync_fs(&self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let root = self.path(PathSpec::V2Root);
+        let f = File::open(&root).map_err(StoreError::io("opening", &root))?;
+        // SAFETY: a valid open fd.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+            return Err(StoreError::Io {
+                op: "syncing the file system of",
+                path: root,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 
     /// Whether the blob's data file exists.

@@ -204,11 +204,15 @@ pub struct FerryServe {
 }
 
 impl FerryServe {
-    /// Starts `ferry serve` over `root` with extra flags.
+    /// Starts `ferry serve` over `root`.
     pub fn start(root: &Path) -> FerryServe {
+        FerryServe::start_with(&["serve", root.to_str().unwrap()])
+    }
+
+    /// Starts ferry with these arguments plus `--listen 127.0.0.1:0` (a server subcommand).
+    pub fn start_with(args: &[&str]) -> FerryServe {
         let mut child = ferry()
-            .arg("serve")
-            .arg(root)
+            .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -232,7 +236,7 @@ impl FerryServe {
 
     /// Sends SIGTERM and returns how the server exited.
     pub fn stop(mut self) -> Option<std::process::ExitStatus> {
-        stop(self.child.as_mut().unwrap())
+        stop(&mut self.child.take().expect("running until stopped"))
     }
 }
 

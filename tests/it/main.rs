@@ -7,4 +7,5 @@ mod harness;
 mod hostile;
 mod serve;
 mod store_interop;
+mod unbundle;
 mod verify;

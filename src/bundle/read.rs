@@ -1,0 +1,551 @@
+//! Reading bundles without trusting them: a streaming scan that refuses any
+//! entry outside the registry layout (absolute paths, `..`, links, devices),
+//! re-hashes every blob against its name and against `ferry-bundle.json`, and
+//! checks every link; plus random access to blobs in place (the seek table of
+//! a seekable zstd bundle, or offsets in a plain tar).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::format::{BundleIndex, INDEX_NAME, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC};
+use crate::digest::{Digest, VerifyingReader};
+use crate::limits::{IO_BUFFER_BYTES, MAX_LINK_BYTES, MAX_MANIFEST_BYTES};
+use crate::store::paths::{LayoutFile, is_layout_dir, parse_file};
+
+/// Why a bundle was refused; every variant names the bundle and the entry or blob.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The file could not be read (including a truncated archive).
+    #[error("{}: {op}: {source}", bundle.display())]
+    Io {
+        /// The bundle.
+        bundle: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+    /// An entry that has no place in a bundle.
+    #[error("{}: entry {entry:?} refused: {why}", bundle.display())]
+    Refused {
+        /// The bundle.
+        bundle: PathBuf,
+        /// The entry's path as written in the archive.
+        entry: String,
+        /// Why.
+        why: String,
+    },
+    /// A blob whose bytes do not match its name.
+    #[error("{}: blob {digest}: {cause}", bundle.display())]
+    Corrupt {
+        /// The bundle.
+        bundle: PathBuf,
+        /// The blob.
+        digest: Digest,
+        /// What did not match.
+        cause: String,
+    },
+    /// `ferry-bundle.json` missing, unreadable, or not what the archive holds.
+    #[error("{}: {INDEX_NAME}: {why}", bundle.display())]
+    Index {
+        /// The bundle.
+        bundle: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The links a bundle holds, by repository.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Repo {
+    /// Config and layer blobs the repository may serve.
+    pub layers: BTreeSet<Digest>,
+    /// Manifests the repository may serve.
+    pub revisions: BTreeSet<Digest>,
+    /// Tags and what they point at.
+    pub tags: BTreeMap<String, Digest>,
+    /// Tag history links (tag, digest).
+    pub tag_index: BTreeSet<(String, Digest)>,
+}
+
+/// What a scan found: the index, the repositories, and every blob with its offset in the tar stream.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    /// `ferry-bundle.json`.
+    pub index: BundleIndex,
+    /// Links by repository.
+    pub repos: BTreeMap<String, Repo>,
+    /// Blob → (offset of its data in the uncompressed tar, size).
+    pub blobs: HashMap<Digest, (u64, u64)>,
+}
+
+/// Receives each blob's content during a scan (it is verified as it is read; the scan drains what is left).
+pub trait BlobVisitor {
+    /// Called once per blob entry, with a reader that fails at its end if the bytes are wrong.
+    fn blob(&mut self, digest: &Digest, size: u64, content: &mut dyn Read) -> io::Result<()>;
+}
+
+/// A visitor that only lets the scan hash (verify, serve in place).
+pub struct HashOnly;
+impl BlobVisitor for HashOnly {
+    fn blob(&mut self, _: &Digest, _: u64, _: &mut dyn Read) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// Opens a bundle as a stream of tar bytes (decompressing zstd when the file is zstd).
+fn tar_stream(path: &Path) -> Result<Box<dyn Read>, ReadError> {
+    let io = |op, source| ReadError::Io {
+        bundle: path.to_path_buf(),
+        op,
+        source,
+    };
+    let mut f = File::open(path).map_err(|e| io("opening", e))?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic).map_err(|e| io("reading", e))?;
+    f.seek(SeekFrom::Start(0)).map_err(|e| io("reading", e))?;
+    let f = io::BufReader::with_capacity(IO_BUFFER_BYTES, f);
+    if n == 4 && magic == ZSTD_MAGIC {
+        Ok(Box::new(
+            zstd::stream::read::Decoder::with_buffer(f).map_err(|e| io("starting zstd", e))?,
+        ))
+    } else {
+        Ok(Box::new(f))
+    }
+}
+
+/// Reads and checks a whole bundle, handing each blob to `visitor`. Nothing is
+/// trusted: entry types, paths, sizes, digests and links are all checked, and
+/// the archive must hold exactly what its index says.
+pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadError> {
+    let bundle = path.to_path_buf();
+    let refused = |entry: &str, why: &str| ReadError::Refused {
+        bundle: bundle.clone(),
+        entry: entry.to_string(),
+        why: why.to_string(),
+    };
+    let io = |op, source| ReadError::Io {
+        bundle: bundle.clone(),
+        op,
+        source,
+    };
+    let mut archive = tar::Archive::new(tar_stream(path)?);
+    let mut entries = archive
+        .entries()
+        .map_err(|e| io("reading the archive", e))?;
+
+    let mut first = entries
+        .next()
+        .ok_or_else(|| ReadError::Index {
+            bundle: bundle.clone(),
+            why: "the archive is empty".into(),
+        })?
+        .map_err(|e| io("reading the archive", e))?;
+    let first_name = String::from_utf8_lossy(&first.path_bytes()).into_owned();
+    if first_name != INDEX_NAME {
+        return Err(ReadError::Index {
+            bundle: bundle.clone(),
+            why: format!("missing: the first entry is {first_name:?}"),
+        });
+    }
+    let mut json = Vec::new();
+    (&mut first)
+        .take(MAX_MANIFEST_BYTES * 16)
+        .read_to_end(&mut json)
+        .map_err(|e| io("reading the index", e))?;
+    let index: BundleIndex = serde_json::from_slice(&json).map_err(|e| ReadError::Index {
+        bundle: bundle.clone(),
+        why: e.to_string(),
+    })?;
+    let expected: HashMap<&Digest, u64> = index.blobs.iter().map(|b| (&b.digest, b.size)).collect();
+
+    let mut repos: BTreeMap<String, Repo> = BTreeMap::new();
+    let mut blobs: HashMap<Digest, (u64, u64)> = HashMap::new();
+    for entry in entries {
+        let mut entry = entry.map_err(|e| io("reading the archive (truncated?)", e))?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            if !is_layout_dir(&name) {
+                return Err(refused(&name, "directory outside the registry layout"));
+            }
+            continue;
+        }
+        if !kind.is_file() {
+            let what = match kind {
+                tar::EntryType::Symlink => "a symbolic link",
+                tar::EntryType::Link => "a hard link",
+                tar::EntryType::Char | tar::EntryType::Block => "a device file",
+                tar::EntryType::Fifo => "a FIFO",
+                _ => "not a regular file",
+            };
+            return Err(refused(
+                &name,
+                &format!("{what}; bundles hold only files and directories"),
+            ));
+        }
+        let Some(file) = parse_file(&name) else {
+            return Err(refused(&name, "not a file of the registry layout"));
+        };
+        let size = entry
+            .header()
+            .size()
+            .map_err(|e| io("reading a header", e))?;
+        match file {
+            LayoutFile::BlobData(d) => {
+                match expected.get(&d) {
+                    None => {
+                        return Err(refused(
+                            &name,
+                            &format!("blob {d} is not listed in {INDEX_NAME}"),
+                        ));
+                    }
+                    Some(&want) if want != size => {
+                        return Err(ReadError::Index {
+                            bundle: bundle.clone(),
+                            why: format!("says blob {d} has {want} bytes, the archive has {size}"),
+                        });
+                    }
+                    Some(_) => {}
+                }
+                if blobs.contains_key(&d) {
+                    return Err(refused(&name, "duplicate entry"));
+                }
+                let offset = entry.raw_file_position();
+                let mut content = VerifyingReader::new(&mut entry, d.clone(), Some(size));
+                let checked = visitor
+                    .blob(&d, size, &mut content)
+                    .and_then(|()| io::copy(&mut content, &mut io::sink()).map(drop));
+                if let Err(e) = checked {
+                    return Err(match e.kind() {
+                        io::ErrorKind::InvalidData => ReadError::Corrupt {
+                            bundle: bundle.clone(),
+                            digest: d,
+                            cause: e.to_string(),
+                        },
+                        _ => io("reading a blob (truncated?)", e),
+                    });
+                }
+                blobs.insert(d, (offset, size));
+            }
+            link => {
+                if size > MAX_LINK_BYTES {
+                    return Err(refused(&name, "link file too large"));
+                }
+                let mut text = String::new();
+                entry
+                    .read_to_string(&mut text)
+                    .map_err(|e| io("reading a link", e))?;
+                let target = Digest::parse(&text)
+                    .map_err(|_| refused(&name, &format!("link holds {text:?}, not a digest")))?;
+                let named = match &link {
+                    LayoutFile::LayerLink(_, d)
+                    | LayoutFile::RevisionLink(_, d)
+                    | LayoutFile::TagIndexLink(_, _, d) => Some(d),
+                    _ => None,
+                };
+                if named.is_some_and(|n| n != &target) {
+                    return Err(refused(
+                        &name,
+                        &format!("link holds {target}, not the digest its path names"),
+                    ));
+                }
+                match link {
+                    LayoutFile::LayerLink(r, d) => repos.entry(r).or_default().layers.insert(d),
+                    LayoutFile::RevisionLink(r, d) => {
+                        repos.entry(r).or_default().revisions.insert(d)
+                    }
+                    LayoutFile::TagIndexLink(r, t, d) => {
+                        repos.entry(r).or_default().tag_index.insert((t, d))
+                    }
+                    LayoutFile::TagCurrentLink(r, t) => {
+                        repos.entry(r).or_default().tags.insert(t, target).is_none()
+                    }
+                    LayoutFile::BlobData(_) => unreachable!("handled above"),
+                };
+            }
+        }
+    }
+    let scan = Scan {
+        index,
+        repos,
+        blobs,
+    };
+    check_consistency(&bundle, &scan)?;
+    Ok(scan)
+}
+
+/// The archive must hold exactly the blobs the index lists, links must reach blobs it holds, and tags must match the index.
+fn check_consistency(bundle: &Path, s: &Scan) -> Result<(), ReadError> {
+    let err = |why: String| ReadError::Index {
+        bundle: bundle.to_path_buf(),
+        why,
+    };
+    for b in &s.index.blobs {
+        if !s.blobs.contains_key(&b.digest) {
+            return Err(err(format!(
+                "lists blob {}, which the archive does not hold (truncated?)",
+                b.digest
+            )));
+        }
+    }
+    for (name, r) in &s.repos {
+        for d in r
+            .layers
+            .iter()
+            .chain(&r.revisions)
+            .chain(r.tags.values())
+            .chain(r.tag_index.iter().map(|(_, d)| d))
+        {
+            if !s.blobs.contains_key(d) {
+                return Err(err(format!(
+                    "repository {name} links {d}, which the archive does not hold"
+                )));
+            }
+        }
+        for (tag, d) in &r.tags {
+            if !r.revisions.contains(d) || !r.tag_index.contains(&(tag.clone(), d.clone())) {
+                return Err(err(format!(
+                    "tag {name}:{tag} points at {d}, which the repository does not link"
+                )));
+            }
+        }
+    }
+    for img in &s.index.images {
+        let repo = s.repos.get(&img.repository);
+        let ok = match &img.tag {
+            Some(t) => repo.and_then(|r| r.tags.get(t)) == Some(&img.digest),
+            None => repo.is_some_and(|r| r.revisions.contains(&img.digest)),
+        };
+        if !ok {
+            return Err(err(format!(
+                "says {}{} is {}, but the archive does not hold that",
+                img.repository,
+                img.tag
+                    .as_deref()
+                    .map(|t| format!(":{t}"))
+                    .unwrap_or_default(),
+                img.digest
+            )));
+        }
+    }
+    let tagged: usize = s.repos.values().map(|r| r.tags.len()).sum();
+    let indexed = s.index.images.iter().filter(|i| i.tag.is_some()).count();
+    if tagged != indexed {
+        return Err(err(format!(
+            "lists {indexed} tags, the archive holds {tagged}"
+        )));
+    }
+    Ok(())
+}
+
+/// One compressed frame of a seekable zstd bundle.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    compressed_offset: u64,
+    compressed_size: u64,
+    offset: u64,
+    size: u64,
+}
+
+/// A bundle file opened for random access: blobs are read in place.
+#[derive(Debug)]
+pub struct BundleFile {
+    path: PathBuf,
+    file: File,
+    /// Empty for a plain tar.
+    frames: Vec<Frame>,
+    /// What the scan found.
+    pub scan: Scan,
+}
+
+impl BundleFile {
+    /// Opens and checks a bundle (one full read, every blob re-hashed), then maps each blob to its place.
+    pub fn open(path: &Path) -> Result<Arc<BundleFile>, ReadError> {
+        let io = |op, source| ReadError::Io {
+            bundle: path.to_path_buf(),
+            op,
+            source,
+        };
+        let file = File::open(path).map_err(|e| io("opening", e))?;
+        let mut magic = [0u8; 4];
+        let zstd = file.read_exact_at(&mut magic, 0).is_ok() && magic == ZSTD_MAGIC;
+        let frames = if zstd {
+            read_seek_table(path, &file)?
+        } else {
+            Vec::new()
+        };
+        let scan = scan(path, &mut HashOnly)?;
+        Ok(Arc::new(BundleFile {
+            path: path.to_path_buf(),
+            file,
+            frames,
+            scan,
+        }))
+    }
+
+    /// The bundle's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A reader of `len` bytes at `offset` of the uncompressed tar stream.
+    pub fn read_range(self: &Arc<Self>, offset: u64, len: u64) -> Box<dyn Read + Send> {
+        if self.frames.is_empty() {
+            return Box::new(PlainRange {
+                bundle: self.clone(),
+                pos: offset,
+                end: offset + len,
+            });
+        }
+        let first = self.frames.partition_point(|f| f.offset + f.size <= offset);
+        Box::new(FrameRange {
+            bundle: self.clone(),
+            frame: first,
+            pos: offset,
+            end: offset + len,
+            buf: Vec::new(),
+            buf_offset: 0,
+        })
+    }
+}
+
+fn read_seek_table(path: &Path, file: &File) -> Result<Vec<Frame>, ReadError> {
+    let bad = |why: &str| ReadError::Index {
+        bundle: path.to_path_buf(),
+        why: format!(
+            "{why}: not a seekable bundle (unpack it with `ferry unbundle serve --dir DIR`)"
+        ),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| ReadError::Io {
+            bundle: path.to_path_buf(),
+            op: "reading metadata",
+            source: e,
+        })?
+        .len();
+    if len < 17 {
+        return Err(bad("too short for a seek table"));
+    }
+    let mut footer = [0u8; 9];
+    file.read_exact_at(&mut footer, len - 9)
+        .map_err(|e| ReadError::Io {
+            bundle: path.to_path_buf(),
+            op: "reading the seek table",
+            source: e,
+        })?;
+    let n = u32::from_le_bytes(footer[0..4].try_into().expect("4 bytes")) as u64;
+    let descriptor = footer[4];
+    if u32::from_le_bytes(footer[5..9].try_into().expect("4 bytes")) != SEEKABLE_MAGIC {
+        return Err(bad("no seek table at the end"));
+    }
+    let entry = if descriptor & 0x80 != 0 { 12 } else { 8 };
+    let table_len = 8 + n * entry + 9;
+    if table_len > len {
+        return Err(bad("seek table larger than the file"));
+    }
+    let mut table = vec![0u8; table_len as usize];
+    file.read_exact_at(&mut table, len - table_len)
+        .map_err(|e| ReadError::Io {
+            bundle: path.to_path_buf(),
+            op: "reading the seek table",
+            source: e,
+        })?;
+    if u32::from_le_bytes(table[0..4].try_into().expect("4 bytes")) != SEEK_TABLE_MAGIC {
+        return Err(bad("seek table frame has the wrong magic"));
+    }
+    let mut frames = Vec::with_capacity(n as usize);
+    let (mut c, mut d) = (0u64, 0u64);
+    for i in 0..n as usize {
+        let e = &table[8 + i * entry as usize..];
+        let cs = u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")) as u64;
+        let ds = u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")) as u64;
+        frames.push(Frame {
+            compressed_offset: c,
+            compressed_size: cs,
+            offset: d,
+            size: ds,
+        });
+        c += cs;
+        d += ds;
+    }
+    if c + table_len != len {
+        return Err(bad("frame sizes do not add up to the file size"));
+    }
+    Ok(frames)
+}
+
+struct PlainRange {
+    bundle: Arc<BundleFile>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for PlainRange {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (buf.len() as u64).min(self.end - self.pos) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.bundle.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "bundle shorter than its index",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+struct FrameRange {
+    bundle: Arc<BundleFile>,
+    frame: usize,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    buf_offset: u64,
+}
+
+impl Read for FrameRange {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.end || out.is_empty() {
+            return Ok(0);
+        }
+        if self.buf.is_empty() || self.pos >= self.buf_offset + self.buf.len() as u64 {
+            let f = *self.bundle.frames.get(self.frame).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "past the last frame")
+            })?;
+            let mut compressed = vec![0u8; f.compressed_size as usize];
+            self.bundle
+                .file
+                .read_exact_at(&mut compressed, f.compressed_offset)?;
+            self.buf = zstd::bulk::decompress(&compressed, f.size as usize)?;
+            if self.buf.len() as u64 != f.size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "frame size differs from the seek table",
+                ));
+            }
+            self.buf_offset = f.offset;
+            self.frame += 1;
+        }
+        let start = (self.pos - self.buf_offset) as usize;
+        let n = out
+            .len()
+            .min(self.buf.len() - start)
+            .min((self.end - self.pos) as usize);
+        out[..n].copy_from_slice(&self.buf[start..start + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,158 @@
+//! `unbundle link`: merging a bundle into a registry root, also one a
+//! registry is serving right now. Blobs are re-hashed as they stream in and
+//! published only when they verify (never replacing one that is there); when
+//! the whole archive has checked out, the blobs are synced to disk, then the
+//! repository links are written, and tags last.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::read::{BlobVisitor, ReadError, scan};
+use crate::digest::Digest;
+use crate::store::{Store, StoreError};
+
+/// Why a bundle was not linked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The bundle was refused.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The target root failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `--no-clobber` and a tag would move.
+    #[error("{repo}:{tag} is {old} in {}, the bundle has {new}; refusing to move it (--no-clobber)", root.display())]
+    WouldMoveTag {
+        /// Repository.
+        repo: String,
+        /// Tag.
+        tag: String,
+        /// What the root has.
+        old: Digest,
+        /// What the bundle has.
+        new: Digest,
+        /// The root.
+        root: PathBuf,
+    },
+}
+
+/// A tag written by a link, with what it pointed at before.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TagChange {
+    /// Repository.
+    pub repository: String,
+    /// Tag.
+    pub tag: String,
+    /// Its digest before (none for a new tag).
+    pub old: Option<Digest>,
+    /// Its digest now.
+    pub new: Digest,
+}
+
+/// What a link did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct LinkSummary {
+    /// Blobs written into the root.
+    pub blobs_added: usize,
+    /// Their bytes.
+    pub bytes_added: u64,
+    /// Blobs the root had already.
+    pub blobs_present: usize,
+    /// Every tag of the bundle; `old == Some(new)` means unchanged.
+    pub tags: Vec<TagChange>,
+}
+
+struct Into<'a> {
+    store: &'a Store,
+    summary: &'a mut LinkSummary,
+}
+
+impl BlobVisitor for Into<'_> {
+    fn blob(&mut self, digest: &Digest, size: u64, content: &mut dyn Read) -> io::Result<()> {
+        if self.store.has_blob(digest) {
+            self.summary.blobs_present += 1;
+            return Ok(()); // the scan still reads and re-hashes it
+        }
+        // The scan's reader verifies the bytes, so the writer need not hash them again.
+        let mut w = self
+            .store
+            .blob_writer_prehashed()
+            .map_err(io::Error::other)?;
+        io::copy(content, &mut w)?;
+        w.flush()?;
+        w.commit_prehashed(digest, size).map_err(io::Error::other)?;
+        self.summary.blobs_added += 1;
+        self.summary.bytes_added += size;
+        Ok(())
+    }
+}
+
+/// Links `bundle` into the root at `root`; see the module docs. A re-run changes nothing.
+pub fn link(bundle: &Path, root: &Path, no_clobber: bool) -> Result<LinkSummary, LinkError> {
+    let store = Store::create(root)?.with_durable(false);
+    // Refuse a tag move before writing anything.
+    let index = super::read_index(bundle).map_err(|why| ReadError::Index {
+        bundle: bundle.to_path_buf(),
+        why,
+    })?;
+    if no_clobber {
+        check_tags(&store, &index.images, root)?;
+    }
+    let mut summary = LinkSummary::default();
+    let scan = scan(
+        bundle,
+        &mut Into {
+            store: &store,
+            summary: &mut summary,
+        },
+    )?;
+    store.sync_fs()?;
+    for (repo, r) in &scan.repos {
+        for d in &r.layers {
+            store.link_layer(repo, d)?;
+        }
+        for d in &r.revisions {
+            store.link_revision(repo, d)?;
+        }
+    }
+    if no_clobber {
+        check_tags(&store, &scan.index.images, root)?;
+    }
+    for (repo, r) in &scan.repos {
+        for (tag, d) in &r.tags {
+            let old = store.resolve_tag(repo, tag)?;
+            store.tag(repo, tag, d)?;
+            summary.tags.push(TagChange {
+                repository: repo.clone(),
+                tag: tag.clone(),
+                old,
+                new: d.clone(),
+            });
+        }
+    }
+    store.sync_fs()?;
+    Ok(summary)
+}
+
+fn check_tags(
+    store: &Store,
+    images: &[super::format::BundleImage],
+    root: &Path,
+) -> Result<(), LinkError> {
+    for img in images {
+        let Some(tag) = &img.tag else { continue };
+        if let Some(old) = store.resolve_tag(&img.repository, tag)?
+            && old != img.digest
+        {
+            return Err(LinkError::WouldMoveTag {
+                repo: img.repository.clone(),
+                tag: tag.clone(),
+                old,
+                new: img.digest.clone(),
+                root: root.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
+}

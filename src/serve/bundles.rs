@@ -1,0 +1,115 @@
+//! Serving bundle files in place: several bundles merge into one registry
+//! (the first bundle that has a tag, manifest or blob answers for it).
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use super::backend::{Backend, BlobLocation, RangeRead};
+use crate::bundle::read::BundleFile;
+use crate::digest::Digest;
+use crate::limits::MAX_MANIFEST_BYTES;
+use crate::manifest::RawManifest;
+use crate::store::StoreError;
+
+/// One or more opened bundles.
+pub struct Bundles(pub Vec<Arc<BundleFile>>);
+
+struct InBundle {
+    bundle: Arc<BundleFile>,
+    offset: u64,
+}
+
+impl RangeRead for InBundle {
+    fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>> {
+        Ok(self.bundle.read_range(self.offset + start, len))
+    }
+}
+
+impl Bundles {
+    fn read_blob(b: &Arc<BundleFile>, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let (offset, size) = b.scan.blobs[digest];
+        let mut out = Vec::new();
+        b.read_range(offset, size.min(MAX_MANIFEST_BYTES))
+            .read_to_end(&mut out)
+            .map_err(|source| StoreError::Io {
+                op: "reading bundle",
+                path: b.path().to_path_buf(),
+                source,
+            })?;
+        Ok(out)
+    }
+}
+
+impl Backend for Bundles {
+    fn repositories(&self) -> Result<Vec<String>, StoreError> {
+        let mut all: Vec<String> = self
+            .0
+            .iter()
+            .flat_map(|b| b.scan.repos.keys().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+
+    fn tags(&self, repo: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let mut found = false;
+        let mut tags = Vec::new();
+        for b in &self.0 {
+            if let Some(r) = b.scan.repos.get(repo) {
+                found = true;
+                tags.extend(r.tags.keys().cloned());
+            }
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(found.then_some(tags))
+    }
+
+    fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, StoreError> {
+        Ok(self
+            .0
+            .iter()
+            .find_map(|b| b.scan.repos.get(repo)?.tags.get(tag).cloned()))
+    }
+
+    fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<RawManifest>, StoreError> {
+        let Some(b) = self.0.iter().find(|b| {
+            b.scan
+                .repos
+                .get(repo)
+                .is_some_and(|r| r.revisions.contains(digest))
+        }) else {
+            return Ok(None);
+        };
+        let bytes = Self::read_blob(b, digest)?;
+        RawManifest::new(bytes, None)
+            .map(Some)
+            .map_err(|source| StoreError::Manifest {
+                digest: digest.clone(),
+                source,
+            })
+    }
+
+    fn blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLocation>, StoreError> {
+        Ok(self
+            .0
+            .iter()
+            .find(|b| {
+                b.scan
+                    .repos
+                    .get(repo)
+                    .is_some_and(|r| r.layers.contains(digest))
+            })
+            .map(|b| {
+                let (offset, size) = b.scan.blobs[digest];
+                BlobLocation {
+                    size,
+                    source: Arc::new(InBundle {
+                        bundle: b.clone(),
+                        offset,
+                    }),
+                }
+            }))
+    }
+}

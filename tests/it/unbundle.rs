@@ -1,0 +1,607 @@
+//! The site side: `unbundle serve` in place, `unbundle link` into a running
+//! registry, `ls`/`verify` of bundle files, and hostile bundles refused.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use ferry::digest::Digest;
+use ferry::store::Store;
+use ferry::store::paths::PathSpec;
+
+use crate::harness::*;
+
+/// Bundles of the `small` corpus, made once per run: (all platforms zstd, all platforms plain tar, list).
+fn bundles() -> &'static (PathBuf, PathBuf) {
+    static B: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    B.get_or_init(|| {
+        let (root, corpus) = small();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("small-bundles");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let list = dir.join("list.txt");
+        std::fs::write(&list, corpus.images_list()).unwrap();
+        let server = FerryServe::start(root);
+        let make = |name: &str, extra: &[&str]| {
+            let out = dir.join(name);
+            run_ok(
+                ferry()
+                    .args([
+                        "bundle",
+                        "-q",
+                        "--all-platforms",
+                        "--src-tls-verify=false",
+                        "--source",
+                        &server.addr,
+                        "-f",
+                    ])
+                    .arg(&list)
+                    .arg("-o")
+                    .arg(&out)
+                    .arg("--cache")
+                    .arg(dir.join("cache"))
+                    .args(extra),
+            );
+            out
+        };
+        (
+            make("small.tar.zst", &[]),
+            make("small.tar", &["--compression", "none"]),
+        )
+    })
+}
+
+/// `ferry unbundle serve` on a random port.
+fn unbundle_serve(sources: &[&Path]) -> FerryServe {
+    FerryServe::start_with(
+        &[
+            &["unbundle", "serve"][..],
+            &sources
+                .iter()
+                .map(|p| p.to_str().unwrap())
+                .collect::<Vec<_>>(),
+        ]
+        .concat(),
+    )
+}
+
+#[test]
+fn serve_in_place_zstd_and_plain() {
+    let (root, corpus) = small();
+    let (zst, plain) = bundles();
+    let store = Store::open(root);
+    for bundle in [zst, plain] {
+        let server = unbundle_serve(&[bundle]);
+        let work = tempfile::tempdir().unwrap();
+        for img in &corpus.images {
+            let name = format!("{}:{}", img.repository, img.tag);
+            let raw = skopeo_ok(&[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{}/{name}", server.addr),
+            ]);
+            assert_eq!(
+                sha256(&raw.stdout),
+                img.digest.to_string(),
+                "{name} from {}",
+                bundle.display()
+            );
+            skopeo_ok(&[
+                "copy",
+                "-q",
+                "--all",
+                "--src-tls-verify=false",
+                &format!("docker://{}/{name}", server.addr),
+                &format!("oci:{}:{}", work.path().join("oci").display(), img.tag),
+            ]);
+        }
+        // A range of the largest blob, straight from the compressed file.
+        let img = corpus
+            .images
+            .iter()
+            .find(|i| i.platforms.is_empty())
+            .unwrap();
+        let m = store.read_manifest(&img.digest).unwrap().parse().unwrap();
+        let layer = m
+            .blobs()
+            .into_iter()
+            .max_by_key(|b| b.size)
+            .unwrap()
+            .clone();
+        let full = std::fs::read(store.path(PathSpec::BlobData(&layer.digest))).unwrap();
+        let path = format!("/v2/{}/blobs/{}", img.repository, layer.digest);
+        let (status, _, body) = http(
+            &server.addr,
+            "GET",
+            &path,
+            &[("Range", "bytes=4000000-4100000")],
+        )
+        .unwrap();
+        assert_eq!(status, 206);
+        assert_eq!(body, &full[4_000_000..=4_100_000.min(full.len() - 1)]);
+        let (status, _, body) = http(&server.addr, "GET", &path, &[]).unwrap();
+        assert_eq!((status, sha256(&body)), (200, layer.digest.to_string()));
+        let status = server.stop().expect("stops on SIGTERM");
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn two_bundles_merge_into_one_registry() {
+    let (_, corpus) = small();
+    let (zst, _) = bundles();
+    let (tiny_dir, tiny) = tiny();
+    let src = FerryServe::start(tiny_dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    let only_tiny = tiny
+        .images
+        .iter()
+        .find(|t| {
+            !corpus
+                .images
+                .iter()
+                .any(|c| c.repository == t.repository && c.tag == t.tag)
+        })
+        .unwrap();
+    std::fs::write(
+        &list,
+        format!("{}:{}\n", only_tiny.repository, only_tiny.tag),
+    )
+    .unwrap();
+    let second = work.path().join("tiny.tar.zst");
+    run_ok(
+        ferry()
+            .args([
+                "bundle",
+                "-q",
+                "--src-tls-verify=false",
+                "--source",
+                &src.addr,
+                "-f",
+            ])
+            .arg(&list)
+            .arg("-o")
+            .arg(&second)
+            .arg("--cache")
+            .arg(work.path().join("cache")),
+    );
+    let server = unbundle_serve(&[zst, &second]);
+    for (repo, tag, digest) in [
+        (
+            &corpus.images[0].repository,
+            &corpus.images[0].tag,
+            &corpus.images[0].digest,
+        ),
+        (&only_tiny.repository, &only_tiny.tag, &only_tiny.digest),
+    ] {
+        let raw = skopeo_ok(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/{repo}:{tag}", server.addr),
+        ]);
+        assert_eq!(sha256(&raw.stdout), digest.to_string());
+    }
+}
+
+#[test]
+fn link_into_a_running_registry_then_again_changes_nothing() {
+    let (root, corpus) = small();
+    let (zst, _) = bundles();
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("registry");
+    std::fs::create_dir(&target).unwrap();
+    let reg = Registry::start(&target);
+    // The registry already holds some images (pushed by skopeo), sharing blobs with the bundle.
+    let source = FerryServe::start(root);
+    let (tiny_dir, tiny) = tiny();
+    let tiny_src = FerryServe::start(tiny_dir.path());
+    for (addr, img) in [
+        (&source.addr, &corpus.images[1]),
+        (&tiny_src.addr, &tiny.images[1]),
+    ] {
+        skopeo_ok(&[
+            "copy",
+            "-q",
+            "--all",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{addr}/{}:{}", img.repository, img.tag),
+            &format!("docker://{}/old/{}:{}", reg.addr, img.repository, img.tag),
+        ]);
+    }
+    let old_digest = |img: &ferry::fixtures::FixtureImage| {
+        let raw = skopeo_ok(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/old/{}:{}", reg.addr, img.repository, img.tag),
+        ]);
+        sha256(&raw.stdout)
+    };
+    let old_before: Vec<String> = [&corpus.images[1], &tiny.images[1]]
+        .into_iter()
+        .map(old_digest)
+        .collect();
+    let out = run_ok(
+        ferry()
+            .args(["unbundle", "link", "--json"])
+            .arg(zst)
+            .arg("--root")
+            .arg(&target),
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        s["blobs_present"].as_u64().unwrap() > 0,
+        "blobs shared with what the registry had: {s}"
+    );
+    assert_eq!(s["tags"].as_array().unwrap().len(), corpus.images.len());
+    for img in &corpus.images {
+        let raw = skopeo_ok(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag),
+        ]);
+        assert_eq!(sha256(&raw.stdout), img.digest.to_string());
+        let dest = work.path().join("pulled");
+        let _ = std::fs::remove_dir_all(&dest);
+        skopeo_ok(&[
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            &format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag),
+            &format!("dir:{}", dest.display()),
+        ]);
+    }
+    let old_after: Vec<String> = [&corpus.images[1], &tiny.images[1]]
+        .into_iter()
+        .map(old_digest)
+        .collect();
+    assert_eq!(
+        old_after, old_before,
+        "the images the registry had are still served"
+    );
+    let (blobs, manifests, text) = reg.gc_dry_run();
+    assert_eq!((blobs, manifests), (0, 0), "{text}");
+
+    let tree = |dir: &Path| {
+        run_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg("cd \"$0\" && find . -type f -exec sha256sum {} + | sort")
+                .arg(dir),
+        )
+        .stdout
+    };
+    let before = tree(&target);
+    let out = run_ok(
+        ferry()
+            .args(["unbundle", "link", "--json"])
+            .arg(zst)
+            .arg("--root")
+            .arg(&target),
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["blobs_added"], 0);
+    assert!(
+        s["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["old"] == t["new"]),
+        "{s}"
+    );
+    assert_eq!(tree(&target), before, "a re-run is a no-op");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .filter(|l| l.contains(": unchanged, sha256:"))
+            .count()
+            == corpus.images.len(),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn no_clobber_refuses_to_move_a_tag_and_nothing_is_written() {
+    let (_, corpus) = small();
+    let (zst, _) = bundles();
+    let (tiny_dir, tiny) = tiny();
+    // A bundle where a tag the target has points elsewhere (tiny's busybox differs from small's).
+    let clash = tiny
+        .images
+        .iter()
+        .find(|t| {
+            corpus
+                .images
+                .iter()
+                .any(|c| c.repository == t.repository && c.tag == t.tag && c.digest != t.digest)
+        })
+        .unwrap();
+    let src = FerryServe::start(tiny_dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, format!("{}:{}\n", clash.repository, clash.tag)).unwrap();
+    let other = work.path().join("other.tar.zst");
+    run_ok(
+        ferry()
+            .args([
+                "bundle",
+                "-q",
+                "--src-tls-verify=false",
+                "--source",
+                &src.addr,
+                "-f",
+            ])
+            .arg(&list)
+            .arg("-o")
+            .arg(&other)
+            .arg("--cache")
+            .arg(work.path().join("cache")),
+    );
+    let target = work.path().join("root");
+    run_ok(
+        ferry()
+            .args(["unbundle", "link", "-q"])
+            .arg(zst)
+            .arg("--root")
+            .arg(&target),
+    );
+    let before = Store::open(&target)
+        .resolve_tag(&clash.repository, &clash.tag)
+        .unwrap()
+        .unwrap();
+    let out = run(ferry()
+        .args(["unbundle", "link", "--no-clobber"])
+        .arg(&other)
+        .arg("--root")
+        .arg(&target));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("refusing to move it (--no-clobber)")
+            && stderr.contains(&clash.digest.to_string()),
+        "{stderr}"
+    );
+    assert_eq!(
+        Store::open(&target)
+            .resolve_tag(&clash.repository, &clash.tag)
+            .unwrap()
+            .unwrap(),
+        before
+    );
+    assert!(
+        !Store::open(&target).has_blob(&clash.digest),
+        "nothing written"
+    );
+    // Without --no-clobber the tag moves, and the move is reported.
+    let out = run_ok(
+        ferry()
+            .args(["unbundle", "link"])
+            .arg(&other)
+            .arg("--root")
+            .arg(&target),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:{}: moved {before} -> {}",
+            clash.repository, clash.tag, clash.digest
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn ls_and_verify_read_bundle_files() {
+    let (_, corpus) = small();
+    let (zst, plain) = bundles();
+    for b in [zst, plain] {
+        let out = run_ok(ferry().arg("ls").arg("--json").arg(b));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().count(),
+            corpus.images.len()
+        );
+        let out = run_ok(ferry().arg("verify").arg(b));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(" 0 faults"));
+    }
+}
+
+/// A tar with a minimal index first, then the given entries (built with the tar crate, as an attacker could).
+fn hostile_tar(
+    dir: &Path,
+    name: &str,
+    blobs: &[(Digest, u64)],
+    entries: &[(&str, tar::EntryType, &[u8], Option<&str>)],
+) -> PathBuf {
+    let index = serde_json::json!({
+        "format": "ferry-bundle/v1", "created_by": "test", "source_date_epoch": 0, "images": [],
+        "blob_count": blobs.len(), "blob_bytes": 0,
+        "blobs": blobs.iter().map(|(d, s)| serde_json::json!({ "digest": d, "size": s })).collect::<Vec<_>>(),
+    });
+    let path = dir.join(name);
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    let bytes = serde_json::to_vec(&index).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(bytes.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, "ferry-bundle.json", bytes.as_slice())
+        .unwrap();
+    for (p, kind, content, target) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        if let Some(t) = target {
+            h.set_link_name(t).unwrap();
+        }
+        if p.len() <= 100 {
+            // The raw name, so `..` and absolute paths reach the archive as an attacker would write them.
+            let name = p.as_bytes();
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+            h.set_cksum();
+            b.append(&h, *content).unwrap();
+        } else {
+            b.append_data(&mut h, p, *content).unwrap();
+        }
+    }
+    b.into_inner().unwrap();
+    path
+}
+
+#[test]
+fn hostile_bundles_are_refused_and_leave_nothing() {
+    let (_, plain) = bundles();
+    let work = tempfile::tempdir().unwrap();
+    let d = Digest::sha256_of(b"payload");
+    let blob_path = format!(
+        "docker/registry/v2/blobs/sha256/{}/{}/data",
+        &d.hex()[..2],
+        d.hex()
+    );
+    let reg = tar::EntryType::Regular;
+    let cases: Vec<(&str, PathBuf, &str)> = vec![
+        (
+            "traversal",
+            hostile_tar(
+                work.path(),
+                "t1.tar",
+                &[],
+                &[("../../escaped", reg, b"x", None)],
+            ),
+            "not a file of the registry layout",
+        ),
+        (
+            "absolute",
+            hostile_tar(
+                work.path(),
+                "t2.tar",
+                &[],
+                &[("/tmp/ferry-escaped", reg, b"x", None)],
+            ),
+            "not a file of the registry layout",
+        ),
+        (
+            "symlink",
+            hostile_tar(
+                work.path(),
+                "t3.tar",
+                &[(d.clone(), 7)],
+                &[(
+                    &blob_path,
+                    tar::EntryType::Symlink,
+                    b"",
+                    Some("/etc/passwd"),
+                )],
+            ),
+            "a symbolic link",
+        ),
+        (
+            "hardlink",
+            hostile_tar(
+                work.path(),
+                "t4.tar",
+                &[(d.clone(), 7)],
+                &[(&blob_path, tar::EntryType::Link, b"", Some("/etc/passwd"))],
+            ),
+            "a hard link",
+        ),
+        (
+            "device",
+            hostile_tar(
+                work.path(),
+                "t5.tar",
+                &[],
+                &[("docker/registry/v2/null", tar::EntryType::Char, b"", None)],
+            ),
+            "a device file",
+        ),
+        (
+            "wrong bytes",
+            hostile_tar(
+                work.path(),
+                "t6.tar",
+                &[(d.clone(), 7)],
+                &[(&blob_path, reg, b"PAYLOAD", None)],
+            ),
+            "content hashes to",
+        ),
+        (
+            "index lies about a size",
+            hostile_tar(
+                work.path(),
+                "t7.tar",
+                &[(d.clone(), 8)],
+                &[(&blob_path, reg, b"payload", None)],
+            ),
+            "has 8 bytes, the archive has 7",
+        ),
+        (
+            "unlisted blob",
+            hostile_tar(
+                work.path(),
+                "t8.tar",
+                &[],
+                &[(&blob_path, reg, b"payload", None)],
+            ),
+            "is not listed in ferry-bundle.json",
+        ),
+        (
+            "index lists more",
+            hostile_tar(
+                work.path(),
+                "t9.tar",
+                &[(d.clone(), 7), (Digest::sha256_of(b"other"), 5)],
+                &[(&blob_path, reg, b"payload", None)],
+            ),
+            "which the archive does not hold",
+        ),
+    ];
+    // A real bundle cut in half.
+    let bytes = std::fs::read(plain).unwrap();
+    let truncated = work.path().join("truncated.tar");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let mut cases = cases;
+    cases.push(("truncated", truncated, "truncated"));
+    for (what, bundle, why) in &cases {
+        let target = work
+            .path()
+            .join(format!("target-{}", what.replace(' ', "-")));
+        let out = run(ferry()
+            .args(["unbundle", "link"])
+            .arg(bundle)
+            .arg("--root")
+            .arg(&target));
+        assert_eq!(out.status.code(), Some(1), "{what}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
+        assert!(stderr.contains(why), "{what}: {stderr}");
+        // Nothing a registry would serve: no repository, no tag.
+        let ls = run_ok(ferry().arg("ls").arg(&target));
+        assert!(
+            ls.stdout.is_empty(),
+            "{what}: {}",
+            String::from_utf8_lossy(&ls.stdout)
+        );
+        assert!(
+            Store::open(&target).repositories().unwrap().is_empty(),
+            "{what}"
+        );
+        // The other readers refuse it too.
+        let out = run(ferry().arg("verify").arg(bundle));
+        assert_eq!(out.status.code(), Some(1), "verify {what}");
+        let out = run(ferry()
+            .args(["unbundle", "serve", "--listen", "127.0.0.1:0"])
+            .arg(bundle));
+        assert_eq!(out.status.code(), Some(1), "serve {what}");
+    }
+    assert!(
+        !work.path().join("../../escaped").exists() && !Path::new("/tmp/ferry-escaped").exists()
+    );
+}
