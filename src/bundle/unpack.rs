@@ -22,20 +22,16 @@ pub enum LinkError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// `--no-clobber` and a tag would move.
-    #[error("{repo}:{tag} is {old} in {}, the bundle has {new}; refusing to move it (--no-clobber)", root.display())]
+    #[error(
+        "{}:{} is {} in {}, the bundle has {}; refusing to move it (--no-clobber)",
+        change.repository, change.tag, change.old.as_ref().map(ToString::to_string).unwrap_or_default(), root.display(), change.new
+    )]
     WouldMoveTag {
-        /// Repository.
-        repo: String,
-        /// Tag.
-        tag: String,
-        /// What the root has.
-        old: Digest,
-        /// What the bundle has.
-        new: Digest,
+        /// The move that was refused.
+        change: Box<TagChange>,
         /// The root.
         root: PathBuf,
     },
-}
 
 /// A tag written by a link, with what it pointed at before.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -146,10 +142,7 @@ fn check_tags(
             && old != img.digest
         {
             return Err(LinkError::WouldMoveTag {
-                repo: img.repository.clone(),
-                tag: tag.clone(),
-                old,
-                new: img.digest.clone(),
+                change: Box::new(TagChange { repository: img.repository.clone(), tag: tag.clone(), old: Some(old), new: img.digest.clone() }),
                 root: root.to_path_buf(),
             });
         }
