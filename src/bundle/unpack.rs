@@ -32,6 +32,7 @@ pub enum LinkError {
         /// The root.
         root: PathBuf,
     },
+}
 
 /// A tag written by a link, with what it pointed at before.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -142,7 +143,12 @@ fn check_tags(
             && old != img.digest
         {
             return Err(LinkError::WouldMoveTag {
-                change: Box::new(TagChange { repository: img.repository.clone(), tag: tag.clone(), old: Some(old), new: img.digest.clone() }),
+                change: Box::new(TagChange {
+                    repository: img.repository.clone(),
+                    tag: tag.clone(),
+                    old: Some(old),
+                    new: img.digest.clone(),
+                }),
                 root: root.to_path_buf(),
             });
         }
