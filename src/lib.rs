@@ -12,6 +12,7 @@ pub mod limits;
 pub mod manifest;
 pub mod media_type;
 pub mod plan;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod serve;

@@ -41,3 +41,9 @@ pub const MAX_RETRY_AFTER_SECS: u64 = 60;
 
 /// Set (to anything) to skip retry pauses, so tests of retries run fast.
 pub const ENV_NO_RETRY_DELAY: &str = "FERRY_TEST_NO_RETRY_DELAY";
+
+/// Blobs up to this size are pushed in one PUT; larger ones in chunks.
+pub const MONOLITHIC_UPLOAD_MAX: u64 = 32 * 1024 * 1024;
+
+/// Size of one PATCH of a chunked upload.
+pub const UPLOAD_CHUNK_BYTES: u64 = 16 * 1024 * 1024;

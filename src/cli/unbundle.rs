@@ -1,4 +1,4 @@
-//! `ferry unbundle serve | link`: the site side of the main job.
+//! `ferry unbundle serve | link | push`: the site side of the main job.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +24,35 @@ enum UnbundleCommand {
     Serve(ServeArgs),
     /// Merge a bundle into a registry root (also one a registry is serving).
     Link(LinkArgs),
+    /// Push every image of a bundle (read in place) or a registry root to a registry.
+    Push(PushArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PushArgs {
+    /// The bundle file, or a registry root directory.
+    source: PathBuf,
+    /// Target registry, HOST[:PORT][/PREFIX] (the prefix goes before every repository).
+    #[arg(long)]
+    dest: String,
+    /// Blobs pushed at once.
+    #[arg(long, default_value_t = crate::limits::DEFAULT_JOBS)]
+    jobs: usize,
+    /// Verify the target's TLS certificate (false also allows plain http).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
+    dest_tls_verify: bool,
+    /// Credentials for the target, USER[:PASS].
+    #[arg(long)]
+    dest_creds: Option<String>,
+    /// Auth file (docker config.json or containers auth.json).
+    #[arg(long)]
+    authfile: Option<PathBuf>,
+    /// When an index is sparse, push an index of the present platforms instead (its digest changes and is reported).
+    #[arg(long)]
+    rewrite_sparse_index: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,6 +87,7 @@ pub fn run(g: &GlobalArgs, a: UnbundleArgs) -> anyhow::Result<ExitCode> {
     match a.command {
         UnbundleCommand::Serve(s) => serve(g, s),
         UnbundleCommand::Link(l) => link_cmd(g, l),
+        UnbundleCommand::Push(p) => push_cmd(g, p),
     }
 }
 
@@ -129,6 +159,105 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
             s.tags.len()
         );
     }
-    let _ = Store::open(&a.root);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
+    use crate::push::{PushImage, PushOptions, push};
+    let (host, prefix) = match a.dest.split_once('/') {
+        Some((h, p)) => (h.to_string(), Some(p.trim_end_matches('/').to_string())),
+        None => (a.dest.clone(), None),
+    };
+    if let Some(p) = &prefix {
+        crate::reference::validate_repository(p)
+            .with_context(|| format!("--dest {}: prefix {p:?}", a.dest))?;
+    }
+    let opts = PushOptions {
+        host,
+        prefix,
+        client: crate::registry::ClientOptions {
+            tls_verify: a.dest_tls_verify,
+            credentials: a
+                .dest_creds
+                .as_deref()
+                .map(crate::auth::Credentials::from_flag),
+            authfile: a.authfile.clone(),
+            ..Default::default()
+        },
+        jobs: a.jobs.max(1),
+        rewrite_sparse_index: a.rewrite_sparse_index,
+    };
+    let rt = super::runtime()?;
+    let summary = if a.source.is_dir() {
+        let store = Store::open(&a.source);
+        if !store.exists() {
+            bail!(
+                "{}: not a registry root (no docker/registry/v2 directory)",
+                a.source.display()
+            );
+        }
+        let mut images = Vec::new();
+        for repo in store.repositories()? {
+            for tag in store.tags(&repo)? {
+                if let Some(digest) = store.resolve_tag(&repo, &tag)? {
+                    images.push(PushImage {
+                        repository: repo.clone(),
+                        tag: Some(tag),
+                        digest,
+                    });
+                }
+            }
+        }
+        rt.block_on(push(std::sync::Arc::new(store), &images, &opts))
+    } else {
+        let bundle = BundleFile::open(&a.source)?;
+        let images: Vec<PushImage> = bundle
+            .scan
+            .index
+            .images
+            .iter()
+            .map(|i| PushImage {
+                repository: i.repository.clone(),
+                tag: i.tag.clone(),
+                digest: i.digest.clone(),
+            })
+            .collect();
+        rt.block_on(push(
+            std::sync::Arc::new(Bundles(vec![bundle])),
+            &images,
+            &opts,
+        ))
+    };
+    let summary = match summary {
+        Ok(s) => s,
+        Err(crate::push::PushError::Several(v)) => {
+            for e in &v {
+                eprintln!("error: {e}");
+            }
+            bail!("{} image(s) were not pushed; the others were", v.len());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    for r in &summary.rewritten {
+        eprintln!(
+            "{}: sparse index {} pushed as {} (present platforms only)",
+            r.image, r.original, r.pushed
+        );
+    }
+    if !g.quiet {
+        eprintln!(
+            "ferry: pushed {} images to {}: {} blobs uploaded ({}), {} mounted, {} already there, {} manifests",
+            summary.images,
+            a.dest,
+            summary.blobs_uploaded,
+            human_bytes(summary.bytes_uploaded),
+            summary.blobs_mounted,
+            summary.blobs_present,
+            summary.manifests
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -391,6 +391,22 @@ impl Client {
                 format!("repository:{name}:pull")
             }
         };
+        self.send_url(method, url, &scope, headers, None, permit)
+            .await
+    }
+
+    /// Sends to a full URL under an auth scope, with auth and retries; `body`
+    /// makes a fresh request body for each attempt. A non-success status becomes an error.
+    pub(super) async fn send_url(
+        &self,
+        method: Method,
+        url: String,
+        scope: &str,
+        headers: &[(header::HeaderName, String)],
+        body: Option<&(dyn Fn() -> reqwest::Body + Send + Sync)>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Held, RegistryError> {
+        let scope = scope.to_string();
         let mut authed_once = false;
         let mut attempt = 0u32;
         loop {
@@ -400,6 +416,9 @@ impl Client {
             }
             if let Some(a) = self.inner.auth.lock().unwrap().get(&scope) {
                 req = req.header(header::AUTHORIZATION, a);
+            }
+            if let Some(make) = body {
+                req = req.body(make());
             }
             tracing::debug!(%method, %url, attempt, "request");
             let resp = match req.send().await {
@@ -461,6 +480,21 @@ impl Client {
                 errors,
             });
         }
+    }
+
+    /// Waits for a slot under the host's cap on concurrent requests.
+    pub(super) async fn permit(&self) -> OwnedSemaphorePermit {
+        self.inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed")
+    }
+
+    /// `scheme://host` of this registry, for resolving relative `Location` headers.
+    pub(super) async fn origin(&self) -> Result<String, RegistryError> {
+        Ok(self.base().await?.to_string())
     }
 
     /// Checks that the registry speaks the v2 API (and learns its auth).

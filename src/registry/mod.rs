@@ -8,5 +8,6 @@ pub mod errcode;
 mod manifests;
 pub mod routes;
 mod tags;
+pub mod uploads;
 
 pub use client::{Client, ClientOptions, RegistryError};

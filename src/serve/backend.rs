@@ -9,11 +9,7 @@ use crate::digest::Digest;
 use crate::manifest::RawManifest;
 use crate::store::{Store, StoreError};
 
-/// Reads a byte range of one blob (blocking; the server calls it off the async threads).
-pub trait RangeRead: Send + Sync {
-    /// A reader of `len` bytes starting `start` bytes into the blob.
-    fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>>;
-}
+pub use crate::registry::uploads::RangeRead;
 
 /// A blob the server may send: its size and how to read it.
 #[derive(Clone)]

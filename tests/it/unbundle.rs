@@ -605,3 +605,200 @@ fn hostile_bundles_are_refused_and_leave_nothing() {
         !work.path().join("../../escaped").exists() && !Path::new("/tmp/ferry-escaped").exists()
     );
 }
+
+/// Config and layer digests of an image, every platform present in `root`.
+fn blob_set(root: &Path, digest: &Digest) -> std::collections::BTreeSet<Digest> {
+    let store = Store::open(root);
+    let m = store.read_manifest(digest).unwrap().parse().unwrap();
+    let mut out: std::collections::BTreeSet<Digest> =
+        m.blobs().into_iter().map(|b| b.digest.clone()).collect();
+    for c in m.children() {
+        out.extend(blob_set(root, &c.digest));
+    }
+    out
+}
+
+fn push(bundle: &Path, dest: &str, extra: &[&str]) -> std::process::Output {
+    run(ferry()
+        .env("FERRY_TEST_NO_RETRY_DELAY", "1")
+        .args([
+            "unbundle",
+            "push",
+            "--json",
+            "--dest-tls-verify=false",
+            "--dest",
+            dest,
+        ])
+        .arg(bundle)
+        .args(extra))
+}
+
+#[test]
+fn push_preserves_digests_and_uploads_only_what_is_missing() {
+    let (root, corpus) = small();
+    let src = FerryServe::start(root);
+    let work = tempfile::tempdir().unwrap();
+    // Two bundles: the first half of the images, and all of them.
+    let half = &corpus.images[..10];
+    let make = |name: &str, imgs: &[ferry::fixtures::FixtureImage]| {
+        let list = work.path().join(format!("{name}.txt"));
+        std::fs::write(
+            &list,
+            imgs.iter()
+                .map(|i| format!("{}:{}\n", i.repository, i.tag))
+                .collect::<String>(),
+        )
+        .unwrap();
+        let out = work.path().join(format!("{name}.tar.zst"));
+        run_ok(
+            ferry()
+                .args([
+                    "bundle",
+                    "-q",
+                    "--all-platforms",
+                    "--src-tls-verify=false",
+                    "--source",
+                    &src.addr,
+                    "-f",
+                ])
+                .arg(&list)
+                .arg("-o")
+                .arg(&out)
+                .arg("--cache")
+                .arg(work.path().join("cache")),
+        );
+        out
+    };
+    let (half_bundle, full_bundle) = (make("half", half), make("full", &corpus.images));
+    let target_root = work.path().join("target");
+    std::fs::create_dir(&target_root).unwrap();
+    let reg = Registry::start(&target_root);
+    let dest = format!("{}/proj", reg.addr);
+
+    let first = push(&half_bundle, &dest, &[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = push(&full_bundle, &dest, &[]);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    let have: std::collections::BTreeSet<Digest> = half
+        .iter()
+        .flat_map(|i| blob_set(root, &i.digest))
+        .collect();
+    let need: std::collections::BTreeSet<Digest> = corpus
+        .images
+        .iter()
+        .flat_map(|i| blob_set(root, &i.digest))
+        .collect();
+    let missing = need.difference(&have).count();
+    assert_eq!(
+        s["blobs_uploaded"], missing,
+        "only the missing blobs are uploaded: {s}"
+    );
+    assert!(s["blobs_present"].as_u64().unwrap() > 0);
+    for img in &corpus.images {
+        let raw = skopeo_ok(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/proj/{}:{}", reg.addr, img.repository, img.tag),
+        ]);
+        assert_eq!(
+            sha256(&raw.stdout),
+            img.digest.to_string(),
+            "{}",
+            img.repository
+        );
+    }
+    let (blobs, manifests, text) = reg.gc_dry_run();
+    assert_eq!((blobs, manifests), (0, 0), "{text}");
+}
+
+#[test]
+fn a_sparse_index_is_refused_with_the_ways_out_and_rewritten_on_request() {
+    let (root, corpus) = small();
+    let src = FerryServe::start(root);
+    let work = tempfile::tempdir().unwrap();
+    let multi = corpus
+        .images
+        .iter()
+        .find(|i| !i.platforms.is_empty())
+        .unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, format!("{}:{}\n", multi.repository, multi.tag)).unwrap();
+    let bundle = work.path().join("sparse.tar.zst");
+    run_ok(
+        ferry()
+            .args([
+                "bundle",
+                "-q",
+                "--src-tls-verify=false",
+                "--source",
+                &src.addr,
+                "-f",
+            ])
+            .arg(&list)
+            .arg("-o")
+            .arg(&bundle)
+            .arg("--cache")
+            .arg(work.path().join("cache")),
+    );
+    let target = work.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    let reg = Registry::start(&target);
+    let out = push(&bundle, &reg.addr, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().next().unwrap().contains(&multi.repository)
+            && stderr.contains("--all-platforms")
+            && stderr.contains("--rewrite-sparse-index"),
+        "{stderr}"
+    );
+    let out = push(&bundle, &reg.addr, &["--rewrite-sparse-index"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pushed = s["rewritten"][0]["pushed"].as_str().unwrap().to_string();
+    assert_eq!(s["rewritten"][0]["original"], multi.digest.to_string());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pushed as {pushed}")));
+    let raw = skopeo_ok(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/{}:{}", reg.addr, multi.repository, multi.tag),
+    ]);
+    assert_eq!(
+        sha256(&raw.stdout),
+        pushed,
+        "the tag points at the rewritten index, as reported"
+    );
+    let amd64 = &multi
+        .platforms
+        .iter()
+        .find(|(p, _)| p == "linux/amd64")
+        .unwrap()
+        .1;
+    let dir = work.path().join("pulled");
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        &format!("docker://{}/{}:{}", reg.addr, multi.repository, multi.tag),
+        &format!("dir:{}", dir.display()),
+    ]);
+    assert_eq!(
+        sha256(&std::fs::read(dir.join("manifest.json")).unwrap()),
+        amd64.to_string()
+    );
+}
