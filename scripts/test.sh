@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite. Installs what the tests need (Debian packages) when missing,
+# The whole test suite. Installs what the tests need (Debian packages) when missing:
+# the real registry (docker-registry) and real clients (skopeo, podman, containerd, docker.io),
 # then runs every unit and integration test.
 #   scripts/test.sh [cargo test args...]
 set -euo pipefail
@@ -9,6 +10,9 @@ need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v zstd >/dev/null || need+=(zstd)
+command -v podman >/dev/null || need+=(podman)
+command -v containerd >/dev/null || need+=(containerd)
+[ -x /usr/bin/docker ] && command -v dockerd >/dev/null || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} with apt-get" >&2
   sudo=""

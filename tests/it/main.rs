@@ -3,6 +3,7 @@
 
 mod bundle;
 mod cli;
+mod clients;
 mod harness;
 mod hostile;
 mod serve;

@@ -12,7 +12,7 @@ use ferry::store::paths::PathSpec;
 use crate::harness::*;
 
 /// Bundles of the `small` corpus, made once per run: (all platforms zstd, all platforms plain tar, list).
-fn bundles() -> &'static (PathBuf, PathBuf) {
+pub fn bundles() -> &'static (PathBuf, PathBuf) {
     static B: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     B.get_or_init(|| {
         let (root, corpus) = small();
