@@ -4,6 +4,9 @@
 #                                     ferry verify vs sha256sum of the same blob files
 #   scripts/bench.sh bundle [WORK]    the seed workflow (skopeo sync + shell + tar + zstd) vs ferry bundle
 #                                     with an empty cache and with a warm one, vs plain tar | zstd of the root
+#   scripts/bench.sh unbundle [WORK]  skopeo sync --scoped dir->docker vs ferry unbundle push (empty registry);
+#                                     zstd -d | tar -x vs ferry unbundle link (empty root);
+#                                     skopeo pulling every tag from docker-registry vs from ferry unbundle serve
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated `medium` corpus between runs.
 # Prints median seconds of RUNS runs (default 5) and the ratio incumbent/ferry.
@@ -146,5 +149,43 @@ bundle)
   echo "  bytes written, cold: $(python3 -c "print(f'{$cold_out*512/1e9:.2f} GB = {$cold_out*512/$UNIQUE:.2f}x the unique bytes')")"
   echo "  seed phases (last run): $(tail -1 "$SEEDLOG" | cut -d' ' -f1-9)"
   ;;
-*) echo "usage: scripts/bench.sh serve|bundle [WORK]" >&2; exit 2 ;;
+unbundle)
+  INCUMBENT="${INCUMBENT:-$PWD/../shared/incumbent}"
+  for t in skopeo zstd tar; do command -v "$t" >/dev/null || { echo "bench needs $t" >&2; exit 1; }; done
+  start_registry "$ROOT"; SRC=$ADDR
+  LIST="$WORK/medium-list.txt"; OUT="$WORK/unbundle"; mkdir -p "$OUT"
+  # Inputs, untimed: the incumbent's dir: tree (its pull phase) and a ferry bundle of every platform.
+  [ -d "$OUT/seed/dirs" ] || bash "$INCUMBENT/seed_bundle.sh" "$SRC" "$LIST" "$OUT/seed" "$OUT/seed.log" pull-only:sync
+  [ -f "$OUT/all.tar.zst" ] || "$FERRY" bundle -q --all-platforms -f "$LIST" -o "$OUT/all.tar.zst" --cache "$OUT/cache" --source "$SRC" --src-tls-verify=false
+  # An empty target registry before every run.
+  TARGET_PID=""
+  fresh_target() {
+    [ -n "$TARGET_PID" ] && { kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true; }
+    rm -rf "$OUT/target"; mkdir -p "$OUT/target"; sync
+    start_registry "$OUT/target"; TARGET=$ADDR; TARGET_PID=${PIDS[-1]}
+  }
+  seed_push() { (cd "$OUT/seed/dirs" && skopeo --insecure-policy sync -q --scoped --src dir --dest docker --dest-tls-verify=false ./ "$TARGET"); }
+  ferry_push() { "$FERRY" unbundle push -q "$OUT/all.tar.zst" --dest "$TARGET" --dest-tls-verify=false; }
+  t_seed_push=$(PREP=fresh_target median_time seed_push)
+  t_ferry_push=$(PREP=fresh_target median_time ferry_push)
+  BYTES=$(stat -c %s "$OUT/all.tar.zst")
+  link_prep() { rm -rf "$OUT/site"; mkdir -p "$OUT/site"; sync; }
+  plain_extract() { zstd -q -d -c "$OUT/all.tar.zst" | tar -x -C "$OUT/site"; }
+  ferry_link() { "$FERRY" unbundle link -q "$OUT/all.tar.zst" --root "$OUT/site"; }
+  t_extract=$(PREP=link_prep median_time plain_extract)
+  t_link=$(PREP=link_prep median_time ferry_link)
+  # Pull every tag with skopeo: from docker-registry, then from ferry serving the same root.
+  start_ferry "$ROOT"; FER=$ADDR
+  pull_all() { rm -rf "$OUT/pulled"; mkdir -p "$OUT/pulled"; grep -v '^#' "$LIST" | while read -r ref; do
+      skopeo copy -q --src-tls-verify=false "docker://$1/$ref" "dir:$OUT/pulled/x" >/dev/null; rm -rf "$OUT/pulled/x"; done; }
+  t_pull_reg=$(median_time pull_all "$SRC")
+  t_pull_fer=$(median_time pull_all "$FER")
+  echo "unbundle of the medium corpus, median of $RUNS, whole process:"
+  echo "  push into an empty docker-registry: skopeo sync --scoped (amd64 only, from dir:) ${t_seed_push}s,"
+  echo "    ferry unbundle push (every platform, from the bundle in place) ${t_ferry_push}s: speed-up $(ratio "$t_seed_push" "$t_ferry_push")x"
+  echo "  into an empty root ($(python3 -c "print(f'{$BYTES/1e9:.2f}')") GB bundle): zstd -d | tar -x ${t_extract}s,"
+  echo "    ferry unbundle link (re-hashes every blob, syncs) ${t_link}s: $(ratio "$t_link" "$t_extract")x the plain extract"
+  echo "  skopeo copy of every tag to dir:: from docker-registry ${t_pull_reg}s, from ferry serve ${t_pull_fer}s: $(ratio "$t_pull_fer" "$t_pull_reg")x"
+  ;;
+*) echo "usage: scripts/bench.sh serve|bundle|unbundle [WORK]" >&2; exit 2 ;;
 esac
