@@ -164,15 +164,18 @@ unbundle)
     rm -rf "$OUT/target"; mkdir -p "$OUT/target"; sync
     start_registry "$OUT/target"; TARGET=$ADDR; TARGET_PID=${PIDS[-1]}
   }
-  seed_push() { (cd "$OUT/seed/dirs" && skopeo --insecure-policy sync -q --scoped --src dir --dest docker --dest-tls-verify=false ./ "$TARGET"); }
-  ferry_push() { "$FERRY" unbundle push -q "$OUT/all.tar.zst" --dest "$TARGET" --dest-tls-verify=false; }
+  # Exactly the incumbent's push (../shared/incumbent/README.md); a failed run aborts the bench.
+  seed_push() { (cd "$OUT/seed/dirs" && skopeo --insecure-policy sync --scoped --src dir --dest docker --dest-tls-verify=false ./ "$TARGET" >/dev/null) || { echo "skopeo sync failed" >&2; exit 1; }; }
+  ferry_push() { "$FERRY" unbundle push -q "$OUT/all.tar.zst" --dest "$TARGET" --dest-tls-verify=false || { echo "ferry push failed" >&2; exit 1; }; }
   t_seed_push=$(PREP=fresh_target median_time seed_push)
   t_ferry_push=$(PREP=fresh_target median_time ferry_push)
   BYTES=$(stat -c %s "$OUT/all.tar.zst")
   link_prep() { rm -rf "$OUT/site"; mkdir -p "$OUT/site"; sync; }
   plain_extract() { zstd -q -d -c "$OUT/all.tar.zst" | tar -x -C "$OUT/site"; }
+  plain_extract_sync() { plain_extract && sync; }
   ferry_link() { "$FERRY" unbundle link -q "$OUT/all.tar.zst" --root "$OUT/site"; }
   t_extract=$(PREP=link_prep median_time plain_extract)
+  t_extract_sync=$(PREP=link_prep median_time plain_extract_sync)
   t_link=$(PREP=link_prep median_time ferry_link)
   # Pull every tag with skopeo: from docker-registry, then from ferry serving the same root.
   start_ferry "$ROOT"; FER=$ADDR
@@ -184,7 +187,8 @@ unbundle)
   echo "  push into an empty docker-registry: skopeo sync --scoped (amd64 only, from dir:) ${t_seed_push}s,"
   echo "    ferry unbundle push (every platform, from the bundle in place) ${t_ferry_push}s: speed-up $(ratio "$t_seed_push" "$t_ferry_push")x"
   echo "  into an empty root ($(python3 -c "print(f'{$BYTES/1e9:.2f}')") GB bundle): zstd -d | tar -x ${t_extract}s,"
-  echo "    ferry unbundle link (re-hashes every blob, syncs) ${t_link}s: $(ratio "$t_link" "$t_extract")x the plain extract"
+  echo "    with sync ${t_extract_sync}s; ferry unbundle link (re-hashes every blob, syncs) ${t_link}s:"
+  echo "    $(ratio "$t_link" "$t_extract")x the plain extract, $(ratio "$t_link" "$t_extract_sync")x the plain extract + sync"
   echo "  skopeo copy of every tag to dir:: from docker-registry ${t_pull_reg}s, from ferry serve ${t_pull_fer}s: $(ratio "$t_pull_fer" "$t_pull_reg")x"
   ;;
 *) echo "usage: scripts/bench.sh serve|bundle|unbundle [WORK]" >&2; exit 2 ;;

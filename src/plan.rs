@@ -167,8 +167,15 @@ async fn resolve_one(
         .map_err(|e| e.to_string())?;
     let repository = match (opts.keep_host, r.host()) {
         (true, Some(h)) => {
-            let name = format!("{}/{}", h, r.repository());
-            validate_repository(&name).map_err(|_| format!("--keep-host: host {h:?} cannot be part of a repository name (ports and upper case are not allowed there)"))?;
+            // A port's ':' cannot stand in a repository name: `host:5000/x` is kept as `host_5000/x`.
+            let name = format!(
+                "{}/{}",
+                h.to_ascii_lowercase().replace(':', "_"),
+                r.repository()
+            );
+            validate_repository(&name).map_err(|_| {
+                format!("--keep-host: host {h:?} cannot be part of a repository name")
+            })?;
             name
         }
         _ => r.repository().to_string(),

@@ -225,12 +225,13 @@ pub async fn bundle(
     // network and the disk work at the same time.
     let (layout, index_json) = layout_and_index(&plan, opts.mtime);
     let order: Vec<Digest> = layout.blobs().cloned().collect();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(Digest, bool)>();
+    // (blob, fetched fine, downloaded and verified by this run)
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(Digest, bool, bool)>();
     let packer = {
         let (opts, cache, index_json) = (opts.clone(), cache.clone(), index_json.clone());
         tokio::task::spawn_blocking(move || {
             let mut ready = move |d: &Digest| match ready_rx.recv() {
-                Ok((got, true)) if &got == d => Ok(()),
+                Ok((got, true, fresh)) if &got == d => Ok(!fresh),
                 _ => Err(std::io::Error::other(Aborted)),
             };
             write_bundle(&opts, &index_json, &layout, &cache, &mut ready)
@@ -270,7 +271,8 @@ pub async fn bundle(
             if let Err(e) = r {
                 fetch_failures.insert(d.clone(), e);
             }
-            let _ = ready_tx.send((d, ok));
+            let fresh = missing.contains(&d);
+            let _ = ready_tx.send((d, ok, fresh));
         }
     }
     drop(ready_tx);
@@ -309,7 +311,7 @@ pub async fn bundle(
         let (layout, index_json) = layout_and_index(&plan, opts.mtime);
         let (o, c) = (opts.clone(), cache.clone());
         tokio::task::spawn_blocking(move || {
-            write_bundle(&o, &index_json, &layout, &c, &mut |_| Ok(()))
+            write_bundle(&o, &index_json, &layout, &c, &mut |_| Ok(true))
         })
         .await
         .map_err(|e| BundleError::Write {
@@ -471,7 +473,7 @@ fn write_bundle(
     index_json: &[u8],
     layout: &pack::Layout,
     cache: &Store,
-    ready: &mut dyn FnMut(&Digest) -> std::io::Result<()>,
+    ready: &mut dyn FnMut(&Digest) -> std::io::Result<bool>,
 ) -> Result<u64, BundleError> {
     let output = &opts.output;
     let dir = output
@@ -483,6 +485,18 @@ fn write_bundle(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "bundle".into());
+    // A run killed while packing leaves its temp file; remove those whose process is gone.
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        let prefix = format!(".{name}.tmp-");
+        for e in rd.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = f.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok())
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let guard = RemoveOnDrop(tmp.clone());
     let werr = |source| BundleError::Write {

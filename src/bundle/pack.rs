@@ -302,7 +302,8 @@ impl Layout {
 }
 
 /// Writes `index_json` then `layout` as tar entries into `out`. Before each
-/// blob, `ready(digest)` is called and must return once the blob is in `cache`
+/// blob, `ready(digest)` is called and must return once the blob is in `cache`,
+/// saying whether it must be re-hashed (a blob verified by this very run need not be)
 /// (so packing can run while later blobs are still downloading).
 pub fn write_tar(
     out: Output,
@@ -310,7 +311,7 @@ pub fn write_tar(
     layout: &Layout,
     cache: &crate::store::Store,
     mtime: u64,
-    ready: &mut dyn FnMut(&Digest) -> io::Result<()>,
+    ready: &mut dyn FnMut(&Digest) -> io::Result<bool>,
 ) -> io::Result<File> {
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Deterministic);
@@ -340,24 +341,28 @@ pub fn write_tar(
                 tar.get_mut().boundary()?;
             }
             Content::Blob(d, size) => {
-                ready(d)?;
+                let verify = ready(d)?;
                 let path = cache.path(crate::store::paths::PathSpec::BlobData(d));
                 let f = File::open(&path)
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
                 let mut h = header(tar::EntryType::Regular, *size, 0o644);
-                // Every blob is re-hashed on its way into the bundle: a corrupt cache can never reach a site.
-                let reader = crate::digest::VerifyingReader::new(f, d.clone(), Some(*size));
-                tar.append_data(&mut h, &rel, reader)
-                    .map_err(|e| match e.kind() {
-                        io::ErrorKind::InvalidData => io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            CorruptBlob {
-                                digest: d.clone(),
-                                cause: e.to_string(),
-                            },
-                        ),
-                        _ => e,
-                    })?;
+                if !verify {
+                    tar.append_data(&mut h, &rel, f)?;
+                } else {
+                    // A blob from an earlier run is re-hashed on its way into the bundle: a corrupt cache can never reach a site.
+                    let reader = crate::digest::VerifyingReader::new(f, d.clone(), Some(*size));
+                    tar.append_data(&mut h, &rel, reader)
+                        .map_err(|e| match e.kind() {
+                            io::ErrorKind::InvalidData => io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                CorruptBlob {
+                                    digest: d.clone(),
+                                    cause: e.to_string(),
+                                },
+                            ),
+                            _ => e,
+                        })?;
+                }
                 tar.get_mut().boundary()?;
             }
         }

@@ -36,7 +36,7 @@ pub struct BundleArgs {
     /// Keep every platform of multi-arch images.
     #[arg(long)]
     all_platforms: bool,
-    /// Store quay.io/x/y as repository quay.io/x/y (default: x/y).
+    /// Store quay.io/x/y as repository quay.io/x/y (default: x/y); a port's ':' becomes '_'.
     #[arg(long)]
     keep_host: bool,
     /// Persistent blob cache (default $XDG_CACHE_HOME/ferry or ~/.cache/ferry).
@@ -48,8 +48,8 @@ pub struct BundleArgs {
     /// Compression of the bundle file.
     #[arg(long, value_enum, default_value = "zstd")]
     compression: Compression,
-    /// zstd level.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    /// zstd level. 1 by default: image layers are compressed already, so higher levels spend CPU for almost nothing.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19))]
     level: i32,
     /// Blobs fetched at once.
     #[arg(long, default_value_t = DEFAULT_JOBS)]

@@ -109,7 +109,7 @@ pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
             output: bundle_path.clone(),
             root_dir: None,
             compression: Compression::Zstd,
-            level: 3,
+            level: 1,
             jobs: crate::limits::DEFAULT_JOBS,
             keep_going: false,
             mtime: 0,

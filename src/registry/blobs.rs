@@ -20,7 +20,7 @@ struct Sink {
 
 impl Sink {
     fn new(mut writer: BlobWriter) -> Sink {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
         let task = tokio::task::spawn_blocking(move || {
             while let Some(chunk) = rx.blocking_recv() {
                 writer.write_all(&chunk).map_err(|source| StoreError::Io {

@@ -82,7 +82,8 @@ pub(super) fn write_atomic(
 pub struct BlobWriter {
     store: Store,
     tmp: PathBuf,
-    file: Option<File>,
+    /// Buffered, so the many small chunks a network read yields become few large writes.
+    file: Option<io::BufWriter<File>>,
     /// `None` when the caller verifies the bytes itself (see [`Store::blob_writer_prehashed`]).
     hasher: Option<Hasher>,
     written: u64,
@@ -102,7 +103,16 @@ impl BlobWriter {
     /// Checks the content against `expected` (and `size`), or takes its own digest when none is given,
     /// then publishes it. Returns the digest and size.
     pub fn commit(mut self, expected: Option<(&Digest, Option<u64>)>) -> Result<(Digest, u64)> {
-        let file = self.file.take().expect("file present until commit");
+        let file = self
+            .file
+            .take()
+            .expect("file present until commit")
+            .into_inner()
+            .map_err(|e| StoreError::Io {
+                op: "writing",
+                path: self.tmp.clone(),
+                source: e.into_error(),
+            })?;
         let found = self
             .hasher
             .take()
@@ -134,7 +144,16 @@ impl BlobWriter {
     /// Publishes content whose digest the caller has already verified while
     /// streaming it (a `VerifyingReader` that reached its end); checks the size.
     pub fn commit_prehashed(mut self, digest: &Digest, size: u64) -> Result<()> {
-        let file = self.file.take().expect("file present until commit");
+        let file = self
+            .file
+            .take()
+            .expect("file present until commit")
+            .into_inner()
+            .map_err(|e| StoreError::Io {
+                op: "writing",
+                path: self.tmp.clone(),
+                source: e.into_error(),
+            })?;
         if self.written != size {
             return Err(StoreError::Verify {
                 digest: digest.clone(),
@@ -211,7 +230,7 @@ impl Store {
         Ok(BlobWriter {
             store: self.clone(),
             tmp,
-            file: Some(file),
+            file: Some(io::BufWriter::with_capacity(IO_BUFFER_BYTES, file)),
             hasher: Some(Hasher::new(Algorithm::Sha256)),
             written: 0,
         })

@@ -514,6 +514,11 @@ fn killed_bundle_resumes_and_downloads_only_what_was_missing() {
     );
     assert!(res["blobs_reused"].as_u64().unwrap() > 0);
     let _ = had;
+    assert_eq!(
+        entries(work.path()),
+        ["b.tar.zst", "cache", "list.txt"],
+        "the killed run's temp file is gone"
+    );
     let report = run_ok(ferry().arg("verify").arg(&cache));
     assert!(String::from_utf8_lossy(&report.stdout).contains(" 0 faults"));
 }
@@ -525,4 +530,93 @@ fn walk_count(dir: &Path) -> usize {
     rd.flatten()
         .map(|e| std::fs::read_dir(e.path()).map(|r| r.count()).unwrap_or(0))
         .sum()
+}
+
+#[test]
+fn sections_select_and_same_names_from_two_hosts_clash_unless_keep_host() {
+    let (root, corpus) = small();
+    let (tiny_dir, tiny) = tiny();
+    let a = FerryServe::start(root);
+    let b = FerryServe::start(tiny_dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+
+    // --section: only those sections; an unknown one is an error before anything is fetched.
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, corpus.images_list()).unwrap();
+    let out = work.path().join("s.tar.zst");
+    let res = run(bundle_cmd(&list, &out, &cache, &a.addr).args(["--section", "section-1"]));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let index = ferry::bundle::read_index(&out).unwrap();
+    let want = corpus
+        .images
+        .iter()
+        .filter(|i| i.section == "section-1")
+        .count();
+    assert!(want > 0 && index.images.len() == want);
+    assert!(
+        index
+            .images
+            .iter()
+            .all(|i| i.section.as_deref() == Some("section-1"))
+    );
+    let res = run(bundle_cmd(
+        &list,
+        &work.path().join("x.tar.zst"),
+        &work.path().join("cache2"),
+        &a.addr,
+    )
+    .args(["--section", "nope"]));
+    assert_eq!(res.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("--section nope: no such section"));
+    assert!(!work.path().join("cache2").exists(), "nothing fetched");
+
+    // The same name:tag from two hosts with other content.
+    let same = tiny
+        .images
+        .iter()
+        .find(|t| {
+            corpus
+                .images
+                .iter()
+                .any(|c| c.repository == t.repository && c.tag == t.tag && c.digest != t.digest)
+        })
+        .unwrap();
+    let two = work.path().join("two.txt");
+    std::fs::write(
+        &two,
+        format!(
+            "{0}/{2}:{3}\n{1}/{2}:{3}\n",
+            a.addr, b.addr, same.repository, same.tag
+        ),
+    )
+    .unwrap();
+    let res = run(&mut bundle_cmd(
+        &two,
+        &work.path().join("c.tar.zst"),
+        &cache,
+        &a.addr,
+    ));
+    assert_eq!(res.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains("--keep-host") && stderr.contains(&b.addr),
+        "{stderr}"
+    );
+    assert!(!work.path().join("c.tar.zst").exists());
+    let kept = work.path().join("k.tar.zst");
+    run_ok(bundle_cmd(&two, &kept, &cache, &a.addr).arg("--keep-host"));
+    let index = ferry::bundle::read_index(&kept).unwrap();
+    let names: Vec<String> = index.images.iter().map(|i| i.repository.clone()).collect();
+    assert_eq!(
+        names,
+        [
+            format!("{}/{}", a.addr.replace(':', "_"), same.repository),
+            format!("{}/{}", b.addr.replace(':', "_"), same.repository)
+        ]
+    );
 }
