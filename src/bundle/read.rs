@@ -88,6 +88,23 @@ pub struct Scan {
 pub trait BlobVisitor {
     /// Called once per blob entry, with a reader that fails at its end if the bytes are wrong.
     fn blob(&mut self, digest: &Digest, size: u64, content: &mut dyn Read) -> io::Result<()>;
+
+    /// Whether blob bytes are hashed; only a reader whose consumer verifies them itself says no.
+    fn verify(&self) -> bool {
+        true
+    }
+}
+
+/// A visitor for a scan of the structure alone (entries, sizes, links), for
+/// `unbundle push`: the target registry checks every blob's digest on upload.
+pub struct StructureOnly;
+impl BlobVisitor for StructureOnly {
+    fn blob(&mut self, _: &Digest, _: u64, _: &mut dyn Read) -> io::Result<()> {
+        Ok(())
+    }
+    fn verify(&self) -> bool {
+        false
+    }
 }
 
 /// A visitor that only lets the scan hash (verify, serve in place).
@@ -219,10 +236,16 @@ pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadErro
                     return Err(refused(&name, "duplicate entry"));
                 }
                 let offset = entry.raw_file_position();
-                let mut content = VerifyingReader::new(&mut entry, d.clone(), Some(size));
-                let checked = visitor
-                    .blob(&d, size, &mut content)
-                    .and_then(|()| io::copy(&mut content, &mut io::sink()).map(drop));
+                let checked = if visitor.verify() {
+                    let mut content = VerifyingReader::new(&mut entry, d.clone(), Some(size));
+                    visitor
+                        .blob(&d, size, &mut content)
+                        .and_then(|()| io::copy(&mut content, &mut io::sink()).map(drop))
+                } else {
+                    visitor
+                        .blob(&d, size, &mut entry)
+                        .and_then(|()| io::copy(&mut entry, &mut io::sink()).map(drop))
+                };
                 if let Err(e) = checked {
                     return Err(match e.kind() {
                         io::ErrorKind::InvalidData => ReadError::Corrupt {
@@ -369,6 +392,14 @@ pub struct BundleFile {
 impl BundleFile {
     /// Opens and checks a bundle (one full read, every blob re-hashed), then maps each blob to its place.
     pub fn open(path: &Path) -> Result<Arc<BundleFile>, ReadError> {
+        BundleFile::open_with(path, &mut HashOnly)
+    }
+
+    /// [`BundleFile::open`] with a chosen visitor ([`StructureOnly`] skips hashing when the consumer verifies).
+    pub fn open_with(
+        path: &Path,
+        visitor: &mut dyn BlobVisitor,
+    ) -> Result<Arc<BundleFile>, ReadError> {
         let io = |op, source| ReadError::Io {
             bundle: path.to_path_buf(),
             op,
@@ -382,7 +413,7 @@ impl BundleFile {
         } else {
             Vec::new()
         };
-        let scan = scan(path, &mut HashOnly)?;
+        let scan = scan(path, visitor)?;
         Ok(Arc::new(BundleFile {
             path: path.to_path_buf(),
             file,
