@@ -20,7 +20,8 @@ use crate::digest::Digest;
 use crate::plan::{self, Clients, Failure, Plan, PlanOptions};
 use crate::reference::ListEntry;
 use crate::store::Store;
-use format::{BlobEntry, BundleImage, BundleIndex, FORMAT, INDEX_NAME};
+use format::{BlobEntry, BundleImage, BundleIndex, FORMAT};
+pub use read::read_index;
 pub use space::SpaceError;
 
 /// How the bundle file is compressed.
@@ -523,43 +524,4 @@ fn write_bundle(
     std::mem::forget(guard);
     let _ = std::fs::File::open(&dir).and_then(|d| d.sync_all());
     Ok(size)
-}
-
-/// Reads `ferry-bundle.json` from the first entry of a bundle file (zstd or plain).
-pub fn read_index(path: &Path) -> Result<BundleIndex, String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut head = [0u8; 4];
-    let mut f = std::io::BufReader::new(f);
-    f.read_exact(&mut head)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let chained = std::io::Cursor::new(head.to_vec()).chain(f);
-    let reader: Box<dyn Read> = if head == [0x28, 0xB5, 0x2F, 0xFD] {
-        Box::new(zstd::stream::read::Decoder::new(chained).map_err(|e| e.to_string())?)
-    } else {
-        Box::new(chained)
-    };
-    let mut archive = tar::Archive::new(reader);
-    let mut entries = archive.entries().map_err(|e| e.to_string())?;
-    let mut first = entries
-        .next()
-        .ok_or_else(|| format!("{}: empty archive", path.display()))?
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if first
-        .path()
-        .map(|p| p.to_string_lossy() != INDEX_NAME)
-        .unwrap_or(true)
-    {
-        return Err(format!(
-            "{}: not a ferry bundle (first entry is not {INDEX_NAME})",
-            path.display()
-        ));
-    }
-    let mut json = Vec::new();
-    first
-        .by_ref()
-        .take(crate::limits::MAX_MANIFEST_BYTES * 16)
-        .read_to_end(&mut json)
-        .map_err(|e| e.to_string())?;
-    serde_json::from_slice(&json).map_err(|e| format!("{}: {INDEX_NAME}: {e}", path.display()))
 }

@@ -138,6 +138,51 @@ fn tar_stream(path: &Path) -> Result<Box<dyn Read>, ReadError> {
     }
 }
 
+/// Parses the first entry of a bundle, which must be `ferry-bundle.json`.
+fn index_entry<R: Read>(
+    bundle: &Path,
+    first: Option<io::Result<tar::Entry<'_, R>>>,
+) -> Result<BundleIndex, ReadError> {
+    let index_err = |why: String| ReadError::Index {
+        bundle: bundle.to_path_buf(),
+        why,
+    };
+    let mut first = first
+        .ok_or_else(|| index_err("the archive is empty".into()))?
+        .map_err(|source| ReadError::Io {
+            bundle: bundle.to_path_buf(),
+            op: "reading the archive",
+            source,
+        })?;
+    let name = String::from_utf8_lossy(&first.path_bytes()).into_owned();
+    if name != INDEX_NAME {
+        return Err(index_err(format!(
+            "missing: the first entry is {name:?}, so this is not a ferry bundle"
+        )));
+    }
+    let mut json = Vec::new();
+    (&mut first)
+        .take(MAX_MANIFEST_BYTES * 16)
+        .read_to_end(&mut json)
+        .map_err(|source| ReadError::Io {
+            bundle: bundle.to_path_buf(),
+            op: "reading the index",
+            source,
+        })?;
+    serde_json::from_slice(&json).map_err(|e| index_err(e.to_string()))
+}
+
+/// Reads `ferry-bundle.json` alone (the first entry: nothing else is read).
+pub fn read_index(path: &Path) -> Result<BundleIndex, ReadError> {
+    let mut archive = tar::Archive::new(tar_stream(path)?);
+    let mut entries = archive.entries().map_err(|source| ReadError::Io {
+        bundle: path.to_path_buf(),
+        op: "reading the archive",
+        source,
+    })?;
+    index_entry(path, entries.next())
+}
+
 /// Reads and checks a whole bundle, handing each blob to `visitor`. Nothing is
 /// trusted: entry types, paths, sizes, digests and links are all checked, and
 /// the archive must hold exactly what its index says.
@@ -158,29 +203,7 @@ pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadErro
         .entries()
         .map_err(|e| io("reading the archive", e))?;
 
-    let mut first = entries
-        .next()
-        .ok_or_else(|| ReadError::Index {
-            bundle: bundle.clone(),
-            why: "the archive is empty".into(),
-        })?
-        .map_err(|e| io("reading the archive", e))?;
-    let first_name = String::from_utf8_lossy(&first.path_bytes()).into_owned();
-    if first_name != INDEX_NAME {
-        return Err(ReadError::Index {
-            bundle: bundle.clone(),
-            why: format!("missing: the first entry is {first_name:?}"),
-        });
-    }
-    let mut json = Vec::new();
-    (&mut first)
-        .take(MAX_MANIFEST_BYTES * 16)
-        .read_to_end(&mut json)
-        .map_err(|e| io("reading the index", e))?;
-    let index: BundleIndex = serde_json::from_slice(&json).map_err(|e| ReadError::Index {
-        bundle: bundle.clone(),
-        why: e.to_string(),
-    })?;
+    let index = index_entry(&bundle, entries.next())?;
     let expected: HashMap<&Digest, u64> = index.blobs.iter().map(|b| (&b.digest, b.size)).collect();
 
     let mut repos: BTreeMap<String, Repo> = BTreeMap::new();

@@ -63,10 +63,12 @@ pub struct LinkSummary {
 struct Into<'a> {
     store: &'a Store,
     summary: &'a mut LinkSummary,
+    on_blob: &'a dyn Fn(u64),
 }
 
 impl BlobVisitor for Into<'_> {
     fn blob(&mut self, digest: &Digest, size: u64, content: &mut dyn Read) -> io::Result<()> {
+        (self.on_blob)(size);
         if self.store.has_blob(digest) {
             self.summary.blobs_present += 1;
             return Ok(()); // the scan still reads and re-hashes it
@@ -85,14 +87,17 @@ impl BlobVisitor for Into<'_> {
     }
 }
 
-/// Links `bundle` into the root at `root`; see the module docs. A re-run changes nothing.
-pub fn link(bundle: &Path, root: &Path, no_clobber: bool) -> Result<LinkSummary, LinkError> {
+/// Links `bundle` into the root at `root`; see the module docs. A re-run changes
+/// nothing. `on_blob(size)` is called as each blob starts (for progress).
+pub fn link(
+    bundle: &Path,
+    root: &Path,
+    no_clobber: bool,
+    on_blob: &dyn Fn(u64),
+) -> Result<LinkSummary, LinkError> {
     let store = Store::create(root)?.with_durable(false);
     // Refuse a tag move before writing anything.
-    let index = super::read_index(bundle).map_err(|why| ReadError::Index {
-        bundle: bundle.to_path_buf(),
-        why,
-    })?;
+    let index = super::read_index(bundle)?;
     if no_clobber {
         check_tags(&store, &index.images, root)?;
     }
@@ -102,6 +107,7 @@ pub fn link(bundle: &Path, root: &Path, no_clobber: bool) -> Result<LinkSummary,
         &mut Into {
             store: &store,
             summary: &mut summary,
+            on_blob,
         },
     )?;
     store.sync_fs()?;

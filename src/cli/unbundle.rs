@@ -104,7 +104,7 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(dir) = &a.dir {
         for b in &a.sources {
-            link(b, dir, false)
+            link(b, dir, false, &|_| {})
                 .with_context(|| format!("unpacking {} into {}", b.display(), dir.display()))?;
         }
         return super::serve::serve_root(g, dir, &a.listen);
@@ -135,7 +135,21 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
     if !a.bundle.is_file() {
         bail!("{}: not a bundle file", a.bundle.display());
     }
-    let s = link(&a.bundle, &a.root, a.no_clobber)?;
+    let index = crate::bundle::read_index(&a.bundle)?;
+    let bar = super::progress::bar(g.quiet || g.debug);
+    {
+        use crate::bundle::Progress;
+        bar.planned(
+            index.images.len(),
+            index.blobs.len(),
+            index.blobs.iter().map(|b| b.size).sum(),
+        );
+    }
+    let result = link(&a.bundle, &a.root, a.no_clobber, &|n| {
+        crate::bundle::Progress::fetched(bar.as_ref(), n)
+    });
+    bar.finish();
+    let s = result?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     }

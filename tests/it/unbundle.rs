@@ -802,3 +802,30 @@ fn a_sparse_index_is_refused_with_the_ways_out_and_rewritten_on_request() {
         amd64.to_string()
     );
 }
+
+#[test]
+fn serve_dir_unpacks_verified_then_serves_the_root() {
+    let (_, corpus) = small();
+    let (zst, _) = bundles();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("site");
+    let server = FerryServe::start_with(&[
+        "unbundle",
+        "serve",
+        zst.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    for img in &corpus.images {
+        let raw = skopeo_ok(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/{}:{}", server.addr, img.repository, img.tag),
+        ]);
+        assert_eq!(sha256(&raw.stdout), img.digest.to_string());
+    }
+    drop(server);
+    let out = run_ok(ferry().arg("verify").arg(&dir));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" 0 faults"));
+}
