@@ -34,8 +34,14 @@ fn push_scope(repo: &str) -> String {
     format!("repository:{repo}:pull,push")
 }
 
-/// A body that streams `len` bytes from `start` of a blob, read on a blocking thread.
-fn stream_body(source: Arc<dyn RangeRead>, start: u64, len: u64) -> reqwest::Body {
+/// `len` bytes from `start` of a blob as a stream of chunks, read on one
+/// blocking thread through a short queue (memory stays flat; a short read is an
+/// error, never a silently shorter body). Shared by uploads and by `serve`.
+pub fn range_stream(
+    source: Arc<dyn RangeRead>,
+    start: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         let mut r = match source.open_range(start, len) {
@@ -54,14 +60,17 @@ fn stream_body(source: Arc<dyn RangeRead>, start: u64, len: u64) -> reqwest::Bod
             }
             left -= buf.len() as u64;
             if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
-                return;
+                return; // the receiver went away
             }
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+    futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
-    });
-    reqwest::Body::wrap_stream(stream)
+    })
+}
+
+fn stream_body(source: Arc<dyn RangeRead>, start: u64, len: u64) -> reqwest::Body {
+    reqwest::Body::wrap_stream(range_stream(source, start, len))
 }
 
 impl Client {

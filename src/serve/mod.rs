@@ -18,12 +18,11 @@ pub use backend::{Backend, BlobLocation, RangeRead};
 pub use bundles::Bundles;
 
 use crate::digest::Digest;
-use crate::limits::{DEFAULT_PAGE_SIZE, IO_BUFFER_BYTES, MAX_PAGE_SIZE};
+use crate::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::reference::{validate_repository, validate_tag};
 use crate::registry::errcode::{ErrorCode, ErrorEnvelope};
 use crate::registry::routes::Route;
 use crate::store::StoreError;
-use std::io::Read;
 
 const API_VERSION_HEADER: axum::http::HeaderName =
     axum::http::HeaderName::from_static("docker-distribution-api-version");
@@ -391,48 +390,7 @@ async fn blob<B: Backend>(
     if head {
         return Ok((status, headers, Body::empty()).into_response());
     }
-    // One blocking reader per response feeds the body through a short queue: memory stays flat.
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
-    tokio::task::spawn_blocking(move || {
-        let mut reader = match loc.source.open_range(start, len) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        let mut left = len;
-        while left > 0 {
-            let mut buf = vec![0u8; IO_BUFFER_BYTES.min(left as usize)];
-            let mut filled = 0;
-            while filled < buf.len() {
-                match reader.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                }
-            }
-            if filled == 0 {
-                let _ = tx.blocking_send(Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "blob shorter than its size",
-                )));
-                return;
-            }
-            buf.truncate(filled);
-            left -= filled as u64;
-            if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
-                return; // the client went away
-            }
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
+    let stream = crate::registry::uploads::range_stream(loc.source, start, len);
     Ok((status, headers, Body::from_stream(stream)).into_response())
 }
 

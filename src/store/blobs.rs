@@ -103,16 +103,7 @@ impl BlobWriter {
     /// Checks the content against `expected` (and `size`), or takes its own digest when none is given,
     /// then publishes it. Returns the digest and size.
     pub fn commit(mut self, expected: Option<(&Digest, Option<u64>)>) -> Result<(Digest, u64)> {
-        let file = self
-            .file
-            .take()
-            .expect("file present until commit")
-            .into_inner()
-            .map_err(|e| StoreError::Io {
-                op: "writing",
-                path: self.tmp.clone(),
-                source: e.into_error(),
-            })?;
+        let file = self.take_file()?;
         let found = self
             .hasher
             .take()
@@ -130,13 +121,28 @@ impl BlobWriter {
             }
             None => found,
         };
+        self.publish(file, &digest)?;
+        Ok((digest, self.written))
+    }
+
+    /// Flushes the buffer and hands back the file.
+    fn take_file(&mut self) -> Result<File> {
+        let buffered = self.file.take().expect("file present until commit");
+        buffered.into_inner().map_err(|e| StoreError::Io {
+            op: "writing",
+            path: self.tmp.clone(),
+            source: e.into_error(),
+        })
+    }
+
+    /// Syncs (when durable) and moves the verified temp file into place.
+    fn publish(&self, file: File, digest: &Digest) -> Result<()> {
         if self.store.durable {
             file.sync_all()
                 .map_err(StoreError::io("syncing", &self.tmp))?;
         }
         drop(file);
-        publish(&self.store, &self.tmp, &digest)?;
-        Ok((digest, self.written))
+        publish(&self.store, &self.tmp, digest)
     }
 }
 
@@ -144,16 +150,7 @@ impl BlobWriter {
     /// Publishes content whose digest the caller has already verified while
     /// streaming it (a `VerifyingReader` that reached its end); checks the size.
     pub fn commit_prehashed(mut self, digest: &Digest, size: u64) -> Result<()> {
-        let file = self
-            .file
-            .take()
-            .expect("file present until commit")
-            .into_inner()
-            .map_err(|e| StoreError::Io {
-                op: "writing",
-                path: self.tmp.clone(),
-                source: e.into_error(),
-            })?;
+        let file = self.take_file()?;
         if self.written != size {
             return Err(StoreError::Verify {
                 digest: digest.clone(),
@@ -163,12 +160,7 @@ impl BlobWriter {
                 },
             });
         }
-        if self.store.durable {
-            file.sync_all()
-                .map_err(StoreError::io("syncing", &self.tmp))?;
-        }
-        drop(file);
-        publish(&self.store, &self.tmp, digest)
+        self.publish(file, digest)
     }
 }
 

@@ -144,14 +144,9 @@ fn bundle_extracted_with_tar_is_served_by_docker_registry() {
     let reg = Registry::start(&site);
     for img in &corpus.images {
         let name = format!("{}:{}", img.repository, img.tag);
-        let raw = skopeo_ok(&[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{}/{name}", reg.addr),
-        ]);
+        let digest_at = inspect_digest(&format!("docker://{}/{name}", reg.addr));
         assert_eq!(
-            sha256(&raw.stdout),
+            digest_at,
             img.digest.to_string(),
             "{name}: the source's digest, index included"
         );

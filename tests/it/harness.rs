@@ -300,3 +300,8 @@ pub fn tiny() -> (tempfile::TempDir, Corpus) {
 pub fn sha256(bytes: &[u8]) -> String {
     ferry::digest::Digest::sha256_of(bytes).to_string()
 }
+
+/// The digest of the manifest `skopeo inspect --raw` gets for a `docker://` reference (plain HTTP).
+pub fn inspect_digest(reference: &str) -> String {
+    sha256(&skopeo_ok(&["inspect", "--raw", "--tls-verify=false", reference]).stdout)
+}

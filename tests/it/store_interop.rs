@@ -3,17 +3,6 @@
 
 use crate::harness::*;
 
-/// The digest of what `skopeo inspect --raw` returns for an image.
-fn remote_digest(addr: &str, image: &str) -> String {
-    let out = skopeo_ok(&[
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{addr}/{image}"),
-    ]);
-    sha256(&out.stdout)
-}
-
 #[test]
 fn docker_registry_serves_a_root_written_by_ferry() {
     let (root, corpus) = small();
@@ -27,7 +16,7 @@ fn docker_registry_serves_a_root_written_by_ferry() {
     for img in &corpus.images {
         let name = format!("{}:{}", img.repository, img.tag);
         assert_eq!(
-            remote_digest(&reg.addr, &name),
+            inspect_digest(&format!("docker://{}/{name}", reg.addr)),
             img.digest.to_string(),
             "{name}"
         );
@@ -113,12 +102,12 @@ fn ferry_serves_a_root_filled_by_docker_registry() {
     for img in &corpus.images {
         let name = format!("{}:{}", img.repository, img.tag);
         assert_eq!(
-            remote_digest(&ferry_serve.addr, &name),
+            inspect_digest(&format!("docker://{}/{name}", ferry_serve.addr)),
             img.digest.to_string(),
             "{name}"
         );
         assert_eq!(
-            remote_digest(&dst.addr, &name),
+            inspect_digest(&format!("docker://{}/{name}", dst.addr)),
             img.digest.to_string(),
             "{name} in the target registry"
         );

@@ -75,14 +75,9 @@ fn serve_in_place_zstd_and_plain() {
         let work = tempfile::tempdir().unwrap();
         for img in &corpus.images {
             let name = format!("{}:{}", img.repository, img.tag);
-            let raw = skopeo_ok(&[
-                "inspect",
-                "--raw",
-                "--tls-verify=false",
-                &format!("docker://{}/{name}", server.addr),
-            ]);
+            let digest_at = inspect_digest(&format!("docker://{}/{name}", server.addr));
             assert_eq!(
-                sha256(&raw.stdout),
+                digest_at,
                 img.digest.to_string(),
                 "{name} from {}",
                 bundle.display()
@@ -176,13 +171,8 @@ fn two_bundles_merge_into_one_registry() {
         ),
         (&only_tiny.repository, &only_tiny.tag, &only_tiny.digest),
     ] {
-        let raw = skopeo_ok(&[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{}/{repo}:{tag}", server.addr),
-        ]);
-        assert_eq!(sha256(&raw.stdout), digest.to_string());
+        let digest_at = inspect_digest(&format!("docker://{}/{repo}:{tag}", server.addr));
+        assert_eq!(digest_at, digest.to_string());
     }
 }
 
@@ -213,13 +203,10 @@ fn link_into_a_running_registry_then_again_changes_nothing() {
         ]);
     }
     let old_digest = |img: &ferry::fixtures::FixtureImage| {
-        let raw = skopeo_ok(&[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{}/old/{}:{}", reg.addr, img.repository, img.tag),
-        ]);
-        sha256(&raw.stdout)
+        inspect_digest(&format!(
+            "docker://{}/old/{}:{}",
+            reg.addr, img.repository, img.tag
+        ))
     };
     let old_before: Vec<String> = [&corpus.images[1], &tiny.images[1]]
         .into_iter()
@@ -239,13 +226,11 @@ fn link_into_a_running_registry_then_again_changes_nothing() {
     );
     assert_eq!(s["tags"].as_array().unwrap().len(), corpus.images.len());
     for img in &corpus.images {
-        let raw = skopeo_ok(&[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag),
-        ]);
-        assert_eq!(sha256(&raw.stdout), img.digest.to_string());
+        let digest_at = inspect_digest(&format!(
+            "docker://{}/{}:{}",
+            reg.addr, img.repository, img.tag
+        ));
+        assert_eq!(digest_at, img.digest.to_string());
         let dest = work.path().join("pulled");
         let _ = std::fs::remove_dir_all(&dest);
         skopeo_ok(&[
@@ -704,18 +689,11 @@ fn push_preserves_digests_and_uploads_only_what_is_missing() {
     );
     assert!(s["blobs_present"].as_u64().unwrap() > 0);
     for img in &corpus.images {
-        let raw = skopeo_ok(&[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{}/proj/{}:{}", reg.addr, img.repository, img.tag),
-        ]);
-        assert_eq!(
-            sha256(&raw.stdout),
-            img.digest.to_string(),
-            "{}",
-            img.repository
-        );
+        let digest_at = inspect_digest(&format!(
+            "docker://{}/proj/{}:{}",
+            reg.addr, img.repository, img.tag
+        ));
+        assert_eq!(digest_at, img.digest.to_string(), "{}", img.repository);
     }
     let (blobs, manifests, text) = reg.gc_dry_run();
     assert_eq!((blobs, manifests), (0, 0), "{text}");
@@ -772,15 +750,12 @@ fn a_sparse_index_is_refused_with_the_ways_out_and_rewritten_on_request() {
     let pushed = s["rewritten"][0]["pushed"].as_str().unwrap().to_string();
     assert_eq!(s["rewritten"][0]["original"], multi.digest.to_string());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pushed as {pushed}")));
-    let raw = skopeo_ok(&[
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{}/{}:{}", reg.addr, multi.repository, multi.tag),
-    ]);
+    let digest_at = inspect_digest(&format!(
+        "docker://{}/{}:{}",
+        reg.addr, multi.repository, multi.tag
+    ));
     assert_eq!(
-        sha256(&raw.stdout),
-        pushed,
+        digest_at, pushed,
         "the tag points at the rewritten index, as reported"
     );
     let amd64 = &multi
@@ -817,13 +792,11 @@ fn serve_dir_unpacks_verified_then_serves_the_root() {
         dir.to_str().unwrap(),
     ]);
     for img in &corpus.images {
-        let raw = skopeo_ok(&[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{}/{}:{}", server.addr, img.repository, img.tag),
-        ]);
-        assert_eq!(sha256(&raw.stdout), img.digest.to_string());
+        let digest_at = inspect_digest(&format!(
+            "docker://{}/{}:{}",
+            server.addr, img.repository, img.tag
+        ));
+        assert_eq!(digest_at, img.digest.to_string());
     }
     drop(server);
     let out = run_ok(ferry().arg("verify").arg(&dir));
