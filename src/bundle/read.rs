@@ -522,6 +522,10 @@ fn read_seek_table(path: &Path, file: &File) -> Result<Vec<Frame>, ReadError> {
         let e = &table[8 + i * entry as usize..];
         let cs = u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")) as u64;
         let ds = u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")) as u64;
+        // ferry writes frames of at most MAX_FRAME_BYTES; a larger one would make a reader allocate what a hostile table says.
+        if ds > 4 * super::format::MAX_FRAME_BYTES as u64 || cs > ds + ds / 8 + 1024 {
+            return Err(bad("a frame is larger than ferry writes"));
+        }
         frames.push(Frame {
             compressed_offset: c,
             compressed_size: cs,
