@@ -22,7 +22,13 @@ enum Mode {
     Flaky,
     /// Always the wrong bytes under the right digest.
     Liar,
+    /// Honest, but only with a bearer token from its token endpoint, which wants basic credentials.
+    Auth,
 }
+
+const USER: &str = "alice";
+const PASS: &str = "s3cret";
+const TOKEN: &str = "t0k3n-for-alice";
 
 struct Hostile {
     root: std::path::PathBuf,
@@ -31,12 +37,51 @@ struct Hostile {
     layer: Digest,
     mode: Mode,
     layer_gets: AtomicUsize,
+    token_gets: AtomicUsize,
     ranges: std::sync::Mutex<Vec<String>>,
 }
 
 async fn handle(State(h): State<Arc<Hostile>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let store = Store::open(&h.root);
+    if let Mode::Auth = h.mode {
+        use base64::Engine;
+        let auth = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if path == "/token" {
+            h.token_gets.fetch_add(1, Ordering::SeqCst);
+            let basic = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"))
+            );
+            let query = req.uri().query().unwrap_or("");
+            let scope_ok = query.contains(&format!(
+                "scope=repository%3A{}%3Apull",
+                h.repo.replace('/', "%2F")
+            ));
+            if auth != basic || !scope_ok {
+                return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
+            }
+            return (StatusCode::OK, format!("{{\"token\":\"{TOKEN}\"}}")).into_response();
+        }
+        if auth != format!("Bearer {TOKEN}") {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let challenge = format!(
+                "Bearer realm=\"http://{host}/token\",service=\"hostile\",scope=\"repository:{}:pull\"",
+                h.repo
+            );
+            return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, challenge)], "{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"authentication required\"}]}").into_response();
+        }
+    }
     if path == "/v2/" {
         return (StatusCode::OK, "{}").into_response();
     }
@@ -73,6 +118,7 @@ async fn handle(State(h): State<Arc<Hostile>>, req: Request) -> Response {
     }
     let n = h.layer_gets.fetch_add(1, Ordering::SeqCst);
     match h.mode {
+        Mode::Auth => (StatusCode::OK, bytes).into_response(),
         Mode::Liar => {
             bytes[10] ^= 1;
             (StatusCode::OK, bytes).into_response()
@@ -159,6 +205,7 @@ fn start(
         layer,
         mode,
         layer_gets: AtomicUsize::new(0),
+        token_gets: AtomicUsize::new(0),
         ranges: Default::default(),
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -236,4 +283,61 @@ fn a_lying_registry_is_refused_without_leaving_anything() {
     );
     assert!(!Store::open(&cache).has_blob(&h.layer));
     assert!(!work.path().join("b.tar.zst").exists());
+}
+
+#[test]
+fn bearer_token_from_credentials_and_clear_errors_without_them() {
+    let (_dir, h, addr, _rt) = start(Mode::Auth);
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, format!("{}@{}\n", h.repo, h.manifest)).unwrap();
+    let bundle = |extra: &[&str], cache: &str| {
+        run(ferry()
+            .env("FERRY_TEST_NO_RETRY_DELAY", "1")
+            .args(["bundle", "--src-tls-verify=false", "--source", &addr, "-f"])
+            .arg(&list)
+            .arg("-o")
+            .arg(work.path().join("b.tar.zst"))
+            .arg("--cache")
+            .arg(work.path().join(cache))
+            .args(extra))
+    };
+    // No credentials: one clear line naming the image and the 401.
+    let out = bundle(&[], "c1");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().next().unwrap().contains(&h.repo) && stderr.contains("401"),
+        "{stderr}"
+    );
+    // Wrong password: the token endpoint says no, and the secret is not printed.
+    let out = bundle(&["--src-creds", &format!("{USER}:wrong-pass")], "c2");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("getting a token from") && !stderr.contains("wrong-pass"),
+        "{stderr}"
+    );
+    // The right credentials, from the command line and from an auth file.
+    let out = bundle(&["--src-creds", &format!("{USER}:{PASS}")], "c3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let authfile = work.path().join("auth.json");
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+    std::fs::write(
+        &authfile,
+        format!("{{\"auths\":{{\"{addr}\":{{\"auth\":\"{b64}\"}}}}}}"),
+    )
+    .unwrap();
+    let out = bundle(&["--authfile", authfile.to_str().unwrap()], "c4");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(h.token_gets.load(Ordering::SeqCst) >= 3);
 }
