@@ -615,3 +615,82 @@ fn sections_select_and_same_names_from_two_hosts_clash_unless_keep_host() {
         ]
     );
 }
+
+#[test]
+fn a_tls_registry_is_verified_unless_told_otherwise() {
+    require("openssl");
+    let (root, corpus) = small();
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) = (work.path().join("cert.pem"), work.path().join("key.pem"));
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    let reg_root = work.path().join("root");
+    std::fs::create_dir(&reg_root).unwrap();
+    hardlink_copy(root, &reg_root);
+    let reg = Registry::start_with_tls(&reg_root, Some((&cert, &key)));
+    let img = corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.is_empty())
+        .unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, format!("{}:{}\n", img.repository, img.tag)).unwrap();
+    let bundle = |verify: &str, out: &str| {
+        run(ferry()
+            .env("FERRY_TEST_NO_RETRY_DELAY", "1")
+            .args([
+                "bundle",
+                "-q",
+                "--source",
+                &reg.addr,
+                &format!("--src-tls-verify={verify}"),
+                "-f",
+            ])
+            .arg(&list)
+            .arg("-o")
+            .arg(work.path().join(out))
+            .arg("--cache")
+            .arg(work.path().join("cache")))
+    };
+    // A self-signed certificate is refused by default, in one line naming the image.
+    let out = bundle("true", "a.tar.zst");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().next().unwrap().contains(&img.repository)
+            && stderr.to_lowercase().contains("certificate"),
+        "{stderr}"
+    );
+    // --src-tls-verify=false still speaks TLS to a TLS registry (it has no plain-HTTP port), without verifying.
+    let out = bundle("false", "b.tar.zst");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ferry::bundle::read_index(&work.path().join("b.tar.zst"))
+            .unwrap()
+            .images[0]
+            .digest,
+        img.digest
+    );
+}

@@ -130,6 +130,11 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry whose `rootdirectory` is `root`.
     pub fn start(root: &Path) -> Registry {
+        Registry::start_with_tls(root, None)
+    }
+
+    /// Starts a registry over `root`, serving HTTPS with `(certificate, key)` when given.
+    pub fn start_with_tls(root: &Path, tls: Option<(&Path, &Path)>) -> Registry {
         require("docker-registry");
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
@@ -138,8 +143,9 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: ferry-test-not-a-secret\n",
-                    root.display()
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: ferry-test-not-a-secret\n{}",
+                    root.display(),
+                    tls.map(|(c, k)| format!("  tls:\n    certificate: {}\n    key: {}\n", c.display(), k.display())).unwrap_or_default()
                 ),
             )
             .unwrap();
@@ -155,7 +161,17 @@ impl Registry {
             if let Ok(Some(_)) = child.try_wait() {
                 continue; // port taken between free_port and bind: try another
             }
-            wait_ready(&addr, &mut child, "docker-registry");
+            if tls.is_some() {
+                // No plain-HTTP probe on a TLS port: wait until it accepts connections.
+                let start = Instant::now();
+                while TcpStream::connect(&addr).is_err()
+                    && start.elapsed() < Duration::from_secs(20)
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            } else {
+                wait_ready(&addr, &mut child, "docker-registry");
+            }
             return Registry {
                 child,
                 addr,
