@@ -20,20 +20,6 @@ fn source() -> (tempfile::TempDir, Registry) {
     (dir, reg)
 }
 
-fn bundle_cmd(list: &Path, out: &Path, cache: &Path, source: &str) -> Command {
-    let mut c = ferry();
-    c.env("FERRY_TEST_NO_RETRY_DELAY", "1")
-        .arg("bundle")
-        .arg("-f")
-        .arg(list)
-        .arg("-o")
-        .arg(out)
-        .arg("--cache")
-        .arg(cache)
-        .args(["--source", source, "--src-tls-verify=false", "-q"]);
-    c
-}
-
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))

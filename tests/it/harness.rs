@@ -321,3 +321,18 @@ pub fn sha256(bytes: &[u8]) -> String {
 pub fn inspect_digest(reference: &str) -> String {
     sha256(&skopeo_ok(&["inspect", "--raw", "--tls-verify=false", reference]).stdout)
 }
+
+/// `ferry bundle -q` of `list` from a plain-HTTP `source` into `out` with `cache` (retry pauses off).
+pub fn bundle_cmd(list: &Path, out: &Path, cache: &Path, source: &str) -> Command {
+    let mut c = ferry();
+    c.env("FERRY_TEST_NO_RETRY_DELAY", "1")
+        .arg("bundle")
+        .arg("-f")
+        .arg(list)
+        .arg("-o")
+        .arg(out)
+        .arg("--cache")
+        .arg(cache)
+        .args(["--source", source, "--src-tls-verify=false", "-q"]);
+    c
+}

@@ -146,22 +146,12 @@ fn two_bundles_merge_into_one_registry() {
     )
     .unwrap();
     let second = work.path().join("tiny.tar.zst");
-    run_ok(
-        ferry()
-            .args([
-                "bundle",
-                "-q",
-                "--src-tls-verify=false",
-                "--source",
-                &src.addr,
-                "-f",
-            ])
-            .arg(&list)
-            .arg("-o")
-            .arg(&second)
-            .arg("--cache")
-            .arg(work.path().join("cache")),
-    );
+    run_ok(&mut bundle_cmd(
+        &list,
+        &second,
+        &work.path().join("cache"),
+        &src.addr,
+    ));
     let server = unbundle_serve(&[zst, &second]);
     for (repo, tag, digest) in [
         (
@@ -312,22 +302,12 @@ fn no_clobber_refuses_to_move_a_tag_and_nothing_is_written() {
     let list = work.path().join("list.txt");
     std::fs::write(&list, format!("{}:{}\n", clash.repository, clash.tag)).unwrap();
     let other = work.path().join("other.tar.zst");
-    run_ok(
-        ferry()
-            .args([
-                "bundle",
-                "-q",
-                "--src-tls-verify=false",
-                "--source",
-                &src.addr,
-                "-f",
-            ])
-            .arg(&list)
-            .arg("-o")
-            .arg(&other)
-            .arg("--cache")
-            .arg(work.path().join("cache")),
-    );
+    run_ok(&mut bundle_cmd(
+        &list,
+        &other,
+        &work.path().join("cache"),
+        &src.addr,
+    ));
     let target = work.path().join("root");
     run_ok(
         ferry()
@@ -712,22 +692,12 @@ fn a_sparse_index_is_refused_with_the_ways_out_and_rewritten_on_request() {
     let list = work.path().join("list.txt");
     std::fs::write(&list, format!("{}:{}\n", multi.repository, multi.tag)).unwrap();
     let bundle = work.path().join("sparse.tar.zst");
-    run_ok(
-        ferry()
-            .args([
-                "bundle",
-                "-q",
-                "--src-tls-verify=false",
-                "--source",
-                &src.addr,
-                "-f",
-            ])
-            .arg(&list)
-            .arg("-o")
-            .arg(&bundle)
-            .arg("--cache")
-            .arg(work.path().join("cache")),
-    );
+    run_ok(&mut bundle_cmd(
+        &list,
+        &bundle,
+        &work.path().join("cache"),
+        &src.addr,
+    ));
     let target = work.path().join("target");
     std::fs::create_dir(&target).unwrap();
     let reg = Registry::start(&target);
