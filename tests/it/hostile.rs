@@ -24,6 +24,8 @@ enum Mode {
     Liar,
     /// Honest, but only with a bearer token from its token endpoint, which wants basic credentials.
     Auth,
+    /// Honest, but only with basic credentials on every request.
+    Basic,
 }
 
 const USER: &str = "alice";
@@ -44,6 +46,26 @@ struct Hostile {
 async fn handle(State(h): State<Arc<Hostile>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let store = Store::open(&h.root);
+    if let Mode::Basic = h.mode {
+        use base64::Engine;
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"))
+        );
+        if req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            != Some(basic.as_str())
+        {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Basic realm=\"hostile\"")],
+                "",
+            )
+                .into_response();
+        }
+    }
     if let Mode::Auth = h.mode {
         use base64::Engine;
         let auth = req
@@ -118,7 +140,7 @@ async fn handle(State(h): State<Arc<Hostile>>, req: Request) -> Response {
     }
     let n = h.layer_gets.fetch_add(1, Ordering::SeqCst);
     match h.mode {
-        Mode::Auth => (StatusCode::OK, bytes).into_response(),
+        Mode::Auth | Mode::Basic => (StatusCode::OK, bytes).into_response(),
         Mode::Liar => {
             bytes[10] ^= 1;
             (StatusCode::OK, bytes).into_response()
@@ -340,4 +362,29 @@ fn bearer_token_from_credentials_and_clear_errors_without_them() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(h.token_gets.load(Ordering::SeqCst) >= 3);
+}
+
+#[test]
+fn basic_auth_registry() {
+    let (_dir, h, addr, _rt) = start(Mode::Basic);
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, format!("{}@{}\n", h.repo, h.manifest)).unwrap();
+    let out = run(&mut bundle_cmd(
+        &list,
+        &work.path().join("a.tar.zst"),
+        &work.path().join("c1"),
+        &addr,
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    run_ok(
+        bundle_cmd(
+            &list,
+            &work.path().join("b.tar.zst"),
+            &work.path().join("c2"),
+            &addr,
+        )
+        .args(["--src-creds", &format!("{USER}:{PASS}")]),
+    );
 }
