@@ -82,11 +82,7 @@ pub fn run(_g: &GlobalArgs, a: LsArgs) -> anyhow::Result<ExitCode> {
                 serde_json::json!({ "image": name, "digest": digest, "mediaType": media_type, "platforms": platforms, "size": size })
             );
         } else {
-            let p = if platforms.is_empty() {
-                "-".to_string()
-            } else {
-                platforms.join(",")
-            };
+            let p = platform_column(platforms);
             println!(
                 "{name}\t{digest}\t{}\t{p}\t{}",
                 short_type(media_type),
@@ -133,11 +129,7 @@ fn ls_bundle(a: &LsArgs) -> anyhow::Result<ExitCode> {
                 serde_json::json!({ "image": name, "digest": img.digest, "mediaType": img.media_type, "platforms": platforms, "section": img.section, "source": img.source })
             );
         } else {
-            let p = if platforms.is_empty() {
-                "-".to_string()
-            } else {
-                platforms.join(",")
-            };
+            let p = platform_column(&platforms);
             println!(
                 "{name}\t{}\t{}\t{p}\t{}",
                 img.digest,
@@ -150,4 +142,13 @@ fn ls_bundle(a: &LsArgs) -> anyhow::Result<ExitCode> {
         eprintln!("not in this bundle: {}: {}", f.image, f.cause);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The platforms column: a comma-separated list, or `-` for a single-platform image.
+fn platform_column(platforms: &[String]) -> String {
+    if platforms.is_empty() {
+        "-".to_string()
+    } else {
+        platforms.join(",")
+    }
 }

@@ -105,26 +105,9 @@ fn bundle_extracted_with_tar_is_served_by_docker_registry() {
     );
 
     let site = work.path().join("site");
-    std::fs::create_dir(&site).unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("--zstd")
-            .arg("-xf")
-            .arg(&out)
-            .arg("-C")
-            .arg(&site),
-    );
+    extract_bundle(&out, &site);
     // --root-dir leaves the same tree the bundle holds.
-    let tree = |dir: &Path| {
-        run_ok(
-            Command::new("sh")
-                .arg("-c")
-                .arg("cd \"$0\" && find docker -type f -exec sha256sum {} + | sort")
-                .arg(dir),
-        )
-        .stdout
-    };
-    assert_eq!(tree(&kept_root), tree(&site));
+    assert_eq!(tree_hash(&kept_root, "docker"), tree_hash(&site, "docker"));
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(site.join("ferry-bundle.json")).unwrap()).unwrap();
     let reg = Registry::start(&site);
@@ -235,15 +218,7 @@ fn all_platforms_and_determinism() {
 
     // Every platform of every multi-arch image is pullable.
     let site = work.path().join("site");
-    std::fs::create_dir(&site).unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("--zstd")
-            .arg("-xf")
-            .arg(&a)
-            .arg("-C")
-            .arg(&site),
-    );
+    extract_bundle(&a, &site);
     let reg = Registry::start(&site);
     for img in corpus.images.iter().filter(|i| !i.platforms.is_empty()) {
         let oci = work.path().join("oci");
@@ -557,16 +532,7 @@ fn sections_select_and_same_names_from_two_hosts_clash_unless_keep_host() {
     assert!(!work.path().join("cache2").exists(), "nothing fetched");
 
     // The same name:tag from two hosts with other content.
-    let same = tiny
-        .images
-        .iter()
-        .find(|t| {
-            corpus
-                .images
-                .iter()
-                .any(|c| c.repository == t.repository && c.tag == t.tag && c.digest != t.digest)
-        })
-        .unwrap();
+    let same = clashing_image(corpus, &tiny);
     let two = work.path().join("two.txt");
     std::fs::write(
         &two,

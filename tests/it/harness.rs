@@ -336,3 +336,42 @@ pub fn bundle_cmd(list: &Path, out: &Path, cache: &Path, source: &str) -> Comman
         .args(["--source", source, "--src-tls-verify=false", "-q"]);
     c
 }
+
+/// Extracts a bundle with plain `tar --zstd -xf` (no ferry code) into a new directory `dest`.
+pub fn extract_bundle(bundle: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("--zstd")
+            .arg("-xf")
+            .arg(bundle)
+            .arg("-C")
+            .arg(dest),
+    );
+}
+
+/// Every file under `dir/sub` with its sha256, sorted: equal outputs mean equal trees.
+pub fn tree_hash(dir: &Path, sub: &str) -> Vec<u8> {
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("cd \"$0\" && find \"$1\" -type f -exec sha256sum {} + | sort")
+            .arg(dir)
+            .arg(sub),
+    )
+    .stdout
+}
+
+/// An image of `other` whose name:tag the `small` corpus has too, with other content (a tag clash).
+pub fn clashing_image<'a>(small: &Corpus, other: &'a Corpus) -> &'a ferry::fixtures::FixtureImage {
+    other
+        .images
+        .iter()
+        .find(|t| {
+            small
+                .images
+                .iter()
+                .any(|c| c.repository == t.repository && c.tag == t.tag && c.digest != t.digest)
+        })
+        .expect("tiny and small share a name:tag with other content")
+}

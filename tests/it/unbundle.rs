@@ -2,7 +2,6 @@
 //! registry, `ls`/`verify` of bundle files, and hostile bundles refused.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use ferry::digest::Digest;
@@ -242,15 +241,7 @@ fn link_into_a_running_registry_then_again_changes_nothing() {
     let (blobs, manifests, text) = reg.gc_dry_run();
     assert_eq!((blobs, manifests), (0, 0), "{text}");
 
-    let tree = |dir: &Path| {
-        run_ok(
-            Command::new("sh")
-                .arg("-c")
-                .arg("cd \"$0\" && find . -type f -exec sha256sum {} + | sort")
-                .arg(dir),
-        )
-        .stdout
-    };
+    let tree = |dir: &Path| tree_hash(dir, ".");
     let before = tree(&target);
     let out = run_ok(
         ferry()
@@ -287,16 +278,7 @@ fn no_clobber_refuses_to_move_a_tag_and_nothing_is_written() {
     let (zst, _) = bundles();
     let (tiny_dir, tiny) = tiny();
     // A bundle where a tag the target has points elsewhere (tiny's busybox differs from small's).
-    let clash = tiny
-        .images
-        .iter()
-        .find(|t| {
-            corpus
-                .images
-                .iter()
-                .any(|c| c.repository == t.repository && c.tag == t.tag && c.digest != t.digest)
-        })
-        .unwrap();
+    let clash = clashing_image(corpus, &tiny);
     let src = FerryServe::start(tiny_dir.path());
     let work = tempfile::tempdir().unwrap();
     let list = work.path().join("list.txt");
