@@ -167,30 +167,6 @@ impl Reference {
         })
     }
 
-    /// A reference to `repository` in `host` with a tag; both must already be valid.
-    pub fn new(
-        host: Option<&str>,
-        repository: &str,
-        tag: Option<&str>,
-        digest: Option<Digest>,
-    ) -> Result<Reference, ReferenceError> {
-        if let Some(h) = host
-            && !valid_host(h)
-        {
-            return Err(ReferenceError::BadHost(h.to_string()));
-        }
-        validate_repository(repository)?;
-        if let Some(t) = tag {
-            validate_tag(t)?;
-        }
-        Ok(Reference {
-            host: host.map(str::to_string),
-            repository: repository.to_string(),
-            tag: tag.map(str::to_string),
-            digest,
-        })
-    }
-
     /// The host as written, if any.
     pub fn host(&self) -> Option<&str> {
         self.host.as_deref()

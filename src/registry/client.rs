@@ -373,13 +373,7 @@ impl Client {
         query: &str,
         headers: &[(header::HeaderName, String)],
     ) -> Result<Held, RegistryError> {
-        let permit = self
-            .inner
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed");
+        let permit = self.permit().await;
         let url = self.url(route, query).await?;
         let scope = match route {
             Route::Base | Route::Catalog => String::new(),
@@ -495,13 +489,6 @@ impl Client {
     /// `scheme://host` of this registry, for resolving relative `Location` headers.
     pub(super) async fn origin(&self) -> Result<String, RegistryError> {
         Ok(self.base().await?.to_string())
-    }
-
-    /// Checks that the registry speaks the v2 API (and learns its auth).
-    pub async fn ping(&self) -> Result<(), RegistryError> {
-        self.send(Method::GET, &Route::Base, "", &[])
-            .await
-            .map(drop)
     }
 }
 
