@@ -4,16 +4,20 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod blob;
 pub mod bundle;
+pub mod bundlefile;
 pub mod cli;
+pub mod copy;
 pub mod digest;
 pub mod fixtures;
+pub mod image;
 pub mod limits;
 pub mod manifest;
 pub mod media_type;
 pub mod plan;
-pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod transport;

@@ -3,17 +3,21 @@
 //! assigned, and the set of unique blobs with their sizes. Every image that
 //! cannot be resolved is reported, one line each, at this stage.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures_util::{StreamExt, stream};
 
+pub use crate::bundlefile::format::{Failure, PlatformEntry};
 use crate::digest::Digest;
-use crate::manifest::{Descriptor, Manifest, Platform, RawManifest};
-use crate::media_type;
+use crate::image::{self, Selection, WalkOptions};
+use crate::manifest::{Descriptor, Platform, RawManifest};
 use crate::reference::{ListEntry, validate_repository};
-use crate::registry::{Client, ClientOptions, RegistryError};
+use crate::registry::{ClientOptions, RegistryError};
 use crate::store::Store;
+use crate::transport::Source;
+pub use crate::transport::registry::Clients;
+use crate::transport::registry::RegistrySource;
 
 /// How references become a plan.
 #[derive(Debug, Clone)]
@@ -30,17 +34,6 @@ pub struct PlanOptions {
     pub client: ClientOptions,
     /// Manifests resolved at once.
     pub jobs: usize,
-}
-
-/// One child of an index and whether the plan keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PlatformEntry {
-    /// `os/arch[/variant]`, or `unknown` when the index does not say.
-    pub platform: String,
-    /// The child manifest.
-    pub digest: Digest,
-    /// Whether the child is in the bundle.
-    pub present: bool,
 }
 
 /// An image of the list, resolved.
@@ -62,21 +55,12 @@ pub struct PlannedImage {
     pub digest: Digest,
     /// The top manifest's media type.
     pub media_type: String,
-    /// The top manifest, then the chosen children.
+    /// The chosen children (deepest first), then the top manifest.
     pub manifests: Vec<RawManifest>,
     /// For an index: every child, with whether it is kept.
     pub platforms: Vec<PlatformEntry>,
     /// Configs and layers of the kept manifests.
     pub blobs: Vec<Descriptor>,
-}
-
-/// An image that could not be resolved.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Failure {
-    /// The reference as written (with `file:line`).
-    pub image: String,
-    /// Why, in one line.
-    pub cause: String,
 }
 
 /// Where a blob comes from.
@@ -110,47 +94,45 @@ impl Plan {
     }
 }
 
-/// Clients per registry host, created on first use.
-#[derive(Debug, Default)]
-pub struct Clients {
-    map: std::sync::Mutex<HashMap<String, Client>>,
-}
-
-impl Clients {
-    /// The client for `host`.
-    pub fn get(&self, host: &str, opts: &ClientOptions) -> Result<Client, RegistryError> {
-        let mut map = self.map.lock().unwrap();
-        if let Some(c) = map.get(host) {
-            return Ok(c.clone());
-        }
-        let c = Client::new(host, opts)?;
-        map.insert(host.to_string(), c.clone());
-        Ok(c)
-    }
-}
-
 fn entry_label(e: &ListEntry) -> String {
     format!("{} ({}:{})", e.reference, e.file, e.line)
 }
 
-/// Gets a manifest from the cache when it is there, else from the registry (and caches it, verified).
-async fn manifest(
-    client: &Client,
-    cache: &Store,
-    repo: &str,
-    digest: &Digest,
-) -> Result<RawManifest, String> {
-    if cache.has_blob(digest)
-        && let Ok(m) = cache.read_manifest(digest)
-    {
-        return Ok(m);
+/// Manifests from the cache when it has them, else from the registry (then cached, verified).
+struct Cached<'a> {
+    source: &'a RegistrySource,
+    cache: &'a Store,
+}
+
+impl Cached<'_> {
+    async fn get(&self, digest: &Digest) -> Result<Option<RawManifest>, String> {
+        if self.cache.has_blob(digest)
+            && let Ok(m) = self.cache.read_manifest(digest)
+        {
+            return Ok(Some(m));
+        }
+        let m = self
+            .source
+            .manifest(digest)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(m) = &m {
+            self.cache
+                .put_blob_bytes(m.bytes())
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(m)
     }
-    let m = client
-        .get_manifest(repo, &digest.to_string())
-        .await
-        .map_err(|e| e.to_string())?;
-    cache.put_blob_bytes(m.bytes()).map_err(|e| e.to_string())?;
-    Ok(m)
+}
+
+impl image::Manifests for Cached<'_> {
+    type Error = String;
+    fn manifest(
+        &self,
+        digest: &Digest,
+    ) -> impl std::future::Future<Output = Result<Option<RawManifest>, String>> + Send {
+        self.get(digest)
+    }
 }
 
 async fn resolve_one(
@@ -162,8 +144,7 @@ async fn resolve_one(
     let r = &entry.reference;
     let registry = r.registry(&opts.default_registry).to_string();
     let remote_repository = r.remote_repository(&opts.default_registry);
-    let client = clients
-        .get(&registry, &opts.client)
+    let source = RegistrySource::open(clients, r, &opts.default_registry, &opts.client)
         .map_err(|e| e.to_string())?;
     let repository = match (opts.keep_host, r.host()) {
         (true, Some(h)) => {
@@ -180,88 +161,54 @@ async fn resolve_one(
         }
         _ => r.repository().to_string(),
     };
+    let cached = Cached {
+        source: &source,
+        cache,
+    };
     // Pin the digest: the written one, else HEAD (cheap, and lets a cached manifest skip the GET), else GET by tag.
-    let top = match r.digest() {
-        Some(d) => manifest(&client, cache, &remote_repository, d).await?,
+    let pinned = match r.digest() {
+        Some(d) => Some(d.clone()),
         None => {
             let tag = r.effective_tag().unwrap_or(crate::reference::DEFAULT_TAG);
             // A HEAD 404 has no body: ask again with GET, whose error says NAME_UNKNOWN or MANIFEST_UNKNOWN.
-            let head = match client.head_manifest(&remote_repository, tag).await {
+            match source.client().head_manifest(&remote_repository, tag).await {
                 Err(e) if e.is_not_found() => None,
-                other => other.map_err(|e| not_found_msg(e, tag))?,
-            };
-            match head {
-                Some(h) => manifest(&client, cache, &remote_repository, &h.digest).await?,
-                None => {
-                    let m = client
-                        .get_manifest(&remote_repository, tag)
-                        .await
-                        .map_err(|e| not_found_msg(e, tag))?;
-                    cache.put_blob_bytes(m.bytes()).map_err(|e| e.to_string())?;
-                    m
-                }
+                other => other.map_err(|e| not_found_msg(e, tag))?.map(|h| h.digest),
             }
         }
     };
-    let parsed = top
-        .parse()
-        .map_err(|e| format!("manifest {}: {e}", top.digest()))?;
-    let mut manifests = vec![top.clone()];
-    let mut platforms = Vec::new();
-    let mut blobs: Vec<Descriptor> = Vec::new();
-    match &parsed {
-        Manifest::Image(_) => blobs.extend(parsed.blobs().into_iter().cloned()),
-        Manifest::Index(_) => {
-            let mut kept = 0;
-            for child in parsed.children() {
-                let label = child
-                    .platform
-                    .as_ref()
-                    .map_or_else(|| "unknown".to_string(), ToString::to_string);
-                let keep = if opts.all_platforms {
-                    true
-                } else {
-                    child
-                        .platform
-                        .as_ref()
-                        .is_some_and(|p| opts.platforms.iter().any(|w| w.matches(p)))
-                };
-                platforms.push(PlatformEntry {
-                    platform: label,
-                    digest: child.digest.clone(),
-                    present: keep,
-                });
-                if !keep {
-                    continue;
-                }
-                if media_type::is_index(&child.media_type) {
-                    return Err(format!(
-                        "index {} nests another index ({}), which ferry does not follow",
-                        top.digest(),
-                        child.digest
-                    ));
-                }
-                let m = manifest(&client, cache, &remote_repository, &child.digest).await?;
-                let p = m
-                    .parse()
-                    .map_err(|e| format!("manifest {}: {e}", m.digest()))?;
-                blobs.extend(p.blobs().into_iter().cloned());
-                manifests.push(m);
-                kept += 1;
-            }
-            if kept == 0 {
-                let want: Vec<String> = opts.platforms.iter().map(ToString::to_string).collect();
-                let have: Vec<&str> = platforms.iter().map(|p| p.platform.as_str()).collect();
-                return Err(format!(
-                    "no manifest for {} in index {} (it has {})",
-                    want.join(", "),
-                    top.digest(),
-                    have.join(", ")
-                ));
-            }
+    let top = match pinned {
+        Some(d) => cached
+            .get(&d)
+            .await?
+            .ok_or_else(|| format!("manifest {d} not found"))?,
+        None => {
+            let m = source.top().await.map_err(|e| e.to_string())?;
+            cache.put_blob_bytes(m.bytes()).map_err(|e| e.to_string())?;
+            m
         }
-    }
-    blobs.retain(|b| media_type::is_distributable(&b.media_type));
+    };
+    let walk_opts = WalkOptions {
+        selection: if opts.all_platforms {
+            Selection::All
+        } else {
+            Selection::Platforms(opts.platforms.clone())
+        },
+        allow_absent: false,
+    };
+    let walk = image::walk(&cached, top, &walk_opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let platforms = walk
+        .children
+        .iter()
+        .filter(|c| &c.parent == walk.top.digest())
+        .map(|c| PlatformEntry {
+            platform: c.platform_label(),
+            digest: c.descriptor.digest.clone(),
+            present: c.selected,
+        })
+        .collect();
     Ok(PlannedImage {
         section: entry.section.clone(),
         source: r.to_string(),
@@ -269,11 +216,11 @@ async fn resolve_one(
         remote_repository,
         repository,
         tag: r.effective_tag().map(str::to_string),
-        digest: top.digest().clone(),
-        media_type: top.media_type().to_string(),
-        manifests,
+        digest: walk.top.digest().clone(),
+        media_type: walk.top.media_type().to_string(),
+        manifests: walk.manifests().cloned().collect(),
         platforms,
-        blobs,
+        blobs: walk.blobs,
     })
 }
 

@@ -2,9 +2,7 @@
 //! fresh root → pack `ferry-bundle.json` and the root into one deterministic,
 //! seekable `tar.zst`, written under a temp name and renamed into place.
 
-pub mod format;
 mod pack;
-pub mod read;
 mod space;
 pub mod unpack;
 
@@ -16,12 +14,14 @@ use std::time::Instant;
 
 use futures_util::{StreamExt, stream};
 
+use crate::bundlefile::format::{BlobEntry, BundleImage, BundleIndex, FORMAT};
+pub use crate::bundlefile::{format, read, read_index};
 use crate::digest::Digest;
 use crate::plan::{self, Clients, Failure, Plan, PlanOptions};
 use crate::reference::ListEntry;
 use crate::store::Store;
-use format::{BlobEntry, BundleImage, BundleIndex, FORMAT};
-pub use read::read_index;
+use crate::transport::registry::RegistrySource;
+use crate::transport::root::RootDest;
 pub use space::SpaceError;
 
 /// How the bundle file is compressed.
@@ -56,19 +56,7 @@ pub struct BundleOptions {
     pub mtime: u64,
 }
 
-/// Progress events, so the CLI can draw bars without the library printing.
-pub trait Progress: Send + Sync {
-    /// The plan is known: totals.
-    fn planned(&self, _images: usize, _blobs: usize, _bytes_to_fetch: u64) {}
-    /// Bytes arrived (or came from the cache) for a blob.
-    fn fetched(&self, _bytes: u64) {}
-    /// Packing starts, with the bytes to pack.
-    fn packing(&self, _bytes: u64) {}
-}
-
-/// No progress output.
-pub struct NoProgress;
-impl Progress for NoProgress {}
+pub use crate::copy::{NoProgress, Progress};
 
 /// What a bundle run did, for `--json` and the closing message.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -250,15 +238,23 @@ pub async fn bundle(
                         return (d.clone(), Ok(()));
                     }
                     let src = &plan.blobs[d];
-                    let r = async {
+                    let r: Result<(), String> = async {
                         let client = clients
                             .get(&src.registry, &opts.plan.client)
                             .map_err(|e| e.to_string())?;
-                        let n = client
-                            .fetch_blob(cache, &src.repository, &src.descriptor)
+                        let from = RegistrySource::new(
+                            client,
+                            src.repository.clone(),
+                            src.descriptor.digest.to_string(),
+                            src.registry.clone(),
+                        );
+                        let into = RootDest::new(cache.clone(), String::new(), None, false);
+                        let put = crate::copy::copy_blob(&from, &into, &src.descriptor)
                             .await
                             .map_err(|e| e.to_string())?;
-                        downloaded.fetch_add(n, Ordering::Relaxed);
+                        if put == crate::transport::Put::Written {
+                            downloaded.fetch_add(src.size, Ordering::Relaxed);
+                        }
                         progress.fetched(src.size);
                         Ok(())
                     }

@@ -10,7 +10,9 @@ use crate::digest::Digest;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use super::format::{MAX_FRAME_BYTES, MIN_FRAME_BYTES, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC};
+use crate::bundlefile::format::{
+    MAX_FRAME_BYTES, MIN_FRAME_BYTES, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC,
+};
 
 /// Bytes written between two writeback requests.
 const WRITEBACK_BYTES: u64 = 32 * 1024 * 1024;
@@ -326,7 +328,7 @@ pub fn write_tar(
         h
     };
     let mut h = header(tar::EntryType::Regular, index_json.len() as u64, 0o644);
-    tar.append_data(&mut h, super::format::INDEX_NAME, index_json)?;
+    tar.append_data(&mut h, crate::bundlefile::format::INDEX_NAME, index_json)?;
     tar.get_mut().boundary()?;
     for (parts, content) in &layout.entries {
         let rel = parts.join("/");

@@ -7,7 +7,7 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::read::{BlobVisitor, ReadError, scan};
+use crate::bundlefile::read::{BlobVisitor, ReadError, scan};
 use crate::digest::Digest;
 use crate::store::{Store, StoreError};
 
@@ -97,7 +97,7 @@ pub fn link(
 ) -> Result<LinkSummary, LinkError> {
     let store = Store::create(root)?.with_durable(false);
     // Refuse a tag move before writing anything.
-    let index = super::read_index(bundle)?;
+    let index = crate::bundlefile::read_index(bundle)?;
     if no_clobber {
         check_tags(&store, &index.images, root)?;
     }
@@ -140,7 +140,7 @@ pub fn link(
 
 fn check_tags(
     store: &Store,
-    images: &[super::format::BundleImage],
+    images: &[crate::bundlefile::format::BundleImage],
     root: &Path,
 ) -> Result<(), LinkError> {
     for img in images {

@@ -106,7 +106,7 @@ fn short_type(media_type: &str) -> &'static str {
 
 /// A bundle's images come from its index (the first entry: nothing else is read).
 fn ls_bundle(a: &LsArgs) -> anyhow::Result<ExitCode> {
-    let index = crate::bundle::read_index(&a.root)?;
+    let index = crate::bundlefile::read_index(&a.root)?;
     for img in &index.images {
         let name = match &img.tag {
             Some(t) => format!("{}:{t}", img.repository),

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use super::{GlobalArgs, human_bytes};
-use crate::bundle::read::BundleFile;
 use crate::bundle::unpack::link;
-use crate::serve::Bundles;
+use crate::bundlefile::read::BundleFile;
 use crate::store::Store;
+use crate::transport::bundle::Bundles;
+use crate::transport::catalog::CatalogSource;
 
 /// Flags of `ferry unbundle`.
 #[derive(Debug, clap::Args)]
@@ -135,7 +136,7 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
     if !a.bundle.is_file() {
         bail!("{}: not a bundle file", a.bundle.display());
     }
-    let index = crate::bundle::read_index(&a.bundle)?;
+    let index = crate::bundlefile::read_index(&a.bundle)?;
     let bar = super::progress::bar(g.quiet || g.debug);
     {
         use crate::bundle::Progress;
@@ -177,7 +178,7 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
-    use crate::push::{PushImage, PushOptions, push};
+    use crate::copy::{CopyOptions, MultiArch};
     let (host, prefix) = match a.dest.split_once('/') {
         Some((h, p)) => (h.to_string(), Some(p.trim_end_matches('/').to_string())),
         None => (a.dest.clone(), None),
@@ -186,20 +187,30 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         crate::reference::validate_repository(p)
             .with_context(|| format!("--dest {}: prefix {p:?}", a.dest))?;
     }
-    let opts = PushOptions {
-        host,
-        prefix,
-        client: crate::registry::ClientOptions {
-            tls_verify: a.dest_tls_verify,
-            credentials: a
-                .dest_creds
-                .as_deref()
-                .map(crate::auth::Credentials::from_flag),
-            authfile: a.authfile.clone(),
-            ..Default::default()
-        },
-        jobs: a.jobs.max(1),
+    let client = crate::registry::ClientOptions {
+        tls_verify: a.dest_tls_verify,
+        credentials: a
+            .dest_creds
+            .as_deref()
+            .map(crate::auth::Credentials::from_flag),
+        authfile: a.authfile.clone(),
+        ..Default::default()
+    };
+    let opts = CopyOptions {
+        multi_arch: MultiArch::All,
+        preserve_digests: false,
+        format: None,
         rewrite_sparse_index: a.rewrite_sparse_index,
+        jobs: a.jobs.max(1),
+    };
+    let target = crate::registry::Client::new(&host, &client)?;
+    let pushed = std::sync::Arc::new(crate::transport::registry::Pushed::default());
+    let dest = |repo: &str, tag: Option<String>| {
+        let repo = match &prefix {
+            Some(p) => format!("{p}/{repo}"),
+            None => repo.to_string(),
+        };
+        crate::transport::registry::RegistryDest::new(target.clone(), repo, tag, pushed.clone())
     };
     let rt = super::runtime()?;
     let summary = if a.source.is_dir() {
@@ -210,42 +221,44 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
                 a.source.display()
             );
         }
-        let mut images = Vec::new();
-        for repo in store.repositories()? {
-            for tag in store.tags(&repo)? {
-                if let Some(digest) = store.resolve_tag(&repo, &tag)? {
-                    images.push(PushImage {
-                        repository: repo.clone(),
-                        tag: Some(tag),
-                        digest,
-                    });
-                }
+        let catalog = std::sync::Arc::new(store);
+        let mut jobs = Vec::new();
+        for repo in catalog.repositories()? {
+            for tag in catalog.tags(&repo)? {
+                let r = crate::reference::Reference::parse(&format!("{repo}:{tag}"))?;
+                jobs.push(crate::copy::Job {
+                    source: CatalogSource::new(catalog.clone(), r, format!("{repo}:{tag}")),
+                    destination: dest(&repo, Some(tag)),
+                });
             }
         }
-        rt.block_on(push(std::sync::Arc::new(store), &images, &opts))
+        rt.block_on(crate::copy::copy_all(jobs, &opts, &crate::copy::NoProgress))
     } else {
         // The target checks every blob's digest as it receives it, so the bundle is not hashed twice here.
-        let bundle = BundleFile::open_with(&a.source, &mut crate::bundle::read::StructureOnly)?;
-        let images: Vec<PushImage> = bundle
-            .scan
-            .index
-            .images
-            .iter()
-            .map(|i| PushImage {
-                repository: i.repository.clone(),
-                tag: i.tag.clone(),
-                digest: i.digest.clone(),
-            })
-            .collect();
-        rt.block_on(push(
-            std::sync::Arc::new(Bundles(vec![bundle])),
-            &images,
-            &opts,
-        ))
+        let bundle = BundleFile::open_with(&a.source, &mut crate::bundlefile::read::StructureOnly)?;
+        let images = bundle.scan.index.images.clone();
+        let catalog = std::sync::Arc::new(Bundles(vec![bundle]));
+        let mut jobs = Vec::new();
+        for i in images {
+            let name = format!(
+                "{}{}",
+                i.repository,
+                i.tag
+                    .as_deref()
+                    .map(|t| format!(":{t}"))
+                    .unwrap_or_default()
+            );
+            let r = crate::reference::Reference::parse(&format!("{}@{}", i.repository, i.digest))?;
+            jobs.push(crate::copy::Job {
+                source: CatalogSource::new(catalog.clone(), r, name),
+                destination: dest(&i.repository, i.tag.clone()),
+            });
+        }
+        rt.block_on(crate::copy::copy_all(jobs, &opts, &crate::copy::NoProgress))
     };
     let summary = match summary {
         Ok(s) => s,
-        Err(crate::push::PushError::Several(v)) => {
+        Err(crate::copy::CopyError::Several(v)) => {
             for e in &v {
                 eprintln!("error: {e}");
             }

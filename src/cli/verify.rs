@@ -58,7 +58,7 @@ pub fn run(_g: &GlobalArgs, a: VerifyArgs) -> anyhow::Result<ExitCode> {
 
 /// A bundle is checked as a stream: every entry, blob and link, against its index.
 fn verify_bundle(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let scan = crate::bundle::read::scan(&a.root, &mut crate::bundle::read::HashOnly)?;
+    let scan = crate::bundlefile::read::scan(&a.root, &mut crate::bundlefile::read::HashOnly)?;
     let bytes: u64 = scan.blobs.values().map(|(_, s)| s).sum();
     let links: usize = scan
         .repos

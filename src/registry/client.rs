@@ -17,7 +17,6 @@ use crate::auth::{self, AuthError, Challenge, Credentials};
 use crate::digest::Digest;
 use crate::limits::{self, MAX_ERROR_BODY_BYTES};
 use crate::manifest::ManifestError;
-use crate::store::StoreError;
 
 /// What went wrong talking to a registry; URLs and messages carry no credentials.
 #[derive(Debug, thiserror::Error)]
@@ -62,14 +61,6 @@ pub enum RegistryError {
         expected: Digest,
         /// What arrived.
         found: Digest,
-    },
-    /// Writing a fetched blob into the store failed (including verification).
-    #[error("{url}: {source}")]
-    Store {
-        /// Request URL.
-        url: String,
-        /// The store's error.
-        source: StoreError,
     },
     /// Credentials could not be read.
     #[error(transparent)]

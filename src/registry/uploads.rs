@@ -1,6 +1,7 @@
 //! Pushing: blob existence checks, cross-repository mounts, monolithic and
-//! chunked uploads, and manifest PUT. Blob bytes stream from any
-//! [`RangeRead`], so a bundle is pushed without unpacking it.
+//! chunked uploads, and manifest PUT. Local blob bytes stream from any
+//! [`RangeRead`] (so a bundle is pushed without unpacking it, and a failed
+//! request is retried from the right offset); a remote stream goes in one PUT.
 
 use std::sync::Arc;
 
@@ -8,16 +9,10 @@ use reqwest::{Method, StatusCode, header};
 
 use super::client::{Client, RegistryError};
 use super::routes::Route;
+use crate::blob::{BlobBody, RangeRead, range_stream};
 use crate::digest::Digest;
-use crate::limits::{IO_BUFFER_BYTES, MONOLITHIC_UPLOAD_MAX, UPLOAD_CHUNK_BYTES};
+use crate::limits::{MONOLITHIC_UPLOAD_MAX, UPLOAD_CHUNK_BYTES};
 use crate::manifest::RawManifest;
-
-/// Reads a byte range of one blob (blocking; callers run it off the async threads).
-/// Implemented by a store's files and by bundles read in place.
-pub trait RangeRead: Send + Sync {
-    /// A reader of `len` bytes starting `start` bytes into the blob.
-    fn open_range(&self, start: u64, len: u64) -> std::io::Result<Box<dyn std::io::Read + Send>>;
-}
 
 /// How a blob reached the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,41 +27,6 @@ pub enum BlobPush {
 
 fn push_scope(repo: &str) -> String {
     format!("repository:{repo}:pull,push")
-}
-
-/// `len` bytes from `start` of a blob as a stream of chunks, read on one
-/// blocking thread through a short queue (memory stays flat; a short read is an
-/// error, never a silently shorter body). Shared by uploads and by `serve`.
-pub fn range_stream(
-    source: Arc<dyn RangeRead>,
-    start: u64,
-    len: u64,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
-    tokio::task::spawn_blocking(move || {
-        let mut r = match source.open_range(start, len) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        let mut left = len;
-        while left > 0 {
-            let mut buf = vec![0u8; IO_BUFFER_BYTES.min(left as usize)];
-            if let Err(e) = std::io::Read::read_exact(&mut r, &mut buf) {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-            left -= buf.len() as u64;
-            if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
-                return; // the receiver went away
-            }
-        }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
 }
 
 fn stream_body(source: Arc<dyn RangeRead>, start: u64, len: u64) -> reqwest::Body {
@@ -121,11 +81,24 @@ impl Client {
         digest: &Digest,
         size: u64,
         from: Option<&str>,
-        source: Arc<dyn RangeRead>,
+        body: BlobBody,
     ) -> Result<BlobPush, RegistryError> {
         if self.has_blob(repo, digest).await? {
             return Ok(BlobPush::Present);
         }
+        self.upload_blob(repo, digest, size, from, body).await
+    }
+
+    /// [`Client::push_blob`] without the existence check, for a caller that has just made it:
+    /// a mount from `from` when given and accepted, else an upload.
+    pub async fn upload_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        from: Option<&str>,
+        body: BlobBody,
+    ) -> Result<BlobPush, RegistryError> {
         let scope = push_scope(repo);
         let uploads = self
             .url(
@@ -154,6 +127,37 @@ impl Client {
         }
         let mut location = self.location(&held).await?;
         drop(held);
+        let source = match body {
+            BlobBody::Local(loc) => loc.source,
+            BlobBody::Stream(stream) => {
+                // A stream can be sent once: one monolithic PUT, not retried by the client.
+                let once = std::sync::Mutex::new(Some(stream));
+                let make = move || match once.lock().unwrap().take() {
+                    Some(s) => reqwest::Body::wrap_stream(s),
+                    None => reqwest::Body::wrap_stream(futures_util::stream::once(async {
+                        Err::<bytes::Bytes, _>(std::io::Error::other(
+                            "a streamed blob cannot be sent twice",
+                        ))
+                    })),
+                };
+                let sep = if location.contains('?') { '&' } else { '?' };
+                let url = format!("{location}{sep}digest={digest}");
+                let headers = [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                    (header::CONTENT_LENGTH, size.to_string()),
+                ];
+                self.send_url(
+                    Method::PUT,
+                    url,
+                    &scope,
+                    &headers,
+                    Some(&make),
+                    self.permit().await,
+                )
+                .await?;
+                return Ok(BlobPush::Uploaded);
+            }
+        };
         if size > MONOLITHIC_UPLOAD_MAX {
             let mut offset = 0u64;
             while offset < size {

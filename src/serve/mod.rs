@@ -1,9 +1,6 @@
-//! An OCI distribution API server over a [`Backend`]: manifests by tag and
+//! An OCI distribution API server over a [`Catalog`] (a root, or bundles read in place): manifests by tag and
 //! digest, blobs with `Range`, tags and catalog with pagination, the spec's
 //! JSON errors. Read-only. Blobs are streamed from files; memory stays flat.
-
-mod backend;
-mod bundles;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +11,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-pub use backend::{Backend, BlobLocation, RangeRead};
-pub use bundles::Bundles;
+use crate::transport::Catalog;
 
 use crate::digest::Digest;
 use crate::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
@@ -73,14 +69,14 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<Response, ApiError>;
 
 /// The router for a backend, to mount on any listener (tests use it in-process).
-pub fn router<B: Backend>(backend: B) -> Router {
+pub fn router<B: Catalog>(backend: B) -> Router {
     Router::new()
         .fallback(handle::<B>)
         .with_state(Arc::new(backend))
 }
 
 /// Serves `backend` on `listener` until `shutdown` completes.
-pub async fn run<B: Backend>(
+pub async fn run<B: Catalog>(
     backend: B,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -106,7 +102,7 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-async fn handle<B: Backend>(State(backend): State<Arc<B>>, req: Request) -> Response {
+async fn handle<B: Catalog>(State(backend): State<Arc<B>>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -119,7 +115,7 @@ async fn handle<B: Backend>(State(backend): State<Arc<B>>, req: Request) -> Resp
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn dispatch<B: Backend>(
+async fn dispatch<B: Catalog>(
     backend: Arc<B>,
     method: &Method,
     route: Route,
@@ -251,7 +247,7 @@ fn json_page(body: serde_json::Value, link: Option<String>) -> ApiResult {
     Ok(resp)
 }
 
-async fn manifest<B: Backend>(
+async fn manifest<B: Catalog>(
     backend: Arc<B>,
     name: String,
     reference: String,
@@ -335,7 +331,7 @@ fn parse_range(value: &str, size: u64) -> Option<(u64, u64)> {
     }
 }
 
-async fn blob<B: Backend>(
+async fn blob<B: Catalog>(
     backend: Arc<B>,
     name: String,
     digest: String,
@@ -390,7 +386,7 @@ async fn blob<B: Backend>(
     if head {
         return Ok((status, headers, Body::empty()).into_response());
     }
-    let stream = crate::registry::uploads::range_stream(loc.source, start, len);
+    let stream = crate::blob::range_stream(loc.source, start, len);
     Ok((status, headers, Body::from_stream(stream)).into_response())
 }
 

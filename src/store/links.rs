@@ -8,14 +8,10 @@ use std::path::Path;
 use super::blobs::write_atomic;
 use super::{Result, Store, StoreError};
 use crate::digest::Digest;
+use crate::image::{self, ImageWalk, Selection, WalkError, WalkOptions};
 use crate::limits::MAX_LINK_BYTES;
-use crate::manifest::Manifest;
-use crate::media_type;
 use crate::reference::{validate_repository, validate_tag};
 use crate::store::paths::PathSpec;
-
-/// How deep indexes may nest before ferry stops following them.
-pub const MAX_INDEX_DEPTH: usize = 4;
 
 /// Reads a link file: `Ok(None)` when it does not exist, an error when it holds anything but a digest.
 pub fn read_link(path: &Path) -> Result<Option<Digest>> {
@@ -122,55 +118,47 @@ impl Store {
         if let Some(t) = tag {
             validate_tag(t)?;
         }
+        let w = self.walk(digest)?;
         let mut report = LinkReport::default();
-        self.link_manifest(repo, digest, 0, &mut report)?;
+        for b in &w.blobs {
+            if !self.has_blob(&b.digest) {
+                return Err(StoreError::BlobUnknown(b.digest.clone()));
+            }
+            self.link_layer(repo, &b.digest)?;
+            report.blobs.insert(b.digest.clone());
+        }
+        // Foreign layers are linked only when the store happens to hold them.
+        for b in w.foreign.iter().filter(|b| self.has_blob(&b.digest)) {
+            self.link_layer(repo, &b.digest)?;
+            report.blobs.insert(b.digest.clone());
+        }
+        for m in w.manifests() {
+            self.link_revision(repo, m.digest())?;
+            report.manifests.push(m.digest().clone());
+        }
+        report.missing_children = w.absent().map(|c| c.descriptor.digest.clone()).collect();
         if let Some(t) = tag {
             report.tag_moved_from = self.tag(repo, t, digest)?;
         }
         Ok(report)
     }
 
-    fn link_manifest(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        depth: usize,
-        report: &mut LinkReport,
-    ) -> Result<()> {
-        if depth > MAX_INDEX_DEPTH {
-            return Err(StoreError::TooDeep(digest.clone()));
-        }
-        let raw = self.read_manifest(digest)?;
-        let manifest = raw.parse().map_err(|source| StoreError::Manifest {
-            digest: digest.clone(),
-            source,
-        })?;
-        match &manifest {
-            Manifest::Image(_) => {
-                for blob in manifest.blobs() {
-                    if !self.has_blob(&blob.digest) {
-                        if !media_type::is_distributable(&blob.media_type) {
-                            continue;
-                        }
-                        return Err(StoreError::BlobUnknown(blob.digest.clone()));
-                    }
-                    self.link_layer(repo, &blob.digest)?;
-                    report.blobs.insert(blob.digest.clone());
-                }
-            }
-            Manifest::Index(_) => {
-                for child in manifest.children() {
-                    if self.has_blob(&child.digest) {
-                        self.link_manifest(repo, &child.digest, depth + 1, report)?;
-                    } else {
-                        report.missing_children.push(child.digest.clone());
-                    }
-                }
-            }
-        }
-        self.link_revision(repo, digest)?;
-        report.manifests.push(digest.clone());
-        Ok(())
+    /// The walk of an image held here (every child, absent ones recorded).
+    pub fn walk(&self, digest: &Digest) -> Result<ImageWalk> {
+        let top = self.read_manifest(digest)?;
+        image::walk_now(
+            self,
+            top,
+            &WalkOptions {
+                selection: Selection::All,
+                allow_absent: true,
+            },
+        )
+        .map_err(|e| match e {
+            WalkError::TooDeep(d) => StoreError::TooDeep(d),
+            WalkError::Manifest { digest, source } => StoreError::Manifest { digest, source },
+            other => StoreError::Walk(other.to_string()),
+        })
     }
 
     /// Hardlinks an image (all present manifests and blobs) from `other` into `repo` here and tags it.
@@ -181,29 +169,32 @@ impl Store {
         repo: &str,
         tag: Option<&str>,
     ) -> Result<LinkReport> {
-        self.import_manifest_blobs(other, digest, 0)?;
+        let w = other.walk(digest)?;
+        for b in w
+            .blobs
+            .iter()
+            .chain(w.foreign.iter().filter(|b| other.has_blob(&b.digest)))
+        {
+            self.import_blob(other, &b.digest)?;
+        }
+        for m in w.manifests() {
+            self.import_blob(other, m.digest())?;
+        }
         self.link_image(repo, digest, tag)
     }
+}
 
-    fn import_manifest_blobs(&self, other: &Store, digest: &Digest, depth: usize) -> Result<()> {
-        if depth > MAX_INDEX_DEPTH {
-            return Err(StoreError::TooDeep(digest.clone()));
-        }
-        let raw = other.read_manifest(digest)?;
-        let manifest = raw.parse().map_err(|source| StoreError::Manifest {
-            digest: digest.clone(),
-            source,
-        })?;
-        for blob in manifest.blobs() {
-            if other.has_blob(&blob.digest) || media_type::is_distributable(&blob.media_type) {
-                self.import_blob(other, &blob.digest)?;
-            }
-        }
-        for child in manifest.children() {
-            if other.has_blob(&child.digest) {
-                self.import_manifest_blobs(other, &child.digest, depth + 1)?;
-            }
-        }
-        self.import_blob(other, digest)
+impl image::Manifests for Store {
+    type Error = StoreError;
+    fn manifest(
+        &self,
+        digest: &Digest,
+    ) -> impl std::future::Future<Output = Result<Option<crate::manifest::RawManifest>>> + Send
+    {
+        std::future::ready(if self.has_blob(digest) {
+            self.read_manifest(digest).map(Some)
+        } else {
+            Ok(None)
+        })
     }
 }

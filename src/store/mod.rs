@@ -69,8 +69,11 @@ pub enum StoreError {
     #[error(transparent)]
     Name(#[from] ReferenceError),
     /// An index nested deeper than ferry follows (a loop, or a hostile manifest).
-    #[error("manifest {0}: indexes nest deeper than {max} levels", max = links::MAX_INDEX_DEPTH)]
+    #[error("manifest {0}: indexes nest deeper than {max} levels", max = crate::image::MAX_INDEX_DEPTH)]
     TooDeep(Digest),
+    /// An image that cannot be walked for another reason.
+    #[error("{0}")]
+    Walk(String),
 }
 
 impl StoreError {

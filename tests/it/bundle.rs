@@ -437,7 +437,14 @@ fn corrupt_or_truncated_blob_from_the_source_is_refused_and_a_rerun_completes() 
 
 #[test]
 fn killed_bundle_resumes_and_downloads_only_what_was_missing() {
-    let (_, corpus) = small();
+    let (root, corpus) = small();
+    // The plan's config and layer blobs (manifests are cached too but not counted).
+    let planned: BTreeSet<Digest> = corpus
+        .images
+        .iter()
+        .flat_map(|i| blobs_of(root, &i.digest, false))
+        .collect();
+    let size = |d: &Digest| Store::open(root).blob_size(d).unwrap().unwrap();
     let (_src_dir, src) = source();
     let work = tempfile::tempdir().unwrap();
     let list = work.path().join("list.txt");
@@ -458,7 +465,14 @@ fn killed_bundle_resumes_and_downloads_only_what_was_missing() {
     let status = child.wait().unwrap();
     assert!(!status.success(), "killed before it finished");
     assert!(!out.exists());
-    let had = count();
+    // What the killed run left complete in the cache (blobs are renamed into
+    // place whole; its temp files are not blobs).
+    let cached: BTreeSet<Digest> = planned
+        .iter()
+        .filter(|d| Store::open(&cache).has_blob(d))
+        .cloned()
+        .collect();
+    let missing: BTreeSet<Digest> = planned.difference(&cached).cloned().collect();
     let res = json(&run_ok(
         bundle_cmd(&list, &out, &cache, &src.addr).arg("--json"),
     ));
@@ -468,8 +482,17 @@ fn killed_bundle_resumes_and_downloads_only_what_was_missing() {
         downloaded > 0 && downloaded < total,
         "downloaded {downloaded} of {total}"
     );
-    assert!(res["blobs_reused"].as_u64().unwrap() > 0);
-    let _ = had;
+    assert_eq!(total, planned.len() as u64);
+    assert_eq!(downloaded, missing.len() as u64, "only what was missing");
+    assert_eq!(
+        res["bytes_downloaded"].as_u64().unwrap(),
+        missing.iter().map(size).sum::<u64>()
+    );
+    assert_eq!(res["blobs_reused"].as_u64().unwrap(), cached.len() as u64);
+    assert_eq!(
+        res["bytes_reused"].as_u64().unwrap(),
+        cached.iter().map(size).sum::<u64>()
+    );
     assert_eq!(
         entries(work.path()),
         ["b.tar.zst", "cache", "list.txt"],

@@ -413,15 +413,18 @@ fn hostile_bundles_are_refused_and_leave_nothing() {
         d.hex()
     );
     let reg = tar::EntryType::Regular;
+    // Each case links into its own root two levels below `work`, so the
+    // traversal entry, if a guard failed, would land inside `work`.
+    const TRAVERSAL: &str = "../../escaped";
+    let target_of = |what: &str| {
+        work.path()
+            .join("roots")
+            .join(format!("target-{}", what.replace(' ', "-")))
+    };
     let cases: Vec<(&str, PathBuf, &str)> = vec![
         (
             "traversal",
-            hostile_tar(
-                work.path(),
-                "t1.tar",
-                &[],
-                &[("../../escaped", reg, b"x", None)],
-            ),
+            hostile_tar(work.path(), "t1.tar", &[], &[(TRAVERSAL, reg, b"x", None)]),
             "not a file of the registry layout",
         ),
         (
@@ -517,9 +520,7 @@ fn hostile_bundles_are_refused_and_leave_nothing() {
     let mut cases = cases;
     cases.push(("truncated", truncated, "truncated"));
     for (what, bundle, why) in &cases {
-        let target = work
-            .path()
-            .join(format!("target-{}", what.replace(' ', "-")));
+        let target = target_of(what);
         let out = run(ferry()
             .args(["unbundle", "link"])
             .arg(bundle)
@@ -548,9 +549,23 @@ fn hostile_bundles_are_refused_and_leave_nothing() {
             .arg(bundle));
         assert_eq!(out.status.code(), Some(1), "serve {what}");
     }
-    assert!(
-        !work.path().join("../../escaped").exists() && !Path::new("/tmp/ferry-escaped").exists()
-    );
+    // Where the traversal entry would have been written: its root joined with
+    // the entry path, `..` components followed.
+    let root = target_of("traversal");
+    let mut escaped = PathBuf::new();
+    for c in root.join(TRAVERSAL).components() {
+        match c {
+            std::path::Component::ParentDir => assert!(escaped.pop()),
+            c => escaped.push(c),
+        }
+    }
+    assert_eq!(escaped, work.path().join("escaped"));
+    assert!(escaped.starts_with(work.path()) && !escaped.starts_with(&root));
+    assert!(!escaped.exists(), "{} was written", escaped.display());
+    assert!(!root.join(TRAVERSAL).exists());
+    // The absolute entry: as joined (replacing the root) and with its `/` stripped.
+    assert!(!Path::new("/tmp/ferry-escaped").exists());
+    assert!(!target_of("absolute").join("tmp/ferry-escaped").exists());
 }
 
 /// Config and layer digests of an image, every platform present in `root`.

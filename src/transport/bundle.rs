@@ -4,8 +4,9 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use super::backend::{Backend, BlobLocation, RangeRead};
-use crate::bundle::read::BundleFile;
+use super::catalog::Catalog;
+use crate::blob::{BlobLocation, RangeRead};
+use crate::bundlefile::read::BundleFile;
 use crate::digest::Digest;
 use crate::limits::MAX_MANIFEST_BYTES;
 use crate::manifest::RawManifest;
@@ -40,7 +41,7 @@ impl Bundles {
     }
 }
 
-impl Backend for Bundles {
+impl Catalog for Bundles {
     fn repositories(&self) -> Result<Vec<String>, StoreError> {
         let mut all: Vec<String> = self
             .0

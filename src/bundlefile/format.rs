@@ -17,7 +17,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::plan::{Failure, PlatformEntry};
 
 /// Name of the index entry, always first.
 pub const INDEX_NAME: &str = "ferry-bundle.json";
@@ -89,4 +88,24 @@ pub struct BlobEntry {
     pub digest: Digest,
     /// Its size.
     pub size: u64,
+}
+
+/// One child of an index and whether the bundle holds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlatformEntry {
+    /// `os/arch[/variant]`, or `unknown` when the index does not say.
+    pub platform: String,
+    /// The child manifest.
+    pub digest: Digest,
+    /// Whether the child is in the bundle.
+    pub present: bool,
+}
+
+/// An image that could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    /// The reference as written (with `file:line`).
+    pub image: String,
+    /// Why, in one line.
+    pub cause: String,
 }

@@ -1,0 +1,102 @@
+//! Reading a blob, or a byte range of it, as a stream: a file of a root, a
+//! frame range of a bundle read in place, or an HTTP body. The server and the
+//! uploads share the one range reader here, so neither depends on the other.
+
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::limits::IO_BUFFER_BYTES;
+
+/// Reads a byte range of one blob (blocking; callers run it off the async threads).
+/// Implemented by a store's files, files of `dir:`/`oci:` layouts and bundles read in place.
+pub trait RangeRead: Send + Sync {
+    /// A reader of `len` bytes starting `start` bytes into the blob.
+    fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>>;
+}
+
+/// A blob that is a whole file.
+#[derive(Debug, Clone)]
+pub struct FileRange(pub PathBuf);
+
+impl RangeRead for FileRange {
+    fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>> {
+        let mut f = std::fs::File::open(&self.0)?;
+        f.seek(SeekFrom::Start(start))?;
+        Ok(Box::new(f.take(len)))
+    }
+}
+
+/// A blob held locally: its size and how to read any range of it (re-openable, so uploads can retry).
+#[derive(Clone)]
+pub struct BlobLocation {
+    /// Its size.
+    pub size: u64,
+    /// Where its bytes are.
+    pub source: Arc<dyn RangeRead>,
+}
+
+impl std::fmt::Debug for BlobLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobLocation")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A forward-only stream of blob bytes (an HTTP body, or a local range turned into a stream).
+pub type ByteStream = Pin<Box<dyn futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send>>;
+
+/// A blob's bytes as a source hands them over: random access when local, a stream when remote.
+pub enum BlobBody {
+    /// Local and re-openable at any offset.
+    Local(BlobLocation),
+    /// A stream of exactly the blob's size (a network body); read once.
+    Stream(ByteStream),
+}
+
+impl BlobBody {
+    /// The whole blob as a stream, whichever kind it is.
+    pub fn into_stream(self) -> ByteStream {
+        match self {
+            BlobBody::Local(loc) => Box::pin(range_stream(loc.source, 0, loc.size)),
+            BlobBody::Stream(s) => s,
+        }
+    }
+}
+
+/// `len` bytes from `start` of a blob as a stream of chunks, read on one
+/// blocking thread through a short queue (memory stays flat; a short read is an
+/// error, never a silently shorter body). Shared by uploads and by `serve`.
+pub fn range_stream(
+    source: Arc<dyn RangeRead>,
+    start: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut r = match source.open_range(start, len) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        let mut left = len;
+        while left > 0 {
+            let mut buf = vec![0u8; IO_BUFFER_BYTES.min(left as usize)];
+            if let Err(e) = Read::read_exact(&mut r, &mut buf) {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+            left -= buf.len() as u64;
+            if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
+                return; // the receiver went away
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}

@@ -1,0 +1,514 @@
+//! Copying images between any two transports: platform choice, one walk per
+//! image, every unique blob moved once (concurrently, `jobs` at a time, each
+//! digest by one task), manifests after their children, the name last.
+//! Digests are preserved unless a conversion was asked for or the
+//! destination cannot hold the source's manifest type (then the new digest is
+//! reported). The engine names no transport: it sees only [`Source`] and
+//! [`Destination`].
+
+pub mod convert;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use futures_util::{StreamExt, stream};
+
+use crate::blob::BlobBody;
+use crate::digest::Digest;
+use crate::image::{self, ImageWalk, Selection, WalkOptions};
+use crate::manifest::{Descriptor, Platform, RawManifest};
+use crate::media_type;
+use crate::transport::{Destination, Put, Source, TransportError};
+pub use convert::Format;
+
+/// Progress events, so the CLI can draw bars without the library printing.
+pub trait Progress: Send + Sync {
+    /// The work is known: totals.
+    fn planned(&self, _images: usize, _blobs: usize, _bytes_to_fetch: u64) {}
+    /// A blob arrived (or was found present).
+    fn fetched(&self, _bytes: u64) {}
+    /// Packing starts, with the bytes to pack (bundles).
+    fn packing(&self, _bytes: u64) {}
+}
+
+/// No progress output.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Which part of a multi-platform image to copy (skopeo's `--multi-arch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MultiArch {
+    /// The one image for this platform; the index itself is not copied (skopeo's default, `system`).
+    System(Platform),
+    /// The index and every child (`--all`, `--multi-arch all`).
+    All,
+    /// The index alone (`--multi-arch index-only`).
+    IndexOnly,
+    /// The index with these platforms' children; the others are left out (a sparse index, as bundles keep).
+    Platforms(Vec<Platform>),
+}
+
+impl MultiArch {
+    /// The platform of this machine (linux and the CPU ferry was built for), as skopeo chooses by default.
+    pub fn system() -> MultiArch {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            a => a,
+        };
+        MultiArch::System(Platform {
+            os: "linux".into(),
+            architecture: arch.into(),
+            ..Platform::default()
+        })
+    }
+}
+
+/// How a copy behaves.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Which platforms.
+    pub multi_arch: MultiArch,
+    /// Fail rather than change a digest (no conversion, no rewritten index).
+    pub preserve_digests: bool,
+    /// Convert manifests to this format (`--format`).
+    pub format: Option<Format>,
+    /// Push an index of the present children when the source's index is sparse and the destination refuses it.
+    pub rewrite_sparse_index: bool,
+    /// Blobs moved at once.
+    pub jobs: usize,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            multi_arch: MultiArch::system(),
+            preserve_digests: false,
+            format: None,
+            rewrite_sparse_index: false,
+            jobs: crate::limits::DEFAULT_JOBS,
+        }
+    }
+}
+
+/// What copying one image did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Copied {
+    /// The source image.
+    pub source: String,
+    /// The destination image.
+    pub destination: String,
+    /// The source's top digest.
+    pub source_digest: Digest,
+    /// The digest written (differs when converted or rewritten).
+    pub digest: Digest,
+    /// Manifests written (children and top).
+    pub manifests: usize,
+}
+
+/// An index written with a new digest because its children were left out or converted.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rewritten {
+    /// The destination image.
+    pub image: String,
+    /// The source's digest.
+    pub original: Digest,
+    /// The digest written.
+    pub pushed: Digest,
+}
+
+/// What a copy of one or more images did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CopySummary {
+    /// Images copied.
+    pub images: usize,
+    /// Blobs written or uploaded.
+    pub blobs_uploaded: usize,
+    /// Their bytes.
+    pub bytes_uploaded: u64,
+    /// Blobs mounted from another repository of the destination.
+    pub blobs_mounted: usize,
+    /// Blobs the destination had already.
+    pub blobs_present: usize,
+    /// Manifests written.
+    pub manifests: usize,
+    /// Indexes written with a new digest.
+    pub rewritten: Vec<Rewritten>,
+    /// Each image.
+    pub copied: Vec<Copied>,
+}
+
+/// Why a copy failed; names the image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CopyError {
+    /// The source could not be read or the image walked.
+    #[error("{image}: {cause}")]
+    Source {
+        /// The source image.
+        image: String,
+        /// Why.
+        cause: String,
+    },
+    /// The destination refused or failed.
+    #[error("{image}: {source}")]
+    Destination {
+        /// The destination image.
+        image: String,
+        /// Why.
+        source: Box<TransportError>,
+    },
+    /// A sparse index the destination will not take as it is.
+    #[error(
+        "{image}: the target refused the index {digest} because {absent} of its platforms are not in the source ({source}); \
+         bundle again with --all-platforms, or push with --rewrite-sparse-index to push an index of the present platforms (its digest changes)"
+    )]
+    SparseIndex {
+        /// The destination image.
+        image: String,
+        /// The index.
+        digest: Digest,
+        /// How many children are absent.
+        absent: usize,
+        /// What the destination said.
+        source: Box<TransportError>,
+    },
+    /// A digest would change but `--preserve-digests` was given.
+    #[error("{image}: {why}, which changes its digest; --preserve-digests forbids that")]
+    WouldChangeDigest {
+        /// The source image.
+        image: String,
+        /// What would change it.
+        why: String,
+    },
+    /// Several images failed (each on its own line); the others were copied.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<CopyError>),
+}
+
+/// One image to copy: where from, where to.
+pub struct Job<S, D> {
+    /// The source.
+    pub source: S,
+    /// The destination.
+    pub destination: D,
+}
+
+/// An image read and planned: its walk, and what to write.
+struct Planned {
+    walk: ImageWalk,
+    /// Manifests to write, children first; the last is the top.
+    writes: Vec<RawManifest>,
+    source_digest: Digest,
+    rewritten: bool,
+}
+
+/// Copies one image; see the module docs.
+pub async fn copy<S: Source, D: Destination>(
+    source: S,
+    destination: D,
+    opts: &CopyOptions,
+    progress: &dyn Progress,
+) -> Result<CopySummary, CopyError> {
+    match copy_all(
+        vec![Job {
+            source,
+            destination,
+        }],
+        opts,
+        progress,
+    )
+    .await
+    {
+        Err(CopyError::Several(mut v)) if v.len() == 1 => Err(v.pop().expect("one")),
+        other => other,
+    }
+}
+
+/// Reads the top manifest and walks the image the options select.
+async fn plan<S: Source, D: Destination>(
+    job: &Job<S, D>,
+    opts: &CopyOptions,
+) -> Result<Planned, CopyError> {
+    let name = job.source.name();
+    let src_err = |cause: String| CopyError::Source {
+        image: name.clone(),
+        cause,
+    };
+    let mut top = job.source.top().await.map_err(|e| src_err(e.to_string()))?;
+    let props = job.destination.properties();
+    let mut multi = opts.multi_arch.clone();
+    if media_type::is_index(top.media_type()) && !props.accepts_index {
+        // One image only (docker-archive): choose it as skopeo does.
+        if !matches!(multi, MultiArch::System(_)) {
+            return Err(src_err(format!(
+                "{} holds one image, and {} is a multi-platform index; copy one platform (leave out --all)",
+                job.destination.name(),
+                top.digest()
+            )));
+        }
+    }
+    if let MultiArch::System(want) = &multi
+        && media_type::is_index(top.media_type())
+    {
+        let parsed = top
+            .parse()
+            .map_err(|e| src_err(format!("manifest {}: {e}", top.digest())))?;
+        let child = parsed
+            .children()
+            .iter()
+            .find(|c| c.platform.as_ref().is_some_and(|p| want.matches(p)))
+            .ok_or_else(|| {
+                let have: Vec<String> = parsed
+                    .children()
+                    .iter()
+                    .map(|c| c.platform.as_ref().map_or_else(|| "unknown".into(), ToString::to_string))
+                    .collect();
+                src_err(format!(
+                    "no image for {want} in index {} (it has {}); choose one with --override-os/--override-arch, or copy all with --all",
+                    top.digest(),
+                    have.join(", ")
+                ))
+            })?;
+        let digest = child.digest.clone();
+        top = job
+            .source
+            .manifest(&digest)
+            .await
+            .map_err(|e| src_err(e.to_string()))?
+            .ok_or_else(|| {
+                src_err(format!(
+                    "index {} lists {digest}, which the source does not have",
+                    top.digest()
+                ))
+            })?;
+        multi = MultiArch::All;
+    }
+    let walk_opts = WalkOptions {
+        selection: match &multi {
+            MultiArch::All | MultiArch::System(_) => Selection::All,
+            MultiArch::IndexOnly => Selection::IndexOnly,
+            MultiArch::Platforms(p) => Selection::Platforms(p.clone()),
+        },
+        allow_absent: true,
+    };
+    let source_digest = top.digest().clone();
+    let walk = image::walk(&SourceManifests(&job.source), top, &walk_opts)
+        .await
+        .map_err(|e| src_err(e.to_string()))?;
+    // A kept child the source lacks is only acceptable from sources that hold sparse indexes (bundles, roots).
+    let sparse = walk
+        .children
+        .iter()
+        .any(|c| !c.selected || c.manifest.is_none());
+    let (writes, rewritten) =
+        convert::plan_writes(&walk, &props, opts, sparse).map_err(|why| match why {
+            convert::Refusal::DigestChange(why) => CopyError::WouldChangeDigest {
+                image: name.clone(),
+                why,
+            },
+            convert::Refusal::Cannot(why) => src_err(why),
+        })?;
+    Ok(Planned {
+        walk,
+        writes,
+        source_digest,
+        rewritten,
+    })
+}
+
+/// Lets the image walk read manifests through any [`Source`].
+struct SourceManifests<'a, S>(&'a S);
+
+impl<S: Source> image::Manifests for SourceManifests<'_, S> {
+    type Error = TransportError;
+    fn manifest(
+        &self,
+        digest: &Digest,
+    ) -> impl std::future::Future<Output = Result<Option<RawManifest>, TransportError>> + Send {
+        self.0.manifest(digest)
+    }
+}
+
+/// Copies several images with one pool of blob transfers: every manifest is
+/// read before any blob moves (a bad source fails first), each blob digest is
+/// handled by one task for every destination that needs it, and an image
+/// whose blobs failed is not named at its destination.
+pub async fn copy_all<S: Source, D: Destination>(
+    jobs: Vec<Job<S, D>>,
+    opts: &CopyOptions,
+    progress: &dyn Progress,
+) -> Result<CopySummary, CopyError> {
+    let mut planned = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        planned.push(plan(job, opts).await?);
+    }
+    // digest → (descriptor, the jobs that need it)
+    let mut blobs: BTreeMap<Digest, (Descriptor, Vec<usize>)> = BTreeMap::new();
+    let mut order: Vec<Digest> = Vec::new();
+    for (i, p) in planned.iter().enumerate() {
+        for b in &p.walk.blobs {
+            let e = blobs.entry(b.digest.clone()).or_insert_with(|| {
+                order.push(b.digest.clone());
+                (b.clone(), Vec::new())
+            });
+            e.1.push(i);
+        }
+    }
+    let total: u64 = blobs.values().map(|(d, _)| d.size).sum();
+    progress.planned(jobs.len(), blobs.len(), total);
+
+    let counts = Counts::default();
+    let ordered = jobs
+        .iter()
+        .any(|j| j.destination.properties().ordered_blobs);
+    let transfers = stream::iter(order.iter()).map(|d| {
+        let (desc, users) = &blobs[d];
+        let (jobs, counts) = (&jobs, &counts);
+        async move {
+            let mut failed = Vec::new();
+            for &i in users {
+                if let Err(e) = transfer(&jobs[i], desc, counts).await {
+                    failed.push((i, e));
+                }
+            }
+            progress.fetched(desc.size);
+            failed
+        }
+    });
+    let failures: Vec<(usize, CopyError)> = if ordered {
+        transfers.buffered(1).collect::<Vec<_>>().await
+    } else {
+        transfers
+            .buffer_unordered(opts.jobs.max(1))
+            .collect::<Vec<_>>()
+            .await
+    }
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut failed: HashMap<usize, CopyError> = HashMap::new();
+    for (i, e) in failures {
+        failed.entry(i).or_insert(e);
+    }
+
+    let mut summary = CopySummary {
+        blobs_uploaded: counts.written.into_inner(),
+        bytes_uploaded: counts.bytes.into_inner(),
+        blobs_mounted: counts.mounted.into_inner(),
+        blobs_present: counts.present.into_inner(),
+        ..CopySummary::default()
+    };
+    let mut errors = Vec::new();
+    for (i, (job, p)) in jobs.iter().zip(&planned).enumerate() {
+        if let Some(e) = failed.remove(&i) {
+            errors.push(e);
+            continue;
+        }
+        match write_manifests(job, p).await {
+            Ok(n) => {
+                let top = p.writes.last().expect("the top is always written");
+                summary.manifests += n;
+                summary.images += 1;
+                if p.rewritten {
+                    summary.rewritten.push(Rewritten {
+                        image: job.destination.name(),
+                        original: p.source_digest.clone(),
+                        pushed: top.digest().clone(),
+                    });
+                }
+                summary.copied.push(Copied {
+                    source: job.source.name(),
+                    destination: job.destination.name(),
+                    source_digest: p.source_digest.clone(),
+                    digest: top.digest().clone(),
+                    manifests: n,
+                });
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(CopyError::Several(errors));
+    }
+    Ok(summary)
+}
+
+#[derive(Default)]
+struct Counts {
+    written: AtomicUsize,
+    bytes: AtomicU64,
+    mounted: AtomicUsize,
+    present: AtomicUsize,
+}
+
+/// Moves one blob between two transports: skipped when the destination has
+/// it, else read from the source and put (verified on the way).
+pub async fn copy_blob<S: Source, D: Destination>(
+    source: &S,
+    destination: &D,
+    desc: &Descriptor,
+) -> Result<Put, CopyError> {
+    let dst_err = |e: TransportError| CopyError::Destination {
+        image: format!("{} (blob {})", destination.name(), desc.digest),
+        source: Box::new(e),
+    };
+    if destination.has_blob(desc).await.map_err(dst_err)? {
+        return Ok(Put::Present);
+    }
+    let body: BlobBody = source.blob(desc).await.map_err(|e| CopyError::Source {
+        image: format!("{} (blob {})", source.name(), desc.digest),
+        cause: e.to_string(),
+    })?;
+    destination.put_blob(desc, body).await.map_err(dst_err)
+}
+
+/// [`copy_blob`] for one job, counted.
+async fn transfer<S: Source, D: Destination>(
+    job: &Job<S, D>,
+    desc: &Descriptor,
+    counts: &Counts,
+) -> Result<(), CopyError> {
+    match copy_blob(&job.source, &job.destination, desc).await? {
+        Put::Present => counts.present.fetch_add(1, Ordering::Relaxed),
+        Put::Mounted => counts.mounted.fetch_add(1, Ordering::Relaxed),
+        Put::Written => {
+            counts.bytes.fetch_add(desc.size, Ordering::Relaxed);
+            counts.written.fetch_add(1, Ordering::Relaxed)
+        }
+    };
+    Ok(())
+}
+
+/// Children first, then the top with its name; a refused sparse index says how to get past it.
+async fn write_manifests<S: Source, D: Destination>(
+    job: &Job<S, D>,
+    p: &Planned,
+) -> Result<usize, CopyError> {
+    let dst_err = |e: TransportError| CopyError::Destination {
+        image: job.destination.name(),
+        source: Box::new(e),
+    };
+    let (top, children) = p.writes.split_last().expect("the top is always written");
+    for c in children {
+        job.destination.put_manifest(c).await.map_err(dst_err)?;
+    }
+    // Children left out by the bundle's platform choice, or not in the source.
+    let absent = p
+        .walk
+        .children
+        .iter()
+        .filter(|c| c.manifest.is_none())
+        .count();
+    match job.destination.commit(top).await {
+        Ok(()) => Ok(p.writes.len()),
+        Err(e) if absent > 0 && !p.rewritten => Err(CopyError::SparseIndex {
+            image: job.destination.name(),
+            digest: top.digest().clone(),
+            absent,
+            source: Box::new(e),
+        }),
+        Err(e) => Err(dst_err(e)),
+    }
+}

@@ -1,0 +1,141 @@
+//! Read access to a whole collection of images, scoped by repository as
+//! distribution scopes it: a registry root, or bundle files read in place.
+//! `serve` answers from it, and the `registry-root:` and `ferry-bundle:`
+//! sources read one image of it.
+
+use std::sync::Arc;
+
+use crate::digest::Digest;
+use crate::manifest::RawManifest;
+use crate::store::{Store, StoreError};
+
+use super::{Result as TResult, Source, TransportError};
+use crate::blob::{BlobBody, BlobLocation, FileRange};
+use crate::manifest::Descriptor;
+use crate::reference::Reference;
+
+/// Read access to images, scoped by repository as distribution scopes it (only what a repository links is served from it).
+pub trait Catalog: Send + Sync + 'static {
+    /// Every repository.
+    fn repositories(&self) -> Result<Vec<String>, StoreError>;
+    /// The tags of a repository; `None` when the repository does not exist.
+    fn tags(&self, repo: &str) -> Result<Option<Vec<String>>, StoreError>;
+    /// The digest a tag points at.
+    fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, StoreError>;
+    /// A manifest the repository links.
+    fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<RawManifest>, StoreError>;
+    /// A config or layer blob the repository links.
+    fn blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLocation>, StoreError>;
+}
+
+impl Catalog for Store {
+    fn repositories(&self) -> Result<Vec<String>, StoreError> {
+        Store::repositories(self)
+    }
+
+    fn tags(&self, repo: &str) -> Result<Option<Vec<String>>, StoreError> {
+        if !self
+            .path(crate::store::paths::PathSpec::Repository(repo))
+            .is_dir()
+        {
+            return Ok(None);
+        }
+        Store::tags(self, repo).map(Some)
+    }
+
+    fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, StoreError> {
+        Store::resolve_tag(self, repo, tag)
+    }
+
+    fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<RawManifest>, StoreError> {
+        if !self.has_revision(repo, digest) {
+            return Ok(None);
+        }
+        match self.read_manifest(digest) {
+            Ok(m) => Ok(Some(m)),
+            Err(StoreError::BlobUnknown(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLocation>, StoreError> {
+        if !self.has_layer_link(repo, digest) {
+            return Ok(None);
+        }
+        Ok(self.blob_size(digest)?.map(|size| BlobLocation {
+            size,
+            source: Arc::new(FileRange(
+                self.path(crate::store::paths::PathSpec::BlobData(digest)),
+            )),
+        }))
+    }
+}
+
+/// One image of a [`Catalog`], as a [`Source`]: the `registry-root:` and `ferry-bundle:` transports.
+pub struct CatalogSource<C: Catalog> {
+    catalog: Arc<C>,
+    repo: String,
+    reference: Reference,
+    name: String,
+}
+
+impl<C: Catalog> CatalogSource<C> {
+    /// The image `reference` (its repository, tag or digest) of `catalog`; `name` is how the user wrote it.
+    pub fn new(catalog: Arc<C>, reference: Reference, name: String) -> CatalogSource<C> {
+        CatalogSource {
+            catalog,
+            repo: reference.repository().to_string(),
+            reference,
+            name,
+        }
+    }
+
+    /// The catalog, to open more images of it.
+    pub fn catalog(&self) -> &Arc<C> {
+        &self.catalog
+    }
+}
+
+impl<C: Catalog> Source for CatalogSource<C> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn top(&self) -> TResult<RawManifest> {
+        let digest = match self.reference.digest() {
+            Some(d) => d.clone(),
+            None => {
+                let tag = self
+                    .reference
+                    .effective_tag()
+                    .unwrap_or(crate::reference::DEFAULT_TAG);
+                self.catalog.resolve_tag(&self.repo, tag)?.ok_or_else(|| {
+                    TransportError::NotFound(format!("{}: tag {tag} not found", self.name))
+                })?
+            }
+        };
+        self.catalog.manifest(&self.repo, &digest)?.ok_or_else(|| {
+            TransportError::NotFound(format!("{}: manifest {digest} not found", self.name))
+        })
+    }
+
+    async fn manifest(&self, digest: &Digest) -> TResult<Option<RawManifest>> {
+        Ok(self.catalog.manifest(&self.repo, digest)?)
+    }
+
+    async fn blob(&self, desc: &Descriptor) -> TResult<BlobBody> {
+        let loc = self
+            .catalog
+            .blob(&self.repo, &desc.digest)?
+            .ok_or_else(|| {
+                TransportError::NotFound(format!("{}: blob {} not found", self.name, desc.digest))
+            })?;
+        if loc.size != desc.size {
+            return Err(TransportError::Corrupt {
+                digest: desc.digest.clone(),
+                cause: format!("{} bytes held, the manifest says {}", loc.size, desc.size),
+            });
+        }
+        Ok(BlobBody::Local(loc))
+    }
+}

@@ -1,0 +1,328 @@
+//! Where images come from and go to: one [`Source`] / [`Destination`] pair
+//! of traits and one implementation per transport, named in skopeo's syntax
+//! (`docker://`, `dir:`, `oci:`, `oci-archive:`, `docker-archive:`,
+//! `docker-daemon:`) plus ferry's own `registry-root:` (a registry v2 root on
+//! disk, no server) and `ferry-bundle:` (a bundle read in place).
+//!
+//! Everything that moves images goes through these traits; the copy engine
+//! names no transport. The call order on a destination is part of the
+//! contract (as in containers/image):
+//!
+//! 1. [`Destination::has_blob`] / [`Destination::put_blob`] for every config
+//!    and layer, in any order and concurrently (unless
+//!    [`DestProperties::ordered_blobs`] says otherwise);
+//! 2. [`Destination::put_manifest`] for every child manifest, children
+//!    before the index that lists them;
+//! 3. [`Destination::commit`] with the top manifest: it writes the top
+//!    manifest and its name (tag). Nothing is named before commit, so a copy
+//!    that fails leaves no tag; a destination that writes one file (an
+//!    archive) deletes its temp output when dropped uncommitted.
+
+pub mod bundle;
+pub mod catalog;
+
+pub mod registry;
+pub mod root;
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+
+use crate::blob::BlobBody;
+use crate::digest::Digest;
+use crate::manifest::{Descriptor, RawManifest};
+use crate::reference::{Reference, ReferenceError};
+
+pub use catalog::Catalog;
+
+/// Why a transport failed; names the image or path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// A registry request failed.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    /// A registry root failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A bundle was refused.
+    #[error(transparent)]
+    Bundle(#[from] crate::bundlefile::read::ReadError),
+    /// A manifest does not parse or is of a kind the transport cannot hold.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    /// A file-system call failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The image or tag is not there.
+    #[error("{0}")]
+    NotFound(String),
+    /// Content that does not match its digest or size.
+    #[error("blob {digest}: {cause}")]
+    Corrupt {
+        /// The blob.
+        digest: Digest,
+        /// What did not match.
+        cause: String,
+    },
+    /// A reference or path this transport cannot use.
+    #[error("{0}")]
+    Invalid(String),
+    /// The transport cannot do this (a read-only source, an archive that holds one image).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Result alias for transports.
+pub type Result<T, E = TransportError> = std::result::Result<T, E>;
+
+impl TransportError {
+    /// An I/O error with its path and operation.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| TransportError::Io { op, path, source }
+    }
+}
+
+/// Read access to one image (the reference given on the command line).
+pub trait Source: Send + Sync {
+    /// The image as the user named it, for messages.
+    fn name(&self) -> String;
+
+    /// The manifest the reference names (a tag resolved, or a pinned digest checked).
+    fn top(&self) -> impl Future<Output = Result<RawManifest>> + Send;
+
+    /// A manifest by digest; `None` when the source does not hold it (an absent child of a sparse index).
+    fn manifest(&self, digest: &Digest)
+    -> impl Future<Output = Result<Option<RawManifest>>> + Send;
+
+    /// A config or layer blob. A [`BlobBody::Stream`] is verified by the source:
+    /// it ends with an `InvalidData` error instead of ending cleanly when the bytes
+    /// do not match `desc`. A [`BlobBody::Local`] is checked by the destination.
+    fn blob(&self, desc: &Descriptor) -> impl Future<Output = Result<BlobBody>> + Send;
+}
+
+/// What a destination can hold, so the copy engine adapts without naming it.
+#[derive(Debug, Clone, Default)]
+pub struct DestProperties {
+    /// Manifest media types it stores; empty means any. The engine converts
+    /// (Docker ⇄ OCI) when the source's type is not among them.
+    pub manifest_types: Vec<&'static str>,
+    /// Whether it can hold an index and its children (`docker-archive:` cannot).
+    pub accepts_index: bool,
+    /// Whether it takes an index some of whose children are absent.
+    pub accepts_sparse_index: bool,
+    /// Whether blobs must be put one at a time in the order given (a stream written front to back).
+    pub ordered_blobs: bool,
+    /// Whether it re-hashes local bodies itself as it writes them (so the engine need not).
+    pub verifies_local: bool,
+}
+
+/// How a blob reached a destination, for summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// It was there.
+    Present,
+    /// Mounted from another repository of the same registry.
+    Mounted,
+    /// Written or uploaded.
+    Written,
+}
+
+/// Write access for one image; see the module docs for the call order.
+pub trait Destination: Send + Sync {
+    /// The image as the user named it, for messages.
+    fn name(&self) -> String;
+
+    /// What it can hold.
+    fn properties(&self) -> DestProperties;
+
+    /// Whether the blob is there already (so it need not be read from the source).
+    fn has_blob(&self, desc: &Descriptor) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Writes a blob, verified against `desc` before it becomes visible; a no-op when present.
+    fn put_blob(
+        &self,
+        desc: &Descriptor,
+        body: BlobBody,
+    ) -> impl Future<Output = Result<Put>> + Send;
+
+    /// Writes a child manifest (after its blobs and children, before its parents).
+    fn put_manifest(&self, manifest: &RawManifest) -> impl Future<Output = Result<()>> + Send;
+
+    /// Writes the top manifest and names it; the last call of a copy.
+    fn commit(&self, top: &RawManifest) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// An image reference in skopeo's `transport:reference` syntax, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// `docker://HOST/REPO[:TAG|@DIGEST]`.
+    Docker(Reference),
+    /// `dir:PATH`.
+    Dir(PathBuf),
+    /// `oci:PATH[:REF]`.
+    Oci(PathBuf, Option<String>),
+    /// `oci-archive:PATH[:REF]`.
+    OciArchive(PathBuf, Option<String>),
+    /// `docker-archive:PATH[:REF]`.
+    DockerArchive(PathBuf, Option<String>),
+    /// `docker-daemon:NAME[:TAG]`.
+    DockerDaemon(Reference),
+    /// `registry-root:ROOT/REPO[:TAG|@DIGEST]` (ROOT is a directory holding `docker/registry/v2`).
+    RegistryRoot(PathBuf, Reference),
+    /// `ferry-bundle:FILE[:REPO[:TAG|@DIGEST]]`.
+    Bundle(PathBuf, Option<Reference>),
+}
+
+/// The transports, for messages.
+pub const TRANSPORTS: &str = "docker://, dir:, oci:, oci-archive:, docker-archive:, docker-daemon:, registry-root:, ferry-bundle:";
+
+fn split_path_ref(rest: &str) -> (PathBuf, Option<String>) {
+    match rest.rsplit_once(':') {
+        Some((p, r)) if !r.contains('/') && !p.is_empty() => {
+            (PathBuf::from(p), Some(r.to_string()))
+        }
+        _ => (PathBuf::from(rest), None),
+    }
+}
+
+fn parse_ref(what: &str, s: &str) -> Result<Reference> {
+    Reference::parse(s).map_err(|e: ReferenceError| TransportError::Invalid(format!("{what}: {e}")))
+}
+
+impl ImageRef {
+    /// Parses `transport:reference` exactly as skopeo does (the transport is everything before the first colon).
+    pub fn parse(s: &str) -> Result<ImageRef> {
+        let Some((transport, rest)) = s.split_once(':') else {
+            return Err(TransportError::Invalid(format!(
+                "{s:?} names no transport; use one of {TRANSPORTS}"
+            )));
+        };
+        let empty =
+            |t: &str| TransportError::Invalid(format!("{s:?}: {t} needs a path or reference"));
+        if rest.is_empty() {
+            return Err(empty(transport));
+        }
+        Ok(match transport {
+            "docker" => {
+                let r = rest.strip_prefix("//").ok_or_else(|| {
+                    TransportError::Invalid(format!(
+                        "{s:?}: docker references start with docker://"
+                    ))
+                })?;
+                ImageRef::Docker(parse_ref(s, r)?)
+            }
+            "dir" => ImageRef::Dir(PathBuf::from(rest)),
+            "oci" => {
+                let (p, r) = split_path_ref(rest);
+                ImageRef::Oci(p, r)
+            }
+            "oci-archive" => {
+                let (p, r) = split_path_ref(rest);
+                ImageRef::OciArchive(p, r)
+            }
+            "docker-archive" => {
+                let (p, r) = split_path_ref(rest);
+                ImageRef::DockerArchive(p, r)
+            }
+            "docker-daemon" => ImageRef::DockerDaemon(parse_ref(s, rest)?),
+            "registry-root" => {
+                // ROOT is the longest prefix that is a directory holding the layout; the rest is REPO[:TAG].
+                let root_end = rest
+                    .match_indices('/')
+                    .map(|(i, _)| i)
+                    .filter(|&i| i > 0)
+                    .rev()
+                    .find(|&i| crate::store::Store::open(&rest[..i]).exists())
+                    .ok_or_else(|| {
+                        TransportError::Invalid(format!(
+                            "{s:?}: no registry root (a directory holding docker/registry/v2) before the repository; \
+                             write registry-root:ROOT/REPO[:TAG], with ROOT created first"
+                        ))
+                    })?;
+                ImageRef::RegistryRoot(
+                    PathBuf::from(&rest[..root_end]),
+                    parse_ref(s, &rest[root_end + 1..])?,
+                )
+            }
+            "ferry-bundle" => {
+                let (path, r) = match rest.split_once(':') {
+                    Some((p, r)) if !r.is_empty() => (p, Some(parse_ref(s, r)?)),
+                    _ => (rest, None),
+                };
+                ImageRef::Bundle(PathBuf::from(path), r)
+            }
+            other => {
+                return Err(TransportError::Invalid(format!(
+                    "unknown transport {other:?} in {s:?}; use one of {TRANSPORTS}"
+                )));
+            }
+        })
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let opt = |r: &Option<String>| r.as_deref().map(|r| format!(":{r}")).unwrap_or_default();
+        match self {
+            ImageRef::Docker(r) => write!(f, "docker://{r}"),
+            ImageRef::Dir(p) => write!(f, "dir:{}", p.display()),
+            ImageRef::Oci(p, r) => write!(f, "oci:{}{}", p.display(), opt(r)),
+            ImageRef::OciArchive(p, r) => write!(f, "oci-archive:{}{}", p.display(), opt(r)),
+            ImageRef::DockerArchive(p, r) => write!(f, "docker-archive:{}{}", p.display(), opt(r)),
+            ImageRef::DockerDaemon(r) => write!(f, "docker-daemon:{r}"),
+            ImageRef::RegistryRoot(p, r) => write!(f, "registry-root:{}/{r}", p.display()),
+            ImageRef::Bundle(p, r) => match r {
+                Some(r) => write!(f, "ferry-bundle:{}:{r}", p.display()),
+                None => write!(f, "ferry-bundle:{}", p.display()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_skopeo_syntax() {
+        let ok = [
+            (
+                "docker://127.0.0.1:5000/a/b:1",
+                "docker://127.0.0.1:5000/a/b:1",
+            ),
+            ("dir:/tmp/x", "dir:/tmp/x"),
+            ("oci:/tmp/lay:v1", "oci:/tmp/lay:v1"),
+            ("oci:/tmp/lay", "oci:/tmp/lay"),
+            ("oci-archive:/tmp/a.tar:x", "oci-archive:/tmp/a.tar:x"),
+            ("docker-archive:/tmp/a.tar", "docker-archive:/tmp/a.tar"),
+            (
+                "ferry-bundle:/b.tar.zst:app/web:1",
+                "ferry-bundle:/b.tar.zst:app/web:1",
+            ),
+        ];
+        for (s, want) in ok {
+            assert_eq!(ImageRef::parse(s).unwrap().to_string(), want, "{s}");
+        }
+        for bad in [
+            "nothing",
+            "ftp:/x",
+            "docker:/x",
+            "docker://",
+            "dir:",
+            "docker://UPPER/x",
+        ] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad}");
+        }
+        let e = ImageRef::parse("ftp:/x").unwrap_err().to_string();
+        assert!(e.contains("unknown transport \"ftp\""), "{e}");
+    }
+}

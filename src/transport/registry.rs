@@ -1,0 +1,237 @@
+//! `docker://HOST/REPO[:TAG|@DIGEST]`: a registry through the distribution
+//! API. Reading pins the tag with one HEAD, then GETs by digest (so a tag
+//! that moves mid-copy cannot mix two images); blobs come as verified
+//! streams. Writing skips blobs the repository has, mounts blobs this run
+//! already pushed to another repository of the same registry, and names the
+//! image last.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::{DestProperties, Destination, Put, Result, Source, TransportError};
+use crate::blob::BlobBody;
+use crate::digest::Digest;
+use crate::manifest::{Descriptor, RawManifest};
+use crate::reference::Reference;
+use crate::registry::uploads::BlobPush;
+use crate::registry::{Client, ClientOptions, RegistryError};
+
+/// Clients per registry host, created on first use and shared (one connection pool and token cache per host).
+#[derive(Debug, Default)]
+pub struct Clients {
+    map: Mutex<HashMap<String, Client>>,
+}
+
+impl Clients {
+    /// The client for `host`.
+    pub fn get(&self, host: &str, opts: &ClientOptions) -> Result<Client, RegistryError> {
+        let mut map = self.map.lock().unwrap();
+        if let Some(c) = map.get(host) {
+            return Ok(c.clone());
+        }
+        let c = Client::new(host, opts)?;
+        map.insert(host.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+/// Turns a 404 on a tag into a message that says which tag.
+fn not_found(e: RegistryError, what: &str) -> TransportError {
+    if e.is_not_found() {
+        TransportError::NotFound(format!("{what} not found: {e}"))
+    } else {
+        e.into()
+    }
+}
+
+/// One image of a registry, read.
+pub struct RegistrySource {
+    client: Client,
+    repo: String,
+    /// The tag or digest to read.
+    reference: String,
+    name: String,
+}
+
+impl RegistrySource {
+    /// The image `repo:reference` (a tag or a digest) at `client`'s registry; `name` is how the user wrote it.
+    pub fn new(client: Client, repo: String, reference: String, name: String) -> RegistrySource {
+        RegistrySource {
+            client,
+            repo,
+            reference,
+            name,
+        }
+    }
+
+    /// Opens `docker://` reference `r` (`default_registry` for a name without a host).
+    pub fn open(
+        clients: &Clients,
+        r: &Reference,
+        default_registry: &str,
+        opts: &ClientOptions,
+    ) -> Result<RegistrySource> {
+        let client = clients.get(r.registry(default_registry), opts)?;
+        Ok(RegistrySource::new(
+            client,
+            r.remote_repository(default_registry),
+            r.remote_ref(),
+            format!("docker://{r}"),
+        ))
+    }
+
+    /// The repository at the registry.
+    pub fn repository(&self) -> &str {
+        &self.repo
+    }
+
+    /// The client, to list tags or open other images of the same registry.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Source for RegistrySource {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn top(&self) -> Result<RawManifest> {
+        if let Ok(d) = Digest::parse(&self.reference) {
+            return self
+                .client
+                .get_manifest(&self.repo, &d.to_string())
+                .await
+                .map_err(|e| not_found(e, &format!("manifest {d}")));
+        }
+        let tag = self.reference.as_str();
+        // HEAD pins the digest; a HEAD 404 has no body, so GET by tag then, whose error says why.
+        let head = match self.client.head_manifest(&self.repo, tag).await {
+            Err(e) if e.is_not_found() => None,
+            other => other.map_err(|e| not_found(e, &format!("tag {tag}")))?,
+        };
+        match head {
+            Some(h) => self
+                .client
+                .get_manifest(&self.repo, &h.digest.to_string())
+                .await
+                .map_err(|e| not_found(e, &format!("manifest {}", h.digest))),
+            None => self
+                .client
+                .get_manifest(&self.repo, tag)
+                .await
+                .map_err(|e| not_found(e, &format!("tag {tag}"))),
+        }
+    }
+
+    async fn manifest(&self, digest: &Digest) -> Result<Option<RawManifest>> {
+        match self
+            .client
+            .get_manifest(&self.repo, &digest.to_string())
+            .await
+        {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn blob(&self, desc: &Descriptor) -> Result<BlobBody> {
+        Ok(BlobBody::Stream(
+            self.client.get_blob(&self.repo, desc).await?,
+        ))
+    }
+}
+
+/// Blobs already pushed to some repository of a registry in this run, so
+/// later repositories mount them instead of uploading again.
+#[derive(Debug, Default)]
+pub struct Pushed(Mutex<HashMap<(String, Digest), String>>);
+
+/// One image of a registry, written.
+pub struct RegistryDest {
+    client: Client,
+    repo: String,
+    /// Tag to name the image with; `None` pushes by digest only.
+    tag: Option<String>,
+    pushed: Arc<Pushed>,
+}
+
+impl RegistryDest {
+    /// Writes into `repo`, tagging with `tag`; `pushed` is shared by every destination of one run.
+    pub fn new(
+        client: Client,
+        repo: String,
+        tag: Option<String>,
+        pushed: Arc<Pushed>,
+    ) -> RegistryDest {
+        RegistryDest {
+            client,
+            repo,
+            tag,
+            pushed,
+        }
+    }
+}
+
+impl Destination for RegistryDest {
+    fn name(&self) -> String {
+        let tag = self
+            .tag
+            .as_deref()
+            .map(|t| format!(":{t}"))
+            .unwrap_or_default();
+        format!("docker://{}/{}{tag}", self.client.host(), self.repo)
+    }
+
+    fn properties(&self) -> DestProperties {
+        DestProperties {
+            manifest_types: Vec::new(),
+            accepts_index: true,
+            accepts_sparse_index: false,
+            ordered_blobs: false,
+            verifies_local: true,
+        }
+    }
+
+    async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
+        Ok(self.client.has_blob(&self.repo, &desc.digest).await?)
+    }
+
+    /// Mounts or uploads; the engine has asked [`Destination::has_blob`] just before.
+    async fn put_blob(&self, desc: &Descriptor, body: BlobBody) -> Result<Put> {
+        let key = (self.client.host().to_string(), desc.digest.clone());
+        let from = self.pushed.0.lock().unwrap().get(&key).cloned();
+        let from = from.filter(|f| f != &self.repo);
+        let r = self
+            .client
+            .upload_blob(&self.repo, &desc.digest, desc.size, from.as_deref(), body)
+            .await?;
+        self.pushed
+            .0
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_insert_with(|| self.repo.clone());
+        Ok(match r {
+            BlobPush::Present => Put::Present,
+            BlobPush::Mounted => Put::Mounted,
+            BlobPush::Uploaded => Put::Written,
+        })
+    }
+
+    async fn put_manifest(&self, manifest: &RawManifest) -> Result<()> {
+        Ok(self
+            .client
+            .put_manifest(&self.repo, &manifest.digest().to_string(), manifest)
+            .await?)
+    }
+
+    async fn commit(&self, top: &RawManifest) -> Result<()> {
+        let reference = self.tag.clone().unwrap_or_else(|| top.digest().to_string());
+        Ok(self
+            .client
+            .put_manifest(&self.repo, &reference, top)
+            .await?)
+    }
+}

@@ -1,0 +1,150 @@
+//! `registry-root:ROOT/REPO[:TAG]` written: a registry v2 root on disk, no
+//! server. Blobs go through the store's verified atomic ingest; at commit the
+//! root is synced once (when durable), then the image's repository links are
+//! written, children before parents, and the tag last, so a registry serving
+//! the root never sees a tag whose content is not all there.
+
+use std::io::Write;
+
+use futures_util::StreamExt;
+
+use super::{DestProperties, Destination, Put, Result, TransportError};
+use crate::blob::BlobBody;
+use crate::manifest::{Descriptor, RawManifest};
+use crate::store::{BlobWriter, Store, StoreError};
+
+/// One image written into a root.
+pub struct RootDest {
+    store: Store,
+    repo: String,
+    tag: Option<String>,
+    /// `syncfs` before the links (a live root); off for caches whose blobs are re-hashed when used.
+    sync: bool,
+}
+
+impl RootDest {
+    /// Writes into `repo` of `store`, tagging with `tag`; `sync` makes the blobs durable before any link names them.
+    pub fn new(store: Store, repo: String, tag: Option<String>, sync: bool) -> RootDest {
+        RootDest {
+            store,
+            repo,
+            tag,
+            sync,
+        }
+    }
+}
+
+/// Moves chunks from the network to a blocking writer thread, so file writes never stall the runtime.
+async fn write_stream(
+    mut writer: BlobWriter,
+    mut stream: crate::blob::ByteStream,
+) -> Result<BlobWriter> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let task = tokio::task::spawn_blocking(move || {
+        while let Some(chunk) = rx.blocking_recv() {
+            writer.write_all(&chunk).map_err(|source| StoreError::Io {
+                op: "writing blob",
+                path: writer.temp_path().to_path_buf(),
+                source,
+            })?;
+        }
+        Ok::<_, StoreError>(writer)
+    });
+    let mut failed = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                if tx.send(c).await.is_err() {
+                    break; // the writer failed: its error is returned below
+                }
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let writer = match task.await {
+        Ok(r) => r?,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    match failed {
+        // Dropping the writer deletes its temp file: nothing half-written stays.
+        Some(e) => Err(TransportError::Io {
+            op: "reading blob for",
+            path: writer.temp_path().to_path_buf(),
+            source: e,
+        }),
+        None => Ok(writer),
+    }
+}
+
+impl Destination for RootDest {
+    fn name(&self) -> String {
+        let tag = self
+            .tag
+            .as_deref()
+            .map(|t| format!(":{t}"))
+            .unwrap_or_default();
+        format!(
+            "registry-root:{}/{}{tag}",
+            self.store.root().display(),
+            self.repo
+        )
+    }
+
+    fn properties(&self) -> DestProperties {
+        DestProperties {
+            manifest_types: Vec::new(),
+            accepts_index: true,
+            accepts_sparse_index: true,
+            ordered_blobs: false,
+            verifies_local: true,
+        }
+    }
+
+    async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
+        Ok(self.store.has_blob(&desc.digest))
+    }
+
+    async fn put_blob(&self, desc: &Descriptor, body: BlobBody) -> Result<Put> {
+        if self.store.has_blob(&desc.digest) {
+            return Ok(Put::Present);
+        }
+        match body {
+            // A stream is verified by its source (it ends in an error when wrong): no second hash.
+            BlobBody::Stream(stream) => {
+                let w = write_stream(self.store.blob_writer_prehashed()?, stream).await?;
+                let (d, size) = (desc.digest.clone(), desc.size);
+                tokio::task::spawn_blocking(move || w.commit_prehashed(&d, size))
+                    .await
+                    .expect("commit does not panic")?;
+            }
+            BlobBody::Local(loc) => {
+                let stream = Box::pin(crate::blob::range_stream(loc.source, 0, loc.size));
+                let w = write_stream(self.store.blob_writer()?, stream).await?;
+                let (d, size) = (desc.digest.clone(), desc.size);
+                tokio::task::spawn_blocking(move || w.commit(Some((&d, Some(size)))))
+                    .await
+                    .expect("commit does not panic")?;
+            }
+        }
+        Ok(Put::Written)
+    }
+
+    async fn put_manifest(&self, manifest: &RawManifest) -> Result<()> {
+        self.store.put_blob_bytes(manifest.bytes())?;
+        Ok(())
+    }
+
+    async fn commit(&self, top: &RawManifest) -> Result<()> {
+        self.store.put_blob_bytes(top.bytes())?;
+        if self.sync {
+            self.store.sync_fs()?;
+        }
+        self.store
+            .link_image(&self.repo, top.digest(), self.tag.as_deref())?;
+        Ok(())
+    }
+}
