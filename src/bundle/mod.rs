@@ -321,8 +321,18 @@ pub async fn bundle(
 
     if let Some(dir) = &opts.root_dir {
         let root = Store::create(dir)?.with_durable(false);
+        // Exactly the plan's manifests and blobs (the cache may hold more children of an
+        // index, from runs with other platforms), so the tree equals the bundle's.
         for img in &plan.images {
-            root.import_image(&cache, &img.digest, &img.repository, img.tag.as_deref())?;
+            for d in img
+                .manifests
+                .iter()
+                .map(|m| m.digest())
+                .chain(img.blobs.iter().map(|b| &b.digest))
+            {
+                root.import_blob(&cache, d)?;
+            }
+            root.link_image(&img.repository, &img.digest, img.tag.as_deref())?;
         }
         let _ = std::fs::remove_dir(root.path(crate::store::paths::PathSpec::Temp));
     }

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::bail;
 
 use super::{GlobalArgs, human_bytes};
-use crate::manifest::Manifest;
 use crate::store::Store;
 
 /// Flags of `ferry ls`.
@@ -36,36 +35,23 @@ pub fn run(_g: &GlobalArgs, a: LsArgs) -> anyhow::Result<ExitCode> {
             let Some(digest) = store.resolve_tag(&repo, &tag)? else {
                 continue;
             };
-            let raw = store.read_manifest(&digest)?;
-            let parsed = raw.parse()?;
-            let mut size = raw.bytes().len() as u64;
-            let mut platforms = Vec::new();
-            let images: Vec<Manifest> = match &parsed {
-                Manifest::Image(_) => vec![parsed.clone()],
-                Manifest::Index(_) => {
-                    let mut v = Vec::new();
-                    for c in parsed.children() {
-                        if let Some(p) = &c.platform {
-                            platforms.push(if store.has_blob(&c.digest) {
-                                p.to_string()
-                            } else {
-                                format!("{p} (absent)")
-                            });
-                        }
-                        if store.has_blob(&c.digest) {
-                            let child = store.read_manifest(&c.digest)?;
-                            size += child.bytes().len() as u64;
-                            v.push(child.parse()?);
-                        }
-                    }
-                    v
-                }
-            };
-            size += images
+            let w = store.walk(&digest)?;
+            // Platforms of the top index's children; absent ones were left out at bundle time.
+            let platforms: Vec<String> = w
+                .children
                 .iter()
-                .flat_map(|m| m.blobs())
-                .map(|b| b.size)
-                .sum::<u64>();
+                .filter(|c| &c.parent == w.top.digest() && c.descriptor.platform.is_some())
+                .map(|c| {
+                    if c.manifest.is_some() {
+                        c.platform_label()
+                    } else {
+                        format!("{} (absent)", c.platform_label())
+                    }
+                })
+                .collect();
+            let size = w.manifests().map(|m| m.bytes().len() as u64).sum::<u64>()
+                + w.blobs.iter().map(|b| b.size).sum::<u64>();
+            let raw = &w.top;
             rows.push((
                 format!("{repo}:{tag}"),
                 digest,

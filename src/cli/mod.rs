@@ -2,6 +2,7 @@
 //! library calls and prints results; none touches files or the network itself.
 
 mod bundle;
+mod copy;
 mod demo;
 mod fixtures;
 mod ls;
@@ -43,6 +44,8 @@ enum Command {
     Bundle(bundle::BundleArgs),
     /// At the site: serve a bundle in place, or link it into a registry root.
     Unbundle(unbundle::UnbundleArgs),
+    /// Copy an image between transports (docker://, dir:, oci:, registry-root:, ferry-bundle:, …).
+    Copy(copy::CopyArgs),
     /// Serve a registry root over the distribution API.
     Serve(serve::ServeArgs),
     /// Re-hash every blob and resolve every link of a root; exit 1 on any fault.
@@ -82,6 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Bundle(a) => bundle::run(g, a),
         Command::Unbundle(a) => unbundle::run(g, a),
+        Command::Copy(a) => copy::run(g, a),
         Command::Serve(a) => serve::run(g, a),
         Command::Verify(a) => verify::run(g, a),
         Command::Ls(a) => ls::run(g, a),

@@ -160,28 +160,6 @@ impl Store {
             other => StoreError::Walk(other.to_string()),
         })
     }
-
-    /// Hardlinks an image (all present manifests and blobs) from `other` into `repo` here and tags it.
-    pub fn import_image(
-        &self,
-        other: &Store,
-        digest: &Digest,
-        repo: &str,
-        tag: Option<&str>,
-    ) -> Result<LinkReport> {
-        let w = other.walk(digest)?;
-        for b in w
-            .blobs
-            .iter()
-            .chain(w.foreign.iter().filter(|b| other.has_blob(&b.digest)))
-        {
-            self.import_blob(other, &b.digest)?;
-        }
-        for m in w.manifests() {
-            self.import_blob(other, m.digest())?;
-        }
-        self.link_image(repo, digest, tag)
-    }
 }
 
 impl image::Manifests for Store {

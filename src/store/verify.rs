@@ -12,8 +12,6 @@ use super::links::read_link;
 use super::paths::{self, LinkEntry, PathSpec};
 use super::{Result, Store, StoreError};
 use crate::digest::{Digest, Hasher};
-use crate::manifest::Manifest;
-use crate::media_type;
 
 /// One problem found in a root, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -206,21 +204,16 @@ impl Store {
             }
             for d in revisions {
                 let path = self.path(PathSpec::BlobData(&d));
-                let manifest = match self.read_manifest(&d).and_then(|raw| {
-                    raw.parse().map_err(|source| StoreError::Manifest {
-                        digest: d.clone(),
-                        source,
-                    })
-                }) {
-                    Ok(m) => m,
+                let w = match self.walk(&d) {
+                    Ok(w) => w,
                     Err(e) => {
                         fault(path, format!("repository {repo}: {e}"));
                         continue;
                     }
                 };
-                for b in manifest.blobs() {
-                    let distributable = media_type::is_distributable(&b.media_type);
-                    if distributable && !self.has_layer_link(repo, &b.digest) {
+                // An index's blobs are checked through its children, which are revisions themselves.
+                for b in w.blobs.iter().filter(|_| !w.is_index()) {
+                    if !self.has_layer_link(repo, &b.digest) {
                         fault(
                             self.path(PathSpec::LayerLink(repo, &b.digest)),
                             format!(
@@ -230,17 +223,17 @@ impl Store {
                         );
                     }
                 }
-                if let Manifest::Index(_) = manifest {
-                    for c in manifest.children() {
-                        if present.contains(&c.digest) && !self.has_revision(repo, &c.digest) {
-                            fault(
-                                self.path(PathSpec::RevisionLink(repo, &c.digest)),
-                                format!(
-                                    "repository {repo}: index {d} lists manifest {}, which the repository does not link",
-                                    c.digest
-                                ),
-                            );
-                        }
+                for c in w.children.iter().filter(|c| c.parent == d) {
+                    if present.contains(&c.descriptor.digest)
+                        && !self.has_revision(repo, &c.descriptor.digest)
+                    {
+                        fault(
+                            self.path(PathSpec::RevisionLink(repo, &c.descriptor.digest)),
+                            format!(
+                                "repository {repo}: index {d} lists manifest {}, which the repository does not link",
+                                c.descriptor.digest
+                            ),
+                        );
                     }
                 }
             }

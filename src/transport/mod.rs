@@ -20,7 +20,7 @@
 
 pub mod bundle;
 pub mod catalog;
-
+pub mod open;
 pub mod registry;
 pub mod root;
 
@@ -235,17 +235,25 @@ impl ImageRef {
             }
             "docker-daemon" => ImageRef::DockerDaemon(parse_ref(s, rest)?),
             "registry-root" => {
-                // ROOT is the longest prefix that is a directory holding the layout; the rest is REPO[:TAG].
-                let root_end = rest
+                // ROOT is the longest prefix that is a directory holding the layout (or, for a
+                // root to be created, an empty directory); the rest is REPO[:TAG|@DIGEST].
+                let cuts: Vec<usize> = rest
                     .match_indices('/')
                     .map(|(i, _)| i)
                     .filter(|&i| i > 0)
+                    .collect();
+                let is_empty_dir =
+                    |p: &str| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none());
+                let root_end = cuts
+                    .iter()
                     .rev()
-                    .find(|&i| crate::store::Store::open(&rest[..i]).exists())
+                    .find(|&&i| crate::store::Store::open(&rest[..i]).exists())
+                    .or_else(|| cuts.iter().rev().find(|&&i| is_empty_dir(&rest[..i])))
+                    .copied()
                     .ok_or_else(|| {
                         TransportError::Invalid(format!(
-                            "{s:?}: no registry root (a directory holding docker/registry/v2) before the repository; \
-                             write registry-root:ROOT/REPO[:TAG], with ROOT created first"
+                            "{s:?}: no registry root (a directory holding docker/registry/v2, or an empty one) \
+                             before the repository; write registry-root:ROOT/REPO[:TAG]"
                         ))
                     })?;
                 ImageRef::RegistryRoot(

@@ -195,7 +195,17 @@ impl Destination for RegistryDest {
     }
 
     async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
-        Ok(self.client.has_blob(&self.repo, &desc.digest).await?)
+        let has = self.client.has_blob(&self.repo, &desc.digest).await?;
+        if has {
+            // Other repositories of this registry can mount it from here.
+            self.pushed
+                .0
+                .lock()
+                .unwrap()
+                .entry((self.client.host().to_string(), desc.digest.clone()))
+                .or_insert_with(|| self.repo.clone());
+        }
+        Ok(has)
     }
 
     /// Mounts or uploads; the engine has asked [`Destination::has_blob`] just before.

@@ -669,3 +669,32 @@ fn a_tls_registry_is_verified_unless_told_otherwise() {
         img.digest
     );
 }
+
+#[test]
+fn root_dir_holds_only_the_bundle_even_when_the_cache_has_more() {
+    let (_root, corpus) = small();
+    let (_src_dir, src) = source();
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("images-list.txt");
+    std::fs::write(&list, corpus.images_list()).unwrap();
+    let cache = work.path().join("cache");
+    // A first run keeps every platform, so the cache holds children the second run leaves out.
+    run_ok(
+        bundle_cmd(&list, &work.path().join("all.tar.zst"), &cache, &src.addr)
+            .arg("--all-platforms"),
+    );
+    let out = work.path().join("amd64.tar.zst");
+    let kept_root = work.path().join("root");
+    run_ok(
+        bundle_cmd(&list, &out, &cache, &src.addr)
+            .arg("--root-dir")
+            .arg(&kept_root),
+    );
+    let site = work.path().join("site");
+    extract_bundle(&out, &site);
+    assert_eq!(
+        tree_hash(&kept_root, "docker"),
+        tree_hash(&site, "docker"),
+        "--root-dir holds exactly what the bundle holds"
+    );
+}

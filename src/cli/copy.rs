@@ -1,0 +1,179 @@
+//! `ferry copy SRC DST`: one image between any two transports, with skopeo's flags.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use super::{GlobalArgs, human_bytes};
+use crate::copy::{CopyOptions, Format, MultiArch};
+use crate::manifest::Platform;
+use crate::registry::ClientOptions;
+use crate::transport::ImageRef;
+use crate::transport::open::{OpenOptions, open_dest, open_source};
+use crate::transport::registry::{Clients, Pushed};
+
+/// skopeo's `--multi-arch` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MultiArchArg {
+    /// The image for this system's platform (or the --override-* one).
+    System,
+    /// The index and every image in it.
+    All,
+    /// The index alone.
+    IndexOnly,
+}
+
+/// Flags of `ferry copy`.
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// Source image, TRANSPORT:REFERENCE (docker://, dir:, oci:, registry-root:, ferry-bundle:, …).
+    source: String,
+    /// Destination image, TRANSPORT:REFERENCE.
+    destination: String,
+    /// Copy a multi-platform image whole: the index and every image (same as --multi-arch all).
+    #[arg(short, long)]
+    all: bool,
+    /// Which part of a multi-platform image to copy.
+    #[arg(long, value_enum)]
+    multi_arch: Option<MultiArchArg>,
+    /// Fail rather than change any digest (no conversion).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    preserve_digests: bool,
+    /// Convert manifests to this format.
+    #[arg(short, long, value_enum)]
+    format: Option<Format>,
+    /// Choose this architecture from a multi-platform image instead of the system's.
+    #[arg(long)]
+    override_arch: Option<String>,
+    /// Choose this OS from a multi-platform image instead of linux.
+    #[arg(long)]
+    override_os: Option<String>,
+    /// Choose this CPU variant from a multi-platform image.
+    #[arg(long)]
+    override_variant: Option<String>,
+    /// Verify the source registry's TLS certificate (false also allows plain http).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
+    src_tls_verify: bool,
+    /// Verify the destination registry's TLS certificate (false also allows plain http).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
+    dest_tls_verify: bool,
+    /// Credentials for the source registry, USER[:PASS].
+    #[arg(long)]
+    src_creds: Option<String>,
+    /// Credentials for the destination registry, USER[:PASS].
+    #[arg(long)]
+    dest_creds: Option<String>,
+    /// Auth file (docker config.json or containers auth.json).
+    #[arg(long)]
+    authfile: Option<PathBuf>,
+    /// Write the digest of the copied manifest to this file.
+    #[arg(long)]
+    digestfile: Option<PathBuf>,
+    /// Blobs copied at once.
+    #[arg(long, default_value_t = crate::limits::DEFAULT_JOBS)]
+    jobs: usize,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The platform to choose from an index: the system's, changed by --override-*.
+fn platform(a: &CopyArgs) -> anyhow::Result<MultiArch> {
+    let MultiArch::System(mut p) = MultiArch::system() else {
+        unreachable!("system() is a System choice")
+    };
+    if let Some(os) = &a.override_os {
+        p.os = os.clone();
+    }
+    if let Some(arch) = &a.override_arch {
+        p.architecture = arch.clone();
+        p.variant = None;
+    }
+    if let Some(v) = &a.override_variant {
+        p.variant = Some(v.clone());
+    }
+    // Validate the spelling the same way --platform is validated.
+    Platform::parse(&p.to_string()).map_err(anyhow::Error::msg)?;
+    Ok(MultiArch::System(p))
+}
+
+pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
+    let src = ImageRef::parse(&a.source).context("source")?;
+    let dst = ImageRef::parse(&a.destination).context("destination")?;
+    let multi_arch = match (a.all, a.multi_arch) {
+        (true, Some(m)) if m != MultiArchArg::All => {
+            bail!("--all and --multi-arch {m:?} contradict each other")
+        }
+        (true, _) | (false, Some(MultiArchArg::All)) => MultiArch::All,
+        (false, Some(MultiArchArg::IndexOnly)) => MultiArch::IndexOnly,
+        (false, Some(MultiArchArg::System) | None) => platform(&a)?,
+    };
+    if a.preserve_digests && a.format.is_some() {
+        bail!(
+            "--format converts manifests, which changes their digests; it cannot be used with --preserve-digests"
+        );
+    }
+    let opts = CopyOptions {
+        multi_arch,
+        preserve_digests: a.preserve_digests,
+        format: a.format,
+        rewrite_sparse_index: false,
+        jobs: a.jobs.max(1),
+    };
+    let creds = |c: &Option<String>| c.as_deref().map(crate::auth::Credentials::from_flag);
+    let open = OpenOptions {
+        source: ClientOptions {
+            tls_verify: a.src_tls_verify,
+            credentials: creds(&a.src_creds),
+            authfile: a.authfile.clone(),
+            ..Default::default()
+        },
+        destination: ClientOptions {
+            tls_verify: a.dest_tls_verify,
+            credentials: creds(&a.dest_creds),
+            authfile: a.authfile.clone(),
+            ..Default::default()
+        },
+    };
+    let rt = super::runtime()?;
+    let summary = rt.block_on(async {
+        let clients = Clients::default();
+        let source = open_source(&src, &clients, &open).await?;
+        // Separate clients: the two sides may be one host with different credentials.
+        let dest_clients = Clients::default();
+        let destination = open_dest(&dst, &dest_clients, &open, &Arc::new(Pushed::default()))?;
+        let bar = super::progress::bar(g.quiet || g.debug);
+        let r = crate::copy::copy(source, destination, &opts, bar.as_ref()).await;
+        bar.finish();
+        anyhow::Ok(r?)
+    })?;
+    let copied = summary.copied.first().context("copy reported no image")?;
+    if let Some(f) = &a.digestfile {
+        std::fs::write(f, copied.digest.to_string())
+            .with_context(|| format!("writing {}", f.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    if !g.quiet {
+        let changed = if copied.digest != copied.source_digest {
+            format!(" (converted from {})", copied.source_digest)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "ferry: copied {} to {} as {}{changed}: {} blobs written ({}), {} already there, {} mounted, {} manifests",
+            a.source,
+            a.destination,
+            copied.digest,
+            summary.blobs_uploaded,
+            human_bytes(summary.bytes_uploaded),
+            summary.blobs_present,
+            summary.blobs_mounted,
+            summary.manifests
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

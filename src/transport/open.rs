@@ -1,0 +1,229 @@
+//! From an [`ImageRef`] to an open source or destination: the one `match`
+//! over transports. [`AnySource`] and [`AnyDest`] are closed enums that
+//! delegate to the transport, so the copy engine stays generic and no
+//! dynamic dispatch of async methods is needed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::bundle::Bundles;
+use super::catalog::CatalogSource;
+use super::registry::{Clients, Pushed, RegistryDest, RegistrySource};
+use super::root::RootDest;
+use super::{DestProperties, Destination, ImageRef, Put, Result, Source, TransportError};
+use crate::blob::BlobBody;
+use crate::bundlefile::read::BundleFile;
+use crate::digest::Digest;
+use crate::manifest::{Descriptor, RawManifest};
+use crate::reference::{DEFAULT_REGISTRY, Reference};
+use crate::registry::ClientOptions;
+use crate::store::Store;
+
+/// How to reach registries on each side.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// The source registry's connection options.
+    pub source: ClientOptions,
+    /// The destination registry's connection options.
+    pub destination: ClientOptions,
+}
+
+/// Any transport's source.
+#[non_exhaustive]
+pub enum AnySource {
+    /// `docker://`.
+    Registry(RegistrySource),
+    /// `registry-root:`.
+    Root(CatalogSource<Store>),
+    /// `ferry-bundle:`.
+    Bundle(CatalogSource<Bundles>),
+}
+
+/// Any transport's destination.
+#[non_exhaustive]
+pub enum AnyDest {
+    /// `docker://`.
+    Registry(RegistryDest),
+    /// `registry-root:`.
+    Root(RootDest),
+}
+
+macro_rules! each_source {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnySource::Registry($s) => $e,
+            AnySource::Root($s) => $e,
+            AnySource::Bundle($s) => $e,
+        }
+    };
+}
+
+macro_rules! each_dest {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            AnyDest::Registry($d) => $e,
+            AnyDest::Root($d) => $e,
+        }
+    };
+}
+
+impl Source for AnySource {
+    fn name(&self) -> String {
+        each_source!(self, s => s.name())
+    }
+    async fn top(&self) -> Result<RawManifest> {
+        each_source!(self, s => s.top().await)
+    }
+    async fn manifest(&self, digest: &Digest) -> Result<Option<RawManifest>> {
+        each_source!(self, s => s.manifest(digest).await)
+    }
+    async fn blob(&self, desc: &Descriptor) -> Result<BlobBody> {
+        each_source!(self, s => s.blob(desc).await)
+    }
+}
+
+impl Destination for AnyDest {
+    fn name(&self) -> String {
+        each_dest!(self, d => d.name())
+    }
+    fn properties(&self) -> DestProperties {
+        each_dest!(self, d => d.properties())
+    }
+    async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
+        each_dest!(self, d => d.has_blob(desc).await)
+    }
+    async fn put_blob(&self, desc: &Descriptor, body: BlobBody) -> Result<Put> {
+        each_dest!(self, d => d.put_blob(desc, body).await)
+    }
+    async fn put_manifest(&self, manifest: &RawManifest) -> Result<()> {
+        each_dest!(self, d => d.put_manifest(manifest).await)
+    }
+    async fn commit(&self, top: &RawManifest) -> Result<()> {
+        each_dest!(self, d => d.commit(top).await)
+    }
+}
+
+/// The repository of a reference with no registry part (roots and bundles have none).
+fn local_reference(r: &Reference, what: &str) -> Result<()> {
+    if r.host().is_some() {
+        return Err(TransportError::Invalid(format!(
+            "{what}: {r} names a registry host; a {what} reference is REPO[:TAG|@DIGEST]"
+        )));
+    }
+    Ok(())
+}
+
+/// Opens a bundle file in place (its structure checked; blobs are checked by whoever reads them).
+fn open_bundle(path: &Path) -> Result<Arc<Bundles>> {
+    let b = BundleFile::open_with(path, &mut crate::bundlefile::read::StructureOnly)?;
+    Ok(Arc::new(Bundles(vec![b])))
+}
+
+/// Opens the image `r` for reading.
+pub async fn open_source(r: &ImageRef, clients: &Clients, opts: &OpenOptions) -> Result<AnySource> {
+    Ok(match r {
+        ImageRef::Docker(reference) => AnySource::Registry(RegistrySource::open(
+            clients,
+            reference,
+            DEFAULT_REGISTRY,
+            &opts.source,
+        )?),
+        ImageRef::RegistryRoot(root, reference) => {
+            local_reference(reference, "registry-root")?;
+            let store = Store::open(root);
+            if !store.exists() {
+                return Err(TransportError::Invalid(format!(
+                    "{}: not a registry root (no docker/registry/v2 directory)",
+                    root.display()
+                )));
+            }
+            AnySource::Root(CatalogSource::new(
+                Arc::new(store),
+                reference.clone(),
+                r.to_string(),
+            ))
+        }
+        ImageRef::Bundle(path, reference) => {
+            let catalog = open_bundle(path)?;
+            let reference = match reference {
+                Some(x) => {
+                    local_reference(x, "ferry-bundle")?;
+                    x.clone()
+                }
+                None => {
+                    let images = &catalog.0[0].scan.index.images;
+                    let [one] = images.as_slice() else {
+                        return Err(TransportError::Invalid(format!(
+                            "{}: the bundle holds {} images; name one as ferry-bundle:FILE:REPO[:TAG]",
+                            path.display(),
+                            images.len()
+                        )));
+                    };
+                    Reference::parse(&format!("{}@{}", one.repository, one.digest))
+                        .map_err(|e| TransportError::Invalid(e.to_string()))?
+                }
+            };
+            AnySource::Bundle(CatalogSource::new(catalog, reference, r.to_string()))
+        }
+        other => {
+            return Err(TransportError::Unsupported(format!(
+                "{other}: this transport cannot be read yet"
+            )));
+        }
+    })
+}
+
+/// Opens the image `r` for writing; `pushed` is shared by every destination of one run (cross-repository mounts).
+pub fn open_dest(
+    r: &ImageRef,
+    clients: &Clients,
+    opts: &OpenOptions,
+    pushed: &Arc<Pushed>,
+) -> Result<AnyDest> {
+    Ok(match r {
+        ImageRef::Docker(reference) => {
+            if reference.digest().is_some() && reference.tag().is_some() {
+                return Err(TransportError::Invalid(format!(
+                    "{r}: a destination is named by a tag or a digest, not both"
+                )));
+            }
+            let client = clients.get(reference.registry(DEFAULT_REGISTRY), &opts.destination)?;
+            AnyDest::Registry(RegistryDest::new(
+                client,
+                reference.remote_repository(DEFAULT_REGISTRY),
+                reference.digest().is_none().then(|| {
+                    reference
+                        .effective_tag()
+                        .unwrap_or(crate::reference::DEFAULT_TAG)
+                        .to_string()
+                }),
+                pushed.clone(),
+            ))
+        }
+        ImageRef::RegistryRoot(root, reference) => {
+            local_reference(reference, "registry-root")?;
+            let store = Store::create(root)?.with_durable(false);
+            AnyDest::Root(RootDest::new(
+                store,
+                reference.repository().to_string(),
+                reference.digest().is_none().then(|| {
+                    reference
+                        .effective_tag()
+                        .unwrap_or(crate::reference::DEFAULT_TAG)
+                        .to_string()
+                }),
+                true,
+            ))
+        }
+        other @ ImageRef::Bundle(..) => {
+            return Err(TransportError::Unsupported(format!(
+                "{other}: a bundle is read-only; write one with `ferry bundle`"
+            )));
+        }
+        other => {
+            return Err(TransportError::Unsupported(format!(
+                "{other}: this transport cannot be written yet"
+            )));
+        }
+    })
+}
