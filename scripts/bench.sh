@@ -7,6 +7,8 @@
 #   scripts/bench.sh unbundle [WORK]  skopeo sync --scoped dir->docker vs ferry unbundle push (empty registry);
 #                                     zstd -d | tar -x vs ferry unbundle link (empty root);
 #                                     skopeo pulling every tag from docker-registry vs from ferry unbundle serve
+#   scripts/bench.sh copy [WORK]      skopeo copy vs ferry copy: the image with the most layers docker:// -> oci:,
+#                                     and every multi-arch image with --all docker:// -> docker:// (empty target)
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated `medium` corpus between runs.
 # Prints median seconds of RUNS runs (default 5) and the ratio incumbent/ferry.
@@ -191,5 +193,41 @@ unbundle)
   echo "    $(ratio "$t_link" "$t_extract")x the plain extract, $(ratio "$t_link" "$t_extract_sync")x the plain extract + sync"
   echo "  skopeo copy of every tag to dir:: from docker-registry ${t_pull_reg}s, from ferry serve ${t_pull_fer}s: $(ratio "$t_pull_fer" "$t_pull_reg")x"
   ;;
-*) echo "usage: scripts/bench.sh serve|bundle|unbundle [WORK]" >&2; exit 2 ;;
+copy)
+  command -v skopeo >/dev/null || { echo "bench needs skopeo" >&2; exit 1; }
+  start_registry "$ROOT"; SRC=$ADDR
+  OUT="$WORK/copy"; mkdir -p "$OUT"
+  # The image with the most layers, and every multi-platform image.
+  read -r BIG MULTI < <(python3 - "$WORK/medium.json" "$ROOT" <<'PY'
+import json, sys
+corpus, root = json.load(open(sys.argv[1])), sys.argv[2]
+blob = lambda d: json.load(open(f"{root}/docker/registry/v2/blobs/sha256/{d[7:9]}/{d[7:]}/data"))
+single = [i for i in corpus["images"] if not i["platforms"]]
+big = max(single, key=lambda i: len(blob(i["digest"])["layers"]))
+multi = [f'{i["repository"]}:{i["tag"]}' for i in corpus["images"] if i["platforms"]]
+print(f'{big["repository"]}:{big["tag"]}', ",".join(multi))
+PY
+)
+  oci_prep() { rm -rf "$OUT/oci"; sync; }
+  skopeo_oci() { skopeo --insecure-policy copy -q --src-tls-verify=false "docker://$SRC/$BIG" "oci:$OUT/oci:x"; }
+  ferry_oci() { "$FERRY" copy -q --src-tls-verify=false "docker://$SRC/$BIG" "oci:$OUT/oci:x"; }
+  t_skopeo_oci=$(PREP=oci_prep median_time skopeo_oci)
+  t_ferry_oci=$(PREP=oci_prep median_time ferry_oci)
+  TARGET_PID=""
+  fresh_target() {
+    [ -n "$TARGET_PID" ] && { kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true; }
+    rm -rf "$OUT/target"; mkdir -p "$OUT/target"; sync
+    start_registry "$OUT/target"; TARGET=$ADDR; TARGET_PID=${PIDS[-1]}
+  }
+  each_multi() { local tool=$1; for ref in ${MULTI//,/ }; do
+      if [ "$tool" = skopeo ]; then skopeo --insecure-policy copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1
+      else "$FERRY" copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1; fi
+    done; }
+  t_skopeo_all=$(PREP=fresh_target median_time each_multi skopeo)
+  t_ferry_all=$(PREP=fresh_target median_time each_multi ferry)
+  echo "copy, medium corpus, median of $RUNS, whole process:"
+  echo "  $BIG docker:// -> oci:: skopeo ${t_skopeo_oci}s, ferry ${t_ferry_oci}s: speed-up $(ratio "$t_skopeo_oci" "$t_ferry_oci")x"
+  echo "  $(echo "$MULTI" | tr ',' '\n' | wc -l) multi-arch images, --all docker:// -> docker:// (empty target): skopeo ${t_skopeo_all}s, ferry ${t_ferry_all}s: speed-up $(ratio "$t_skopeo_all" "$t_ferry_all")x"
+  ;;
+*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy [WORK]" >&2; exit 2 ;;
 esac

@@ -1,8 +1,9 @@
 //! `unbundle link`: merging a bundle into a registry root, also one a
 //! registry is serving right now. Blobs are re-hashed as they stream in and
 //! published only when they verify (never replacing one that is there); when
-//! the whole archive has checked out, the blobs are synced to disk, then the
-//! repository links are written, and tags last.
+//! the whole archive has checked out, the blobs are synced to disk, then each
+//! image is linked as a copy into a root links it (the one image walk), its
+//! tag last.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -111,26 +112,23 @@ pub fn link(
         },
     )?;
     store.sync_fs()?;
-    for (repo, r) in &scan.repos {
-        for d in &r.layers {
-            store.link_layer(repo, d)?;
-        }
-        for d in &r.revisions {
-            store.link_revision(repo, d)?;
-        }
-    }
     if no_clobber {
         check_tags(&store, &scan.index.images, root)?;
     }
-    for (repo, r) in &scan.repos {
-        for (tag, d) in &r.tags {
-            let old = store.resolve_tag(repo, tag)?;
-            store.tag(repo, tag, d)?;
+    // Each image through the one walk, as a copy into a root links it: its
+    // blobs and manifests first, its tag last.
+    for img in &scan.index.images {
+        let old = match &img.tag {
+            Some(t) => store.resolve_tag(&img.repository, t)?,
+            None => None,
+        };
+        store.link_image(&img.repository, &img.digest, img.tag.as_deref())?;
+        if let Some(tag) = &img.tag {
             summary.tags.push(TagChange {
-                repository: repo.clone(),
+                repository: img.repository.clone(),
                 tag: tag.clone(),
                 old,
-                new: d.clone(),
+                new: img.digest.clone(),
             });
         }
     }

@@ -4,6 +4,7 @@
 mod bundle;
 mod cli;
 mod clients;
+mod copy;
 mod harness;
 mod hostile;
 mod serve;

@@ -1,0 +1,265 @@
+//! `ferry copy` between registries, registry roots and bundles, against the
+//! real `docker-registry` and with `skopeo` as the oracle for what a copy means.
+
+use std::path::Path;
+
+use crate::harness::*;
+
+fn copy(args: &[&str]) -> std::process::Output {
+    run(ferry().arg("copy").args(args))
+}
+
+fn copy_ok(args: &[&str]) -> std::process::Output {
+    run_ok(ferry().arg("copy").args(args))
+}
+
+/// Tags of a repository in a root, straight from the layout.
+fn root_tags(root: &Path, repo: &str) -> Vec<String> {
+    let store = ferry::store::Store::open(root);
+    if !store.exists() {
+        return Vec::new();
+    }
+    store.tags(repo).unwrap_or_default()
+}
+
+#[test]
+fn every_image_between_registries_and_roots_keeps_its_digest() {
+    let (root, corpus) = small();
+    let work = tempfile::tempdir().unwrap();
+    let src_root = work.path().join("src");
+    std::fs::create_dir(&src_root).unwrap();
+    hardlink_copy(root, &src_root);
+    let src = Registry::start(&src_root);
+    let dst_root = work.path().join("dst");
+    std::fs::create_dir(&dst_root).unwrap();
+    let dst = Registry::start(&dst_root);
+    let local = work.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+
+    for img in &corpus.images {
+        let name = format!("{}:{}", img.repository, img.tag);
+        // docker:// → docker:// (the whole index), and docker:// → registry-root:.
+        copy_ok(&[
+            "-q",
+            "--all",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{}/{name}", src.addr),
+            &format!("docker://{}/copied/{name}", dst.addr),
+        ]);
+        copy_ok(&[
+            "-q",
+            "--all",
+            "--src-tls-verify=false",
+            &format!("docker://{}/{name}", src.addr),
+            &format!("registry-root:{}/{name}", local.display()),
+        ]);
+        assert_eq!(
+            inspect_digest(&format!("docker://{}/copied/{name}", dst.addr)),
+            img.digest.to_string(),
+            "{name} in the target registry"
+        );
+    }
+    // What ferry wrote into the root is served by the stock registry, and its GC finds nothing to delete.
+    let served = Registry::start(&local);
+    for img in &corpus.images {
+        let name = format!("{}:{}", img.repository, img.tag);
+        assert_eq!(
+            inspect_digest(&format!("docker://{}/{name}", served.addr)),
+            img.digest.to_string(),
+            "{name} in the root"
+        );
+    }
+    let (blobs, manifests, text) = served.gc_dry_run();
+    assert_eq!((blobs, manifests), (0, 0), "{text}");
+    let (blobs, manifests, text) = dst.gc_dry_run();
+    assert_eq!((blobs, manifests), (0, 0), "{text}");
+}
+
+#[test]
+fn without_all_one_platform_is_copied_as_skopeo_chooses_it() {
+    let (root, corpus) = small();
+    let src = FerryServe::start(root);
+    let work = tempfile::tempdir().unwrap();
+    let dst_root = work.path().join("dst");
+    std::fs::create_dir(&dst_root).unwrap();
+    let dst = Registry::start(&dst_root);
+    let multi = corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.len() > 1)
+        .expect("the corpus has a multi-platform image");
+    let name = format!("{}:{}", multi.repository, multi.tag);
+    let from = format!("docker://{}/{name}", src.addr);
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &from,
+        &format!("docker://{}/by-skopeo:1", dst.addr),
+    ]);
+    copy_ok(&[
+        "-q",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &from,
+        &format!("docker://{}/by-ferry:1", dst.addr),
+    ]);
+    let skopeo_digest = inspect_digest(&format!("docker://{}/by-skopeo:1", dst.addr));
+    assert_eq!(
+        inspect_digest(&format!("docker://{}/by-ferry:1", dst.addr)),
+        skopeo_digest
+    );
+    let amd64 = &multi
+        .platforms
+        .iter()
+        .find(|(p, _)| p == "linux/amd64")
+        .unwrap()
+        .1;
+    assert_eq!(
+        skopeo_digest,
+        amd64.to_string(),
+        "the system platform's image"
+    );
+
+    // --override-arch picks another child; --multi-arch index-only copies the index alone.
+    let arm = &multi
+        .platforms
+        .iter()
+        .find(|(p, _)| p.starts_with("linux/arm64"))
+        .unwrap()
+        .1;
+    let local = work.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    copy_ok(&[
+        "-q",
+        "--src-tls-verify=false",
+        "--override-arch",
+        "arm64",
+        &from,
+        &format!("registry-root:{}/arm:1", local.display()),
+    ]);
+    let store = ferry::store::Store::open(&local);
+    assert_eq!(
+        store.resolve_tag("arm", "1").unwrap().unwrap().to_string(),
+        arm.to_string()
+    );
+}
+
+#[test]
+fn a_bundle_is_a_copy_source_read_in_place() {
+    let (root, corpus) = small();
+    let src = FerryServe::start(root);
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, corpus.images_list()).unwrap();
+    let bundle = work.path().join("b.tar.zst");
+    run_ok(
+        bundle_cmd(&list, &bundle, &work.path().join("cache"), &src.addr).arg("--all-platforms"),
+    );
+    let dst_root = work.path().join("dst");
+    std::fs::create_dir(&dst_root).unwrap();
+    let dst = Registry::start(&dst_root);
+    let img = &corpus.images[1];
+    let name = format!("{}:{}", img.repository, img.tag);
+    copy_ok(&[
+        "-q",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("ferry-bundle:{}:{name}", bundle.display()),
+        &format!("docker://{}/{name}", dst.addr),
+    ]);
+    assert_eq!(
+        inspect_digest(&format!("docker://{}/{name}", dst.addr)),
+        img.digest.to_string()
+    );
+    // A bundle is read-only.
+    let out = copy(&[
+        &format!("docker://{}/{name}", dst.addr),
+        &format!("ferry-bundle:{}:x:1", bundle.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("read-only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line_and_leaves_no_tag() {
+    let (root, corpus) = small();
+    let work = tempfile::tempdir().unwrap();
+    // A source whose image has lost a layer: the copy fails and names no tag at the destination.
+    let broken = work.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    hardlink_copy(root, &broken);
+    let img = corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.is_empty())
+        .unwrap();
+    let store = ferry::store::Store::open(&broken);
+    let walk = store.walk(&img.digest).unwrap();
+    let layer = walk.blobs.last().unwrap();
+    std::fs::remove_file(store.path(ferry::store::paths::PathSpec::BlobData(&layer.digest)))
+        .unwrap();
+    let src = FerryServe::start(&broken);
+    let dst = work.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let name = format!("{}:{}", img.repository, img.tag);
+
+    let missing = layer.digest.to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "nope:x".into(),
+                format!("registry-root:{}/a:1", dst.display()),
+            ],
+            "unknown transport \"nope\"",
+        ),
+        (
+            vec![
+                "docker://127.0.0.1:1/UPPER:1".into(),
+                format!("registry-root:{}/a:1", dst.display()),
+            ],
+            "UPPER",
+        ),
+        (
+            vec![
+                format!("docker://{}/{}:no-such-tag", src.addr, img.repository),
+                format!("registry-root:{}/a:1", dst.display()),
+            ],
+            "no-such-tag",
+        ),
+        (
+            vec![
+                format!("docker://{}/{name}", src.addr),
+                format!("registry-root:{}/a:1", dst.display()),
+            ],
+            &missing,
+        ),
+    ];
+    for (args, needle) in &cases {
+        let mut full = vec!["--src-tls-verify=false".to_string()];
+        full.extend(args.iter().cloned());
+        let out = copy(&full.iter().map(String::as_str).collect::<Vec<_>>());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one line: {err}"
+        );
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(root_tags(&dst, "a").is_empty(), "{args:?}: no tag written");
+    }
+    // Nothing half-written is visible: no temp blob left, and every blob there verifies.
+    let out = run_ok(ferry().arg("verify").arg(&dst));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" 0 faults"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
