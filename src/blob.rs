@@ -28,6 +28,18 @@ impl RangeRead for FileRange {
     }
 }
 
+/// A small blob made in memory (a converted config).
+#[derive(Debug, Clone)]
+pub struct Memory(pub Vec<u8>);
+
+impl RangeRead for Memory {
+    fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>> {
+        let start = (start as usize).min(self.0.len());
+        let end = start.saturating_add(len as usize).min(self.0.len());
+        Ok(Box::new(io::Cursor::new(self.0[start..end].to_vec())))
+    }
+}
+
 /// A blob held locally: its size and how to read any range of it (re-openable, so uploads can retry).
 #[derive(Clone)]
 pub struct BlobLocation {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod copy;
 pub mod digest;
 pub mod fixtures;
+pub mod gojson;
 pub mod image;
 pub mod limits;
 pub mod manifest;

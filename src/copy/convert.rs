@@ -138,11 +138,299 @@ fn layer_type(media_type: &str, to: Format) -> Option<&'static str> {
 }
 
 fn json(v: &impl Serialize) -> Vec<u8> {
-    serde_json::to_vec(v).expect("manifests serialise")
+    crate::gojson::to_vec(v)
 }
 
-/// An image manifest in the other family, as containers/image writes it.
-fn convert_image(raw: &RawManifest, to: Format) -> Result<RawManifest, Refusal> {
+/// A Docker image config as containers/image turns it into an OCI one: decoded
+/// into image-spec's `Image` struct (Go's case-insensitive field match, unknown
+/// fields dropped) and encoded again, with times in RFC 3339 with trimmed nanoseconds.
+pub fn oci_config(docker: &[u8]) -> Result<Vec<u8>, String> {
+    use serde_json::{Map, Value};
+    let v: Value = serde_json::from_slice(docker).map_err(|e| format!("config: {e}"))?;
+    let obj = v.as_object().ok_or("config is not a JSON object")?;
+    // Go matches a field by its exact name first, then case-insensitively.
+    fn get<'a>(o: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+        o.get(name)
+            .or_else(|| {
+                o.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+            })
+            .filter(|v| !v.is_null())
+    }
+    fn string(o: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {
+        match get(o, name) {
+            None => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("config field {name} is not a string")),
+        }
+    }
+    fn strings(o: &Map<String, Value>, name: &str) -> Result<Option<Vec<String>>, String> {
+        match get(o, name) {
+            None => Ok(None),
+            Some(Value::Array(a)) => {
+                let v = a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_string).ok_or(()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|()| format!("config field {name} is not a list of strings"))?;
+                Ok((!v.is_empty()).then_some(v))
+            }
+            Some(_) => Err(format!("config field {name} is not a list")),
+        }
+    }
+    fn set(o: &Map<String, Value>, name: &str) -> Result<Option<Map<String, Value>>, String> {
+        match get(o, name) {
+            None => Ok(None),
+            Some(Value::Object(m)) if m.is_empty() => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(
+                m.keys()
+                    .map(|k| (k.clone(), Value::Object(Map::new())))
+                    .collect(),
+            )),
+            Some(_) => Err(format!("config field {name} is not an object")),
+        }
+    }
+    fn time(o: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {
+        match get(o, name) {
+            None => Ok(None),
+            Some(Value::String(t)) => go_time(t)
+                .map(Some)
+                .ok_or_else(|| format!("config field {name}: {t:?} is not an RFC 3339 time")),
+            Some(_) => Err(format!("config field {name} is not a time")),
+        }
+    }
+    let mut out = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            out.insert(k.to_string(), v);
+        }
+    };
+    put("created", time(obj, "created")?.map(Value::String));
+    put("author", string(obj, "author")?.map(Value::String));
+    put(
+        "architecture",
+        Some(Value::String(
+            string(obj, "architecture")?.unwrap_or_default(),
+        )),
+    );
+    put("variant", string(obj, "variant")?.map(Value::String));
+    put(
+        "os",
+        Some(Value::String(string(obj, "os")?.unwrap_or_default())),
+    );
+    put("os.version", string(obj, "os.version")?.map(Value::String));
+    put(
+        "os.features",
+        strings(obj, "os.features")?.map(|v| v.into()),
+    );
+    let empty = Map::new();
+    let c = match get(obj, "config") {
+        None => &empty,
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err("config field config is not an object".into()),
+    };
+    let mut config = Map::new();
+    let mut cput = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            config.insert(k.to_string(), v);
+        }
+    };
+    cput("User", string(c, "User")?.map(Value::String));
+    cput("ExposedPorts", set(c, "ExposedPorts")?.map(Value::Object));
+    cput("Env", strings(c, "Env")?.map(|v| v.into()));
+    cput("Entrypoint", strings(c, "Entrypoint")?.map(|v| v.into()));
+    cput("Cmd", strings(c, "Cmd")?.map(|v| v.into()));
+    cput("Volumes", set(c, "Volumes")?.map(Value::Object));
+    cput("WorkingDir", string(c, "WorkingDir")?.map(Value::String));
+    cput(
+        "Labels",
+        match get(c, "Labels") {
+            None => None,
+            Some(Value::Object(m)) if m.is_empty() => None,
+            Some(Value::Object(m)) if m.values().all(Value::is_string) => {
+                Some(Value::Object(m.clone()))
+            }
+            Some(_) => return Err("config field Labels is not a map of strings".into()),
+        },
+    );
+    cput("StopSignal", string(c, "StopSignal")?.map(Value::String));
+    cput(
+        "ArgsEscaped",
+        match get(c, "ArgsEscaped") {
+            Some(Value::Bool(true)) => Some(Value::Bool(true)),
+            None | Some(Value::Bool(false)) => None,
+            Some(_) => return Err("config field ArgsEscaped is not a boolean".into()),
+        },
+    );
+    let rootfs = match get(obj, "rootfs") {
+        None => &empty,
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err("config field rootfs is not an object".into()),
+    };
+    let diff_ids = match get(rootfs, "diff_ids") {
+        None => Value::Null,
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Value::Array(a.clone()),
+        Some(_) => return Err("config field rootfs.diff_ids is not a list of digests".into()),
+    };
+    let mut history = Vec::new();
+    if let Some(h) = get(obj, "history") {
+        for item in h.as_array().ok_or("config field history is not a list")? {
+            let e = item
+                .as_object()
+                .ok_or("config history entry is not an object")?;
+            let mut entry = Map::new();
+            let mut hput = |k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    entry.insert(k.to_string(), v);
+                }
+            };
+            hput("created", time(e, "created")?.map(Value::String));
+            hput("created_by", string(e, "created_by")?.map(Value::String));
+            hput("author", string(e, "author")?.map(Value::String));
+            hput("comment", string(e, "comment")?.map(Value::String));
+            hput(
+                "empty_layer",
+                matches!(get(e, "empty_layer"), Some(Value::Bool(true)))
+                    .then_some(Value::Bool(true)),
+            );
+            history.push(entry);
+        }
+    }
+    // Go field order, which a map would sort: write the document by hand from ordered parts.
+    let order = [
+        "created",
+        "author",
+        "architecture",
+        "variant",
+        "os",
+        "os.version",
+        "os.features",
+    ];
+    let mut parts: Vec<String> = order
+        .iter()
+        .filter_map(|k| {
+            out.get(*k)
+                .map(|v| format!("{}:{}", json_str(k), ordered(v)))
+        })
+        .collect();
+    let config_order = [
+        "User",
+        "ExposedPorts",
+        "Env",
+        "Entrypoint",
+        "Cmd",
+        "Volumes",
+        "WorkingDir",
+        "Labels",
+        "StopSignal",
+        "ArgsEscaped",
+    ];
+    let config_parts: Vec<String> = config_order
+        .iter()
+        .filter_map(|k| {
+            config
+                .get(*k)
+                .map(|v| format!("{}:{}", json_str(k), ordered(v)))
+        })
+        .collect();
+    parts.push(format!("\"config\":{{{}}}", config_parts.join(",")));
+    parts.push(format!(
+        "\"rootfs\":{{\"type\":{},\"diff_ids\":{}}}",
+        json_str(&string(rootfs, "type")?.unwrap_or_default()),
+        ordered(&diff_ids)
+    ));
+    if !history.is_empty() {
+        let entries: Vec<String> = history
+            .iter()
+            .map(|e| {
+                let fields: Vec<String> =
+                    ["created", "created_by", "author", "comment", "empty_layer"]
+                        .iter()
+                        .filter_map(|k| {
+                            e.get(*k).map(|v| format!("{}:{}", json_str(k), ordered(v)))
+                        })
+                        .collect();
+                format!("{{{}}}", fields.join(","))
+            })
+            .collect();
+        parts.push(format!("\"history\":[{}]", entries.join(",")));
+    }
+    Ok(crate::gojson::escape(&format!("{{{}}}", parts.join(","))).into_bytes())
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+/// A value whose maps serialise with sorted keys, as Go sorts map keys.
+fn ordered(v: &serde_json::Value) -> String {
+    serde_json::to_string(v).expect("values serialise")
+}
+
+/// A time as Go re-encodes a parsed RFC 3339 time: trailing zeros of the fraction trimmed.
+fn go_time(t: &str) -> Option<String> {
+    let b = t.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    if b.len() < 20
+        || !digits(0..4)
+        || b[4] != b'-'
+        || !digits(5..7)
+        || b[7] != b'-'
+        || !digits(8..10)
+        || !matches!(b[10], b'T' | b't')
+        || !digits(11..13)
+        || b[13] != b':'
+        || !digits(14..16)
+        || b[16] != b':'
+        || !digits(17..19)
+    {
+        return None;
+    }
+    let (frac, zone) = if b[19] == b'.' {
+        let end = 20 + b[20..].iter().take_while(|c| c.is_ascii_digit()).count();
+        (&t[20..end], &t[end..])
+    } else {
+        ("", &t[19..])
+    };
+    let zone_ok = zone == "Z"
+        || zone == "z"
+        || (zone.len() == 6
+            && matches!(zone.as_bytes()[0], b'+' | b'-')
+            && zone.as_bytes()[3] == b':');
+    if !zone_ok {
+        return None;
+    }
+    let frac = frac.get(..9).unwrap_or(frac).trim_end_matches('0');
+    // Go's layout `Z07:00` writes a zero offset as `Z`.
+    let zone = if matches!(zone, "z" | "+00:00" | "-00:00") {
+        "Z"
+    } else {
+        zone
+    };
+    Some(format!(
+        "{}T{}{}{}",
+        &t[..10],
+        &t[11..19],
+        if frac.is_empty() {
+            String::new()
+        } else {
+            format!(".{frac}")
+        },
+        zone
+    ))
+}
+
+/// An image manifest in the other family, as containers/image writes it; a
+/// Docker config becomes an OCI config (a new blob, returned with its descriptor).
+fn convert_image(
+    raw: &RawManifest,
+    to: Format,
+    configs: &HashMap<Digest, Vec<u8>>,
+) -> Result<(RawManifest, Option<(Descriptor, Vec<u8>)>), Refusal> {
     let Manifest::Image(m) = raw.parse().map_err(|e| Refusal::Cannot(e.to_string()))? else {
         unreachable!("called for image manifests")
     };
@@ -161,6 +449,18 @@ fn convert_image(raw: &RawManifest, to: Format) -> Result<RawManifest, Refusal> 
         (Format::V2s2, mt::DOCKER_CONFIG | mt::OCI_CONFIG) => mt::DOCKER_CONFIG,
         (_, other) => return Err(cannot(&format!("its config is {other}"))),
     };
+    let mut config = m.config.clone();
+    let mut new_config = None;
+    if to == Format::Oci && m.config.media_type == mt::DOCKER_CONFIG {
+        let docker = configs
+            .get(&m.config.digest)
+            .ok_or_else(|| cannot("its config was not read"))?;
+        let bytes = oci_config(docker).map_err(|e| cannot(&e))?;
+        config.digest = Digest::sha256_of(&bytes);
+        config.size = bytes.len() as u64;
+        config.media_type = mt::OCI_CONFIG.to_string();
+        new_config = Some((config.clone(), bytes));
+    }
     let mut layer_types = Vec::new();
     for l in &m.layers {
         layer_types.push(
@@ -172,7 +472,7 @@ fn convert_image(raw: &RawManifest, to: Format) -> Result<RawManifest, Refusal> 
         Format::Oci => json(&GoImage {
             schema_version: 2,
             media_type: mt::OCI_MANIFEST,
-            config: oci_desc(&m.config, config_type),
+            config: oci_desc(&config, config_type),
             layers: m
                 .layers
                 .iter()
@@ -194,7 +494,8 @@ fn convert_image(raw: &RawManifest, to: Format) -> Result<RawManifest, Refusal> 
             annotations: None,
         }),
     };
-    RawManifest::new(bytes, None).map_err(|e| Refusal::Cannot(e.to_string()))
+    let manifest = RawManifest::new(bytes, None).map_err(|e| Refusal::Cannot(e.to_string()))?;
+    Ok((manifest, new_config))
 }
 
 fn oci_desc<'a>(d: &'a Descriptor, media_type: &'a str) -> OciDesc<'a> {
@@ -267,29 +568,68 @@ fn drop_absent(index: &RawManifest, absent: &[&Digest]) -> Result<RawManifest, R
     RawManifest::new(bytes, Some(index.media_type())).map_err(|e| cannot(e.to_string()))
 }
 
-/// The manifests to write for `walk` (children first, the top last) and whether any digest changed.
+/// What a copy writes besides the source's blobs.
+#[derive(Debug, Default)]
+pub struct Writes {
+    /// Manifests to write, children first, the top last.
+    pub manifests: Vec<RawManifest>,
+    /// Whether any manifest's digest differs from the source's.
+    pub changed: bool,
+    /// Blobs made by the conversion (OCI configs), to write.
+    pub new_blobs: Vec<(Descriptor, Vec<u8>)>,
+    /// Source blobs the conversion replaced (Docker configs), not to copy.
+    pub replaced: Vec<Digest>,
+}
+
+/// The format every manifest must be in for `props` (or as `--format` asks), `None` when the source's will do.
+pub fn target_format(
+    walk: &ImageWalk,
+    props: &DestProperties,
+    opts: &CopyOptions,
+) -> Option<Format> {
+    let accepted = |t: &str| props.manifest_types.is_empty() || props.manifest_types.contains(&t);
+    match opts.format {
+        Some(f) => Some(f),
+        None if walk.manifests().all(|m| accepted(m.media_type())) => None,
+        None => Some(match family_of(walk.top.media_type()) {
+            Format::Oci => Format::V2s2,
+            Format::V2s2 => Format::Oci,
+        }),
+    }
+}
+
+/// Docker configs a conversion to `target` must read (they become OCI configs).
+pub fn configs_to_convert(walk: &ImageWalk, target: Option<Format>) -> Vec<Descriptor> {
+    if target != Some(Format::Oci) {
+        return Vec::new();
+    }
+    walk.manifests()
+        .filter(|m| family_of(m.media_type()) == Format::V2s2 && !mt::is_index(m.media_type()))
+        .filter_map(|m| match m.parse() {
+            Ok(Manifest::Image(i)) if i.config.media_type == mt::DOCKER_CONFIG => Some(i.config),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The manifests and new blobs to write for `walk`; `configs` holds the bytes of [`configs_to_convert`].
 pub fn plan_writes(
     walk: &ImageWalk,
     props: &DestProperties,
     opts: &CopyOptions,
     sparse: bool,
-) -> Result<(Vec<RawManifest>, bool), Refusal> {
-    let top_family = family_of(walk.top.media_type());
-    let accepted = |t: &str| props.manifest_types.is_empty() || props.manifest_types.contains(&t);
-    let target = match opts.format {
-        Some(f) => Some(f),
-        None if walk.manifests().all(|m| accepted(m.media_type())) => None,
-        None => Some(match top_family {
-            Format::Oci => Format::V2s2,
-            Format::V2s2 => Format::Oci,
-        }),
-    };
+    configs: &HashMap<Digest, Vec<u8>>,
+) -> Result<Writes, Refusal> {
+    let target = target_format(walk, props, opts);
     let rewrite_sparse = sparse && opts.rewrite_sparse_index && !props.accepts_sparse_index;
     let needs_conversion = walk
         .manifests()
         .any(|m| target.is_some_and(|t| family_of(m.media_type()) != t));
     if !needs_conversion && !rewrite_sparse {
-        return Ok((walk.manifests().cloned().collect(), false));
+        return Ok(Writes {
+            manifests: walk.manifests().cloned().collect(),
+            ..Writes::default()
+        });
     }
     if opts.preserve_digests {
         return Err(Refusal::DigestChange(match target {
@@ -307,6 +647,7 @@ pub fn plan_writes(
     // Children first: each converted manifest's new descriptor, for the indexes that list it.
     let mut renamed: HashMap<Digest, RawManifest> = HashMap::new();
     let mut out = Vec::new();
+    let mut writes = Writes::default();
     for m in walk.manifests() {
         let is_index = mt::is_index(m.media_type());
         let to = target.unwrap_or(family_of(m.media_type()));
@@ -314,7 +655,14 @@ pub fn plan_writes(
             if family_of(m.media_type()) == to {
                 m.clone()
             } else {
-                convert_image(m, to)?
+                let (new, config) = convert_image(m, to, configs)?;
+                if let Some((desc, bytes)) = config {
+                    if let Ok(Manifest::Image(old)) = m.parse() {
+                        writes.replaced.push(old.config.digest);
+                    }
+                    writes.new_blobs.push((desc, bytes));
+                }
+                new
             }
         } else {
             let present: Vec<&crate::image::Child> = walk
@@ -365,8 +713,9 @@ pub fn plan_writes(
         }
         out.push(new);
     }
-    let changed = !renamed.is_empty();
-    Ok((out, changed))
+    writes.changed = !renamed.is_empty();
+    writes.manifests = out;
+    Ok(writes)
 }
 
 #[cfg(test)]
@@ -384,9 +733,17 @@ mod tests {
             mt::DOCKER_LAYER_GZIP
         );
         let raw = RawManifest::new(docker.clone().into_bytes(), None).unwrap();
-        let oci = convert_image(&raw, Format::Oci).unwrap();
+        let configs = HashMap::from([(cfg.clone(), br#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"Hostname":"x"},"rootfs":{"type":"layers","diff_ids":[]},"container":"c"}"#.to_vec())]);
+        let (oci, config) = convert_image(&raw, Format::Oci, &configs).unwrap();
+        let (config_desc, config_bytes) = config.unwrap();
+        assert_eq!(
+            String::from_utf8(config_bytes).unwrap(),
+            r#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"]},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+            "docker-only fields dropped, Go field order"
+        );
+        let cfg_new = config_desc.digest.clone();
         let want = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{cfg}","size":1}},"layers":[{{"mediaType":"{}","digest":"{layer}","size":1}}]}}"#,
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{cfg_new}","size":{}}},"layers":[{{"mediaType":"{}","digest":"{layer}","size":1}}]}}"#,
             mt::OCI_MANIFEST,
             mt::OCI_CONFIG,
             mt::OCI_LAYER_GZIP

@@ -198,6 +198,10 @@ pub struct Job<S, D> {
 /// An image read and planned: its walk, and what to write.
 struct Planned {
     walk: ImageWalk,
+    /// Blobs to move: the walk's, less those a conversion replaced, plus the ones it made.
+    blobs: Vec<Descriptor>,
+    /// Blobs a conversion made, by digest: written from memory.
+    new_blobs: HashMap<Digest, Vec<u8>>,
     /// Manifests to write, children first; the last is the top.
     writes: Vec<RawManifest>,
     source_digest: Digest,
@@ -302,20 +306,72 @@ async fn plan<S: Source, D: Destination>(
         .children
         .iter()
         .any(|c| !c.selected || c.manifest.is_none());
-    let (writes, rewritten) =
-        convert::plan_writes(&walk, &props, opts, sparse).map_err(|why| match why {
+    // Docker configs that become OCI configs are read now (small, capped, verified).
+    let mut configs = HashMap::new();
+    for c in convert::configs_to_convert(&walk, convert::target_format(&walk, &props, opts)) {
+        let bytes = read_small(&job.source, &c)
+            .await
+            .map_err(|e| src_err(format!("config {}: {e}", c.digest)))?;
+        configs.insert(c.digest.clone(), bytes);
+    }
+    let w =
+        convert::plan_writes(&walk, &props, opts, sparse, &configs).map_err(|why| match why {
             convert::Refusal::DigestChange(why) => CopyError::WouldChangeDigest {
                 image: name.clone(),
                 why,
             },
             convert::Refusal::Cannot(why) => src_err(why),
         })?;
+    let mut blobs: Vec<Descriptor> = walk
+        .blobs
+        .iter()
+        .filter(|b| !w.replaced.contains(&b.digest))
+        .cloned()
+        .collect();
+    blobs.extend(w.new_blobs.iter().map(|(d, _)| d.clone()));
     Ok(Planned {
         walk,
-        writes,
+        blobs,
+        new_blobs: w
+            .new_blobs
+            .into_iter()
+            .map(|(d, b)| (d.digest, b))
+            .collect(),
+        writes: w.manifests,
         source_digest,
-        rewritten,
+        rewritten: w.changed,
     })
+}
+
+/// Reads a small blob (a config) whole, verified, at most [`crate::limits::MAX_CONFIG_BYTES`].
+async fn read_small<S: Source>(source: &S, desc: &Descriptor) -> Result<Vec<u8>, String> {
+    if desc.size > crate::limits::MAX_CONFIG_BYTES {
+        return Err(format!(
+            "{} bytes, over the {}-byte cap",
+            desc.size,
+            crate::limits::MAX_CONFIG_BYTES
+        ));
+    }
+    let mut stream = source
+        .blob(desc)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_stream();
+    let mut out = Vec::with_capacity(desc.size as usize);
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+        if out.len() as u64 > desc.size {
+            return Err("longer than its descriptor says".into());
+        }
+    }
+    crate::digest::check(
+        &desc.digest,
+        Some(desc.size),
+        &Digest::sha256_of(&out),
+        out.len() as u64,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 /// Lets the image walk read manifests through any [`Source`].
@@ -348,7 +404,7 @@ pub async fn copy_all<S: Source, D: Destination>(
     let mut blobs: BTreeMap<Digest, (Descriptor, Vec<usize>)> = BTreeMap::new();
     let mut order: Vec<Digest> = Vec::new();
     for (i, p) in planned.iter().enumerate() {
-        for b in &p.walk.blobs {
+        for b in &p.blobs {
             let e = blobs.entry(b.digest.clone()).or_insert_with(|| {
                 order.push(b.digest.clone());
                 (b.clone(), Vec::new())
@@ -365,11 +421,11 @@ pub async fn copy_all<S: Source, D: Destination>(
         .any(|j| j.destination.properties().ordered_blobs);
     let transfers = stream::iter(order.iter()).map(|d| {
         let (desc, users) = &blobs[d];
-        let (jobs, counts) = (&jobs, &counts);
+        let (jobs, counts, planned) = (&jobs, &counts, &planned);
         async move {
             let mut failed = Vec::new();
             for &i in users {
-                if let Err(e) = transfer(&jobs[i], desc, counts).await {
+                if let Err(e) = transfer(&jobs[i], &planned[i], desc, counts).await {
                     failed.push((i, e));
                 }
             }
@@ -464,13 +520,35 @@ pub async fn copy_blob<S: Source, D: Destination>(
     destination.put_blob(desc, body).await.map_err(dst_err)
 }
 
-/// [`copy_blob`] for one job, counted.
+/// [`copy_blob`] for one job (or a blob a conversion made, from memory), counted.
 async fn transfer<S: Source, D: Destination>(
     job: &Job<S, D>,
+    planned: &Planned,
     desc: &Descriptor,
     counts: &Counts,
 ) -> Result<(), CopyError> {
-    match copy_blob(&job.source, &job.destination, desc).await? {
+    let put = match planned.new_blobs.get(&desc.digest) {
+        Some(bytes) => {
+            let dst_err = |e: TransportError| CopyError::Destination {
+                image: format!("{} (blob {})", job.destination.name(), desc.digest),
+                source: Box::new(e),
+            };
+            if job.destination.has_blob(desc).await.map_err(dst_err)? {
+                Put::Present
+            } else {
+                let body = BlobBody::Local(crate::blob::BlobLocation {
+                    size: bytes.len() as u64,
+                    source: std::sync::Arc::new(crate::blob::Memory(bytes.clone())),
+                });
+                job.destination
+                    .put_blob(desc, body)
+                    .await
+                    .map_err(dst_err)?
+            }
+        }
+        None => copy_blob(&job.source, &job.destination, desc).await?,
+    };
+    match put {
         Put::Present => counts.present.fetch_add(1, Ordering::Relaxed),
         Put::Mounted => counts.mounted.fetch_add(1, Ordering::Relaxed),
         Put::Written => {

@@ -20,6 +20,11 @@
 
 pub mod bundle;
 pub mod catalog;
+pub mod daemon;
+pub mod dir;
+pub mod docker_archive;
+pub mod oci;
+pub mod oci_archive;
 pub mod open;
 pub mod registry;
 pub mod root;

@@ -8,6 +8,11 @@ use std::sync::Arc;
 
 use super::bundle::Bundles;
 use super::catalog::CatalogSource;
+use super::daemon::{DaemonDest, DaemonSource};
+use super::dir::{DirDest, DirSource};
+use super::docker_archive::{DockerArchiveDest, DockerArchiveSource};
+use super::oci::{OciDest, OciSource};
+use super::oci_archive::{OciArchiveDest, OciArchiveSource};
 use super::registry::{Clients, Pushed, RegistryDest, RegistrySource};
 use super::root::RootDest;
 use super::{DestProperties, Destination, ImageRef, Put, Result, Source, TransportError};
@@ -37,6 +42,16 @@ pub enum AnySource {
     Root(CatalogSource<Store>),
     /// `ferry-bundle:`.
     Bundle(CatalogSource<Bundles>),
+    /// `dir:`.
+    Dir(DirSource),
+    /// `oci:`.
+    Oci(OciSource),
+    /// `oci-archive:`.
+    OciArchive(OciArchiveSource),
+    /// `docker-archive:`.
+    DockerArchive(DockerArchiveSource),
+    /// `docker-daemon:`.
+    Daemon(DaemonSource),
 }
 
 /// Any transport's destination.
@@ -46,6 +61,16 @@ pub enum AnyDest {
     Registry(RegistryDest),
     /// `registry-root:`.
     Root(RootDest),
+    /// `dir:`.
+    Dir(DirDest),
+    /// `oci:`.
+    Oci(OciDest),
+    /// `oci-archive:`.
+    OciArchive(OciArchiveDest),
+    /// `docker-archive:`.
+    DockerArchive(DockerArchiveDest),
+    /// `docker-daemon:`.
+    Daemon(DaemonDest),
 }
 
 macro_rules! each_source {
@@ -54,6 +79,11 @@ macro_rules! each_source {
             AnySource::Registry($s) => $e,
             AnySource::Root($s) => $e,
             AnySource::Bundle($s) => $e,
+            AnySource::Dir($s) => $e,
+            AnySource::Oci($s) => $e,
+            AnySource::OciArchive($s) => $e,
+            AnySource::DockerArchive($s) => $e,
+            AnySource::Daemon($s) => $e,
         }
     };
 }
@@ -63,6 +93,11 @@ macro_rules! each_dest {
         match $self {
             AnyDest::Registry($d) => $e,
             AnyDest::Root($d) => $e,
+            AnyDest::Dir($d) => $e,
+            AnyDest::Oci($d) => $e,
+            AnyDest::OciArchive($d) => $e,
+            AnyDest::DockerArchive($d) => $e,
+            AnyDest::Daemon($d) => $e,
         }
     };
 }
@@ -165,10 +200,18 @@ pub async fn open_source(r: &ImageRef, clients: &Clients, opts: &OpenOptions) ->
             };
             AnySource::Bundle(CatalogSource::new(catalog, reference, r.to_string()))
         }
-        other => {
-            return Err(TransportError::Unsupported(format!(
-                "{other}: this transport cannot be read yet"
-            )));
+        ImageRef::Dir(path) => AnySource::Dir(DirSource::open(path)?),
+        ImageRef::Oci(path, reference) => {
+            AnySource::Oci(OciSource::open(path, reference.as_deref())?)
+        }
+        ImageRef::OciArchive(path, reference) => {
+            AnySource::OciArchive(OciArchiveSource::open(path, reference.as_deref())?)
+        }
+        ImageRef::DockerArchive(path, reference) => {
+            AnySource::DockerArchive(DockerArchiveSource::open(path, reference.as_deref())?)
+        }
+        ImageRef::DockerDaemon(reference) => {
+            AnySource::Daemon(DaemonSource::open(&reference.to_string()).await?)
         }
     })
 }
@@ -220,10 +263,18 @@ pub fn open_dest(
                 "{other}: a bundle is read-only; write one with `ferry bundle`"
             )));
         }
-        other => {
-            return Err(TransportError::Unsupported(format!(
-                "{other}: this transport cannot be written yet"
-            )));
+        ImageRef::Dir(path) => AnyDest::Dir(DirDest::create(path)?),
+        ImageRef::Oci(path, reference) => {
+            AnyDest::Oci(OciDest::create(path, reference.as_deref())?)
+        }
+        ImageRef::OciArchive(path, reference) => {
+            AnyDest::OciArchive(OciArchiveDest::create(path, reference.as_deref())?)
+        }
+        ImageRef::DockerArchive(path, reference) => {
+            AnyDest::DockerArchive(DockerArchiveDest::create(path, reference.as_deref())?)
+        }
+        ImageRef::DockerDaemon(reference) => {
+            AnyDest::Daemon(DaemonDest::create(&reference.to_string())?)
         }
     })
 }
