@@ -430,7 +430,7 @@ fn convert_image(
     raw: &RawManifest,
     to: Format,
     configs: &HashMap<Digest, Vec<u8>>,
-) -> Result<(RawManifest, Option<(Descriptor, Vec<u8>)>), Refusal> {
+) -> Result<(RawManifest, Option<NewBlob>), Refusal> {
     let Manifest::Image(m) = raw.parse().map_err(|e| Refusal::Cannot(e.to_string()))? else {
         unreachable!("called for image manifests")
     };
@@ -568,6 +568,9 @@ fn drop_absent(index: &RawManifest, absent: &[&Digest]) -> Result<RawManifest, R
     RawManifest::new(bytes, Some(index.media_type())).map_err(|e| cannot(e.to_string()))
 }
 
+/// A blob a conversion made: its descriptor and bytes.
+pub type NewBlob = (Descriptor, Vec<u8>);
+
 /// What a copy writes besides the source's blobs.
 #[derive(Debug, Default)]
 pub struct Writes {
@@ -576,7 +579,7 @@ pub struct Writes {
     /// Whether any manifest's digest differs from the source's.
     pub changed: bool,
     /// Blobs made by the conversion (OCI configs), to write.
-    pub new_blobs: Vec<(Descriptor, Vec<u8>)>,
+    pub new_blobs: Vec<NewBlob>,
     /// Source blobs the conversion replaced (Docker configs), not to copy.
     pub replaced: Vec<Digest>,
 }
@@ -746,14 +749,32 @@ mod tests {
             r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{cfg_new}","size":{}}},"layers":[{{"mediaType":"{}","digest":"{layer}","size":1}}]}}"#,
             mt::OCI_MANIFEST,
             mt::OCI_CONFIG,
+            config_desc.size,
             mt::OCI_LAYER_GZIP
         );
         assert_eq!(String::from_utf8_lossy(oci.bytes()), want);
-        let back = convert_image(&oci, Format::V2s2).unwrap();
-        assert_eq!(
-            back.bytes(),
-            docker.as_bytes(),
-            "the round trip gives the Docker bytes back"
-        );
+        let (back, none) = convert_image(&oci, Format::V2s2, &HashMap::new()).unwrap();
+        assert!(none.is_none(), "OCI to Docker keeps the config");
+        assert!(String::from_utf8_lossy(back.bytes()).contains(mt::DOCKER_LAYER_GZIP));
+    }
+
+    #[test]
+    fn go_times() {
+        for (i, o) in [
+            ("2021-01-01T00:00:00Z", Some("2021-01-01T00:00:00Z")),
+            (
+                "2021-01-01T00:00:00.500000Z",
+                Some("2021-01-01T00:00:00.5Z"),
+            ),
+            ("2021-01-01T00:00:00.000Z", Some("2021-01-01T00:00:00Z")),
+            (
+                "2021-01-01T02:00:00+02:00",
+                Some("2021-01-01T02:00:00+02:00"),
+            ),
+            ("2021-01-01T00:00:00+00:00", Some("2021-01-01T00:00:00Z")),
+            ("2021-01-01", None),
+        ] {
+            assert_eq!(go_time(i).as_deref(), o, "{i}");
+        }
     }
 }
