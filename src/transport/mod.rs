@@ -190,12 +190,12 @@ pub enum ImageRef {
 /// The transports, for messages.
 pub const TRANSPORTS: &str = "docker://, dir:, oci:, oci-archive:, docker-archive:, docker-daemon:, registry-root:, ferry-bundle:";
 
+/// `PATH[:REF]` split at the first colon, as containers/image splits it (a REF may hold `/` and `:`).
 fn split_path_ref(rest: &str) -> (PathBuf, Option<String>) {
-    match rest.rsplit_once(':') {
-        Some((p, r)) if !r.contains('/') && !p.is_empty() => {
-            (PathBuf::from(p), Some(r.to_string()))
-        }
-        _ => (PathBuf::from(rest), None),
+    match rest.split_once(':') {
+        Some((p, r)) if !p.is_empty() && !r.is_empty() => (PathBuf::from(p), Some(r.to_string())),
+        Some((p, _)) => (PathBuf::from(p), None),
+        None => (PathBuf::from(rest), None),
     }
 }
 
@@ -317,6 +317,10 @@ mod tests {
             ("oci:/tmp/lay", "oci:/tmp/lay"),
             ("oci-archive:/tmp/a.tar:x", "oci-archive:/tmp/a.tar:x"),
             ("docker-archive:/tmp/a.tar", "docker-archive:/tmp/a.tar"),
+            (
+                "docker-archive:/tmp/a.tar:x/y:1",
+                "docker-archive:/tmp/a.tar:x/y:1",
+            ),
             (
                 "ferry-bundle:/b.tar.zst:app/web:1",
                 "ferry-bundle:/b.tar.zst:app/web:1",

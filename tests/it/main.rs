@@ -7,6 +7,7 @@ mod clients;
 mod copy;
 mod harness;
 mod hostile;
+mod oracle;
 mod serve;
 mod store_interop;
 mod unbundle;
