@@ -255,6 +255,28 @@ fn bad_input_gets_one_line_and_leaves_no_tag() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(root_tags(&dst, "a").is_empty(), "{args:?}: no tag written");
     }
+    // A destination directory that holds something other than an image is refused, untouched.
+    let notes = work.path().join("notes");
+    std::fs::create_dir(&notes).unwrap();
+    std::fs::write(notes.join("todo.txt"), "keep me").unwrap();
+    let out = copy(&[
+        "--src-tls-verify=false",
+        &format!("docker://{}/{name}", src.addr),
+        &format!("dir:{}", notes.display()),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(&notes.display().to_string()), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&notes).unwrap().count(),
+        1,
+        "nothing added or removed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(notes.join("todo.txt")).unwrap(),
+        "keep me"
+    );
     // Nothing half-written is visible: no temp blob left, and every blob there verifies.
     let out = run_ok(ferry().arg("verify").arg(&dst));
     assert!(

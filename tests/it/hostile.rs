@@ -388,3 +388,62 @@ fn basic_auth_registry() {
         .args(["--src-creds", &format!("{USER}:{PASS}")]),
     );
 }
+
+#[test]
+fn copy_with_a_wrong_password_or_lying_registry_writes_nothing() {
+    let (_dir, h, addr, _rt) = start(Mode::Basic);
+    let work = tempfile::tempdir().unwrap();
+    let src = format!("docker://{addr}/{}@{}", h.repo, h.manifest);
+    let into = work.path().join("img");
+    let out = run(ferry().args([
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &format!("{USER}:wrong-password"),
+        &src,
+        &format!("dir:{}", into.display()),
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("401"), "{err}");
+    assert!(
+        !err.contains("wrong-password"),
+        "the secret is never printed: {err}"
+    );
+    assert!(!into.join("manifest.json").exists(), "no image written");
+    run_ok(ferry().args([
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &format!("{USER}:{PASS}"),
+        &src,
+        &format!("dir:{}", into.display()),
+    ]));
+    assert!(into.join("manifest.json").exists());
+
+    // A registry that sends the wrong bytes under the right digest: refused, nothing named.
+    let (_dir, h, addr, _rt) = start(Mode::Liar);
+    let root = work.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let out = run(ferry().args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{addr}/{}@{}", h.repo, h.manifest),
+        &format!("registry-root:{}/lied:1", root.display()),
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&h.layer.to_string()), "names the blob: {err}");
+    let store = Store::open(&root);
+    assert_eq!(store.resolve_tag("lied", "1").unwrap(), None, "no tag");
+    assert!(
+        !store.has_blob(&h.layer),
+        "the lying blob is not in the root"
+    );
+    let tmp = std::fs::read_dir(store.path(PathSpec::Temp))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(tmp, 0, "no temp file left");
+}
