@@ -47,3 +47,6 @@ pub const MONOLITHIC_UPLOAD_MAX: u64 = 32 * 1024 * 1024;
 
 /// Size of one PATCH of a chunked upload.
 pub const UPLOAD_CHUNK_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Most pages of a tag list or catalog followed before giving up (a server whose `Link` never ends).
+pub const MAX_LIST_PAGES: usize = 10_000;

@@ -138,4 +138,10 @@ impl<C: Catalog> Source for CatalogSource<C> {
         }
         Ok(BlobBody::Local(loc))
     }
+
+    async fn list_tags(&self) -> TResult<Vec<String>> {
+        self.catalog
+            .tags(&self.repo)?
+            .ok_or_else(|| TransportError::NotFound(format!("{}: no such repository", self.name)))
+    }
 }

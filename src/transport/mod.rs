@@ -112,6 +112,17 @@ pub trait Source: Send + Sync {
     /// it ends with an `InvalidData` error instead of ending cleanly when the bytes
     /// do not match `desc`. A [`BlobBody::Local`] is checked by the destination.
     fn blob(&self, desc: &Descriptor) -> impl Future<Output = Result<BlobBody>> + Send;
+
+    /// The other tags of the same repository (a registry, a root, a bundle); a transport
+    /// that holds one image says it cannot list.
+    fn list_tags(&self) -> impl Future<Output = Result<Vec<String>>> + Send {
+        let name = self.name();
+        async move {
+            Err(TransportError::Unsupported(format!(
+                "{name}: this transport holds no list of tags"
+            )))
+        }
+    }
 }
 
 /// What a destination can hold, so the copy engine adapts without naming it.

@@ -115,6 +115,9 @@ impl Source for AnySource {
     async fn blob(&self, desc: &Descriptor) -> Result<BlobBody> {
         each_source!(self, s => s.blob(desc).await)
     }
+    async fn list_tags(&self) -> Result<Vec<String>> {
+        each_source!(self, s => s.list_tags().await)
+    }
 }
 
 impl Destination for AnyDest {

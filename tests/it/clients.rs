@@ -304,4 +304,72 @@ fn dockerd_pulls_every_image_and_platform() {
             run_ok(&mut docker(&["rmi", "-f", &r]));
         }
     }
+
+    // The docker-daemon: transport, both ways, beside skopeo's on the same daemon.
+    let img = corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.is_empty())
+        .unwrap();
+    let pulled = format!("{}/{}:{}", server.addr, img.repository, img.tag);
+    let work = tempfile::tempdir().unwrap();
+    let (by_ferry, by_skopeo) = (work.path().join("ferry"), work.path().join("skopeo"));
+    run_ok(ferry().env("DOCKER_HOST", &host).args([
+        "copy",
+        "-q",
+        &format!("docker-daemon:{pulled}"),
+        &format!("dir:{}", by_ferry.display()),
+    ]));
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        "--src-daemon-host",
+        &host,
+        &format!("docker-daemon:{pulled}"),
+        &format!("dir:{}", by_skopeo.display()),
+    ]);
+    let listing = |p: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        listing(&by_ferry),
+        listing(&by_skopeo),
+        "ferry and skopeo read the same blobs from the daemon"
+    );
+    run_ok(ferry().env("DOCKER_HOST", &host).args([
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        &format!("docker://{pulled}"),
+        "docker-daemon:loaded.example/by-ferry:1",
+    ]));
+    let id = |r: &str| {
+        let out = run_ok(&mut docker(&["image", "inspect", "--format", "{{.Id}}", r]));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        id("loaded.example/by-ferry:1"),
+        id(&pulled),
+        "the image ferry loaded is the one docker pulled"
+    );
+    let missing = run(ferry().env("DOCKER_HOST", &host).args([
+        "copy",
+        "docker-daemon:loaded.example/none:1",
+        &format!("dir:{}", work.path().join("none").display()),
+    ]));
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&missing.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
 }

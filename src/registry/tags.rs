@@ -1,0 +1,79 @@
+//! Tag lists, followed through `Link` pagination to the end.
+
+use reqwest::{Method, header};
+
+use super::client::{Client, RegistryError, read_capped};
+use super::routes::Route;
+use crate::limits::{MAX_LIST_PAGES, MAX_MANIFEST_BYTES};
+
+#[derive(serde::Deserialize)]
+struct Page {
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+/// The `?…` part of a `Link: <…>; rel="next"` header, if the header names a next page.
+fn next_query(link: &str) -> Option<String> {
+    let (target, params) = link.split_once(';')?;
+    if !params.contains("rel=\"next\"") && !params.contains("rel=next") {
+        return None;
+    }
+    let target = target.trim().trim_start_matches('<').trim_end_matches('>');
+    target.find('?').map(|i| target[i..].to_string())
+}
+
+impl Client {
+    /// Every tag of `repo`, in the registry's order, following `Link` pages (at most [`MAX_LIST_PAGES`]).
+    pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
+        let route = Route::Tags {
+            name: repo.to_string(),
+        };
+        let mut tags = Vec::new();
+        let mut query = String::new();
+        for _ in 0..MAX_LIST_PAGES {
+            let held = self.send(Method::GET, &route, &query, &[]).await?;
+            let url = held.resp.url().to_string();
+            let next = held
+                .resp
+                .headers()
+                .get(header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_query);
+            let body = read_capped(held.resp, MAX_MANIFEST_BYTES)
+                .await
+                .map_err(|source| RegistryError::Transport {
+                    method: Method::GET,
+                    url: url.clone(),
+                    source,
+                })?;
+            let page: Page = serde_json::from_slice(&body).map_err(|e| RegistryError::Config {
+                host: self.host().to_string(),
+                why: format!("{url}: tag list does not parse: {e}"),
+            })?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(q) if q != query => query = q,
+                _ => return Ok(tags),
+            }
+        }
+        Err(RegistryError::Config {
+            host: self.host().to_string(),
+            why: format!("{repo}: more than {MAX_LIST_PAGES} pages of tags"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn link_headers() {
+        assert_eq!(
+            super::next_query("</v2/x/tags/list?last=b&n=2>; rel=\"next\"").as_deref(),
+            Some("?last=b&n=2")
+        );
+        assert_eq!(
+            super::next_query("</v2/x/tags/list?n=2>; rel=\"prev\""),
+            None
+        );
+    }
+}
