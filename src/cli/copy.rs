@@ -121,6 +121,7 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
         format: a.format,
         rewrite_sparse_index: false,
         jobs: a.jobs.max(1),
+        ..CopyOptions::default()
     };
     let creds = |c: &Option<String>| c.as_deref().map(crate::auth::Credentials::from_flag);
     let open = OpenOptions {

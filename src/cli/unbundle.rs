@@ -202,6 +202,7 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         format: None,
         rewrite_sparse_index: a.rewrite_sparse_index,
         jobs: a.jobs.max(1),
+        sparse_hint: "bundle again with --all-platforms, or push with --rewrite-sparse-index to push an index of the present platforms (its digest changes)",
     };
     let target = crate::registry::Client::new(&host, &client)?;
     let pushed = std::sync::Arc::new(crate::transport::registry::Pushed::default());

@@ -78,6 +78,8 @@ pub struct CopyOptions {
     pub rewrite_sparse_index: bool,
     /// Blobs moved at once.
     pub jobs: usize,
+    /// What to tell a user whose sparse index the destination refused.
+    pub sparse_hint: &'static str,
 }
 
 impl Default for CopyOptions {
@@ -88,6 +90,7 @@ impl Default for CopyOptions {
             format: None,
             rewrite_sparse_index: false,
             jobs: crate::limits::DEFAULT_JOBS,
+            sparse_hint: "copy with --all to bring every platform",
         }
     }
 }
@@ -161,10 +164,11 @@ pub enum CopyError {
     },
     /// A sparse index the destination will not take as it is.
     #[error(
-        "{image}: the target refused the index {digest} because {absent} of its platforms are not in the source ({source}); \
-         bundle again with --all-platforms, or push with --rewrite-sparse-index to push an index of the present platforms (its digest changes)"
+        "{image}: the target refused the index {digest} because {absent} of its platforms are not in the source ({source}); {hint}"
     )]
     SparseIndex {
+        /// How to get past it, in the words of the command that copied.
+        hint: &'static str,
         /// The destination image.
         image: String,
         /// The index.
@@ -462,7 +466,7 @@ pub async fn copy_all<S: Source, D: Destination>(
             errors.push(e);
             continue;
         }
-        match write_manifests(job, p).await {
+        match write_manifests(job, p, opts).await {
             Ok(n) => {
                 let top = p.writes.last().expect("the top is always written");
                 summary.manifests += n;
@@ -563,6 +567,7 @@ async fn transfer<S: Source, D: Destination>(
 async fn write_manifests<S: Source, D: Destination>(
     job: &Job<S, D>,
     p: &Planned,
+    opts: &CopyOptions,
 ) -> Result<usize, CopyError> {
     let dst_err = |e: TransportError| CopyError::Destination {
         image: job.destination.name(),
@@ -582,6 +587,7 @@ async fn write_manifests<S: Source, D: Destination>(
     match job.destination.commit(top).await {
         Ok(()) => Ok(p.writes.len()),
         Err(e) if absent > 0 && !p.rewritten => Err(CopyError::SparseIndex {
+            hint: opts.sparse_hint,
             image: job.destination.name(),
             digest: top.digest().clone(),
             absent,
