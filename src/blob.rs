@@ -112,3 +112,57 @@ pub fn range_stream(
         rx.recv().await.map(|item| (item, rx))
     })
 }
+
+/// Why [`write_stream`] stopped: the stream broke (or did not verify), or the writer failed.
+#[derive(Debug)]
+pub enum StreamWriteError<E> {
+    /// The stream's error (`InvalidData` when its bytes did not verify).
+    Read(io::Error),
+    /// The writer's error.
+    Write(E),
+}
+
+/// Drains a stream into a blocking writer on its own thread, through a short
+/// queue, so file writes never stall the runtime. Returns the writer when the
+/// stream ended cleanly; on any error the writer is dropped (its temp file with it).
+pub async fn write_stream<W, E>(
+    mut stream: ByteStream,
+    mut writer: W,
+    mut write: impl FnMut(&mut W, &[u8]) -> Result<(), E> + Send + 'static,
+) -> Result<W, StreamWriteError<E>>
+where
+    W: Send + 'static,
+    E: Send + 'static,
+{
+    use futures_util::StreamExt;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let task = tokio::task::spawn_blocking(move || {
+        while let Some(chunk) = rx.blocking_recv() {
+            write(&mut writer, &chunk)?;
+        }
+        Ok(writer)
+    });
+    let mut failed = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                if tx.send(c).await.is_err() {
+                    break; // the writer failed: its error is returned below
+                }
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let writer = match task.await {
+        Ok(r) => r.map_err(StreamWriteError::Write)?,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    match failed {
+        Some(e) => Err(StreamWriteError::Read(e)),
+        None => Ok(writer),
+    }
+}

@@ -2,6 +2,8 @@
 //! (converted manifests and configs, OCI `index.json`) are byte for byte what
 //! containers/image (skopeo, podman) creates from the same input.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 /// `json.Marshal` of a value whose struct fields serialise in Go's field order: compact, Go's escapes.
@@ -33,6 +35,62 @@ pub fn escape(json: &str) -> String {
             '\u{2028}' => out.push_str("\\u2028"),
             '\u{2029}' => out.push_str("\\u2029"),
             c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A JSON string literal, as serde_json writes it (pass the document through [`escape`] for Go's escapes).
+pub fn string(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+/// A JSON object from sorted keys and raw values (Go marshals a map with sorted keys).
+pub fn object(doc: &BTreeMap<&str, String>) -> String {
+    let body: Vec<String> = doc
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", string(k)))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+/// Raw JSON as Go's `json.Marshal` re-emits a `json.RawMessage`: insignificant
+/// whitespace removed, and `<`, `>`, `&`, U+2028, U+2029 escaped.
+pub fn compact(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let (mut in_str, mut escaped) = (false, false);
+    for ch in raw.chars() {
+        if in_str {
+            if escaped {
+                escaped = false;
+                out.push(ch);
+                continue;
+            }
+            match ch {
+                '\\' => {
+                    escaped = true;
+                    out.push(ch);
+                }
+                '"' => {
+                    in_str = false;
+                    out.push(ch);
+                }
+                '<' => out.push_str("\\u003c"),
+                '>' => out.push_str("\\u003e"),
+                '&' => out.push_str("\\u0026"),
+                '\u{2028}' => out.push_str("\\u2028"),
+                '\u{2029}' => out.push_str("\\u2029"),
+                c => out.push(c),
+            }
+        } else {
+            match ch {
+                ' ' | '\t' | '\n' | '\r' => {}
+                '"' => {
+                    in_str = true;
+                    out.push(ch);
+                }
+                c => out.push(c),
+            }
         }
     }
     out

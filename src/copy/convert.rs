@@ -312,7 +312,7 @@ pub fn oci_config(docker: &[u8]) -> Result<Vec<u8>, String> {
         .iter()
         .filter_map(|k| {
             out.get(*k)
-                .map(|v| format!("{}:{}", json_str(k), ordered(v)))
+                .map(|v| format!("{}:{}", crate::gojson::string(k), ordered(v)))
         })
         .collect();
     let config_order = [
@@ -332,13 +332,13 @@ pub fn oci_config(docker: &[u8]) -> Result<Vec<u8>, String> {
         .filter_map(|k| {
             config
                 .get(*k)
-                .map(|v| format!("{}:{}", json_str(k), ordered(v)))
+                .map(|v| format!("{}:{}", crate::gojson::string(k), ordered(v)))
         })
         .collect();
     parts.push(format!("\"config\":{{{}}}", config_parts.join(",")));
     parts.push(format!(
         "\"rootfs\":{{\"type\":{},\"diff_ids\":{}}}",
-        json_str(&string(rootfs, "type")?.unwrap_or_default()),
+        crate::gojson::string(&string(rootfs, "type")?.unwrap_or_default()),
         ordered(&diff_ids)
     ));
     if !history.is_empty() {
@@ -349,7 +349,8 @@ pub fn oci_config(docker: &[u8]) -> Result<Vec<u8>, String> {
                     ["created", "created_by", "author", "comment", "empty_layer"]
                         .iter()
                         .filter_map(|k| {
-                            e.get(*k).map(|v| format!("{}:{}", json_str(k), ordered(v)))
+                            e.get(*k)
+                                .map(|v| format!("{}:{}", crate::gojson::string(k), ordered(v)))
                         })
                         .collect();
                 format!("{{{}}}", fields.join(","))
@@ -358,11 +359,6 @@ pub fn oci_config(docker: &[u8]) -> Result<Vec<u8>, String> {
         parts.push(format!("\"history\":[{}]", entries.join(",")));
     }
     Ok(crate::gojson::escape(&format!("{{{}}}", parts.join(","))).into_bytes())
-}
-
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialise")
 }
 
 /// A value whose maps serialise with sorted keys, as Go sorts map keys.

@@ -26,10 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures_util::StreamExt;
-
 use super::{DestProperties, Destination, Put, Result, Source, TransportError};
-use crate::blob::{BlobBody, BlobLocation, FileRange};
+use crate::blob::{BlobBody, BlobLocation, FileRange, StreamWriteError};
 use crate::digest::{Algorithm, Digest, Hasher, VerifyError, check};
 use crate::limits::{IO_BUFFER_BYTES, MAX_MANIFEST_BYTES};
 use crate::manifest::{Descriptor, ManifestError, RawManifest};
@@ -403,42 +401,22 @@ pub(super) async fn put_blob_file(
             });
             joined(task.await)
         }
-        BlobBody::Stream(mut stream) => {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
-            let writer = tokio::task::spawn_blocking(move || {
-                while let Some(chunk) = rx.blocking_recv() {
-                    sink.write(&chunk)?;
-                }
-                Ok::<_, TransportError>(sink)
-            });
-            let mut failed = None;
-            while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(c) => {
-                        if tx.send(c).await.is_err() {
-                            break; // the writer failed: its error is returned below
-                        }
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            drop(tx);
+        BlobBody::Stream(stream) => {
             // On any error the sink is dropped, and its temporary file with it.
-            let sink = joined(writer.await)?;
-            if let Some(e) = failed {
-                return Err(if e.kind() == io::ErrorKind::InvalidData {
-                    corrupt(&desc.digest, e)
-                } else {
-                    TransportError::Io {
-                        op: "receiving the blob for",
-                        path: to,
-                        source: e,
-                    }
-                });
-            }
+            let sink =
+                crate::blob::write_stream(stream, sink, |s: &mut BlobSink, c: &[u8]| s.write(c))
+                    .await
+                    .map_err(|e| match e {
+                        StreamWriteError::Write(e) => e,
+                        StreamWriteError::Read(e) if e.kind() == io::ErrorKind::InvalidData => {
+                            corrupt(&desc.digest, e)
+                        }
+                        StreamWriteError::Read(e) => TransportError::Io {
+                            op: "receiving the blob for",
+                            path: to.clone(),
+                            source: e,
+                        },
+                    })?;
             joined(tokio::task::spawn_blocking(move || sink.finish(&to)).await)
         }
     }
@@ -530,6 +508,8 @@ pub(super) fn local_blob(path: &Path, desc: &Descriptor) -> Result<BlobBody> {
 
 #[cfg(test)]
 pub(super) mod tests {
+    use futures_util::StreamExt;
+
     use super::*;
     use crate::media_type as mt;
 
@@ -584,18 +564,9 @@ pub(super) mod tests {
                 .collect();
             BlobBody::Stream(Box::pin(futures_util::stream::iter(chunks)))
         } else {
-            struct Mem(Vec<u8>);
-            impl crate::blob::RangeRead for Mem {
-                fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>> {
-                    let s = start as usize;
-                    Ok(Box::new(io::Cursor::new(
-                        self.0[s..s + len as usize].to_vec(),
-                    )))
-                }
-            }
             BlobBody::Local(BlobLocation {
                 size: bytes.len() as u64,
-                source: Arc::new(Mem(bytes)),
+                source: Arc::new(crate::blob::Memory(bytes)),
             })
         }
     }

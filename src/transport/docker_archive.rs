@@ -1174,13 +1174,13 @@ impl WriterInner {
             let diff = &s.diff.0;
             let mut doc: BTreeMap<&str, String> = BTreeMap::new();
             if let Some(p) = &last {
-                doc.insert("parent", json_str(p));
+                doc.insert("parent", crate::gojson::string(p));
             }
             if i == layers.len() - 1 {
                 for attr in LEGACY_ATTRS {
                     let v = fields
                         .get(attr)
-                        .map_or_else(|| "null".into(), |v| go_compact(v));
+                        .map_or_else(|| "null".into(), |v| crate::gojson::compact(v));
                     doc.insert(attr, v);
                 }
             }
@@ -1188,15 +1188,15 @@ impl WriterInner {
                 None => diff.clone(),
                 Some(c) => Digest::sha256_of(format!("{c} {diff}").as_bytes()),
             };
-            doc.insert("layer_id", json_str(&c.to_string()));
-            let id = Digest::sha256_of(go_object(&doc).as_bytes())
+            doc.insert("layer_id", crate::gojson::string(&c.to_string()));
+            let id = Digest::sha256_of(crate::gojson::object(&doc).as_bytes())
                 .hex()
                 .to_string();
             doc.remove("layer_id");
-            doc.insert("id", json_str(&id));
+            doc.insert("id", crate::gojson::string(&id));
             chain = Some(c);
             if written.insert(id.clone()) {
-                let json = go_object(&doc);
+                let json = crate::gojson::object(&doc);
                 tar.append(
                     &link_header(
                         &format!("{id}/layer.tar"),
@@ -1289,62 +1289,6 @@ fn link_header(path: &str, target: &str) -> Result<tar::Header> {
         .map_err(|e| TransportError::Invalid(format!("link target {target:?}: {e}")))?;
     go_checksum(&mut h);
     Ok(h)
-}
-
-/// A JSON string literal (the ids and digests here need no escaping).
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialise")
-}
-
-/// A JSON object from sorted keys and raw values (Go marshals a map with sorted keys).
-fn go_object(doc: &BTreeMap<&str, String>) -> String {
-    let body: Vec<String> = doc
-        .iter()
-        .map(|(k, v)| format!("{}:{v}", json_str(k)))
-        .collect();
-    format!("{{{}}}", body.join(","))
-}
-
-/// Raw JSON as Go's `json.Marshal` re-emits a `json.RawMessage`: insignificant
-/// whitespace removed, and `<`, `>`, `&`, U+2028, U+2029 escaped.
-fn go_compact(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let (mut in_str, mut escaped) = (false, false);
-    for ch in raw.chars() {
-        if in_str {
-            if escaped {
-                escaped = false;
-                out.push(ch);
-                continue;
-            }
-            match ch {
-                '\\' => {
-                    escaped = true;
-                    out.push(ch);
-                }
-                '"' => {
-                    in_str = false;
-                    out.push(ch);
-                }
-                '<' => out.push_str("\\u003c"),
-                '>' => out.push_str("\\u003e"),
-                '&' => out.push_str("\\u0026"),
-                '\u{2028}' => out.push_str("\\u2028"),
-                '\u{2029}' => out.push_str("\\u2029"),
-                c => out.push(c),
-            }
-        } else {
-            match ch {
-                ' ' | '\t' | '\n' | '\r' => {}
-                '"' => {
-                    in_str = true;
-                    out.push(ch);
-                }
-                c => out.push(c),
-            }
-        }
-    }
-    out
 }
 
 /// The top-level members of a JSON object, values as raw text (the last of duplicate keys wins, as in Go).
@@ -1864,7 +1808,10 @@ mod tests {
     fn legacy_json_matches_go() {
         let cfg = br#"{ "b" : [1, {"x": "<a&b>"}], "a":"s", "a": null, "c": 1.5e3 }"#;
         let m = top_level_members(cfg).unwrap();
-        assert_eq!(go_compact(m["b"]), r#"[1,{"x":"\u003ca\u0026b\u003e"}]"#);
+        assert_eq!(
+            crate::gojson::compact(m["b"]),
+            r#"[1,{"x":"\u003ca\u0026b\u003e"}]"#
+        );
         assert_eq!(m["a"], "null");
         assert_eq!(m["c"], "1.5e3");
         assert!(top_level_members(b"[1]").is_none());

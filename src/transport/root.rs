@@ -6,10 +6,8 @@
 
 use std::io::Write;
 
-use futures_util::StreamExt;
-
 use super::{DestProperties, Destination, Put, Result, TransportError};
-use crate::blob::BlobBody;
+use crate::blob::{BlobBody, StreamWriteError};
 use crate::manifest::{Descriptor, RawManifest};
 use crate::store::{BlobWriter, Store, StoreError};
 
@@ -34,50 +32,25 @@ impl RootDest {
     }
 }
 
-/// Moves chunks from the network to a blocking writer thread, so file writes never stall the runtime.
-async fn write_stream(
-    mut writer: BlobWriter,
-    mut stream: crate::blob::ByteStream,
-) -> Result<BlobWriter> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
-    let task = tokio::task::spawn_blocking(move || {
-        while let Some(chunk) = rx.blocking_recv() {
-            writer.write_all(&chunk).map_err(|source| StoreError::Io {
-                op: "writing blob",
-                path: writer.temp_path().to_path_buf(),
-                source,
-            })?;
-        }
-        Ok::<_, StoreError>(writer)
-    });
-    let mut failed = None;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) => {
-                if tx.send(c).await.is_err() {
-                    break; // the writer failed: its error is returned below
-                }
-            }
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
-        }
-    }
-    drop(tx);
-    let writer = match task.await {
-        Ok(r) => r?,
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
-    };
-    match failed {
-        // Dropping the writer deletes its temp file: nothing half-written stays.
-        Some(e) => Err(TransportError::Io {
+/// Writes a stream into a store blob writer, off the runtime; the writer is dropped (temp file deleted) on error.
+async fn write_stream(writer: BlobWriter, stream: crate::blob::ByteStream) -> Result<BlobWriter> {
+    let temp = writer.temp_path().to_path_buf();
+    crate::blob::write_stream(stream, writer, move |w: &mut BlobWriter, chunk: &[u8]| {
+        w.write_all(chunk).map_err(|source| StoreError::Io {
+            op: "writing blob",
+            path: w.temp_path().to_path_buf(),
+            source,
+        })
+    })
+    .await
+    .map_err(|e| match e {
+        StreamWriteError::Write(e) => e.into(),
+        StreamWriteError::Read(source) => TransportError::Io {
             op: "reading blob for",
-            path: writer.temp_path().to_path_buf(),
-            source: e,
-        }),
-        None => Ok(writer),
-    }
+            path: temp,
+            source,
+        },
+    })
 }
 
 impl Destination for RootDest {
