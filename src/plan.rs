@@ -8,16 +8,17 @@ use std::sync::Arc;
 
 use futures_util::{StreamExt, stream};
 
+use crate::blob::BlobBody;
 pub use crate::bundlefile::format::{Failure, PlatformEntry};
 use crate::digest::Digest;
 use crate::image::{self, Selection, WalkOptions};
 use crate::manifest::{Descriptor, Platform, RawManifest};
 use crate::reference::{ListEntry, validate_repository};
-use crate::registry::{ClientOptions, RegistryError};
+use crate::registry::{Client, ClientOptions, RegistryError};
 use crate::store::Store;
-use crate::transport::Source;
 pub use crate::transport::registry::Clients;
 use crate::transport::registry::RegistrySource;
+use crate::transport::{Source, TransportError};
 
 /// How references become a plan.
 #[derive(Debug, Clone)]
@@ -98,39 +99,61 @@ fn entry_label(e: &ListEntry) -> String {
     format!("{} ({}:{})", e.reference, e.file, e.line)
 }
 
-/// Manifests from the cache when it has them, else from the registry (then cached, verified).
-struct Cached<'a> {
-    source: &'a RegistrySource,
-    cache: &'a Store,
+/// An image of a registry read through the bundle cache: manifests from the
+/// cache when it has them, else from the registry (then cached, verified);
+/// blobs from the registry. Bundling copies from it into the cache.
+pub struct CachedRegistry {
+    source: RegistrySource,
+    cache: Store,
 }
 
-impl Cached<'_> {
-    async fn get(&self, digest: &Digest) -> Result<Option<RawManifest>, String> {
+impl CachedRegistry {
+    /// The image `repo@digest` (or `repo:tag`) at `client`'s registry, through `cache`.
+    pub fn new(client: Client, repo: String, reference: String, cache: Store) -> CachedRegistry {
+        let name = format!("{}/{repo}", client.host());
+        CachedRegistry {
+            source: RegistrySource::new(client, repo, reference, name),
+            cache,
+        }
+    }
+
+    async fn get(&self, digest: &Digest) -> Result<Option<RawManifest>, TransportError> {
         if self.cache.has_blob(digest)
             && let Ok(m) = self.cache.read_manifest(digest)
         {
             return Ok(Some(m));
         }
-        let m = self
-            .source
-            .manifest(digest)
-            .await
-            .map_err(|e| e.to_string())?;
+        let m = self.source.manifest(digest).await?;
         if let Some(m) = &m {
-            self.cache
-                .put_blob_bytes(m.bytes())
-                .map_err(|e| e.to_string())?;
+            self.cache.put_blob_bytes(m.bytes())?;
         }
         Ok(m)
     }
 }
 
-impl image::Manifests for Cached<'_> {
-    type Error = String;
+impl Source for CachedRegistry {
+    fn name(&self) -> String {
+        self.source.name()
+    }
+    async fn top(&self) -> Result<RawManifest, TransportError> {
+        let m = self.source.top().await?;
+        self.cache.put_blob_bytes(m.bytes())?;
+        Ok(m)
+    }
+    async fn manifest(&self, digest: &Digest) -> Result<Option<RawManifest>, TransportError> {
+        self.get(digest).await
+    }
+    async fn blob(&self, desc: &Descriptor) -> Result<BlobBody, TransportError> {
+        self.source.blob(desc).await
+    }
+}
+
+impl image::Manifests for CachedRegistry {
+    type Error = TransportError;
     fn manifest(
         &self,
         digest: &Digest,
-    ) -> impl std::future::Future<Output = Result<Option<RawManifest>, String>> + Send {
+    ) -> impl std::future::Future<Output = Result<Option<RawManifest>, TransportError>> + Send {
         self.get(digest)
     }
 }
@@ -144,8 +167,15 @@ async fn resolve_one(
     let r = &entry.reference;
     let registry = r.registry(&opts.default_registry).to_string();
     let remote_repository = r.remote_repository(&opts.default_registry);
-    let source = RegistrySource::open(clients, r, &opts.default_registry, &opts.client)
+    let client = clients
+        .get(&registry, &opts.client)
         .map_err(|e| e.to_string())?;
+    let cached = CachedRegistry::new(
+        client.clone(),
+        remote_repository.clone(),
+        r.remote_ref(),
+        cache.clone(),
+    );
     let repository = match (opts.keep_host, r.host()) {
         (true, Some(h)) => {
             // A port's ':' cannot stand in a repository name: `host:5000/x` is kept as `host_5000/x`.
@@ -161,17 +191,13 @@ async fn resolve_one(
         }
         _ => r.repository().to_string(),
     };
-    let cached = Cached {
-        source: &source,
-        cache,
-    };
     // Pin the digest: the written one, else HEAD (cheap, and lets a cached manifest skip the GET), else GET by tag.
     let pinned = match r.digest() {
         Some(d) => Some(d.clone()),
         None => {
             let tag = r.effective_tag().unwrap_or(crate::reference::DEFAULT_TAG);
             // A HEAD 404 has no body: ask again with GET, whose error says NAME_UNKNOWN or MANIFEST_UNKNOWN.
-            match source.client().head_manifest(&remote_repository, tag).await {
+            match client.head_manifest(&remote_repository, tag).await {
                 Err(e) if e.is_not_found() => None,
                 other => other.map_err(|e| not_found_msg(e, tag))?.map(|h| h.digest),
             }
@@ -180,13 +206,10 @@ async fn resolve_one(
     let top = match pinned {
         Some(d) => cached
             .get(&d)
-            .await?
+            .await
+            .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("manifest {d} not found"))?,
-        None => {
-            let m = source.top().await.map_err(|e| e.to_string())?;
-            cache.put_blob_bytes(m.bytes()).map_err(|e| e.to_string())?;
-            m
-        }
+        None => cached.top().await.map_err(|e| e.to_string())?,
     };
     let walk_opts = WalkOptions {
         selection: if opts.all_platforms {

@@ -9,18 +9,18 @@ pub mod unpack;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
-use futures_util::{StreamExt, stream};
+use std::time::Instant;
 
 use crate::bundlefile::format::{BlobEntry, BundleImage, BundleIndex, FORMAT};
 pub use crate::bundlefile::{format, read, read_index};
+use crate::copy::{BlobOutcome, CopyOptions, Job, MultiArch};
 use crate::digest::Digest;
+use crate::manifest::Descriptor;
+use crate::plan::CachedRegistry;
 use crate::plan::{self, Clients, Failure, Plan, PlanOptions};
 use crate::reference::ListEntry;
 use crate::store::Store;
-use crate::transport::registry::RegistrySource;
 use crate::transport::root::RootDest;
 pub use space::SpaceError;
 
@@ -209,87 +209,87 @@ pub async fn bundle(
     )?;
     progress.planned(plan.images.len(), plan.blobs.len(), fetch_bytes);
 
-    // Download in pack order, `jobs` at a time, while the packer writes each
-    // blob as soon as it (and every blob before it) is in the cache: the
-    // network and the disk work at the same time.
+    // Copy every image into the cache with the copy engine, while the packer
+    // writes each blob as soon as it (and every blob before it) is there: the
+    // cache destination takes blobs in the layout's order, `jobs` at a time.
     let (layout, index_json) = layout_and_index(&plan, opts.mtime);
-    let order: Vec<Digest> = layout.blobs().cloned().collect();
     // (blob, fetched fine, downloaded and verified by this run)
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(Digest, bool, bool)>();
     let packer = {
         let (opts, cache, index_json) = (opts.clone(), cache.clone(), index_json.clone());
+        let blobs: BTreeSet<Digest> = plan.blobs.keys().cloned().collect();
         tokio::task::spawn_blocking(move || {
-            let mut ready = move |d: &Digest| match ready_rx.recv() {
-                Ok((got, true, fresh)) if &got == d => Ok(!fresh),
-                _ => Err(std::io::Error::other(Aborted)),
+            let mut ready = move |d: &Digest| {
+                if !blobs.contains(d) {
+                    return Ok(true); // a manifest: cached by the plan, re-hashed as it is packed
+                }
+                match ready_rx.recv() {
+                    Ok((got, true, fresh)) if &got == d => Ok(!fresh),
+                    _ => Err(std::io::Error::other(Aborted)),
+                }
             };
             write_bundle(&opts, &index_json, &layout, &cache, &mut ready)
         })
     };
-    let downloaded = AtomicU64::new(0);
-    let mut fetch_failures: BTreeMap<Digest, String> = BTreeMap::new();
-    {
-        let mut results = stream::iter(order.iter())
-            .map(|d| {
-                let (clients, cache, progress, downloaded, missing, plan) =
-                    (&clients, &cache, &progress, &downloaded, &missing, &plan);
-                async move {
-                    if !missing.contains(d) {
-                        return (d.clone(), Ok(()));
-                    }
-                    let src = &plan.blobs[d];
-                    let r: Result<(), String> = async {
-                        let client = clients
-                            .get(&src.registry, &opts.plan.client)
-                            .map_err(|e| e.to_string())?;
-                        let from = RegistrySource::new(
-                            client,
-                            src.repository.clone(),
-                            src.descriptor.digest.to_string(),
-                            src.registry.clone(),
-                        );
-                        let into = RootDest::new(cache.clone(), String::new(), None, false);
-                        let put = crate::copy::copy_blob(&from, &into, &src.descriptor)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        if put == crate::transport::Put::Written {
-                            downloaded.fetch_add(src.size, Ordering::Relaxed);
-                        }
-                        progress.fetched(src.size);
-                        Ok(())
-                    }
-                    .await;
-                    (d.clone(), r)
-                }
-            })
-            .buffered(opts.jobs.max(1));
-        while let Some((d, r)) = results.next().await {
-            let ok = r.is_ok();
-            if let Err(e) = r {
-                fetch_failures.insert(d.clone(), e);
-            }
-            let fresh = missing.contains(&d);
-            let _ = ready_tx.send((d, ok, fresh));
-        }
+    let mut jobs = Vec::with_capacity(plan.images.len());
+    for img in &plan.images {
+        let client =
+            clients
+                .get(&img.registry, &opts.plan.client)
+                .map_err(|e| BundleError::Images {
+                    failures: vec![Failure {
+                        image: img.source.clone(),
+                        cause: e.to_string(),
+                    }],
+                    written: None,
+                })?;
+        jobs.push(Job {
+            source: CachedRegistry::new(
+                client,
+                img.remote_repository.clone(),
+                img.digest.to_string(),
+                cache.clone(),
+            ),
+            destination: RootDest::pack_cache(cache.clone()),
+        });
     }
-    drop(ready_tx);
+    let copy_opts = CopyOptions {
+        multi_arch: if opts.plan.all_platforms {
+            MultiArch::All
+        } else {
+            MultiArch::Platforms(opts.plan.platforms.clone())
+        },
+        jobs: opts.jobs.max(1),
+        ..CopyOptions::default()
+    };
+    let feed = PackFeed {
+        ready: std::sync::Mutex::new(ready_tx),
+        progress: progress.clone(),
+    };
+    let (copied, failed) = crate::copy::copy_each(&jobs, &copy_opts, &feed).await;
+    drop(feed);
+    let image_failures: BTreeMap<usize, String> = failed
+        .into_iter()
+        .map(|(i, e)| (i, e.to_string()))
+        .collect();
     tracing::info!(
-        "fetch: {} blobs done at {:.2}s",
-        missing.len(),
+        "fetch: {} blobs downloaded at {:.2}s",
+        copied.blobs_uploaded,
         start.elapsed().as_secs_f64()
     );
     let packed = packer.await.map_err(|e| BundleError::Write {
         path: opts.output.clone(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    let blobs_downloaded = missing.len() - fetch_failures.len();
+    let blobs_downloaded = copied.blobs_uploaded;
+    let bytes_downloaded = copied.bytes_uploaded;
 
-    let bundle_bytes = if fetch_failures.is_empty() {
+    let bundle_bytes = if image_failures.is_empty() {
         packed.map_err(|e| corrupt_cache(e, &cache, opts))?
     } else {
         let mut kept = Vec::new();
-        for img in std::mem::take(&mut plan.images) {
-            match img.blobs.iter().find_map(|b| fetch_failures.get(&b.digest)) {
+        for (i, img) in std::mem::take(&mut plan.images).into_iter().enumerate() {
+            match image_failures.get(&i) {
                 Some(cause) => plan.failures.push(Failure {
                     image: img.source.clone(),
                     cause: cause.clone(),
@@ -344,7 +344,7 @@ pub async fn bundle(
         blobs: plan.blobs.len(),
         blob_bytes: pack_bytes,
         blobs_downloaded,
-        bytes_downloaded: downloaded.into_inner(),
+        bytes_downloaded,
         blobs_reused: plan.blobs.len() - missing.len(),
         bytes_reused: pack_bytes - fetch_bytes,
         bundle_bytes,
@@ -357,6 +357,25 @@ pub async fn bundle(
         });
     }
     Ok(summary)
+}
+
+/// Hands each blob the copy engine finishes to the packer (in layout order), and downloads to the progress bar.
+struct PackFeed {
+    ready: std::sync::Mutex<std::sync::mpsc::Sender<(Digest, bool, bool)>>,
+    progress: Arc<dyn Progress>,
+}
+
+impl Progress for PackFeed {
+    fn blob_done(&self, desc: &Descriptor, outcome: BlobOutcome) {
+        if outcome == BlobOutcome::Written {
+            self.progress.fetched(desc.size);
+        }
+        let _ = self.ready.lock().unwrap().send((
+            desc.digest.clone(),
+            outcome != BlobOutcome::Failed,
+            outcome == BlobOutcome::Written,
+        ));
+    }
 }
 
 /// The packer stopped because a blob it waited for could not be downloaded.

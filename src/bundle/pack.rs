@@ -293,14 +293,6 @@ impl Layout {
         }
         self.entries.insert(parts, content);
     }
-
-    /// The blobs in the order they are packed.
-    pub fn blobs(&self) -> impl Iterator<Item = &Digest> {
-        self.entries.values().filter_map(|c| match c {
-            Content::Blob(d, _) => Some(d),
-            _ => None,
-        })
-    }
 }
 
 /// Writes `index_json` then `layout` as tar entries into `out`. Before each

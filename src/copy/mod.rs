@@ -29,6 +29,21 @@ pub trait Progress: Send + Sync {
     fn fetched(&self, _bytes: u64) {}
     /// Packing starts, with the bytes to pack (bundles).
     fn packing(&self, _bytes: u64) {}
+    /// A blob is done for every destination that needed it; in digest order when the destination asked for order.
+    fn blob_done(&self, _desc: &Descriptor, _outcome: BlobOutcome) {}
+}
+
+/// How a blob ended for the destinations that needed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobOutcome {
+    /// Written or uploaded by this copy (for at least one destination).
+    Written,
+    /// Mounted from another repository.
+    Mounted,
+    /// Every destination had it.
+    Present,
+    /// It could not be moved (the images that need it fail).
+    Failed,
 }
 
 /// No progress output.
@@ -392,9 +407,9 @@ impl<S: Source> image::Manifests for SourceManifests<'_, S> {
 }
 
 /// Copies several images with one pool of blob transfers: every manifest is
-/// read before any blob moves (a bad source fails first), each blob digest is
-/// handled by one task for every destination that needs it, and an image
-/// whose blobs failed is not named at its destination.
+/// read before any blob moves (a bad source fails first, and nothing is
+/// sent), each blob digest is handled by one task for every destination that
+/// needs it, and an image whose blobs failed is not named at its destination.
 pub async fn copy_all<S: Source, D: Destination>(
     jobs: Vec<Job<S, D>>,
     opts: &CopyOptions,
@@ -402,13 +417,49 @@ pub async fn copy_all<S: Source, D: Destination>(
 ) -> Result<CopySummary, CopyError> {
     let mut planned = Vec::with_capacity(jobs.len());
     for job in &jobs {
-        planned.push(plan(job, opts).await?);
+        planned.push(Ok(plan(job, opts).await?));
     }
+    let (summary, failed) = run(&jobs, planned, opts, progress).await;
+    if !failed.is_empty() {
+        return Err(CopyError::Several(
+            failed.into_iter().map(|(_, e)| e).collect(),
+        ));
+    }
+    Ok(summary)
+}
+
+/// [`copy_all`] where each image stands alone: one that cannot be read or
+/// moved is returned with its index in `jobs`, and the others are copied.
+pub async fn copy_each<S: Source, D: Destination>(
+    jobs: &[Job<S, D>],
+    opts: &CopyOptions,
+    progress: &dyn Progress,
+) -> (CopySummary, Vec<(usize, CopyError)>) {
+    let planned: Vec<Result<Planned, CopyError>> = stream::iter(jobs)
+        .then(|job| plan(job, opts))
+        .collect()
+        .await;
+    run(jobs, planned, opts, progress).await
+}
+
+/// Moves the blobs of every planned job, then writes each job's manifests.
+async fn run<S: Source, D: Destination>(
+    jobs: &[Job<S, D>],
+    planned: Vec<Result<Planned, CopyError>>,
+    opts: &CopyOptions,
+    progress: &dyn Progress,
+) -> (CopySummary, Vec<(usize, CopyError)>) {
+    let mut failed: BTreeMap<usize, CopyError> = BTreeMap::new();
+    let planned: Vec<Option<Planned>> = planned
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| p.map_err(|e| failed.insert(i, e)).ok())
+        .collect();
     // digest → (descriptor, the jobs that need it)
     let mut blobs: BTreeMap<Digest, (Descriptor, Vec<usize>)> = BTreeMap::new();
     let mut order: Vec<Digest> = Vec::new();
     for (i, p) in planned.iter().enumerate() {
-        for b in &p.blobs {
+        for b in p.iter().flat_map(|p| &p.blobs) {
             let e = blobs.entry(b.digest.clone()).or_insert_with(|| {
                 order.push(b.digest.clone());
                 (b.clone(), Vec::new())
@@ -417,41 +468,56 @@ pub async fn copy_all<S: Source, D: Destination>(
         }
     }
     let total: u64 = blobs.values().map(|(d, _)| d.size).sum();
-    progress.planned(jobs.len(), blobs.len(), total);
+    progress.planned(jobs.len() - failed.len(), blobs.len(), total);
 
     let counts = Counts::default();
+    // A destination written front to back (a bundle packed while it downloads)
+    // takes its blobs in digest order, which is the layout's order; they still move
+    // `jobs` at a time, and are handed over in that order.
     let ordered = jobs
         .iter()
         .any(|j| j.destination.properties().ordered_blobs);
+    if ordered {
+        order.sort();
+    }
     let transfers = stream::iter(order.iter()).map(|d| {
         let (desc, users) = &blobs[d];
-        let (jobs, counts, planned) = (&jobs, &counts, &planned);
+        let (counts, planned) = (&counts, &planned);
         async move {
             let mut failed = Vec::new();
+            let mut outcome = BlobOutcome::Present;
             for &i in users {
-                if let Err(e) = transfer(&jobs[i], &planned[i], desc, counts).await {
-                    failed.push((i, e));
+                let p = planned[i].as_ref().expect("only planned jobs use blobs");
+                match transfer(&jobs[i], p, desc, counts).await {
+                    Ok(Put::Written) => outcome = BlobOutcome::Written,
+                    Ok(Put::Mounted) if outcome == BlobOutcome::Present => {
+                        outcome = BlobOutcome::Mounted
+                    }
+                    Ok(_) => {}
+                    Err(e) => failed.push((i, e)),
                 }
             }
-            progress.fetched(desc.size);
-            failed
+            if !failed.is_empty() {
+                outcome = BlobOutcome::Failed;
+            }
+            (desc, outcome, failed)
         }
     });
-    let failures: Vec<(usize, CopyError)> = if ordered {
-        transfers.buffered(1).collect::<Vec<_>>().await
+    // Progress is reported as results are taken, so an ordered destination hears of them in order.
+    let mut results: std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send + '_>> = if ordered
+    {
+        Box::pin(transfers.buffered(opts.jobs.max(1)))
     } else {
-        transfers
-            .buffer_unordered(opts.jobs.max(1))
-            .collect::<Vec<_>>()
-            .await
+        Box::pin(transfers.buffer_unordered(opts.jobs.max(1)))
+    };
+    while let Some((desc, outcome, errors)) = results.next().await {
+        progress.fetched(desc.size);
+        progress.blob_done(desc, outcome);
+        for (i, e) in errors {
+            failed.entry(i).or_insert(e);
+        }
     }
-    .into_iter()
-    .flatten()
-    .collect();
-    let mut failed: HashMap<usize, CopyError> = HashMap::new();
-    for (i, e) in failures {
-        failed.entry(i).or_insert(e);
-    }
+    drop(results);
 
     let mut summary = CopySummary {
         blobs_uploaded: counts.written.into_inner(),
@@ -460,10 +526,9 @@ pub async fn copy_all<S: Source, D: Destination>(
         blobs_present: counts.present.into_inner(),
         ..CopySummary::default()
     };
-    let mut errors = Vec::new();
     for (i, (job, p)) in jobs.iter().zip(&planned).enumerate() {
-        if let Some(e) = failed.remove(&i) {
-            errors.push(e);
+        let Some(p) = p else { continue };
+        if failed.contains_key(&i) {
             continue;
         }
         match write_manifests(job, p, opts).await {
@@ -486,13 +551,12 @@ pub async fn copy_all<S: Source, D: Destination>(
                     manifests: n,
                 });
             }
-            Err(e) => errors.push(e),
+            Err(e) => {
+                failed.insert(i, e);
+            }
         }
     }
-    if !errors.is_empty() {
-        return Err(CopyError::Several(errors));
-    }
-    Ok(summary)
+    (summary, failed.into_iter().collect())
 }
 
 #[derive(Default)]
@@ -530,7 +594,7 @@ async fn transfer<S: Source, D: Destination>(
     planned: &Planned,
     desc: &Descriptor,
     counts: &Counts,
-) -> Result<(), CopyError> {
+) -> Result<Put, CopyError> {
     let put = match planned.new_blobs.get(&desc.digest) {
         Some(bytes) => {
             let dst_err = |e: TransportError| CopyError::Destination {
@@ -560,7 +624,7 @@ async fn transfer<S: Source, D: Destination>(
             counts.written.fetch_add(1, Ordering::Relaxed)
         }
     };
-    Ok(())
+    Ok(put)
 }
 
 /// Children first, then the top with its name; a refused sparse index says how to get past it.

@@ -18,6 +18,8 @@ pub struct RootDest {
     tag: Option<String>,
     /// `syncfs` before the links (a live root); off for caches whose blobs are re-hashed when used.
     sync: bool,
+    /// Blobs only, in digest order, no links: the cache a bundle is packed from while it downloads.
+    pack_cache: bool,
 }
 
 impl RootDest {
@@ -28,6 +30,19 @@ impl RootDest {
             repo,
             tag,
             sync,
+            pack_cache: false,
+        }
+    }
+
+    /// The bundle cache: blobs and manifests only (no repository, no links), taken in
+    /// digest order (the bundle's layout order) so the packer can write each as it lands.
+    pub fn pack_cache(store: Store) -> RootDest {
+        RootDest {
+            store,
+            repo: String::new(),
+            tag: None,
+            sync: false,
+            pack_cache: true,
         }
     }
 }
@@ -72,7 +87,7 @@ impl Destination for RootDest {
             manifest_types: Vec::new(),
             accepts_index: true,
             accepts_sparse_index: true,
-            ordered_blobs: false,
+            ordered_blobs: self.pack_cache,
             verifies_local: true,
         }
     }
@@ -113,6 +128,9 @@ impl Destination for RootDest {
 
     async fn commit(&self, top: &RawManifest) -> Result<()> {
         self.store.put_blob_bytes(top.bytes())?;
+        if self.pack_cache {
+            return Ok(());
+        }
         if self.sync {
             self.store.sync_fs()?;
         }
