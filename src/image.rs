@@ -272,6 +272,30 @@ fn visit<'a, M: Manifests>(
     })
 }
 
+/// The child of an index for one platform (the first that matches, as
+/// containers/image chooses), for copying a single image out of an index.
+pub fn choose_platform(index: &RawManifest, want: &Platform) -> Result<Descriptor, WalkError> {
+    let parsed = parse(index)?;
+    let children = parsed.children();
+    children
+        .iter()
+        .find(|c| c.platform.as_ref().is_some_and(|p| want.matches(p)))
+        .cloned()
+        .ok_or_else(|| WalkError::NoPlatform {
+            index: index.digest().clone(),
+            want: want.to_string(),
+            have: children
+                .iter()
+                .map(|c| {
+                    c.platform
+                        .as_ref()
+                        .map_or_else(|| "unknown".to_string(), ToString::to_string)
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
 /// A source whose manifests are read synchronously (a root on disk): its walk completes without waiting.
 pub fn walk_now<M: Manifests>(
     source: &M,

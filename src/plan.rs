@@ -105,6 +105,8 @@ fn entry_label(e: &ListEntry) -> String {
 pub struct CachedRegistry {
     source: RegistrySource,
     cache: Store,
+    /// The reference when it is a digest.
+    pinned: Option<Digest>,
 }
 
 impl CachedRegistry {
@@ -112,6 +114,7 @@ impl CachedRegistry {
     pub fn new(client: Client, repo: String, reference: String, cache: Store) -> CachedRegistry {
         let name = format!("{}/{repo}", client.host());
         CachedRegistry {
+            pinned: Digest::parse(&reference).ok(),
             source: RegistrySource::new(client, repo, reference, name),
             cache,
         }
@@ -136,6 +139,12 @@ impl Source for CachedRegistry {
         self.source.name()
     }
     async fn top(&self) -> Result<RawManifest, TransportError> {
+        // A pinned digest the cache holds needs no request at all.
+        if let Some(d) = self.pinned.as_ref()
+            && let Some(m) = self.get(d).await?
+        {
+            return Ok(m);
+        }
         let m = self.source.top().await?;
         self.cache.put_blob_bytes(m.bytes())?;
         Ok(m)

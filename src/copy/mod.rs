@@ -275,25 +275,11 @@ async fn plan<S: Source, D: Destination>(
     if let MultiArch::System(want) = &multi
         && media_type::is_index(top.media_type())
     {
-        let parsed = top
-            .parse()
-            .map_err(|e| src_err(format!("manifest {}: {e}", top.digest())))?;
-        let child = parsed
-            .children()
-            .iter()
-            .find(|c| c.platform.as_ref().is_some_and(|p| want.matches(p)))
-            .ok_or_else(|| {
-                let have: Vec<String> = parsed
-                    .children()
-                    .iter()
-                    .map(|c| c.platform.as_ref().map_or_else(|| "unknown".into(), ToString::to_string))
-                    .collect();
-                src_err(format!(
-                    "no image for {want} in index {} (it has {}); choose one with --override-os/--override-arch, or copy all with --all",
-                    top.digest(),
-                    have.join(", ")
-                ))
-            })?;
+        let child = image::choose_platform(&top, want).map_err(|e| {
+            src_err(format!(
+                "{e}; choose one with --override-os/--override-arch, or copy all with --all"
+            ))
+        })?;
         let digest = child.digest.clone();
         top = job
             .source
@@ -416,8 +402,13 @@ pub async fn copy_all<S: Source, D: Destination>(
     progress: &dyn Progress,
 ) -> Result<CopySummary, CopyError> {
     let mut planned = Vec::with_capacity(jobs.len());
-    for job in &jobs {
-        planned.push(Ok(plan(job, opts).await?));
+    let read: Vec<Result<Planned, CopyError>> = stream::iter(&jobs)
+        .map(|job| plan(job, opts))
+        .buffered(opts.jobs.max(1))
+        .collect()
+        .await;
+    for p in read {
+        planned.push(Ok(p?));
     }
     let (summary, failed) = run(&jobs, planned, opts, progress).await;
     if !failed.is_empty() {
@@ -436,7 +427,8 @@ pub async fn copy_each<S: Source, D: Destination>(
     progress: &dyn Progress,
 ) -> (CopySummary, Vec<(usize, CopyError)>) {
     let planned: Vec<Result<Planned, CopyError>> = stream::iter(jobs)
-        .then(|job| plan(job, opts))
+        .map(|job| plan(job, opts))
+        .buffered(opts.jobs.max(1))
         .collect()
         .await;
     run(jobs, planned, opts, progress).await

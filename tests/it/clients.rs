@@ -136,6 +136,71 @@ fn podman_pulls_every_image_and_platform() {
             run_ok(&mut podman(&["rmi", "-f", &r]));
         }
     }
+
+    // podman's Docker-compatible socket stands in for containers-storage: the
+    // docker-daemon: transport both ways, beside skopeo's on the same socket.
+    let sock = d.join("podman.sock");
+    let host = format!("unix://{}", sock.display());
+    let mut child = podman(&["system", "service", "--time=0", &host])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("podman system service", || sock.exists(), &mut child);
+    let service = Daemon {
+        child: Some(child),
+        _dir: tempfile::tempdir().unwrap(),
+        unmount: None,
+    };
+    let img = corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.is_empty())
+        .unwrap();
+    let pulled = format!("{}/{}:{}", server.addr, img.repository, img.tag);
+    let work = tempfile::tempdir().unwrap();
+    let (by_ferry, by_skopeo) = (work.path().join("ferry"), work.path().join("skopeo"));
+    run_ok(ferry().env("DOCKER_HOST", &host).args([
+        "copy",
+        "-q",
+        &format!("docker-daemon:{pulled}"),
+        &format!("dir:{}", by_ferry.display()),
+    ]));
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        "--src-daemon-host",
+        &host,
+        &format!("docker-daemon:{pulled}"),
+        &format!("dir:{}", by_skopeo.display()),
+    ]);
+    let config = |p: &Path| {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(p.join("manifest.json")).unwrap()).unwrap();
+        m["config"]["digest"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        config(&by_ferry),
+        config(&by_skopeo),
+        "ferry and skopeo read the same image from podman"
+    );
+    run_ok(ferry().env("DOCKER_HOST", &host).args([
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        &format!("docker://{pulled}"),
+        "docker-daemon:loaded.example/by-ferry:1",
+    ]));
+    drop(service);
+    let id = |r: &str| {
+        let out = run_ok(&mut podman(&["image", "inspect", "--format", "{{.Id}}", r]));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        id("loaded.example/by-ferry:1"),
+        id(&pulled),
+        "the image ferry loaded through podman's socket is the one podman pulled"
+    );
     let _ = std::fs::remove_dir_all(d);
 }
 
