@@ -7,10 +7,13 @@
 #   scripts/bench.sh unbundle [WORK]  skopeo sync --scoped dir->docker vs ferry unbundle push (empty registry);
 #                                     zstd -d | tar -x vs ferry unbundle link (empty root);
 #                                     skopeo pulling every tag from docker-registry vs from ferry unbundle serve
+#   scripts/bench.sh refs [WORK]      ferry bundle of a list of N (default 5000, REFS=N) references to one
+#                                     registry (N tags of the small corpus' images): time and memory per reference
 #   scripts/bench.sh copy [WORK]      skopeo copy vs ferry copy: the image with the most layers docker:// -> oci:,
 #                                     and every multi-arch image with --all docker:// -> docker:// (empty target)
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
-# WORK (default /tmp/ferry-bench) keeps the generated `medium` corpus between runs.
+# WORK (default /tmp/ferry-bench) keeps the generated corpus between runs; PRESET=small|medium
+# (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show).
 # Prints median seconds of RUNS runs (default 5) and the ratio incumbent/ferry.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,11 +25,12 @@ cargo build --release --locked -q
 FERRY="$PWD/target/release/ferry"
 for t in docker-registry curl sha256sum python3; do command -v "$t" >/dev/null || { echo "bench needs $t" >&2; exit 1; }; done
 
-ROOT="$WORK/medium-root"
-if [ ! -f "$WORK/medium.json" ]; then
+PRESET="${PRESET:-medium}"
+ROOT="$WORK/$PRESET-root"
+if [ ! -f "$WORK/$PRESET.json" ]; then
   rm -rf "$ROOT"
-  "$FERRY" fixtures --preset medium --no-sync "$ROOT" --list "$WORK/medium-list.txt" > "$WORK/medium.json.tmp"
-  mv "$WORK/medium.json.tmp" "$WORK/medium.json"
+  "$FERRY" fixtures --preset "$PRESET" --no-sync "$ROOT" --list "$WORK/$PRESET-list.txt" > "$WORK/$PRESET.json.tmp"
+  mv "$WORK/$PRESET.json.tmp" "$WORK/$PRESET.json"
 fi
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -81,7 +85,7 @@ start_ferry() {
 case "$WHAT" in
 serve)
   # The largest blob and a repository that links it.
-  read -r REPO DIGEST SIZE < <(python3 - "$WORK/medium.json" "$ROOT" <<'PY'
+  read -r REPO DIGEST SIZE < <(python3 - "$WORK/$PRESET.json" "$ROOT" <<'PY'
 import json, os, sys
 corpus, root = json.load(open(sys.argv[1])), sys.argv[2]
 best = None
@@ -111,7 +115,7 @@ PY
   BYTES=$(du -sb "$ROOT/docker/registry/v2/blobs" | cut -f1)
   t_sum=$(median_time sh -c "find '$ROOT/docker/registry/v2/blobs' -name data -print0 | xargs -0 sha256sum")
   t_ver=$(median_time "$FERRY" verify "$ROOT")
-  echo "verify of the medium root ($(python3 -c "print(f'{$BYTES/1e9:.2f}')") GB of blobs, page cache warm), median of $RUNS:"
+  echo "verify of the $PRESET root ($(python3 -c "print(f'{$BYTES/1e9:.2f}')") GB of blobs, page cache warm), median of $RUNS:"
   echo "  sha256sum        ${t_sum}s"
   echo "  ferry verify     ${t_ver}s  (also resolves every link)"
   echo "  speed-up ferry verify vs sha256sum: $(ratio "$t_sum" "$t_ver")x"
@@ -120,7 +124,7 @@ bundle)
   INCUMBENT="${INCUMBENT:-$PWD/../shared/incumbent}"
   for t in skopeo zstd tar /usr/bin/time; do command -v "$t" >/dev/null || { echo "bench needs $t" >&2; exit 1; }; done
   start_registry "$ROOT"; REG=$ADDR
-  LIST="$WORK/medium-list.txt"; OUT="$WORK/bundle"; mkdir -p "$OUT"
+  LIST="$WORK/$PRESET-list.txt"; OUT="$WORK/bundle-$PRESET"; mkdir -p "$OUT"
   SEEDLOG="$WORK/seed.log"; : > "$SEEDLOG"
   # Clean-up between runs is untimed for both sides (the seed script times its own clean-up apart: clean=).
   seed_prep() { rm -rf "$OUT/seed"; sync; }
@@ -141,8 +145,8 @@ bundle)
   warm_prep
   /usr/bin/time -f "%M %O" -o "$WORK/warm.time" "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
   read -r cold_rss cold_out < "$WORK/cold.time"; read -r warm_rss warm_out < "$WORK/warm.time"
-  UNIQUE=$(python3 -c "import json; print(json.load(open('$WORK/medium.json'))['unique_bytes'])")
-  echo "bundle of the medium corpus ($(wc -l < "$LIST") list lines, $(python3 -c "print(f'{$UNIQUE/1e9:.2f}')") GB unique), median of $RUNS, whole process:"
+  UNIQUE=$(python3 -c "import json; print(json.load(open('$WORK/$PRESET.json'))['unique_bytes'])")
+  echo "bundle of the $PRESET corpus ($(wc -l < "$LIST") list lines, $(python3 -c "print(f'{$UNIQUE/1e9:.2f}')") GB unique), median of $RUNS, whole process:"
   echo "  seed workflow (skopeo sync + convert + tar + zstd -T0 + sync)  ${t_seed}s"
   echo "  ferry bundle, empty cache                                    ${t_cold}s   speed-up $(ratio "$t_seed" "$t_cold")x"
   echo "  ferry bundle, warm cache                                     ${t_warm}s"
@@ -155,7 +159,7 @@ unbundle)
   INCUMBENT="${INCUMBENT:-$PWD/../shared/incumbent}"
   for t in skopeo zstd tar; do command -v "$t" >/dev/null || { echo "bench needs $t" >&2; exit 1; }; done
   start_registry "$ROOT"; SRC=$ADDR
-  LIST="$WORK/medium-list.txt"; OUT="$WORK/unbundle"; mkdir -p "$OUT"
+  LIST="$WORK/$PRESET-list.txt"; OUT="$WORK/unbundle-$PRESET"; mkdir -p "$OUT"
   # Inputs, untimed: the incumbent's dir: tree (its pull phase) and a ferry bundle of every platform.
   [ -d "$OUT/seed/dirs" ] || bash "$INCUMBENT/seed_bundle.sh" "$SRC" "$LIST" "$OUT/seed" "$OUT/seed.log" pull-only:sync
   [ -f "$OUT/all.tar.zst" ] || "$FERRY" bundle -q --all-platforms -f "$LIST" -o "$OUT/all.tar.zst" --cache "$OUT/cache" --source "$SRC" --src-tls-verify=false
@@ -195,7 +199,7 @@ unbundle)
       skopeo copy -q --src-tls-verify=false "docker://$1/$ref" "dir:$OUT/pulled/x" >/dev/null; rm -rf "$OUT/pulled/x"; done; }
   t_pull_reg=$(median_time pull_all "$SRC")
   t_pull_fer=$(median_time pull_all "$FER")
-  echo "unbundle of the medium corpus, median of $RUNS, whole process:"
+  echo "unbundle of the $PRESET corpus, median of $RUNS, whole process:"
   echo "  push into an empty docker-registry: skopeo sync --scoped (amd64 only, from dir:) ${t_seed_push}s,"
   echo "    ferry unbundle push (every platform, from the bundle in place) ${t_ferry_push}s: speed-up $(ratio "$t_seed_push" "$t_ferry_push")x"
   echo "    floor: the same blobs as bare parallel monolithic PUTs (curl -P 6) ${t_floor_push}s: ferry/floor $(ratio "$t_ferry_push" "$t_floor_push")x"
@@ -207,9 +211,9 @@ unbundle)
 copy)
   command -v skopeo >/dev/null || { echo "bench needs skopeo" >&2; exit 1; }
   start_registry "$ROOT"; SRC=$ADDR
-  OUT="$WORK/copy"; mkdir -p "$OUT"
+  OUT="$WORK/copy-$PRESET"; mkdir -p "$OUT"
   # The image with the most layers, and every multi-platform image.
-  read -r BIG MULTI < <(python3 - "$WORK/medium.json" "$ROOT" <<'PY'
+  read -r BIG MULTI < <(python3 - "$WORK/$PRESET.json" "$ROOT" <<'PY'
 import json, sys
 corpus, root = json.load(open(sys.argv[1])), sys.argv[2]
 blob = lambda d: json.load(open(f"{root}/docker/registry/v2/blobs/sha256/{d[7:9]}/{d[7:]}/data"))
@@ -236,9 +240,43 @@ PY
     done; }
   t_skopeo_all=$(PREP=fresh_target median_time each_multi skopeo)
   t_ferry_all=$(PREP=fresh_target median_time each_multi ferry)
-  echo "copy, medium corpus, median of $RUNS, whole process:"
+  echo "copy, $PRESET corpus, median of $RUNS, whole process:"
   echo "  $BIG docker:// -> oci:: skopeo ${t_skopeo_oci}s, ferry ${t_ferry_oci}s: speed-up $(ratio "$t_skopeo_oci" "$t_ferry_oci")x"
   echo "  $(echo "$MULTI" | tr ',' '\n' | wc -l) multi-arch images, --all docker:// -> docker:// (empty target): skopeo ${t_skopeo_all}s, ferry ${t_ferry_all}s: speed-up $(ratio "$t_skopeo_all" "$t_ferry_all")x"
   ;;
-*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy [WORK]" >&2; exit 2 ;;
+refs)
+  N="${REFS:-5000}"
+  OUT="$WORK/refs-$PRESET"; rm -rf "$OUT"; mkdir -p "$OUT/root"
+  cp -al "$ROOT/docker" "$OUT/root/"
+  start_registry "$OUT/root"; REG=$ADDR
+  # N tags through the API: every image of the corpus under tags t0..tN-1, round robin.
+  python3 - "$WORK/$PRESET.json" "$REG" "$N" "$OUT/list.txt" <<'PY'
+import http.client, json, sys
+corpus, reg, n, out = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+host, port = reg.split(":")
+c = http.client.HTTPConnection(host, int(port))
+imgs = corpus["images"]
+def get(repo, ref):
+    c.request("GET", f"/v2/{repo}/manifests/{ref}", headers={"Accept": ",".join([
+        "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json"])})
+    r = c.getresponse(); body = r.read(); return body, r.getheader("Content-Type")
+manifests = [(i["repository"],) + get(i["repository"], i["digest"]) for i in imgs]
+with open(out, "w") as f:
+    for k in range(n):
+        repo, body, ctype = manifests[k % len(manifests)]
+        c.request("PUT", f"/v2/{repo}/manifests/t{k}", body=body, headers={"Content-Type": ctype})
+        r = c.getresponse(); r.read()
+        assert r.status == 201, (r.status, repo)
+        f.write(f"{repo}:t{k}\n")
+PY
+  refs_run() { rm -f "$OUT/b.tar.zst"; "$FERRY" bundle -q -f "$OUT/list.txt" -o "$OUT/b.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false; }
+  refs_run
+  t=$(median_time refs_run)
+  /usr/bin/time -f "%M" -o "$OUT/time" "$FERRY" bundle -q -f "$OUT/list.txt" -o "$OUT/b.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
+  rss=$(cat "$OUT/time")
+  echo "bundle of $N references to one registry ($PRESET images, warm cache), median of $RUNS, whole process:"
+  echo "  ${t}s, $(python3 -c "print(f'{$t*1000/$N:.2f}')") ms per reference; peak RSS $((rss / 1024)) MB, $(python3 -c "print(f'{$rss/$N:.1f}')") KB per reference"
+  ;;
+*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs [WORK]" >&2; exit 2 ;;
 esac

@@ -296,6 +296,34 @@ pub fn choose_platform(index: &RawManifest, want: &Platform) -> Result<Descripto
         })
 }
 
+/// Walks already done in one run, by top digest: a list that names one image
+/// many times walks it once, and every plan holding it shares one copy. Use one
+/// per run and per [`WalkOptions`] (a digest names the same content in every source).
+#[derive(Debug, Default, Clone)]
+pub struct Walks(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Digest, std::sync::Arc<ImageWalk>>>>,
+);
+
+impl Walks {
+    /// [`walk`], or the walk this run already did of the same top manifest.
+    pub async fn walk<M: Manifests>(
+        &self,
+        source: &M,
+        top: RawManifest,
+        opts: &WalkOptions,
+    ) -> Result<std::sync::Arc<ImageWalk>, WalkError> {
+        if let Some(w) = self.0.lock().unwrap().get(top.digest()) {
+            return Ok(w.clone());
+        }
+        let w = std::sync::Arc::new(walk(source, top, opts).await?);
+        self.0
+            .lock()
+            .unwrap()
+            .insert(w.top.digest().clone(), w.clone());
+        Ok(w)
+    }
+}
+
 /// A source whose manifests are read synchronously (a root on disk): its walk completes without waiting.
 pub fn walk_now<M: Manifests>(
     source: &M,

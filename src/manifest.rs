@@ -44,7 +44,8 @@ pub enum ManifestError {
 /// A manifest exactly as received: bytes, the media type it declares, and the digest of those bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawManifest {
-    bytes: Vec<u8>,
+    /// Shared, so the many copies a plan of thousands of references holds cost one allocation.
+    bytes: bytes::Bytes,
     media_type: String,
     digest: Digest,
 }
@@ -63,7 +64,7 @@ impl RawManifest {
         let media_type = detect_media_type(&bytes, declared)?;
         let digest = Digest::sha256_of(&bytes);
         Ok(RawManifest {
-            bytes,
+            bytes: bytes::Bytes::from(bytes),
             media_type,
             digest,
         })

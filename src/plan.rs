@@ -3,7 +3,7 @@
 //! assigned, and the set of unique blobs with their sizes. Every image that
 //! cannot be resolved is reported, one line each, at this stage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures_util::{StreamExt, stream};
@@ -11,7 +11,7 @@ use futures_util::{StreamExt, stream};
 use crate::blob::BlobBody;
 pub use crate::bundlefile::format::{Failure, PlatformEntry};
 use crate::digest::Digest;
-use crate::image::{self, Selection, WalkOptions};
+use crate::image::{self, ImageWalk, Selection, WalkOptions, Walks};
 use crate::manifest::{Descriptor, Platform, RawManifest};
 use crate::reference::{ListEntry, validate_repository};
 use crate::registry::{Client, ClientOptions, RegistryError};
@@ -56,12 +56,22 @@ pub struct PlannedImage {
     pub digest: Digest,
     /// The top manifest's media type.
     pub media_type: String,
-    /// The chosen children (deepest first), then the top manifest.
-    pub manifests: Vec<RawManifest>,
+    /// The walk of the image as chosen: kept children and their blobs (shared by every reference to it).
+    pub walk: Arc<ImageWalk>,
     /// For an index: every child, with whether it is kept.
     pub platforms: Vec<PlatformEntry>,
+}
+
+impl PlannedImage {
+    /// The chosen children (deepest first), then the top manifest.
+    pub fn manifests(&self) -> impl Iterator<Item = &RawManifest> {
+        self.walk.manifests()
+    }
+
     /// Configs and layers of the kept manifests.
-    pub blobs: Vec<Descriptor>,
+    pub fn blobs(&self) -> &[Descriptor] {
+        &self.walk.blobs
+    }
 }
 
 /// Where a blob comes from.
@@ -82,6 +92,8 @@ pub struct BlobSource {
 pub struct Plan {
     /// Images resolved, in list order.
     pub images: Vec<PlannedImage>,
+    /// Every manifest read, for copying the images without reading them again.
+    pub seen: SeenManifests,
     /// Images that could not be.
     pub failures: Vec<Failure>,
     /// Every unique config and layer blob.
@@ -107,28 +119,51 @@ pub struct CachedRegistry {
     cache: Store,
     /// The reference when it is a digest.
     pinned: Option<Digest>,
+    /// Manifests already read, shared by every image of one run (a list names the same manifests many times).
+    seen: SeenManifests,
 }
+
+/// Manifests read by a run, by digest (their bytes are shared, so holding them costs little).
+pub type SeenManifests = Arc<std::sync::Mutex<HashMap<Digest, RawManifest>>>;
 
 impl CachedRegistry {
     /// The image `repo@digest` (or `repo:tag`) at `client`'s registry, through `cache`.
-    pub fn new(client: Client, repo: String, reference: String, cache: Store) -> CachedRegistry {
+    pub fn new(
+        client: Client,
+        repo: String,
+        reference: String,
+        cache: Store,
+        seen: SeenManifests,
+    ) -> CachedRegistry {
         let name = format!("{}/{repo}", client.host());
         CachedRegistry {
             pinned: Digest::parse(&reference).ok(),
             source: RegistrySource::new(client, repo, reference, name),
             cache,
+            seen,
         }
     }
 
     async fn get(&self, digest: &Digest) -> Result<Option<RawManifest>, TransportError> {
-        if self.cache.has_blob(digest)
-            && let Ok(m) = self.cache.read_manifest(digest)
-        {
-            return Ok(Some(m));
+        if let Some(m) = self.seen.lock().unwrap().get(digest) {
+            return Ok(Some(m.clone()));
         }
-        let m = self.source.manifest(digest).await?;
+        let m = match self
+            .cache
+            .has_blob(digest)
+            .then(|| self.cache.read_manifest(digest))
+        {
+            Some(Ok(m)) => Some(m),
+            _ => {
+                let m = self.source.manifest(digest).await?;
+                if let Some(m) = &m {
+                    self.cache.put_blob_bytes(m.bytes())?;
+                }
+                m
+            }
+        };
         if let Some(m) = &m {
-            self.cache.put_blob_bytes(m.bytes())?;
+            self.seen.lock().unwrap().insert(digest.clone(), m.clone());
         }
         Ok(m)
     }
@@ -170,6 +205,8 @@ impl image::Manifests for CachedRegistry {
 async fn resolve_one(
     entry: &ListEntry,
     opts: &PlanOptions,
+    seen: &SeenManifests,
+    walks: &Walks,
     clients: &Clients,
     cache: &Store,
 ) -> Result<PlannedImage, String> {
@@ -184,6 +221,7 @@ async fn resolve_one(
         remote_repository.clone(),
         r.remote_ref(),
         cache.clone(),
+        seen.clone(),
     );
     let repository = match (opts.keep_host, r.host()) {
         (true, Some(h)) => {
@@ -228,7 +266,8 @@ async fn resolve_one(
         },
         allow_absent: false,
     };
-    let walk = image::walk(&cached, top, &walk_opts)
+    let walk = walks
+        .walk(&cached, top, &walk_opts)
         .await
         .map_err(|e| e.to_string())?;
     let platforms = walk
@@ -250,9 +289,8 @@ async fn resolve_one(
         tag: r.effective_tag().map(str::to_string),
         digest: walk.top.digest().clone(),
         media_type: walk.top.media_type().to_string(),
-        manifests: walk.manifests().cloned().collect(),
         platforms,
-        blobs: walk.blobs,
+        walk,
     })
 }
 
@@ -272,18 +310,23 @@ pub async fn resolve(
     cache: &Store,
 ) -> Plan {
     let opts = Arc::new(opts.clone());
+    let seen = &SeenManifests::default();
+    let walks = &Walks::default();
     let results: Vec<(usize, Result<PlannedImage, String>)> =
         stream::iter(entries.iter().enumerate())
             .map(|(i, e)| {
                 let opts = opts.clone();
-                async move { (i, resolve_one(e, &opts, clients, cache).await) }
+                async move { (i, resolve_one(e, &opts, seen, walks, clients, cache).await) }
             })
             .buffer_unordered(opts.jobs.max(1))
             .collect()
             .await;
     let mut ordered: Vec<_> = results;
     ordered.sort_by_key(|(i, _)| *i);
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        seen: seen.clone(),
+        ..Plan::default()
+    };
     let mut names: BTreeMap<(String, String), (String, Digest)> = BTreeMap::new();
     for (i, r) in ordered {
         let e = &entries[i];
@@ -305,7 +348,7 @@ pub async fn resolve(
                     }
                     names.insert(key, (img.source.clone(), img.digest.clone()));
                 }
-                for b in &img.blobs {
+                for b in img.blobs() {
                     plan.blobs
                         .entry(b.digest.clone())
                         .or_insert_with(|| BlobSource {

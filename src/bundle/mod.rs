@@ -249,6 +249,7 @@ pub async fn bundle(
                 img.remote_repository.clone(),
                 img.digest.to_string(),
                 cache.clone(),
+                plan.seen.clone(),
             ),
             destination: RootDest::pack_cache(cache.clone()),
         });
@@ -325,10 +326,9 @@ pub async fn bundle(
         // index, from runs with other platforms), so the tree equals the bundle's.
         for img in &plan.images {
             for d in img
-                .manifests
-                .iter()
+                .manifests()
                 .map(|m| m.digest())
-                .chain(img.blobs.iter().map(|b| &b.digest))
+                .chain(img.blobs().iter().map(|b| &b.digest))
             {
                 root.import_blob(&cache, d)?;
             }
@@ -416,7 +416,7 @@ fn layout_and_index(plan: &Plan, mtime: u64) -> (pack::Layout, Vec<u8>) {
     let mut blobs: BTreeSet<BlobEntry> = BTreeSet::new();
     let mut images = Vec::new();
     for img in &plan.images {
-        for m in &img.manifests {
+        for m in img.manifests() {
             let size = m.bytes().len() as u64;
             layout.add(
                 &rel(PathSpec::BlobData(m.digest())),
@@ -431,7 +431,7 @@ fn layout_and_index(plan: &Plan, mtime: u64) -> (pack::Layout, Vec<u8>) {
                 size,
             });
         }
-        for b in &img.blobs {
+        for b in img.blobs() {
             layout.add(
                 &rel(PathSpec::BlobData(&b.digest)),
                 pack::Content::Blob(b.digest.clone(), b.size),
@@ -468,7 +468,7 @@ fn layout_and_index(plan: &Plan, mtime: u64) -> (pack::Layout, Vec<u8>) {
     let layer_blobs: BTreeSet<&Digest> = plan
         .images
         .iter()
-        .flat_map(|i| i.blobs.iter().map(|b| &b.digest))
+        .flat_map(|i| i.blobs().iter().map(|b| &b.digest))
         .collect();
     let index = BundleIndex {
         format: FORMAT.to_string(),

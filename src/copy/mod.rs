@@ -9,13 +9,14 @@
 pub mod convert;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures_util::{StreamExt, stream};
 
 use crate::blob::BlobBody;
 use crate::digest::Digest;
-use crate::image::{self, ImageWalk, Selection, WalkOptions};
+use crate::image::{self, ImageWalk, Selection, WalkOptions, Walks};
 use crate::manifest::{Descriptor, Platform, RawManifest};
 use crate::media_type;
 use crate::transport::{Destination, Put, Source, TransportError};
@@ -216,15 +217,23 @@ pub struct Job<S, D> {
 
 /// An image read and planned: its walk, and what to write.
 struct Planned {
-    walk: ImageWalk,
-    /// Blobs to move: the walk's, less those a conversion replaced, plus the ones it made.
-    blobs: Vec<Descriptor>,
+    /// Shared by every job that copies the same image.
+    walk: Arc<ImageWalk>,
+    /// Blobs to move when a conversion changed them: the walk's, less those it replaced, plus the ones it made.
+    blobs: Option<Vec<Descriptor>>,
     /// Blobs a conversion made, by digest: written from memory.
     new_blobs: HashMap<Digest, Vec<u8>>,
     /// Manifests to write, children first; the last is the top.
     writes: Vec<RawManifest>,
     source_digest: Digest,
     rewritten: bool,
+}
+
+impl Planned {
+    /// The blobs to move.
+    fn blobs(&self) -> &[Descriptor] {
+        self.blobs.as_deref().unwrap_or(&self.walk.blobs)
+    }
 }
 
 /// Copies one image; see the module docs.
@@ -253,6 +262,7 @@ pub async fn copy<S: Source, D: Destination>(
 async fn plan<S: Source, D: Destination>(
     job: &Job<S, D>,
     opts: &CopyOptions,
+    walks: &Walks,
 ) -> Result<Planned, CopyError> {
     let name = job.source.name();
     let src_err = |cause: String| CopyError::Source {
@@ -303,7 +313,8 @@ async fn plan<S: Source, D: Destination>(
         allow_absent: true,
     };
     let source_digest = top.digest().clone();
-    let walk = image::walk(&SourceManifests(&job.source), top, &walk_opts)
+    let walk = walks
+        .walk(&SourceManifests(&job.source), top, &walk_opts)
         .await
         .map_err(|e| src_err(e.to_string()))?;
     // A kept child the source lacks is only acceptable from sources that hold sparse indexes (bundles, roots).
@@ -327,13 +338,18 @@ async fn plan<S: Source, D: Destination>(
             },
             convert::Refusal::Cannot(why) => src_err(why),
         })?;
-    let mut blobs: Vec<Descriptor> = walk
-        .blobs
-        .iter()
-        .filter(|b| !w.replaced.contains(&b.digest))
-        .cloned()
-        .collect();
-    blobs.extend(w.new_blobs.iter().map(|(d, _)| d.clone()));
+    // The walk's blobs, unless a conversion replaced some (kept apart only then: plans of
+    // thousands of images hold these).
+    let blobs = (!w.replaced.is_empty() || !w.new_blobs.is_empty()).then(|| {
+        let mut b: Vec<Descriptor> = walk
+            .blobs
+            .iter()
+            .filter(|b| !w.replaced.contains(&b.digest))
+            .cloned()
+            .collect();
+        b.extend(w.new_blobs.iter().map(|(d, _)| d.clone()));
+        b
+    });
     Ok(Planned {
         walk,
         blobs,
@@ -401,9 +417,10 @@ pub async fn copy_all<S: Source, D: Destination>(
     opts: &CopyOptions,
     progress: &dyn Progress,
 ) -> Result<CopySummary, CopyError> {
+    let walks = Walks::default();
     let mut planned = Vec::with_capacity(jobs.len());
     let read: Vec<Result<Planned, CopyError>> = stream::iter(&jobs)
-        .map(|job| plan(job, opts))
+        .map(|job| plan(job, opts, &walks))
         .buffered(opts.jobs.max(1))
         .collect()
         .await;
@@ -426,8 +443,9 @@ pub async fn copy_each<S: Source, D: Destination>(
     opts: &CopyOptions,
     progress: &dyn Progress,
 ) -> (CopySummary, Vec<(usize, CopyError)>) {
+    let walks = Walks::default();
     let planned: Vec<Result<Planned, CopyError>> = stream::iter(jobs)
-        .map(|job| plan(job, opts))
+        .map(|job| plan(job, opts, &walks))
         .buffered(opts.jobs.max(1))
         .collect()
         .await;
@@ -451,7 +469,7 @@ async fn run<S: Source, D: Destination>(
     let mut blobs: BTreeMap<Digest, (Descriptor, Vec<usize>)> = BTreeMap::new();
     let mut order: Vec<Digest> = Vec::new();
     for (i, p) in planned.iter().enumerate() {
-        for b in p.iter().flat_map(|p| &p.blobs) {
+        for b in p.iter().flat_map(|p| p.blobs()) {
             let e = blobs.entry(b.digest.clone()).or_insert_with(|| {
                 order.push(b.digest.clone());
                 (b.clone(), Vec::new())
