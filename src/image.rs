@@ -88,9 +88,13 @@ pub struct ImageWalk {
 }
 
 impl ImageWalk {
-    /// Kept child manifests held by the source, children before parents.
+    /// Kept child manifests held by the source, children before parents, each once.
     pub fn present_children(&self) -> impl Iterator<Item = &RawManifest> {
-        self.children.iter().filter_map(|c| c.manifest.as_ref())
+        let mut once = std::collections::HashSet::new();
+        self.children
+            .iter()
+            .filter_map(|c| c.manifest.as_ref())
+            .filter(move |m| once.insert(m.digest()))
     }
 
     /// Kept children the source does not hold (a sparse index).
@@ -127,6 +131,9 @@ pub enum WalkError {
     /// Indexes nest deeper than [`MAX_INDEX_DEPTH`].
     #[error("manifest {0}: indexes nest deeper than {MAX_INDEX_DEPTH} levels")]
     TooDeep(Digest),
+    /// More index children than any real image has (a hostile or looping index).
+    #[error("manifest {0}: more than {max} index children in all", max = crate::limits::MAX_WALK_CHILDREN)]
+    TooManyChildren(Digest),
     /// A kept child the source does not hold.
     #[error("index {index} lists {child}, which the source does not have")]
     Absent {
@@ -166,9 +173,18 @@ pub async fn walk<M: Manifests>(
         blobs: Vec::new(),
         foreign: Vec::new(),
     };
-    let mut seen = BTreeSet::new();
+    let mut seen = Seen::default();
     visit(source, &top, 0, opts, &mut w, &mut seen).await?;
     Ok(w)
+}
+
+/// What a walk has met: blobs and manifests each once, so an index that lists a
+/// child many times costs one fetch, and foreign layers without a quadratic scan.
+#[derive(Default)]
+struct Seen {
+    blobs: BTreeSet<Digest>,
+    foreign: BTreeSet<Digest>,
+    manifests: std::collections::HashMap<Digest, Option<RawManifest>>,
 }
 
 /// Visits one manifest; boxed because indexes recurse.
@@ -178,7 +194,7 @@ fn visit<'a, M: Manifests>(
     depth: usize,
     opts: &'a WalkOptions,
     w: &'a mut ImageWalk,
-    seen: &'a mut BTreeSet<Digest>,
+    seen: &'a mut Seen,
 ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), WalkError>> + Send + 'a>> {
     Box::pin(async move {
         if depth > MAX_INDEX_DEPTH {
@@ -188,10 +204,10 @@ fn visit<'a, M: Manifests>(
             Manifest::Image(_) => {
                 for b in parse(raw)?.blobs() {
                     if !media_type::is_distributable(&b.media_type) {
-                        if !w.foreign.iter().any(|f| f.digest == b.digest) {
+                        if seen.foreign.insert(b.digest.clone()) {
                             w.foreign.push(b.clone());
                         }
-                    } else if seen.insert(b.digest.clone()) {
+                    } else if seen.blobs.insert(b.digest.clone()) {
                         w.blobs.push(b.clone());
                     }
                 }
@@ -200,6 +216,9 @@ fn visit<'a, M: Manifests>(
             Manifest::Index(index) => {
                 let mut kept = 0;
                 for c in &index.manifests {
+                    if w.children.len() >= crate::limits::MAX_WALK_CHILDREN {
+                        return Err(WalkError::TooManyChildren(raw.digest().clone()));
+                    }
                     let selected = match &opts.selection {
                         Selection::All => true,
                         Selection::IndexOnly => false,
@@ -210,14 +229,20 @@ fn visit<'a, M: Manifests>(
                                     .is_some_and(|p| want.iter().any(|w| w.matches(p)))
                         }
                     };
-                    let manifest = if selected {
-                        source
+                    // A child met before (listed twice, or by two indexes) is recorded, not fetched or walked again.
+                    let again = seen.manifests.get(&c.digest).cloned();
+                    let manifest = match (&again, selected) {
+                        (Some(m), true) => m.clone(),
+                        (None, true) => source
                             .manifest(&c.digest)
                             .await
-                            .map_err(|e| WalkError::Source(e.to_string()))?
-                    } else {
-                        None
+                            .map_err(|e| WalkError::Source(e.to_string()))?,
+                        (_, false) => None,
                     };
+                    if selected && again.is_none() {
+                        seen.manifests.insert(c.digest.clone(), manifest.clone());
+                    }
+                    let again = again.is_some();
                     if selected && manifest.is_none() && !opts.allow_absent {
                         return Err(WalkError::Absent {
                             index: raw.digest().clone(),
@@ -233,7 +258,9 @@ fn visit<'a, M: Manifests>(
                                 m.digest()
                             )));
                         }
-                        visit(source, m, depth + 1, opts, w, seen).await?;
+                        if !again {
+                            visit(source, m, depth + 1, opts, w, seen).await?;
+                        }
                     }
                     kept += usize::from(selected);
                     w.children.push(Child {
@@ -298,11 +325,13 @@ pub fn choose_platform(index: &RawManifest, want: &Platform) -> Result<Descripto
 
 /// Walks already done in one run, by top digest: a list that names one image
 /// many times walks it once, and every plan holding it shares one copy. Use one
-/// per run and per [`WalkOptions`] (a digest names the same content in every source).
+/// per run and per selection; walks that allow absent children are kept apart
+/// from walks that do not (what is absent depends on the source).
 #[derive(Debug, Default, Clone)]
-pub struct Walks(
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Digest, std::sync::Arc<ImageWalk>>>>,
-);
+pub struct Walks(std::sync::Arc<std::sync::Mutex<WalksByTop>>);
+
+/// Walks by (top digest, absent children allowed).
+type WalksByTop = std::collections::HashMap<(Digest, bool), std::sync::Arc<ImageWalk>>;
 
 impl Walks {
     /// [`walk`], or the walk this run already did of the same top manifest.
@@ -312,14 +341,12 @@ impl Walks {
         top: RawManifest,
         opts: &WalkOptions,
     ) -> Result<std::sync::Arc<ImageWalk>, WalkError> {
-        if let Some(w) = self.0.lock().unwrap().get(top.digest()) {
+        let key = (top.digest().clone(), opts.allow_absent);
+        if let Some(w) = self.0.lock().unwrap().get(&key) {
             return Ok(w.clone());
         }
         let w = std::sync::Arc::new(walk(source, top, opts).await?);
-        self.0
-            .lock()
-            .unwrap()
-            .insert(w.top.digest().clone(), w.clone());
+        self.0.lock().unwrap().insert(key, w.clone());
         Ok(w)
     }
 }
@@ -342,15 +369,19 @@ mod tests {
 
     use super::*;
 
-    struct Mem(HashMap<Digest, RawManifest>);
+    struct Mem(HashMap<Digest, RawManifest>, std::sync::atomic::AtomicUsize);
     impl Manifests for Mem {
         type Error = String;
         fn manifest(
             &self,
             d: &Digest,
         ) -> impl Future<Output = Result<Option<RawManifest>, String>> + Send {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             std::future::ready(Ok(self.0.get(d).cloned()))
         }
+    }
+    fn mem(all: HashMap<Digest, RawManifest>) -> Mem {
+        Mem(all, Default::default())
     }
 
     fn image(layer: &str) -> RawManifest {
@@ -400,7 +431,7 @@ mod tests {
         let (a, b) = (image("a"), image("b"));
         let inner = index(&[(&b, "linux/arm64")]);
         let top = index(&[(&a, "linux/amd64"), (&inner, "linux/arm64")]);
-        let mem = Mem([&a, &b, &inner]
+        let mem = mem([&a, &b, &inner]
             .into_iter()
             .map(|m| (m.digest().clone(), m.clone()))
             .collect());
@@ -437,7 +468,7 @@ mod tests {
     fn absent_children_are_errors_unless_allowed() {
         let a = image("a");
         let top = index(&[(&a, "linux/amd64")]);
-        let empty = Mem(HashMap::new());
+        let empty = mem(HashMap::new());
         assert!(matches!(
             walk_now(&empty, top.clone(), &WalkOptions::default()),
             Err(WalkError::Absent { .. })
@@ -461,8 +492,20 @@ mod tests {
             all.insert(m.digest().clone(), m.clone());
         }
         assert!(matches!(
-            walk_now(&Mem(all), m, &WalkOptions::default()),
+            walk_now(&mem(all), m, &WalkOptions::default()),
             Err(WalkError::TooDeep(_))
         ));
+    }
+
+    #[test]
+    fn a_child_listed_many_times_is_fetched_once() {
+        let a = image("a");
+        let top = index(&vec![(&a, "linux/amd64"); 50]);
+        let m = mem(HashMap::from([(a.digest().clone(), a.clone())]));
+        let w = walk_now(&m, top, &WalkOptions::default()).unwrap();
+        assert_eq!(m.1.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(w.children.len(), 50);
+        assert_eq!(w.present_children().count(), 1);
+        assert_eq!(w.absent().count(), 0);
     }
 }

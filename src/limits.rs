@@ -50,3 +50,9 @@ pub const UPLOAD_CHUNK_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Most pages of a tag list or catalog followed before giving up (a server whose `Link` never ends).
 pub const MAX_LIST_PAGES: usize = 10_000;
+
+/// Largest `index.json` of an OCI layout read (it lists every image of the layout).
+pub const MAX_LAYOUT_INDEX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Most index children one image walk follows in all (a legitimate index has a few dozen).
+pub const MAX_WALK_CHILDREN: usize = 10_000;

@@ -122,7 +122,12 @@ pub fn link(
             Some(t) => store.resolve_tag(&img.repository, t)?,
             None => None,
         };
-        store.link_image(&img.repository, &img.digest, img.tag.as_deref())?;
+        // Only the manifests the bundle brings: children of the same index that the
+        // root holds from elsewhere stay out of this repository.
+        let revisions = scan.repos.get(&img.repository).map(|r| &r.revisions);
+        store.link_image_with(&img.repository, &img.digest, img.tag.as_deref(), &|d| {
+            revisions.is_some_and(|r| r.contains(d))
+        })?;
         if let Some(tag) = &img.tag {
             summary.tags.push(TagChange {
                 repository: img.repository.clone(),

@@ -10,9 +10,9 @@ use super::{GlobalArgs, human_bytes};
 use crate::copy::{CopyOptions, Format, MultiArch};
 use crate::manifest::Platform;
 use crate::registry::ClientOptions;
-use crate::transport::ImageRef;
-use crate::transport::open::{OpenOptions, open_dest, open_source};
+use crate::transport::open::{OpenOptions, open_dest, open_source, writable};
 use crate::transport::registry::{Clients, Pushed};
+use crate::transport::{ImageRef, Source};
 
 /// skopeo's `--multi-arch` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -102,6 +102,11 @@ fn platform(a: &CopyArgs) -> anyhow::Result<MultiArch> {
 pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
     let src = ImageRef::parse(&a.source).context("source")?;
     let dst = ImageRef::parse(&a.destination).context("destination")?;
+    let multi_arch_hint = if a.all {
+        MultiArchArg::All
+    } else {
+        a.multi_arch.unwrap_or(MultiArchArg::System)
+    };
     let multi_arch = match (a.all, a.multi_arch) {
         (true, Some(m)) if m != MultiArchArg::All => {
             bail!("--all and --multi-arch {m:?} contradict each other")
@@ -121,7 +126,13 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
         format: a.format,
         rewrite_sparse_index: false,
         jobs: a.jobs.max(1),
-        ..CopyOptions::default()
+        sparse_hint: match multi_arch_hint {
+            MultiArchArg::All => {
+                "the source holds only some of its platforms: copy one platform (leave out --all)"
+            }
+            MultiArchArg::IndexOnly => "the destination needs the images too: copy with --all",
+            MultiArchArg::System => "copy with --all to bring every platform",
+        },
     };
     let creds = |c: &Option<String>| c.as_deref().map(crate::auth::Credentials::from_flag);
     let open = OpenOptions {
@@ -141,7 +152,11 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
     let summary = rt.block_on(async {
         let clients = Clients::default();
+        writable(&dst)?;
         let source = open_source(&src, &clients, &open).await?;
+        // The source is read before the destination is touched: a mistyped source leaves
+        // an existing destination (a dir: image, a layout) as it was.
+        source.top().await?;
         // Separate clients: the two sides may be one host with different credentials.
         let dest_clients = Clients::default();
         let destination = open_dest(&dst, &dest_clients, &open, &Arc::new(Pushed::default()))?;

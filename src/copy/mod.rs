@@ -180,7 +180,7 @@ pub enum CopyError {
     },
     /// A sparse index the destination will not take as it is.
     #[error(
-        "{image}: the target refused the index {digest} because {absent} of its platforms are not in the source ({source}); {hint}"
+        "{image}: the target refused the index {digest} because {absent} of its platforms are left out or not in the source ({source}); {hint}"
     )]
     SparseIndex {
         /// How to get past it, in the words of the command that copied.
@@ -189,7 +189,7 @@ pub enum CopyError {
         image: String,
         /// The index.
         digest: Digest,
-        /// How many children are absent.
+        /// How many children are left out or absent.
         absent: usize,
         /// What the destination said.
         source: Box<TransportError>,
@@ -291,7 +291,7 @@ async fn plan<S: Source, D: Destination>(
             ))
         })?;
         let digest = child.digest.clone();
-        top = job
+        let chosen = job
             .source
             .manifest(&digest)
             .await
@@ -302,6 +302,14 @@ async fn plan<S: Source, D: Destination>(
                     top.digest()
                 ))
             })?;
+        if chosen.digest() != &digest {
+            return Err(src_err(format!(
+                "index {} lists {digest}, the source gave {}",
+                top.digest(),
+                chosen.digest()
+            )));
+        }
+        top = chosen;
         multi = MultiArch::All;
     }
     let walk_opts = WalkOptions {
@@ -310,14 +318,14 @@ async fn plan<S: Source, D: Destination>(
             MultiArch::IndexOnly => Selection::IndexOnly,
             MultiArch::Platforms(p) => Selection::Platforms(p.clone()),
         },
-        allow_absent: true,
+        // Only sources that keep chosen platforms (bundles, roots) may lack a child.
+        allow_absent: job.source.holds_sparse_indexes(),
     };
     let source_digest = top.digest().clone();
     let walk = walks
         .walk(&SourceManifests(&job.source), top, &walk_opts)
         .await
         .map_err(|e| src_err(e.to_string()))?;
-    // A kept child the source lacks is only acceptable from sources that hold sparse indexes (bundles, roots).
     let sparse = walk
         .children
         .iter()

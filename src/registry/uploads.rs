@@ -73,24 +73,8 @@ impl Client {
         }
     }
 
-    /// Makes `digest` present in `repo`: nothing if it is there, a mount from `from` when given and
-    /// accepted, else an upload (monolithic when small, chunked when large).
-    pub async fn push_blob(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        size: u64,
-        from: Option<&str>,
-        body: BlobBody,
-    ) -> Result<BlobPush, RegistryError> {
-        if self.has_blob(repo, digest).await? {
-            return Ok(BlobPush::Present);
-        }
-        self.upload_blob(repo, digest, size, from, body).await
-    }
-
-    /// [`Client::push_blob`] without the existence check, for a caller that has just made it:
-    /// a mount from `from` when given and accepted, else an upload.
+    /// Makes `digest` present in `repo`, for a caller that has just asked [`Client::has_blob`]:
+    /// a mount from `from` when given and accepted, else an upload (monolithic when small, chunked when large).
     pub async fn upload_blob(
         &self,
         repo: &str,

@@ -114,11 +114,24 @@ impl Store {
     /// before parents, then tags it. Index children absent from the store are
     /// left out and reported (a sparse index); a missing config or layer is an error.
     pub fn link_image(&self, repo: &str, digest: &Digest, tag: Option<&str>) -> Result<LinkReport> {
+        self.link_image_with(repo, digest, tag, &|_| true)
+    }
+
+    /// [`Store::link_image`] of only the manifests `wanted` names (the ones a copy
+    /// or a bundle brought): other children of the index that the store happens to
+    /// hold stay out of the repository.
+    pub fn link_image_with(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        tag: Option<&str>,
+        wanted: &(dyn Fn(&Digest) -> bool + Sync),
+    ) -> Result<LinkReport> {
         validate_repository(repo)?;
         if let Some(t) = tag {
             validate_tag(t)?;
         }
-        let w = self.walk(digest)?;
+        let w = self.walk_only(digest, wanted)?;
         let mut report = LinkReport::default();
         for b in &w.blobs {
             if !self.has_blob(&b.digest) {
@@ -145,9 +158,21 @@ impl Store {
 
     /// The walk of an image held here (every child, absent ones recorded).
     pub fn walk(&self, digest: &Digest) -> Result<ImageWalk> {
+        self.walk_only(digest, &|_| true)
+    }
+
+    /// The walk of an image held here, seeing only the manifests `wanted` names.
+    fn walk_only(
+        &self,
+        digest: &Digest,
+        wanted: &(dyn Fn(&Digest) -> bool + Sync),
+    ) -> Result<ImageWalk> {
         let top = self.read_manifest(digest)?;
         image::walk_now(
-            self,
+            &Only {
+                store: self,
+                wanted,
+            },
             top,
             &WalkOptions {
                 selection: Selection::All,
@@ -162,15 +187,21 @@ impl Store {
     }
 }
 
-impl image::Manifests for Store {
+/// A store's manifests as the walk sees them, limited to the wanted ones.
+struct Only<'a> {
+    store: &'a Store,
+    wanted: &'a (dyn Fn(&Digest) -> bool + Sync),
+}
+
+impl image::Manifests for Only<'_> {
     type Error = StoreError;
     fn manifest(
         &self,
         digest: &Digest,
     ) -> impl std::future::Future<Output = Result<Option<crate::manifest::RawManifest>>> + Send
     {
-        std::future::ready(if self.has_blob(digest) {
-            self.read_manifest(digest).map(Some)
+        std::future::ready(if (self.wanted)(digest) && self.store.has_blob(digest) {
+            self.store.read_manifest(digest).map(Some)
         } else {
             Ok(None)
         })

@@ -71,6 +71,18 @@ impl Catalog for Store {
     }
 }
 
+/// A manifest read from a catalog must hash to the digest it was read by (a bundle
+/// opened without hashing every blob is checked here, manifest by manifest).
+fn checked(m: RawManifest, digest: &Digest) -> TResult<RawManifest> {
+    if m.digest() != digest {
+        return Err(TransportError::Corrupt {
+            digest: digest.clone(),
+            cause: format!("the manifest's bytes hash to {}", m.digest()),
+        });
+    }
+    Ok(m)
+}
+
 /// One image of a [`Catalog`], as a [`Source`]: the `registry-root:` and `ferry-bundle:` transports.
 pub struct CatalogSource<C: Catalog> {
     catalog: Arc<C>,
@@ -88,11 +100,6 @@ impl<C: Catalog> CatalogSource<C> {
             reference,
             name,
         }
-    }
-
-    /// The catalog, to open more images of it.
-    pub fn catalog(&self) -> &Arc<C> {
-        &self.catalog
     }
 }
 
@@ -114,13 +121,21 @@ impl<C: Catalog> Source for CatalogSource<C> {
                 })?
             }
         };
-        self.catalog.manifest(&self.repo, &digest)?.ok_or_else(|| {
+        let m = self.catalog.manifest(&self.repo, &digest)?.ok_or_else(|| {
             TransportError::NotFound(format!("{}: manifest {digest} not found", self.name))
-        })
+        })?;
+        checked(m, &digest)
     }
 
     async fn manifest(&self, digest: &Digest) -> TResult<Option<RawManifest>> {
-        Ok(self.catalog.manifest(&self.repo, digest)?)
+        self.catalog
+            .manifest(&self.repo, digest)?
+            .map(|m| checked(m, digest))
+            .transpose()
+    }
+
+    fn holds_sparse_indexes(&self) -> bool {
+        true
     }
 
     async fn blob(&self, desc: &Descriptor) -> TResult<BlobBody> {

@@ -268,11 +268,6 @@ impl DaemonSource {
             archive,
         })
     }
-
-    /// The `RepoTags` the engine gave the saved image.
-    pub fn repo_tags(&self) -> &[String] {
-        self.archive.repo_tags()
-    }
 }
 
 impl Source for DaemonSource {

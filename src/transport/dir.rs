@@ -199,7 +199,6 @@ impl Destination for DirDest {
             accepts_index: true,
             accepts_sparse_index: true,
             ordered_blobs: false,
-            verifies_local: true,
         }
     }
 

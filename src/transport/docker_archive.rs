@@ -906,7 +906,6 @@ impl ArchiveWriter {
             accepts_index: false,
             accepts_sparse_index: false,
             ordered_blobs: false,
-            verifies_local: true,
         }
     }
 

@@ -113,6 +113,12 @@ pub trait Source: Send + Sync {
     /// do not match `desc`. A [`BlobBody::Local`] is checked by the destination.
     fn blob(&self, desc: &Descriptor) -> impl Future<Output = Result<BlobBody>> + Send;
 
+    /// Whether an index here may lack some of its children on purpose (a bundle or a
+    /// root keeps only the platforms chosen); anywhere else a missing child is an error.
+    fn holds_sparse_indexes(&self) -> bool {
+        false
+    }
+
     /// The other tags of the same repository (a registry, a root, a bundle); a transport
     /// that holds one image says it cannot list.
     fn list_tags(&self) -> impl Future<Output = Result<Vec<String>>> + Send {
@@ -135,10 +141,10 @@ pub struct DestProperties {
     pub accepts_index: bool,
     /// Whether it takes an index some of whose children are absent.
     pub accepts_sparse_index: bool,
-    /// Whether blobs must be put one at a time in the order given (a stream written front to back).
+    /// Whether blobs are to be taken in digest order (the layout's order): they still move
+    /// `jobs` at a time, and the engine reports each as done in that order
+    /// ([`crate::copy::Progress::blob_done`]), so a writer that packs front to back can follow.
     pub ordered_blobs: bool,
-    /// Whether it re-hashes local bodies itself as it writes them (so the engine need not).
-    pub verifies_local: bool,
 }
 
 /// How a blob reached a destination, for summaries.

@@ -20,6 +20,8 @@
 //! no REF the index must list exactly one entry.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -280,8 +282,22 @@ impl LayoutIndex {
 /// The layout's `index.json`, parsed; `None` when the file does not exist.
 fn read_index(root: &Path) -> Result<Option<LayoutIndex>> {
     let path = root.join(INDEX_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+    // Capped: a layout may come from outside (an oci-archive), and index.json is read whole.
+    let bytes = match File::open(&path) {
+        Ok(f) => {
+            let mut b = Vec::new();
+            f.take(crate::limits::MAX_LAYOUT_INDEX_BYTES + 1)
+                .read_to_end(&mut b)
+                .map_err(TransportError::io("reading", &path))?;
+            if b.len() as u64 > crate::limits::MAX_LAYOUT_INDEX_BYTES {
+                return Err(TransportError::Invalid(format!(
+                    "{}: larger than {} bytes",
+                    path.display(),
+                    crate::limits::MAX_LAYOUT_INDEX_BYTES
+                )));
+            }
+            b
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(TransportError::io("reading", path)(e)),
     };
@@ -362,11 +378,6 @@ impl OciSource {
             top_media_type: Some(entry.media_type.clone()).filter(|m| !m.is_empty()),
         })
     }
-
-    /// The digest of the manifest the reference names.
-    pub fn top_digest(&self) -> &Digest {
-        &self.top
-    }
 }
 
 impl Source for OciSource {
@@ -445,7 +456,6 @@ impl Destination for OciDest {
             accepts_index: true,
             accepts_sparse_index: true,
             ordered_blobs: false,
-            verifies_local: true,
         }
     }
 

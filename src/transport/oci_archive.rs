@@ -143,11 +143,10 @@ impl OciArchiveDest {
     }
 
     /// Packs the layout into `<path>.tmp-PID` (files sorted, fixed owners) and renames it into place.
-    fn pack(&self) -> Result<()> {
-        let tmp = self.path.with_file_name(format!(
+    fn pack(layout: &Path, path: &Path) -> Result<()> {
+        let tmp = path.with_file_name(format!(
             ".{}.tmp-{}",
-            self.path
-                .file_name()
+            path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             std::process::id()
@@ -157,7 +156,7 @@ impl OciArchiveDest {
             let mut tar = tar::Builder::new(io::BufWriter::new(f));
             tar.mode(tar::HeaderMode::Deterministic);
             let mut files = Vec::new();
-            let mut stack = vec![self.dir.path().to_path_buf()];
+            let mut stack = vec![layout.to_path_buf()];
             while let Some(d) = stack.pop() {
                 for e in std::fs::read_dir(&d)? {
                     let p = e?.path();
@@ -170,18 +169,18 @@ impl OciArchiveDest {
             }
             files.sort();
             for p in files {
-                let rel = p.strip_prefix(self.dir.path()).expect("under the layout");
+                let rel = p.strip_prefix(layout).expect("under the layout");
                 tar.append_path_with_name(&p, rel)?;
             }
             let f = tar.into_inner()?.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
+            std::fs::rename(&tmp, path)
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             TransportError::Io {
                 op: "writing",
-                path: self.path.clone(),
+                path: path.to_path_buf(),
                 source: e,
             }
         })
@@ -206,6 +205,9 @@ impl Destination for OciArchiveDest {
     }
     async fn commit(&self, top: &RawManifest) -> Result<()> {
         self.inner.commit(top).await?;
-        self.pack()
+        let (layout, path) = (self.dir.path().to_path_buf(), self.path.clone());
+        tokio::task::spawn_blocking(move || OciArchiveDest::pack(&layout, &path))
+            .await
+            .expect("packing does not panic")
     }
 }

@@ -118,6 +118,9 @@ impl Source for AnySource {
     async fn list_tags(&self) -> Result<Vec<String>> {
         each_source!(self, s => s.list_tags().await)
     }
+    fn holds_sparse_indexes(&self) -> bool {
+        each_source!(self, s => s.holds_sparse_indexes())
+    }
 }
 
 impl Destination for AnyDest {
@@ -155,6 +158,13 @@ fn local_reference(r: &Reference, what: &str) -> Result<()> {
 fn open_bundle(path: &Path) -> Result<Arc<Bundles>> {
     let b = BundleFile::open_with(path, &mut crate::bundlefile::read::StructureOnly)?;
     Ok(Arc::new(Bundles(vec![b])))
+}
+
+/// Runs file-heavy work on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("opening a transport does not panic")
 }
 
 /// Opens the image `r` for reading.
@@ -207,16 +217,31 @@ pub async fn open_source(r: &ImageRef, clients: &Clients, opts: &OpenOptions) ->
         ImageRef::Oci(path, reference) => {
             AnySource::Oci(OciSource::open(path, reference.as_deref())?)
         }
+        // Archives are unpacked or indexed (every layer read) before use: off the async threads.
         ImageRef::OciArchive(path, reference) => {
-            AnySource::OciArchive(OciArchiveSource::open(path, reference.as_deref())?)
+            let (p, r) = (path.clone(), reference.clone());
+            AnySource::OciArchive(blocking(move || OciArchiveSource::open(&p, r.as_deref())).await?)
         }
         ImageRef::DockerArchive(path, reference) => {
-            AnySource::DockerArchive(DockerArchiveSource::open(path, reference.as_deref())?)
+            let (p, r) = (path.clone(), reference.clone());
+            AnySource::DockerArchive(
+                blocking(move || DockerArchiveSource::open(&p, r.as_deref())).await?,
+            )
         }
         ImageRef::DockerDaemon(reference) => {
             AnySource::Daemon(DaemonSource::open(&reference.to_string()).await?)
         }
     })
+}
+
+/// Refuses, before anything is read or written, a destination no transport can write.
+pub fn writable(r: &ImageRef) -> Result<()> {
+    match r {
+        ImageRef::Bundle(..) => Err(TransportError::Unsupported(format!(
+            "{r}: a bundle is read-only; write one with `ferry bundle`"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Opens the image `r` for writing; `pushed` is shared by every destination of one run (cross-repository mounts).
@@ -261,10 +286,9 @@ pub fn open_dest(
                 true,
             ))
         }
-        other @ ImageRef::Bundle(..) => {
-            return Err(TransportError::Unsupported(format!(
-                "{other}: a bundle is read-only; write one with `ferry bundle`"
-            )));
+        ImageRef::Bundle(..) => {
+            writable(r)?;
+            unreachable!("a bundle is never writable")
         }
         ImageRef::Dir(path) => AnyDest::Dir(DirDest::create(path)?),
         ImageRef::Oci(path, reference) => {

@@ -79,16 +79,6 @@ impl RegistrySource {
             format!("docker://{r}"),
         ))
     }
-
-    /// The repository at the registry.
-    pub fn repository(&self) -> &str {
-        &self.repo
-    }
-
-    /// The client, to list tags or open other images of the same registry.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
 }
 
 impl Source for RegistrySource {
@@ -141,6 +131,10 @@ impl Source for RegistrySource {
             self.client.get_blob(&self.repo, desc).await?,
         ))
     }
+
+    async fn list_tags(&self) -> Result<Vec<String>> {
+        Ok(self.client.list_tags(&self.repo).await?)
+    }
 }
 
 /// Blobs already pushed to some repository of a registry in this run, so
@@ -190,7 +184,6 @@ impl Destination for RegistryDest {
             accepts_index: true,
             accepts_sparse_index: false,
             ordered_blobs: false,
-            verifies_local: true,
         }
     }
 

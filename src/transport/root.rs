@@ -20,6 +20,8 @@ pub struct RootDest {
     sync: bool,
     /// Blobs only, in digest order, no links: the cache a bundle is packed from while it downloads.
     pack_cache: bool,
+    /// Manifests this copy wrote: only these are linked (other children the root holds stay out).
+    written: std::sync::Mutex<std::collections::HashSet<crate::digest::Digest>>,
 }
 
 impl RootDest {
@@ -31,6 +33,7 @@ impl RootDest {
             tag,
             sync,
             pack_cache: false,
+            written: Default::default(),
         }
     }
 
@@ -43,6 +46,7 @@ impl RootDest {
             tag: None,
             sync: false,
             pack_cache: true,
+            written: Default::default(),
         }
     }
 }
@@ -88,7 +92,6 @@ impl Destination for RootDest {
             accepts_index: true,
             accepts_sparse_index: true,
             ordered_blobs: self.pack_cache,
-            verifies_local: true,
         }
     }
 
@@ -123,6 +126,10 @@ impl Destination for RootDest {
 
     async fn put_manifest(&self, manifest: &RawManifest) -> Result<()> {
         self.store.put_blob_bytes(manifest.bytes())?;
+        self.written
+            .lock()
+            .unwrap()
+            .insert(manifest.digest().clone());
         Ok(())
     }
 
@@ -131,11 +138,24 @@ impl Destination for RootDest {
         if self.pack_cache {
             return Ok(());
         }
-        if self.sync {
-            self.store.sync_fs()?;
-        }
-        self.store
-            .link_image(&self.repo, top.digest(), self.tag.as_deref())?;
+        let mut written = std::mem::take(&mut *self.written.lock().unwrap());
+        written.insert(top.digest().clone());
+        let (store, repo, tag, sync, top) = (
+            self.store.clone(),
+            self.repo.clone(),
+            self.tag.clone(),
+            self.sync,
+            top.digest().clone(),
+        );
+        // File-system work off the async threads: one syncfs, then the links, the tag last.
+        tokio::task::spawn_blocking(move || {
+            if sync {
+                store.sync_fs()?;
+            }
+            store.link_image_with(&repo, &top, tag.as_deref(), &|d| written.contains(d))
+        })
+        .await
+        .expect("linking does not panic")?;
         Ok(())
     }
 }

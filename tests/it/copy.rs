@@ -255,6 +255,50 @@ fn bad_input_gets_one_line_and_leaves_no_tag() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(root_tags(&dst, "a").is_empty(), "{args:?}: no tag written");
     }
+    // An index whose child the registry does not have is an error with --all (only bundles
+    // and roots keep sparse indexes), and nothing is named at the destination.
+    let multi = corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.len() > 1)
+        .unwrap();
+    let child = &multi.platforms[1].1;
+    std::fs::remove_file(store.path(ferry::store::paths::PathSpec::RevisionLink(
+        &multi.repository,
+        child,
+    )))
+    .unwrap();
+    let out = copy(&[
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{}/{}:{}", src.addr, multi.repository, multi.tag),
+        &format!("registry-root:{}/m:1", dst.display()),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&child.to_string()),
+        "names the missing child: {err}"
+    );
+    assert!(root_tags(&dst, "m").is_empty(), "no tag written");
+
+    // A mistyped source leaves an existing dir: image as it was.
+    let kept = work.path().join("kept");
+    copy_ok(&[
+        "-q",
+        "--src-tls-verify=false",
+        &format!("docker://{}/{}:{}", src.addr, multi.repository, multi.tag),
+        &format!("dir:{}", kept.display()),
+    ]);
+    let before = std::fs::read(kept.join("manifest.json")).unwrap();
+    let out = copy(&[
+        "--src-tls-verify=false",
+        &format!("docker://{}/{}:typo", src.addr, multi.repository),
+        &format!("dir:{}", kept.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read(kept.join("manifest.json")).unwrap(), before);
+
     // A destination directory that holds something other than an image is refused, untouched.
     let notes = work.path().join("notes");
     std::fs::create_dir(&notes).unwrap();
@@ -284,4 +328,45 @@ fn bad_input_gets_one_line_and_leaves_no_tag() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[test]
+fn a_root_links_only_what_the_copy_brought() {
+    let (root, corpus) = small();
+    let src = FerryServe::start(root);
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    let multi = corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.len() > 1)
+        .unwrap();
+    let from = format!("docker://{}/{}:{}", src.addr, multi.repository, multi.tag);
+    // The whole index into one repository: the root now holds every child.
+    copy_ok(&[
+        "-q",
+        "--all",
+        "--src-tls-verify=false",
+        &from,
+        &format!("registry-root:{}/whole:1", local.display()),
+    ]);
+    // The index alone into another: its children are in the root, but were not copied here.
+    copy_ok(&[
+        "-q",
+        "--multi-arch",
+        "index-only",
+        "--src-tls-verify=false",
+        &from,
+        &format!("registry-root:{}/alone:1", local.display()),
+    ]);
+    let store = ferry::store::Store::open(&local);
+    assert!(store.has_revision("alone", &multi.digest));
+    for (_, child) in &multi.platforms {
+        assert!(store.has_revision("whole", child));
+        assert!(
+            !store.has_revision("alone", child),
+            "{child} was not copied into alone"
+        );
+    }
 }
