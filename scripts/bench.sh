@@ -51,6 +51,9 @@ median_time() {
   python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${ts[@]}"
 }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+# A target started by fresh_target inside $(...) lives in that subshell, out of reach of the
+# EXIT trap: stop it there.
+stop_target() { [ -z "${TARGET_PID:-}" ] || { kill "$TARGET_PID" 2>/dev/null; wait "$TARGET_PID" 2>/dev/null || true; }; }
 
 # start_registry ROOT / start_ferry ROOT: start a server over ROOT in the background, set ADDR.
 start_registry() {
@@ -182,9 +185,9 @@ unbundle)
       case "$loc" in http*) ;; *) loc="http://$0$loc";; esac
       case "$loc" in *\?*) sep="&";; *) sep="?";; esac
       curl -fsS -H "Content-Type: application/octet-stream" -T "$1" -o /dev/null "$loc${sep}digest=sha256:$d"' "$TARGET" || { echo "floor push failed" >&2; exit 1; }; }
-  t_seed_push=$(PREP=fresh_target median_time seed_push)
-  t_ferry_push=$(PREP=fresh_target median_time ferry_push)
-  t_floor_push=$(PREP=fresh_target median_time floor_push)
+  t_seed_push=$(PREP=fresh_target median_time seed_push; stop_target)
+  t_ferry_push=$(PREP=fresh_target median_time ferry_push; stop_target)
+  t_floor_push=$(PREP=fresh_target median_time floor_push; stop_target)
   BYTES=$(stat -c %s "$OUT/all.tar.zst")
   link_prep() { rm -rf "$OUT/site"; mkdir -p "$OUT/site"; sync; }
   plain_extract() { zstd -q -d -c "$OUT/all.tar.zst" | tar -x -C "$OUT/site"; }
@@ -238,8 +241,8 @@ PY
       if [ "$tool" = skopeo ]; then skopeo --insecure-policy copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1
       else "$FERRY" copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1; fi
     done; }
-  t_skopeo_all=$(PREP=fresh_target median_time each_multi skopeo)
-  t_ferry_all=$(PREP=fresh_target median_time each_multi ferry)
+  t_skopeo_all=$(PREP=fresh_target median_time each_multi skopeo; stop_target)
+  t_ferry_all=$(PREP=fresh_target median_time each_multi ferry; stop_target)
   echo "copy, $PRESET corpus, median of $RUNS, whole process:"
   echo "  $BIG docker:// -> oci:: skopeo ${t_skopeo_oci}s, ferry ${t_ferry_oci}s: speed-up $(ratio "$t_skopeo_oci" "$t_ferry_oci")x"
   echo "  $(echo "$MULTI" | tr ',' '\n' | wc -l) multi-arch images, --all docker:// -> docker:// (empty target): skopeo ${t_skopeo_all}s, ferry ${t_ferry_all}s: speed-up $(ratio "$t_skopeo_all" "$t_ferry_all")x"
