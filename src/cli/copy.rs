@@ -68,6 +68,10 @@ pub struct CopyArgs {
     /// Auth file (docker config.json or containers auth.json).
     #[arg(long)]
     authfile: Option<PathBuf>,
+    /// When the source's index lacks some platforms (a bundle's sparse index) and the destination
+    /// refuses it, write an index of the present platforms instead (its digest changes and is reported).
+    #[arg(long)]
+    rewrite_sparse_index: bool,
     /// Write the digest of the copied manifest to this file.
     #[arg(long)]
     digestfile: Option<PathBuf>,
@@ -124,11 +128,11 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
         multi_arch,
         preserve_digests: a.preserve_digests,
         format: a.format,
-        rewrite_sparse_index: false,
+        rewrite_sparse_index: a.rewrite_sparse_index,
         jobs: a.jobs.max(1),
         sparse_hint: match multi_arch_hint {
             MultiArchArg::All => {
-                "the source holds only some of its platforms: copy one platform (leave out --all)"
+                "the source holds only some of its platforms: copy one platform (leave out --all), or pass --rewrite-sparse-index to write an index of the present ones (its digest changes)"
             }
             MultiArchArg::IndexOnly => "the destination needs the images too: copy with --all",
             MultiArchArg::System => "copy with --all to bring every platform",

@@ -370,3 +370,70 @@ fn a_root_links_only_what_the_copy_brought() {
         );
     }
 }
+
+#[test]
+fn a_sparse_index_from_a_bundle_is_refused_or_rewritten_on_request() {
+    let (root, corpus) = small();
+    let src = FerryServe::start(root);
+    let work = tempfile::tempdir().unwrap();
+    let multi = corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.len() > 1)
+        .unwrap();
+    let name = format!("{}:{}", multi.repository, multi.tag);
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, format!("{name}\n")).unwrap();
+    let bundle = work.path().join("amd64.tar.zst");
+    // linux/amd64 only: the bundle's index is sparse.
+    run_ok(&mut bundle_cmd(
+        &list,
+        &bundle,
+        &work.path().join("cache"),
+        &src.addr,
+    ));
+    let dst_root = work.path().join("dst");
+    std::fs::create_dir(&dst_root).unwrap();
+    let dst = Registry::start(&dst_root);
+    let from = format!("ferry-bundle:{}:{name}", bundle.display());
+    let to = format!("docker://{}/{name}", dst.addr);
+    let out = copy(&["--all", "--dest-tls-verify=false", &from, &to]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--rewrite-sparse-index"), "{err}");
+    let out = copy_ok(&[
+        "-q",
+        "--all",
+        "--rewrite-sparse-index",
+        "--json",
+        "--dest-tls-verify=false",
+        &from,
+        &to,
+    ]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pushed = s["rewritten"][0]["pushed"].as_str().unwrap().to_string();
+    assert_eq!(s["rewritten"][0]["original"], multi.digest.to_string());
+    assert_ne!(pushed, multi.digest.to_string());
+    assert_eq!(
+        inspect_digest(&to),
+        pushed,
+        "the tag names the rewritten index"
+    );
+    // One platform of it copies as it is, with its digest.
+    copy_ok(&[
+        "-q",
+        "--dest-tls-verify=false",
+        &from,
+        &format!("docker://{}/one:1", dst.addr),
+    ]);
+    let amd64 = &multi
+        .platforms
+        .iter()
+        .find(|(p, _)| p == "linux/amd64")
+        .unwrap()
+        .1;
+    assert_eq!(
+        inspect_digest(&format!("docker://{}/one:1", dst.addr)),
+        amd64.to_string()
+    );
+}
