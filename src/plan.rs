@@ -14,7 +14,7 @@ use crate::digest::Digest;
 use crate::image::{self, ImageWalk, Selection, WalkOptions, Walks};
 use crate::manifest::{Descriptor, Platform, RawManifest};
 use crate::reference::{ListEntry, validate_repository};
-use crate::registry::{Client, ClientOptions, RegistryError};
+use crate::registry::{Client, ClientOptions};
 use crate::store::Store;
 pub use crate::transport::registry::Clients;
 use crate::transport::registry::RegistrySource;
@@ -174,13 +174,17 @@ impl Source for CachedRegistry {
         self.source.name()
     }
     async fn top(&self) -> Result<RawManifest, TransportError> {
-        // A pinned digest the cache holds needs no request at all.
-        if let Some(d) = self.pinned.as_ref()
-            && let Some(m) = self.get(d).await?
-        {
-            return Ok(m);
-        }
-        let m = self.source.top().await?;
+        // A pinned digest the cache (or this run) holds needs no GET; a written digest, no request at all.
+        let pinned = match &self.pinned {
+            Some(d) => Some(d.clone()),
+            None => self.source.pin().await?,
+        };
+        let m = match pinned {
+            Some(d) => self.get(&d).await?.ok_or_else(|| {
+                TransportError::NotFound(format!("{}: manifest {d} not found", self.name()))
+            })?,
+            None => self.source.get_by_tag().await?,
+        };
         self.cache.put_blob_bytes(m.bytes())?;
         Ok(m)
     }
@@ -238,26 +242,7 @@ async fn resolve_one(
         }
         _ => r.repository().to_string(),
     };
-    // Pin the digest: the written one, else HEAD (cheap, and lets a cached manifest skip the GET), else GET by tag.
-    let pinned = match r.digest() {
-        Some(d) => Some(d.clone()),
-        None => {
-            let tag = r.effective_tag().unwrap_or(crate::reference::DEFAULT_TAG);
-            // A HEAD 404 has no body: ask again with GET, whose error says NAME_UNKNOWN or MANIFEST_UNKNOWN.
-            match client.head_manifest(&remote_repository, tag).await {
-                Err(e) if e.is_not_found() => None,
-                other => other.map_err(|e| not_found_msg(e, tag))?.map(|h| h.digest),
-            }
-        }
-    };
-    let top = match pinned {
-        Some(d) => cached
-            .get(&d)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("manifest {d} not found"))?,
-        None => cached.top().await.map_err(|e| e.to_string())?,
-    };
+    let top = cached.top().await.map_err(|e| e.to_string())?;
     let walk_opts = WalkOptions {
         selection: if opts.all_platforms {
             Selection::All
@@ -292,14 +277,6 @@ async fn resolve_one(
         platforms,
         walk,
     })
-}
-
-fn not_found_msg(e: RegistryError, tag: &str) -> String {
-    if e.is_not_found() {
-        format!("tag {tag} not found: {e}")
-    } else {
-        e.to_string()
-    }
 }
 
 /// Resolves every entry (several at once), then checks bundle names for clashes.

@@ -81,36 +81,47 @@ impl RegistrySource {
     }
 }
 
+impl RegistrySource {
+    /// The digest the reference names: the written one, else the tag's by HEAD
+    /// (cheap, and lets a cache skip the GET); `None` when the registry sends no
+    /// digest for the tag, or says it has no such tag (a HEAD 404 has no body:
+    /// [`RegistrySource::get_by_tag`] then says why).
+    pub async fn pin(&self) -> Result<Option<Digest>> {
+        if let Ok(d) = Digest::parse(&self.reference) {
+            return Ok(Some(d));
+        }
+        let tag = self.reference.as_str();
+        match self.client.head_manifest(&self.repo, tag).await {
+            Err(e) if e.is_not_found() => Ok(None),
+            other => Ok(other
+                .map_err(|e| not_found(e, &format!("tag {tag}")))?
+                .map(|h| h.digest)),
+        }
+    }
+
+    /// The manifest by its tag, with a GET (the tag could not be pinned by HEAD).
+    pub async fn get_by_tag(&self) -> Result<RawManifest> {
+        let tag = self.reference.as_str();
+        self.client
+            .get_manifest(&self.repo, tag)
+            .await
+            .map_err(|e| not_found(e, &format!("tag {tag}")))
+    }
+}
+
 impl Source for RegistrySource {
     fn name(&self) -> String {
         self.name.clone()
     }
 
     async fn top(&self) -> Result<RawManifest> {
-        if let Ok(d) = Digest::parse(&self.reference) {
-            return self
+        match self.pin().await? {
+            Some(d) => self
                 .client
                 .get_manifest(&self.repo, &d.to_string())
                 .await
-                .map_err(|e| not_found(e, &format!("manifest {d}")));
-        }
-        let tag = self.reference.as_str();
-        // HEAD pins the digest; a HEAD 404 has no body, so GET by tag then, whose error says why.
-        let head = match self.client.head_manifest(&self.repo, tag).await {
-            Err(e) if e.is_not_found() => None,
-            other => other.map_err(|e| not_found(e, &format!("tag {tag}")))?,
-        };
-        match head {
-            Some(h) => self
-                .client
-                .get_manifest(&self.repo, &h.digest.to_string())
-                .await
-                .map_err(|e| not_found(e, &format!("manifest {}", h.digest))),
-            None => self
-                .client
-                .get_manifest(&self.repo, tag)
-                .await
-                .map_err(|e| not_found(e, &format!("tag {tag}"))),
+                .map_err(|e| not_found(e, &format!("manifest {d}"))),
+            None => self.get_by_tag().await,
         }
     }
 
