@@ -68,6 +68,50 @@ impl Drop for Daemon {
     }
 }
 
+/// The docker-daemon: transport both ways through the Engine API at `host`:
+/// ferry and skopeo read `pulled` (an image the daemon holds) into the same
+/// blobs, then ferry loads it from the registry under another name, returned.
+fn daemon_round_trip(host: &str, pulled: &str) -> &'static str {
+    let work = tempfile::tempdir().unwrap();
+    let (by_ferry, by_skopeo) = (work.path().join("ferry"), work.path().join("skopeo"));
+    run_ok(ferry().env("DOCKER_HOST", host).args([
+        "copy",
+        "-q",
+        &format!("docker-daemon:{pulled}"),
+        &format!("dir:{}", by_ferry.display()),
+    ]));
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        "--src-daemon-host",
+        host,
+        &format!("docker-daemon:{pulled}"),
+        &format!("dir:{}", by_skopeo.display()),
+    ]);
+    let listing = |p: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        listing(&by_ferry),
+        listing(&by_skopeo),
+        "ferry and skopeo read the same blobs from {host}"
+    );
+    let loaded = "loaded.example/by-ferry:1";
+    run_ok(ferry().env("DOCKER_HOST", host).args([
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        &format!("docker://{pulled}"),
+        &format!("docker-daemon:{loaded}"),
+    ]));
+    loaded
+}
+
 fn wait_for(what: &str, mut ready: impl FnMut() -> bool, child: &mut Child) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
@@ -158,46 +202,14 @@ fn podman_pulls_every_image_and_platform() {
         .find(|i| i.platforms.is_empty())
         .unwrap();
     let pulled = format!("{}/{}:{}", server.addr, img.repository, img.tag);
-    let work = tempfile::tempdir().unwrap();
-    let (by_ferry, by_skopeo) = (work.path().join("ferry"), work.path().join("skopeo"));
-    run_ok(ferry().env("DOCKER_HOST", &host).args([
-        "copy",
-        "-q",
-        &format!("docker-daemon:{pulled}"),
-        &format!("dir:{}", by_ferry.display()),
-    ]));
-    skopeo_ok(&[
-        "copy",
-        "-q",
-        "--src-daemon-host",
-        &host,
-        &format!("docker-daemon:{pulled}"),
-        &format!("dir:{}", by_skopeo.display()),
-    ]);
-    let config = |p: &Path| {
-        let m: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(p.join("manifest.json")).unwrap()).unwrap();
-        m["config"]["digest"].as_str().unwrap().to_string()
-    };
-    assert_eq!(
-        config(&by_ferry),
-        config(&by_skopeo),
-        "ferry and skopeo read the same image from podman"
-    );
-    run_ok(ferry().env("DOCKER_HOST", &host).args([
-        "copy",
-        "-q",
-        "--src-tls-verify=false",
-        &format!("docker://{pulled}"),
-        "docker-daemon:loaded.example/by-ferry:1",
-    ]));
+    let loaded = daemon_round_trip(&host, &pulled);
     drop(service);
     let id = |r: &str| {
         let out = run_ok(&mut podman(&["image", "inspect", "--format", "{{.Id}}", r]));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     assert_eq!(
-        id("loaded.example/by-ferry:1"),
+        id(loaded),
         id(&pulled),
         "the image ferry loaded through podman's socket is the one podman pulled"
     );
@@ -377,51 +389,17 @@ fn dockerd_pulls_every_image_and_platform() {
         .find(|i| i.platforms.is_empty())
         .unwrap();
     let pulled = format!("{}/{}:{}", server.addr, img.repository, img.tag);
-    let work = tempfile::tempdir().unwrap();
-    let (by_ferry, by_skopeo) = (work.path().join("ferry"), work.path().join("skopeo"));
-    run_ok(ferry().env("DOCKER_HOST", &host).args([
-        "copy",
-        "-q",
-        &format!("docker-daemon:{pulled}"),
-        &format!("dir:{}", by_ferry.display()),
-    ]));
-    skopeo_ok(&[
-        "copy",
-        "-q",
-        "--src-daemon-host",
-        &host,
-        &format!("docker-daemon:{pulled}"),
-        &format!("dir:{}", by_skopeo.display()),
-    ]);
-    let listing = |p: &Path| {
-        let mut v: Vec<String> = std::fs::read_dir(p)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(
-        listing(&by_ferry),
-        listing(&by_skopeo),
-        "ferry and skopeo read the same blobs from the daemon"
-    );
-    run_ok(ferry().env("DOCKER_HOST", &host).args([
-        "copy",
-        "-q",
-        "--src-tls-verify=false",
-        &format!("docker://{pulled}"),
-        "docker-daemon:loaded.example/by-ferry:1",
-    ]));
+    let loaded = daemon_round_trip(&host, &pulled);
     let id = |r: &str| {
         let out = run_ok(&mut docker(&["image", "inspect", "--format", "{{.Id}}", r]));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     assert_eq!(
-        id("loaded.example/by-ferry:1"),
+        id(loaded),
         id(&pulled),
         "the image ferry loaded is the one docker pulled"
     );
+    let work = tempfile::tempdir().unwrap();
     let missing = run(ferry().env("DOCKER_HOST", &host).args([
         "copy",
         "docker-daemon:loaded.example/none:1",
