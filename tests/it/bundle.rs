@@ -13,11 +13,7 @@ use crate::harness::*;
 
 /// A source registry holding the `small` fixtures.
 fn source() -> (tempfile::TempDir, Registry) {
-    let (root, _) = small();
-    let dir = tempfile::tempdir().unwrap();
-    hardlink_copy(root, dir.path());
-    let reg = Registry::start(dir.path());
-    (dir, reg)
+    small_registry()
 }
 
 fn json(out: &std::process::Output) -> serde_json::Value {

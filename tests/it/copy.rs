@@ -24,15 +24,10 @@ fn root_tags(root: &Path, repo: &str) -> Vec<String> {
 
 #[test]
 fn every_image_between_registries_and_roots_keeps_its_digest() {
-    let (root, corpus) = small();
+    let (_, corpus) = small();
     let work = tempfile::tempdir().unwrap();
-    let src_root = work.path().join("src");
-    std::fs::create_dir(&src_root).unwrap();
-    hardlink_copy(root, &src_root);
-    let src = Registry::start(&src_root);
-    let dst_root = work.path().join("dst");
-    std::fs::create_dir(&dst_root).unwrap();
-    let dst = Registry::start(&dst_root);
+    let (_src_dir, src) = small_registry();
+    let (_dst_dir, dst) = empty_registry();
     let local = work.path().join("local");
     std::fs::create_dir(&local).unwrap();
 
@@ -81,14 +76,8 @@ fn without_all_one_platform_is_copied_as_skopeo_chooses_it() {
     let (root, corpus) = small();
     let src = FerryServe::start(root);
     let work = tempfile::tempdir().unwrap();
-    let dst_root = work.path().join("dst");
-    std::fs::create_dir(&dst_root).unwrap();
-    let dst = Registry::start(&dst_root);
-    let multi = corpus
-        .images
-        .iter()
-        .find(|i| i.platforms.len() > 1)
-        .expect("the corpus has a multi-platform image");
+    let (_dst_dir, dst) = empty_registry();
+    let multi = multi_arch(corpus);
     let name = format!("{}:{}", multi.repository, multi.tag);
     let from = format!("docker://{}/{name}", src.addr);
     skopeo_ok(&[
@@ -158,9 +147,7 @@ fn a_bundle_is_a_copy_source_read_in_place() {
     run_ok(
         bundle_cmd(&list, &bundle, &work.path().join("cache"), &src.addr).arg("--all-platforms"),
     );
-    let dst_root = work.path().join("dst");
-    std::fs::create_dir(&dst_root).unwrap();
-    let dst = Registry::start(&dst_root);
+    let (_dst_dir, dst) = empty_registry();
     let img = &corpus.images[1];
     let name = format!("{}:{}", img.repository, img.tag);
     copy_ok(&[
@@ -257,11 +244,7 @@ fn bad_input_gets_one_line_and_leaves_no_tag() {
     }
     // An index whose child the registry does not have is an error with --all (only bundles
     // and roots keep sparse indexes), and nothing is named at the destination.
-    let multi = corpus
-        .images
-        .iter()
-        .find(|i| i.platforms.len() > 1)
-        .unwrap();
+    let multi = multi_arch(corpus);
     let child = &multi.platforms[1].1;
     std::fs::remove_file(store.path(ferry::store::paths::PathSpec::RevisionLink(
         &multi.repository,
@@ -337,11 +320,7 @@ fn a_root_links_only_what_the_copy_brought() {
     let work = tempfile::tempdir().unwrap();
     let local = work.path().join("local");
     std::fs::create_dir(&local).unwrap();
-    let multi = corpus
-        .images
-        .iter()
-        .find(|i| i.platforms.len() > 1)
-        .unwrap();
+    let multi = multi_arch(corpus);
     let from = format!("docker://{}/{}:{}", src.addr, multi.repository, multi.tag);
     // The whole index into one repository: the root now holds every child.
     copy_ok(&[
@@ -376,11 +355,7 @@ fn a_sparse_index_from_a_bundle_is_refused_or_rewritten_on_request() {
     let (root, corpus) = small();
     let src = FerryServe::start(root);
     let work = tempfile::tempdir().unwrap();
-    let multi = corpus
-        .images
-        .iter()
-        .find(|i| i.platforms.len() > 1)
-        .unwrap();
+    let multi = multi_arch(corpus);
     let name = format!("{}:{}", multi.repository, multi.tag);
     let list = work.path().join("list.txt");
     std::fs::write(&list, format!("{name}\n")).unwrap();
@@ -392,9 +367,7 @@ fn a_sparse_index_from_a_bundle_is_refused_or_rewritten_on_request() {
         &work.path().join("cache"),
         &src.addr,
     ));
-    let dst_root = work.path().join("dst");
-    std::fs::create_dir(&dst_root).unwrap();
-    let dst = Registry::start(&dst_root);
+    let (_dst_dir, dst) = empty_registry();
     let from = format!("ferry-bundle:{}:{name}", bundle.display());
     let to = format!("docker://{}/{name}", dst.addr);
     let out = copy(&["--all", "--dest-tls-verify=false", &from, &to]);

@@ -294,6 +294,31 @@ pub fn small() -> &'static (PathBuf, Corpus) {
     })
 }
 
+/// A real `docker-registry` serving a hardlinked copy of the `small` corpus (the directory lives as long as the pair).
+pub fn small_registry() -> (tempfile::TempDir, Registry) {
+    let (root, _) = small();
+    let dir = tempfile::tempdir().unwrap();
+    hardlink_copy(root, dir.path());
+    let reg = Registry::start(dir.path());
+    (dir, reg)
+}
+
+/// A real `docker-registry` over a new, empty root.
+pub fn empty_registry() -> (tempfile::TempDir, Registry) {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(dir.path());
+    (dir, reg)
+}
+
+/// The corpus' first image with more than one platform.
+pub fn multi_arch(corpus: &Corpus) -> &ferry::fixtures::FixtureImage {
+    corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.len() > 1)
+        .expect("the corpus has a multi-platform image")
+}
+
 /// A fresh copy of a root made of hardlinks (`cp -al`), which a test may change links in freely.
 pub fn hardlink_copy(root: &Path, dest: &Path) {
     run_ok(

@@ -88,23 +88,19 @@ fn picks(corpus: &ferry::fixtures::Corpus) -> Vec<&ferry::fixtures::FixtureImage
         .iter()
         .find(|i| i.media_type == mt::OCI_MANIFEST)
         .unwrap();
-    let list = corpus
-        .images
-        .iter()
-        .find(|i| i.platforms.len() > 1)
-        .unwrap();
+    let list = multi_arch(corpus);
     vec![docker, oci, list]
 }
 
 #[test]
 fn dir_and_oci_written_as_skopeo_writes_them() {
-    let (root, corpus) = small();
-    let work = tempfile::tempdir().unwrap();
-    let src_root = work.path().join("src");
-    std::fs::create_dir(&src_root).unwrap();
-    hardlink_copy(root, &src_root);
-    let src = Registry::start(&src_root);
-    let mut m = Matrix { work, src, n: 0 };
+    let (_, corpus) = small();
+    let (_src_dir, src) = small_registry();
+    let mut m = Matrix {
+        work: tempfile::tempdir().unwrap(),
+        src,
+        n: 0,
+    };
     for img in picks(corpus) {
         let from = format!("docker://{}/{}:{}", m.src.addr, img.repository, img.tag);
         // Without --all (one platform), with --all, and converted.
@@ -149,16 +145,14 @@ fn dir_and_oci_written_as_skopeo_writes_them() {
 
 #[test]
 fn every_source_transport_reads_what_skopeo_wrote() {
-    let (root, corpus) = small();
-    let work = tempfile::tempdir().unwrap();
-    let src_root = work.path().join("src");
-    std::fs::create_dir(&src_root).unwrap();
-    hardlink_copy(root, &src_root);
-    let src = Registry::start(&src_root);
-    let dst_root = work.path().join("dst");
-    std::fs::create_dir(&dst_root).unwrap();
-    let dst = Registry::start(&dst_root);
-    let mut m = Matrix { work, src, n: 0 };
+    let (_, corpus) = small();
+    let (_src_dir, src) = small_registry();
+    let (_dst_dir, dst) = empty_registry();
+    let mut m = Matrix {
+        work: tempfile::tempdir().unwrap(),
+        src,
+        n: 0,
+    };
     for img in picks(corpus) {
         let from = format!("docker://{}/{}:{}", m.src.addr, img.repository, img.tag);
         let all = img.platforms.len() > 1;
@@ -221,13 +215,13 @@ fn every_source_transport_reads_what_skopeo_wrote() {
 
 #[test]
 fn archives_ferry_writes_are_read_by_skopeo() {
-    let (root, corpus) = small();
-    let work = tempfile::tempdir().unwrap();
-    let src_root = work.path().join("src");
-    std::fs::create_dir(&src_root).unwrap();
-    hardlink_copy(root, &src_root);
-    let src = Registry::start(&src_root);
-    let mut m = Matrix { work, src, n: 0 };
+    let (_, corpus) = small();
+    let (_src_dir, src) = small_registry();
+    let mut m = Matrix {
+        work: tempfile::tempdir().unwrap(),
+        src,
+        n: 0,
+    };
     for img in picks(corpus) {
         let from = format!("docker://{}/{}:{}", m.src.addr, img.repository, img.tag);
         for transport in ["oci-archive", "docker-archive"] {
