@@ -160,7 +160,10 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
         let source = open_source(&src, &clients, &open).await?;
         // The source is read before the destination is touched: a mistyped source leaves
         // an existing destination (a dir: image, a layout) as it was.
-        source.top().await?;
+        source
+            .top()
+            .await
+            .with_context(|| format!("reading {}", a.source))?;
         // Separate clients: the two sides may be one host with different credentials.
         let dest_clients = Clients::default();
         let destination = open_dest(&dst, &dest_clients, &open, &Arc::new(Pushed::default()))?;
