@@ -179,14 +179,17 @@ impl Source for CachedRegistry {
             Some(d) => Some(d.clone()),
             None => self.source.pin().await?,
         };
-        let m = match pinned {
+        match pinned {
+            // `get` caches what it fetches.
             Some(d) => self.get(&d).await?.ok_or_else(|| {
                 TransportError::NotFound(format!("{}: manifest {d} not found", self.name()))
-            })?,
-            None => self.source.get_by_tag().await?,
-        };
-        self.cache.put_blob_bytes(m.bytes())?;
-        Ok(m)
+            }),
+            None => {
+                let m = self.source.get_by_tag().await?;
+                self.cache.put_blob_bytes(m.bytes())?;
+                Ok(m)
+            }
+        }
     }
     async fn manifest(&self, digest: &Digest) -> Result<Option<RawManifest>, TransportError> {
         self.get(digest).await

@@ -29,6 +29,12 @@ fn push_scope(repo: &str) -> String {
     format!("repository:{repo}:pull,push")
 }
 
+/// An upload's `Location` with `digest=` added, to close the upload.
+fn digest_url(location: &str, digest: &Digest) -> String {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{sep}digest={digest}")
+}
+
 fn stream_body(source: Arc<dyn RangeRead>, start: u64, len: u64) -> reqwest::Body {
     reqwest::Body::wrap_stream(range_stream(source, start, len))
 }
@@ -124,21 +130,8 @@ impl Client {
                         ))
                     })),
                 };
-                let sep = if location.contains('?') { '&' } else { '?' };
-                let url = format!("{location}{sep}digest={digest}");
-                let headers = [
-                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                    (header::CONTENT_LENGTH, size.to_string()),
-                ];
-                self.send_url(
-                    Method::PUT,
-                    url,
-                    &scope,
-                    &headers,
-                    Some(&make),
-                    self.permit().await,
-                )
-                .await?;
+                self.put_whole(&location, digest, &scope, size, &make)
+                    .await?;
                 return Ok(BlobPush::Uploaded);
             }
         };
@@ -169,11 +162,9 @@ impl Client {
                 location = self.location(&held).await?;
                 offset += len;
             }
-            let sep = if location.contains('?') { '&' } else { '?' };
-            let url = format!("{location}{sep}digest={digest}");
             self.send_url(
                 Method::PUT,
-                url,
+                digest_url(&location, digest),
                 &scope,
                 &[(header::CONTENT_LENGTH, "0".into())],
                 None,
@@ -181,24 +172,36 @@ impl Client {
             )
             .await?;
         } else {
-            let sep = if location.contains('?') { '&' } else { '?' };
-            let url = format!("{location}{sep}digest={digest}");
             let make = move || stream_body(source.clone(), 0, size);
-            let headers = [
-                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                (header::CONTENT_LENGTH, size.to_string()),
-            ];
-            self.send_url(
-                Method::PUT,
-                url,
-                &scope,
-                &headers,
-                Some(&make),
-                self.permit().await,
-            )
-            .await?;
+            self.put_whole(&location, digest, &scope, size, &make)
+                .await?;
         }
         Ok(BlobPush::Uploaded)
+    }
+
+    /// Ends an upload with one PUT of the whole blob (a monolithic upload); `make` gives each attempt its body.
+    async fn put_whole(
+        &self,
+        location: &str,
+        digest: &Digest,
+        scope: &str,
+        size: u64,
+        make: &(dyn Fn() -> reqwest::Body + Send + Sync),
+    ) -> Result<(), RegistryError> {
+        let headers = [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ];
+        self.send_url(
+            Method::PUT,
+            digest_url(location, digest),
+            scope,
+            &headers,
+            Some(make),
+            self.permit().await,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Puts a manifest under a tag or its digest; the registry's digest must be ours.

@@ -51,6 +51,8 @@ pub struct RegistrySource {
     /// The tag or digest to read.
     reference: String,
     name: String,
+    /// The top manifest, once read.
+    top: tokio::sync::OnceCell<RawManifest>,
 }
 
 impl RegistrySource {
@@ -61,6 +63,7 @@ impl RegistrySource {
             repo,
             reference,
             name,
+            top: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -115,14 +118,20 @@ impl Source for RegistrySource {
     }
 
     async fn top(&self) -> Result<RawManifest> {
-        match self.pin().await? {
-            Some(d) => self
-                .client
-                .get_manifest(&self.repo, &d.to_string())
-                .await
-                .map_err(|e| not_found(e, &format!("manifest {d}"))),
-            None => self.get_by_tag().await,
-        }
+        // Pinned once per source: every caller sees the same image even if the tag moves meanwhile.
+        self.top
+            .get_or_try_init(|| async {
+                match self.pin().await? {
+                    Some(d) => self
+                        .client
+                        .get_manifest(&self.repo, &d.to_string())
+                        .await
+                        .map_err(|e| not_found(e, &format!("manifest {d}"))),
+                    None => self.get_by_tag().await,
+                }
+            })
+            .await
+            .cloned()
     }
 
     async fn manifest(&self, digest: &Digest) -> Result<Option<RawManifest>> {
