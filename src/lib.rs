@@ -13,6 +13,7 @@ pub mod digest;
 pub mod fixtures;
 pub mod gojson;
 pub mod image;
+pub mod inspect;
 pub mod limits;
 pub mod manifest;
 pub mod media_type;

@@ -56,3 +56,9 @@ pub const MAX_LAYOUT_INDEX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Most index children one image walk follows in all (a legitimate index has a few dozen).
 pub const MAX_WALK_CHILDREN: usize = 10_000;
+
+/// Tags asked for per page of a tag list (`?n=`), so every registry paginates the same way.
+pub const TAGS_PAGE_SIZE: usize = 100;
+
+/// Overrides [`TAGS_PAGE_SIZE`] (tests exercise pagination with small pages).
+pub const ENV_TAGS_PAGE_SIZE: &str = "FERRY_TAGS_PAGE_SIZE";

@@ -13,6 +13,8 @@ use base64::engine::general_purpose::STANDARD;
 
 use crate::reference::is_docker_hub;
 
+pub mod file;
+
 /// A user name and a password or token; the secret is redacted in every printout.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -94,7 +96,8 @@ struct AuthEntry {
 }
 
 /// The auth files to read, in skopeo's order: `--authfile`, `$REGISTRY_AUTH_FILE`,
-/// `${XDG_RUNTIME_DIR}/containers/auth.json`, `~/.docker/config.json`.
+/// `${XDG_RUNTIME_DIR}/containers/auth.json` (or `/run/containers/UID/auth.json` without
+/// `XDG_RUNTIME_DIR`, where `login` writes then), `~/.docker/config.json`.
 pub fn auth_file_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     if let Some(p) = explicit {
         return vec![p.to_path_buf()];
@@ -103,8 +106,9 @@ pub fn auth_file_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("REGISTRY_AUTH_FILE") {
         out.push(PathBuf::from(p));
     }
-    if let Some(p) = std::env::var_os("XDG_RUNTIME_DIR") {
-        out.push(PathBuf::from(p).join("containers/auth.json"));
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        Some(p) => out.push(PathBuf::from(p).join("containers/auth.json")),
+        None => out.push(file::run_containers_path()),
     }
     if let Some(p) = std::env::var_os("DOCKER_CONFIG") {
         out.push(PathBuf::from(p).join("config.json"));

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::limits::MAX_MANIFEST_BYTES;
-use crate::manifest::RawManifest;
 
 /// Flags of `ferry manifest-digest`.
 #[derive(Debug, clap::Args)]
@@ -23,7 +22,15 @@ pub fn run(a: ManifestDigestArgs) -> anyhow::Result<ExitCode> {
     f.take(MAX_MANIFEST_BYTES + 1)
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", a.file.display()))?;
-    let raw = RawManifest::new(bytes, None).with_context(|| a.file.display().to_string())?;
-    println!("{}", raw.digest());
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        anyhow::bail!(
+            "{}: larger than the {MAX_MANIFEST_BYTES}-byte manifest cap",
+            a.file.display()
+        );
+    }
+    // As skopeo: any file gets a digest; a signed schema 1 manifest's is of its unsigned payload.
+    let digest = crate::inspect::manifest_digest(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
+    println!("{digest}");
     Ok(ExitCode::SUCCESS)
 }

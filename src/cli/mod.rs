@@ -3,11 +3,16 @@
 
 mod bundle;
 mod copy;
+mod delete;
 mod demo;
 mod fixtures;
+mod inspect;
+mod list_tags;
+mod login;
 mod ls;
 mod manifest_digest;
 mod progress;
+mod registry_flags;
 mod serve;
 mod unbundle;
 mod verify;
@@ -46,6 +51,16 @@ enum Command {
     Unbundle(unbundle::UnbundleArgs),
     /// Copy an image between transports (docker://, dir:, oci:, registry-root:, ferry-bundle:, …).
     Copy(copy::CopyArgs),
+    /// Print an image's manifest, config or skopeo's summary of it (any transport).
+    Inspect(inspect::InspectArgs),
+    /// Print every tag of a registry repository (every page), as skopeo does.
+    ListTags(list_tags::ListTagsArgs),
+    /// Delete an image from a registry (the manifest, by digest; every tag naming it goes too).
+    Delete(delete::DeleteArgs),
+    /// Check credentials against a registry and store them in the auth file.
+    Login(login::LoginArgs),
+    /// Remove stored credentials for a registry (or all of them).
+    Logout(login::LogoutArgs),
     /// Serve a registry root over the distribution API.
     Serve(serve::ServeArgs),
     /// Re-hash every blob and resolve every link of a root; exit 1 on any fault.
@@ -88,6 +103,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Bundle(a) => bundle::run(g, a),
         Command::Unbundle(a) => unbundle::run(g, a),
         Command::Copy(a) => copy::run(g, a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::ListTags(a) => list_tags::run(a),
+        Command::Delete(a) => delete::run(g, a),
+        Command::Login(a) => login::login(a),
+        Command::Logout(a) => login::logout(a),
         Command::Serve(a) => serve::run(g, a),
         Command::Verify(a) => verify::run(g, a),
         Command::Ls(a) => ls::run(g, a),

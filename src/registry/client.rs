@@ -121,6 +121,8 @@ pub struct ClientOptions {
     pub max_concurrent: usize,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// `--cert-dir`: CA files (`*.crt`) read from here instead of the `certs.d` directories.
+    pub cert_dir: Option<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -131,6 +133,7 @@ impl Default for ClientOptions {
             authfile: None,
             max_concurrent: limits::DEFAULT_PER_HOST_CONCURRENCY,
             connect_timeout: Duration::from_secs(30),
+            cert_dir: None,
         }
     }
 }
@@ -167,11 +170,19 @@ fn ensure_crypto_provider() {
     });
 }
 
-/// CA files for a host from `/etc/containers/certs.d/HOST/*.crt` and `/etc/docker/certs.d/HOST/*.crt`.
-fn certs_d(host: &str) -> Vec<reqwest::Certificate> {
+/// CA files for a host from `/etc/containers/certs.d/HOST/*.crt` and `/etc/docker/certs.d/HOST/*.crt`,
+/// or from `cert_dir/*.crt` alone when given (skopeo's `--cert-dir`).
+fn certs_d(host: &str, cert_dir: Option<&std::path::Path>) -> Vec<reqwest::Certificate> {
     let mut out = Vec::new();
-    for base in ["/etc/containers/certs.d", "/etc/docker/certs.d"] {
-        let Ok(rd) = std::fs::read_dir(std::path::Path::new(base).join(host)) else {
+    let dirs: Vec<PathBuf> = match cert_dir {
+        Some(d) => vec![d.to_path_buf()],
+        None => ["/etc/containers/certs.d", "/etc/docker/certs.d"]
+            .iter()
+            .map(|b| std::path::Path::new(b).join(host))
+            .collect(),
+    };
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
             continue;
         };
         for e in rd.flatten() {
@@ -215,7 +226,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(opts.connect_timeout)
-            .tls_certs_merge(certs_d(host))
+            .tls_certs_merge(certs_d(host, opts.cert_dir.as_deref()))
             .tls_danger_accept_invalid_certs(!opts.tls_verify)
             .build()
             .map_err(|e| RegistryError::Config {

@@ -107,4 +107,26 @@ impl Client {
                 .and_then(|v| v.parse().ok()),
         }))
     }
+
+    /// Deletes a manifest by digest (distribution refuses deletes by tag); every tag naming it goes too.
+    pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<(), RegistryError> {
+        let route = Route::Manifest {
+            name: repo.to_string(),
+            reference: digest.to_string(),
+        };
+        let permit = self.permit().await;
+        let url = self.url(&route, "").await?;
+        // containers/image asks for every action on the repository to delete.
+        let scope = format!("repository:{repo}:*");
+        self.send_url(Method::DELETE, url, &scope, &[], None, permit)
+            .await?;
+        Ok(())
+    }
+
+    /// Checks that the registry accepts this client's credentials: `GET /v2/`
+    /// through the challenge (basic, or a bearer token fetched with them).
+    pub async fn check_login(&self) -> Result<(), RegistryError> {
+        self.send(Method::GET, &Route::Base, "", &[]).await?;
+        Ok(())
+    }
 }

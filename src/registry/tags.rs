@@ -4,7 +4,7 @@ use reqwest::{Method, header};
 
 use super::client::{Client, RegistryError, read_capped};
 use super::routes::Route;
-use crate::limits::{MAX_LIST_PAGES, MAX_MANIFEST_BYTES};
+use crate::limits::{ENV_TAGS_PAGE_SIZE, MAX_LIST_PAGES, MAX_MANIFEST_BYTES, TAGS_PAGE_SIZE};
 
 #[derive(serde::Deserialize)]
 struct Page {
@@ -23,13 +23,20 @@ fn next_query(link: &str) -> Option<String> {
 }
 
 impl Client {
-    /// Every tag of `repo`, in the registry's order, following `Link` pages (at most [`MAX_LIST_PAGES`]).
+    /// Every tag of `repo`, in the registry's order, asked for in pages of [`TAGS_PAGE_SIZE`] and
+    /// followed through `Link` headers (at most [`MAX_LIST_PAGES`] pages).
     pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
         let route = Route::Tags {
             name: repo.to_string(),
         };
         let mut tags = Vec::new();
-        let mut query = String::new();
+        let page = std::env::var(ENV_TAGS_PAGE_SIZE)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(TAGS_PAGE_SIZE);
+        // Pages are asked for: distribution paginates (with `Link`) only when told `n`.
+        let mut query = format!("?n={page}");
         for _ in 0..MAX_LIST_PAGES {
             let held = self.send(Method::GET, &route, &query, &[]).await?;
             let url = held.resp.url().to_string();

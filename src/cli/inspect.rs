@@ -1,0 +1,119 @@
+//! `ferry inspect IMAGE`: skopeo's `inspect` for every transport ferry reads,
+//! with skopeo's flags and output (the summary JSON, `--raw`, `--config`).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::registry_flags::RegistryFlags;
+use crate::inspect::{Summary, config_bytes, image_manifest, oci_config_json, summary_json};
+use crate::transport::open::{OpenOptions, open_source};
+use crate::transport::registry::Clients;
+use crate::transport::{ImageRef, Source};
+
+/// Flags of `ferry inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The image, TRANSPORT:REFERENCE (docker://, dir:, oci:, oci-archive:, docker-archive:, registry-root:, ferry-bundle:).
+    image: String,
+    /// Print the manifest exactly as stored (with --config: the config blob exactly as stored).
+    #[arg(long)]
+    raw: bool,
+    /// Print the image's config (re-encoded as an OCI config unless --raw).
+    #[arg(long)]
+    config: bool,
+    /// Do not list the repository's tags (RepoTags stays empty).
+    #[arg(short = 'n', long)]
+    no_tags: bool,
+    /// Choose this architecture from a multi-platform image instead of the system's.
+    #[arg(long)]
+    override_arch: Option<String>,
+    /// Choose this OS from a multi-platform image instead of linux.
+    #[arg(long)]
+    override_os: Option<String>,
+    /// Choose this CPU variant from a multi-platform image.
+    #[arg(long)]
+    override_variant: Option<String>,
+    #[command(flatten)]
+    registry: RegistryFlags,
+}
+
+pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
+    let r = ImageRef::parse(&a.image)?;
+    let platform = super::registry_flags::platform(
+        a.override_os.as_deref(),
+        a.override_arch.as_deref(),
+        a.override_variant.as_deref(),
+    )?;
+    let open = OpenOptions {
+        source: a.registry.client_options(),
+        ..Default::default()
+    };
+    let rt = super::runtime()?;
+    let out: Vec<u8> = rt.block_on(async {
+        let clients = Clients::default();
+        let source = open_source(&r, &clients, &open).await?;
+        let top = source.top().await?;
+        if a.raw && !a.config {
+            return anyhow::Ok(top.bytes().to_vec());
+        }
+        // The tag list is asked for while the image is read, as skopeo asks for it too.
+        let tags = async {
+            match &r {
+                ImageRef::Docker(_) if !a.no_tags && !a.config => {
+                    source.list_tags().await.map(Some)
+                }
+                _ => Ok(None),
+            }
+        };
+        let image = async {
+            let m = image_manifest(&source, &top, &platform).await?;
+            let c = config_bytes(&source, &m).await?;
+            Ok::<_, crate::inspect::InspectError>((m, c))
+        };
+        let (tags, image) = tokio::join!(tags, image);
+        let (manifest, config) = image?;
+        if a.config {
+            if a.raw {
+                return Ok(config);
+            }
+            let s = oci_config_json(&config).map_err(anyhow::Error::msg)?;
+            return Ok(s.into_bytes());
+        }
+        let repo_tags = match tags {
+            Ok(t) => t.unwrap_or_default(),
+            // As skopeo: a registry that refuses to list tags (401/403) leaves RepoTags empty.
+            Err(crate::transport::TransportError::Registry(e)) if refused(&e) => {
+                tracing::warn!("registry disallows tag list retrieval; skipping");
+                Vec::new()
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("determining repository tags")),
+        };
+        // skopeo names what has a Docker reference: a registry image, or an archive's NAME:TAG.
+        let name = match &r {
+            ImageRef::Docker(x) => Some(super::registry_flags::docker_name(x)),
+            ImageRef::DockerArchive(_, Some(x)) => crate::reference::Reference::parse(x)
+                .ok()
+                .filter(|x| x.digest().is_none())
+                .map(|x| super::registry_flags::docker_name(&x)),
+            _ => None,
+        };
+        let s = summary_json(&top, &manifest, &config, Summary { name, repo_tags })
+            .map_err(anyhow::Error::msg)?;
+        Ok(s.into_bytes())
+    })
+    .with_context(|| format!("inspecting {}", a.image))?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&out)?;
+    if !(a.raw) {
+        stdout.write_all(b"\n")?;
+    }
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a tag-list error is the registry refusing to list (skopeo goes on without tags).
+fn refused(e: &crate::registry::RegistryError) -> bool {
+    matches!(e, crate::registry::RegistryError::Status { status, .. } if status.as_u16() == 401 || status.as_u16() == 403)
+}
