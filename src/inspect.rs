@@ -55,12 +55,11 @@ pub async fn image_manifest<S: Source>(
         return Ok(top.clone());
     }
     let image = source.name();
-    let child = crate::image::choose_platform(top, platform).map_err(|e| {
-        InspectError::Platform {
+    let child =
+        crate::image::choose_platform(top, platform).map_err(|e| InspectError::Platform {
             image: image.clone(),
             source: e,
-        }
-    })?;
+        })?;
     let m = source
         .manifest(&child.digest)
         .await
@@ -99,7 +98,10 @@ pub async fn config_bytes<S: Source>(
         .parse()
         .map_err(|e| content(format!("manifest {}: {e}", manifest.digest())))?
     else {
-        return Err(content(format!("manifest {} is an index", manifest.digest())));
+        return Err(content(format!(
+            "manifest {} is an index",
+            manifest.digest()
+        )));
     };
     if m.config.size > MAX_CONFIG_BYTES {
         return Err(content(format!(
@@ -117,7 +119,8 @@ pub async fn config_bytes<S: Source>(
     let mut stream = body.into_stream();
     let mut out = Vec::with_capacity(m.config.size as usize);
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| content(format!("reading config {}: {e}", m.config.digest)))?;
+        let chunk =
+            chunk.map_err(|e| content(format!("reading config {}: {e}", m.config.digest)))?;
         if (out.len() + chunk.len()) as u64 > m.config.size {
             return Err(content(format!(
                 "config {} is longer than its {} bytes",
@@ -140,7 +143,10 @@ pub async fn config_bytes<S: Source>(
 /// the fraction dropped, a zero offset written `Z`); `None` when it does not parse.
 pub fn go_time(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r.clone()).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let digits = |r: std::ops::Range<usize>| {
+        b.get(r.clone())
+            .is_some_and(|x| x.iter().all(u8::is_ascii_digit))
+    };
     if b.len() < 20
         || !digits(0..4)
         || b[4] != b'-'
@@ -248,11 +254,19 @@ struct OciImageConfig {
         serialize_with = "ser_set"
     )]
     volumes: Set,
-    #[serde(rename = "WorkingDir", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     working_dir: String,
     #[serde(rename = "Labels", default, skip_serializing_if = "map_empty")]
     labels: Option<BTreeMap<String, String>>,
-    #[serde(rename = "StopSignal", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "StopSignal",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     stop_signal: String,
 }
 
@@ -314,7 +328,11 @@ struct OciImage {
     variant: String,
     #[serde(default)]
     os: String,
-    #[serde(rename = "os.version", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     os_version: String,
     #[serde(rename = "os.features", default, skip_serializing_if = "vec_empty")]
     os_features: Option<Vec<String>>,
@@ -495,13 +513,13 @@ fn schema1_payload(bytes: &[u8]) -> Result<Vec<u8>, String> {
         #[serde(default)]
         protected: String,
     }
-    let mut m: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes)
-        .map_err(|e| format!("error unmarshalling content: {e}"))?;
+    let mut m: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes).map_err(|e| format!("error unmarshalling content: {e}"))?;
     let sigs = m
         .remove("signatures")
         .ok_or("JSON does not contain signature key \"signatures\"")?;
-    let sigs: Vec<Sig> = serde_json::from_value(sigs)
-        .map_err(|e| format!("error unmarshalling signatures: {e}"))?;
+    let sigs: Vec<Sig> =
+        serde_json::from_value(sigs).map_err(|e| format!("error unmarshalling signatures: {e}"))?;
     let decode = |s: &str| {
         URL_SAFE_NO_PAD
             .decode(s.trim_end_matches('='))
@@ -543,9 +561,15 @@ mod tests {
     fn times_as_go_marshals_them() {
         let t = [
             ("2024-01-02T03:04:05Z", Some("2024-01-02T03:04:05Z")),
-            ("2024-01-02T03:04:05.120000000Z", Some("2024-01-02T03:04:05.12Z")),
+            (
+                "2024-01-02T03:04:05.120000000Z",
+                Some("2024-01-02T03:04:05.12Z"),
+            ),
             ("2024-01-02T03:04:05.000Z", Some("2024-01-02T03:04:05Z")),
-            ("2024-01-02T03:04:05+02:00", Some("2024-01-02T03:04:05+02:00")),
+            (
+                "2024-01-02T03:04:05+02:00",
+                Some("2024-01-02T03:04:05+02:00"),
+            ),
             ("2024-01-02T03:04:05+00:00", Some("2024-01-02T03:04:05Z")),
             ("2024-01-02 03:04:05", None),
             ("yesterday", None),

@@ -44,7 +44,9 @@ pub fn registry_key(arg: &str) -> Result<String, String> {
         return Err(format!("{arg:?} names no registry"));
     }
     if s.contains('@') || s.split('/').any(str::is_empty) {
-        return Err(format!("{arg:?} is not a registry (HOST[:PORT][/NAMESPACE])"));
+        return Err(format!(
+            "{arg:?} is not a registry (HOST[:PORT][/NAMESPACE])"
+        ));
     }
     let host = s.split('/').next().unwrap_or(s);
     if crate::reference::is_docker_hub(host) && !s.contains('/') {

@@ -51,59 +51,60 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let rt = super::runtime()?;
-    let out: Vec<u8> = rt.block_on(async {
-        let clients = Clients::default();
-        let source = open_source(&r, &clients, &open).await?;
-        let top = source.top().await?;
-        if a.raw && !a.config {
-            return anyhow::Ok(top.bytes().to_vec());
-        }
-        // The tag list is asked for while the image is read, as skopeo asks for it too.
-        let tags = async {
-            match &r {
-                ImageRef::Docker(_) if !a.no_tags && !a.config => {
-                    source.list_tags().await.map(Some)
+    let out: Vec<u8> = rt
+        .block_on(async {
+            let clients = Clients::default();
+            let source = open_source(&r, &clients, &open).await?;
+            let top = source.top().await?;
+            if a.raw && !a.config {
+                return anyhow::Ok(top.bytes().to_vec());
+            }
+            // The tag list is asked for while the image is read, as skopeo asks for it too.
+            let tags = async {
+                match &r {
+                    ImageRef::Docker(_) if !a.no_tags && !a.config => {
+                        source.list_tags().await.map(Some)
+                    }
+                    _ => Ok(None),
                 }
-                _ => Ok(None),
+            };
+            let image = async {
+                let m = image_manifest(&source, &top, &platform).await?;
+                let c = config_bytes(&source, &m).await?;
+                Ok::<_, crate::inspect::InspectError>((m, c))
+            };
+            let (tags, image) = tokio::join!(tags, image);
+            let (manifest, config) = image?;
+            if a.config {
+                if a.raw {
+                    return Ok(config);
+                }
+                let s = oci_config_json(&config).map_err(anyhow::Error::msg)?;
+                return Ok(s.into_bytes());
             }
-        };
-        let image = async {
-            let m = image_manifest(&source, &top, &platform).await?;
-            let c = config_bytes(&source, &m).await?;
-            Ok::<_, crate::inspect::InspectError>((m, c))
-        };
-        let (tags, image) = tokio::join!(tags, image);
-        let (manifest, config) = image?;
-        if a.config {
-            if a.raw {
-                return Ok(config);
-            }
-            let s = oci_config_json(&config).map_err(anyhow::Error::msg)?;
-            return Ok(s.into_bytes());
-        }
-        let repo_tags = match tags {
-            Ok(t) => t.unwrap_or_default(),
-            // As skopeo: a registry that refuses to list tags (401/403) leaves RepoTags empty.
-            Err(crate::transport::TransportError::Registry(e)) if refused(&e) => {
-                tracing::warn!("registry disallows tag list retrieval; skipping");
-                Vec::new()
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context("determining repository tags")),
-        };
-        // skopeo names what has a Docker reference: a registry image, or an archive's NAME:TAG.
-        let name = match &r {
-            ImageRef::Docker(x) => Some(super::registry_flags::docker_name(x)),
-            ImageRef::DockerArchive(_, Some(x)) => crate::reference::Reference::parse(x)
-                .ok()
-                .filter(|x| x.digest().is_none())
-                .map(|x| super::registry_flags::docker_name(&x)),
-            _ => None,
-        };
-        let s = summary_json(&top, &manifest, &config, Summary { name, repo_tags })
-            .map_err(anyhow::Error::msg)?;
-        Ok(s.into_bytes())
-    })
-    .with_context(|| format!("inspecting {}", a.image))?;
+            let repo_tags = match tags {
+                Ok(t) => t.unwrap_or_default(),
+                // As skopeo: a registry that refuses to list tags (401/403) leaves RepoTags empty.
+                Err(crate::transport::TransportError::Registry(e)) if refused(&e) => {
+                    tracing::warn!("registry disallows tag list retrieval; skipping");
+                    Vec::new()
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("determining repository tags")),
+            };
+            // skopeo names what has a Docker reference: a registry image, or an archive's NAME:TAG.
+            let name = match &r {
+                ImageRef::Docker(x) => Some(super::registry_flags::docker_name(x)),
+                ImageRef::DockerArchive(_, Some(x)) => crate::reference::Reference::parse(x)
+                    .ok()
+                    .filter(|x| x.digest().is_none())
+                    .map(|x| super::registry_flags::docker_name(&x)),
+                _ => None,
+            };
+            let s = summary_json(&top, &manifest, &config, Summary { name, repo_tags })
+                .map_err(anyhow::Error::msg)?;
+            Ok(s.into_bytes())
+        })
+        .with_context(|| format!("inspecting {}", a.image))?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&out)?;
     if !(a.raw) {

@@ -30,9 +30,7 @@ struct TagList {
 pub fn run(a: ListTagsArgs) -> anyhow::Result<ExitCode> {
     let r = match ImageRef::parse(&a.repository)? {
         ImageRef::Docker(r) => r,
-        other => bail!(
-            "{other}: list-tags reads a registry repository; write docker://HOST/REPO"
-        ),
+        other => bail!("{other}: list-tags reads a registry repository; write docker://HOST/REPO"),
     };
     if r.tag().is_some() || r.digest().is_some() {
         bail!(
@@ -46,7 +44,11 @@ pub fn run(a: ListTagsArgs) -> anyhow::Result<ExitCode> {
     let tags = rt.block_on(async {
         let clients = Clients::default();
         let client = clients.get(r.registry(DEFAULT_REGISTRY), &opts)?;
-        anyhow::Ok(client.list_tags(&r.remote_repository(DEFAULT_REGISTRY)).await?)
+        anyhow::Ok(
+            client
+                .list_tags(&r.remote_repository(DEFAULT_REGISTRY))
+                .await?,
+        )
     });
     let tags = tags.map_err(|e| e.context(format!("listing the tags of {}", a.repository)))?;
     let doc = TagList {

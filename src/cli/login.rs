@@ -146,7 +146,9 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
             bail!("logging into {key}: invalid username or password (the registry answered 401)")
         }
         Err(RegistryError::Token { why, .. }) if why.contains("401") => {
-            bail!("logging into {key}: invalid username or password (the token service answered 401)")
+            bail!(
+                "logging into {key}: invalid username or password (the token service answered 401)"
+            )
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("logging into {key}"))),
     }
@@ -163,7 +165,10 @@ pub fn logout(a: LogoutArgs) -> anyhow::Result<ExitCode> {
         println!("Removed login credentials for all registries");
         return Ok(ExitCode::SUCCESS);
     }
-    let arg = a.registry.as_deref().expect("clap requires it without --all");
+    let arg = a
+        .registry
+        .as_deref()
+        .expect("clap requires it without --all");
     let key = registry_key(arg).map_err(anyhow::Error::msg)?;
     if !remove(&path, &key).with_context(|| format!("logging out of {key}"))? {
         bail!("not logged into {key} (no entry in {})", path.display());

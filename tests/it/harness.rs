@@ -117,6 +117,15 @@ fn stop(child: &mut Child) -> Option<std::process::ExitStatus> {
     None
 }
 
+/// How a test registry differs from the default (deletes on, no auth).
+#[derive(Debug, Default, Clone)]
+pub struct RegistryOptions {
+    /// `storage.delete.enabled: false`.
+    pub deletes_disabled: bool,
+    /// `auth.htpasswd.path`: basic auth with these bcrypt entries.
+    pub htpasswd: Option<PathBuf>,
+}
+
 /// The Debian `docker-registry` (distribution 2.8) over a root, on a random loopback port.
 pub struct Registry {
     child: Child,
@@ -135,6 +144,15 @@ impl Registry {
 
     /// Starts a registry over `root`, serving HTTPS with `(certificate, key)` when given.
     pub fn start_with_tls(root: &Path, tls: Option<(&Path, &Path)>) -> Registry {
+        Registry::start_with_options(root, tls, &RegistryOptions::default())
+    }
+
+    /// Starts a registry over `root` with deletes off or basic auth on, as `opts` asks.
+    pub fn start_with_options(
+        root: &Path,
+        tls: Option<(&Path, &Path)>,
+        opts: &RegistryOptions,
+    ) -> Registry {
         require("docker-registry");
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
@@ -143,9 +161,11 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: ferry-test-not-a-secret\n{}",
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: {}\nhttp:\n  addr: {addr}\n  secret: ferry-test-not-a-secret\n{}{}",
                     root.display(),
-                    tls.map(|(c, k)| format!("  tls:\n    certificate: {}\n    key: {}\n", c.display(), k.display())).unwrap_or_default()
+                    !opts.deletes_disabled,
+                    tls.map(|(c, k)| format!("  tls:\n    certificate: {}\n    key: {}\n", c.display(), k.display())).unwrap_or_default(),
+                    opts.htpasswd.as_ref().map(|h| format!("auth:\n  htpasswd:\n    realm: ferry-test\n    path: {}\n", h.display())).unwrap_or_default()
                 ),
             )
             .unwrap();
@@ -161,7 +181,7 @@ impl Registry {
             if let Ok(Some(_)) = child.try_wait() {
                 continue; // port taken between free_port and bind: try another
             }
-            if tls.is_some() {
+            if tls.is_some() || opts.htpasswd.is_some() {
                 // No plain-HTTP probe on a TLS port: wait until it accepts connections.
                 let start = Instant::now();
                 while TcpStream::connect(&addr).is_err()

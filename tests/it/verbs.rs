@@ -1,0 +1,587 @@
+//! skopeo as the oracle of ferry's one-image verbs: `inspect` (summary, `--raw`,
+//! `--config`), `list-tags` (through every page), `manifest-digest`, `delete`,
+//! and `login`/`logout` against a real `docker-registry` with htpasswd auth.
+//! Same input through both tools; JSON compared as values, raw bytes byte for byte.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ferry::media_type as mt;
+
+use crate::harness::*;
+
+/// ferry with these arguments (retry pauses off).
+fn ferry_out(args: &[&str]) -> Output {
+    run(ferry().env("FERRY_TEST_NO_RETRY_DELAY", "1").args(args))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts ferry and skopeo agree on `args`: both succeed with the same output
+/// (`raw`: byte for byte; else the same JSON value, and the same bytes too).
+fn same_output(args: &[&str], raw: bool) {
+    let s = skopeo(args);
+    let f = ferry_out(args);
+    assert!(s.status.success(), "skopeo {args:?}: {}", text(&s.stderr));
+    assert!(f.status.success(), "ferry {args:?}: {}", text(&f.stderr));
+    if raw {
+        assert!(
+            s.stdout == f.stdout,
+            "ferry {args:?}: bytes differ from skopeo's"
+        );
+        return;
+    }
+    let v = |o: &[u8]| -> serde_json::Value {
+        serde_json::from_slice(o)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", text(o)))
+    };
+    assert_eq!(v(&s.stdout), v(&f.stdout), "ferry {args:?}: JSON differs");
+    assert_eq!(
+        text(&s.stdout),
+        text(&f.stdout),
+        "ferry {args:?}: same value, other formatting"
+    );
+}
+
+/// Every inspect form for one image reference.
+fn inspect_all_forms(reference: &str) {
+    same_output(&["inspect", "--tls-verify=false", reference], false);
+    same_output(
+        &["inspect", "--tls-verify=false", "--config", reference],
+        false,
+    );
+    same_output(&["inspect", "--tls-verify=false", "--raw", reference], true);
+    same_output(
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            "--config",
+            reference,
+        ],
+        true,
+    );
+}
+
+#[test]
+fn inspect_matches_skopeo_over_docker_dir_and_oci() {
+    let (_, corpus) = small();
+    let (_dir, reg) = small_registry();
+    let find = |t: &str| {
+        corpus
+            .images
+            .iter()
+            .find(|i| i.media_type == t)
+            .unwrap_or_else(|| panic!("the small corpus has a {t}"))
+    };
+    let docker = find(mt::DOCKER_MANIFEST);
+    let oci = find(mt::OCI_MANIFEST);
+    let list = find(mt::DOCKER_MANIFEST_LIST);
+    let index = find(mt::OCI_INDEX);
+    let work = tempfile::tempdir().unwrap();
+    let mut refs = Vec::new();
+    for img in [docker, oci, list, index] {
+        refs.push(format!(
+            "docker://{}/{}:{}",
+            reg.addr, img.repository, img.tag
+        ));
+    }
+    // A child of the list, by digest (the non-system platform, so the choice shows).
+    let (_, child) = list
+        .platforms
+        .iter()
+        .find(|(p, _)| p.contains("arm64"))
+        .expect("an arm64 child");
+    refs.push(format!("docker://{}/{}@{child}", reg.addr, list.repository));
+    for r in &refs {
+        inspect_all_forms(r);
+    }
+    // --no-tags, and a platform override on a list.
+    same_output(&["inspect", "--tls-verify=false", "-n", &refs[0]], false);
+    same_output(
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--override-arch",
+            "arm64",
+            &refs[2],
+        ],
+        false,
+    );
+    same_output(
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--override-arch",
+            "arm64",
+            "--config",
+            &refs[3],
+        ],
+        false,
+    );
+    // The same images in dir: and oci: (written by skopeo, whole lists kept).
+    for (n, img) in [docker, oci, list, index].iter().enumerate() {
+        let from = format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag);
+        let d = work.path().join(format!("dir{n}"));
+        let dir_ref = format!("dir:{}", d.display());
+        skopeo_ok(&[
+            "copy",
+            "-q",
+            "--all",
+            "--src-tls-verify=false",
+            &from,
+            &dir_ref,
+        ]);
+        inspect_all_forms(&dir_ref);
+        let oci_ref = format!("oci:{}:img{n}", work.path().join("layout").display());
+        skopeo_ok(&[
+            "copy",
+            "-q",
+            "--all",
+            "--src-tls-verify=false",
+            &from,
+            &oci_ref,
+        ]);
+        inspect_all_forms(&oci_ref);
+    }
+}
+
+#[test]
+fn list_tags_follows_every_page() {
+    let (root, corpus) = small();
+    let dir = tempfile::tempdir().unwrap();
+    hardlink_copy(root, dir.path());
+    // 120 more tags on one repository: more than one page of ferry's 100.
+    let img = &corpus.images[0];
+    let store = ferry::store::Store::create(dir.path())
+        .unwrap()
+        .with_durable(false);
+    for i in 0..120 {
+        store
+            .tag(&img.repository, &format!("extra-{i:03}"), &img.digest)
+            .unwrap();
+    }
+    let reg = Registry::start(dir.path());
+    let repo = format!("docker://{}/{}", reg.addr, img.repository);
+    let args = ["list-tags", "--tls-verify=false", repo.as_str()];
+    same_output(&args, false);
+    let out = ferry_out(&args);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["Tags"].as_array().unwrap().len(), 121);
+    assert_eq!(v["Repository"], format!("{}/{}", reg.addr, img.repository));
+    // Small pages: 18 of them, the same list.
+    let small_pages = run(ferry().env("FERRY_TAGS_PAGE_SIZE", "7").args(args));
+    assert!(
+        small_pages.status.success(),
+        "{}",
+        text(&small_pages.stderr)
+    );
+    assert_eq!(small_pages.stdout, out.stdout);
+    // A repository with a tag is refused by both, one line, exit 1.
+    let tagged = format!("{repo}:{}", img.tag);
+    let f = ferry_out(&["list-tags", "--tls-verify=false", &tagged]);
+    assert_eq!(f.status.code(), Some(1));
+    assert_eq!(
+        text(&f.stderr).trim().lines().count(),
+        1,
+        "{}",
+        text(&f.stderr)
+    );
+    assert!(
+        !skopeo(&["list-tags", "--tls-verify=false", &tagged])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn manifest_digest_matches_skopeo_on_every_fixture() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/manifests");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    for f in &files {
+        let p = f.to_str().unwrap();
+        let s = skopeo(&["manifest-digest", p]);
+        let ours = ferry_out(&["manifest-digest", p]);
+        assert_eq!(
+            s.status.success(),
+            ours.status.success(),
+            "{p}: skopeo {} / ferry {}",
+            text(&s.stderr),
+            text(&ours.stderr)
+        );
+        assert_eq!(text(&s.stdout), text(&ours.stdout), "{p}");
+    }
+    // The signed schema 1 digest is of the payload, not of the file.
+    let signed = dir.join("schema1-signed.json");
+    let bytes = std::fs::read(&signed).unwrap();
+    let out = ferry_out(&["manifest-digest", signed.to_str().unwrap()]);
+    assert_ne!(text(&out.stdout).trim(), sha256(&bytes));
+}
+
+#[test]
+fn delete_as_skopeo_deletes() {
+    let (_, corpus) = small();
+    let (_dir, reg) = small_registry();
+    let img = &corpus.images[0];
+    let from = format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag);
+    for repo in ["del/by-ferry", "del/by-skopeo"] {
+        for tag in ["1", "2"] {
+            skopeo_ok(&[
+                "copy",
+                "-q",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                &from,
+                &format!("docker://{}/{repo}:{tag}", reg.addr),
+            ]);
+        }
+    }
+    let f = ferry_out(&[
+        "delete",
+        "--tls-verify=false",
+        &format!("docker://{}/del/by-ferry:1", reg.addr),
+    ]);
+    assert!(f.status.success(), "{}", text(&f.stderr));
+    skopeo_ok(&[
+        "delete",
+        "--tls-verify=false",
+        &format!("docker://{}/del/by-skopeo:1", reg.addr),
+    ]);
+    // Both tools see the same thing afterwards: the manifest is gone under both tags.
+    for repo in ["del/by-ferry", "del/by-skopeo"] {
+        for tag in ["1", "2"] {
+            let r = format!("docker://{}/{repo}:{tag}", reg.addr);
+            let s = skopeo(&["inspect", "--tls-verify=false", "--raw", &r]);
+            let o = ferry_out(&["inspect", "--tls-verify=false", "--raw", &r]);
+            assert!(!s.status.success(), "{r} still there for skopeo");
+            assert_eq!(o.status.code(), Some(1), "{r}");
+            let err = text(&o.stderr);
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert!(err.contains(&r) && err.contains("not found"), "{err}");
+        }
+        let r = format!("docker://{}/{repo}", reg.addr);
+        same_output(&["list-tags", "--tls-verify=false", &r], false);
+    }
+    // The source image is untouched.
+    same_output(&["inspect", "--tls-verify=false", "--raw", &from], true);
+    // A tag that is not there: one line, exit 1.
+    let missing = format!("docker://{}/del/by-ferry:nope", reg.addr);
+    let o = ferry_out(&["delete", "--tls-verify=false", &missing]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(text(&o.stderr).trim().lines().count(), 1);
+    assert!(text(&o.stderr).contains(&missing));
+
+    // Deletes off: one clear line, exit 1, and the image stays.
+    let dir = tempfile::tempdir().unwrap();
+    hardlink_copy(&small().0, dir.path());
+    let ro = Registry::start_with_options(
+        dir.path(),
+        None,
+        &RegistryOptions {
+            deletes_disabled: true,
+            ..Default::default()
+        },
+    );
+    let r = format!("docker://{}/{}:{}", ro.addr, img.repository, img.tag);
+    let o = ferry_out(&["delete", "--tls-verify=false", &r]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&r) && err.contains("does not allow deletes"),
+        "{err}"
+    );
+    assert!(
+        !skopeo(&["delete", "--tls-verify=false", &r])
+            .status
+            .success()
+    );
+    same_output(&["inspect", "--tls-verify=false", "--raw", &r], true);
+}
+
+/// An htpasswd file with one bcrypt entry (Python's crypt, `$2b$`, cost 4 to keep requests fast).
+fn htpasswd(path: &Path, user: &str, password: &str) {
+    let out = run_ok(Command::new("python3").arg("-W").arg("ignore").arg("-c").arg(
+        "import crypt,sys; print(sys.argv[1] + ':' + crypt.crypt(sys.argv[2], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))",
+    ).arg(user).arg(password));
+    let line = text(&out.stdout);
+    assert!(line.contains(":$2"), "not a bcrypt entry: {line}");
+    std::fs::write(path, line).unwrap();
+}
+
+#[test]
+fn login_and_logout_interoperate_with_skopeo() {
+    const PASSWORD: &str = "pw-Zq9-not-in-any-output";
+    let (root, corpus) = small();
+    let dir = tempfile::tempdir().unwrap();
+    hardlink_copy(root, dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let ht = work.path().join("htpasswd");
+    htpasswd(&ht, "alice", PASSWORD);
+    let reg = Registry::start_with_options(
+        dir.path(),
+        None,
+        &RegistryOptions {
+            htpasswd: Some(ht.clone()),
+            ..Default::default()
+        },
+    );
+    let img = &corpus.images[0];
+    let image = format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag);
+    let mut outputs: Vec<Output> = Vec::new();
+    let mut ferry_run = |args: &[&str], stdin: Option<&str>| -> Output {
+        let mut c = ferry();
+        c.args(args).env_remove("REGISTRY_AUTH_FILE");
+        let out = match stdin {
+            None => run(&mut c),
+            Some(input) => {
+                use std::io::Write;
+                let mut child = c
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(input.as_bytes())
+                    .unwrap();
+                child.wait_with_output().unwrap()
+            }
+        };
+        outputs.push(out.clone());
+        out
+    };
+    let a = work.path().join("ferry/auth.json");
+    let a_s = a.to_str().unwrap();
+    std::fs::create_dir_all(a.parent().unwrap()).unwrap();
+    // Other entries and keys of the file must survive.
+    std::fs::write(
+        &a,
+        r#"{"auths":{"other.example:5000":{"auth":"b3RoZXI6c2VjcmV0"}},"credHelpers":{"gcr.example":"none"},"psFormat":"table"}"#,
+    )
+    .unwrap();
+    let before = std::fs::read(&a).unwrap();
+
+    // A wrong password: one line, exit 1, nothing written.
+    let o = ferry_run(
+        &[
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            a_s,
+            "-u",
+            "alice",
+            "-p",
+            "wrong-password",
+            &reg.addr,
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&reg.addr) && err.contains("invalid username or password"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-password"));
+    assert_eq!(std::fs::read(&a).unwrap(), before, "nothing written");
+
+    // Without credentials the registry refuses.
+    let o = ferry_run(
+        &["inspect", "--tls-verify=false", "--authfile", a_s, &image],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+
+    // The right password, from stdin.
+    let o = ferry_run(
+        &[
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            a_s,
+            "-u",
+            "alice",
+            "--password-stdin",
+            &reg.addr,
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "Login Succeeded!\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&a).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&a).unwrap()).unwrap();
+    assert_eq!(v["auths"]["other.example:5000"]["auth"], "b3RoZXI6c2VjcmV0");
+    assert_eq!(v["credHelpers"]["gcr.example"], "none");
+    assert_eq!(v["psFormat"], "table");
+    // skopeo uses the file ferry wrote; ferry too.
+    skopeo_ok(&[
+        "inspect",
+        "--tls-verify=false",
+        "--authfile",
+        a_s,
+        "--raw",
+        &image,
+    ]);
+    let o = ferry_run(
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--authfile",
+            a_s,
+            "--raw",
+            &image,
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // --get-login prints the user, as skopeo's does.
+    let s = skopeo_ok(&["login", "--authfile", a_s, "--get-login", &reg.addr]);
+    let o = ferry_run(
+        &["login", "--authfile", a_s, "--get-login", &reg.addr],
+        None,
+    );
+    assert_eq!(text(&o.stdout), text(&s.stdout));
+    assert_eq!(text(&o.stdout), "alice\n");
+
+    // ferry uses the file skopeo wrote.
+    let b = work.path().join("skopeo/auth.json");
+    let b_s = b.to_str().unwrap();
+    skopeo_ok(&[
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        b_s,
+        "-u",
+        "alice",
+        "-p",
+        PASSWORD,
+        &reg.addr,
+    ]);
+    let o = ferry_run(
+        &["inspect", "--tls-verify=false", "--authfile", b_s, &image],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = ferry_run(
+        &["login", "--authfile", b_s, "--get-login", &reg.addr],
+        None,
+    );
+    assert_eq!(text(&o.stdout), "alice\n");
+    // ferry logs out of skopeo's file; skopeo then has no login.
+    let o = ferry_run(&["logout", "--authfile", b_s, &reg.addr], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        !skopeo(&[
+            "inspect",
+            "--tls-verify=false",
+            "--authfile",
+            b_s,
+            "--raw",
+            &image
+        ])
+        .status
+        .success()
+    );
+
+    // Logout from ferry's file: the entry goes, the others stay; twice is an error.
+    let o = ferry_run(&["logout", "--authfile", a_s, &reg.addr], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout),
+        format!("Removed login credentials for {}\n", reg.addr)
+    );
+    assert!(
+        !skopeo(&[
+            "inspect",
+            "--tls-verify=false",
+            "--authfile",
+            a_s,
+            "--raw",
+            &image
+        ])
+        .status
+        .success()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&a).unwrap()).unwrap();
+    assert_eq!(v["auths"]["other.example:5000"]["auth"], "b3RoZXI6c2VjcmV0");
+    let o = ferry_run(&["logout", "--authfile", a_s, &reg.addr], None);
+    assert_eq!(o.status.code(), Some(1));
+    let o = ferry_run(&["logout", "--authfile", a_s, "--all"], None);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&a).unwrap()).unwrap();
+    assert_eq!(v["auths"], serde_json::json!({}));
+
+    // The default file: ${XDG_RUNTIME_DIR}/containers/auth.json, where skopeo looks too.
+    let xdg = work.path().join("xdg");
+    std::fs::create_dir_all(&xdg).unwrap();
+    let mut c = ferry();
+    c.env_remove("REGISTRY_AUTH_FILE")
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .args([
+            "login",
+            "--tls-verify=false",
+            "-u",
+            "alice",
+            "-p",
+            PASSWORD,
+            &reg.addr,
+        ]);
+    let o = run(&mut c);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    outputs.push(o);
+    assert!(xdg.join("containers/auth.json").is_file());
+    let s = run(Command::new("skopeo")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .args(["login", "--get-login", &reg.addr]));
+    assert_eq!(text(&s.stdout), "alice\n", "{}", text(&s.stderr));
+
+    for o in &outputs {
+        assert!(
+            !text(&o.stdout).contains(PASSWORD) && !text(&o.stderr).contains(PASSWORD),
+            "the password was printed"
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_bad_flags_exit_2() {
+    let (_, corpus) = small();
+    let (_dir, reg) = small_registry();
+    let img = &corpus.images[0];
+    let missing = format!("docker://{}/{}:no-such-tag", reg.addr, img.repository);
+    for args in [
+        vec!["inspect", "--tls-verify=false", missing.as_str()],
+        vec!["inspect", "ftp:/nothing"],
+        vec!["inspect", "dir:/nonexistent/ferry-verbs"],
+    ] {
+        let o = ferry_out(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = text(&o.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains(args.last().unwrap()),
+            "{args:?} names the image: {err}"
+        );
+    }
+    let o = ferry_out(&["inspect", "--no-such-flag", &missing]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = ferry_out(&["logout"]);
+    assert_eq!(o.status.code(), Some(2));
+}
