@@ -11,6 +11,8 @@
 #                                     registry (N tags of the small corpus' images): time and memory per reference
 #   scripts/bench.sh copy [WORK]      skopeo copy vs ferry copy: the image with the most layers docker:// -> oci:,
 #                                     and every multi-arch image with --all docker:// -> docker:// (empty target)
+#   scripts/bench.sh inspect [WORK]   skopeo inspect vs ferry inspect, one call per tag of the corpus (CALLS=N
+#                                     first tags, default 100), each a whole process with the tag list (RepoTags)
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated corpus between runs; PRESET=small|medium
 # (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show).
@@ -21,8 +23,11 @@ cd "$HERE/.."
 WHAT="${1:-serve}"; WORK="${2:-/tmp/ferry-bench}"; RUNS="${RUNS:-5}"
 mkdir -p "$WORK"
 
-cargo build --release --locked -q
-FERRY="$PWD/target/release/ferry"
+# FERRY_BIN=PATH uses that binary instead of building the release one (a quick check of the script).
+if [ -n "${FERRY_BIN:-}" ]; then FERRY="$FERRY_BIN"; else
+  cargo build --release --locked -q
+  FERRY="$PWD/target/release/ferry"
+fi
 for t in docker-registry curl sha256sum python3; do command -v "$t" >/dev/null || { echo "bench needs $t" >&2; exit 1; }; done
 
 PRESET="${PRESET:-medium}"
@@ -281,5 +286,23 @@ PY
   echo "bundle of $N references to one registry ($PRESET images, warm cache), median of $RUNS, whole process:"
   echo "  ${t}s, $(python3 -c "print(f'{$t*1000/$N:.2f}')") ms per reference; peak RSS $((rss / 1024)) MB, $(python3 -c "print(f'{$rss/$N:.1f}')") KB per reference"
   ;;
-*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs [WORK]" >&2; exit 2 ;;
+inspect)
+  command -v skopeo >/dev/null || { echo "bench needs skopeo" >&2; exit 1; }
+  start_registry "$ROOT"; REG=$ADDR
+  N="${CALLS:-100}"
+  REFS="$WORK/inspect-$PRESET-refs.txt"
+  grep -v '^#' "$WORK/$PRESET-list.txt" | head -n "$N" > "$REFS"
+  N=$(wc -l < "$REFS")
+  # Each tool must print skopeo's document for every tag; a failed call aborts the bench.
+  each_inspect() { while read -r ref; do "$@" "docker://$REG/$ref" >/dev/null || { echo "$* $ref failed" >&2; exit 1; }; done < "$REFS"; }
+  skopeo_inspect() { each_inspect skopeo inspect --tls-verify=false; }
+  ferry_inspect() { each_inspect "$FERRY" inspect --tls-verify=false; }
+  t_skopeo=$(median_time skopeo_inspect)
+  t_ferry=$(median_time ferry_inspect)
+  echo "inspect, $N tags of the $PRESET corpus, one process per tag (RepoTags listed), median of $RUNS:"
+  echo "  skopeo inspect  ${t_skopeo}s  ($(python3 -c "print(f'{$t_skopeo*1000/$N:.1f}')") ms per call)"
+  echo "  ferry inspect   ${t_ferry}s  ($(python3 -c "print(f'{$t_ferry*1000/$N:.1f}')") ms per call)"
+  echo "  speed-up ferry vs skopeo: $(ratio "$t_skopeo" "$t_ferry")x"
+  ;;
+*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs|inspect [WORK]" >&2; exit 2 ;;
 esac

@@ -8,7 +8,8 @@ use anyhow::Context;
 
 use super::registry_flags::RegistryFlags;
 use crate::inspect::{Summary, config_bytes, image_manifest, oci_config_json, summary_json};
-use crate::transport::open::{OpenOptions, open_source};
+use crate::manifest::RawManifest;
+use crate::transport::open::{AnySource, OpenOptions, open_source};
 use crate::transport::registry::Clients;
 use crate::transport::{ImageRef, Source};
 
@@ -50,31 +51,37 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
         source: a.registry.client_options(),
         ..Default::default()
     };
-    let rt = super::runtime()?;
+    // One thread is plenty for a handful of requests, and starts faster.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let out: Vec<u8> = rt
         .block_on(async {
             let clients = Clients::default();
             let source = open_source(&r, &clients, &open).await?;
-            let top = source.top().await?;
-            if a.raw && !a.config {
-                return anyhow::Ok(top.bytes().to_vec());
-            }
-            // The tag list is asked for while the image is read, as skopeo asks for it too.
+            // The tag list (skopeo's RepoTags) is asked for while the image is read.
+            let want_tags = matches!(r, ImageRef::Docker(_)) && !a.no_tags && !a.config && !a.raw;
             let tags = async {
-                match &r {
-                    ImageRef::Docker(_) if !a.no_tags && !a.config => {
-                        source.list_tags().await.map(Some)
-                    }
-                    _ => Ok(None),
+                if want_tags {
+                    source.list_tags().await.map(Some)
+                } else {
+                    Ok(None)
                 }
             };
             let image = async {
+                let top = read_top(&source, &r).await?;
+                if a.raw && !a.config {
+                    return anyhow::Ok((top, None));
+                }
                 let m = image_manifest(&source, &top, &platform).await?;
                 let c = config_bytes(&source, &m).await?;
-                Ok::<_, crate::inspect::InspectError>((m, c))
+                Ok((top, Some((m, c))))
             };
             let (tags, image) = tokio::join!(tags, image);
-            let (manifest, config) = image?;
+            let (top, image) = image?;
+            let Some((manifest, config)) = image else {
+                return Ok(top.bytes().to_vec());
+            };
             if a.config {
                 if a.raw {
                     return Ok(config);
@@ -112,6 +119,20 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     }
     stdout.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The top manifest: from a registry by one GET of the tag (inspect reads it once,
+/// so the HEAD that pins a tag for a copy is not needed); elsewhere the source's own.
+async fn read_top(
+    source: &AnySource,
+    r: &ImageRef,
+) -> Result<RawManifest, crate::transport::TransportError> {
+    match (source, r) {
+        (AnySource::Registry(rs), ImageRef::Docker(x)) if x.digest().is_none() => {
+            rs.get_by_tag().await
+        }
+        _ => source.top().await,
+    }
 }
 
 /// Whether a tag-list error is the registry refusing to list (skopeo goes on without tags).
