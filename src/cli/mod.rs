@@ -9,6 +9,7 @@ mod ls;
 mod manifest_digest;
 mod progress;
 mod serve;
+mod sync;
 mod unbundle;
 mod verify;
 
@@ -46,6 +47,8 @@ enum Command {
     Unbundle(unbundle::UnbundleArgs),
     /// Copy an image between transports (docker://, dir:, oci:, registry-root:, ferry-bundle:, …).
     Copy(copy::CopyArgs),
+    /// Copy every image of a repository, a directory tree or a YAML sync file (skopeo's sync).
+    Sync(sync::SyncArgs),
     /// Serve a registry root over the distribution API.
     Serve(serve::ServeArgs),
     /// Re-hash every blob and resolve every link of a root; exit 1 on any fault.
@@ -88,6 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Bundle(a) => bundle::run(g, a),
         Command::Unbundle(a) => unbundle::run(g, a),
         Command::Copy(a) => copy::run(g, a),
+        Command::Sync(a) => sync::run(g, a),
         Command::Serve(a) => serve::run(g, a),
         Command::Verify(a) => verify::run(g, a),
         Command::Ls(a) => ls::run(g, a),

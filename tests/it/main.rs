@@ -10,5 +10,6 @@ mod hostile;
 mod oracle;
 mod serve;
 mod store_interop;
+mod sync;
 mod unbundle;
 mod verify;
