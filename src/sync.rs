@@ -715,9 +715,12 @@ async fn yaml_images(path: &Path, file: &SyncFile, opts: &SyncOptions) -> Result
         }
         for (image, re) in &cfg.images_by_tag_regex {
             let rx = regex::Regex::new(re).map_err(|e| {
+                // The regex crate draws the error over several lines; its last line says why.
+                let e = e.to_string();
+                let why = e.lines().last().unwrap_or_default().trim_start_matches("error: ");
                 entry(
                     registry,
-                    format!("images-by-tag-regex {image:?}: the regular expression {re:?} does not compile: {e}"),
+                    format!("images-by-tag-regex {image:?}: the regular expression {re:?} does not compile: {why}"),
                 )
             })?;
             listed.push((repo(image)?, Filter::Regex(rx)));
@@ -1021,7 +1024,8 @@ mod tests {
         assert!(c("1.2.3").matches_tag("v1.2.3"));
         assert!(!c("1.2.3").matches_tag("1.2.4"));
         assert!(c("1.1 - 1.3").matches_tag("1.3.0"));
-        assert!(!c("1.1 - 1.3").matches_tag("1.3.1"));
+        assert!(c("1.1 - 1.3").matches_tag("1.3.1")); // a partial upper bound covers its patches, as in Masterminds
+        assert!(!c("1.1 - 1.3").matches_tag("1.4.0"));
         assert!(c("<1 || >=3").matches_tag("3.1.0"));
         assert!(!c("<1 || >=3").matches_tag("2.0.0"));
         assert!(!c(">=1, !=1.5.0").matches_tag("1.5.0"));

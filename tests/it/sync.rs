@@ -23,10 +23,14 @@ fn get_json(addr: &str, path: &str) -> serde_json::Value {
 /// Everything a registry holds, as names: repository → tag → manifest digest.
 fn state(addr: &str) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    let cat = get_json(addr, "/v2/_catalog?n=10000");
+    let cat = get_json(addr, "/v2/_catalog?n=1000");
     for repo in cat["repositories"].as_array().cloned().unwrap_or_default() {
         let repo = repo.as_str().unwrap().to_string();
-        let tags = get_json(addr, &format!("/v2/{repo}/tags/list"));
+        // A repository holding only manifests pushed by digest has no tags (distribution: 404).
+        let tags = match http(addr, "GET", &format!("/v2/{repo}/tags/list"), &[]) {
+            Some((404, _, _)) => serde_json::Value::Null,
+            _ => get_json(addr, &format!("/v2/{repo}/tags/list")),
+        };
         let mut t = BTreeMap::new();
         for tag in tags["tags"].as_array().cloned().unwrap_or_default() {
             let tag = tag.as_str().unwrap().to_string();
@@ -338,7 +342,6 @@ fn docker_to_docker_repository_and_image_as_skopeo() {
         (vec![], format!("{}/{repo}", src.addr), String::new()),
         // One tagged image, under a prefix, and again scoped.
         (vec![], format!("{}/{}:{}", src.addr, one.repository, one.tag), "/pre/fix".into()),
-        (vec!["--scoped"], format!("{}/{}:{}", src.addr, one.repository, one.tag), "/scoped".into()),
         // A digest reference, pushed by digest.
         (vec![], format!("{}/{}@{}", src.addr, imgs[1].repository, imgs[1].digest), "/bydigest".into()),
     ];
@@ -357,11 +360,28 @@ fn docker_to_docker_repository_and_image_as_skopeo() {
         f.extend([from.as_str(), to_f.as_str()]);
         ok(ferry_sync(&f), &format!("ferry sync {f:?}"));
     }
+    // --scoped keeps the source's HOST:PORT in the name, which no registry reference can hold:
+    // skopeo refuses ("invalid reference format"), and so does ferry, before writing anything.
+    let scoped = |to: &str| {
+        vec![
+            "--src".to_string(), "docker".into(), "--dest".into(), "docker".into(),
+            "--src-tls-verify=false".into(), "--dest-tls-verify=false".into(), "--scoped".into(),
+            format!("{}/{}:{}", src.addr, one.repository, one.tag), to.to_string(),
+        ]
+    };
+    let mut s = vec!["sync".to_string()];
+    s.extend(scoped(&skopeo_target.addr));
+    assert!(!skopeo(&s.iter().map(String::as_str).collect::<Vec<_>>()).status.success());
+    let before = state(&ferry_target.addr);
+    let f = ferry_sync(&scoped(&ferry_target.addr).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(f.status.code(), Some(1), "{}", String::from_utf8_lossy(&f.stderr));
+    assert!(String::from_utf8_lossy(&f.stderr).contains("not a valid image reference"));
+    assert_eq!(state(&ferry_target.addr), before);
     let (want, got) = (state(&skopeo_target.addr), state(&ferry_target.addr));
     assert_eq!(got, want);
     let last = repo.rsplit('/').next().unwrap();
     assert_eq!(got[last].len(), imgs.len(), "every tag of {repo}");
-    assert!(got.contains_key(&format!("scoped/{}/{}", src.addr, one.repository)), "{got:?}");
+    assert!(got.contains_key(&format!("pre/fix/{}", one.repository.rsplit('/').next().unwrap())), "{got:?}");
     let by_digest = format!("bydigest/{}", imgs[1].repository.rsplit('/').next().unwrap());
     assert!(has_manifest(&ferry_target.addr, &by_digest, &imgs[1].digest.to_string()));
     assert!(has_manifest(&skopeo_target.addr, &by_digest, &imgs[1].digest.to_string()));
@@ -388,29 +408,34 @@ fn dir_to_docker_from_skopeos_tree_as_skopeo() {
         tree.to_str().unwrap(),
     ]);
     for scoped in [false, true] {
-        let flag = if scoped { "--scoped" } else { "--dest-tls-verify=false" };
         let args = |to: &str| {
-            vec![
+            let mut v = vec![
                 "--src".to_string(),
                 "dir".into(),
                 "--dest".into(),
                 "docker".into(),
                 "--dest-tls-verify=false".into(),
-                flag.into(),
                 format!("{}/", tree.display()),
-                to.to_string(),
-            ]
+                format!("{to}/from-dir"),
+            ];
+            if scoped {
+                v.insert(0, "--scoped".into());
+            }
+            v
         };
         let mut s = vec!["sync".to_string()];
         s.extend(args(&skopeo_target.addr));
-        skopeo_ok(&s.iter().map(String::as_str).collect::<Vec<_>>());
+        let sk = skopeo(&s.iter().map(String::as_str).collect::<Vec<_>>());
         let mut f = vec!["-q".to_string()];
         f.extend(args(&ferry_target.addr));
-        ok(ferry_sync(&f.iter().map(String::as_str).collect::<Vec<_>>()), "ferry sync dir->docker");
+        let fe = ferry_sync(&f.iter().map(String::as_str).collect::<Vec<_>>());
+        // Scoped, the tree's HOST:PORT/REPO:TAG paths make names no registry takes: both refuse.
+        assert_eq!(sk.status.success(), !scoped, "skopeo: {}", String::from_utf8_lossy(&sk.stderr));
+        assert_eq!(fe.status.success(), !scoped, "ferry: {}", String::from_utf8_lossy(&fe.stderr));
     }
     let (want, got) = (state(&skopeo_target.addr), state(&ferry_target.addr));
     assert_eq!(got, want);
-    assert!(got.contains_key(&format!("{}/{repo}", src.addr)), "{got:?}");
+    assert!(got.contains_key(&format!("from-dir/{}", repo.rsplit('/').next().unwrap())), "{got:?}");
 }
 
 #[test]
