@@ -300,7 +300,7 @@ sync)
     start_registry "$OUT/target"; TARGET=$ADDR; TARGET_PID=${PIDS[-1]}
   }
   skopeo_each() { for r in $REPOS; do
-      skopeo --insecure-policy sync -q --src docker --dest docker --src-tls-verify=false --dest-tls-verify=false "$SRC/$r" "$TARGET" >/dev/null || { echo "skopeo sync failed" >&2; exit 1; }
+      skopeo --insecure-policy sync --src docker --dest docker --src-tls-verify=false --dest-tls-verify=false "$SRC/$r" "$TARGET" >/dev/null || { echo "skopeo sync failed" >&2; exit 1; }
     done; }
   ferry_each() { for r in $REPOS; do
       "$FERRY" sync -q --src docker --dest docker --src-tls-verify=false --dest-tls-verify=false "$SRC/$r" "$TARGET" || { echo "ferry sync failed" >&2; exit 1; }
