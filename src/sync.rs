@@ -283,9 +283,7 @@ fn comparators(s: &str) -> Vec<String> {
 
 /// `(operator, rest)` of a comparator.
 fn split_op(s: &str) -> (&str, &str) {
-    let end = s
-        .find(|c: char| !"=<>!~^".contains(c))
-        .unwrap_or(s.len());
+    let end = s.find(|c: char| !"=<>!~^".contains(c)).unwrap_or(s.len());
     (&s[..end], s[end..].trim())
 }
 
@@ -558,7 +556,9 @@ pub async fn source_images(source: &str, opts: &SyncOptions) -> Result<Vec<Sourc
     match opts.source_kind {
         SourceKind::Docker => {
             let r = Reference::parse(source).map_err(|e| {
-                SyncError::Invalid(format!("source {source:?} is not a registry reference: {e}"))
+                SyncError::Invalid(format!(
+                    "source {source:?} is not a registry reference: {e}"
+                ))
             })?;
             let mut cache = HashMap::new();
             let client = client_for(&mut cache, r.registry(DEFAULT_REGISTRY), &opts.source)?;
@@ -704,7 +704,10 @@ async fn yaml_images(path: &Path, file: &SyncFile, opts: &SyncOptions) -> Result
                             validate_tag(&r.0).map_err(|e| {
                                 entry(
                                     registry,
-                                    format!("image {image:?}: {:?} is neither a tag nor a digest: {e}", r.0),
+                                    format!(
+                                        "image {image:?}: {:?} is neither a tag nor a digest: {e}",
+                                        r.0
+                                    ),
                                 )
                             })?;
                         }
@@ -744,7 +747,11 @@ async fn yaml_images(path: &Path, file: &SyncFile, opts: &SyncOptions) -> Result
     for ((repo, filter), tags) in listed.iter().zip(lists) {
         let tags = tags?;
         let before = out.len();
-        out.extend(tags.iter().filter(|t| filter.keep(t)).map(|t| repo.image(t)));
+        out.extend(
+            tags.iter()
+                .filter(|t| filter.keep(t))
+                .map(|t| repo.image(t)),
+        );
         if out.len() == before {
             tracing::warn!(
                 "{}: no tags to sync found",
@@ -1011,7 +1018,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("quote"), "{e}");
-        assert!(SyncFile::parse(p, "# nothing\n").unwrap().registries.is_empty());
+        assert!(
+            SyncFile::parse(p, "# nothing\n")
+                .unwrap()
+                .registries
+                .is_empty()
+        );
     }
 
     #[test]

@@ -18,13 +18,6 @@ use crate::transport::Source;
 use crate::transport::open::OpenOptions;
 use crate::transport::registry::{Clients, Pushed};
 
-/// A boolean flag in skopeo's style: `--flag`, `--flag=true`, `--flag=false`.
-macro_rules! bool_flag {
-    () => {
-        clap::ArgAction::Set
-    };
-}
-
 /// Flags of `ferry sync` (skopeo's names).
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
@@ -51,7 +44,7 @@ pub struct SyncArgs {
     #[arg(long)]
     keep_going: bool,
     /// Fail rather than change any digest (no conversion).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = bool_flag!())]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
     preserve_digests: bool,
     /// Convert manifests to this format.
     #[arg(short, long, value_enum)]
@@ -66,10 +59,10 @@ pub struct SyncArgs {
     #[arg(long, default_value_t = 0)]
     retry_times: u32,
     /// Verify the source registry's TLS certificate (false also allows plain http); a sync file's tls-verify wins.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = bool_flag!())]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
     src_tls_verify: bool,
     /// Verify the destination registry's TLS certificate (false also allows plain http).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = bool_flag!())]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
     dest_tls_verify: bool,
     /// Credentials for the source registry, USER[:PASS]; a sync file's credentials win.
     #[arg(long)]
@@ -284,7 +277,10 @@ async fn dry_run(
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else {
         for p in &plan {
-            println!("would copy {} to {} ({})", p.source, p.destination, p.digest);
+            println!(
+                "would copy {} to {} ({})",
+                p.source, p.destination, p.digest
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -263,9 +263,7 @@ impl Client {
                 }
             }
         };
-        let http = builder
-            .build()
-            .map_err(|e| config(transport_cause(&e)))?;
+        let http = builder.build().map_err(|e| config(transport_cause(&e)))?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,

@@ -42,7 +42,10 @@ fn state(addr: &str) -> BTreeMap<String, BTreeMap<String, String>> {
             )
             .unwrap();
             assert_eq!(status, 200, "HEAD {repo}:{tag}");
-            t.insert(tag, header(&head, "Docker-Content-Digest").unwrap().to_string());
+            t.insert(
+                tag,
+                header(&head, "Docker-Content-Digest").unwrap().to_string(),
+            );
         }
         out.insert(repo, t);
     }
@@ -52,7 +55,12 @@ fn state(addr: &str) -> BTreeMap<String, BTreeMap<String, String>> {
 /// Whether a registry has a manifest by digest in a repository.
 fn has_manifest(addr: &str, repo: &str, digest: &str) -> bool {
     matches!(
-        http(addr, "HEAD", &format!("/v2/{repo}/manifests/{digest}"), &[("Accept", ACCEPT)]),
+        http(
+            addr,
+            "HEAD",
+            &format!("/v2/{repo}/manifests/{digest}"),
+            &[("Accept", ACCEPT)]
+        ),
         Some((200, _, _))
     )
 }
@@ -140,7 +148,10 @@ impl AuthRegistry {
                         _dir: dir,
                     };
                 }
-                assert!(start.elapsed() < Duration::from_secs(20), "auth registry not ready");
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "auth registry not ready"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -197,7 +208,10 @@ fn yaml_file_with_every_key_lands_as_skopeo_lands_it() {
 
     let repos = by_repo(corpus);
     let multi: Vec<&(String, Vec<_>)> = repos.iter().filter(|(_, v)| v.len() >= 2).collect();
-    assert!(multi.len() >= 2, "the small corpus has two repositories with several tags");
+    assert!(
+        multi.len() >= 2,
+        "the small corpus has two repositories with several tags"
+    );
     // images: all tags of one repository; one tag plus a digest of another.
     let (all_repo, pinned) = (&multi[0].0, &multi[1]);
     let (tag_img, digest_img) = (pinned.1[0], pinned.1[1]);
@@ -240,7 +254,10 @@ fn yaml_file_with_every_key_lands_as_skopeo_lands_it() {
         semver_tags.join(", "),
         common_rest = &common[common.find("  images-by-tag-regex").unwrap()..],
     );
-    let (fy, sy) = (work.path().join("ferry.yaml"), work.path().join("skopeo.yaml"));
+    let (fy, sy) = (
+        work.path().join("ferry.yaml"),
+        work.path().join("skopeo.yaml"),
+    );
     std::fs::write(&fy, &ferry_yaml).unwrap();
     std::fs::write(&sy, &skopeo_yaml).unwrap();
 
@@ -273,11 +290,20 @@ fn yaml_file_with_every_key_lands_as_skopeo_lands_it() {
     assert_eq!(got, want, "ferry's target holds what skopeo's holds");
     // Every key did something: each repository arrived under mirror/ by its last path element.
     let last = |r: &str| format!("mirror/{}", r.rsplit('/').next().unwrap());
-    for r in [all_repo, &pinned.0, regex_repo, &semver_repo.0, &auth_img.repository] {
+    for r in [
+        all_repo,
+        &pinned.0,
+        regex_repo,
+        &semver_repo.0,
+        &auth_img.repository,
+    ] {
         assert!(got.contains_key(&last(r)), "{r} synced: {got:?}");
     }
     assert_eq!(
-        got[&last(&semver_repo.0)].keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        got[&last(&semver_repo.0)]
+            .keys()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>(),
         semver_tags.iter().copied().collect::<BTreeSet<_>>()
     );
     // The digest-pinned image is there by digest, as skopeo put it.
@@ -322,7 +348,10 @@ fn docker_to_dir_scoped_all_writes_skopeos_files() {
         fb.keys().collect::<Vec<_>>(),
         "the same tree"
     );
-    assert!(fa.keys().any(|k| k.starts_with(&format!("{}/{repo}:", src.addr))));
+    assert!(
+        fa.keys()
+            .any(|k| k.starts_with(&format!("{}/{repo}:", src.addr)))
+    );
     for (name, bytes) in &fa {
         assert!(fb[name] == *bytes, "{name}: the same bytes");
     }
@@ -341,12 +370,27 @@ fn docker_to_docker_repository_and_image_as_skopeo() {
         // A repository: every tag, named by its last element under the destination.
         (vec![], format!("{}/{repo}", src.addr), String::new()),
         // One tagged image, under a prefix, and again scoped.
-        (vec![], format!("{}/{}:{}", src.addr, one.repository, one.tag), "/pre/fix".into()),
+        (
+            vec![],
+            format!("{}/{}:{}", src.addr, one.repository, one.tag),
+            "/pre/fix".into(),
+        ),
         // A digest reference, pushed by digest.
-        (vec![], format!("{}/{}@{}", src.addr, imgs[1].repository, imgs[1].digest), "/bydigest".into()),
+        (
+            vec![],
+            format!("{}/{}@{}", src.addr, imgs[1].repository, imgs[1].digest),
+            "/bydigest".into(),
+        ),
     ];
     for (flags, from, prefix) in &runs {
-        let base = ["--src", "docker", "--dest", "docker", "--src-tls-verify=false", "--dest-tls-verify=false"];
+        let base = [
+            "--src",
+            "docker",
+            "--dest",
+            "docker",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ];
         let mut s = vec!["sync"];
         s.extend(base);
         s.extend(flags.iter().copied());
@@ -364,27 +408,64 @@ fn docker_to_docker_repository_and_image_as_skopeo() {
     // skopeo refuses ("invalid reference format"), and so does ferry, before writing anything.
     let scoped = |to: &str| {
         vec![
-            "--src".to_string(), "docker".into(), "--dest".into(), "docker".into(),
-            "--src-tls-verify=false".into(), "--dest-tls-verify=false".into(), "--scoped".into(),
-            format!("{}/{}:{}", src.addr, one.repository, one.tag), to.to_string(),
+            "--src".to_string(),
+            "docker".into(),
+            "--dest".into(),
+            "docker".into(),
+            "--src-tls-verify=false".into(),
+            "--dest-tls-verify=false".into(),
+            "--scoped".into(),
+            format!("{}/{}:{}", src.addr, one.repository, one.tag),
+            to.to_string(),
         ]
     };
     let mut s = vec!["sync".to_string()];
     s.extend(scoped(&skopeo_target.addr));
-    assert!(!skopeo(&s.iter().map(String::as_str).collect::<Vec<_>>()).status.success());
+    assert!(
+        !skopeo(&s.iter().map(String::as_str).collect::<Vec<_>>())
+            .status
+            .success()
+    );
     let before = state(&ferry_target.addr);
-    let f = ferry_sync(&scoped(&ferry_target.addr).iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(f.status.code(), Some(1), "{}", String::from_utf8_lossy(&f.stderr));
+    let f = ferry_sync(
+        &scoped(&ferry_target.addr)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        f.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&f.stderr)
+    );
     assert!(String::from_utf8_lossy(&f.stderr).contains("not a valid image reference"));
     assert_eq!(state(&ferry_target.addr), before);
     let (want, got) = (state(&skopeo_target.addr), state(&ferry_target.addr));
     assert_eq!(got, want);
     let last = repo.rsplit('/').next().unwrap();
     assert_eq!(got[last].len(), imgs.len(), "every tag of {repo}");
-    assert!(got.contains_key(&format!("pre/fix/{}", one.repository.rsplit('/').next().unwrap())), "{got:?}");
-    let by_digest = format!("bydigest/{}", imgs[1].repository.rsplit('/').next().unwrap());
-    assert!(has_manifest(&ferry_target.addr, &by_digest, &imgs[1].digest.to_string()));
-    assert!(has_manifest(&skopeo_target.addr, &by_digest, &imgs[1].digest.to_string()));
+    assert!(
+        got.contains_key(&format!(
+            "pre/fix/{}",
+            one.repository.rsplit('/').next().unwrap()
+        )),
+        "{got:?}"
+    );
+    let by_digest = format!(
+        "bydigest/{}",
+        imgs[1].repository.rsplit('/').next().unwrap()
+    );
+    assert!(has_manifest(
+        &ferry_target.addr,
+        &by_digest,
+        &imgs[1].digest.to_string()
+    ));
+    assert!(has_manifest(
+        &skopeo_target.addr,
+        &by_digest,
+        &imgs[1].digest.to_string()
+    ));
 }
 
 #[test]
@@ -395,7 +476,11 @@ fn dir_to_docker_from_skopeos_tree_as_skopeo() {
     let (_d3, ferry_target) = empty_registry();
     let work = tempfile::tempdir().unwrap();
     let tree = work.path().join("tree");
-    let repo = &by_repo(corpus).into_iter().find(|(_, v)| v.len() >= 2).unwrap().0;
+    let repo = &by_repo(corpus)
+        .into_iter()
+        .find(|(_, v)| v.len() >= 2)
+        .unwrap()
+        .0;
     skopeo_ok(&[
         "sync",
         "--src",
@@ -430,12 +515,25 @@ fn dir_to_docker_from_skopeos_tree_as_skopeo() {
         f.extend(args(&ferry_target.addr));
         let fe = ferry_sync(&f.iter().map(String::as_str).collect::<Vec<_>>());
         // Scoped, the tree's HOST:PORT/REPO:TAG paths make names no registry takes: both refuse.
-        assert_eq!(sk.status.success(), !scoped, "skopeo: {}", String::from_utf8_lossy(&sk.stderr));
-        assert_eq!(fe.status.success(), !scoped, "ferry: {}", String::from_utf8_lossy(&fe.stderr));
+        assert_eq!(
+            sk.status.success(),
+            !scoped,
+            "skopeo: {}",
+            String::from_utf8_lossy(&sk.stderr)
+        );
+        assert_eq!(
+            fe.status.success(),
+            !scoped,
+            "ferry: {}",
+            String::from_utf8_lossy(&fe.stderr)
+        );
     }
     let (want, got) = (state(&skopeo_target.addr), state(&ferry_target.addr));
     assert_eq!(got, want);
-    assert!(got.contains_key(&format!("from-dir/{}", repo.rsplit('/').next().unwrap())), "{got:?}");
+    assert!(
+        got.contains_key(&format!("from-dir/{}", repo.rsplit('/').next().unwrap())),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -444,7 +542,10 @@ fn dry_run_writes_nothing() {
     let (_d, src) = small_registry();
     let (_d2, target) = empty_registry();
     let work = tempfile::tempdir().unwrap();
-    let (repo, imgs) = by_repo(corpus).into_iter().find(|(_, v)| v.len() >= 2).unwrap();
+    let (repo, imgs) = by_repo(corpus)
+        .into_iter()
+        .find(|(_, v)| v.len() >= 2)
+        .unwrap();
     let from = format!("{}/{repo}", src.addr);
     let out = ok(
         ferry_sync(&[
@@ -461,14 +562,30 @@ fn dry_run_writes_nothing() {
         "dry run",
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("would copy")).count(), imgs.len(), "{stdout}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("would copy"))
+            .count(),
+        imgs.len(),
+        "{stdout}"
+    );
     for i in &imgs {
         assert!(stdout.contains(&i.digest.to_string()), "{stdout}");
     }
     assert!(state(&target.addr).is_empty(), "nothing pushed");
     let dir = work.path().join("out");
     ok(
-        ferry_sync(&["--dry-run", "--src", "docker", "--dest", "dir", "--src-tls-verify=false", &from, dir.to_str().unwrap()]),
+        ferry_sync(&[
+            "--dry-run",
+            "--src",
+            "docker",
+            "--dest",
+            "dir",
+            "--src-tls-verify=false",
+            &from,
+            dir.to_str().unwrap(),
+        ]),
         "dry run to dir",
     );
     assert!(!dir.exists(), "no directory made");
@@ -480,12 +597,19 @@ fn refused(args: &[&str], code: i32, words: &[&str], target: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
     if code == 1 {
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line, got:\n{stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: one line, got:\n{stderr}"
+        );
     }
     for w in words {
         assert!(stderr.contains(w), "{args:?}: {w:?} in {stderr:?}");
     }
-    assert!(state(target).is_empty(), "{args:?}: the target is unchanged");
+    assert!(
+        state(target).is_empty(),
+        "{args:?}: the target is unchanged"
+    );
 }
 
 #[test]
@@ -498,7 +622,10 @@ fn bad_input_is_refused_before_anything_is_written() {
     let (_d2, target) = empty_registry();
     let work = tempfile::tempdir().unwrap();
     let img = &corpus.images[0];
-    let good = format!("  tls-verify: false\n  images:\n    {}: [\"{}\"]\n", img.repository, img.tag);
+    let good = format!(
+        "  tls-verify: false\n  images:\n    {}: [\"{}\"]\n",
+        img.repository, img.tag
+    );
     let yaml = |name: &str, body: String| -> PathBuf {
         let p = work.path().join(name);
         std::fs::write(&p, body).unwrap();
@@ -507,38 +634,91 @@ fn bad_input_is_refused_before_anything_is_written() {
     let dead = format!("127.0.0.1:{}", free_port());
     let cases: Vec<(PathBuf, Vec<String>)> = vec![
         (
-            yaml("syntax.yaml", format!("{}:\n{good}    other: [\"a\"\n", src.addr)),
+            yaml(
+                "syntax.yaml",
+                format!("{}:\n{good}    other: [\"a\"\n", src.addr),
+            ),
             vec!["syntax.yaml".into(), "line".into()],
         ),
         (
-            yaml("unknown.yaml", format!("{}:\n{good}  tls_verify: false\n", src.addr)),
+            yaml(
+                "unknown.yaml",
+                format!("{}:\n{good}  tls_verify: false\n", src.addr),
+            ),
             vec!["unknown field `tls_verify`".into(), "line 5".into()],
         ),
         (
-            yaml("regex.yaml", format!("{}:\n{good}  images-by-tag-regex:\n    {}: \"v1[\"\n", src.addr, img.repository)),
-            vec!["regular expression".into(), img.repository.clone(), src.addr.clone()],
+            yaml(
+                "regex.yaml",
+                format!(
+                    "{}:\n{good}  images-by-tag-regex:\n    {}: \"v1[\"\n",
+                    src.addr, img.repository
+                ),
+            ),
+            vec![
+                "regular expression".into(),
+                img.repository.clone(),
+                src.addr.clone(),
+            ],
         ),
         (
-            yaml("semver.yaml", format!("{}:\n{good}  images-by-semver:\n    {}: \">= banana\"\n", src.addr, img.repository)),
+            yaml(
+                "semver.yaml",
+                format!(
+                    "{}:\n{good}  images-by-semver:\n    {}: \">= banana\"\n",
+                    src.addr, img.repository
+                ),
+            ),
             vec!["semver".into(), img.repository.clone(), src.addr.clone()],
         ),
         (
-            yaml("password.yaml", format!("{}:\n  tls-verify: false\n  credentials:\n    username: syncer\n    password: wrong\n  images:\n    {}: [\"{}\"]\n", auth.addr, img.repository, img.tag)),
+            yaml(
+                "password.yaml",
+                format!(
+                    "{}:\n  tls-verify: false\n  credentials:\n    username: syncer\n    password: wrong\n  images:\n    {}: [\"{}\"]\n",
+                    auth.addr, img.repository, img.tag
+                ),
+            ),
             vec![auth.addr.clone(), "401".into()],
         ),
         (
-            yaml("missing.yaml", format!("{}:\n{good}    {}: [\"no-such-tag\"]\n", src.addr, corpus.images[1].repository)),
-            vec![corpus.images[1].repository.clone(), "no-such-tag".into(), "not found".into()],
+            yaml(
+                "missing.yaml",
+                format!(
+                    "{}:\n{good}    {}: [\"no-such-tag\"]\n",
+                    src.addr, corpus.images[1].repository
+                ),
+            ),
+            vec![
+                corpus.images[1].repository.clone(),
+                "no-such-tag".into(),
+                "not found".into(),
+            ],
         ),
         (
-            yaml("dead.yaml", format!("{dead}:\n  tls-verify: false\n  images:\n    a/b: []\n{}:\n{good}", src.addr)),
+            yaml(
+                "dead.yaml",
+                format!(
+                    "{dead}:\n  tls-verify: false\n  images:\n    a/b: []\n{}:\n{good}",
+                    src.addr
+                ),
+            ),
             vec![dead.clone(), "a/b".into(), "refused".into()],
         ),
     ];
     for (file, words) in &cases {
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
         refused(
-            &["-q", "--src", "yaml", "--dest", "docker", "--dest-tls-verify=false", file.to_str().unwrap(), &target.addr],
+            &[
+                "-q",
+                "--src",
+                "yaml",
+                "--dest",
+                "docker",
+                "--dest-tls-verify=false",
+                file.to_str().unwrap(),
+                &target.addr,
+            ],
             1,
             &words,
             &target.addr,
@@ -546,20 +726,93 @@ fn bad_input_is_refused_before_anything_is_written() {
     }
     // A missing tag on the command line, and a dead registry there.
     refused(
-        &["-q", "--src", "docker", "--dest", "docker", "--src-tls-verify=false", "--dest-tls-verify=false",
-          &format!("{}/{}:no-such-tag", src.addr, img.repository), &target.addr],
+        &[
+            "-q",
+            "--src",
+            "docker",
+            "--dest",
+            "docker",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("{}/{}:no-such-tag", src.addr, img.repository),
+            &target.addr,
+        ],
         1,
         &["no-such-tag", "not found"],
         &target.addr,
     );
     refused(
-        &["-q", "--src", "docker", "--dest", "docker", "--src-tls-verify=false", "--dest-tls-verify=false",
-          &format!("{dead}/a/b"), &target.addr],
+        &[
+            "-q",
+            "--src",
+            "docker",
+            "--dest",
+            "docker",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("{dead}/a/b"),
+            &target.addr,
+        ],
         1,
         &[&dead, "a/b"],
         &target.addr,
     );
     // Malformed flags: exit 2.
-    refused(&["--src", "ftp", "--dest", "docker", "x", &target.addr], 2, &["ftp"], &target.addr);
-    refused(&["--src", "dir", "--dest", "dir", "x", "y"], 2, &["dir to dir"], &target.addr);
+    refused(
+        &["--src", "ftp", "--dest", "docker", "x", &target.addr],
+        2,
+        &["ftp"],
+        &target.addr,
+    );
+    refused(
+        &["--src", "dir", "--dest", "dir", "x", "y"],
+        2,
+        &["dir to dir"],
+        &target.addr,
+    );
+}
+
+#[test]
+fn yaml_to_dir_scoped_and_not_writes_skopeos_files() {
+    let (_, corpus) = small();
+    let (_d, src) = small_registry();
+    let work = tempfile::tempdir().unwrap();
+    let repos = by_repo(corpus);
+    let (repo, imgs) = repos.iter().find(|(_, v)| v.len() >= 2).unwrap();
+    let other = repos.iter().find(|(r, _)| r != repo).unwrap();
+    // A tag, a digest (a directory named REPO@sha256:…), and a regex.
+    let yaml = work.path().join("s.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "{}:\n  tls-verify: false\n  images:\n    {repo}:\n      - \"{}\"\n      - \"{}\"\n  images-by-tag-regex:\n    {}: ^v\n",
+            src.addr, imgs[0].tag, imgs[1].digest, other.0
+        ),
+    )
+    .unwrap();
+    for scoped in [true, false] {
+        let (a, b) = (
+            work.path().join(format!("skopeo-{scoped}")),
+            work.path().join(format!("ferry-{scoped}")),
+        );
+        let mut args = vec!["--src", "yaml", "--dest", "dir", yaml.to_str().unwrap()];
+        if scoped {
+            args.insert(0, "--scoped");
+        }
+        let mut s = vec!["sync"];
+        s.extend(&args);
+        s.push(a.to_str().unwrap());
+        skopeo_ok(&s);
+        let mut f = vec!["-q"];
+        f.extend(&args);
+        f.push(b.to_str().unwrap());
+        ok(ferry_sync(&f), "ferry sync yaml->dir");
+        let (fa, fb) = (files(&a), files(&b));
+        assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>(), "scoped={scoped}");
+        for (name, bytes) in &fa {
+            assert!(fb[name] == *bytes, "{name}: the same bytes");
+        }
+        let pinned = format!("{}@{}/manifest.json", repo.rsplit('/').next().unwrap(), imgs[1].digest);
+        assert!(scoped || fa.contains_key(&pinned), "{:?}", fa.keys().collect::<Vec<_>>());
+    }
 }
