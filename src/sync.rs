@@ -66,12 +66,12 @@ pub enum SyncError {
         what: String,
     },
     /// The tags of a repository could not be listed.
-    #[error("listing the tags of {repository}: {source}")]
+    #[error("listing the tags of {repository}: {error}")]
     Tags {
         /// The repository, fully qualified.
         repository: String,
-        /// Why.
-        source: RegistryError,
+        /// Why (its own message already names the innermost cause, so it is not chained again).
+        error: RegistryError,
     },
     /// A source or destination that cannot be used.
     #[error("{0}")]
@@ -502,9 +502,9 @@ impl Repo {
             .client
             .list_tags(&self.reference.remote_repository(DEFAULT_REGISTRY))
             .await
-            .map_err(|source| SyncError::Tags {
+            .map_err(|error| SyncError::Tags {
                 repository: repository.clone(),
-                source,
+                error,
             })?;
         Ok(tags
             .into_iter()
