@@ -13,6 +13,9 @@
 #                                     and every multi-arch image with --all docker:// -> docker:// (empty target)
 #   scripts/bench.sh inspect [WORK]   skopeo inspect vs ferry inspect, one call per tag of the corpus (CALLS=N
 #                                     first tags, default 100), each a whole process with the tag list (RepoTags)
+#   scripts/bench.sh sync [WORK]      skopeo sync --src docker --dest docker of every repository (one call each) vs
+#                                     ferry sync the same way, and vs one ferry sync --src yaml of all repositories
+#                                     (one pool of transfers, cross-repository mounts); each run into a fresh empty target
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated corpus between runs; PRESET=small|medium
 # (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show).
@@ -304,5 +307,56 @@ inspect)
   echo "  ferry inspect   ${t_ferry}s  ($(python3 -c "print(f'{$t_ferry*1000/$N:.1f}')") ms per call)"
   echo "  speed-up ferry vs skopeo: $(ratio "$t_skopeo" "$t_ferry")x"
   ;;
-*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs|inspect [WORK]" >&2; exit 2 ;;
+sync)
+  command -v skopeo >/dev/null || { echo "bench needs skopeo" >&2; exit 1; }
+  # Ctrl-C or kill: leave through the EXIT trap, which stops every server by PID.
+  trap 'exit 130' INT; trap 'exit 143' TERM
+  start_registry "$ROOT"; SRC=$ADDR
+  OUT="$WORK/sync-$PRESET"; mkdir -p "$OUT"
+  REPOS=$(curl -fsS "http://$SRC/v2/_catalog?n=1000" | python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)["repositories"]))')
+  { echo "$SRC:"; echo "  tls-verify: false"; echo "  images:"; for r in $REPOS; do echo "    $r: []"; done; } > "$OUT/all.yaml"
+  # Every target is started here, in this shell (never inside $(...)), so the EXIT trap reaches it.
+  TARGET_PID=""
+  fresh_target() {
+    [ -n "$TARGET_PID" ] && { kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true; }
+    rm -rf "$OUT/target"; mkdir -p "$OUT/target"; sync
+    start_registry "$OUT/target"; TARGET=$ADDR; TARGET_PID=${PIDS[-1]}
+  }
+  skopeo_each() { for r in $REPOS; do
+      skopeo --insecure-policy sync --src docker --dest docker --src-tls-verify=false --dest-tls-verify=false "$SRC/$r" "$TARGET" >/dev/null || { echo "skopeo sync failed" >&2; exit 1; }
+    done; }
+  ferry_each() { for r in $REPOS; do
+      "$FERRY" sync -q --src docker --dest docker --src-tls-verify=false --dest-tls-verify=false "$SRC/$r" "$TARGET" || { echo "ferry sync failed" >&2; exit 1; }
+    done; }
+  ferry_yaml() { "$FERRY" sync -q --src yaml --dest docker --dest-tls-verify=false "$OUT/all.yaml" "$TARGET" || { echo "ferry sync failed" >&2; exit 1; }; }
+  # What a target holds: repository, tag, manifest digest (both tools must leave the same).
+  target_state() { python3 - "$TARGET" <<'PY'
+import http.client, json, sys
+c = http.client.HTTPConnection(*sys.argv[1].split(":"))
+def get(path, method="GET"):
+    c.request(method, path, headers={"Accept": ",".join([
+        "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json"])})
+    r = c.getresponse(); body = r.read(); return r, body
+for repo in json.loads(get("/v2/_catalog?n=1000")[1])["repositories"]:
+    for tag in sorted(json.loads(get(f"/v2/{repo}/tags/list")[1])["tags"] or []):
+        print(repo, tag, get(f"/v2/{repo}/manifests/{tag}", "HEAD")[0].getheader("Docker-Content-Digest"))
+PY
+  }
+  median_time_into() { local f=$1; shift; median_time "$@" > "$f"; }
+  PREP=fresh_target median_time_into "$OUT/t_skopeo" skopeo_each; target_state > "$OUT/skopeo.state"
+  PREP=fresh_target median_time_into "$OUT/t_each" ferry_each; target_state > "$OUT/ferry-each.state"
+  PREP=fresh_target median_time_into "$OUT/t_yaml" ferry_yaml; target_state > "$OUT/ferry-yaml.state"
+  stop_target
+  for f in ferry-each ferry-yaml; do
+    cmp -s "$OUT/skopeo.state" "$OUT/$f.state" || { echo "$f: the target differs from skopeo's (see $OUT/*.state)" >&2; exit 1; }
+  done
+  t_skopeo=$(cat "$OUT/t_skopeo"); t_each=$(cat "$OUT/t_each"); t_yaml=$(cat "$OUT/t_yaml")
+  echo "sync of every repository of the $PRESET corpus ($(echo "$REPOS" | wc -w) repositories, $(wc -l < "$OUT/skopeo.state") tags) docker -> docker, empty target, median of $RUNS, whole process:"
+  echo "  skopeo sync --src docker, one call per repository  ${t_skopeo}s"
+  echo "  ferry sync --src docker, one call per repository   ${t_each}s   speed-up $(ratio "$t_skopeo" "$t_each")x"
+  echo "  ferry sync --src yaml, all repositories in one run ${t_yaml}s   speed-up $(ratio "$t_skopeo" "$t_yaml")x"
+  echo "  (targets checked equal: repositories, tags and manifest digests)"
+  ;;
+*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs|inspect|sync [WORK]" >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the tests need (Debian packages) when missing:
 # the real registry (docker-registry) and real clients (skopeo, podman, containerd, docker.io),
+# htpasswd (apache2-utils: bcrypt entries for a password-protected registry),
 # then runs every unit and integration test.
 #   scripts/test.sh [cargo test args...]
 set -euo pipefail
@@ -13,6 +14,7 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v podman >/dev/null || need+=(podman)
 command -v containerd >/dev/null || need+=(containerd)
 command -v openssl >/dev/null || need+=(openssl)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
 [ -x /usr/bin/docker ] && command -v dockerd >/dev/null || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} with apt-get" >&2

@@ -22,4 +22,5 @@ pub mod reference;
 pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod sync;
 pub mod transport;

@@ -14,6 +14,7 @@ mod manifest_digest;
 mod progress;
 mod registry_flags;
 mod serve;
+mod sync;
 mod unbundle;
 mod verify;
 
@@ -61,6 +62,8 @@ enum Command {
     Login(login::LoginArgs),
     /// Remove stored credentials for a registry (or all of them).
     Logout(login::LogoutArgs),
+    /// Copy every image of a repository, a directory tree or a YAML sync file (skopeo's sync).
+    Sync(sync::SyncArgs),
     /// Serve a registry root over the distribution API.
     Serve(serve::ServeArgs),
     /// Re-hash every blob and resolve every link of a root; exit 1 on any fault.
@@ -108,6 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Delete(a) => delete::run(g, a),
         Command::Login(a) => login::login(a),
         Command::Logout(a) => login::logout(a),
+        Command::Sync(a) => sync::run(g, a),
         Command::Serve(a) => serve::run(g, a),
         Command::Verify(a) => verify::run(g, a),
         Command::Ls(a) => ls::run(g, a),

@@ -117,12 +117,12 @@ pub struct ClientOptions {
     pub credentials: Option<Credentials>,
     /// `--authfile`.
     pub authfile: Option<PathBuf>,
+    /// `--cert-dir`: `*.crt` CAs and a `*.cert`/`*.key` client pair, used instead of `certs.d`.
+    pub cert_dir: Option<PathBuf>,
     /// Most requests in flight to this host at once.
     pub max_concurrent: usize,
     /// Connect timeout.
     pub connect_timeout: Duration,
-    /// `--cert-dir`: CA files (`*.crt`) read from here instead of the `certs.d` directories.
-    pub cert_dir: Option<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -131,9 +131,9 @@ impl Default for ClientOptions {
             tls_verify: true,
             credentials: None,
             authfile: None,
+            cert_dir: None,
             max_concurrent: limits::DEFAULT_PER_HOST_CONCURRENCY,
             connect_timeout: Duration::from_secs(30),
-            cert_dir: None,
         }
     }
 }
@@ -170,19 +170,11 @@ fn ensure_crypto_provider() {
     });
 }
 
-/// CA files for a host from `/etc/containers/certs.d/HOST/*.crt` and `/etc/docker/certs.d/HOST/*.crt`,
-/// or from `cert_dir/*.crt` alone when given (skopeo's `--cert-dir`).
-fn certs_d(host: &str, cert_dir: Option<&std::path::Path>) -> Vec<reqwest::Certificate> {
+/// CA files for a host from `/etc/containers/certs.d/HOST/*.crt` and `/etc/docker/certs.d/HOST/*.crt`.
+fn certs_d(host: &str) -> Vec<reqwest::Certificate> {
     let mut out = Vec::new();
-    let dirs: Vec<PathBuf> = match cert_dir {
-        Some(d) => vec![d.to_path_buf()],
-        None => ["/etc/containers/certs.d", "/etc/docker/certs.d"]
-            .iter()
-            .map(|b| std::path::Path::new(b).join(host))
-            .collect(),
-    };
-    for dir in dirs {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
+    for base in ["/etc/containers/certs.d", "/etc/docker/certs.d"] {
+        let Ok(rd) = std::fs::read_dir(std::path::Path::new(base).join(host)) else {
             continue;
         };
         for e in rd.flatten() {
@@ -198,6 +190,35 @@ fn certs_d(host: &str, cert_dir: Option<&std::path::Path>) -> Vec<reqwest::Certi
         }
     }
     out
+}
+
+/// A `--cert-dir` as containers/image reads it: every `*.crt` is a CA; `NAME.cert` with `NAME.key` is the client pair.
+fn cert_dir(
+    dir: &std::path::Path,
+) -> Result<(Vec<reqwest::Certificate>, Option<reqwest::Identity>), String> {
+    let what = |p: &std::path::Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
+    let mut rd: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| what(dir, &e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    rd.sort();
+    let (mut cas, mut identity) = (Vec::new(), None);
+    for p in &rd {
+        match p.extension().and_then(|x| x.to_str()) {
+            Some("crt") => {
+                let pem = std::fs::read(p).map_err(|e| what(p, &e))?;
+                cas.extend(reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| what(p, &e))?);
+            }
+            Some("cert") => {
+                let key = p.with_extension("key");
+                let mut pem = std::fs::read(p).map_err(|e| what(p, &e))?;
+                pem.extend(std::fs::read(&key).map_err(|e| what(&key, &e))?);
+                identity = Some(reqwest::Identity::from_pem(&pem).map_err(|e| what(p, &e))?);
+            }
+            _ => {}
+        }
+    }
+    Ok((cas, identity))
 }
 
 /// Whether a failed attempt is worth repeating (gcr's `Temporary()` list).
@@ -223,16 +244,26 @@ impl Client {
     /// A client for `host` (`name[:port]`).
     pub fn new(host: &str, opts: &ClientOptions) -> Result<Client, RegistryError> {
         ensure_crypto_provider();
-        let http = reqwest::Client::builder()
+        let config = |why: String| RegistryError::Config {
+            host: host.to_string(),
+            why,
+        };
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(opts.connect_timeout)
-            .tls_certs_merge(certs_d(host, opts.cert_dir.as_deref()))
-            .tls_danger_accept_invalid_certs(!opts.tls_verify)
-            .build()
-            .map_err(|e| RegistryError::Config {
-                host: host.to_string(),
-                why: transport_cause(&e),
-            })?;
+            .tls_danger_accept_invalid_certs(!opts.tls_verify);
+        builder = match &opts.cert_dir {
+            None => builder.tls_certs_merge(certs_d(host)),
+            Some(dir) => {
+                let (cas, identity) = cert_dir(dir).map_err(config)?;
+                let b = builder.tls_certs_merge(cas);
+                match identity {
+                    Some(i) => b.identity(i),
+                    None => b,
+                }
+            }
+        };
+        let http = builder.build().map_err(|e| config(transport_cause(&e)))?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,

@@ -10,6 +10,7 @@ mod hostile;
 mod oracle;
 mod serve;
 mod store_interop;
+mod sync;
 mod unbundle;
 mod verbs;
 mod verify;
