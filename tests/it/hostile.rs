@@ -1032,3 +1032,146 @@ fn a_full_target_is_named_as_the_target() {
     assert_refused("small tmpfs", &e, &format!("not enough disk space on {}", root.display()));
     assert_eq!(snapshot(&root), before, "the root changed");
 }
+
+/// Every tag a registry would list resolves to a manifest the repository links and the root holds.
+fn every_listed_tag_resolves(root: &Path, what: &str) -> usize {
+    let store = Store::open(root);
+    let mut n = 0;
+    for repo in store.repositories().unwrap() {
+        for tag in store.tags(&repo).unwrap() {
+            let d = store
+                .resolve_tag(&repo, &tag)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{what}: {repo}:{tag} is listed but has no current/link"));
+            assert!(store.has_revision(&repo, &d), "{what}: {repo}:{tag} → {d} not linked");
+            assert!(store.has_blob(&d), "{what}: {repo}:{tag} → {d} not in the root");
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn a_link_killed_in_its_tag_phase_never_leaves_a_tag_that_does_not_resolve() {
+    let (dir, corpus) = tiny();
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, corpus.images_list()).unwrap();
+    let bundle = work.path().join("tiny.tar.zst");
+    {
+        let server = FerryServe::start(dir.path());
+        run_ok(
+            bundle_cmd(&list, &bundle, &work.path().join("cache"), &server.addr)
+                .arg("--all-platforms"),
+        );
+    }
+    let tags = corpus.images.len();
+    for run in 0..10u64 {
+        let root = work.path().join(format!("root-{run}"));
+        // Test-only pause before each new tag is renamed into place, so the kill lands in the tag phase.
+        let mut child = ferry()
+            .env(ferry::store::TEST_TAG_PAUSE_MS, "20")
+            .args(["unbundle", "link"])
+            .arg(&bundle)
+            .arg("--root")
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let tmp = Store::open(&root).path(PathSpec::Temp);
+        let start = Instant::now();
+        let in_tag_phase = || {
+            std::fs::read_dir(&tmp).is_ok_and(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("tag-"))
+            })
+        };
+        while !in_tag_phase() && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(in_tag_phase(), "run {run}: the tag phase never started");
+        std::thread::sleep(Duration::from_millis(run * 7 % 45));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        every_listed_tag_resolves(&root, &format!("run {run} after SIGKILL"));
+        // A re-run finishes the job.
+        run_ok(
+            ferry()
+                .args(["unbundle", "link"])
+                .arg(&bundle)
+                .arg("--root")
+                .arg(&root),
+        );
+        assert_eq!(
+            every_listed_tag_resolves(&root, &format!("run {run} re-run")),
+            tags,
+            "run {run}: every tag after the re-run"
+        );
+    }
+}
+
+/// `ferry serve ROOT` with both connection timeouts set to `ms` (test-only variable); returns the child and its address.
+fn serve_with_timeouts(root: &Path, ms: u64) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut child = ferry()
+        .env(ferry::serve::TEST_TIMEOUT_MS, ms.to_string())
+        .arg("serve")
+        .arg(root)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    let addr = first.rsplit("http://").next().unwrap().to_string();
+    (child, addr)
+}
+
+#[test]
+fn idle_and_half_sent_connections_are_closed_and_names_are_echoed_short() {
+    let (dir, _) = tiny();
+    let (mut child, addr) = serve_with_timeouts(dir.path(), 400);
+    // Half-sent request heads, and one idle keep-alive connection after a full exchange.
+    let mut half: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_millis(1500));
+    half.push(idle);
+    for (i, s) in half.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut rest = Vec::new();
+        match s.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("connection {i} still open after the timeout: {e}"),
+        }
+    }
+    // The server still answers, and a 10 KB repository name comes back cut short.
+    let (status, _, body) = http(&addr, "GET", "/v2/", &[]).unwrap();
+    assert_eq!(status, 200);
+    let name = "a".repeat(10_000);
+    let (status, _, body2) = http(&addr, "GET", &format!("/v2/{name}/tags/list"), &[]).unwrap();
+    assert!(status >= 400, "{status}");
+    assert!(
+        body2.len() < 1024,
+        "{} bytes echoed: {}",
+        body2.len(),
+        String::from_utf8_lossy(&body2[..200])
+    );
+    drop(body);
+    let _ = child.kill();
+    let _ = child.wait();
+}
