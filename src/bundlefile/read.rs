@@ -666,6 +666,22 @@ struct Frame {
     size: u64,
 }
 
+/// Blobs up to this size (manifests, configs) are kept decompressed from the opening scan, so serving one never decompresses a frame.
+const SMALL_BLOB_BYTES: u64 = 64 * 1024;
+
+/// Most bytes of small blobs kept from the opening scan (beyond it, they are read from their frames).
+const SMALL_BLOBS_BUDGET: u64 = 16 * 1024 * 1024;
+
+/// Most bytes of decompressed frames kept for reuse across requests.
+const FRAME_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Decompressed frames shared by every reader, least recently used first, bounded in bytes.
+#[derive(Debug, Default)]
+struct FrameCache {
+    frames: std::collections::VecDeque<(usize, Arc<Vec<u8>>)>,
+    bytes: u64,
+}
+
 /// A bundle file opened for random access: blobs are read in place.
 #[derive(Debug)]
 pub struct BundleFile {
@@ -673,8 +689,37 @@ pub struct BundleFile {
     file: File,
     /// Empty for a plain tar.
     frames: Vec<Frame>,
+    /// Small blobs, decompressed once by the opening scan.
+    small: HashMap<Digest, Arc<[u8]>>,
+    /// Recently decompressed frames.
+    cache: std::sync::Mutex<FrameCache>,
     /// What the scan found.
     pub scan: Scan,
+}
+
+/// Keeps small blobs' bytes while a scan reads them, then lets the wrapped visitor see them.
+struct KeepSmall<'a> {
+    inner: &'a mut dyn BlobVisitor,
+    kept: HashMap<Digest, Arc<[u8]>>,
+    budget: u64,
+}
+
+impl BlobVisitor for KeepSmall<'_> {
+    fn blob(&mut self, digest: &Digest, size: u64, content: &mut dyn Read) -> io::Result<()> {
+        if size > SMALL_BLOB_BYTES || size > self.budget {
+            return self.inner.blob(digest, size, content);
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        content.take(size).read_to_end(&mut bytes)?;
+        self.budget -= bytes.len() as u64;
+        self.inner
+            .blob(digest, size, &mut io::Cursor::new(&bytes[..]))?;
+        self.kept.insert(digest.clone(), bytes.into());
+        Ok(())
+    }
+    fn verify(&self) -> bool {
+        self.inner.verify()
+    }
 }
 
 impl BundleFile {
@@ -704,11 +749,19 @@ impl BundleFile {
         } else {
             Vec::new()
         };
-        let scan = scan(path, visitor)?;
+        let mut keep = KeepSmall {
+            inner: visitor,
+            kept: HashMap::new(),
+            budget: SMALL_BLOBS_BUDGET,
+        };
+        // The scan checks every frame against the table: a table that lies stops the open here.
+        let scan = scan(path, &mut keep)?;
         Ok(Arc::new(BundleFile {
             path: path.to_path_buf(),
             file,
             frames,
+            small: keep.kept,
+            cache: Default::default(),
             scan,
         }))
     }
@@ -716,6 +769,38 @@ impl BundleFile {
     /// The bundle's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A small blob's bytes, kept from the opening scan (none for larger blobs).
+    pub fn small_blob(&self, digest: &Digest) -> Option<Arc<[u8]>> {
+        self.small.get(digest).cloned()
+    }
+
+    /// Frame `i` decompressed, from the shared cache when a recent reader decompressed it.
+    fn frame(&self, i: usize) -> io::Result<Arc<Vec<u8>>> {
+        {
+            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(pos) = c.frames.iter().position(|(n, _)| *n == i) {
+                let hit = c.frames.remove(pos).expect("found above");
+                let data = hit.1.clone();
+                c.frames.push_back(hit);
+                return Ok(data);
+            }
+        }
+        let f = *self.frames.get(i).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "past the last frame")
+        })?;
+        let data = Arc::new(decompress_frame(&self.file, &f, i, &mut None, Vec::new())?);
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.frames.iter().any(|(n, _)| *n == i) {
+            c.bytes += data.len() as u64;
+            c.frames.push_back((i, data.clone()));
+            while c.bytes > FRAME_CACHE_BYTES && c.frames.len() > 1 {
+                let (_, old) = c.frames.pop_front().expect("not empty");
+                c.bytes -= old.len() as u64;
+            }
+        }
+        Ok(data)
     }
 
     /// A reader of `len` bytes at `offset` of the uncompressed tar stream.
@@ -733,7 +818,7 @@ impl BundleFile {
             frame: first,
             pos: offset,
             end: offset + len,
-            buf: Vec::new(),
+            buf: Arc::new(Vec::new()),
             buf_offset: 0,
         })
     }
@@ -792,8 +877,7 @@ fn read_seek_table(path: &Path, file: &File) -> Result<Option<Vec<Frame>>, ReadE
         let e = &table[8 + i * entry as usize..];
         let cs = u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")) as u64;
         let ds = u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")) as u64;
-        // ferry writes frames of at most MAX_FRAME_BYTES; a larger one would make a reader allocate what a hostile table says.
-        if ds > 4 * super::format::MAX_FRAME_BYTES as u64 || cs > ds + ds / 8 + 1024 {
+        if ds > super::format::MAX_READ_FRAME_BYTES || cs > ds + ds / 8 + 1024 {
             return Err(bad("a frame is larger than ferry writes"));
         }
         frames.push(Frame {
@@ -840,7 +924,7 @@ struct FrameRange {
     frame: usize,
     pos: u64,
     end: u64,
-    buf: Vec<u8>,
+    buf: Arc<Vec<u8>>,
     buf_offset: u64,
 }
 
@@ -853,17 +937,7 @@ impl Read for FrameRange {
             let f = *self.bundle.frames.get(self.frame).ok_or_else(|| {
                 io::Error::new(io::ErrorKind::UnexpectedEof, "past the last frame")
             })?;
-            let mut compressed = vec![0u8; f.compressed_size as usize];
-            self.bundle
-                .file
-                .read_exact_at(&mut compressed, f.compressed_offset)?;
-            self.buf = zstd::bulk::decompress(&compressed, f.size as usize)?;
-            if self.buf.len() as u64 != f.size {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "frame size differs from the seek table",
-                ));
-            }
+            self.buf = self.bundle.frame(self.frame)?;
             self.buf_offset = f.offset;
             self.frame += 1;
         }
