@@ -199,7 +199,13 @@ impl Read for CheckedFrames {
             };
             let i = self.next;
             self.next += 1;
-            self.buf = decompress_frame(&self.file, &f, i, &mut self.decompressor, std::mem::take(&mut self.buf))?;
+            self.buf = decompress_frame(
+                &self.file,
+                &f,
+                i,
+                &mut self.decompressor,
+                std::mem::take(&mut self.buf),
+            )?;
             self.pos = 0;
         }
         let n = out.len().min(self.buf.len() - self.pos);
@@ -291,7 +297,11 @@ fn next_member<'a>(
             }
             None => return None,
             Some(Err(e)) => {
-                return Some(Err(stream_error(bundle, "reading the archive (truncated?)", e)));
+                return Some(Err(stream_error(
+                    bundle,
+                    "reading the archive (truncated?)",
+                    e,
+                )));
             }
             Some(Ok(e)) => e,
         };
@@ -326,7 +336,11 @@ fn next_member<'a>(
         }
         let mut data = Vec::with_capacity(size as usize);
         if let Err(e) = (&mut entry).take(size).read_to_end(&mut data) {
-            return Some(Err(stream_error(bundle, "reading the archive (truncated?)", e)));
+            return Some(Err(stream_error(
+                bundle,
+                "reading the archive (truncated?)",
+                e,
+            )));
         }
         if kind.is_gnu_longlink() {
             long_link = true; // links are refused by type; the name only had to be bounded
@@ -787,9 +801,10 @@ impl BundleFile {
                 return Ok(data);
             }
         }
-        let f = *self.frames.get(i).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::UnexpectedEof, "past the last frame")
-        })?;
+        let f = *self
+            .frames
+            .get(i)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "past the last frame"))?;
         let data = Arc::new(decompress_frame(&self.file, &f, i, &mut None, Vec::new())?);
         let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if !c.frames.iter().any(|(n, _)| *n == i) {

@@ -169,9 +169,10 @@ impl IdleIo {
 
     /// `Pending` until the deadline, then the timeout error.
     fn expired(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
-        self.deadline.as_mut().poll(cx).map(|()| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long")
-        })
+        self.deadline
+            .as_mut()
+            .poll(cx)
+            .map(|()| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long"))
     }
 }
 
@@ -513,9 +514,11 @@ async fn blob<B: Catalog>(
                 (StatusCode::PARTIAL_CONTENT, s, l)
             }
             None => {
-                let mut resp =
-                    ApiError::Code(ErrorCode::RangeInvalid, serde_json::json!({ "range": echo(r) }))
-                        .into_response();
+                let mut resp = ApiError::Code(
+                    ErrorCode::RangeInvalid,
+                    serde_json::json!({ "range": echo(r) }),
+                )
+                .into_response();
                 resp.headers_mut().insert(
                     header::CONTENT_RANGE,
                     header_value(&format!("bytes */{}", loc.size)),

@@ -152,12 +152,7 @@ impl Store {
                 }
                 Ok(true)
             }
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOTEMPTY) | Some(libc::EEXIST)
-                ) =>
-            {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
                 let _ = fs::remove_dir_all(&tmp);
                 Ok(false)
             }

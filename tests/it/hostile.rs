@@ -545,11 +545,7 @@ fn assert_refused(what: &str, e: &Ended, why: &str) {
         "{what}: peak RSS {} KiB",
         e.peak_kib
     );
-    assert!(
-        e.took < Duration::from_secs(1),
-        "{what}: took {:?}",
-        e.took
-    );
+    assert!(e.took < Duration::from_secs(1), "{what}: took {:?}", e.took);
 }
 
 /// A root that already holds a blob and a repository linking it (what a live registry has).
@@ -596,7 +592,11 @@ fn file_member(path: &str, content: Vec<u8>) -> Vec<(tar::Header, Box<dyn std::i
     let mut out: Vec<(tar::Header, Box<dyn std::io::Read>)> = Vec::new();
     if path.len() > 100 {
         out.push((
-            raw_header("././@LongLink", tar::EntryType::GNULongName, path.len() as u64 + 1),
+            raw_header(
+                "././@LongLink",
+                tar::EntryType::GNULongName,
+                path.len() as u64 + 1,
+            ),
             bytes(format!("{path}\0").into_bytes()),
         ));
         out.push((
@@ -619,7 +619,11 @@ fn craft<W: std::io::Write>(
     members: Vec<(tar::Header, Box<dyn std::io::Read>)>,
 ) -> W {
     let mut b = tar::Builder::new(w);
-    let h = raw_header("ferry-bundle.json", tar::EntryType::Regular, index.len() as u64);
+    let h = raw_header(
+        "ferry-bundle.json",
+        tar::EntryType::Regular,
+        index.len() as u64,
+    );
     b.append(&h, index).unwrap();
     for (h, content) in members {
         b.append(&h, content).unwrap();
@@ -799,7 +803,11 @@ fn claimed_sizes_are_checked_before_anything_is_written() {
         let index = index_json(&[(d.clone(), size)]);
         let mut f = std::fs::File::create(path).unwrap();
         let mut b = tar::Builder::new(&mut f);
-        let ih = raw_header("ferry-bundle.json", tar::EntryType::Regular, index.len() as u64);
+        let ih = raw_header(
+            "ferry-bundle.json",
+            tar::EntryType::Regular,
+            index.len() as u64,
+        );
         b.append(&ih, index.as_slice()).unwrap();
         let ln = raw_header(
             "././@LongLink",
@@ -897,7 +905,10 @@ fn a_refused_link_takes_back_every_blob_it_added() {
             before,
             "{fault}: blobs or directories left behind"
         );
-        assert!(Store::open(&root).has_blob(&old), "{fault}: the old blob stays");
+        assert!(
+            Store::open(&root).has_blob(&old),
+            "{fault}: the old blob stays"
+        );
     }
 }
 
@@ -998,7 +1009,11 @@ fn a_full_target_is_named_as_the_target() {
             .arg("--root")
             .arg(&root),
     );
-    assert_refused("file-size limit", &e, &format!("no space left on {}", root.display()));
+    assert_refused(
+        "file-size limit",
+        &e,
+        &format!("no space left on {}", root.display()),
+    );
     assert!(!e.stderr.contains("truncated"), "{}", e.stderr);
     assert_eq!(snapshot(&root), before, "the root changed");
     // A real small file system: refused up front by the free-space check, naming the root.
@@ -1029,7 +1044,11 @@ fn a_full_target_is_named_as_the_target() {
             .arg("--root")
             .arg(&root),
     );
-    assert_refused("small tmpfs", &e, &format!("not enough disk space on {}", root.display()));
+    assert_refused(
+        "small tmpfs",
+        &e,
+        &format!("not enough disk space on {}", root.display()),
+    );
     assert_eq!(snapshot(&root), before, "the root changed");
 }
 
@@ -1039,12 +1058,17 @@ fn every_listed_tag_resolves(root: &Path, what: &str) -> usize {
     let mut n = 0;
     for repo in store.repositories().unwrap() {
         for tag in store.tags(&repo).unwrap() {
-            let d = store
-                .resolve_tag(&repo, &tag)
-                .unwrap()
-                .unwrap_or_else(|| panic!("{what}: {repo}:{tag} is listed but has no current/link"));
-            assert!(store.has_revision(&repo, &d), "{what}: {repo}:{tag} → {d} not linked");
-            assert!(store.has_blob(&d), "{what}: {repo}:{tag} → {d} not in the root");
+            let d = store.resolve_tag(&repo, &tag).unwrap().unwrap_or_else(|| {
+                panic!("{what}: {repo}:{tag} is listed but has no current/link")
+            });
+            assert!(
+                store.has_revision(&repo, &d),
+                "{what}: {repo}:{tag} → {d} not linked"
+            );
+            assert!(
+                store.has_blob(&d),
+                "{what}: {repo}:{tag} → {d} not in the root"
+            );
             n += 1;
         }
     }
