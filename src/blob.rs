@@ -86,7 +86,8 @@ pub fn range_stream(
     start: u64,
     len: u64,
 ) -> impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(4);
+    // Two chunks in flight per reader: enough to keep a socket busy, little memory under many clients.
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(2);
     tokio::task::spawn_blocking(move || {
         let mut r = match source.open_range(start, len) {
             Ok(r) => r,

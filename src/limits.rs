@@ -62,3 +62,20 @@ pub const TAGS_PAGE_SIZE: usize = 100;
 
 /// Overrides [`TAGS_PAGE_SIZE`] (tests exercise pagination with small pages).
 pub const ENV_TAGS_PAGE_SIZE: &str = "FERRY_TAGS_PAGE_SIZE";
+/// Longest GNU long name, long link name or PAX header read from a bundle: ferry's longest layout path is a few hundred bytes.
+pub const MAX_TAR_NAME_BYTES: u64 = 4096;
+
+/// Most bytes of a name from untrusted input echoed into an error line or a response body.
+pub const MAX_ECHO_CHARS: usize = 120;
+
+/// Largest `ferry-bundle.json` read (a bundle of 50,000 tags has an index of a few MiB).
+pub const MAX_INDEX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Cuts untrusted text to [`MAX_ECHO_CHARS`] for an error line, saying how long it was, so a hostile name cannot flood a log.
+pub fn echo(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().count() <= MAX_ECHO_CHARS {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let head: String = s.chars().take(MAX_ECHO_CHARS).collect();
+    std::borrow::Cow::Owned(format!("{head}…({} bytes)", s.len()))
+}

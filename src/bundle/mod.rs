@@ -486,10 +486,11 @@ fn layout_and_index(plan: &Plan, mtime: u64) -> (pack::Layout, Vec<u8>) {
     )
 }
 
+/// Removes the temp bundle file (a file, not a directory) unless the run got as far as renaming it.
 struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -61,3 +61,20 @@ pub fn check(
     }
     Ok(())
 }
+
+/// Checks that the file system holding `path` can take `bytes` more (with the same margin as [`check`]).
+pub fn check_one(path: &Path, bytes: u64) -> Result<(), SpaceError> {
+    let Some((_, free)) = fs_info(path) else {
+        return Ok(());
+    };
+    let need = bytes + bytes / 50 + 16 * 1024 * 1024;
+    if bytes > 0 && need > free {
+        return Err(SpaceError {
+            path: path.to_path_buf(),
+            need,
+            have: free,
+            missing: need - free,
+        });
+    }
+    Ok(())
+}

@@ -1,12 +1,19 @@
 //! `unbundle link`: merging a bundle into a registry root, also one a
-//! registry is serving right now. Blobs are re-hashed as they stream in and
-//! published only when they verify (never replacing one that is there); when
+//! registry is serving right now. Before anything is written, the free space
+//! of the root is checked against what the index says is missing. Blobs are
+//! re-hashed as they stream in and published only when they verify (never
+//! replacing one that is there); a bundle refused halfway takes back every
+//! blob (and directory) this run added, and none that was there before. When
 //! the whole archive has checked out, the blobs are synced to disk, then each
 //! image is linked as a copy into a root links it (the one image walk), its
 //! tag last.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+
+use super::space::{self, SpaceError};
+use crate::limits::IO_BUFFER_BYTES;
+use crate::store::paths::PathSpec;
 
 use crate::bundlefile::read::{BlobVisitor, ReadError, scan};
 use crate::digest::Digest;
@@ -22,6 +29,17 @@ pub enum LinkError {
     /// The target root failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The target root has no room for what the bundle brings (checked before writing).
+    #[error(transparent)]
+    Space(#[from] SpaceError),
+    /// Writing into the target root failed while the bundle was being read (the bundle is not to blame).
+    #[error("{}{}: {source}", if is_no_space(source) { "no space left on " } else { "writing into " }, root.display())]
+    Target {
+        /// The root.
+        root: PathBuf,
+        /// What failed there.
+        source: StoreError,
+    },
     /// `--no-clobber` and a tag would move.
     #[error(
         "{}:{} is {} in {}, the bundle has {}; refusing to move it (--no-clobber)",
@@ -61,10 +79,43 @@ pub struct LinkSummary {
     pub tags: Vec<TagChange>,
 }
 
+/// Whether a store error is the file system running out of room (or of quota, or a file-size limit).
+fn is_no_space(e: &StoreError) -> bool {
+    let StoreError::Io { source, .. } = e else {
+        return false;
+    };
+    matches!(
+        source.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG)
+    )
+}
+
 struct Into<'a> {
     store: &'a Store,
     summary: &'a mut LinkSummary,
     on_blob: &'a dyn Fn(u64),
+    /// Blobs this run published, each with the directories it created (deepest first), to take back on refusal.
+    added: Vec<(Digest, Vec<PathBuf>)>,
+    /// The first write into the root that failed (so the error names the root, not the bundle).
+    failed: Option<StoreError>,
+}
+
+impl Into<'_> {
+    fn target_failed(&mut self, e: StoreError) -> io::Error {
+        let msg = e.to_string();
+        self.failed.get_or_insert(e);
+        io::Error::other(msg)
+    }
+
+    /// Removes every blob this run added and the directories it created for them; nothing that was there before.
+    fn roll_back(&mut self) {
+        for (digest, dirs) in self.added.drain(..).rev() {
+            let _ = std::fs::remove_file(self.store.path(PathSpec::BlobData(&digest)));
+            for d in dirs {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
 }
 
 impl BlobVisitor for Into<'_> {
@@ -74,14 +125,42 @@ impl BlobVisitor for Into<'_> {
             self.summary.blobs_present += 1;
             return Ok(()); // the scan still reads and re-hashes it
         }
+        // The directories this blob will create (data's parent up to `blobs`), deepest first.
+        let data = self.store.path(PathSpec::BlobData(digest));
+        let blobs = self.store.path(PathSpec::V2Root);
+        let created: Vec<PathBuf> = data
+            .ancestors()
+            .skip(1)
+            .take_while(|p| *p != blobs)
+            .filter(|p| !p.exists())
+            .map(Path::to_path_buf)
+            .collect();
         // The scan's reader verifies the bytes, so the writer need not hash them again.
-        let mut w = self
-            .store
-            .blob_writer_prehashed()
-            .map_err(io::Error::other)?;
-        io::copy(content, &mut w)?;
-        w.flush()?;
-        w.commit_prehashed(digest, size).map_err(io::Error::other)?;
+        let mut w = match self.store.blob_writer_prehashed() {
+            Ok(w) => w,
+            Err(e) => return Err(self.target_failed(e)),
+        };
+        let mut buf = vec![0u8; IO_BUFFER_BYTES];
+        loop {
+            let n = match content.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if let Err(e) = w.write_all(&buf[..n]) {
+                let path = w.temp_path().to_path_buf();
+                return Err(self.target_failed(StoreError::Io {
+                    op: "writing",
+                    path,
+                    source: e,
+                }));
+            }
+        }
+        if let Err(e) = w.commit_prehashed(digest, size) {
+            return Err(self.target_failed(e));
+        }
+        self.added.push((digest.clone(), created));
         self.summary.blobs_added += 1;
         self.summary.bytes_added += size;
         Ok(())
@@ -102,15 +181,37 @@ pub fn link(
     if no_clobber {
         check_tags(&store, &index.images, root)?;
     }
+    // Room for every blob the root lacks, before a byte is written.
+    let missing: u64 = index
+        .blobs
+        .iter()
+        .filter(|b| !store.has_blob(&b.digest))
+        .map(|b| b.size)
+        .sum();
+    space::check_one(root, missing)?;
     let mut summary = LinkSummary::default();
-    let scan = scan(
-        bundle,
-        &mut Into {
-            store: &store,
-            summary: &mut summary,
-            on_blob,
-        },
-    )?;
+    let mut into = Into {
+        store: &store,
+        summary: &mut summary,
+        on_blob,
+        added: Vec::new(),
+        failed: None,
+    };
+    let scanned = scan(bundle, &mut into);
+    let scan = match scanned {
+        Ok(s) => s,
+        Err(e) => {
+            into.roll_back();
+            let _ = store.sync_fs();
+            return Err(match into.failed.take() {
+                Some(source) => LinkError::Target {
+                    root: root.to_path_buf(),
+                    source,
+                },
+                None => LinkError::Read(e),
+            });
+        }
+    };
     store.sync_fs()?;
     if no_clobber {
         check_tags(&store, &scan.index.images, root)?;

@@ -25,10 +25,16 @@ pub const INDEX_NAME: &str = "ferry-bundle.json";
 pub const FORMAT: &str = "ferry-bundle/v1";
 
 /// A frame is closed at the first member boundary past this many bytes…
-pub const MIN_FRAME_BYTES: usize = 1024 * 1024;
+pub const MIN_FRAME_BYTES: usize = 256 * 1024;
 
-/// …or inside a member when it reaches this many.
-pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+/// …or inside a member when it reaches this many: small frames keep what a
+/// server decompresses (and holds) per reader small. Bundles written with
+/// larger frames (up to [`MAX_READ_FRAME_BYTES`]) are still read.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Largest frame a reader accepts: earlier ferry versions wrote frames of up to 4 MiB;
+/// a larger one would make a reader allocate what a hostile table says.
+pub const MAX_READ_FRAME_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Skippable frame magic used for the seek table.
 pub const SEEK_TABLE_MAGIC: u32 = 0x184D_2A5E;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::format::{BundleIndex, INDEX_NAME, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC};
 use crate::digest::{Digest, VerifyingReader};
-use crate::limits::{IO_BUFFER_BYTES, MAX_LINK_BYTES, MAX_MANIFEST_BYTES};
+use crate::limits::{IO_BUFFER_BYTES, MAX_INDEX_BYTES, MAX_LINK_BYTES, MAX_TAR_NAME_BYTES, echo};
 use crate::store::paths::{LayoutFile, is_layout_dir, parse_file};
 
 /// Why a bundle was refused; every variant names the bundle and the entry or blob.
@@ -49,6 +49,14 @@ pub enum ReadError {
         digest: Digest,
         /// What did not match.
         cause: String,
+    },
+    /// The seek table does not describe the compressed stream (frames that lie about their offsets or sizes).
+    #[error("{}: the seek table does not match the stream: {why}", bundle.display())]
+    SeekTable {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Which frame, and what differs.
+        why: String,
     },
     /// `ferry-bundle.json` missing, unreadable, or not what the archive holds.
     #[error("{}: {INDEX_NAME}: {why}", bundle.display())]
@@ -117,8 +125,20 @@ impl BlobVisitor for HashOnly {
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
+/// A frame that does not match the seek table, carried inside an `io::Error` so the scan can name it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct FrameMismatch(String);
+
+/// The tar bytes of a bundle, and how many there are when the file says so (plain tar, or a seek table).
+struct TarStream {
+    reader: Box<dyn Read>,
+    len: Option<u64>,
+}
+
 /// Opens a bundle as a stream of tar bytes (decompressing zstd when the file is zstd).
-fn tar_stream(path: &Path) -> Result<Box<dyn Read>, ReadError> {
+/// A seekable bundle is decompressed frame by frame, each checked against its seek table entry.
+fn tar_stream(path: &Path) -> Result<TarStream, ReadError> {
     let io = |op, source| ReadError::Io {
         bundle: path.to_path_buf(),
         op,
@@ -128,59 +148,302 @@ fn tar_stream(path: &Path) -> Result<Box<dyn Read>, ReadError> {
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic).map_err(|e| io("reading", e))?;
     f.seek(SeekFrom::Start(0)).map_err(|e| io("reading", e))?;
-    let f = io::BufReader::with_capacity(IO_BUFFER_BYTES, f);
     if n == 4 && magic == ZSTD_MAGIC {
-        Ok(Box::new(
-            zstd::stream::read::Decoder::with_buffer(f).map_err(|e| io("starting zstd", e))?,
-        ))
+        if let Some(frames) = read_seek_table(path, &f)? {
+            let len = frames.last().map(|l| l.offset + l.size).unwrap_or(0);
+            return Ok(TarStream {
+                reader: Box::new(CheckedFrames {
+                    file: f,
+                    frames,
+                    next: 0,
+                    buf: Vec::new(),
+                    pos: 0,
+                    decompressor: None,
+                }),
+                len: Some(len),
+            });
+        }
+        let f = io::BufReader::with_capacity(IO_BUFFER_BYTES, f);
+        Ok(TarStream {
+            reader: Box::new(
+                zstd::stream::read::Decoder::with_buffer(f).map_err(|e| io("starting zstd", e))?,
+            ),
+            len: None,
+        })
     } else {
-        Ok(Box::new(f))
+        let len = f.metadata().map_err(|e| io("reading metadata", e))?.len();
+        Ok(TarStream {
+            reader: Box::new(io::BufReader::with_capacity(IO_BUFFER_BYTES, f)),
+            len: Some(len),
+        })
     }
 }
 
-/// Parses the first entry of a bundle, which must be `ferry-bundle.json`.
-fn index_entry<R: Read>(
+/// Reads a seekable bundle frame by frame: each frame must decompress to
+/// exactly the size its seek table entry gives, from exactly its compressed
+/// bytes, so a table that lies is caught by every full read (verify, link, serve).
+struct CheckedFrames {
+    file: File,
+    frames: Vec<Frame>,
+    next: usize,
+    buf: Vec<u8>,
+    pos: usize,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl Read for CheckedFrames {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            let Some(f) = self.frames.get(self.next).copied() else {
+                return Ok(0);
+            };
+            let i = self.next;
+            self.next += 1;
+            self.buf = decompress_frame(
+                &self.file,
+                &f,
+                i,
+                &mut self.decompressor,
+                std::mem::take(&mut self.buf),
+            )?;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Decompresses frame `i` into `buf` (reused), refusing one whose bytes differ from its seek table entry.
+fn decompress_frame(
+    file: &File,
+    f: &Frame,
+    i: usize,
+    decompressor: &mut Option<zstd::bulk::Decompressor<'static>>,
+    mut buf: Vec<u8>,
+) -> io::Result<Vec<u8>> {
+    let mismatch = |why: String| io::Error::new(io::ErrorKind::InvalidData, FrameMismatch(why));
+    let mut compressed = vec![0u8; f.compressed_size as usize];
+    file.read_exact_at(&mut compressed, f.compressed_offset)?;
+    if compressed.len() < 4 || compressed[..4] != ZSTD_MAGIC {
+        return Err(mismatch(format!(
+            "frame {i} at byte {} is not a zstd frame",
+            f.compressed_offset
+        )));
+    }
+    if decompressor.is_none() {
+        *decompressor = Some(zstd::bulk::Decompressor::new()?);
+    }
+    let d = decompressor.as_mut().expect("set above");
+    buf.clear();
+    buf.reserve_exact(f.size as usize);
+    if d.decompress_to_buffer(&compressed, &mut buf).is_err() {
+        return Err(mismatch(format!(
+            "frame {i} ({} compressed bytes at {}) does not decompress to the {} bytes the table gives",
+            f.compressed_size, f.compressed_offset, f.size
+        )));
+    }
+    if buf.len() as u64 != f.size {
+        return Err(mismatch(format!(
+            "frame {i} holds {} bytes, the table says {}",
+            buf.len(),
+            f.size
+        )));
+    }
+    Ok(buf)
+}
+
+/// Maps an error met while reading the archive: a frame that is not what the
+/// seek table says, or (anything else) a short or unreadable file.
+fn stream_error(bundle: &Path, op: &'static str, e: io::Error) -> ReadError {
+    if let Some(m) = e.get_ref().and_then(|x| x.downcast_ref::<FrameMismatch>()) {
+        return ReadError::SeekTable {
+            bundle: bundle.to_path_buf(),
+            why: m.0.clone(),
+        };
+    }
+    ReadError::Io {
+        bundle: bundle.to_path_buf(),
+        op,
+        source: e,
+    }
+}
+
+/// One member of the archive as a reader sees it: its name (GNU long names and
+/// PAX paths applied, each capped at [`MAX_TAR_NAME_BYTES`] before it is read)
+/// and the raw entry.
+type Member<'a> = (String, tar::Entry<'a, Box<dyn Read>>);
+
+/// The next member of a raw entry iterator; extension headers are read here, with caps, never by the tar crate.
+fn next_member<'a>(
     bundle: &Path,
-    first: Option<io::Result<tar::Entry<'_, R>>>,
+    entries: &mut tar::Entries<'a, Box<dyn Read>>,
+) -> Option<Result<Member<'a>, ReadError>> {
+    let refused = |entry: &str, why: String| ReadError::Refused {
+        bundle: bundle.to_path_buf(),
+        entry: echo(entry).into_owned(),
+        why,
+    };
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut long_link = false;
+    loop {
+        let mut entry = match entries.next() {
+            None if long_name.is_some() || long_link => {
+                return Some(Err(refused(
+                    "././@LongLink",
+                    "an extension header describes no member (truncated?)".into(),
+                )));
+            }
+            None => return None,
+            Some(Err(e)) => {
+                return Some(Err(stream_error(
+                    bundle,
+                    "reading the archive (truncated?)",
+                    e,
+                )));
+            }
+            Some(Ok(e)) => e,
+        };
+        let kind = entry.header().entry_type();
+        let ext = if kind.is_gnu_longname() {
+            "a GNU long name"
+        } else if kind.is_gnu_longlink() {
+            "a GNU long link name"
+        } else if kind.is_pax_local_extensions() {
+            "a PAX header"
+        } else if kind.is_pax_global_extensions() {
+            return Some(Err(refused(
+                &String::from_utf8_lossy(&entry.path_bytes()),
+                "a PAX global header; ferry bundles hold none".into(),
+            )));
+        } else {
+            let name = match long_name {
+                Some(n) => String::from_utf8_lossy(&n).into_owned(),
+                None => String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+            };
+            return Some(Ok((name, entry)));
+        };
+        let size = match entry.header().entry_size() {
+            Ok(s) => s,
+            Err(e) => return Some(Err(stream_error(bundle, "reading a header", e))),
+        };
+        if size > MAX_TAR_NAME_BYTES {
+            return Some(Err(refused(
+                &String::from_utf8_lossy(&entry.path_bytes()),
+                format!("{ext} of {size} bytes; ferry writes at most {MAX_TAR_NAME_BYTES}"),
+            )));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        if let Err(e) = (&mut entry).take(size).read_to_end(&mut data) {
+            return Some(Err(stream_error(
+                bundle,
+                "reading the archive (truncated?)",
+                e,
+            )));
+        }
+        if kind.is_gnu_longlink() {
+            long_link = true; // links are refused by type; the name only had to be bounded
+            continue;
+        }
+        if long_name.is_some() {
+            return Some(Err(refused(
+                "././@LongLink",
+                "two long names for one member".into(),
+            )));
+        }
+        if kind.is_gnu_longname() {
+            while data.last() == Some(&0) {
+                data.pop();
+            }
+            long_name = Some(data);
+            continue;
+        }
+        // A PAX header without a path leaves the member its own name.
+        match pax_path(&data) {
+            Ok(path) => long_name = path,
+            Err(why) => return Some(Err(refused("PaxHeader", why))),
+        }
+    }
+}
+
+/// The `path` record of a PAX header; records that would change how the
+/// archive is cut (`size`) are refused, as ferry never writes them.
+fn pax_path(data: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut path = None;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let sp = rest
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or("a malformed PAX record")?;
+        let len: usize = std::str::from_utf8(&rest[..sp])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .filter(|&n| n > sp + 1 && n <= rest.len())
+            .ok_or("a malformed PAX record")?;
+        let record = &rest[sp + 1..len];
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        let eq = record
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or("a malformed PAX record")?;
+        let (key, value) = (&record[..eq], &record[eq + 1..]);
+        match key {
+            b"path" => path = Some(value.to_vec()),
+            b"size" => return Err("a PAX size record; ferry bundles hold none".into()),
+            _ => {}
+        }
+        rest = &rest[len..];
+    }
+    Ok(path)
+}
+
+/// Parses the first entry of a bundle, which must be `ferry-bundle.json`.
+fn index_entry(
+    bundle: &Path,
+    first: Option<Result<Member<'_>, ReadError>>,
 ) -> Result<BundleIndex, ReadError> {
     let index_err = |why: String| ReadError::Index {
         bundle: bundle.to_path_buf(),
         why,
     };
-    let mut first = first
-        .ok_or_else(|| index_err("the archive is empty".into()))?
-        .map_err(|source| ReadError::Io {
-            bundle: bundle.to_path_buf(),
-            op: "reading the archive",
-            source,
-        })?;
-    let name = String::from_utf8_lossy(&first.path_bytes()).into_owned();
-    if name != INDEX_NAME {
+    let (name, mut first) = first.ok_or_else(|| index_err("the archive is empty".into()))??;
+    if name != INDEX_NAME || !first.header().entry_type().is_file() {
         return Err(index_err(format!(
-            "missing: the first entry is {name:?}, so this is not a ferry bundle"
+            "missing: the first entry is {:?}, so this is not a ferry bundle",
+            echo(&name)
+        )));
+    }
+    let size = first
+        .header()
+        .size()
+        .map_err(|e| stream_error(bundle, "reading a header", e))?;
+    if size > MAX_INDEX_BYTES {
+        return Err(index_err(format!(
+            "{size} bytes; ferry reads at most {MAX_INDEX_BYTES}"
         )));
     }
     let mut json = Vec::new();
     (&mut first)
-        .take(MAX_MANIFEST_BYTES * 16)
+        .take(size)
         .read_to_end(&mut json)
-        .map_err(|source| ReadError::Io {
-            bundle: bundle.to_path_buf(),
-            op: "reading the index",
-            source,
-        })?;
+        .map_err(|e| stream_error(bundle, "reading the index", e))?;
     serde_json::from_slice(&json).map_err(|e| index_err(e.to_string()))
 }
 
 /// Reads `ferry-bundle.json` alone (the first entry: nothing else is read).
 pub fn read_index(path: &Path) -> Result<BundleIndex, ReadError> {
-    let mut archive = tar::Archive::new(tar_stream(path)?);
-    let mut entries = archive.entries().map_err(|source| ReadError::Io {
-        bundle: path.to_path_buf(),
-        op: "reading the archive",
-        source,
-    })?;
-    index_entry(path, entries.next())
+    let mut archive = tar::Archive::new(tar_stream(path)?.reader);
+    let mut entries = archive
+        .entries()
+        .map_err(|source| ReadError::Io {
+            bundle: path.to_path_buf(),
+            op: "reading the archive",
+            source,
+        })?
+        .raw(true);
+    index_entry(path, next_member(path, &mut entries))
 }
 
 /// Reads and checks a whole bundle, handing each blob to `visitor`. Nothing is
@@ -190,7 +453,7 @@ pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadErro
     let bundle = path.to_path_buf();
     let refused = |entry: &str, why: &str| ReadError::Refused {
         bundle: bundle.clone(),
-        entry: entry.to_string(),
+        entry: echo(entry).into_owned(),
         why: why.to_string(),
     };
     let io = |op, source| ReadError::Io {
@@ -198,19 +461,21 @@ pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadErro
         op,
         source,
     };
-    let mut archive = tar::Archive::new(tar_stream(path)?);
+    let stream = tar_stream(path)?;
+    let stream_len = stream.len;
+    let mut archive = tar::Archive::new(stream.reader);
     let mut entries = archive
         .entries()
-        .map_err(|e| io("reading the archive", e))?;
+        .map_err(|e| io("reading the archive", e))?
+        .raw(true);
 
-    let index = index_entry(&bundle, entries.next())?;
+    let index = index_entry(&bundle, next_member(&bundle, &mut entries))?;
     let expected: HashMap<&Digest, u64> = index.blobs.iter().map(|b| (&b.digest, b.size)).collect();
 
     let mut repos: BTreeMap<String, Repo> = BTreeMap::new();
     let mut blobs: HashMap<Digest, (u64, u64)> = HashMap::new();
-    for entry in entries {
-        let mut entry = entry.map_err(|e| io("reading the archive (truncated?)", e))?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    while let Some(member) = next_member(&bundle, &mut entries) {
+        let (name, mut entry) = member?;
         let kind = entry.header().entry_type();
         if kind.is_dir() {
             if !is_layout_dir(&name) {
@@ -259,6 +524,17 @@ pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadErro
                     return Err(refused(&name, "duplicate entry"));
                 }
                 let offset = entry.raw_file_position();
+                // The claim is checked against what the file holds before a byte is handed on.
+                if let Some(len) = stream_len
+                    && offset.saturating_add(size) > len
+                {
+                    return Err(ReadError::Index {
+                        bundle: bundle.clone(),
+                        why: format!(
+                            "says blob {d} has {size} bytes at offset {offset}, but the archive holds only {len} bytes (truncated or forged)"
+                        ),
+                    });
+                }
                 let checked = if visitor.verify() {
                     let mut content = VerifyingReader::new(&mut entry, d.clone(), Some(size));
                     visitor
@@ -270,13 +546,16 @@ pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadErro
                         .and_then(|()| io::copy(&mut entry, &mut io::sink()).map(drop))
                 };
                 if let Err(e) = checked {
+                    let frame = e
+                        .get_ref()
+                        .is_some_and(|x| x.downcast_ref::<FrameMismatch>().is_some());
                     return Err(match e.kind() {
-                        io::ErrorKind::InvalidData => ReadError::Corrupt {
+                        io::ErrorKind::InvalidData if !frame => ReadError::Corrupt {
                             bundle: bundle.clone(),
                             digest: d,
                             cause: e.to_string(),
                         },
-                        _ => io("reading a blob (truncated?)", e),
+                        _ => stream_error(&bundle, "reading a blob (truncated?)", e),
                     });
                 }
                 blobs.insert(d, (offset, size));
@@ -288,7 +567,7 @@ pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadErro
                 let mut text = String::new();
                 entry
                     .read_to_string(&mut text)
-                    .map_err(|e| io("reading a link", e))?;
+                    .map_err(|e| stream_error(&bundle, "reading a link", e))?;
                 let target = Digest::parse(&text)
                     .map_err(|_| refused(&name, &format!("link holds {text:?}, not a digest")))?;
                 let named = match &link {
@@ -401,6 +680,22 @@ struct Frame {
     size: u64,
 }
 
+/// Blobs up to this size (manifests, configs) are kept decompressed from the opening scan, so serving one never decompresses a frame.
+const SMALL_BLOB_BYTES: u64 = 64 * 1024;
+
+/// Most bytes of small blobs kept from the opening scan (beyond it, they are read from their frames).
+const SMALL_BLOBS_BUDGET: u64 = 16 * 1024 * 1024;
+
+/// Most bytes of decompressed frames kept for reuse across requests.
+const FRAME_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Decompressed frames shared by every reader, least recently used first, bounded in bytes.
+#[derive(Debug, Default)]
+struct FrameCache {
+    frames: std::collections::VecDeque<(usize, Arc<Vec<u8>>)>,
+    bytes: u64,
+}
+
 /// A bundle file opened for random access: blobs are read in place.
 #[derive(Debug)]
 pub struct BundleFile {
@@ -408,8 +703,37 @@ pub struct BundleFile {
     file: File,
     /// Empty for a plain tar.
     frames: Vec<Frame>,
+    /// Small blobs, decompressed once by the opening scan.
+    small: HashMap<Digest, Arc<[u8]>>,
+    /// Recently decompressed frames.
+    cache: std::sync::Mutex<FrameCache>,
     /// What the scan found.
     pub scan: Scan,
+}
+
+/// Keeps small blobs' bytes while a scan reads them, then lets the wrapped visitor see them.
+struct KeepSmall<'a> {
+    inner: &'a mut dyn BlobVisitor,
+    kept: HashMap<Digest, Arc<[u8]>>,
+    budget: u64,
+}
+
+impl BlobVisitor for KeepSmall<'_> {
+    fn blob(&mut self, digest: &Digest, size: u64, content: &mut dyn Read) -> io::Result<()> {
+        if size > SMALL_BLOB_BYTES || size > self.budget {
+            return self.inner.blob(digest, size, content);
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        content.take(size).read_to_end(&mut bytes)?;
+        self.budget -= bytes.len() as u64;
+        self.inner
+            .blob(digest, size, &mut io::Cursor::new(&bytes[..]))?;
+        self.kept.insert(digest.clone(), bytes.into());
+        Ok(())
+    }
+    fn verify(&self) -> bool {
+        self.inner.verify()
+    }
 }
 
 impl BundleFile {
@@ -432,15 +756,26 @@ impl BundleFile {
         let mut magic = [0u8; 4];
         let zstd = file.read_exact_at(&mut magic, 0).is_ok() && magic == ZSTD_MAGIC;
         let frames = if zstd {
-            read_seek_table(path, &file)?
+            read_seek_table(path, &file)?.ok_or_else(|| ReadError::Index {
+                bundle: path.to_path_buf(),
+                why: "no seek table at the end: not a seekable bundle (unpack it with `ferry unbundle serve --dir DIR`)".into(),
+            })?
         } else {
             Vec::new()
         };
-        let scan = scan(path, visitor)?;
+        let mut keep = KeepSmall {
+            inner: visitor,
+            kept: HashMap::new(),
+            budget: SMALL_BLOBS_BUDGET,
+        };
+        // The scan checks every frame against the table: a table that lies stops the open here.
+        let scan = scan(path, &mut keep)?;
         Ok(Arc::new(BundleFile {
             path: path.to_path_buf(),
             file,
             frames,
+            small: keep.kept,
+            cache: Default::default(),
             scan,
         }))
     }
@@ -448,6 +783,39 @@ impl BundleFile {
     /// The bundle's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A small blob's bytes, kept from the opening scan (none for larger blobs).
+    pub fn small_blob(&self, digest: &Digest) -> Option<Arc<[u8]>> {
+        self.small.get(digest).cloned()
+    }
+
+    /// Frame `i` decompressed, from the shared cache when a recent reader decompressed it.
+    fn frame(&self, i: usize) -> io::Result<Arc<Vec<u8>>> {
+        {
+            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(pos) = c.frames.iter().position(|(n, _)| *n == i) {
+                let hit = c.frames.remove(pos).expect("found above");
+                let data = hit.1.clone();
+                c.frames.push_back(hit);
+                return Ok(data);
+            }
+        }
+        let f = *self
+            .frames
+            .get(i)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "past the last frame"))?;
+        let data = Arc::new(decompress_frame(&self.file, &f, i, &mut None, Vec::new())?);
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.frames.iter().any(|(n, _)| *n == i) {
+            c.bytes += data.len() as u64;
+            c.frames.push_back((i, data.clone()));
+            while c.bytes > FRAME_CACHE_BYTES && c.frames.len() > 1 {
+                let (_, old) = c.frames.pop_front().expect("not empty");
+                c.bytes -= old.len() as u64;
+            }
+        }
+        Ok(data)
     }
 
     /// A reader of `len` bytes at `offset` of the uncompressed tar stream.
@@ -465,13 +833,15 @@ impl BundleFile {
             frame: first,
             pos: offset,
             end: offset + len,
-            buf: Vec::new(),
+            buf: Arc::new(Vec::new()),
             buf_offset: 0,
         })
     }
 }
 
-fn read_seek_table(path: &Path, file: &File) -> Result<Vec<Frame>, ReadError> {
+/// The seek table at the end of a zstd bundle; `None` when the file has none
+/// (a plain zstd stream), an error when it has one that cannot be right.
+fn read_seek_table(path: &Path, file: &File) -> Result<Option<Vec<Frame>>, ReadError> {
     let bad = |why: &str| ReadError::Index {
         bundle: path.to_path_buf(),
         why: format!(
@@ -487,7 +857,7 @@ fn read_seek_table(path: &Path, file: &File) -> Result<Vec<Frame>, ReadError> {
         })?
         .len();
     if len < 17 {
-        return Err(bad("too short for a seek table"));
+        return Ok(None);
     }
     let mut footer = [0u8; 9];
     file.read_exact_at(&mut footer, len - 9)
@@ -499,7 +869,7 @@ fn read_seek_table(path: &Path, file: &File) -> Result<Vec<Frame>, ReadError> {
     let n = u32::from_le_bytes(footer[0..4].try_into().expect("4 bytes")) as u64;
     let descriptor = footer[4];
     if u32::from_le_bytes(footer[5..9].try_into().expect("4 bytes")) != SEEKABLE_MAGIC {
-        return Err(bad("no seek table at the end"));
+        return Ok(None);
     }
     let entry = if descriptor & 0x80 != 0 { 12 } else { 8 };
     let table_len = 8 + n * entry + 9;
@@ -522,8 +892,7 @@ fn read_seek_table(path: &Path, file: &File) -> Result<Vec<Frame>, ReadError> {
         let e = &table[8 + i * entry as usize..];
         let cs = u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")) as u64;
         let ds = u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")) as u64;
-        // ferry writes frames of at most MAX_FRAME_BYTES; a larger one would make a reader allocate what a hostile table says.
-        if ds > 4 * super::format::MAX_FRAME_BYTES as u64 || cs > ds + ds / 8 + 1024 {
+        if ds > super::format::MAX_READ_FRAME_BYTES || cs > ds + ds / 8 + 1024 {
             return Err(bad("a frame is larger than ferry writes"));
         }
         frames.push(Frame {
@@ -538,7 +907,7 @@ fn read_seek_table(path: &Path, file: &File) -> Result<Vec<Frame>, ReadError> {
     if c + table_len != len {
         return Err(bad("frame sizes do not add up to the file size"));
     }
-    Ok(frames)
+    Ok(Some(frames))
 }
 
 struct PlainRange {
@@ -570,7 +939,7 @@ struct FrameRange {
     frame: usize,
     pos: u64,
     end: u64,
-    buf: Vec<u8>,
+    buf: Arc<Vec<u8>>,
     buf_offset: u64,
 }
 
@@ -583,17 +952,7 @@ impl Read for FrameRange {
             let f = *self.bundle.frames.get(self.frame).ok_or_else(|| {
                 io::Error::new(io::ErrorKind::UnexpectedEof, "past the last frame")
             })?;
-            let mut compressed = vec![0u8; f.compressed_size as usize];
-            self.bundle
-                .file
-                .read_exact_at(&mut compressed, f.compressed_offset)?;
-            self.buf = zstd::bulk::decompress(&compressed, f.size as usize)?;
-            if self.buf.len() as u64 != f.size {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "frame size differs from the seek table",
-                ));
-            }
+            self.buf = self.bundle.frame(self.frame)?;
             self.buf_offset = f.offset;
             self.frame += 1;
         }

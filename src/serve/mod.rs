@@ -1,6 +1,10 @@
 //! An OCI distribution API server over a [`Catalog`] (a root, or bundles read in place): manifests by tag and
 //! digest, blobs with `Range`, tags and catalog with pagination, the spec's
 //! JSON errors. Read-only. Blobs are streamed from files; memory stays flat.
+//! A connection that does not send its request head within
+//! [`HEADER_READ_TIMEOUT`], or on which nothing moves for [`IDLE_TIMEOUT`], is
+//! closed, so idle or half-sent requests cannot hold the server's sockets.
+//! Names and references from a request are echoed cut short ([`echo`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use crate::transport::Catalog;
 
 use crate::digest::Digest;
-use crate::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, echo};
 use crate::reference::{validate_repository, validate_tag};
 use crate::registry::errcode::{ErrorCode, ErrorEnvelope};
 use crate::registry::routes::Route;
@@ -75,15 +79,154 @@ pub fn router<B: Catalog>(backend: B) -> Router {
         .with_state(Arc::new(backend))
 }
 
-/// Serves `backend` on `listener` until `shutdown` completes.
+/// How long a client has to send a request head once a connection is open or a request starts.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a connection may sit with nothing read or written (an idle keep-alive, a stalled client) before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Test-only: both timeouts in milliseconds, so a test of them runs in seconds.
+pub const TEST_TIMEOUT_MS: &str = "FERRY_TEST_SERVE_TIMEOUT_MS";
+
+/// Serves `backend` on `listener` until `shutdown` completes, then lets requests in flight finish.
 pub async fn run<B: Catalog>(
     backend: B,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(backend))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let (header_timeout, idle) = match std::env::var(TEST_TIMEOUT_MS)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(ms) => (Duration::from_millis(ms), Duration::from_millis(ms)),
+        None => (HEADER_READ_TIMEOUT, IDLE_TIMEOUT),
+    };
+    let app = router(backend);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("accepting a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let mut stop = stop_rx.clone();
+                conns.spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(IdleIo::new(stream, idle));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .serve_connection(io, service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stop.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    while conns.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// A socket that fails with `TimedOut` once nothing has been read or written
+/// on it for the idle timeout (hyper then closes the connection).
+struct IdleIo {
+    inner: tokio::net::TcpStream,
+    idle: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleIo {
+    fn new(inner: tokio::net::TcpStream, idle: Duration) -> IdleIo {
+        IdleIo {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    fn moved(&mut self) {
+        let at = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(at);
+    }
+
+    /// `Pending` until the deadline, then the timeout error.
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
+        self.deadline
+            .as_mut()
+            .poll(cx)
+            .map(|()| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long"))
+    }
+}
+
+use std::future::Future as _;
+use std::task::Poll;
+use std::time::Duration;
+
+impl tokio::io::AsyncRead for IdleIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.expired(cx).map(Err),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for IdleIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, data) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.expired(cx).map(Err),
+        }
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Binds `addr` and returns the listener and the address actually bound (port 0 picks one).
@@ -161,7 +304,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     validate_repository(name).map_err(|e| {
         ApiError::Code(
             ErrorCode::NameInvalid,
-            serde_json::json!({ "name": name, "reason": e.to_string() }),
+            serde_json::json!({ "name": echo(name), "reason": echo(&e.to_string()) }),
         )
     })
 }
@@ -170,7 +313,7 @@ fn parse_digest(s: &str) -> Result<Digest, ApiError> {
     Digest::parse(s).map_err(|e| {
         ApiError::Code(
             ErrorCode::DigestInvalid,
-            serde_json::json!({ "digest": s, "reason": e.to_string() }),
+            serde_json::json!({ "digest": echo(s), "reason": echo(&e.to_string()) }),
         )
     })
 }
@@ -190,7 +333,7 @@ fn paginate(
                 let parsed = v.parse::<usize>().map_err(|_| {
                     ApiError::Code(
                         ErrorCode::Unsupported,
-                        serde_json::json!({ "n": v, "reason": "n must be a whole number" }),
+                        serde_json::json!({ "n": echo(v), "reason": "n must be a whole number" }),
                     )
                 })?;
                 n = Some(parsed.min(MAX_PAGE_SIZE));
@@ -260,7 +403,7 @@ async fn manifest<B: Catalog>(
         validate_tag(&reference).map_err(|e| {
             ApiError::Code(
                 ErrorCode::ManifestUnknown,
-                serde_json::json!({ "tag": reference, "reason": e.to_string() }),
+                serde_json::json!({ "tag": echo(&reference), "reason": echo(&e.to_string()) }),
             )
         })?;
         let (b, n, t) = (backend.clone(), name.clone(), reference.clone());
@@ -371,9 +514,11 @@ async fn blob<B: Catalog>(
                 (StatusCode::PARTIAL_CONTENT, s, l)
             }
             None => {
-                let mut resp =
-                    ApiError::Code(ErrorCode::RangeInvalid, serde_json::json!({ "range": r }))
-                        .into_response();
+                let mut resp = ApiError::Code(
+                    ErrorCode::RangeInvalid,
+                    serde_json::json!({ "range": echo(r) }),
+                )
+                .into_response();
                 resp.headers_mut().insert(
                     header::CONTENT_RANGE,
                     header_value(&format!("bytes */{}", loc.size)),

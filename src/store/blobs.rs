@@ -13,8 +13,8 @@ use crate::store::paths::PathSpec;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A temp file in the store's temp directory, unique to this process.
-fn temp_path(store: &Store, kind: &str) -> PathBuf {
+/// A temp file (or directory) in the store's temp directory, unique to this process.
+pub(super) fn temp_path(store: &Store, kind: &str) -> PathBuf {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -34,7 +34,14 @@ pub(super) fn clear_stale_temps(dir: &Path) {
         let alive = pid
             .is_some_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
         if !alive {
-            let _ = fs::remove_file(entry.path());
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+                _ => {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
         }
     }
 }

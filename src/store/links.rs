@@ -5,13 +5,16 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::blobs::write_atomic;
+use super::blobs::{fsync_dir, temp_path, write_atomic};
 use super::{Result, Store, StoreError};
 use crate::digest::Digest;
 use crate::image::{self, ImageWalk, Selection, WalkError, WalkOptions};
 use crate::limits::MAX_LINK_BYTES;
 use crate::reference::{validate_repository, validate_tag};
 use crate::store::paths::PathSpec;
+
+/// Test-only: milliseconds to pause before each new tag is renamed into place, so a test can SIGKILL inside the tag phase.
+pub const TEST_TAG_PAUSE_MS: &str = "FERRY_TEST_TAG_PAUSE_MS";
 
 /// Reads a link file: `Ok(None)` when it does not exist, an error when it holds anything but a digest.
 pub fn read_link(path: &Path) -> Result<Option<Digest>> {
@@ -78,11 +81,19 @@ impl Store {
         Ok(())
     }
 
-    /// Points `repo:tag` at `digest`: the tag's index link first, `current/link` last (as distribution's tagstore).
+    /// Points `repo:tag` at `digest`. A new tag appears in one step: its whole
+    /// directory (index link and `current/link`) is built in the root's temp
+    /// area and renamed into `_manifests/tags/<tag>`, so no reader ever lists a
+    /// tag that does not resolve. A tag that exists gets its index link first,
+    /// then `current/link` replaced by rename (as distribution's tagstore).
     /// Returns the previous digest when the tag moved.
     pub fn tag(&self, repo: &str, tag: &str, digest: &Digest) -> Result<Option<Digest>> {
         validate_repository(repo)?;
         validate_tag(tag)?;
+        let dir = self.path(PathSpec::Tag(repo, tag));
+        if !dir.exists() && self.create_tag(repo, tag, digest, &dir)? {
+            return Ok(None);
+        }
         self.write_link(
             &self.path(PathSpec::TagIndexLink(repo, tag, digest)),
             digest,
@@ -91,6 +102,65 @@ impl Store {
         let old = read_link(&current).ok().flatten();
         self.write_link(&current, digest)?;
         Ok(old.filter(|o| o != digest))
+    }
+
+    /// Builds a new tag's directory in the temp area and renames it into place;
+    /// `false` when another writer created the tag first (the caller then moves it).
+    fn create_tag(&self, repo: &str, tag: &str, digest: &Digest, dir: &Path) -> Result<bool> {
+        let tmp = temp_path(self, "tag");
+        let rel = |spec| {
+            self.path(spec)
+                .strip_prefix(dir)
+                .expect("tag links live under the tag directory")
+                .to_path_buf()
+        };
+        let build = || -> io::Result<()> {
+            for link in [
+                rel(PathSpec::TagIndexLink(repo, tag, digest)),
+                rel(PathSpec::TagCurrentLink(repo, tag)),
+            ] {
+                let path = tmp.join(link);
+                let parent = path.parent().expect("link paths have parents");
+                fs::create_dir_all(parent)?;
+                let mut f = fs::File::create(&path)?;
+                io::Write::write_all(&mut f, digest.to_string().as_bytes())?;
+                if self.durable {
+                    f.sync_all()?;
+                    fsync_dir(parent)?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = build() {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(StoreError::io("building tag in", &tmp)(e));
+        }
+        let tags = dir.parent().expect("a tag has a tags directory");
+        if let Err(e) = fs::create_dir_all(tags) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(StoreError::io("creating directory", tags)(e));
+        }
+        if let Ok(d) = std::env::var(TEST_TAG_PAUSE_MS)
+            && let Ok(ms) = d.parse::<u64>()
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        match fs::rename(&tmp, dir) {
+            Ok(()) => {
+                if self.durable {
+                    fsync_dir(tags).map_err(StoreError::io("syncing", tags))?;
+                }
+                Ok(true)
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                let _ = fs::remove_dir_all(&tmp);
+                Ok(false)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                Err(StoreError::io("renaming tag into", dir)(e))
+            }
+        }
     }
 
     /// The digest `repo:tag` points at, if the tag exists.

@@ -53,6 +53,8 @@ pub enum PathSpec<'a> {
     RevisionsAlgorithm(&'a str, Algorithm),
     /// A repository's tags directory.
     Tags(&'a str),
+    /// One tag's directory (renamed into place whole when a tag is created).
+    Tag(&'a str, &'a str),
     /// The link a tag points through.
     TagCurrentLink(&'a str, &'a str),
     /// The history link of a tag for one digest.
@@ -96,6 +98,7 @@ pub fn path_for(root: &Path, spec: PathSpec<'_>) -> PathBuf {
             repo(name).join(MANIFESTS).join("revisions").join(a.name())
         }
         PathSpec::Tags(name) => repo(name).join(MANIFESTS).join("tags"),
+        PathSpec::Tag(name, tag) => repo(name).join(MANIFESTS).join("tags").join(tag),
         PathSpec::TagCurrentLink(name, tag) => repo(name)
             .join(MANIFESTS)
             .join("tags")

@@ -1,5 +1,7 @@
 //! Serving bundle files in place: several bundles merge into one registry
 //! (the first bundle that has a tag, manifest or blob answers for it).
+//! Manifests and small blobs come from memory (kept by the opening scan);
+//! larger blobs from frames decompressed once and shared by every reader.
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -18,16 +20,26 @@ pub struct Bundles(pub Vec<Arc<BundleFile>>);
 struct InBundle {
     bundle: Arc<BundleFile>,
     offset: u64,
+    /// The bytes of a small blob, kept when the bundle was opened.
+    small: Option<Arc<[u8]>>,
 }
 
 impl RangeRead for InBundle {
     fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>> {
+        if let Some(bytes) = &self.small {
+            let s = (start as usize).min(bytes.len());
+            let e = s.saturating_add(len as usize).min(bytes.len());
+            return Ok(Box::new(io::Cursor::new(bytes[s..e].to_vec())));
+        }
         Ok(self.bundle.read_range(self.offset + start, len))
     }
 }
 
 impl Bundles {
     fn read_blob(b: &Arc<BundleFile>, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        if let Some(bytes) = b.small_blob(digest) {
+            return Ok(bytes.to_vec());
+        }
         let (offset, size) = b.scan.blobs[digest];
         let mut out = Vec::new();
         b.read_range(offset, size.min(MAX_MANIFEST_BYTES))
@@ -109,6 +121,7 @@ impl Catalog for Bundles {
                     source: Arc::new(InBundle {
                         bundle: b.clone(),
                         offset,
+                        small: b.small_blob(digest),
                     }),
                 }
             }))
