@@ -322,23 +322,24 @@ pub async fn resolve(
     let live: Vec<(usize, &ListEntry)> = entries
         .iter()
         .enumerate()
-        .filter(|(i, e)| match dead.get(e.reference.registry(&opts.default_registry)) {
-            Some(cause) => {
-                results.push((*i, Err(cause.clone())));
-                false
-            }
-            None => true,
-        })
+        .filter(
+            |(i, e)| match dead.get(e.reference.registry(&opts.default_registry)) {
+                Some(cause) => {
+                    results.push((*i, Err(cause.clone())));
+                    false
+                }
+                None => true,
+            },
+        )
         .collect();
-    let resolved: Vec<(usize, Result<PlannedImage, String>)> =
-        stream::iter(live)
-            .map(|(i, e)| {
-                let opts = opts.clone();
-                async move { (i, resolve_one(e, &opts, seen, walks, clients, cache).await) }
-            })
-            .buffer_unordered(opts.jobs.max(1))
-            .collect()
-            .await;
+    let resolved: Vec<(usize, Result<PlannedImage, String>)> = stream::iter(live)
+        .map(|(i, e)| {
+            let opts = opts.clone();
+            async move { (i, resolve_one(e, &opts, seen, walks, clients, cache).await) }
+        })
+        .buffer_unordered(opts.jobs.max(1))
+        .collect()
+        .await;
     results.extend(resolved);
     let mut ordered: Vec<_> = results;
     ordered.sort_by_key(|(i, _)| *i);

@@ -103,10 +103,7 @@ impl Client {
                 match broken {
                     Some(e) if have < desc.size && resumes < limits::RETRIES => {
                         resumes += 1;
-                        tracing::warn!(
-                            "{e} (after {have} of {} bytes); resuming",
-                            desc.size
-                        );
+                        tracing::warn!("{e} (after {have} of {} bytes); resuming", desc.size);
                     }
                     Some(e) => {
                         let _ = tx.send(Err(io::Error::other(e))).await;

@@ -84,7 +84,9 @@ pub enum RegistryError {
         what: String,
     },
     /// TLS was spoken to a registry that answered in plain HTTP; retrying cannot help, the flag can.
-    #[error("registry {host} answered a TLS handshake in plain HTTP: pass {flag} if it speaks plain HTTP")]
+    #[error(
+        "registry {host} answered a TLS handshake in plain HTTP: pass {flag} if it speaks plain HTTP"
+    )]
     PlainHttp {
         /// The host.
         host: String,

@@ -169,7 +169,11 @@ impl Client {
                 && matches!(body, Some(BlobBody::Local(_)));
             tracing::warn!(
                 "uploading blob {digest} to {repo}: {e}{}",
-                if again { "; starting the upload again" } else { "" }
+                if again {
+                    "; starting the upload again"
+                } else {
+                    ""
+                }
             );
             if !again {
                 return Err(first.unwrap_or(e));

@@ -76,8 +76,7 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let blob_get = method == "GET" && path.contains("/blobs/sha256:");
-    let upload_write =
-        (method == "PUT" || method == "PATCH") && path.contains("/blobs/uploads/");
+    let upload_write = (method == "PUT" || method == "PATCH") && path.contains("/blobs/uploads/");
     match p.fault {
         Fault::StallHeaders if blob_get => {
             futures_util::future::pending::<()>().await;
@@ -105,14 +104,12 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
                 );
             }
         }
-        Fault::ForgetSessions if upload_write => {
-            if p.uploads.fetch_add(1, Ordering::SeqCst) > 0 {
-                return errors(
-                    StatusCode::NOT_FOUND,
-                    "BLOB_UPLOAD_UNKNOWN",
-                    "blob upload unknown to registry",
-                );
-            }
+        Fault::ForgetSessions if upload_write && p.uploads.fetch_add(1, Ordering::SeqCst) > 0 => {
+            return errors(
+                StatusCode::NOT_FOUND,
+                "BLOB_UPLOAD_UNKNOWN",
+                "blob upload unknown to registry",
+            );
         }
         _ => {}
     }
@@ -166,7 +163,9 @@ async fn forward(p: &Proxy, req: Request, stall: bool) -> Response {
             .chain(futures_util::stream::pending());
         return builder.body(Body::from_stream(stream)).unwrap();
     }
-    builder.body(Body::from_stream(resp.bytes_stream())).unwrap()
+    builder
+        .body(Body::from_stream(resp.bytes_stream()))
+        .unwrap()
 }
 
 /// A proxy with `fault` in front of the registry at `upstream`, on a random loopback port.
@@ -320,8 +319,9 @@ fn a_source_that_never_answers_is_timed_out_and_named() {
     eprintln!("stalled headers: failed in {secs:.1}s");
     assert!(secs < 20.0, "bounded: {secs:.1}s\n{stderr}");
     assert!(
-        stderr.contains(&format!("no data from {addr} for 1 s while waiting for the answer to GET /v2/"))
-            && stderr.contains("/blobs/sha256:"),
+        stderr.contains(&format!(
+            "no data from {addr} for 1 s while waiting for the answer to GET /v2/"
+        )) && stderr.contains("/blobs/sha256:"),
         "{stderr}"
     );
     cache_holds_nothing_of(&cache, small_image());
@@ -333,7 +333,9 @@ fn a_body_that_stalls_midway_is_timed_out_and_named() {
     eprintln!("stalled body: failed in {secs:.1}s");
     assert!(secs < 20.0, "bounded: {secs:.1}s\n{stderr}");
     assert!(
-        stderr.contains(&format!("no data from {addr} for 1 s while reading blob sha256:")),
+        stderr.contains(&format!(
+            "no data from {addr} for 1 s while reading blob sha256:"
+        )),
         "{stderr}"
     );
     cache_holds_nothing_of(&cache, small_image());
@@ -378,7 +380,10 @@ fn push_reports_the_first_answer_and_cancels_its_sessions() {
         "not what a closed session says later: {stderr}"
     );
     let (uploads, tags) = uploads_and_tags(root.path());
-    assert!(uploads.is_empty(), "sessions cancelled: {uploads:?}\n{stderr}");
+    assert!(
+        uploads.is_empty(),
+        "sessions cancelled: {uploads:?}\n{stderr}"
+    );
     assert!(tags.is_empty(), "nothing tagged: {tags:?}");
 }
 
@@ -565,5 +570,5 @@ fn requests_to_one_host_reach_jobs_and_no_more_than_max_per_host() {
     assert!(at16 >= 16, "--jobs 16 reached {at16} in flight");
     let capped = max(&["--jobs", "16", "--max-per-host", "4"], "c2");
     eprintln!("--jobs 16 --max-per-host 4: {capped} in flight at most");
-    assert!(capped <= 4 && capped >= 2, "{capped} in flight");
+    assert!((2..=4).contains(&capped), "{capped} in flight");
 }
