@@ -27,8 +27,18 @@ pub const MAX_TAG_LEN: usize = 128;
 /// Longest repository name the distribution spec allows.
 pub const MAX_REPOSITORY_LEN: usize = 255;
 
-/// Requests in flight to one registry host at once (containers/image downloads 6 blobs at a time).
-pub const DEFAULT_PER_HOST_CONCURRENCY: usize = 6;
+/// Requests in flight to one registry host at once when no `--max-per-host` is given
+/// (the CLI defaults it to `--jobs`, so the cap never hides a larger `--jobs`).
+pub const DEFAULT_PER_HOST_CONCURRENCY: usize = 8;
+
+/// Seconds to wait for a TCP (and TLS) connection to a registry.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 30;
+
+/// Seconds to wait for a response's headers once the request is sent; generous for slow links.
+pub const DEFAULT_HEADERS_TIMEOUT_SECS: u64 = 60;
+
+/// Seconds a response body may stay silent before the read is given up (and resumed, if retries are left).
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
 
 /// Blobs fetched at once across all images, unless `--jobs` says otherwise.
 pub const DEFAULT_JOBS: usize = 6;

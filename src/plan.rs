@@ -282,6 +282,31 @@ async fn resolve_one(
     })
 }
 
+/// Pings each distinct registry of the list once (all at once): the dead ones, with why, so
+/// their images fail on one check instead of each retrying on its own.
+async fn check_registries(
+    entries: &[ListEntry],
+    opts: &PlanOptions,
+    clients: &Clients,
+) -> HashMap<String, String> {
+    let hosts: std::collections::BTreeSet<&str> = entries
+        .iter()
+        .map(|e| e.reference.registry(&opts.default_registry))
+        .collect();
+    stream::iter(hosts)
+        .map(|host| async move {
+            let alive = match clients.get(host, &opts.client) {
+                Ok(c) => c.ping().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            (host.to_string(), alive)
+        })
+        .buffer_unordered(crate::limits::DEFAULT_JOBS)
+        .filter_map(|(h, r)| async move { r.err().map(|cause| (h, cause)) })
+        .collect()
+        .await
+}
+
 /// Resolves every entry (several at once), then checks bundle names for clashes.
 pub async fn resolve(
     entries: &[ListEntry],
@@ -292,15 +317,30 @@ pub async fn resolve(
     let opts = Arc::new(opts.clone());
     let seen = &SeenManifests::default();
     let walks = &Walks::default();
-    let results: Vec<(usize, Result<PlannedImage, String>)> =
-        stream::iter(entries.iter().enumerate())
-            .map(|(i, e)| {
-                let opts = opts.clone();
-                async move { (i, resolve_one(e, &opts, seen, walks, clients, cache).await) }
-            })
-            .buffer_unordered(opts.jobs.max(1))
-            .collect()
-            .await;
+    let dead = check_registries(entries, &opts, clients).await;
+    let mut results: Vec<(usize, Result<PlannedImage, String>)> = Vec::new();
+    let live: Vec<(usize, &ListEntry)> = entries
+        .iter()
+        .enumerate()
+        .filter(
+            |(i, e)| match dead.get(e.reference.registry(&opts.default_registry)) {
+                Some(cause) => {
+                    results.push((*i, Err(cause.clone())));
+                    false
+                }
+                None => true,
+            },
+        )
+        .collect();
+    let resolved: Vec<(usize, Result<PlannedImage, String>)> = stream::iter(live)
+        .map(|(i, e)| {
+            let opts = opts.clone();
+            async move { (i, resolve_one(e, &opts, seen, walks, clients, cache).await) }
+        })
+        .buffer_unordered(opts.jobs.max(1))
+        .collect()
+        .await;
+    results.extend(resolved);
     let mut ordered: Vec<_> = results;
     ordered.sort_by_key(|(i, _)| *i);
     let mut plan = Plan {

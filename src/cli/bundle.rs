@@ -51,9 +51,11 @@ pub struct BundleArgs {
     /// zstd level. 1 by default: image layers are compressed already, so higher levels spend CPU for almost nothing.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19))]
     level: i32,
-    /// Blobs fetched at once.
-    #[arg(long, default_value_t = DEFAULT_JOBS)]
+    /// Blobs fetched (and images resolved) at once; also the per-host cap unless --max-per-host is given.
+    #[arg(long, default_value_t = DEFAULT_JOBS, value_parser = super::jobs_parser())]
     jobs: usize,
+    #[command(flatten)]
+    net: super::NetArgs,
     /// Write the bundle without images that fail (they are listed, and the exit is still 1).
     #[arg(long)]
     keep_going: bool,
@@ -141,12 +143,16 @@ pub fn run(g: &GlobalArgs, a: BundleArgs) -> anyhow::Result<ExitCode> {
             platforms,
             all_platforms: a.all_platforms,
             keep_host: a.keep_host,
-            client: ClientOptions {
-                tls_verify: a.src_tls_verify,
-                credentials: a.src_creds.as_deref().map(Credentials::from_flag),
-                authfile: a.authfile,
-                ..ClientOptions::default()
-            },
+            client: a.net.apply(
+                ClientOptions {
+                    tls_verify: a.src_tls_verify,
+                    credentials: a.src_creds.as_deref().map(Credentials::from_flag),
+                    authfile: a.authfile,
+                    ..ClientOptions::default()
+                },
+                a.jobs,
+                "--src-tls-verify=false",
+            ),
             jobs: a.jobs.max(1),
         },
         cache,
@@ -186,8 +192,19 @@ pub fn run(g: &GlobalArgs, a: BundleArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(BundleError::Images { failures, written }) => {
+            // Images that failed for one same cause (a dead registry) are one line, not one each.
+            let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
             for f in &failures {
-                eprintln!("error: {}: {}", f.image, f.cause);
+                match groups.iter_mut().find(|(c, _)| *c == f.cause) {
+                    Some((_, images)) => images.push(&f.image),
+                    None => groups.push((&f.cause, vec![&f.image])),
+                }
+            }
+            for (cause, images) in &groups {
+                match images.len() {
+                    1 => eprintln!("error: {}: {cause}", images[0]),
+                    n => eprintln!("error: {} and {} other images: {cause}", images[0], n - 1),
+                }
             }
             match written {
                 Some(p) => bail!(

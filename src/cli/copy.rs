@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use super::{GlobalArgs, human_bytes};
 use crate::copy::{CopyOptions, Format, MultiArch};
 use crate::manifest::Platform;
+use crate::reference::DEFAULT_REGISTRY;
 use crate::registry::ClientOptions;
 use crate::transport::open::{OpenOptions, open_dest, open_source, writable};
 use crate::transport::registry::{Clients, Pushed};
@@ -75,9 +76,11 @@ pub struct CopyArgs {
     /// Write the digest of the copied manifest to this file.
     #[arg(long)]
     digestfile: Option<PathBuf>,
-    /// Blobs copied at once.
-    #[arg(long, default_value_t = crate::limits::DEFAULT_JOBS)]
+    /// Blobs copied at once; also the per-host cap unless --max-per-host is given.
+    #[arg(long, default_value_t = crate::limits::DEFAULT_JOBS, value_parser = super::jobs_parser())]
     jobs: usize,
+    #[command(flatten)]
+    net: super::NetArgs,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
@@ -140,23 +143,39 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
     };
     let creds = |c: &Option<String>| c.as_deref().map(crate::auth::Credentials::from_flag);
     let open = OpenOptions {
-        source: ClientOptions {
-            tls_verify: a.src_tls_verify,
-            credentials: creds(&a.src_creds),
-            authfile: a.authfile.clone(),
-            ..Default::default()
-        },
-        destination: ClientOptions {
-            tls_verify: a.dest_tls_verify,
-            credentials: creds(&a.dest_creds),
-            authfile: a.authfile.clone(),
-            ..Default::default()
-        },
+        source: a.net.apply(
+            ClientOptions {
+                tls_verify: a.src_tls_verify,
+                credentials: creds(&a.src_creds),
+                authfile: a.authfile.clone(),
+                ..Default::default()
+            },
+            a.jobs,
+            "--src-tls-verify=false",
+        ),
+        destination: a.net.apply(
+            ClientOptions {
+                tls_verify: a.dest_tls_verify,
+                credentials: creds(&a.dest_creds),
+                authfile: a.authfile.clone(),
+                ..Default::default()
+            },
+            a.jobs,
+            "--dest-tls-verify=false",
+        ),
     };
     let rt = super::runtime()?;
     let summary = rt.block_on(async {
         let clients = Clients::default();
         writable(&dst)?;
+        // One check of each registry first: a dead or mistyped one is one clear line, at once.
+        if let ImageRef::Docker(r) = &src {
+            clients
+                .get(r.registry(DEFAULT_REGISTRY), &open.source)?
+                .ping()
+                .await
+                .with_context(|| format!("reading {}", a.source))?;
+        }
         let source = open_source(&src, &clients, &open).await?;
         // The source is read before the destination is touched: a mistyped source leaves
         // an existing destination (a dir: image, a layout) as it was.
@@ -166,6 +185,13 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("reading {}", a.source))?;
         // Separate clients: the two sides may be one host with different credentials.
         let dest_clients = Clients::default();
+        if let ImageRef::Docker(r) = &dst {
+            dest_clients
+                .get(r.registry(DEFAULT_REGISTRY), &open.destination)?
+                .ping()
+                .await
+                .with_context(|| format!("writing {}", a.destination))?;
+        }
         let destination = open_dest(&dst, &dest_clients, &open, &Arc::new(Pushed::default()))?;
         let bar = super::progress::bar(g.quiet || g.debug);
         let r = crate::copy::copy(source, destination, &opts, bar.as_ref()).await;

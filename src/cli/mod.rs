@@ -44,6 +44,48 @@ pub struct GlobalArgs {
     pub debug: bool,
 }
 
+/// Timeouts and the per-host cap, shared by every verb that talks to registries so they read the same everywhere.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NetArgs {
+    /// Seconds a registry may send nothing while a body is read before the read is given up
+    /// (then resumed while retries last); suits slow links by default.
+    #[arg(long, value_name = "SECS", alias = "timeout", default_value_t = crate::limits::DEFAULT_IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_idle: u64,
+    /// Seconds to wait for a registry's answer (its headers) once a request has been sent.
+    #[arg(long, value_name = "SECS", default_value_t = crate::limits::DEFAULT_HEADERS_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_headers: u64,
+    /// Most requests in flight to one registry host at once [default: --jobs].
+    #[arg(long, value_name = "N", value_parser = jobs_parser())]
+    pub max_per_host: Option<usize>,
+}
+
+impl NetArgs {
+    /// `opts` with these timeouts, the per-host cap (`jobs` unless given) and the flag that allows plain HTTP on this side.
+    pub fn apply(
+        &self,
+        opts: crate::registry::ClientOptions,
+        jobs: usize,
+        plain_http_flag: &str,
+    ) -> crate::registry::ClientOptions {
+        crate::registry::ClientOptions {
+            headers_timeout: std::time::Duration::from_secs(self.timeout_headers),
+            idle_timeout: std::time::Duration::from_secs(self.timeout_idle),
+            max_concurrent: self.max_per_host.unwrap_or(jobs),
+            plain_http_flag: plain_http_flag.to_string(),
+            ..opts
+        }
+    }
+}
+
+/// `--jobs` and `--max-per-host`: a whole number of at least 1 (0 would do nothing, so it is a usage error).
+fn jobs_parser() -> fn(&str) -> Result<usize, String> {
+    |s| match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Pull an images list into one deduplicated, verified, seekable registry bundle.

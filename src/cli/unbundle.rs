@@ -36,9 +36,11 @@ struct PushArgs {
     /// Target registry, HOST[:PORT][/PREFIX] (the prefix goes before every repository).
     #[arg(long)]
     dest: String,
-    /// Blobs pushed at once.
-    #[arg(long, default_value_t = crate::limits::DEFAULT_JOBS)]
+    /// Blobs pushed at once; also the per-host cap unless --max-per-host is given.
+    #[arg(long, default_value_t = crate::limits::DEFAULT_JOBS, value_parser = super::jobs_parser())]
     jobs: usize,
+    #[command(flatten)]
+    net: super::NetArgs,
     /// Verify the target's TLS certificate (false also allows plain http).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
     dest_tls_verify: bool,
@@ -187,15 +189,19 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         crate::reference::validate_repository(p)
             .with_context(|| format!("--dest {}: prefix {p:?}", a.dest))?;
     }
-    let client = crate::registry::ClientOptions {
-        tls_verify: a.dest_tls_verify,
-        credentials: a
-            .dest_creds
-            .as_deref()
-            .map(crate::auth::Credentials::from_flag),
-        authfile: a.authfile.clone(),
-        ..Default::default()
-    };
+    let client = a.net.apply(
+        crate::registry::ClientOptions {
+            tls_verify: a.dest_tls_verify,
+            credentials: a
+                .dest_creds
+                .as_deref()
+                .map(crate::auth::Credentials::from_flag),
+            authfile: a.authfile.clone(),
+            ..Default::default()
+        },
+        a.jobs,
+        "--dest-tls-verify=false",
+    );
     let opts = CopyOptions {
         multi_arch: MultiArch::All,
         preserve_digests: false,
@@ -214,6 +220,8 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         crate::transport::registry::RegistryDest::new(target.clone(), repo, tag, pushed.clone())
     };
     let rt = super::runtime()?;
+    // One check of the target before any image: a dead or mistyped one is one line, not one per image.
+    rt.block_on(target.ping())?;
     let summary = if a.source.is_dir() {
         let store = Store::open(&a.source);
         if !store.exists() {

@@ -59,7 +59,21 @@ impl Client {
                 }
                 let mut stream = resp.resp.bytes_stream();
                 let mut broken = None;
-                while let Some(chunk) = stream.next().await {
+                let idle = client.idle_timeout();
+                loop {
+                    let chunk = match tokio::time::timeout(idle, stream.next()).await {
+                        Ok(Some(chunk)) => chunk,
+                        Ok(None) => break,
+                        Err(_) => {
+                            // A source that stalls mid-body is given up on (and resumed) instead of holding the run.
+                            broken = Some(
+                                client
+                                    .stalled(&format!("reading blob {}", desc.digest))
+                                    .to_string(),
+                            );
+                            break;
+                        }
+                    };
                     match chunk {
                         Ok(c) => {
                             have += c.len() as u64;
@@ -81,7 +95,7 @@ impl Client {
                             }
                         }
                         Err(e) => {
-                            broken = Some(e);
+                            broken = Some(format!("GET {url}: {e}"));
                             break;
                         }
                     }
@@ -89,15 +103,10 @@ impl Client {
                 match broken {
                     Some(e) if have < desc.size && resumes < limits::RETRIES => {
                         resumes += 1;
-                        tracing::warn!(
-                            "{url}: connection broke after {have} of {} bytes ({e}); resuming",
-                            desc.size
-                        );
+                        tracing::warn!("{e} (after {have} of {} bytes); resuming", desc.size);
                     }
                     Some(e) => {
-                        let _ = tx
-                            .send(Err(io::Error::other(format!("GET {url}: {e}"))))
-                            .await;
+                        let _ = tx.send(Err(io::Error::other(e))).await;
                         return;
                     }
                     None => break,

@@ -73,6 +73,44 @@ pub enum RegistryError {
         /// Why.
         why: String,
     },
+    /// A request or a body stalled longer than the timeout allows (named, so a slow link can be told from a dead one).
+    #[error("no data from {host} for {secs} s while {what}")]
+    Stalled {
+        /// The host.
+        host: String,
+        /// The timeout that ran out, in seconds.
+        secs: u64,
+        /// What was being waited for ("waiting for the answer to GET …", "reading blob sha256:…").
+        what: String,
+    },
+    /// TLS was spoken to a registry that answered in plain HTTP; retrying cannot help, the flag can.
+    #[error(
+        "registry {host} answered a TLS handshake in plain HTTP: pass {flag} if it speaks plain HTTP"
+    )]
+    PlainHttp {
+        /// The host.
+        host: String,
+        /// The flag that allows plain HTTP on this side (`--src-tls-verify=false`, …).
+        flag: String,
+    },
+    /// The registry could not be reached at all (checked once per registry, before any image).
+    #[error("registry {host} cannot be reached: {cause}")]
+    Unreachable {
+        /// The host.
+        host: String,
+        /// The last connection failure.
+        cause: String,
+    },
+    /// The bytes being sent could not be read (a bad frame of a bundle, a broken source stream).
+    #[error("{method} {url}: reading the data being sent failed: {cause}")]
+    Body {
+        /// HTTP method.
+        method: Method,
+        /// Request URL.
+        url: String,
+        /// Why the read failed.
+        cause: String,
+    },
     /// A registry host or option that cannot be used.
     #[error("registry {host}: {why}")]
     Config {
@@ -106,6 +144,46 @@ impl RegistryError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, RegistryError::Status { status, .. } if *status == StatusCode::NOT_FOUND)
     }
+
+    /// Whether doing the whole operation again may succeed (a 5xx, a stall, a dropped connection), so an upload restarts.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RegistryError::Status { status, .. } => retryable_status(*status),
+            RegistryError::Transport { source, .. } => {
+                source.is_connect() || source.is_timeout() || source.is_request()
+            }
+            RegistryError::Stalled { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether a transport failure is a TLS client that got a plain-HTTP answer (rustls: `InvalidContentType`).
+fn is_plain_http_answer(e: &reqwest::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) =
+                inner.downcast_ref::<rustls::Error>()
+        {
+            return true;
+        }
+        if let Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) =
+            s.downcast_ref::<rustls::Error>()
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    transport_cause(e).contains("InvalidContentType")
+}
+
+/// The path of a URL without its query, for messages about what was waited for.
+fn url_path(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.find('/').map_or("/", |i| &rest[i..]);
+    path.split('?').next().unwrap_or(path)
 }
 
 /// How to reach one registry.
@@ -123,6 +201,12 @@ pub struct ClientOptions {
     pub max_concurrent: usize,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// Longest wait for a response's headers after the last byte of the request went out (`--timeout-headers`).
+    pub headers_timeout: Duration,
+    /// Longest silence while a response body is read (`--timeout-idle`): a stalled source ends instead of holding the run.
+    pub idle_timeout: Duration,
+    /// The flag that allows plain HTTP on this side, named when TLS meets a plain-HTTP registry.
+    pub plain_http_flag: String,
 }
 
 impl Default for ClientOptions {
@@ -133,7 +217,10 @@ impl Default for ClientOptions {
             authfile: None,
             cert_dir: None,
             max_concurrent: limits::DEFAULT_PER_HOST_CONCURRENCY,
-            connect_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(limits::DEFAULT_CONNECT_TIMEOUT_SECS),
+            headers_timeout: Duration::from_secs(limits::DEFAULT_HEADERS_TIMEOUT_SECS),
+            idle_timeout: Duration::from_secs(limits::DEFAULT_IDLE_TIMEOUT_SECS),
+            plain_http_flag: "--tls-verify=false".to_string(),
         }
     }
 }
@@ -227,7 +314,7 @@ fn retryable_status(s: StatusCode) -> bool {
 }
 
 /// The pause before attempt `n + 1`: `Retry-After` when the server gave one, else exponential backoff.
-fn backoff(attempt: u32, retry_after: Option<&header::HeaderValue>) -> Duration {
+pub(super) fn backoff(attempt: u32, retry_after: Option<&header::HeaderValue>) -> Duration {
     if std::env::var_os(limits::ENV_NO_RETRY_DELAY).is_some() {
         return Duration::ZERO;
     }
@@ -292,14 +379,19 @@ impl Client {
                     return Ok(https);
                 }
                 let url = format!("{https}/v2/");
-                match self.inner.http.get(&url).send().await {
-                    Ok(_) => Ok(https),
-                    Err(e) => {
+                let probe = self.inner.http.get(&url).send();
+                match tokio::time::timeout(self.inner.opts.headers_timeout, probe).await {
+                    Ok(Ok(_)) => Ok(https),
+                    Ok(Err(e)) => {
                         tracing::debug!(
                             "https to {} failed ({}), using http",
                             self.inner.host,
                             transport_cause(&e)
                         );
+                        Ok(format!("http://{}", self.inner.host))
+                    }
+                    Err(_) => {
+                        tracing::debug!("https to {} stalled, using http", self.inner.host);
                         Ok(format!("http://{}", self.inner.host))
                     }
                 }
@@ -360,10 +452,17 @@ impl Client {
                 if let Some(c) = &creds {
                     req = req.header(header::AUTHORIZATION, c.basic_header());
                 }
-                let resp = req.send().await.map_err(|e| RegistryError::Token {
-                    realm: realm.clone(),
-                    why: transport_cause(&e),
-                })?;
+                let limit = self.inner.opts.headers_timeout;
+                let resp = tokio::time::timeout(limit, req.send())
+                    .await
+                    .map_err(|_| RegistryError::Token {
+                        realm: realm.clone(),
+                        why: format!("no answer for {} s", limit.as_secs()),
+                    })?
+                    .map_err(|e| RegistryError::Token {
+                        realm: realm.clone(),
+                        why: transport_cause(&e),
+                    })?;
                 if !resp.status().is_success() {
                     return Err(RegistryError::Token {
                         realm,
@@ -375,9 +474,12 @@ impl Client {
                     token: Option<String>,
                     access_token: Option<String>,
                 }
-                let t: Token = resp.json().await.map_err(|e| RegistryError::Token {
+                let body = self
+                    .read_body(resp, MAX_ERROR_BODY_BYTES, "reading a token")
+                    .await?;
+                let t: Token = serde_json::from_slice(&body).map_err(|e| RegistryError::Token {
                     realm: realm.clone(),
-                    why: transport_cause(&e),
+                    why: format!("the answer does not parse: {e}"),
                 })?;
                 match t.token.or(t.access_token) {
                     Some(t) => format!("Bearer {t}"),
@@ -433,9 +535,27 @@ impl Client {
         body: Option<&(dyn Fn() -> reqwest::Body + Send + Sync)>,
         permit: OwnedSemaphorePermit,
     ) -> Result<Held, RegistryError> {
+        self.send_url_with(Policy::NORMAL, method, url, scope, headers, body, permit)
+            .await
+    }
+
+    /// [`Client::send_url`] under a [`Policy`]: an upload session's requests are sent once,
+    /// because a failed one may have closed the session and repeating it only hides the cause.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send_url_with(
+        &self,
+        policy: Policy,
+        method: Method,
+        url: String,
+        scope: &str,
+        headers: &[(header::HeaderName, String)],
+        body: Option<&(dyn Fn() -> reqwest::Body + Send + Sync)>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Held, RegistryError> {
         let scope = scope.to_string();
         let mut authed_once = false;
         let mut attempt = 0u32;
+        let headers_timeout = self.inner.opts.headers_timeout;
         loop {
             let mut req = self.inner.http.request(method.clone(), &url);
             for (k, v) in headers {
@@ -444,14 +564,43 @@ impl Client {
             if let Some(a) = self.inner.auth.lock().unwrap().get(&scope) {
                 req = req.header(header::AUTHORIZATION, a);
             }
+            let watch = Arc::new(Watch::new());
             if let Some(make) = body {
-                req = req.body(make());
+                req = req.body(reqwest::Body::wrap(Watched {
+                    inner: make(),
+                    watch: watch.clone(),
+                }));
             }
             tracing::debug!(%method, %url, attempt, "request");
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(source) => {
-                    if attempt < limits::RETRIES
+            let resp = match watch.run(req.send(), headers_timeout).await {
+                None => {
+                    let what = format!("waiting for the answer to {method} {}", url_path(&url));
+                    if policy.retry && attempt < limits::RETRIES {
+                        tracing::warn!(
+                            "no data from {} for {} s while {what}; retrying",
+                            self.inner.host,
+                            headers_timeout.as_secs()
+                        );
+                        tokio::time::sleep(backoff(attempt, None)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(RegistryError::Stalled {
+                        host: self.inner.host.clone(),
+                        secs: headers_timeout.as_secs(),
+                        what,
+                    });
+                }
+                Some(Ok(r)) => r,
+                Some(Err(source)) => {
+                    if let Some(cause) = watch.failed.lock().unwrap().take() {
+                        return Err(RegistryError::Body { method, url, cause });
+                    }
+                    if is_plain_http_answer(&source) {
+                        return Err(self.plain_http());
+                    }
+                    if policy.retry
+                        && attempt < limits::RETRIES
                         && (source.is_connect() || source.is_timeout() || source.is_request())
                     {
                         tracing::warn!("{method} {url}: {}; retrying", transport_cause(&source));
@@ -486,7 +635,7 @@ impl Client {
                     continue;
                 }
             }
-            if retryable_status(status) && attempt < limits::RETRIES {
+            if retryable_status(status) && policy.retry && attempt < limits::RETRIES {
                 let wait = backoff(attempt, resp.headers().get(header::RETRY_AFTER));
                 tracing::warn!(
                     "{method} {url}: HTTP {status}; retrying in {:.1}s",
@@ -496,7 +645,8 @@ impl Client {
                 attempt += 1;
                 continue;
             }
-            let body = read_capped(resp, MAX_ERROR_BODY_BYTES)
+            let body = self
+                .read_body(resp, MAX_ERROR_BODY_BYTES, "reading an error answer")
                 .await
                 .unwrap_or_default();
             let errors = serde_json::from_slice(&body).unwrap_or_default();
@@ -507,6 +657,87 @@ impl Client {
                 errors,
             });
         }
+    }
+
+    /// The error for TLS spoken to a plain-HTTP registry, naming this side's flag.
+    fn plain_http(&self) -> RegistryError {
+        RegistryError::PlainHttp {
+            host: self.inner.host.clone(),
+            flag: self.inner.opts.plain_http_flag.clone(),
+        }
+    }
+
+    /// Checks once that the registry answers at all (`GET /v2/`, any HTTP status counts),
+    /// with the usual retries, so a dead or mistyped registry is reported once for all its images.
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        let url = self.url(&Route::Base, "").await?;
+        let limit = self.inner.opts.headers_timeout;
+        let mut attempt = 0u32;
+        loop {
+            let permit = self.permit().await;
+            let sent = tokio::time::timeout(limit, self.inner.http.get(&url).send()).await;
+            drop(permit);
+            let cause = match sent {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if is_plain_http_answer(&e) => return Err(self.plain_http()),
+                Ok(Err(e)) => transport_cause(&e),
+                Err(_) => format!("no answer to GET /v2/ for {} s", limit.as_secs()),
+            };
+            if attempt >= limits::RETRIES {
+                return Err(RegistryError::Unreachable {
+                    host: self.inner.host.clone(),
+                    cause,
+                });
+            }
+            tracing::debug!("GET {url}: {cause}; retrying");
+            tokio::time::sleep(backoff(attempt, None)).await;
+            attempt += 1;
+        }
+    }
+
+    /// Reads at most `cap` bytes of a body, giving up when it stays silent longer than the idle timeout.
+    pub(super) async fn read_body(
+        &self,
+        resp: reqwest::Response,
+        cap: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        use futures_util::StreamExt;
+        let url = resp.url().to_string();
+        let idle = self.inner.opts.idle_timeout;
+        let mut out = Vec::new();
+        let mut stream = resp.bytes_stream();
+        loop {
+            let next = tokio::time::timeout(idle, stream.next())
+                .await
+                .map_err(|_| self.stalled(what))?;
+            let Some(chunk) = next else { break };
+            let chunk = chunk.map_err(|source| RegistryError::Transport {
+                method: Method::GET,
+                url: url.clone(),
+                source,
+            })?;
+            let room = (cap as usize).saturating_sub(out.len());
+            out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if out.len() as u64 >= cap {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The error for a body that stayed silent longer than the idle timeout.
+    pub(super) fn stalled(&self, what: &str) -> RegistryError {
+        RegistryError::Stalled {
+            host: self.inner.host.clone(),
+            secs: self.inner.opts.idle_timeout.as_secs(),
+            what: what.to_string(),
+        }
+    }
+
+    /// The idle timeout on response bodies.
+    pub(super) fn idle_timeout(&self) -> Duration {
+        self.inner.opts.idle_timeout
     }
 
     /// Waits for a slot under the host's cap on concurrent requests.
@@ -525,21 +756,84 @@ impl Client {
     }
 }
 
-/// Reads at most `cap` bytes of a body (a hostile server cannot make us buffer more).
-pub(super) async fn read_capped(
-    resp: reqwest::Response,
-    cap: u64,
-) -> Result<Vec<u8>, reqwest::Error> {
-    use futures_util::StreamExt;
-    let mut out = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        let room = (cap as usize).saturating_sub(out.len());
-        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if out.len() as u64 >= cap {
-            break;
+/// How one request treats failures.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Policy {
+    /// Repeat connection failures, stalls and 5xx on the same URL.
+    pub retry: bool,
+}
+
+impl Policy {
+    /// Retried, for every request that can be repeated as it is.
+    pub const NORMAL: Policy = Policy { retry: true };
+    /// Sent once, for requests on an upload session (the caller restarts the whole upload).
+    pub const ONCE: Policy = Policy { retry: false };
+}
+
+/// When a request last made progress (a chunk of its body went out), and why its body failed, if it did.
+struct Watch {
+    last: Mutex<tokio::time::Instant>,
+    failed: Mutex<Option<String>>,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            last: Mutex::new(tokio::time::Instant::now()),
+            failed: Mutex::new(None),
         }
     }
-    Ok(out)
+
+    /// Runs `fut` until it ends, or `None` once `limit` has passed with no progress (a slow upload is not cut off).
+    async fn run<F: std::future::Future>(&self, fut: F, limit: Duration) -> Option<F::Output> {
+        tokio::pin!(fut);
+        loop {
+            let deadline = *self.last.lock().unwrap() + limit;
+            tokio::select! {
+                r = &mut fut => return Some(r),
+                _ = tokio::time::sleep_until(deadline) => {
+                    if self.last.lock().unwrap().elapsed() >= limit {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A request body that reports each chunk sent (and a failure to read it) to its [`Watch`].
+struct Watched {
+    inner: reqwest::Body,
+    watch: Arc<Watch>,
+}
+
+impl hyper::body::Body for Watched {
+    type Data = bytes::Bytes;
+    type Error = reqwest::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, reqwest::Error>>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            std::task::Poll::Ready(Some(Ok(_))) => {
+                *this.watch.last.lock().unwrap() = tokio::time::Instant::now();
+            }
+            std::task::Poll::Ready(Some(Err(e))) => {
+                *this.watch.failed.lock().unwrap() = Some(transport_cause(e));
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::Body::size_hint(&self.inner)
+    }
 }

@@ -2,7 +2,7 @@
 
 use reqwest::{Method, header};
 
-use super::client::{Client, RegistryError, read_capped};
+use super::client::{Client, RegistryError};
 use super::routes::Route;
 use crate::digest::Digest;
 use crate::limits::MAX_MANIFEST_BYTES;
@@ -50,13 +50,13 @@ impl Client {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Digest::parse(v).ok());
-        let bytes = read_capped(held.resp, MAX_MANIFEST_BYTES + 1)
-            .await
-            .map_err(|source| RegistryError::Transport {
-                method: Method::GET,
-                url: url.clone(),
-                source,
-            })?;
+        let bytes = self
+            .read_body(
+                held.resp,
+                MAX_MANIFEST_BYTES + 1,
+                &format!("reading manifest {repo}:{reference}"),
+            )
+            .await?;
         let raw = RawManifest::new(bytes, content_type.as_deref()).map_err(|source| {
             RegistryError::Manifest {
                 url: url.clone(),

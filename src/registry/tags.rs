@@ -2,7 +2,7 @@
 
 use reqwest::{Method, header};
 
-use super::client::{Client, RegistryError, read_capped};
+use super::client::{Client, RegistryError};
 use super::routes::Route;
 use crate::limits::{ENV_TAGS_PAGE_SIZE, MAX_LIST_PAGES, MAX_MANIFEST_BYTES, TAGS_PAGE_SIZE};
 
@@ -46,13 +46,13 @@ impl Client {
                 .get(header::LINK)
                 .and_then(|v| v.to_str().ok())
                 .and_then(next_query);
-            let body = read_capped(held.resp, MAX_MANIFEST_BYTES)
-                .await
-                .map_err(|source| RegistryError::Transport {
-                    method: Method::GET,
-                    url: url.clone(),
-                    source,
-                })?;
+            let body = self
+                .read_body(
+                    held.resp,
+                    MAX_MANIFEST_BYTES,
+                    &format!("reading the tags of {repo}"),
+                )
+                .await?;
             let page: Page = serde_json::from_slice(&body).map_err(|e| RegistryError::Config {
                 host: self.host().to_string(),
                 why: format!("{url}: tag list does not parse: {e}"),

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use reqwest::{Method, StatusCode, header};
 
-use super::client::{Client, RegistryError};
+use super::client::{Client, Policy, RegistryError};
 use super::routes::Route;
 use crate::blob::{BlobBody, RangeRead, range_stream};
 use crate::digest::Digest;
-use crate::limits::{MONOLITHIC_UPLOAD_MAX, UPLOAD_CHUNK_BYTES};
+use crate::limits::{self, MONOLITHIC_UPLOAD_MAX, UPLOAD_CHUNK_BYTES};
 use crate::manifest::RawManifest;
 
 /// How a blob reached the target.
@@ -81,6 +81,11 @@ impl Client {
 
     /// Makes `digest` present in `repo`, for a caller that has just asked [`Client::has_blob`]:
     /// a mount from `from` when given and accepted, else an upload (monolithic when small, chunked when large).
+    ///
+    /// Requests on an upload session are sent once: a failed one may have closed the
+    /// session, so the session is cancelled (DELETE) and, when the failure is transient
+    /// and the bytes can be read again, the upload starts over in a new session. The
+    /// error returned is the registry's first answer, not what a closed session says later.
     pub async fn upload_blob(
         &self,
         repo: &str,
@@ -98,88 +103,163 @@ impl Client {
                 "",
             )
             .await?;
-        let start_url = match from {
-            Some(f) => format!("{uploads}?mount={digest}&from={f}"),
-            None => uploads,
-        };
-        let held = self
-            .send_url(
-                Method::POST,
-                start_url,
-                &scope,
-                &[(header::CONTENT_LENGTH, "0".into())],
-                None,
-                self.permit().await,
-            )
-            .await?;
-        if held.resp.status() == StatusCode::CREATED && from.is_some() {
-            return Ok(BlobPush::Mounted);
-        }
-        let mut location = self.location(&held).await?;
-        drop(held);
-        let source = match body {
-            BlobBody::Local(loc) => loc.source,
-            BlobBody::Stream(stream) => {
-                // A stream can be sent once: one monolithic PUT, not retried by the client.
-                let once = std::sync::Mutex::new(Some(stream));
-                let make = move || match once.lock().unwrap().take() {
-                    Some(s) => reqwest::Body::wrap_stream(s),
-                    None => reqwest::Body::wrap_stream(futures_util::stream::once(async {
-                        Err::<bytes::Bytes, _>(std::io::Error::other(
-                            "a streamed blob cannot be sent twice",
-                        ))
-                    })),
-                };
-                self.put_whole(&location, digest, &scope, size, &make)
-                    .await?;
-                return Ok(BlobPush::Uploaded);
+        let mut from = from;
+        let mut body = Some(body);
+        let mut first: Option<RegistryError> = None;
+        let mut attempt = 0u32;
+        loop {
+            let start_url = match from {
+                Some(f) => format!("{uploads}?mount={digest}&from={f}"),
+                None => uploads.clone(),
+            };
+            let held = self
+                .send_url(
+                    Method::POST,
+                    start_url,
+                    &scope,
+                    &[(header::CONTENT_LENGTH, "0".into())],
+                    None,
+                    self.permit().await,
+                )
+                .await;
+            let held = match held {
+                Ok(h) => h,
+                Err(e) => return Err(first.unwrap_or(e)),
+            };
+            if held.resp.status() == StatusCode::CREATED && from.is_some() {
+                return Ok(BlobPush::Mounted);
             }
-        };
-        if size > MONOLITHIC_UPLOAD_MAX {
-            let mut offset = 0u64;
-            while offset < size {
-                let len = UPLOAD_CHUNK_BYTES.min(size - offset);
-                let src = source.clone();
-                let make = move || stream_body(src.clone(), offset, len);
-                let headers = [
-                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                    (header::CONTENT_LENGTH, len.to_string()),
-                    (
-                        header::CONTENT_RANGE,
-                        format!("{}-{}", offset, offset + len - 1),
-                    ),
-                ];
-                let held = self
-                    .send_url(
-                        Method::PATCH,
-                        location.clone(),
-                        &scope,
-                        &headers,
-                        Some(&make),
-                        self.permit().await,
-                    )
-                    .await?;
-                location = self.location(&held).await?;
-                offset += len;
+            // A refused mount opened a session like a plain POST; a restart does not ask again.
+            from = None;
+            let location = self.location(&held).await?;
+            drop(held);
+            let sent = match &body {
+                Some(BlobBody::Local(loc)) => {
+                    self.send_local(&location, digest, &scope, size, loc.source.clone())
+                        .await
+                }
+                Some(BlobBody::Stream(_)) => {
+                    let Some(BlobBody::Stream(stream)) = body.take() else {
+                        unreachable!("matched a stream")
+                    };
+                    // A stream can be sent once: one monolithic PUT, not repeated.
+                    let once = std::sync::Mutex::new(Some(stream));
+                    let make = move || match once.lock().unwrap().take() {
+                        Some(s) => reqwest::Body::wrap_stream(s),
+                        None => reqwest::Body::wrap_stream(futures_util::stream::once(async {
+                            Err::<bytes::Bytes, _>(std::io::Error::other(
+                                "a streamed blob cannot be sent twice",
+                            ))
+                        })),
+                    };
+                    self.put_whole(&location, digest, &scope, size, &make).await
+                }
+                None => Err(RegistryError::Config {
+                    host: self.host().to_string(),
+                    why: format!("blob {digest}: a streamed blob cannot be sent twice"),
+                }),
+            };
+            let e = match sent {
+                Ok(()) => return Ok(BlobPush::Uploaded),
+                Err(e) => e,
+            };
+            self.cancel_upload(&location, &scope).await;
+            let again = e.is_retryable()
+                && attempt < limits::RETRIES
+                && matches!(body, Some(BlobBody::Local(_)));
+            tracing::warn!(
+                "uploading blob {digest} to {repo}: {e}{}",
+                if again {
+                    "; starting the upload again"
+                } else {
+                    ""
+                }
+            );
+            if !again {
+                return Err(first.unwrap_or(e));
             }
-            self.send_url(
-                Method::PUT,
-                digest_url(&location, digest),
-                &scope,
-                &[(header::CONTENT_LENGTH, "0".into())],
-                None,
-                self.permit().await,
-            )
-            .await?;
-        } else {
-            let make = move || stream_body(source.clone(), 0, size);
-            self.put_whole(&location, digest, &scope, size, &make)
-                .await?;
+            first.get_or_insert(e);
+            tokio::time::sleep(super::client::backoff(attempt, None)).await;
+            attempt += 1;
         }
-        Ok(BlobPush::Uploaded)
     }
 
-    /// Ends an upload with one PUT of the whole blob (a monolithic upload); `make` gives each attempt its body.
+    /// Sends local bytes into an open session: one PUT when small, PATCHes then a closing PUT when large.
+    async fn send_local(
+        &self,
+        location: &str,
+        digest: &Digest,
+        scope: &str,
+        size: u64,
+        source: Arc<dyn RangeRead>,
+    ) -> Result<(), RegistryError> {
+        if size <= MONOLITHIC_UPLOAD_MAX {
+            let make = move || stream_body(source.clone(), 0, size);
+            return self.put_whole(location, digest, scope, size, &make).await;
+        }
+        let mut location = location.to_string();
+        let mut offset = 0u64;
+        while offset < size {
+            let len = UPLOAD_CHUNK_BYTES.min(size - offset);
+            let src = source.clone();
+            let make = move || stream_body(src.clone(), offset, len);
+            let headers = [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (header::CONTENT_LENGTH, len.to_string()),
+                (
+                    header::CONTENT_RANGE,
+                    format!("{}-{}", offset, offset + len - 1),
+                ),
+            ];
+            let held = self
+                .send_url_with(
+                    Policy::ONCE,
+                    Method::PATCH,
+                    location.clone(),
+                    scope,
+                    &headers,
+                    Some(&make),
+                    self.permit().await,
+                )
+                .await?;
+            location = self.location(&held).await?;
+            offset += len;
+        }
+        self.send_url_with(
+            Policy::ONCE,
+            Method::PUT,
+            digest_url(&location, digest),
+            scope,
+            &[(header::CONTENT_LENGTH, "0".into())],
+            None,
+            self.permit().await,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Cancels an upload session that will not be finished (DELETE), so the registry keeps no abandoned upload.
+    async fn cancel_upload(&self, location: &str, scope: &str) {
+        let r = self
+            .send_url_with(
+                Policy::ONCE,
+                Method::DELETE,
+                location.to_string(),
+                scope,
+                &[],
+                None,
+                self.permit().await,
+            )
+            .await;
+        if let Err(e) = r {
+            // A session the registry has already closed answers 404: nothing is left behind.
+            if !e.is_not_found() {
+                tracing::warn!("cancelling upload {}: {e}", location);
+            }
+        }
+    }
+
+    /// Ends an upload with one PUT of the whole blob (a monolithic upload); `make` gives the body.
     async fn put_whole(
         &self,
         location: &str,
@@ -192,7 +272,8 @@ impl Client {
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (header::CONTENT_LENGTH, size.to_string()),
         ];
-        self.send_url(
+        self.send_url_with(
+            Policy::ONCE,
             Method::PUT,
             digest_url(location, digest),
             scope,
