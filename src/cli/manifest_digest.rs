@@ -1,5 +1,6 @@
 //! `ferry manifest-digest FILE`: the digest a registry gives a manifest file.
 
+use super::out::outln;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,6 @@ pub fn run(a: ManifestDigestArgs) -> anyhow::Result<ExitCode> {
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", a.file.display()))?;
     let raw = RawManifest::new(bytes, None).with_context(|| a.file.display().to_string())?;
-    println!("{}", raw.digest());
+    outln!("{}", raw.digest());
     Ok(ExitCode::SUCCESS)
 }

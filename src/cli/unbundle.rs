@@ -1,5 +1,6 @@
 //! `ferry unbundle serve | link | push`: the site side of the main job.
 
+use super::out::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,7 +63,7 @@ struct ServeArgs {
     #[arg(required = true)]
     sources: Vec<PathBuf>,
     /// Address to listen on; port 0 picks a free one (the address is printed).
-    #[arg(long, default_value = "127.0.0.1:5000")]
+    #[arg(long, default_value = "127.0.0.1:5000", value_parser = super::parse_listen)]
     listen: String,
     /// Unpack into this root first (verified) and serve that, instead of reading the bundles in place.
     #[arg(long)]
@@ -93,6 +94,9 @@ pub fn run(g: &GlobalArgs, a: UnbundleArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
+    for s in &a.sources {
+        super::must_exist(s)?;
+    }
     let rt = super::runtime()?;
     if a.sources.len() == 1 && a.sources[0].is_dir() {
         if a.dir.is_some() {
@@ -125,6 +129,8 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
                 bundles.len()
             );
         }
+        // The address is a result (port 0 picks one): on stdout, also with -q.
+        outln!("{addr}");
         crate::serve::run(Bundles(bundles), listener, super::shutdown_signal())
             .await
             .context("serving")?;
@@ -133,11 +139,12 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
+    super::must_exist(&a.bundle)?;
     if !a.bundle.is_file() {
         bail!("{}: not a bundle file", a.bundle.display());
     }
     let index = crate::bundlefile::read_index(&a.bundle)?;
-    let bar = super::progress::bar(g.quiet || g.debug);
+    let bar = super::progress::bar(g.quiet || g.debug, "link");
     {
         use crate::bundle::Progress;
         bar.planned(
@@ -152,7 +159,7 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
     bar.finish();
     let s = result?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        outln!("{}", serde_json::to_string_pretty(&s)?);
     }
     if !g.quiet {
         for t in &s.tags {
@@ -179,6 +186,7 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
 
 fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
     use crate::copy::{CopyOptions, MultiArch};
+    super::must_exist(&a.source)?;
     let (host, prefix) = match a.dest.split_once('/') {
         Some((h, p)) => (h.to_string(), Some(p.trim_end_matches('/').to_string())),
         None => (a.dest.clone(), None),
@@ -192,7 +200,8 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         credentials: a
             .dest_creds
             .as_deref()
-            .map(crate::auth::Credentials::from_flag),
+            .map(|v| super::credentials("--dest-creds", v))
+            .transpose()?,
         authfile: a.authfile.clone(),
         ..Default::default()
     };
@@ -214,6 +223,7 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         crate::transport::registry::RegistryDest::new(target.clone(), repo, tag, pushed.clone())
     };
     let rt = super::runtime()?;
+    let bar = super::progress::bar(g.quiet || g.debug, "push");
     let summary = if a.source.is_dir() {
         let store = Store::open(&a.source);
         if !store.exists() {
@@ -233,7 +243,7 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
                 });
             }
         }
-        rt.block_on(crate::copy::copy_all(jobs, &opts, &crate::copy::NoProgress))
+        rt.block_on(crate::copy::copy_all(jobs, &opts, bar.as_ref()))
     } else {
         // The target checks every blob's digest as it receives it, so the bundle is not hashed twice here.
         let bundle = BundleFile::open_with(&a.source, &mut crate::bundlefile::read::StructureOnly)?;
@@ -255,8 +265,9 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
                 destination: dest(&i.repository, i.tag.clone()),
             });
         }
-        rt.block_on(crate::copy::copy_all(jobs, &opts, &crate::copy::NoProgress))
+        rt.block_on(crate::copy::copy_all(jobs, &opts, bar.as_ref()))
     };
+    bar.finish();
     let summary = match summary {
         Ok(s) => s,
         Err(crate::copy::CopyError::Several(v)) => {
@@ -268,7 +279,7 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
     }
     for r in &summary.rewritten {
         eprintln!(

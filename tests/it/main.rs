@@ -11,4 +11,5 @@ mod oracle;
 mod serve;
 mod store_interop;
 mod unbundle;
+mod ux;
 mod verify;
