@@ -554,7 +554,8 @@ fn output_dir(output: &Path) -> PathBuf {
 struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // The temp bundle is a file, which remove_dir_all does not remove.
+        let _ = std::fs::remove_file(&self.0).or_else(|_| std::fs::remove_dir_all(&self.0));
     }
 }
 

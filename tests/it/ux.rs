@@ -409,7 +409,7 @@ fn version_completions_and_man_page() {
         let out = run_ok(ferry().args(["completions", shell]));
         let text = stdout(&out);
         assert!(text.contains(mark), "{shell}");
-        assert!(text.contains("unbundle") && text.contains("--all-platforms"), "{shell}");
+        assert!(text.contains("unbundle") && text.contains("all-platforms"), "{shell}");
     }
     let out = run(ferry().args(["completions", "tcsh"]));
     assert_eq!(out.status.code(), Some(2));
@@ -425,7 +425,7 @@ fn push_and_link_show_progress_on_a_terminal_only() {
     let src = source();
     let w = src.work.path();
     let b = w.join("b.tar.zst");
-    run_ok(bundle(&src, &src.list, &b, &w.join("cache")).arg("-q"));
+    run_ok(bundle(&src, &src.list, &b, &w.join("cache")).args(["-q", "--all-platforms"]));
     let (_t, target) = empty_registry();
     let push = format!(
         "{} unbundle push {} --dest {} --dest-tls-verify=false",
