@@ -13,7 +13,7 @@
 #                                     and every multi-arch image with --all docker:// -> docker:// (empty target)
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated corpus between runs; PRESET=small|medium
-# (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show).
+# (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show; `tiny` for tests of this script).
 # Prints median seconds of RUNS runs (default 5) and the ratio incumbent/ferry.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,8 +21,13 @@ cd "$HERE/.."
 WHAT="${1:-serve}"; WORK="${2:-/tmp/ferry-bench}"; RUNS="${RUNS:-5}"
 mkdir -p "$WORK"
 
-cargo build --release --locked -q
-FERRY="$PWD/target/release/ferry"
+# FERRY_BIN names a ferry binary to use instead of building one (the tests of this script do).
+if [ -n "${FERRY_BIN:-}" ]; then
+  FERRY="$FERRY_BIN"
+else
+  cargo build --release --locked -q
+  FERRY="$PWD/target/release/ferry"
+fi
 for t in docker-registry curl sha256sum python3; do command -v "$t" >/dev/null || { echo "bench needs $t" >&2; exit 1; }; done
 
 PRESET="${PRESET:-medium}"

@@ -554,3 +554,52 @@ fn creds_without_a_password_and_no_terminal_are_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_words(&stderr(&out), &["--dest-creds", "no password"]);
 }
+
+/// Processes whose command line mentions `needle` (to find servers a script left running).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let out = run_ok(Command::new("ps").args(["-eo", "pid,args"]));
+    stdout(&out)
+        .lines()
+        .filter(|l| l.contains(needle) && !l.contains("ps -eo"))
+        .map(str::to_string)
+        .collect()
+}
+
+// Item 16: a benchmark whose step fails stops every server it started, also the target
+// registry it started inside a `$(...)` subshell (which used to outlive it, its parent gone).
+#[test]
+fn bench_stops_its_servers_when_a_step_fails() {
+    require("docker-registry");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let fake = w.join("fake");
+    std::fs::create_dir_all(fake.join("bin")).unwrap();
+    // The incumbent's pull succeeds (an empty tree); its push (skopeo sync) fails.
+    std::fs::write(fake.join("seed_bundle.sh"), "mkdir -p \"$3/dirs\"\n").unwrap();
+    std::fs::write(fake.join("bin/skopeo"), "#!/bin/sh\nexit 1\n").unwrap();
+    run_ok(Command::new("chmod").arg("+x").arg(fake.join("bin/skopeo")));
+    let path = format!(
+        "{}:{}",
+        fake.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench.sh");
+    let out = run(Command::new("bash")
+        .arg(&bench)
+        .arg("unbundle")
+        .arg(w.join("work"))
+        .env("FERRY_BIN", env!("CARGO_BIN_EXE_ferry"))
+        .env("PRESET", "tiny")
+        .env("RUNS", "1")
+        .env("INCUMBENT", &fake)
+        .env("PATH", path));
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let left = processes_mentioning(&w.join("work").display().to_string());
+    for l in &left {
+        // Stop what leaked (by PID) before failing, so a failure does not leak in turn.
+        if let Some(pid) = l.split_whitespace().next() {
+            let _ = Command::new("kill").arg(pid).status();
+        }
+    }
+    assert!(left.is_empty(), "servers left running: {left:?}");
+}
