@@ -14,7 +14,9 @@ fn main() {
         .unwrap_or_else(|| "unknown commit".to_string());
     println!("cargo:rustc-env=FERRY_COMMIT={commit}");
     // Rebuild when HEAD moves (a worktree's HEAD lives in its own git dir).
-    if let Ok(o) = Command::new("git").args(["rev-parse", "--git-dir"]).output()
+    if let Ok(o) = Command::new("git")
+        .args(["rev-parse", "--git-dir"])
+        .output()
         && o.status.success()
     {
         let dir = String::from_utf8_lossy(&o.stdout).trim().to_string();

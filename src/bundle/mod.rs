@@ -256,7 +256,12 @@ pub async fn bundle(
         .collect();
     let fetch_bytes: u64 = missing.iter().map(|d| plan.blobs[d].size).sum();
     let pack_bytes = plan.blob_bytes();
-    space::check(&opts.cache, fetch_bytes, &output_dir(&opts.output), pack_bytes)?;
+    space::check(
+        &opts.cache,
+        fetch_bytes,
+        &output_dir(&opts.output),
+        pack_bytes,
+    )?;
     progress.planned(plan.images.len(), missing.len(), fetch_bytes);
 
     // Copy every image into the cache with the copy engine, while the packer

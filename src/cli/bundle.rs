@@ -97,8 +97,11 @@ pub fn run(g: &GlobalArgs, a: BundleArgs) -> anyhow::Result<ExitCode> {
     let r = run_inner(g, a, &mut failed);
     if json && let Err(e) = &r {
         // Failures the run named go in `failed`; any other error in `error`.
-        let mut summary = serde_json::json!({ "ok": false, "error": format!("{e:#}"), "failed": failed });
-        if let Some(ImagesFailed { summary: Some(s), .. }) = e.downcast_ref::<ImagesFailed>()
+        let mut summary =
+            serde_json::json!({ "ok": false, "error": format!("{e:#}"), "failed": failed });
+        if let Some(ImagesFailed {
+            summary: Some(s), ..
+        }) = e.downcast_ref::<ImagesFailed>()
             && let Ok(serde_json::Value::Object(m)) = serde_json::to_value(s.as_ref())
         {
             for (k, v) in m {
@@ -243,10 +246,7 @@ fn run_inner(
             for f in &failures {
                 eprintln!("error: {}: {}", f.image, f.cause);
                 let image = match &f.location {
-                    Some(l) => f
-                        .image
-                        .strip_suffix(&format!(" ({l})"))
-                        .unwrap_or(&f.image),
+                    Some(l) => f.image.strip_suffix(&format!(" ({l})")).unwrap_or(&f.image),
                     None => &f.image,
                 };
                 failed.push(json_failure(image, f.location.as_deref(), &f.cause));

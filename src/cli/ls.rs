@@ -96,7 +96,12 @@ fn root_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
 
 /// A row from an image's walk: platforms of the top index's children (absent ones marked), and
 /// the bytes of its manifests, configs and layers.
-fn row(repository: String, tag: Option<String>, digest: Digest, w: &crate::image::ImageWalk) -> Row {
+fn row(
+    repository: String,
+    tag: Option<String>,
+    digest: Digest,
+    w: &crate::image::ImageWalk,
+) -> Row {
     let platforms: Vec<String> = w
         .children
         .iter()
@@ -139,7 +144,9 @@ fn bundle_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
         };
         let top = catalog
             .manifest(&img.repository, &img.digest)?
-            .ok_or_else(|| anyhow::anyhow!("{}: manifest {} missing", img.repository, img.digest))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("{}: manifest {} missing", img.repository, img.digest)
+            })?;
         let w = crate::image::walk_now(
             &reader,
             top,
@@ -149,7 +156,12 @@ fn bundle_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
             },
         )
         .map_err(|e| anyhow::anyhow!("{}@{}: {e}", img.repository, img.digest))?;
-        let mut r = row(img.repository.clone(), img.tag.clone(), img.digest.clone(), &w);
+        let mut r = row(
+            img.repository.clone(),
+            img.tag.clone(),
+            img.digest.clone(),
+            &w,
+        );
         r.section = img.section.clone();
         r.source = Some(img.source.clone());
         rows.push(r);

@@ -215,7 +215,9 @@ fn credentials(flag: &str, value: &str) -> anyhow::Result<crate::auth::Credentia
         .into());
     }
     let pass = read_password(&format!("Password for {value}: "))?;
-    Ok(crate::auth::Credentials::from_flag(&format!("{value}:{pass}")))
+    Ok(crate::auth::Credentials::from_flag(&format!(
+        "{value}:{pass}"
+    )))
 }
 
 /// Reads one line from the terminal with echo off (restored afterwards, also on error).

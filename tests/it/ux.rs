@@ -124,14 +124,20 @@ fn bundle_checks_the_destination_before_downloading() {
     let out = run(bundle(&src, &src.list, &w.join("nodir/x.tar.zst"), &cache).arg("-q"));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
-    assert_words(&stderr(&out), &["output directory", "nodir", "no such directory"]);
+    assert_words(
+        &stderr(&out),
+        &["output directory", "nodir", "no such directory"],
+    );
     assert_eq!(data_files(&cache), 0, "nothing downloaded");
 
     let _ro = Tmpfs::mount(&w.join("ro"), "size=4m,ro");
     let out = run(bundle(&src, &src.list, &w.join("ro/x.tar.zst"), &cache).arg("-q"));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
-    assert_words(&stderr(&out), &["output directory", "not writable", "read-only"]);
+    assert_words(
+        &stderr(&out),
+        &["output directory", "not writable", "read-only"],
+    );
     assert_eq!(data_files(&cache), 0, "nothing downloaded");
 
     // A cache that is a file, not a directory.
@@ -151,19 +157,27 @@ fn bare_output_name_is_checked_for_space_and_a_full_disk_is_named() {
     let w = src.work.path();
     let small = w.join("small");
     let _fs = Tmpfs::mount(&small, "size=2m");
-    let out = run(bundle(&src, &src.list, Path::new("x.tar.zst"), &w.join("cache"))
-        .arg("-q")
-        .current_dir(&small));
+    let out = run(
+        bundle(&src, &src.list, Path::new("x.tar.zst"), &w.join("cache"))
+            .arg("-q")
+            .current_dir(&small),
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert_words(&stderr(&out), &["not enough disk space on ."]);
-    assert_eq!(std::fs::read_dir(&small).unwrap().count(), 0, "nothing left");
+    assert_eq!(
+        std::fs::read_dir(&small).unwrap().count(),
+        0,
+        "nothing left"
+    );
 
     // The check passed (turned off here), then the disk fills up while the bundle is written.
-    let out = run(bundle(&src, &src.list, Path::new("x.tar.zst"), &w.join("cache"))
-        .arg("-q")
-        .env("FERRY_TEST_NO_SPACE_CHECK", "1")
-        .current_dir(&small));
+    let out = run(
+        bundle(&src, &src.list, Path::new("x.tar.zst"), &w.join("cache"))
+            .arg("-q")
+            .env("FERRY_TEST_NO_SPACE_CHECK", "1")
+            .current_dir(&small),
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert_words(&stderr(&out), &["no space left", "x.tar.zst"]);
@@ -184,7 +198,10 @@ fn source_must_be_a_host() {
         ("http://registry.local", &["--source", "http://"][..]),
         ("registry.local/mirror", &["--source", "prefix"][..]),
         ("not a host", &["--source", "not a registry host"][..]),
-        ("registry.local:http", &["--source", "not a registry host"][..]),
+        (
+            "registry.local:http",
+            &["--source", "not a registry host"][..],
+        ),
     ] {
         let out = run(ferry()
             .args(["bundle", "-f"])
@@ -196,7 +213,10 @@ fn source_must_be_a_host() {
             .args(["--source", source]));
         assert_eq!(out.status.code(), Some(2), "{source}: {}", stderr(&out));
         assert_words(&first_line(&out), words);
-        assert!(!work.path().join("cache").exists(), "{source}: nothing written");
+        assert!(
+            !work.path().join("cache").exists(),
+            "{source}: nothing written"
+        );
     }
 }
 
@@ -227,7 +247,11 @@ fn json_is_printed_when_images_fail() {
         let failed = doc["failed"].as_array().unwrap();
         assert_eq!(failed.len(), 1, "{doc}");
         assert_eq!(failed[0]["image"], "no/such-image:1", "{doc}");
-        assert_eq!(failed[0]["location"], format!("{}:2", list.display()), "{doc}");
+        assert_eq!(
+            failed[0]["location"],
+            format!("{}:2", list.display()),
+            "{doc}"
+        );
         assert!(!failed[0]["cause"].as_str().unwrap().is_empty(), "{doc}");
         if keep_going {
             assert_eq!(doc["images"], 1, "{doc}");
@@ -242,7 +266,10 @@ fn json_is_printed_when_images_fail() {
     let out = run(bundle(&src, &list, &out_file, &w.join("cache")).args(["--json", "-q"]));
     assert_eq!(out.status.code(), Some(1));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["failed"][0]["location"], format!("{}:1", list.display()));
+    assert_eq!(
+        doc["failed"][0]["location"],
+        format!("{}:1", list.display())
+    );
 }
 
 /// Runs a command whose stdout is a pipe nobody reads (closed before it starts).
@@ -316,7 +343,12 @@ fn malformed_flag_values_exit_2() {
     ] {
         for listen in ["nonsense", "127.0.0.1:99999", "a b:80"] {
             let out = run(ferry().args(&cmd).args(["--listen", listen]));
-            assert_eq!(out.status.code(), Some(2), "{cmd:?} {listen}: {}", stderr(&out));
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{cmd:?} {listen}: {}",
+                stderr(&out)
+            );
             assert_words(&first_line(&out), &["--listen", "HOST:PORT"]);
         }
     }
@@ -336,7 +368,10 @@ fn sparse_indexes_are_announced() {
         .find(|l| l.contains("sparse index"))
         .unwrap_or_else(|| panic!("no sparse notice: {}", stderr(&out)))
         .to_string();
-    assert_words(&line, &[&img.repository, "linux/amd64", "404", "--all-platforms"]);
+    assert_words(
+        &line,
+        &[&img.repository, "linux/amd64", "404", "--all-platforms"],
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["ok"], true);
     let sparse = doc["sparse"].as_array().unwrap();
@@ -374,7 +409,11 @@ fn ls_shows_the_same_columns_for_bundles_and_roots() {
     assert_eq!(from_root, from_bundle);
     for l in &from_bundle {
         let cols: Vec<&str> = l.split('\t').collect();
-        assert_eq!(cols.len(), 5, "repository, tag, digest, platforms, size: {l}");
+        assert_eq!(
+            cols.len(),
+            5,
+            "repository, tag, digest, platforms, size: {l}"
+        );
         assert!(cols[2].starts_with("sha256:"), "{l}");
         assert!(cols[4].ends_with('B'), "{l}");
     }
@@ -382,7 +421,10 @@ fn ls_shows_the_same_columns_for_bundles_and_roots() {
     for l in stdout(&out).lines() {
         let row: serde_json::Value = serde_json::from_str(l).unwrap();
         assert!(row["size"].as_u64().unwrap() > 0, "{row}");
-        assert!(row["repository"].is_string() && row["tag"].is_string(), "{row}");
+        assert!(
+            row["repository"].is_string() && row["tag"].is_string(),
+            "{row}"
+        );
     }
 }
 
@@ -409,13 +451,19 @@ fn version_completions_and_man_page() {
         let out = run_ok(ferry().args(["completions", shell]));
         let text = stdout(&out);
         assert!(text.contains(mark), "{shell}");
-        assert!(text.contains("unbundle") && text.contains("all-platforms"), "{shell}");
+        assert!(
+            text.contains("unbundle") && text.contains("all-platforms"),
+            "{shell}"
+        );
     }
     let out = run(ferry().args(["completions", "tcsh"]));
     assert_eq!(out.status.code(), Some(2));
     let out = run_ok(ferry().arg("man"));
     let text = stdout(&out);
-    assert!(text.contains(".TH ferry") && text.contains("unbundle"), "{text}");
+    assert!(
+        text.contains(".TH ferry") && text.contains("unbundle"),
+        "{text}"
+    );
 }
 
 // Item 14: push and link draw a bar (bytes, blobs, rate, time left) on a terminal, and print
@@ -452,7 +500,13 @@ fn push_and_link_show_progress_on_a_terminal_only() {
     let (_t2, target2) = empty_registry();
     let out = run_ok(
         ferry()
-            .args(["unbundle", "push", "--json", "--dest-tls-verify=false", "--dest"])
+            .args([
+                "unbundle",
+                "push",
+                "--json",
+                "--dest-tls-verify=false",
+                "--dest",
+            ])
             .arg(&target2.addr)
             .arg(&b),
     );
@@ -523,13 +577,24 @@ fn a_missing_path_is_no_such_file() {
         vec!["verify", missing],
         vec!["serve", missing, "--listen", "127.0.0.1:0"],
         vec!["unbundle", "serve", missing, "--listen", "127.0.0.1:0"],
-        vec!["unbundle", "link", missing, "--root", "/nonexistent/ferry-test/root"],
+        vec![
+            "unbundle",
+            "link",
+            missing,
+            "--root",
+            "/nonexistent/ferry-test/root",
+        ],
         vec!["unbundle", "push", missing, "--dest", "127.0.0.1:1"],
     ];
     for args in cases {
         let out = run(ferry().args(&args));
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
-        assert_eq!(stderr(&out).lines().count(), 1, "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out).lines().count(),
+            1,
+            "{args:?}: {}",
+            stderr(&out)
+        );
         assert_words(&stderr(&out), &["no such file", missing]);
     }
     assert!(!Path::new("/nonexistent/ferry-test").exists());
@@ -548,7 +613,14 @@ fn creds_without_a_password_and_no_terminal_are_refused() {
     assert_words(&stderr(&out), &["--src-creds", "no password", "terminal"]);
     assert!(!cache.exists(), "nothing downloaded");
     let out = run(ferry()
-        .args(["unbundle", "push", "--dest", "127.0.0.1:1", "--dest-creds", "bob"])
+        .args([
+            "unbundle",
+            "push",
+            "--dest",
+            "127.0.0.1:1",
+            "--dest-creds",
+            "bob",
+        ])
         .arg(&src.list)
         .stdin(Stdio::null()));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
