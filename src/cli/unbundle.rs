@@ -85,13 +85,31 @@ struct LinkArgs {
     json: bool,
 }
 
+/// Runs `ferry unbundle`; with `--json`, `link` and `push` print a JSON document whatever the outcome.
 pub fn run(g: &GlobalArgs, a: UnbundleArgs) -> anyhow::Result<ExitCode> {
-    match a.command {
-        UnbundleCommand::Serve(s) => serve(g, s),
-        UnbundleCommand::Link(l) => link_cmd(g, l),
-        UnbundleCommand::Push(p) => push_cmd(g, p),
+    let (json, r) = match a.command {
+        UnbundleCommand::Serve(s) => return serve(g, s),
+        UnbundleCommand::Link(l) => (l.json, link_cmd(g, l)),
+        UnbundleCommand::Push(p) => (p.json, push_cmd(g, p)),
+    };
+    if json && let Err(e) = &r {
+        let failed: Vec<serde_json::Value> = match e.downcast_ref::<NotPushed>() {
+            Some(NotPushed(causes)) => causes
+                .iter()
+                .map(|c| serde_json::json!({ "cause": c }))
+                .collect(),
+            None => Vec::new(),
+        };
+        let doc = serde_json::json!({ "ok": false, "error": format!("{e:#}"), "failed": failed });
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
     }
+    r
 }
+
+/// Images a push could not bring (each already printed), kept for `--json`.
+#[derive(Debug, thiserror::Error)]
+#[error("{} image(s) were not pushed; the others were", .0.len())]
+struct NotPushed(Vec<String>);
 
 fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
     for s in &a.sources {
@@ -159,7 +177,7 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
     bar.finish();
     let s = result?;
     if a.json {
-        outln!("{}", serde_json::to_string_pretty(&s)?);
+        outln!("{}", serde_json::to_string_pretty(&with_ok(&s)?)?);
     }
     if !g.quiet {
         for t in &s.tags {
@@ -274,12 +292,12 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
             for e in &v {
                 eprintln!("error: {e}");
             }
-            bail!("{} image(s) were not pushed; the others were", v.len());
+            return Err(NotPushed(v.iter().map(ToString::to_string).collect()).into());
         }
         Err(e) => return Err(e.into()),
     };
     if a.json {
-        outln!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&with_ok(&summary)?)?);
     }
     for r in &summary.rewritten {
         eprintln!(
@@ -300,4 +318,13 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A summary as JSON with `"ok": true`, the key a failed run's document has as `false`.
+fn with_ok(s: &impl serde::Serialize) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(s)?;
+    if let Some(m) = v.as_object_mut() {
+        m.insert("ok".into(), serde_json::Value::Bool(true));
+    }
+    Ok(v)
 }

@@ -675,3 +675,76 @@ fn bench_stops_its_servers_when_a_step_fails() {
     }
     assert!(left.is_empty(), "servers left running: {left:?}");
 }
+
+// Item 6, at the site: `unbundle push --json` prints a JSON document when images fail too.
+#[test]
+fn push_json_is_printed_when_images_fail() {
+    let src = source();
+    let w = src.work.path();
+    let img = multi_arch(&src.corpus);
+    let list = w.join("multi.txt");
+    std::fs::write(&list, format!("{}:{}\n", img.repository, img.tag)).unwrap();
+    let b = w.join("sparse.tar.zst");
+    run_ok(bundle(&src, &list, &b, &w.join("cache")).arg("-q"));
+    let (_t, target) = empty_registry();
+    let out = run(ferry()
+        .args([
+            "unbundle",
+            "push",
+            "--json",
+            "-q",
+            "--dest-tls-verify=false",
+            "--dest",
+        ])
+        .arg(&target.addr)
+        .arg(&b));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", stdout(&out)));
+    assert_eq!(doc["ok"], false, "{doc}");
+    let failed = doc["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{doc}");
+    assert_words(
+        failed[0]["cause"].as_str().unwrap(),
+        &[&img.repository, "--rewrite-sparse-index"],
+    );
+}
+
+// Item 15: `--src-creds USER` asks for the password on a terminal, without echoing it.
+#[test]
+fn creds_without_a_password_are_asked_for_on_a_terminal() {
+    let src = source();
+    let w = src.work.path();
+    let cmd = format!(
+        "{} bundle -q -f {} -o {} --cache {} --source {} --src-tls-verify=false --src-creds alice",
+        env!("CARGO_BIN_EXE_ferry"),
+        src.list.display(),
+        w.join("x.tar.zst").display(),
+        w.join("cache").display(),
+        src.server.addr
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        // Typed once the prompt is up, as a person would.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        stdin.write_all(b"s3cret-word\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    let seen = stdout(&out);
+    assert!(out.status.success(), "{seen:?} {}", stderr(&out));
+    assert!(seen.contains("Password for alice:"), "{seen:?}");
+    assert!(
+        !seen.contains("s3cret-word"),
+        "the password was echoed: {seen:?}"
+    );
+    assert!(w.join("x.tar.zst").is_file());
+}
