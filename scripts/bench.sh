@@ -18,7 +18,7 @@
 #                                     (one pool of transfers, cross-repository mounts); each run into a fresh empty target
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated corpus between runs; PRESET=small|medium
-# (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show).
+# (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show; `tiny` for tests of this script).
 # Prints median seconds of RUNS runs (default 5) and the ratio incumbent/ferry.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,8 +26,10 @@ cd "$HERE/.."
 WHAT="${1:-serve}"; WORK="${2:-/tmp/ferry-bench}"; RUNS="${RUNS:-5}"
 mkdir -p "$WORK"
 
-# FERRY_BIN=PATH uses that binary instead of building the release one (a quick check of the script).
-if [ -n "${FERRY_BIN:-}" ]; then FERRY="$FERRY_BIN"; else
+# FERRY_BIN names a ferry binary to use instead of building one (the tests of this script do).
+if [ -n "${FERRY_BIN:-}" ]; then
+  FERRY="$FERRY_BIN"
+else
   cargo build --release --locked -q
   FERRY="$PWD/target/release/ferry"
 fi
@@ -43,8 +45,12 @@ fi
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 PIDS=()
+# Every server this script starts is stopped by its PID: on a normal exit, on a failure (set -e),
+# and on Ctrl-C or SIGTERM (which would otherwise end bash without running the EXIT trap).
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # median_time CMD...: runs CMD RUNS times (after one warm-up), prints the median wall seconds.
 # If $PREP names a command, it runs before each run, untimed (clean-up between runs).
@@ -60,8 +66,11 @@ median_time() {
 }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 # A target started by fresh_target inside $(...) lives in that subshell, out of reach of the
-# EXIT trap: stop it there.
+# main shell's EXIT trap (a subshell does not inherit traps): stop it there, also when a run in
+# the subshell fails (`exit 1`) or is interrupted, with traps set inside the subshell.
 stop_target() { [ -z "${TARGET_PID:-}" ] || { kill "$TARGET_PID" 2>/dev/null; wait "$TARGET_PID" 2>/dev/null || true; }; }
+# in_target CMD...: run a timing in this (sub)shell with the target stopped however it ends.
+in_target() { trap stop_target EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; "$@"; }
 
 # start_registry ROOT / start_ferry ROOT: start a server over ROOT in the background, set ADDR.
 start_registry() {
@@ -193,9 +202,9 @@ unbundle)
       case "$loc" in http*) ;; *) loc="http://$0$loc";; esac
       case "$loc" in *\?*) sep="&";; *) sep="?";; esac
       curl -fsS -H "Content-Type: application/octet-stream" -T "$1" -o /dev/null "$loc${sep}digest=sha256:$d"' "$TARGET" || { echo "floor push failed" >&2; exit 1; }; }
-  t_seed_push=$(PREP=fresh_target median_time seed_push; stop_target)
-  t_ferry_push=$(PREP=fresh_target median_time ferry_push; stop_target)
-  t_floor_push=$(PREP=fresh_target median_time floor_push; stop_target)
+  t_seed_push=$(PREP=fresh_target in_target median_time seed_push)
+  t_ferry_push=$(PREP=fresh_target in_target median_time ferry_push)
+  t_floor_push=$(PREP=fresh_target in_target median_time floor_push)
   BYTES=$(stat -c %s "$OUT/all.tar.zst")
   link_prep() { rm -rf "$OUT/site"; mkdir -p "$OUT/site"; sync; }
   plain_extract() { zstd -q -d -c "$OUT/all.tar.zst" | tar -x -C "$OUT/site"; }
@@ -249,8 +258,8 @@ PY
       if [ "$tool" = skopeo ]; then skopeo --insecure-policy copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1
       else "$FERRY" copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1; fi
     done; }
-  t_skopeo_all=$(PREP=fresh_target median_time each_multi skopeo; stop_target)
-  t_ferry_all=$(PREP=fresh_target median_time each_multi ferry; stop_target)
+  t_skopeo_all=$(PREP=fresh_target in_target median_time each_multi skopeo)
+  t_ferry_all=$(PREP=fresh_target in_target median_time each_multi ferry)
   echo "copy, $PRESET corpus, median of $RUNS, whole process:"
   echo "  $BIG docker:// -> oci:: skopeo ${t_skopeo_oci}s, ferry ${t_ferry_oci}s: speed-up $(ratio "$t_skopeo_oci" "$t_ferry_oci")x"
   echo "  $(echo "$MULTI" | tr ',' '\n' | wc -l) multi-arch images, --all docker:// -> docker:// (empty target): skopeo ${t_skopeo_all}s, ferry ${t_ferry_all}s: speed-up $(ratio "$t_skopeo_all" "$t_ferry_all")x"

@@ -16,6 +16,10 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
+            if let Some(u) = e.downcast_ref::<ferry::cli::UsageError>() {
+                eprintln!("error: {u}");
+                return ExitCode::from(2);
+            }
             // Library errors already say their cause; print each cause only once.
             let mut line = e.to_string();
             for cause in e.chain().skip(1) {

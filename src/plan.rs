@@ -44,6 +44,8 @@ pub struct PlannedImage {
     pub section: Option<String>,
     /// The reference as written.
     pub source: String,
+    /// `file:line` of the list entry, so a failure later on can name it.
+    pub location: String,
     /// Registry host asked.
     pub registry: String,
     /// Repository asked at that registry.
@@ -271,6 +273,7 @@ async fn resolve_one(
     Ok(PlannedImage {
         section: entry.section.clone(),
         source: r.to_string(),
+        location: format!("{}:{}", entry.file, entry.line),
         registry,
         remote_repository,
         repository,
@@ -358,6 +361,7 @@ pub async fn resolve(
                         if digest != &img.digest {
                             plan.failures.push(Failure {
                                 image: entry_label(e),
+                                location: Some(format!("{}:{}", e.file, e.line)),
                                 cause: format!(
                                     "{other} is also named {}:{tag} in the bundle, with other content; use --keep-host to keep them apart",
                                     img.repository
@@ -382,6 +386,7 @@ pub async fn resolve(
             }
             Err(cause) => plan.failures.push(Failure {
                 image: entry_label(e),
+                location: Some(format!("{}:{}", e.file, e.line)),
                 cause,
             }),
         }

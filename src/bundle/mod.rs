@@ -22,7 +22,7 @@ use crate::plan::{self, Clients, Failure, Plan, PlanOptions};
 use crate::reference::ListEntry;
 use crate::store::Store;
 use crate::transport::root::RootDest;
-pub use space::SpaceError;
+pub use space::{NotWritable, SpaceError};
 
 /// How the bundle file is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,6 +83,43 @@ pub struct BundleSummary {
     pub bundle_bytes: u64,
     /// Wall time.
     pub seconds: f64,
+    /// Multi-platform images kept with only some platforms (a stock registry answers 404 for the rest).
+    pub sparse: Vec<SparseImage>,
+}
+
+/// An index bundled with some of its platforms left out: said at bundle time, since a stock
+/// registry serving the bundle answers 404 for those children and `skopeo copy --all` from it fails.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SparseImage {
+    /// The reference as written.
+    pub image: String,
+    /// Platforms in the bundle.
+    pub kept: Vec<String>,
+    /// Platforms left out.
+    pub left_out: Vec<String>,
+}
+
+/// The sparse indexes of a plan, one per image (for the bundle-time notice and `--json`).
+pub fn sparse_images(plan: &Plan) -> Vec<SparseImage> {
+    plan.images
+        .iter()
+        .filter(|i| i.platforms.iter().any(|p| !p.present))
+        .map(|i| SparseImage {
+            image: i.source.clone(),
+            kept: i
+                .platforms
+                .iter()
+                .filter(|p| p.present)
+                .map(|p| p.platform.clone())
+                .collect(),
+            left_out: i
+                .platforms
+                .iter()
+                .filter(|p| !p.present)
+                .map(|p| p.platform.clone())
+                .collect(),
+        })
+        .collect()
 }
 
 /// Why a bundle was not written (or was written without some images).
@@ -96,10 +133,15 @@ pub enum BundleError {
         failures: Vec<Failure>,
         /// The bundle written without them (`--keep-going`).
         written: Option<PathBuf>,
+        /// What was written (`--keep-going`), for `--json`.
+        summary: Option<Box<BundleSummary>>,
     },
     /// Not enough disk space for what the plan will write.
     #[error(transparent)]
     Space(#[from] SpaceError),
+    /// The output directory or the cache cannot be written.
+    #[error(transparent)]
+    NotWritable(#[from] space::NotWritable),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -120,6 +162,14 @@ pub enum BundleError {
         cause: String,
         /// The cache directory.
         cache: PathBuf,
+    },
+    /// The disk filled up while the bundle was written (the temp file is removed).
+    #[error("no space left on the device of {} while writing {}; the partial file was removed", path.display(), file.display())]
+    NoSpace {
+        /// The directory written to.
+        path: PathBuf,
+        /// The bundle file.
+        file: PathBuf,
     },
     /// The list selected nothing.
     #[error("the images list selects no image")]
@@ -158,7 +208,10 @@ pub async fn bundle(
     // The cache is not fsync'd blob by blob: every byte is re-hashed when it is
     // packed, so a cache damaged by a crash is caught there (and repaired by a
     // re-run), while only the bundle itself has to reach the disk.
+    // The destination and the cache are checked before anything is resolved or downloaded.
+    space::check_writable(&output_dir(&opts.output), "output directory")?;
     let cache = Store::create(&opts.cache)?.with_durable(false);
+    space::check_writable(&opts.cache, "cache")?;
     let clients = Clients::default();
     let mut plan: Plan = plan::resolve(entries, &opts.plan, &clients, &cache).await;
     tracing::info!(
@@ -171,12 +224,14 @@ pub async fn bundle(
         return Err(BundleError::Images {
             failures: plan.failures,
             written: None,
+            summary: None,
         });
     }
     if plan.images.is_empty() {
         return Err(BundleError::Images {
             failures: plan.failures,
             written: None,
+            summary: None,
         });
     }
 
@@ -204,10 +259,10 @@ pub async fn bundle(
     space::check(
         &opts.cache,
         fetch_bytes,
-        opts.output.parent().unwrap_or(Path::new(".")),
+        &output_dir(&opts.output),
         pack_bytes,
     )?;
-    progress.planned(plan.images.len(), plan.blobs.len(), fetch_bytes);
+    progress.planned(plan.images.len(), missing.len(), fetch_bytes);
 
     // Copy every image into the cache with the copy engine, while the packer
     // writes each blob as soon as it (and every blob before it) is there: the
@@ -238,10 +293,12 @@ pub async fn bundle(
                 .get(&img.registry, &opts.plan.client)
                 .map_err(|e| BundleError::Images {
                     failures: vec![Failure {
-                        image: img.source.clone(),
+                        image: format!("{} ({})", img.source, img.location),
+                        location: Some(img.location.clone()),
                         cause: e.to_string(),
                     }],
                     written: None,
+                    summary: None,
                 })?;
         jobs.push(Job {
             source: CachedRegistry::new(
@@ -292,7 +349,8 @@ pub async fn bundle(
         for (i, img) in std::mem::take(&mut plan.images).into_iter().enumerate() {
             match image_failures.get(&i) {
                 Some(cause) => plan.failures.push(Failure {
-                    image: img.source.clone(),
+                    image: format!("{} ({})", img.source, img.location),
+                    location: Some(img.location.clone()),
                     cause: cause.clone(),
                 }),
                 None => kept.push(img),
@@ -303,6 +361,7 @@ pub async fn bundle(
             return Err(BundleError::Images {
                 failures: plan.failures,
                 written: None,
+                summary: None,
             });
         }
         // --keep-going: pack again without the failed images; everything left is in the cache.
@@ -349,11 +408,13 @@ pub async fn bundle(
         bytes_reused: pack_bytes - fetch_bytes,
         bundle_bytes,
         seconds: start.elapsed().as_secs_f64(),
+        sparse: sparse_images(&plan),
     };
     if !plan.failures.is_empty() {
         return Err(BundleError::Images {
             failures: plan.failures,
             written: Some(opts.output.clone()),
+            summary: Some(Box::new(summary)),
         });
     }
     Ok(summary)
@@ -486,11 +547,20 @@ fn layout_and_index(plan: &Plan, mtime: u64) -> (pack::Layout, Vec<u8>) {
     )
 }
 
-/// Removes the temp bundle file (a file, not a directory) unless the run got as far as renaming it.
+/// The directory a file goes into: its parent, `.` for a bare name (whose `parent()` is `""`).
+fn output_dir(output: &Path) -> PathBuf {
+    output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
 struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        // The temp bundle is a file, which remove_dir_all does not remove.
+        let _ = std::fs::remove_file(&self.0).or_else(|_| std::fs::remove_dir_all(&self.0));
     }
 }
 
@@ -503,11 +573,7 @@ fn write_bundle(
     ready: &mut dyn FnMut(&Digest) -> std::io::Result<bool>,
 ) -> Result<u64, BundleError> {
     let output = &opts.output;
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
+    let dir = output_dir(output);
     let name = output
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -526,9 +592,19 @@ fn write_bundle(
     }
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let guard = RemoveOnDrop(tmp.clone());
-    let werr = |source| BundleError::Write {
-        path: output.to_path_buf(),
-        source,
+    let werr = |source: std::io::Error| {
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.kind() == std::io::ErrorKind::StorageFull
+        {
+            return BundleError::NoSpace {
+                path: dir.clone(),
+                file: output.to_path_buf(),
+            };
+        }
+        BundleError::Write {
+            path: output.to_path_buf(),
+            source,
+        }
     };
     let file = std::fs::File::create(&tmp).map_err(werr)?;
     let out = match opts.compression {

@@ -17,7 +17,12 @@ pub struct SpaceError {
 }
 
 fn fs_info(path: &Path) -> Option<(u64, u64)> {
-    let mut p = path.to_path_buf();
+    // A bare file name's parent is "": that is the current directory, not "no file system".
+    let mut p = if path.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        path.to_path_buf()
+    };
     while !p.exists() {
         p = p.parent()?.to_path_buf();
     }
@@ -30,6 +35,49 @@ fn fs_info(path: &Path) -> Option<(u64, u64)> {
     Some((st.f_fsid as u64, st.f_bavail as u64 * st.f_frsize as u64))
 }
 
+/// A directory a run must write to, checked before any blob moves: it must exist, be a
+/// directory, and take a file (probed by creating and removing one, which also catches a
+/// read-only mount where permission bits would not, e.g. for root).
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {cause}; nothing was downloaded", path.display())]
+pub struct NotWritable {
+    /// What the directory is for ("output directory", "cache").
+    pub what: &'static str,
+    /// The directory.
+    pub path: PathBuf,
+    /// Why.
+    pub cause: String,
+}
+
+/// Checks that `dir` exists and a file can be created in it (see [`NotWritable`]).
+pub fn check_writable(dir: &Path, what: &'static str) -> Result<(), NotWritable> {
+    let fail = |cause: String| NotWritable {
+        what,
+        path: dir.to_path_buf(),
+        cause,
+    };
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail("no such directory".into()));
+        }
+        Err(e) => return Err(fail(e.to_string())),
+        Ok(m) if !m.is_dir() => return Err(fail("not a directory".into())),
+        Ok(_) => {}
+    }
+    tempfile::Builder::new()
+        .prefix(".ferry-write-probe")
+        .tempfile_in(dir)
+        .map(drop)
+        .map_err(|e| {
+            // tempfile's error names the path already; keep only the OS cause.
+            let cause = match e.raw_os_error() {
+                Some(n) => std::io::Error::from_raw_os_error(n).to_string(),
+                None => e.to_string(),
+            };
+            fail(format!("not writable ({cause})"))
+        })
+}
+
 /// Checks that `cache` can take `cache_bytes` and `output` `output_bytes` (summed when they share a file system).
 pub fn check(
     cache: &Path,
@@ -37,6 +85,10 @@ pub fn check(
     output: &Path,
     output_bytes: u64,
 ) -> Result<(), SpaceError> {
+    // Tests of a disk that fills up mid-run (after the check passed) turn the check off.
+    if std::env::var_os("FERRY_TEST_NO_SPACE_CHECK").is_some() {
+        return Ok(());
+    }
     let (Some((cfs, cfree)), Some((ofs, ofree))) = (fs_info(cache), fs_info(output)) else {
         return Ok(());
     };

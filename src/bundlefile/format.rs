@@ -112,6 +112,9 @@ pub struct PlatformEntry {
 pub struct Failure {
     /// The reference as written (with `file:line`).
     pub image: String,
+    /// `file:line` of the images list that named it, on its own for `--json` readers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     /// Why, in one line.
     pub cause: String,
 }

@@ -1,5 +1,6 @@
 //! `ferry bundle`: images list(s) → one verified, deduplicated, seekable bundle file.
 
+use super::out::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,7 +8,6 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use super::{GlobalArgs, human_bytes};
-use crate::auth::Credentials;
 use crate::bundle::{BundleError, BundleOptions, Compression, bundle};
 use crate::limits::DEFAULT_JOBS;
 use crate::manifest::Platform;
@@ -21,18 +21,18 @@ pub struct BundleArgs {
     /// Images list(s): one reference per line, `#` comments, `##section` headers.
     #[arg(short = 'f', long = "file", required = true)]
     files: Vec<PathBuf>,
-    /// The bundle file to write.
-    #[arg(short, long)]
+    /// The bundle file to write (a file: its seek table and the rename into place need one, so not `-`).
+    #[arg(short, long, value_parser = parse_output)]
     output: PathBuf,
-    /// Registry for entries without a host.
-    #[arg(long, default_value = DEFAULT_REGISTRY)]
+    /// Registry for entries without a host: HOST[:PORT], no scheme, no path.
+    #[arg(long, default_value = DEFAULT_REGISTRY, value_parser = parse_source)]
     source: String,
     /// Only these ##sections of the list(s).
     #[arg(long)]
     section: Vec<String>,
     /// Platforms kept from multi-arch images (OS/ARCH[/VARIANT]).
-    #[arg(long, default_value = "linux/amd64")]
-    platform: Vec<String>,
+    #[arg(long, default_value = "linux/amd64", value_parser = super::parse_platform)]
+    platform: Vec<Platform>,
     /// Keep every platform of multi-arch images.
     #[arg(long)]
     all_platforms: bool,
@@ -92,7 +92,49 @@ fn source_date_epoch() -> anyhow::Result<u64> {
     }
 }
 
+/// Runs `ferry bundle`; with `--json` a JSON document is printed on stdout whatever the outcome.
 pub fn run(g: &GlobalArgs, a: BundleArgs) -> anyhow::Result<ExitCode> {
+    let json = a.json;
+    let mut failed: Vec<serde_json::Value> = Vec::new();
+    let r = run_inner(g, a, &mut failed);
+    if json && let Err(e) = &r {
+        // Failures the run named go in `failed`; any other error in `error`.
+        let mut summary =
+            serde_json::json!({ "ok": false, "error": format!("{e:#}"), "failed": failed });
+        if let Some(ImagesFailed {
+            summary: Some(s), ..
+        }) = e.downcast_ref::<ImagesFailed>()
+            && let Ok(serde_json::Value::Object(m)) = serde_json::to_value(s.as_ref())
+        {
+            for (k, v) in m {
+                if k != "failed" {
+                    summary[k] = v;
+                }
+            }
+        }
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    r
+}
+
+/// Images failed (each already printed): the closing line, and what was written for `--json`.
+#[derive(Debug, thiserror::Error)]
+#[error("{msg}")]
+struct ImagesFailed {
+    msg: String,
+    summary: Option<Box<crate::bundle::BundleSummary>>,
+}
+
+/// One failure for `--json`: the image as written, `file:line`, and the cause.
+fn json_failure(image: &str, location: Option<&str>, cause: &str) -> serde_json::Value {
+    serde_json::json!({ "image": image, "location": location, "cause": cause })
+}
+
+fn run_inner(
+    g: &GlobalArgs,
+    a: BundleArgs,
+    failed: &mut Vec<serde_json::Value>,
+) -> anyhow::Result<ExitCode> {
     // Everything about the input is checked before anything is downloaded.
     let mut entries = Vec::new();
     let mut bad = Vec::new();
@@ -107,6 +149,11 @@ pub fn run(g: &GlobalArgs, a: BundleArgs) -> anyhow::Result<ExitCode> {
     if !bad.is_empty() {
         for b in &bad {
             eprintln!("error: {b}");
+            failed.push(json_failure(
+                &b.text,
+                Some(&format!("{}:{}", b.file, b.line)),
+                &b.cause.to_string(),
+            ));
         }
         bail!(
             "{} bad line(s) in the images list; nothing was downloaded",
@@ -128,11 +175,7 @@ pub fn run(g: &GlobalArgs, a: BundleArgs) -> anyhow::Result<ExitCode> {
         }
         entries.retain(|e| e.section.as_ref().is_some_and(|s| a.section.contains(s)));
     }
-    let platforms = a
-        .platform
-        .iter()
-        .map(|p| Platform::parse(p).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let platforms = a.platform.clone();
     let cache = match a.cache {
         Some(c) => c,
         None => default_cache()?,
@@ -146,7 +189,11 @@ pub fn run(g: &GlobalArgs, a: BundleArgs) -> anyhow::Result<ExitCode> {
             client: a.net.apply(
                 ClientOptions {
                     tls_verify: a.src_tls_verify,
-                    credentials: a.src_creds.as_deref().map(Credentials::from_flag),
+                    credentials: a
+                        .src_creds
+                        .as_deref()
+                        .map(|v| super::credentials("--src-creds", v))
+                        .transpose()?,
                     authfile: a.authfile,
                     ..ClientOptions::default()
                 },
@@ -164,7 +211,7 @@ pub fn run(g: &GlobalArgs, a: BundleArgs) -> anyhow::Result<ExitCode> {
         keep_going: a.keep_going,
         mtime: source_date_epoch()?,
     };
-    let progress = super::progress::bar(g.quiet || g.debug);
+    let progress = super::progress::bar(g.quiet || g.debug, "bundle");
     let result = super::runtime()?.block_on(bundle(
         &entries,
         &opts,
@@ -173,8 +220,11 @@ pub fn run(g: &GlobalArgs, a: BundleArgs) -> anyhow::Result<ExitCode> {
     progress.finish();
     match result {
         Ok(s) => {
+            sparse_notice(g, &s.sparse);
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                let mut v = serde_json::to_value(&s)?;
+                v["ok"] = serde_json::Value::Bool(true);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             }
             if !g.quiet {
                 eprintln!(
@@ -191,7 +241,14 @@ pub fn run(g: &GlobalArgs, a: BundleArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(BundleError::Images { failures, written }) => {
+        Err(BundleError::Images {
+            failures,
+            written,
+            summary,
+        }) => {
+            if let Some(s) = &summary {
+                sparse_notice(g, &s.sparse);
+            }
             // Images that failed for one same cause (a dead registry) are one line, not one each.
             let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
             for f in &failures {
@@ -199,6 +256,11 @@ pub fn run(g: &GlobalArgs, a: BundleArgs) -> anyhow::Result<ExitCode> {
                     Some((_, images)) => images.push(&f.image),
                     None => groups.push((&f.cause, vec![&f.image])),
                 }
+                let image = match &f.location {
+                    Some(l) => f.image.strip_suffix(&format!(" ({l})")).unwrap_or(&f.image),
+                    None => &f.image,
+                };
+                failed.push(json_failure(image, f.location.as_deref(), &f.cause));
             }
             for (cause, images) in &groups {
                 match images.len() {
@@ -206,18 +268,84 @@ pub fn run(g: &GlobalArgs, a: BundleArgs) -> anyhow::Result<ExitCode> {
                     n => eprintln!("error: {} and {} other images: {cause}", images[0], n - 1),
                 }
             }
-            match written {
-                Some(p) => bail!(
-                    "{} image(s) failed; {} was written without them",
-                    failures.len(),
+            let n = failures.len();
+            let msg = match &written {
+                Some(p) => format!(
+                    "{n} image(s) failed; {} was written without them",
                     p.display()
                 ),
-                None => bail!(
-                    "{} image(s) failed; no bundle written (what was downloaded stays in the cache)",
-                    failures.len()
+                None => format!(
+                    "{n} image(s) failed; no bundle written (what was downloaded stays in the cache)"
                 ),
-            }
+            };
+            // Keep the summary reachable for --json; the message is the one line printed.
+            Err(ImagesFailed { msg, summary }.into())
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// One line per sparse index on stderr: a stock registry serving the bundle answers 404 for the
+/// platforms left out, so `skopeo copy --all` from it fails; say so now, not at the site.
+fn sparse_notice(g: &GlobalArgs, sparse: &[crate::bundle::SparseImage]) {
+    if g.quiet {
+        return;
+    }
+    for i in sparse {
+        eprintln!(
+            "ferry: {}: sparse index: keeps {}, leaves out {} (a registry serving the bundle answers 404 for those; copy --all from it fails; --all-platforms keeps them)",
+            i.image,
+            i.kept.join(","),
+            i.left_out.join(",")
+        );
+    }
+}
+
+/// `--source HOST[:PORT]` as a clap value parser: a scheme, a path or a space is a usage error (exit 2),
+/// not a registry that every image then fails to reach.
+fn parse_source(s: &str) -> Result<String, String> {
+    if let Some((scheme, _)) = s.split_once("://") {
+        return Err(format!(
+            "{s:?}: give the registry as HOST[:PORT], without {scheme}:// (plain http is --src-tls-verify=false)"
+        ));
+    }
+    if s.contains('/') {
+        return Err(format!(
+            "{s:?}: a path prefix is not supported; give the registry as HOST[:PORT] and write the path in the images list"
+        ));
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || s.starts_with('[') => (h, Some(p)),
+        _ => (s, None),
+    };
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    if !host_ok || !port_ok {
+        return Err(format!(
+            "{s:?} is not a registry host: give HOST[:PORT], e.g. registry.local:5000"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// `-o FILE` as a clap value parser: `-` (stdout) is refused with one line (exit 2), since a bundle is
+/// written under a temp name, synced and renamed into place, which a pipe cannot be.
+fn parse_output(s: &str) -> Result<PathBuf, String> {
+    if s == "-" {
+        return Err(
+            "a bundle cannot go to stdout (it is written to a temp file and renamed into place): give a file name"
+                .to_string(),
+        );
+    }
+    if s.is_empty() || s.ends_with('/') {
+        return Err(format!("{s:?}: give a file name for the bundle"));
+    }
+    Ok(PathBuf::from(s))
 }

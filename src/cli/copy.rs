@@ -1,5 +1,6 @@
 //! `ferry copy SRC DST`: one image between any two transports, with skopeo's flags.
 
+use super::out::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -141,12 +142,16 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
             MultiArchArg::System => "copy with --all to bring every platform",
         },
     };
-    let creds = |c: &Option<String>| c.as_deref().map(crate::auth::Credentials::from_flag);
+    let creds = |flag: &str, c: &Option<String>| {
+        c.as_deref()
+            .map(|v| super::credentials(flag, v))
+            .transpose()
+    };
     let open = OpenOptions {
         source: a.net.apply(
             ClientOptions {
                 tls_verify: a.src_tls_verify,
-                credentials: creds(&a.src_creds),
+                credentials: creds("--src-creds", &a.src_creds)?,
                 authfile: a.authfile.clone(),
                 ..Default::default()
             },
@@ -156,7 +161,7 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
         destination: a.net.apply(
             ClientOptions {
                 tls_verify: a.dest_tls_verify,
-                credentials: creds(&a.dest_creds),
+                credentials: creds("--dest-creds", &a.dest_creds)?,
                 authfile: a.authfile.clone(),
                 ..Default::default()
             },
@@ -193,7 +198,7 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("writing {}", a.destination))?;
         }
         let destination = open_dest(&dst, &dest_clients, &open, &Arc::new(Pushed::default()))?;
-        let bar = super::progress::bar(g.quiet || g.debug);
+        let bar = super::progress::bar(g.quiet || g.debug, "copy");
         let r = crate::copy::copy(source, destination, &opts, bar.as_ref()).await;
         bar.finish();
         anyhow::Ok(r?)
@@ -204,7 +209,7 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", f.display()))?;
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
     }
     if !g.quiet {
         let changed = if copied.digest != copied.source_digest {

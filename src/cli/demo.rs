@@ -4,6 +4,7 @@
 //! tar reader into a fresh root, serves that as the "site registry", and checks
 //! every tag's digest there against the source's.
 
+use super::out::outln;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -145,7 +146,7 @@ pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
             let got = client.get_manifest(&img.repository, &img.tag).await?;
             let ok = got.digest() == &img.digest;
             mismatches += usize::from(!ok);
-            println!(
+            outln!(
                 "{}:{}\t{}\t{}",
                 img.repository,
                 img.tag,

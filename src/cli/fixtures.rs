@@ -1,5 +1,6 @@
 //! `ferry fixtures` (hidden): writes the deterministic fixture corpus into a root.
 
+use super::out::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,6 +42,6 @@ pub fn run(g: &GlobalArgs, a: FixturesArgs) -> anyhow::Result<ExitCode> {
             a.root.display()
         );
     }
-    println!("{}", serde_json::to_string_pretty(&corpus)?);
+    outln!("{}", serde_json::to_string_pretty(&corpus)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,12 +1,18 @@
-//! `ferry ls ROOT`: what images a root holds.
+//! `ferry ls ROOT|BUNDLE`: what images a root or a bundle holds, in the same
+//! columns for both: repository, tag, digest, platforms, size.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
 
+use super::out::outln;
 use super::{GlobalArgs, human_bytes};
+use crate::digest::Digest;
+use crate::image::{Selection, WalkOptions};
+use crate::manifest::RawManifest;
 use crate::store::Store;
+use crate::transport::catalog::Catalog;
 
 /// Flags of `ferry ls`.
 #[derive(Debug, clap::Args)]
@@ -18,10 +24,56 @@ pub struct LsArgs {
     json: bool,
 }
 
+/// One image, as both kinds of input list it.
+struct Row {
+    repository: String,
+    tag: Option<String>,
+    digest: Digest,
+    media_type: String,
+    platforms: Vec<String>,
+    size: u64,
+    /// Bundles only: the `##section` and the reference as written.
+    section: Option<String>,
+    source: Option<String>,
+}
+
+/// Lists a root's or a bundle's images; a missing path is "no such file".
 pub fn run(_g: &GlobalArgs, a: LsArgs) -> anyhow::Result<ExitCode> {
-    if a.root.is_file() {
-        return ls_bundle(&a);
+    super::must_exist(&a.root)?;
+    let rows = if a.root.is_file() {
+        bundle_rows(&a)?
+    } else {
+        root_rows(&a)?
+    };
+    for r in &rows {
+        let image = match &r.tag {
+            Some(t) => format!("{}:{t}", r.repository),
+            None => format!("{}@{}", r.repository, r.digest),
+        };
+        if a.json {
+            outln!(
+                "{}",
+                serde_json::json!({
+                    "image": image, "repository": r.repository, "tag": r.tag, "digest": r.digest,
+                    "mediaType": r.media_type, "platforms": r.platforms, "size": r.size,
+                    "section": r.section, "source": r.source,
+                })
+            );
+        } else {
+            outln!(
+                "{}\t{}\t{}\t{}\t{}",
+                r.repository,
+                r.tag.as_deref().unwrap_or("-"),
+                r.digest,
+                platform_column(&r.platforms),
+                human_bytes(r.size)
+            );
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn root_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
     let store = Store::open(&a.root);
     if !store.exists() {
         bail!(
@@ -36,98 +88,104 @@ pub fn run(_g: &GlobalArgs, a: LsArgs) -> anyhow::Result<ExitCode> {
                 continue;
             };
             let w = store.walk(&digest)?;
-            // Platforms of the top index's children; absent ones were left out at bundle time.
-            let platforms: Vec<String> = w
-                .children
-                .iter()
-                .filter(|c| &c.parent == w.top.digest() && c.descriptor.platform.is_some())
-                .map(|c| {
-                    if c.manifest.is_some() {
-                        c.platform_label()
-                    } else {
-                        format!("{} (absent)", c.platform_label())
-                    }
-                })
-                .collect();
-            let size = w.manifests().map(|m| m.bytes().len() as u64).sum::<u64>()
-                + w.blobs.iter().map(|b| b.size).sum::<u64>();
-            let raw = &w.top;
-            rows.push((
-                format!("{repo}:{tag}"),
-                digest,
-                raw.media_type().to_string(),
-                platforms,
-                size,
-            ));
+            rows.push(row(repo.clone(), Some(tag), digest, &w));
         }
     }
-    for (name, digest, media_type, platforms, size) in &rows {
-        if a.json {
-            println!(
-                "{}",
-                serde_json::json!({ "image": name, "digest": digest, "mediaType": media_type, "platforms": platforms, "size": size })
-            );
-        } else {
-            let p = platform_column(platforms);
-            println!(
-                "{name}\t{digest}\t{}\t{p}\t{}",
-                short_type(media_type),
-                human_bytes(*size)
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(rows)
 }
 
-fn short_type(media_type: &str) -> &'static str {
-    use crate::media_type as mt;
-    match media_type {
-        mt::DOCKER_MANIFEST => "docker",
-        mt::DOCKER_MANIFEST_LIST => "docker-list",
-        mt::OCI_MANIFEST => "oci",
-        mt::OCI_INDEX => "oci-index",
-        _ => "other",
+/// A row from an image's walk: platforms of the top index's children (absent ones marked), and
+/// the bytes of its manifests, configs and layers.
+fn row(
+    repository: String,
+    tag: Option<String>,
+    digest: Digest,
+    w: &crate::image::ImageWalk,
+) -> Row {
+    let platforms: Vec<String> = w
+        .children
+        .iter()
+        .filter(|c| &c.parent == w.top.digest() && c.descriptor.platform.is_some())
+        .map(|c| {
+            if c.manifest.is_some() {
+                c.platform_label()
+            } else {
+                format!("{} (absent)", c.platform_label())
+            }
+        })
+        .collect();
+    let size = w.manifests().map(|m| m.bytes().len() as u64).sum::<u64>()
+        + w.blobs.iter().map(|b| b.size).sum::<u64>();
+    Row {
+        repository,
+        tag,
+        digest,
+        media_type: w.top.media_type().to_string(),
+        platforms,
+        size,
+        section: None,
+        source: None,
     }
 }
 
-/// A bundle's images come from its index (the first entry: nothing else is read).
-fn ls_bundle(a: &LsArgs) -> anyhow::Result<ExitCode> {
-    let index = crate::bundlefile::read_index(&a.root)?;
+/// A bundle read in place: its structure once (no hashing), then each image's manifests from their frames.
+fn bundle_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
+    let bundle = crate::bundlefile::read::BundleFile::open_with(
+        &a.root,
+        &mut crate::bundlefile::read::StructureOnly,
+    )?;
+    let index = bundle.scan.index.clone();
+    let catalog = crate::transport::bundle::Bundles(vec![bundle]);
+    let mut rows = Vec::new();
     for img in &index.images {
-        let name = match &img.tag {
-            Some(t) => format!("{}:{t}", img.repository),
-            None => format!("{}@{}", img.repository, img.digest),
+        let reader = InRepo {
+            catalog: &catalog,
+            repo: &img.repository,
         };
-        let platforms: Vec<String> = img
-            .platforms
-            .iter()
-            .map(|p| {
-                if p.present {
-                    p.platform.clone()
-                } else {
-                    format!("{} (absent)", p.platform)
-                }
-            })
-            .collect();
-        if a.json {
-            println!(
-                "{}",
-                serde_json::json!({ "image": name, "digest": img.digest, "mediaType": img.media_type, "platforms": platforms, "section": img.section, "source": img.source })
-            );
-        } else {
-            let p = platform_column(&platforms);
-            println!(
-                "{name}\t{}\t{}\t{p}\t{}",
-                img.digest,
-                short_type(&img.media_type),
-                img.source
-            );
-        }
+        let top = catalog
+            .manifest(&img.repository, &img.digest)?
+            .ok_or_else(|| {
+                anyhow::anyhow!("{}: manifest {} missing", img.repository, img.digest)
+            })?;
+        let w = crate::image::walk_now(
+            &reader,
+            top,
+            &WalkOptions {
+                selection: Selection::All,
+                allow_absent: true,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{}@{}: {e}", img.repository, img.digest))?;
+        let mut r = row(
+            img.repository.clone(),
+            img.tag.clone(),
+            img.digest.clone(),
+            &w,
+        );
+        r.section = img.section.clone();
+        r.source = Some(img.source.clone());
+        rows.push(r);
     }
     for f in &index.failed {
         eprintln!("not in this bundle: {}: {}", f.image, f.cause);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(rows)
+}
+
+/// One repository of a bundle, as the image walk reads manifests.
+struct InRepo<'a> {
+    catalog: &'a crate::transport::bundle::Bundles,
+    repo: &'a str,
+}
+
+impl crate::image::Manifests for InRepo<'_> {
+    type Error = crate::store::StoreError;
+    fn manifest(
+        &self,
+        digest: &Digest,
+    ) -> impl std::future::Future<Output = Result<Option<RawManifest>, Self::Error>> + Send {
+        std::future::ready(self.catalog.manifest(self.repo, digest))
+    }
 }
 
 /// The platforms column: a comma-separated list, or `-` for a single-platform image.

@@ -1,5 +1,6 @@
 //! `ferry manifest-digest FILE`: the digest a registry gives a manifest file.
 
+use super::out::outln;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,6 @@ pub fn run(a: ManifestDigestArgs) -> anyhow::Result<ExitCode> {
     // As skopeo: any file gets a digest; a signed schema 1 manifest's is of its unsigned payload.
     let digest = crate::inspect::manifest_digest(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
-    println!("{digest}");
+    outln!("{digest}");
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ mod list_tags;
 mod login;
 mod ls;
 mod manifest_digest;
+pub(crate) mod out;
 mod progress;
 mod registry_flags;
 mod serve;
@@ -22,9 +23,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `ferry --version`: the package version and the commit it was built from, so a report names the exact build.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FERRY_COMMIT"), ")");
+
 /// ferry carries container images across air gaps.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about, propagate_version = true)]
+#[command(name = "ferry", version = VERSION, about, propagate_version = true)]
 pub struct Args {
     /// Flags every subcommand takes.
     #[command(flatten)]
@@ -119,6 +123,18 @@ enum Command {
     /// Generate the deterministic fixture images into a root (tests and benchmarks).
     #[command(hide = true)]
     Fixtures(fixtures::FixturesArgs),
+    /// Print shell completions (bash, zsh, fish) on stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout: `ferry man > ferry.1`.
+    #[command(hide = true)]
+    Man,
+}
+
+/// Flags of `ferry completions`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    shell: clap_complete::Shell,
 }
 
 /// Sets up `tracing`: warnings by default, debug with `--debug`, `RUST_LOG` overriding both.
@@ -160,7 +176,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::ManifestDigest(a) => manifest_digest::run(a),
         Command::Demo(a) => demo::run(g, a),
         Command::Fixtures(a) => fixtures::run(g, a),
+        Command::Completions(a) => {
+            let mut cmd = <Args as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(a.shell, &mut cmd, "ferry", &mut buf);
+            out::bytes(&buf);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Args as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut buf)?;
+            out::bytes(&buf);
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `--platform OS/ARCH[/VARIANT]` as a clap value parser, so a malformed one is a usage error (exit 2).
+fn parse_platform(s: &str) -> Result<crate::manifest::Platform, String> {
+    crate::manifest::Platform::parse(s)
+}
+
+/// `--listen HOST:PORT` as a clap value parser: a port number and a host with no spaces (exit 2 otherwise).
+fn parse_listen(s: &str) -> Result<String, String> {
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(s.to_string());
+    }
+    let bad = || format!("{s:?} is not HOST:PORT (for example 127.0.0.1:5000 or 0.0.0.0:5000)");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    if !host_ok {
+        return Err(bad());
+    }
+    Ok(s.to_string())
 }
 
 /// The multi-threaded runtime every networked command runs on.
@@ -194,4 +247,70 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
+}
+
+/// A missing path is named as missing, not as "not a registry root" or "not a bundle file".
+fn must_exist(p: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("{}: no such file or directory", p.display())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("{}", p.display()))),
+    }
+}
+
+/// Bad usage found after parsing (a flag that needs a terminal, say): `main` exits 2 on it, as on clap's own.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// `--creds USER[:PASS]`: without a password, asks for it on a terminal (no echo), as skopeo does, and refuses otherwise.
+fn credentials(flag: &str, value: &str) -> anyhow::Result<crate::auth::Credentials> {
+    use std::io::IsTerminal;
+    if value.contains(':') {
+        return Ok(crate::auth::Credentials::from_flag(value));
+    }
+    if value.is_empty() {
+        return Err(UsageError(format!("{flag}: give USER[:PASS]")).into());
+    }
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Err(UsageError(format!(
+            "{flag} {value}: no password given and no terminal to ask for it on; give USER:PASS or use --authfile"
+        ))
+        .into());
+    }
+    let pass = read_password(&format!("Password for {value}: "))?;
+    Ok(crate::auth::Credentials::from_flag(&format!(
+        "{value}:{pass}"
+    )))
+}
+
+/// Reads one line from the terminal with echo off (restored afterwards, also on error).
+fn read_password(prompt: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsRawFd;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")?;
+    let fd = tty.as_raw_fd();
+    // SAFETY: fd is an open terminal; termios is a plain C struct filled by tcgetattr.
+    let mut old: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(fd, &mut old) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let mut quiet = old;
+    quiet.c_lflag &= !libc::ECHO;
+    quiet.c_lflag |= libc::ECHONL;
+    // SAFETY: as above.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    let mut w = &tty;
+    let _ = write!(w, "{prompt}").and_then(|()| w.flush());
+    let mut line = String::new();
+    let r = std::io::BufReader::new(&tty).read_line(&mut line);
+    // SAFETY: as above; restores what tcgetattr read.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
+    r?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }

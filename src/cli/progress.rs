@@ -1,15 +1,23 @@
-//! Progress bars on stderr, only when it is a terminal and neither -q nor --debug is set.
+//! Progress bars on stderr, only when it is a terminal and neither -q nor --debug is set:
+//! bytes and blobs done, rate and time left. Nothing is drawn into a pipe or a file.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Renders bundle progress events as one byte bar.
-pub struct Bar(ProgressBar);
+/// Renders progress events (bundle, push, link) as one byte bar with a blob count.
+pub struct Bar {
+    pb: ProgressBar,
+    /// What the bar is doing ("bundle", "push", "link").
+    verb: &'static str,
+    blobs_total: AtomicUsize,
+    blobs_done: AtomicUsize,
+}
 
 /// A bar that draws only on a terminal.
-pub fn bar(silent: bool) -> Arc<Bar> {
+pub fn bar(silent: bool, verb: &'static str) -> Arc<Bar> {
     let target = if silent || !std::io::stderr().is_terminal() {
         ProgressDrawTarget::hidden()
     } else {
@@ -18,34 +26,57 @@ pub fn bar(silent: bool) -> Arc<Bar> {
     let pb = ProgressBar::with_draw_target(None, target);
     pb.set_style(
         ProgressStyle::with_template(
-            "{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            "{prefix} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
         )
         .expect("static template")
         .progress_chars("=> "),
     );
-    Arc::new(Bar(pb))
+    pb.set_prefix(verb);
+    Arc::new(Bar {
+        pb,
+        verb,
+        blobs_total: AtomicUsize::new(0),
+        blobs_done: AtomicUsize::new(0),
+    })
 }
 
 impl Bar {
     /// Clears the bar.
     pub fn finish(&self) {
-        self.0.finish_and_clear();
+        self.pb.finish_and_clear();
+    }
+
+    fn show_blobs(&self) {
+        self.pb.set_message(format!(
+            "{}/{} blobs",
+            self.blobs_done.load(Ordering::Relaxed),
+            self.blobs_total.load(Ordering::Relaxed)
+        ));
     }
 }
 
 impl crate::bundle::Progress for Bar {
     fn planned(&self, images: usize, blobs: usize, bytes_to_fetch: u64) {
-        self.0.set_message(format!("{images} images"));
-        self.0.set_length(bytes_to_fetch);
-        self.0.set_position(0);
-        tracing::info!("{images} images, {blobs} unique blobs, {bytes_to_fetch} bytes to download");
+        self.blobs_total.store(blobs, Ordering::Relaxed);
+        self.blobs_done.store(0, Ordering::Relaxed);
+        self.pb.set_length(bytes_to_fetch);
+        self.pb.set_position(0);
+        self.show_blobs();
+        self.pb.tick();
+        tracing::info!(
+            "{}: {images} images, {blobs} blobs, {bytes_to_fetch} bytes to move",
+            self.verb
+        );
     }
     fn fetched(&self, bytes: u64) {
-        self.0.inc(bytes);
+        // Every caller reports one blob per call (downloaded, pushed or linked).
+        self.blobs_done.fetch_add(1, Ordering::Relaxed);
+        self.show_blobs();
+        self.pb.inc(bytes);
     }
     fn packing(&self, bytes: u64) {
-        self.0.set_message("packing");
-        self.0.set_length(bytes);
-        self.0.set_position(bytes);
+        self.pb.set_message("packing");
+        self.pb.set_length(bytes);
+        self.pb.set_position(bytes);
     }
 }

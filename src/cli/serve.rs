@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 use super::GlobalArgs;
+use super::out::outln;
 use crate::store::Store;
 
 /// Flags of `ferry serve`.
@@ -14,7 +15,7 @@ pub struct ServeArgs {
     /// The registry root (the directory holding docker/registry/v2).
     root: PathBuf,
     /// Address to listen on; port 0 picks a free one (the address is printed).
-    #[arg(long, default_value = "127.0.0.1:5000")]
+    #[arg(long, default_value = "127.0.0.1:5000", value_parser = super::parse_listen)]
     listen: String,
 }
 
@@ -24,6 +25,7 @@ pub fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// Serves a registry root until SIGINT or SIGTERM.
 pub fn serve_root(g: &GlobalArgs, root: &Path, listen: &str) -> anyhow::Result<ExitCode> {
+    super::must_exist(root)?;
     let store = Store::open(root);
     if !store.exists() {
         bail!(
@@ -38,6 +40,8 @@ pub fn serve_root(g: &GlobalArgs, root: &Path, listen: &str) -> anyhow::Result<E
         if !g.quiet {
             eprintln!("ferry: serving {} at http://{addr}", root.display());
         }
+        // The address is a result (port 0 picks one): on stdout, also with -q.
+        outln!("{addr}");
         crate::serve::run(store, listener, super::shutdown_signal())
             .await
             .context("serving")?;

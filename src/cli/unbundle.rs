@@ -1,5 +1,6 @@
 //! `ferry unbundle serve | link | push`: the site side of the main job.
 
+use super::out::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -64,7 +65,7 @@ struct ServeArgs {
     #[arg(required = true)]
     sources: Vec<PathBuf>,
     /// Address to listen on; port 0 picks a free one (the address is printed).
-    #[arg(long, default_value = "127.0.0.1:5000")]
+    #[arg(long, default_value = "127.0.0.1:5000", value_parser = super::parse_listen)]
     listen: String,
     /// Unpack into this root first (verified) and serve that, instead of reading the bundles in place.
     #[arg(long)]
@@ -86,15 +87,36 @@ struct LinkArgs {
     json: bool,
 }
 
+/// Runs `ferry unbundle`; with `--json`, `link` and `push` print a JSON document whatever the outcome.
 pub fn run(g: &GlobalArgs, a: UnbundleArgs) -> anyhow::Result<ExitCode> {
-    match a.command {
-        UnbundleCommand::Serve(s) => serve(g, s),
-        UnbundleCommand::Link(l) => link_cmd(g, l),
-        UnbundleCommand::Push(p) => push_cmd(g, p),
+    let (json, r) = match a.command {
+        UnbundleCommand::Serve(s) => return serve(g, s),
+        UnbundleCommand::Link(l) => (l.json, link_cmd(g, l)),
+        UnbundleCommand::Push(p) => (p.json, push_cmd(g, p)),
+    };
+    if json && let Err(e) = &r {
+        let failed: Vec<serde_json::Value> = match e.downcast_ref::<NotPushed>() {
+            Some(NotPushed(causes)) => causes
+                .iter()
+                .map(|c| serde_json::json!({ "cause": c }))
+                .collect(),
+            None => Vec::new(),
+        };
+        let doc = serde_json::json!({ "ok": false, "error": format!("{e:#}"), "failed": failed });
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
     }
+    r
 }
 
+/// Images a push could not bring (each already printed), kept for `--json`.
+#[derive(Debug, thiserror::Error)]
+#[error("{} image(s) were not pushed; the others were", .0.len())]
+struct NotPushed(Vec<String>);
+
 fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
+    for s in &a.sources {
+        super::must_exist(s)?;
+    }
     let rt = super::runtime()?;
     if a.sources.len() == 1 && a.sources[0].is_dir() {
         if a.dir.is_some() {
@@ -127,6 +149,8 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
                 bundles.len()
             );
         }
+        // The address is a result (port 0 picks one): on stdout, also with -q.
+        outln!("{addr}");
         crate::serve::run(Bundles(bundles), listener, super::shutdown_signal())
             .await
             .context("serving")?;
@@ -135,11 +159,12 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
+    super::must_exist(&a.bundle)?;
     if !a.bundle.is_file() {
         bail!("{}: not a bundle file", a.bundle.display());
     }
     let index = crate::bundlefile::read_index(&a.bundle)?;
-    let bar = super::progress::bar(g.quiet || g.debug);
+    let bar = super::progress::bar(g.quiet || g.debug, "link");
     {
         use crate::bundle::Progress;
         bar.planned(
@@ -154,7 +179,7 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
     bar.finish();
     let s = result?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        outln!("{}", serde_json::to_string_pretty(&with_ok(&s)?)?);
     }
     if !g.quiet {
         for t in &s.tags {
@@ -181,6 +206,7 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
 
 fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
     use crate::copy::{CopyOptions, MultiArch};
+    super::must_exist(&a.source)?;
     let (host, prefix) = match a.dest.split_once('/') {
         Some((h, p)) => (h.to_string(), Some(p.trim_end_matches('/').to_string())),
         None => (a.dest.clone(), None),
@@ -195,7 +221,8 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
             credentials: a
                 .dest_creds
                 .as_deref()
-                .map(crate::auth::Credentials::from_flag),
+                .map(|v| super::credentials("--dest-creds", v))
+                .transpose()?,
             authfile: a.authfile.clone(),
             ..Default::default()
         },
@@ -222,6 +249,7 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
     // One check of the target before any image: a dead or mistyped one is one line, not one per image.
     rt.block_on(target.ping())?;
+    let bar = super::progress::bar(g.quiet || g.debug, "push");
     let summary = if a.source.is_dir() {
         let store = Store::open(&a.source);
         if !store.exists() {
@@ -241,7 +269,7 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
                 });
             }
         }
-        rt.block_on(crate::copy::copy_all(jobs, &opts, &crate::copy::NoProgress))
+        rt.block_on(crate::copy::copy_all(jobs, &opts, bar.as_ref()))
     } else {
         // The target checks every blob's digest as it receives it, so the bundle is not hashed twice here.
         let bundle = BundleFile::open_with(&a.source, &mut crate::bundlefile::read::StructureOnly)?;
@@ -263,20 +291,21 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
                 destination: dest(&i.repository, i.tag.clone()),
             });
         }
-        rt.block_on(crate::copy::copy_all(jobs, &opts, &crate::copy::NoProgress))
+        rt.block_on(crate::copy::copy_all(jobs, &opts, bar.as_ref()))
     };
+    bar.finish();
     let summary = match summary {
         Ok(s) => s,
         Err(crate::copy::CopyError::Several(v)) => {
             for e in &v {
                 eprintln!("error: {e}");
             }
-            bail!("{} image(s) were not pushed; the others were", v.len());
+            return Err(NotPushed(v.iter().map(ToString::to_string).collect()).into());
         }
         Err(e) => return Err(e.into()),
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&with_ok(&summary)?)?);
     }
     for r in &summary.rewritten {
         eprintln!(
@@ -297,4 +326,13 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A summary as JSON with `"ok": true`, the key a failed run's document has as `false`.
+fn with_ok(s: &impl serde::Serialize) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(s)?;
+    if let Some(m) = v.as_object_mut() {
+        m.insert("ok".into(), serde_json::Value::Bool(true));
+    }
+    Ok(v)
 }

@@ -1,5 +1,6 @@
 //! `ferry verify ROOT`: an fsck of a registry root.
 
+use super::out::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,6 +18,7 @@ pub struct VerifyArgs {
 }
 
 pub fn run(_g: &GlobalArgs, a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    super::must_exist(&a.root)?;
     if a.root.is_file() {
         return verify_bundle(&a);
     }
@@ -30,7 +32,7 @@ pub fn run(_g: &GlobalArgs, a: VerifyArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|f| serde_json::json!({ "path": f.path, "fault": f.what }))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "root": a.root, "blobs": report.blobs, "bytes": report.bytes,
@@ -38,7 +40,7 @@ pub fn run(_g: &GlobalArgs, a: VerifyArgs) -> anyhow::Result<ExitCode> {
             })
         );
     } else {
-        println!(
+        outln!(
             "{}: {} blobs ({}) re-hashed, {} links in {} repositories resolved, {} fault{}",
             a.root.display(),
             report.blobs,
@@ -66,12 +68,12 @@ fn verify_bundle(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
         .map(|r| r.layers.len() + r.revisions.len() + r.tags.len() + r.tag_index.len())
         .sum();
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "bundle": a.root, "blobs": scan.blobs.len(), "bytes": bytes, "repositories": scan.repos.len(), "links": links, "faults": [] })
         );
     } else {
-        println!(
+        outln!(
             "{}: {} blobs ({}) re-hashed, {} links in {} repositories resolved, 0 faults",
             a.root.display(),
             scan.blobs.len(),

@@ -99,6 +99,27 @@ fn wait_ready(addr: &str, child: &mut Child, what: &str) {
     panic!("{what} on {addr} not ready after 20 s");
 }
 
+/// A started child that is stopped by its PID if the test panics before it is handed over
+/// (a server that never got ready would otherwise outlive the test, its parent gone).
+struct Starting(Option<Child>);
+
+impl Starting {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("not handed over yet")
+    }
+    fn hand_over(mut self) -> Child {
+        self.0.take().expect("handed over once")
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            stop(c);
+        }
+    }
+}
+
 /// Sends SIGTERM and waits (we are the parent, so the child is reaped at once), then SIGKILL.
 fn stop(child: &mut Child) -> Option<std::process::ExitStatus> {
     let _ = Command::new("kill")
@@ -170,15 +191,17 @@ impl Registry {
             )
             .unwrap();
             let log = std::fs::File::create(dir.path().join("log")).unwrap();
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("starting docker-registry");
+            let mut child = Starting(Some(
+                Command::new("docker-registry")
+                    .arg("serve")
+                    .arg(&config)
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .expect("starting docker-registry"),
+            ));
             std::thread::sleep(Duration::from_millis(30));
-            if let Ok(Some(_)) = child.try_wait() {
+            if let Ok(Some(_)) = child.child().try_wait() {
                 continue; // port taken between free_port and bind: try another
             }
             if tls.is_some() || opts.htpasswd.is_some() {
@@ -190,10 +213,10 @@ impl Registry {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             } else {
-                wait_ready(&addr, &mut child, "docker-registry");
+                wait_ready(&addr, child.child(), "docker-registry");
             }
             return Registry {
-                child,
+                child: child.hand_over(),
                 addr,
                 config,
                 _dir: dir,
@@ -247,25 +270,27 @@ impl FerryServe {
 
     /// Starts ferry with these arguments plus `--listen 127.0.0.1:0` (a server subcommand).
     pub fn start_with(args: &[&str]) -> FerryServe {
-        let mut child = ferry()
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting ferry serve");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut child = Starting(Some(
+            ferry()
+                .args(args)
+                .args(["--listen", "127.0.0.1:0"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting ferry serve"),
+        ));
+        // The bound address is ferry's first result line on stdout.
+        let mut lines = BufReader::new(child.child().stdout.take().unwrap()).lines();
         let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        let addr = first
-            .rsplit("http://")
-            .next()
-            .filter(|_| first.contains("http://"))
-            .unwrap_or_else(|| panic!("ferry serve did not print its address: {first:?}"))
-            .to_string();
-        std::thread::spawn(move || for _ in lines {}); // keep draining stderr
-        wait_ready(&addr, &mut child, "ferry serve");
+        let addr = first.trim().to_string();
+        assert!(
+            addr.parse::<std::net::SocketAddr>().is_ok(),
+            "ferry serve did not print its address: {first:?}"
+        );
+        std::thread::spawn(move || for _ in lines {}); // keep draining stdout
+        wait_ready(&addr, child.child(), "ferry serve");
         FerryServe {
-            child: Some(child),
+            child: Some(child.hand_over()),
             addr,
         }
     }

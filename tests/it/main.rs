@@ -14,4 +14,5 @@ mod store_interop;
 mod sync;
 mod unbundle;
 mod verbs;
+mod ux;
 mod verify;
