@@ -180,7 +180,7 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
         if a.dry_run {
             return dry_run(&a, &images, &dest_clients, &open, &pushed).await;
         }
-        let bar = super::progress::bar(g.quiet || g.debug);
+        let bar = super::progress::bar(g.quiet || g.debug, "sync");
         let mut pending: Vec<SyncImage> = images.clone();
         let mut total = CopySummary::default();
         let mut errors: Vec<CopyError> = Vec::new();
