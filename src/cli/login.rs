@@ -87,6 +87,9 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
     let key = registry_key(&a.registry).map_err(anyhow::Error::msg)?;
     let host = key.split('/').next().unwrap_or(&key).to_string();
     if a.get_login {
+        if a.authfile.as_ref().is_some_and(|f| !f.exists()) {
+            bail!("not logged into {key}");
+        }
         let c = crate::auth::lookup(&host, None, a.authfile.as_deref())
             .with_context(|| format!("reading the login for {key}"))?;
         match c {
