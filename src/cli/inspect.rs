@@ -38,6 +38,7 @@ pub struct InspectArgs {
     registry: RegistryFlags,
 }
 
+/// Prints what skopeo inspect prints for the image, so scripts can switch tools unchanged.
 pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let r = ImageRef::parse(&a.image)?;
     let platform = super::registry_flags::platform(

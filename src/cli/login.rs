@@ -83,6 +83,7 @@ fn prompt_password() -> anyhow::Result<String> {
     r
 }
 
+/// Stores credentials only after the registry accepted them, so a typo never lands in the file.
 pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
     let key = registry_key(&a.registry).map_err(anyhow::Error::msg)?;
     let host = key.split('/').next().unwrap_or(&key).to_string();
@@ -161,6 +162,7 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Removes stored credentials, keeping every other entry of the auth file.
 pub fn logout(a: LogoutArgs) -> anyhow::Result<ExitCode> {
     let path = a.authfile.clone().unwrap_or_else(default_path);
     if a.all {
