@@ -20,6 +20,7 @@ pub struct DeleteArgs {
     registry: RegistryFlags,
 }
 
+/// Deletes the image's manifest by digest, since registries refuse deletes by tag.
 pub fn run(g: &super::GlobalArgs, a: DeleteArgs) -> anyhow::Result<ExitCode> {
     let r = match ImageRef::parse(&a.image)? {
         ImageRef::Docker(r) => r,

@@ -4,8 +4,6 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 use super::registry_flags::RegistryFlags;
 use crate::inspect::{Summary, config_bytes, image_manifest, oci_config_json, summary_json};
 use crate::manifest::RawManifest;
@@ -40,6 +38,7 @@ pub struct InspectArgs {
     registry: RegistryFlags,
 }
 
+/// Prints what skopeo inspect prints for the image, so scripts can switch tools unchanged.
 pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let r = ImageRef::parse(&a.image)?;
     let platform = super::registry_flags::platform(
@@ -111,7 +110,14 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
                 .map_err(anyhow::Error::msg)?;
             Ok(s.into_bytes())
         })
-        .with_context(|| format!("inspecting {}", a.image))?;
+        // Name the image once: most causes already do.
+        .map_err(|e| {
+            if format!("{e:#}").contains(&a.image) {
+                e
+            } else {
+                e.context(format!("inspecting {}", a.image))
+            }
+        })?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&out)?;
     if !(a.raw) {

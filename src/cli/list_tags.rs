@@ -27,6 +27,7 @@ struct TagList {
     tags: Vec<String>,
 }
 
+/// Prints every tag of the repository, all pages followed, in skopeo's document.
 pub fn run(a: ListTagsArgs) -> anyhow::Result<ExitCode> {
     let r = match ImageRef::parse(&a.repository)? {
         ImageRef::Docker(r) => r,

@@ -83,10 +83,14 @@ fn prompt_password() -> anyhow::Result<String> {
     r
 }
 
+/// Stores credentials only after the registry accepted them, so a typo never lands in the file.
 pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
     let key = registry_key(&a.registry).map_err(anyhow::Error::msg)?;
     let host = key.split('/').next().unwrap_or(&key).to_string();
     if a.get_login {
+        if a.authfile.as_ref().is_some_and(|f| !f.exists()) {
+            bail!("not logged into {key}");
+        }
         let c = crate::auth::lookup(&host, None, a.authfile.as_deref())
             .with_context(|| format!("reading the login for {key}"))?;
         match c {
@@ -158,6 +162,7 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Removes stored credentials, keeping every other entry of the auth file.
 pub fn logout(a: LogoutArgs) -> anyhow::Result<ExitCode> {
     let path = a.authfile.clone().unwrap_or_else(default_path);
     if a.all {

@@ -404,6 +404,37 @@ fn login_and_logout_interoperate_with_skopeo() {
     );
     assert_eq!(o.status.code(), Some(1));
 
+    // --creds on the one-image verbs, right and wrong.
+    let creds = format!("alice:{PASSWORD}");
+    let repo = format!("docker://{}/{}", reg.addr, img.repository);
+    let o = ferry_run(
+        &["inspect", "--tls-verify=false", "--creds", &creds, &image],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = ferry_run(
+        &["list-tags", "--tls-verify=false", "--creds", &creds, &repo],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = ferry_run(
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--creds",
+            "alice:nope",
+            &image,
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        text(&o.stderr).trim().lines().count(),
+        1,
+        "{}",
+        text(&o.stderr)
+    );
+
     // The right password, from stdin.
     let o = ferry_run(
         &[
