@@ -808,11 +808,23 @@ fn yaml_to_dir_scoped_and_not_writes_skopeos_files() {
         f.push(b.to_str().unwrap());
         ok(ferry_sync(&f), "ferry sync yaml->dir");
         let (fa, fb) = (files(&a), files(&b));
-        assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>(), "scoped={scoped}");
+        assert_eq!(
+            fa.keys().collect::<Vec<_>>(),
+            fb.keys().collect::<Vec<_>>(),
+            "scoped={scoped}"
+        );
         for (name, bytes) in &fa {
             assert!(fb[name] == *bytes, "{name}: the same bytes");
         }
-        let pinned = format!("{}@{}/manifest.json", repo.rsplit('/').next().unwrap(), imgs[1].digest);
-        assert!(scoped || fa.contains_key(&pinned), "{:?}", fa.keys().collect::<Vec<_>>());
+        let pinned = format!(
+            "{}@{}/manifest.json",
+            repo.rsplit('/').next().unwrap(),
+            imgs[1].digest
+        );
+        assert!(
+            scoped || fa.contains_key(&pinned),
+            "{:?}",
+            fa.keys().collect::<Vec<_>>()
+        );
     }
 }
