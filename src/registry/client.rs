@@ -179,6 +179,19 @@ fn is_plain_http_answer(e: &reqwest::Error) -> bool {
     transport_cause(e).contains("InvalidContentType")
 }
 
+/// A URL for messages: an upload session's `_state` token (long, opaque, and only the registry's business) left out.
+fn shown_url(url: &str) -> String {
+    let Some(start) = url.find("_state=") else {
+        return url.to_string();
+    };
+    let end = url[start..].find('&').map_or(url.len(), |e| start + e);
+    let mut out = format!("{}_state=…{}", &url[..start], &url[end..]);
+    if out.ends_with("?_state=…") {
+        out.truncate(out.len() - "?_state=…".len());
+    }
+    out
+}
+
 /// The path of a URL without its query, for messages about what was waited for.
 fn url_path(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -556,6 +569,7 @@ impl Client {
         let mut authed_once = false;
         let mut attempt = 0u32;
         let headers_timeout = self.inner.opts.headers_timeout;
+        let shown = shown_url(&url);
         loop {
             let mut req = self.inner.http.request(method.clone(), &url);
             for (k, v) in headers {
@@ -594,7 +608,11 @@ impl Client {
                 Some(Ok(r)) => r,
                 Some(Err(source)) => {
                     if let Some(cause) = watch.failed.lock().unwrap().take() {
-                        return Err(RegistryError::Body { method, url, cause });
+                        return Err(RegistryError::Body {
+                            method,
+                            url: shown,
+                            cause,
+                        });
                     }
                     if is_plain_http_answer(&source) {
                         return Err(self.plain_http());
@@ -603,14 +621,14 @@ impl Client {
                         && attempt < limits::RETRIES
                         && (source.is_connect() || source.is_timeout() || source.is_request())
                     {
-                        tracing::warn!("{method} {url}: {}; retrying", transport_cause(&source));
+                        tracing::warn!("{method} {shown}: {}; retrying", transport_cause(&source));
                         tokio::time::sleep(backoff(attempt, None)).await;
                         attempt += 1;
                         continue;
                     }
                     return Err(RegistryError::Transport {
                         method,
-                        url,
+                        url: shown,
                         source,
                     });
                 }
@@ -638,7 +656,7 @@ impl Client {
             if retryable_status(status) && policy.retry && attempt < limits::RETRIES {
                 let wait = backoff(attempt, resp.headers().get(header::RETRY_AFTER));
                 tracing::warn!(
-                    "{method} {url}: HTTP {status}; retrying in {:.1}s",
+                    "{method} {shown}: HTTP {status}; retrying in {:.1}s",
                     wait.as_secs_f64()
                 );
                 tokio::time::sleep(wait).await;
@@ -652,7 +670,7 @@ impl Client {
             let errors = serde_json::from_slice(&body).unwrap_or_default();
             return Err(RegistryError::Status {
                 method,
-                url,
+                url: shown,
                 status,
                 errors,
             });
@@ -835,5 +853,22 @@ impl hyper::body::Body for Watched {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         hyper::body::Body::size_hint(&self.inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn upload_state_is_left_out_of_messages() {
+        assert_eq!(
+            super::shown_url("http://h/v2/r/blobs/uploads/u?_state=abc%3D&digest=sha256:1"),
+            "http://h/v2/r/blobs/uploads/u?_state=…&digest=sha256:1"
+        );
+        assert_eq!(
+            super::shown_url("http://h/v2/r/blobs/uploads/u?_state=abc"),
+            "http://h/v2/r/blobs/uploads/u"
+        );
+        assert_eq!(super::shown_url("http://h/v2/"), "http://h/v2/");
+        assert_eq!(super::url_path("http://h:5/v2/x?n=1"), "/v2/x");
     }
 }

@@ -254,7 +254,7 @@ impl Client {
         if let Err(e) = r {
             // A session the registry has already closed answers 404: nothing is left behind.
             if !e.is_not_found() {
-                tracing::warn!("cancelling upload {}: {e}", location);
+                tracing::warn!("cancelling an upload session: {e}");
             }
         }
     }

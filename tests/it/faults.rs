@@ -298,6 +298,7 @@ fn bundle_through(fault: Fault) -> (String, f64, PathBuf, tempfile::TempDir, Str
     ]));
     let secs = t.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&res.stderr).to_string();
+    eprintln!("{fault:?}:\n{stderr}");
     assert_eq!(res.status.code(), Some(1), "{stderr}");
     assert!(!out.exists(), "no bundle written");
     (stderr, secs, cache, work, addr)
@@ -362,6 +363,7 @@ fn push_through(fault: Fault) -> (String, f64, tempfile::TempDir, String) {
         ]));
     let secs = t.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&res.stderr).to_string();
+    eprintln!("{fault:?}:\n{stderr}");
     assert_eq!(res.status.code(), Some(1), "{stderr}");
     (stderr, secs, root, addr)
 }
