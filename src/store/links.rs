@@ -226,6 +226,21 @@ impl Store {
         Ok(report)
     }
 
+    /// Checks, writing nothing, that [`Store::link_image_with`] would find what it
+    /// needs (manifests that parse, every config and layer present), so a caller
+    /// can refuse before the first link.
+    pub fn check_image_with(
+        &self,
+        digest: &Digest,
+        wanted: &(dyn Fn(&Digest) -> bool + Sync),
+    ) -> Result<()> {
+        let w = self.walk_only(digest, wanted)?;
+        match w.blobs.iter().find(|b| !self.has_blob(&b.digest)) {
+            Some(b) => Err(StoreError::BlobUnknown(b.digest.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// The walk of an image held here (every child, absent ones recorded).
     pub fn walk(&self, digest: &Digest) -> Result<ImageWalk> {
         self.walk_only(digest, &|_| true)
