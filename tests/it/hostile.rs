@@ -1182,7 +1182,16 @@ fn serve_with_timeouts(root: &Path, ms: u64) -> (std::process::Child, String) {
 #[test]
 fn idle_and_half_sent_connections_are_closed_and_names_are_echoed_short() {
     let (dir, _) = tiny();
-    let (mut child, addr) = serve_with_timeouts(dir.path(), 400);
+    let (child, addr) = serve_with_timeouts(dir.path(), 400);
+    /// Stops the server however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(child);
     // Half-sent request heads, and one idle keep-alive connection after a full exchange.
     let mut half: Vec<std::net::TcpStream> = (0..100)
         .map(|_| {
@@ -1221,6 +1230,4 @@ fn idle_and_half_sent_connections_are_closed_and_names_are_echoed_short() {
         String::from_utf8_lossy(&body2[..200])
     );
     drop(body);
-    let _ = child.kill();
-    let _ = child.wait();
 }
