@@ -198,7 +198,17 @@ pub fn link(
         failed: None,
     };
     let scanned = scan(bundle, &mut into);
-    let scan = match scanned {
+    // Every image must walk (manifests parse, configs and layers present) before
+    // a single link is written; a bundle that fails here is refused like one
+    // whose bytes are wrong, and takes its blobs back.
+    let checked = scanned.map_err(LinkError::Read).and_then(|scan| {
+        for img in &scan.index.images {
+            let revisions = scan.repos.get(&img.repository).map(|r| &r.revisions);
+            store.check_image_with(&img.digest, &|d| revisions.is_some_and(|r| r.contains(d)))?;
+        }
+        Ok(scan)
+    });
+    let scan = match checked {
         Ok(s) => s,
         Err(e) => {
             into.roll_back();
@@ -208,10 +218,11 @@ pub fn link(
                     root: root.to_path_buf(),
                     source,
                 },
-                None => LinkError::Read(e),
+                None => e,
             });
         }
     };
+    drop(into);
     store.sync_fs()?;
     if no_clobber {
         check_tags(&store, &scan.index.images, root)?;

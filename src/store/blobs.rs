@@ -195,10 +195,67 @@ impl Drop for BlobWriter {
     }
 }
 
+/// Makes a missing directory `dir` appear whole: it is built in the temp area
+/// by `fill` and renamed into place, so a run killed halfway never leaves an
+/// empty blob or link directory in the layout. `false` when `dir` exists (or
+/// another writer made it first): the caller then writes into it as usual.
+pub(super) fn place_dir(
+    store: &Store,
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> io::Result<()>,
+) -> Result<bool> {
+    if dir.exists() {
+        return Ok(false);
+    }
+    let tmp = temp_path(store, "dir");
+    let parent = dir.parent().expect("layout directories have parents");
+    let build = || -> io::Result<()> {
+        fs::create_dir(&tmp)?;
+        fill(&tmp)?;
+        if store.durable {
+            fsync_dir(&tmp)?;
+        }
+        fs::create_dir_all(parent)
+    };
+    if let Err(e) = build() {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(StoreError::Io {
+            op: "building in the temp area",
+            path: dir.to_path_buf(),
+            source: e,
+        });
+    }
+    match fs::rename(&tmp, dir) {
+        Ok(()) => {
+            if store.durable {
+                fsync_dir(parent).map_err(StoreError::io("syncing", parent))?;
+            }
+            Ok(true)
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(StoreError::Io {
+                op: "renaming into place",
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        }
+    }
+}
+
 /// Moves a verified temp file to the blob's place without ever replacing an existing blob.
 fn publish(store: &Store, tmp: &Path, digest: &Digest) -> Result<()> {
     let dest = store.path(PathSpec::BlobData(digest));
     let parent = dest.parent().expect("blob paths have parents");
+    let name = dest.file_name().expect("blob paths name a file");
+    if place_dir(store, parent, |d| fs::hard_link(tmp, d.join(name)))? {
+        let _ = fs::remove_file(tmp);
+        return Ok(());
+    }
     fs::create_dir_all(parent).map_err(StoreError::io("creating directory", parent))?;
     match fs::hard_link(tmp, &dest) {
         Ok(()) => {

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::blobs::{fsync_dir, temp_path, write_atomic};
+use super::blobs::{fsync_dir, place_dir, temp_path, write_atomic};
 use super::{Result, Store, StoreError};
 use crate::digest::Digest;
 use crate::image::{self, ImageWalk, Selection, WalkError, WalkOptions};
@@ -62,6 +62,20 @@ impl Store {
             && &existing == digest
         {
             return Ok(false);
+        }
+        // A new link's directory appears with its link in it (never empty, even if killed).
+        let dir = path.parent().expect("link paths have parents");
+        let name = path.file_name().expect("link paths name a file");
+        let durable = self.durable;
+        if place_dir(self, dir, |d| {
+            let mut f = fs::File::create(d.join(name))?;
+            io::Write::write_all(&mut f, digest.to_string().as_bytes())?;
+            if durable {
+                f.sync_all()?;
+            }
+            Ok(())
+        })? {
+            return Ok(true);
         }
         write_atomic(self, path, digest.to_string().as_bytes(), "writing link")?;
         Ok(true)
@@ -224,6 +238,21 @@ impl Store {
             report.tag_moved_from = self.tag(repo, t, digest)?;
         }
         Ok(report)
+    }
+
+    /// Checks, writing nothing, that [`Store::link_image_with`] would find what it
+    /// needs (manifests that parse, every config and layer present), so a caller
+    /// can refuse before the first link.
+    pub fn check_image_with(
+        &self,
+        digest: &Digest,
+        wanted: &(dyn Fn(&Digest) -> bool + Sync),
+    ) -> Result<()> {
+        let w = self.walk_only(digest, wanted)?;
+        match w.blobs.iter().find(|b| !self.has_blob(&b.digest)) {
+            Some(b) => Err(StoreError::BlobUnknown(b.digest.clone())),
+            None => Ok(()),
+        }
     }
 
     /// The walk of an image held here (every child, absent ones recorded).

@@ -864,6 +864,30 @@ fn late_fault_bundle(path: &Path, old: &Digest, fault: &str) {
             members.extend(file(&data_path(&bad), b"THE REAL CONTENT".to_vec()));
         }
         "missing blob" => listed.push((Digest::sha256_of(b"not in the archive"), 18)),
+        "manifest that does not parse" => {
+            // Consistent links and index, but the tagged "manifest" is not one: found only when linking.
+            let m = b"{\"not\": \"a manifest\"}".to_vec();
+            let md = Digest::sha256_of(&m);
+            listed.push((md.clone(), m.len() as u64));
+            members.extend(file(&data_path(&md), m));
+            let repo = "docker/registry/v2/repositories/x/_manifests";
+            for link in [
+                format!("{repo}/revisions/sha256/{}/link", md.hex()),
+                format!("{repo}/tags/t/current/link"),
+                format!("{repo}/tags/t/index/sha256/{}/link", md.hex()),
+            ] {
+                members.extend(file(&link, md.to_string().into_bytes()));
+            }
+            listed.sort();
+            let mut index: serde_json::Value =
+                serde_json::from_slice(&index_json(&listed)).unwrap();
+            index["images"] = serde_json::json!([{
+                "source": "x:t", "repository": "x", "tag": "t", "digest": md,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            }]);
+            craft_plain(path, &serde_json::to_vec(&index).unwrap(), members);
+            return;
+        }
         "dangling link" => {
             let ghost = Digest::sha256_of(b"ghost");
             members.extend(file(
@@ -888,6 +912,7 @@ fn a_refused_link_takes_back_every_blob_it_added() {
         ("wrong bytes", "content hashes to"),
         ("missing blob", "which the archive does not hold"),
         ("dangling link", "which the archive does not hold"),
+        ("manifest that does not parse", "manifest sha256:"),
     ] {
         let bundle = work.path().join(format!("{}.tar", fault.replace(' ', "-")));
         late_fault_bundle(&bundle, &old, fault);
@@ -1157,7 +1182,16 @@ fn serve_with_timeouts(root: &Path, ms: u64) -> (std::process::Child, String) {
 #[test]
 fn idle_and_half_sent_connections_are_closed_and_names_are_echoed_short() {
     let (dir, _) = tiny();
-    let (mut child, addr) = serve_with_timeouts(dir.path(), 400);
+    let (child, addr) = serve_with_timeouts(dir.path(), 400);
+    /// Stops the server however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(child);
     // Half-sent request heads, and one idle keep-alive connection after a full exchange.
     let mut half: Vec<std::net::TcpStream> = (0..100)
         .map(|_| {
@@ -1196,6 +1230,4 @@ fn idle_and_half_sent_connections_are_closed_and_names_are_echoed_short() {
         String::from_utf8_lossy(&body2[..200])
     );
     drop(body);
-    let _ = child.kill();
-    let _ = child.wait();
 }
