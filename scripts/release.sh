@@ -20,7 +20,9 @@ esac
 TARGET=x86_64-unknown-linux-gnu
 # Its own target dir: crt-static changes every crate's flags, so it must not share the dev build's.
 export CARGO_TARGET_DIR="$PWD/target/static"
-RUSTFLAGS="-C target-feature=+crt-static" \
+# Non-PIE (relocation-model=static): a static-pie binary works too, but ldd calls this one
+# "not a dynamic executable", the plainest proof there is.
+RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
 CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_DEBUG=false \
   cargo build --release --locked --target "$TARGET" --features static-dns
 BIN="$CARGO_TARGET_DIR/$TARGET/release/ferry"
@@ -30,8 +32,9 @@ $CHECK || exit 0
 echo "--- ldd $BIN"
 out=$(ldd "$BIN" 2>&1 || true)
 echo "$out"
-case "$out" in *"not a dynamic executable"*|*"statically linked"*) ;; *) echo "FAIL: the binary is dynamic" >&2; exit 1 ;; esac
+case "$out" in *"not a dynamic executable"*) ;; *) echo "FAIL: ldd does not call it \"not a dynamic executable\"" >&2; exit 1 ;; esac
 
+CHROOT=$(command -v chroot)
 JAIL=$(mktemp -d /tmp/ferry-chroot.XXXXXX)
 trap 'rm -rf "$JAIL"' EXIT
 mkdir -p "$JAIL/etc/ssl/certs" "$JAIL/tmp"
@@ -42,7 +45,7 @@ cp -L /etc/hosts /etc/resolv.conf "$JAIL/etc/"
 echo "--- the chroot holds:"
 (cd "$JAIL" && find . -mindepth 1 | sort)
 echo "--- chroot $JAIL /ferry --version"
-env -i HOME=/tmp TMPDIR=/tmp PATH=/ chroot "$JAIL" /ferry --version
+env -i HOME=/tmp TMPDIR=/tmp PATH=/ "$CHROOT" "$JAIL" /ferry --version
 echo "--- chroot $JAIL /ferry demo"
-env -i HOME=/tmp TMPDIR=/tmp PATH=/ chroot "$JAIL" /ferry demo
+env -i HOME=/tmp TMPDIR=/tmp PATH=/ "$CHROOT" "$JAIL" /ferry demo
 echo "OK: static, and ferry demo runs in an empty chroot"
