@@ -26,7 +26,7 @@ pub fn run(g: &super::GlobalArgs, a: DeleteArgs) -> anyhow::Result<ExitCode> {
         ImageRef::Docker(r) => r,
         other => bail!("{other}: delete works on registry images; write docker://HOST/REPO:TAG"),
     };
-    let opts = a.registry.client_options();
+    let opts = a.registry.client_options()?;
     let rt = super::runtime()?;
     let repo = r.remote_repository(DEFAULT_REGISTRY);
     let digest = rt.block_on(async {

@@ -47,7 +47,7 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
         a.override_variant.as_deref(),
     )?;
     let open = OpenOptions {
-        source: a.registry.client_options(),
+        source: a.registry.client_options()?,
         ..Default::default()
     };
     // One thread is plenty for a handful of requests, and starts faster.

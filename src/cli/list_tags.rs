@@ -40,7 +40,7 @@ pub fn run(a: ListTagsArgs) -> anyhow::Result<ExitCode> {
             docker_name(&r)
         );
     }
-    let opts = a.registry.client_options();
+    let opts = a.registry.client_options()?;
     let rt = super::runtime()?;
     let tags = rt.block_on(async {
         let clients = Clients::default();

@@ -51,13 +51,13 @@ pub struct GlobalArgs {
 /// Timeouts and the per-host cap, shared by every verb that talks to registries so they read the same everywhere.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NetArgs {
-    /// Seconds a registry may send nothing while a body is read before the read is given up
-    /// (then resumed while retries last); suits slow links by default.
-    #[arg(long, value_name = "SECS", alias = "timeout", default_value_t = crate::limits::DEFAULT_IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout_idle: u64,
-    /// Seconds to wait for a registry's answer (its headers) once a request has been sent.
-    #[arg(long, value_name = "SECS", default_value_t = crate::limits::DEFAULT_HEADERS_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
-    pub timeout_headers: u64,
+    /// Longest silence from a registry while a body is read (then the read resumes while
+    /// retries last): 30s, 2m, 1m30s or plain seconds; suits slow links by default.
+    #[arg(long = "timeout", visible_alias = "timeout-idle", value_name = "DURATION", default_value = "30s", value_parser = duration_parser)]
+    pub timeout_idle: std::time::Duration,
+    /// Longest wait for a registry's answer (its headers) once a request has been sent.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration_parser)]
+    pub timeout_headers: std::time::Duration,
     /// Most requests in flight to one registry host at once [default: --jobs].
     #[arg(long, value_name = "N", value_parser = jobs_parser())]
     pub max_per_host: Option<usize>,
@@ -72,13 +72,46 @@ impl NetArgs {
         plain_http_flag: &str,
     ) -> crate::registry::ClientOptions {
         crate::registry::ClientOptions {
-            headers_timeout: std::time::Duration::from_secs(self.timeout_headers),
-            idle_timeout: std::time::Duration::from_secs(self.timeout_idle),
+            headers_timeout: self.timeout_headers,
+            idle_timeout: self.timeout_idle,
             max_concurrent: self.max_per_host.unwrap_or(jobs),
             plain_http_flag: plain_http_flag.to_string(),
             ..opts
         }
     }
+}
+
+/// A duration as Go and skopeo write one (`30s`, `2m`, `1m30s`, `500ms`, `1h`), or plain seconds; at least 1 ms.
+fn duration_parser(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration (examples: 30s, 2m, 1m30s, 500ms, or seconds)");
+    if let Ok(secs) = s.parse::<u64>() {
+        return (secs > 0)
+            .then(|| std::time::Duration::from_secs(secs))
+            .ok_or_else(|| "must be more than 0".to_string());
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let n_end = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..n_end].parse().map_err(|_| bad())?;
+        rest = &rest[n_end..];
+        let u_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..u_end] {
+            "ms" => std::time::Duration::from_millis(1),
+            "s" => std::time::Duration::from_secs(1),
+            "m" => std::time::Duration::from_secs(60),
+            "h" => std::time::Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        total += unit * u32::try_from(n).map_err(|_| bad())?;
+        rest = &rest[u_end..];
+    }
+    if total.is_zero() {
+        return Err("must be more than 0".to_string());
+    }
+    Ok(total)
 }
 
 /// `--jobs` and `--max-per-host`: a whole number of at least 1 (0 would do nothing, so it is a usage error).
@@ -313,4 +346,22 @@ fn read_password(prompt: &str) -> anyhow::Result<String> {
     unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
     r?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_parser;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_go_writes_them() {
+        assert_eq!(duration_parser("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration_parser("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration_parser("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration_parser("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration_parser("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "0", "0s", "s", "30x", "-1", "1.5s"] {
+            assert!(duration_parser(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -25,18 +25,19 @@ pub struct RegistryFlags {
 }
 
 impl RegistryFlags {
-    /// The client options these flags ask for.
-    pub fn client_options(&self) -> ClientOptions {
-        ClientOptions {
+    /// The client options these flags ask for (a password left out of `--creds` is asked for on a terminal).
+    pub fn client_options(&self) -> anyhow::Result<ClientOptions> {
+        Ok(ClientOptions {
             tls_verify: self.tls_verify,
             credentials: self
                 .creds
                 .as_deref()
-                .map(crate::auth::Credentials::from_flag),
+                .map(|v| super::credentials("--creds", v))
+                .transpose()?,
             authfile: self.authfile.clone(),
             cert_dir: self.cert_dir.clone(),
             ..ClientOptions::default()
-        }
+        })
     }
 }
 

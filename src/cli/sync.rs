@@ -86,8 +86,11 @@ pub struct SyncArgs {
     #[arg(long)]
     dest_cert_dir: Option<PathBuf>,
     /// Blobs copied at once (shared by every image of the sync).
-    #[arg(long, default_value_t = crate::limits::DEFAULT_JOBS)]
+    #[arg(long, default_value_t = crate::limits::DEFAULT_JOBS, value_parser = super::jobs_parser())]
     jobs: usize,
+    /// Timeouts and the per-host cap.
+    #[command(flatten)]
+    net: super::NetArgs,
     /// Print a JSON summary (or, with --dry-run, the plan) on stdout.
     #[arg(long)]
     json: bool,
@@ -130,23 +133,35 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
     if a.remove_signatures {
         tracing::debug!("--remove-signatures: ferry copies no signatures");
     }
-    let creds = |c: &Option<String>| c.as_deref().map(crate::auth::Credentials::from_flag);
-    let source_client = ClientOptions {
-        tls_verify: a.src_tls_verify,
-        credentials: creds(&a.src_creds),
-        authfile: a.src_authfile.clone().or_else(|| a.authfile.clone()),
-        cert_dir: a.src_cert_dir.clone(),
-        ..Default::default()
+    let creds = |flag: &str, c: &Option<String>| {
+        c.as_deref()
+            .map(|v| super::credentials(flag, v))
+            .transpose()
     };
-    let open = OpenOptions {
-        source: source_client.clone(),
-        destination: ClientOptions {
-            tls_verify: a.dest_tls_verify,
-            credentials: creds(&a.dest_creds),
-            authfile: a.dest_authfile.clone().or_else(|| a.authfile.clone()),
-            cert_dir: a.dest_cert_dir.clone(),
+    let source_client = a.net.apply(
+        ClientOptions {
+            tls_verify: a.src_tls_verify,
+            credentials: creds("--src-creds", &a.src_creds)?,
+            authfile: a.src_authfile.clone().or_else(|| a.authfile.clone()),
+            cert_dir: a.src_cert_dir.clone(),
             ..Default::default()
         },
+        a.jobs,
+        "--src-tls-verify=false",
+    );
+    let open = OpenOptions {
+        source: source_client.clone(),
+        destination: a.net.apply(
+            ClientOptions {
+                tls_verify: a.dest_tls_verify,
+                credentials: creds("--dest-creds", &a.dest_creds)?,
+                authfile: a.dest_authfile.clone().or_else(|| a.authfile.clone()),
+                cert_dir: a.dest_cert_dir.clone(),
+                ..Default::default()
+            },
+            a.jobs,
+            "--dest-tls-verify=false",
+        ),
     };
     let opts = SyncOptions {
         source_kind: a.src,
@@ -154,7 +169,7 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
         scoped: a.scoped,
         append_suffix: a.append_suffix.clone(),
         source: source_client,
-        jobs: a.jobs.max(1),
+        jobs: a.jobs,
     };
     let copy_opts = CopyOptions {
         multi_arch: if a.all {
@@ -164,7 +179,7 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
         },
         preserve_digests: a.preserve_digests,
         format: a.format,
-        jobs: a.jobs.max(1),
+        jobs: a.jobs,
         sparse_hint: "sync with --all to bring every platform",
         ..CopyOptions::default()
     };

@@ -13,6 +13,6 @@ mod serve;
 mod store_interop;
 mod sync;
 mod unbundle;
-mod verbs;
 mod ux;
+mod verbs;
 mod verify;
