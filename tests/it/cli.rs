@@ -9,7 +9,7 @@ fn fixture(name: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn manifest_digest_matches_registry_digest_and_refuses_bad_manifests() {
+fn manifest_digest_matches_registry_digest_for_any_file_and_caps_its_size() {
     let (dir, corpus) = tiny();
     let store = ferry::store::Store::open(dir.path());
     let img = &corpus.images[0];
@@ -20,24 +20,16 @@ fn manifest_digest_matches_registry_digest_and_refuses_bad_manifests() {
         img.digest.to_string()
     );
 
-    let cases = [
-        (
-            fixture("manifests/schema1.json"),
-            "skopeo copy --format v2s2",
-        ),
-        (fixture("manifests/not-json.json"), "does not parse"),
-        (
-            fixture("manifests/unknown-media-type.json"),
-            "unsupported manifest media type",
-        ),
-    ];
-    for (path, why) in cases {
-        let out = run(ferry().arg("manifest-digest").arg(&path));
-        assert_eq!(out.status.code(), Some(1), "{}", path.display());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(why), "{stderr}");
-        assert!(out.stdout.is_empty());
+    // Files skopeo gives a digest too (verbs.rs compares each with skopeo's): the digest of the bytes.
+    for name in ["schema1.json", "not-json.json", "unknown-media-type.json"] {
+        let path = fixture(&format!("manifests/{name}"));
+        let out = run_ok(ferry().arg("manifest-digest").arg(&path));
+        let want = ferry::digest::Digest::sha256_of(&std::fs::read(&path).unwrap());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            want.to_string(),
+            "{name}"
+        );
     }
 
     let big = tempfile::NamedTempFile::new().unwrap();
@@ -48,7 +40,8 @@ fn manifest_digest_matches_registry_digest_and_refuses_bad_manifests() {
     let out = run(ferry().arg("manifest-digest").arg(big.path()));
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("over the 4194304-byte cap"), "{stderr}");
+    assert!(stderr.contains("4194304-byte manifest cap"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 #[test]
