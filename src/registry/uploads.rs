@@ -240,9 +240,11 @@ impl Client {
 
     /// Cancels an upload session that will not be finished (DELETE), so the registry keeps no abandoned upload.
     async fn cancel_upload(&self, location: &str, scope: &str) {
+        // Retried: a DELETE may be repeated (a second one finds nothing, 404), and a pooled
+        // connection the registry closed after its error answer must not leave the session behind.
         let r = self
             .send_url_with(
-                Policy::ONCE,
+                Policy::NORMAL,
                 Method::DELETE,
                 location.to_string(),
                 scope,
