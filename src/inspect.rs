@@ -75,6 +75,17 @@ pub async fn image_manifest<S: Source>(
                 child.digest
             ),
         })?;
+    if m.digest() != &child.digest {
+        return Err(InspectError::Content {
+            image,
+            why: format!(
+                "index {} lists {}, the source gave {}",
+                top.digest(),
+                child.digest,
+                m.digest()
+            ),
+        });
+    }
     if media_type::is_index(m.media_type()) {
         return Err(InspectError::Content {
             image,

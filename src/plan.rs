@@ -327,6 +327,9 @@ pub async fn resolve(
         .enumerate()
         .filter(
             |(i, e)| match dead.get(e.reference.registry(&opts.default_registry)) {
+                // A digest the cache holds may need no network at all (an offline re-bundle):
+                // it resolves on its own and fails on its own if it does need the registry.
+                Some(_) if e.reference.digest().is_some_and(|d| cache.has_blob(d)) => true,
                 Some(cause) => {
                     results.push((*i, Err(cause.clone())));
                     false

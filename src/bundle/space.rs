@@ -119,7 +119,9 @@ pub fn check_one(path: &Path, bytes: u64) -> Result<(), SpaceError> {
     let Some((_, free)) = fs_info(path) else {
         return Ok(());
     };
-    let need = bytes + bytes / 50 + 16 * 1024 * 1024;
+    let need = bytes
+        .saturating_add(bytes / 50)
+        .saturating_add(16 * 1024 * 1024);
     if bytes > 0 && need > free {
         return Err(SpaceError {
             path: path.to_path_buf(),

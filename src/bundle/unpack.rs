@@ -186,8 +186,7 @@ pub fn link(
         .blobs
         .iter()
         .filter(|b| !store.has_blob(&b.digest))
-        .map(|b| b.size)
-        .sum();
+        .fold(0u64, |n, b| n.saturating_add(b.size)); // sizes are the bundle's claims: never wrap
     space::check_one(root, missing)?;
     let mut summary = LinkSummary::default();
     let mut into = Into {

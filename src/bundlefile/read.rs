@@ -689,6 +689,9 @@ const SMALL_BLOBS_BUDGET: u64 = 16 * 1024 * 1024;
 /// Most bytes of decompressed frames kept for reuse across requests.
 const FRAME_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Most frames one bundle decompresses at once (the others wait): bounds serve's memory under load.
+const MAX_FRAME_DECOMPRESSIONS: usize = 4;
+
 /// Decompressed frames shared by every reader, least recently used first, bounded in bytes.
 #[derive(Debug, Default)]
 struct FrameCache {
@@ -707,6 +710,9 @@ pub struct BundleFile {
     small: HashMap<Digest, Arc<[u8]>>,
     /// Recently decompressed frames.
     cache: std::sync::Mutex<FrameCache>,
+    /// Frames being decompressed right now, at most [`MAX_FRAME_DECOMPRESSIONS`]: each holds up to a
+    /// frame of memory, so many concurrent range requests cannot add up to gigabytes.
+    busy: (std::sync::Mutex<usize>, std::sync::Condvar),
     /// What the scan found.
     pub scan: Scan,
 }
@@ -776,6 +782,7 @@ impl BundleFile {
             frames,
             small: keep.kept,
             cache: Default::default(),
+            busy: Default::default(),
             scan,
         }))
     }
@@ -805,7 +812,19 @@ impl BundleFile {
             .frames
             .get(i)
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "past the last frame"))?;
-        let data = Arc::new(decompress_frame(&self.file, &f, i, &mut None, Vec::new())?);
+        let data = {
+            let (count, freed) = &self.busy;
+            let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+            while *n >= MAX_FRAME_DECOMPRESSIONS {
+                n = freed.wait(n).unwrap_or_else(|e| e.into_inner());
+            }
+            *n += 1;
+            drop(n);
+            let r = decompress_frame(&self.file, &f, i, &mut None, Vec::new());
+            *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            freed.notify_one();
+            Arc::new(r?)
+        };
         let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if !c.frames.iter().any(|(n, _)| *n == i) {
             c.bytes += data.len() as u64;

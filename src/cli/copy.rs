@@ -107,6 +107,7 @@ fn platform(a: &CopyArgs) -> anyhow::Result<MultiArch> {
     Ok(MultiArch::System(p))
 }
 
+/// Runs `ferry copy`.
 pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
     let src = ImageRef::parse(&a.source).context("source")?;
     let dst = ImageRef::parse(&a.destination).context("destination")?;

@@ -55,6 +55,7 @@ fn unpack(bundle: &Path, dest: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("unpacking {} into {}", bundle.display(), dest.display()))
 }
 
+/// Runs `ferry demo`.
 pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
     let temp;
     let dir = match &a.dir {

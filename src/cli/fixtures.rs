@@ -26,6 +26,7 @@ pub struct FixturesArgs {
     no_sync: bool,
 }
 
+/// Runs `ferry fixtures`.
 pub fn run(g: &GlobalArgs, a: FixturesArgs) -> anyhow::Result<ExitCode> {
     let store = Store::create(&a.root)?.with_durable(!a.no_sync);
     let corpus = generate(a.preset, &store).context("generating fixtures")?;

@@ -1,7 +1,6 @@
 //! `ferry inspect IMAGE`: skopeo's `inspect` for every transport ferry reads,
 //! with skopeo's flags and output (the summary JSON, `--raw`, `--config`).
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use super::registry_flags::RegistryFlags;
@@ -118,12 +117,11 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
                 e.context(format!("inspecting {}", a.image))
             }
         })?;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(&out)?;
-    if !(a.raw) {
-        stdout.write_all(b"\n")?;
+    let mut out = out;
+    if !a.raw {
+        out.push(b'\n');
     }
-    stdout.flush()?;
+    super::out::bytes(&out);
     Ok(ExitCode::SUCCESS)
 }
 

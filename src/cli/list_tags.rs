@@ -1,6 +1,7 @@
 //! `ferry list-tags docker://REPO`: every tag of a repository, followed through
 //! every page, printed as skopeo prints it.
 
+use super::out::outln;
 use std::process::ExitCode;
 
 use anyhow::bail;
@@ -56,6 +57,6 @@ pub fn run(a: ListTagsArgs) -> anyhow::Result<ExitCode> {
         repository: docker_name(&r),
         tags,
     };
-    println!("{}", crate::inspect::go_indent(&doc));
+    outln!("{}", crate::inspect::go_indent(&doc));
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 //! against the registry, then stored in the auth file skopeo, podman and docker
 //! read. The password is never printed, logged or put in an error.
 
+use super::out::outln;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,19 +96,24 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("reading the login for {key}"))?;
         match c {
             Some(c) if !c.username.is_empty() => {
-                println!("{}", c.username);
+                outln!("{}", c.username);
                 return Ok(ExitCode::SUCCESS);
             }
             _ => bail!("not logged into {key}"),
         }
     }
     if a.password.is_some() && a.password_stdin {
-        bail!("--password and --password-stdin are mutually exclusive");
+        return Err(super::UsageError(
+            "--password and --password-stdin are mutually exclusive".into(),
+        )
+        .into());
     }
     let terminal = std::io::stdin().is_terminal();
     let username = match a.username.clone() {
         Some(u) => u,
-        None if a.password_stdin => bail!("--password-stdin needs --username"),
+        None if a.password_stdin => {
+            return Err(super::UsageError("--password-stdin needs --username".into()).into());
+        }
         None if terminal => prompt_line("Username: ")?,
         None => bail!("logging into {key}: no --username given and stdin is not a terminal"),
     };
@@ -158,7 +164,7 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
     }
     let path = a.authfile.clone().unwrap_or_else(default_path);
     store(&path, &key, &creds).with_context(|| format!("storing the login for {key}"))?;
-    println!("Login Succeeded!");
+    outln!("Login Succeeded!");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -167,7 +173,7 @@ pub fn logout(a: LogoutArgs) -> anyhow::Result<ExitCode> {
     let path = a.authfile.clone().unwrap_or_else(default_path);
     if a.all {
         remove_all(&path).context("removing every login")?;
-        println!("Removed login credentials for all registries");
+        outln!("Removed login credentials for all registries");
         return Ok(ExitCode::SUCCESS);
     }
     let arg = a
@@ -178,6 +184,6 @@ pub fn logout(a: LogoutArgs) -> anyhow::Result<ExitCode> {
     if !remove(&path, &key).with_context(|| format!("logging out of {key}"))? {
         bail!("not logged into {key} (no entry in {})", path.display());
     }
-    println!("Removed login credentials for {key}");
+    outln!("Removed login credentials for {key}");
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ pub struct ManifestDigestArgs {
     file: PathBuf,
 }
 
+/// Runs `ferry manifest-digest`.
 pub fn run(a: ManifestDigestArgs) -> anyhow::Result<ExitCode> {
     let f =
         std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;

@@ -82,7 +82,7 @@ impl NetArgs {
 }
 
 /// A duration as Go and skopeo write one (`30s`, `2m`, `1m30s`, `500ms`, `1h`), or plain seconds; at least 1 ms.
-fn duration_parser(s: &str) -> Result<std::time::Duration, String> {
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("{s:?} is not a duration (examples: 30s, 2m, 1m30s, 500ms, or seconds)");
     if let Ok(secs) = s.parse::<u64>() {
         return (secs > 0)
@@ -112,6 +112,15 @@ fn duration_parser(s: &str) -> Result<std::time::Duration, String> {
         return Err("must be more than 0".to_string());
     }
     Ok(total)
+}
+
+/// [`parse_duration`] capped at a day: longer is no timeout at all, and would overflow a deadline.
+fn duration_parser(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d > std::time::Duration::from_secs(24 * 3600) {
+        return Err(format!("{s:?} is longer than the 24h cap"));
+    }
+    Ok(d)
 }
 
 /// `--jobs` and `--max-per-host`: a whole number of at least 1 (0 would do nothing, so it is a usage error).
@@ -360,7 +369,17 @@ mod tests {
         assert_eq!(duration_parser("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(duration_parser("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(duration_parser("2h"), Ok(Duration::from_secs(7200)));
-        for bad in ["", "0", "0s", "s", "30x", "-1", "1.5s"] {
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "s",
+            "30x",
+            "-1",
+            "1.5s",
+            "25h",
+            "18446744073709551615",
+        ] {
             assert!(duration_parser(bad).is_err(), "{bad:?}");
         }
     }

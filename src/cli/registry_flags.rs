@@ -22,22 +22,29 @@ pub struct RegistryFlags {
     /// Directory of CA certificates (*.crt) for the registry, instead of the certs.d directories.
     #[arg(long)]
     cert_dir: Option<PathBuf>,
+    /// Timeouts (and the per-host cap), as on the other verbs that talk to registries.
+    #[command(flatten)]
+    net: super::NetArgs,
 }
 
 impl RegistryFlags {
     /// The client options these flags ask for (a password left out of `--creds` is asked for on a terminal).
     pub fn client_options(&self) -> anyhow::Result<ClientOptions> {
-        Ok(ClientOptions {
-            tls_verify: self.tls_verify,
-            credentials: self
-                .creds
-                .as_deref()
-                .map(|v| super::credentials("--creds", v))
-                .transpose()?,
-            authfile: self.authfile.clone(),
-            cert_dir: self.cert_dir.clone(),
-            ..ClientOptions::default()
-        })
+        Ok(self.net.apply(
+            ClientOptions {
+                tls_verify: self.tls_verify,
+                credentials: self
+                    .creds
+                    .as_deref()
+                    .map(|v| super::credentials("--creds", v))
+                    .transpose()?,
+                authfile: self.authfile.clone(),
+                cert_dir: self.cert_dir.clone(),
+                ..ClientOptions::default()
+            },
+            crate::limits::DEFAULT_PER_HOST_CONCURRENCY,
+            "--tls-verify=false",
+        ))
     }
 }
 

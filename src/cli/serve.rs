@@ -19,6 +19,7 @@ pub struct ServeArgs {
     listen: String,
 }
 
+/// Runs `ferry serve`.
 pub fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
     serve_root(g, &a.root, &a.listen)
 }

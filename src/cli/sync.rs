@@ -2,6 +2,7 @@
 //! with its flags and its destination names; every image resolved (tags listed, manifests
 //! read) before anything is written, then copied together through one pool of blob transfers.
 
+use super::out::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -126,9 +127,10 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
         .exit();
     }
     if a.preserve_digests && a.format.is_some() {
-        bail!(
-            "--format converts manifests, which changes their digests; it cannot be used with --preserve-digests"
-        );
+        return Err(super::UsageError(
+            "--format converts manifests, which changes their digests; it cannot be used with --preserve-digests".into(),
+        )
+        .into());
     }
     if a.remove_signatures {
         tracing::debug!("--remove-signatures: ferry copies no signatures");
@@ -233,7 +235,7 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
         }
         bar.finish();
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&total)?);
+            outln!("{}", serde_json::to_string_pretty(&total)?);
         }
         if !errors.is_empty() {
             if a.keep_going {
@@ -289,12 +291,14 @@ async fn dry_run(
         });
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        outln!("{}", serde_json::to_string_pretty(&plan)?);
     } else {
         for p in &plan {
-            println!(
+            outln!(
                 "would copy {} to {} ({})",
-                p.source, p.destination, p.digest
+                p.source,
+                p.destination,
+                p.digest
             );
         }
     }

@@ -17,6 +17,7 @@ pub struct VerifyArgs {
     json: bool,
 }
 
+/// Runs `ferry verify`.
 pub fn run(_g: &GlobalArgs, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     super::must_exist(&a.root)?;
     if a.root.is_file() {

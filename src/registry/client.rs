@@ -585,7 +585,7 @@ impl Client {
                     watch: watch.clone(),
                 }));
             }
-            tracing::debug!(%method, %url, attempt, "request");
+            tracing::debug!(%method, url = %shown, attempt, "request");
             let resp = match watch.run(req.send(), headers_timeout).await {
                 None => {
                     let what = format!("waiting for the answer to {method} {}", url_path(&url));
@@ -721,7 +721,7 @@ impl Client {
         what: &str,
     ) -> Result<Vec<u8>, RegistryError> {
         use futures_util::StreamExt;
-        let url = resp.url().to_string();
+        let url = shown_url(resp.url().as_str());
         let idle = self.inner.opts.idle_timeout;
         let mut out = Vec::new();
         let mut stream = resp.bytes_stream();

@@ -140,7 +140,26 @@ impl Store {
                 io::Write::write_all(&mut f, digest.to_string().as_bytes())?;
                 if self.durable {
                     f.sync_all()?;
-                    fsync_dir(parent)?;
+                }
+            }
+            if self.durable {
+                // Every directory the links live in, deepest first, then the tag directory itself:
+                // after a power loss the renamed tag holds its `current/link`, or it is not there.
+                let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+                for link in [
+                    rel(PathSpec::TagIndexLink(repo, tag, digest)),
+                    rel(PathSpec::TagCurrentLink(repo, tag)),
+                ] {
+                    let path = tmp.join(link);
+                    for d in path.ancestors().skip(1).take_while(|d| d.starts_with(&tmp)) {
+                        if !dirs.iter().any(|x| x == d) {
+                            dirs.push(d.to_path_buf());
+                        }
+                    }
+                }
+                dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+                for d in &dirs {
+                    fsync_dir(d)?;
                 }
             }
             Ok(())
