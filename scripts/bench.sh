@@ -16,6 +16,11 @@
 #   scripts/bench.sh sync [WORK]      skopeo sync --src docker --dest docker of every repository (one call each) vs
 #                                     ferry sync the same way, and vs one ferry sync --src yaml of all repositories
 #                                     (one pool of transfers, cross-repository mounts); each run into a fresh empty target
+#   scripts/bench.sh serve-load [WORK] ferry unbundle serve BUNDLE (in place) vs ferry serve ROOT vs docker-registry
+#                                     (ROOT), the same content, one server at a time: CLIENTS (default 64) keep-alive
+#                                     clients for SECONDS_LOAD (default 60) s pulling random manifests and blobs (some
+#                                     ranges), every body verified (scripts/loadclient.py); requests/s, errors, p50/p99
+#                                     latency and peak RSS (VmHWM) per server, and the ratios
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated corpus between runs; PRESET=small|medium
 # (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show; `tiny` for tests of this script).
@@ -367,5 +372,62 @@ PY
   echo "  ferry sync --src yaml, all repositories in one run ${t_yaml}s   speed-up $(ratio "$t_skopeo" "$t_yaml")x"
   echo "  (targets checked equal: repositories, tags and manifest digests)"
   ;;
-*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs|inspect|sync [WORK]" >&2; exit 2 ;;
+serve-load)
+  CLIENTS="${CLIENTS:-64}"; SECONDS_LOAD="${SECONDS_LOAD:-60}"
+  OUT="$WORK/serve-load-$PRESET"; mkdir -p "$OUT"
+  # stop_server PID: stop one server now (the EXIT trap still covers it if this is never reached).
+  stop_server() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+  # The bundle: the one `scripts/bench.sh unbundle` makes (every platform of every tag), made here if missing.
+  BUNDLE="$WORK/unbundle-$PRESET/all.tar.zst"
+  if [ ! -f "$BUNDLE" ]; then
+    mkdir -p "$WORK/unbundle-$PRESET"
+    start_registry "$ROOT"; SRC=$ADDR
+    "$FERRY" bundle -q --all-platforms -f "$WORK/$PRESET-list.txt" -o "$BUNDLE.tmp" --cache "$WORK/unbundle-$PRESET/cache" --source "$SRC" --src-tls-verify=false
+    mv "$BUNDLE.tmp" "$BUNDLE"
+    stop_server "${PIDS[-1]}"
+  fi
+  start_unbundle_serve() {
+    local port; port=$(free_port)
+    "$FERRY" unbundle serve -q "$1" --listen "127.0.0.1:$port" >"$WORK/unbundle-serve.log" 2>&1 &
+    PIDS+=($!)
+    ADDR="127.0.0.1:$port"
+    for _ in $(seq 1 600); do curl -fsS "http://$ADDR/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
+  }
+  # Page cache warm for every server alike: the root's blob files and the bundle, read once untimed.
+  find "$ROOT/docker/registry/v2/blobs" -name data -print0 | xargs -0 cat > /dev/null
+  cat "$BUNDLE" > /dev/null
+  # load NAME START_FN ARG: start one server, load it alone, stop it; its result in $OUT/NAME.json.
+  load() {
+    "$2" "$3"
+    local pid=${PIDS[-1]}
+    curl -fsS "http://$ADDR/v2/" >/dev/null || { echo "$1 did not start (see $WORK/*.log)" >&2; exit 1; }
+    python3 scripts/loadclient.py --root "$ROOT" --addr "$ADDR" --clients "$CLIENTS" --seconds "$SECONDS_LOAD" \
+      --pid "$pid" --out "$OUT/$1.json" || { echo "load client failed against $1" >&2; exit 1; }
+    kill -0 "$pid" 2>/dev/null || { echo "$1 died under load (see $WORK/*.log)" >&2; exit 1; }
+    stop_server "$pid"
+  }
+  load unbundle-serve start_unbundle_serve "$BUNDLE"
+  load ferry-serve start_ferry "$ROOT"
+  load docker-registry start_registry "$ROOT"
+  python3 - "$OUT" "$PRESET" "$CLIENTS" "$SECONDS_LOAD" "$BUNDLE" <<'PY'
+import json, sys
+out, preset, clients, secs, bundle = sys.argv[1:]
+names = ["unbundle-serve", "ferry-serve", "docker-registry"]
+r = {n: json.load(open(f"{out}/{n}.json")) for n in names}
+print(f"serve under load, {preset} corpus: {clients} keep-alive clients for {secs} s each, random manifests (by tag and by digest)")
+print(f"and blobs (whole and ranges), every body verified; one server at a time, page cache warm")
+print(f"  {'server':<34} {'req/s':>8} {'MB/s':>7} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} {'peak RSS MB':>12}")
+label = {"unbundle-serve": "ferry unbundle serve (bundle)", "ferry-serve": "ferry serve (root)", "docker-registry": "docker-registry (root)"}
+for n in names:
+    x = r[n]
+    print(f"  {label[n]:<34} {x['rps']:>8.0f} {x['body_bytes']/x['seconds']/1e6:>7.0f} {x['errors']:>7} {x['p50_ms']:>8.1f} {x['p99_ms']:>8.1f} {x['peak_rss']/2**20:>12.1f}")
+u, f, d = r["unbundle-serve"], r["ferry-serve"], r["docker-registry"]
+print(f"  unbundle serve / ferry serve: throughput {u['rps']/f['rps']:.2f}x, p99 {u['p99_ms']/f['p99_ms']:.2f}x")
+print(f"  ferry serve / docker-registry: throughput {f['rps']/d['rps']:.2f}x, p99 {f['p99_ms']/d['p99_ms']:.2f}x")
+for n in names:
+    for s in r[n]["error_samples"]:
+        print(f"  error, {n}: {s}")
+PY
+  ;;
+*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs|inspect|sync|serve-load [WORK]" >&2; exit 2 ;;
 esac
