@@ -17,7 +17,10 @@ buffers, so a blob's hashing overlaps the other connections' I/O.
 Latency is from the request's first byte written to the last body byte read (verification
 excluded). Requests still in flight at the deadline complete and are counted; requests/s is over
 the wall time until the last one ended (successful requests only; errors are counted apart). With --pid, the parent polls /proc/PID/status every
-50 ms (VmRSS, RssAnon) and reads VmHWM at the end. Prints one JSON result (to --out or stdout).
+50 ms (VmRSS, RssAnon), reads VmHWM at the end, and reports the CPU seconds the server and the
+worker processes used (on a 2-core machine, hashing every body costs the client about a core:
+the server/client CPU split shows whether the client was the limit). Prints one JSON result
+(to --out or stdout).
 """
 import argparse
 import asyncio
@@ -26,6 +29,8 @@ import json
 import multiprocessing
 import os
 import random
+import resource
+import signal
 import sys
 import time
 
@@ -221,7 +226,10 @@ def worker(args, n, seed, work, t_start, q):
         for fd in fds.values():
             os.close(fd)
         return stats
-    q.put(asyncio.run(main()))
+    try:
+        q.put(asyncio.run(main()))
+    except KeyboardInterrupt:
+        os._exit(130)  # Ctrl-C: bench.sh reports it, no traceback per process
 
 
 def proc_status(pid):
@@ -232,6 +240,13 @@ def proc_status(pid):
             if k in ("VmRSS", "VmHWM", "RssAnon"):
                 out[k] = int(v.split()[0]) * 1024
     return out
+
+
+def cpu_seconds(pid):
+    """utime + stime of PID, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -250,8 +265,13 @@ def main():
         sys.exit(f"loadclient: no tags or no blobs under {args.root}")
     procs = max(1, min(args.procs, args.clients))
     t_start = time.time() + 0.5
+    srv_cpu0 = cpu_seconds(args.pid) if args.pid else 0.0
     q = multiprocessing.Queue()
-    ps = [multiprocessing.Process(target=worker, args=(args, args.clients // procs + (i < args.clients % procs), args.seed * 1000 + i, work, t_start, q))
+    # SIGTERM (bench.sh's clean-up, by PID) ends the parent through sys.exit, whose exit handlers
+    # terminate the daemonic workers: nothing of the client outlives it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    ps = [multiprocessing.Process(target=worker, daemon=True,
+                                  args=(args, args.clients // procs + (i < args.clients % procs), args.seed * 1000 + i, work, t_start, q))
           for i in range(procs)]
     for w in ps:
         w.start()
@@ -271,7 +291,13 @@ def main():
                 sys.exit("loadclient: a worker process died")
     for w in ps:
         w.join()
-    hwm = proc_status(args.pid).get("VmHWM", 0) if args.pid else 0
+    # A server that died under load has no /proc entry left (bench.sh reports it).
+    try:
+        hwm = proc_status(args.pid).get("VmHWM", 0) if args.pid else 0
+        srv_cpu = cpu_seconds(args.pid) - srv_cpu0 if args.pid else 0.0
+    except OSError:
+        hwm, srv_cpu = 0, float("nan")
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     lat = sorted(x for r in results for x in r["lat"])
     ok = {}
     for r in results:
@@ -286,6 +312,7 @@ def main():
         "rps": len(lat) / elapsed, "body_bytes": sum(r["bytes"] for r in results),
         "p50_ms": pct(0.50) * 1000, "p99_ms": pct(0.99) * 1000,
         "peak_rss": max(hwm, peak_rss), "peak_rss_polled": peak_rss, "peak_anon_polled": peak_anon,
+        "server_cpu": srv_cpu, "client_cpu": ru.ru_utime + ru.ru_stime,
         "error_samples": [s for r in results for s in r["samples"]][:10],
     }
     text = json.dumps(out)
@@ -297,4 +324,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
