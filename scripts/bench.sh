@@ -20,7 +20,8 @@
 #                                     (ROOT), the same content, one server at a time: CLIENTS (default 64) keep-alive
 #                                     clients for SECONDS_LOAD (default 60) s pulling random manifests and blobs (some
 #                                     ranges), every body verified (scripts/loadclient.py); requests/s, errors, p50/p99
-#                                     latency, peak RSS (VmHWM; anonymous part polled) and CPU seconds of server
+#                                     latency (p99 of manifests alone too), peak RSS (VmHWM; anonymous part polled) and
+#                                     CPU seconds of server
 #                                     and client per server, and the ratios
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated corpus between runs; PRESET=small|medium
@@ -420,13 +421,14 @@ out, preset, clients, secs, bundle = sys.argv[1:]
 names = ["unbundle-serve", "ferry-serve", "docker-registry"]
 r = {n: json.load(open(f"{out}/{n}.json")) for n in names}
 print(f"serve under load, {preset} corpus: {clients} keep-alive clients for {secs} s each, random manifests (by tag and by digest)")
-print(f"and blobs (whole and ranges), every body verified; one server at a time, page cache warm")
-print(f"  {'server':<30} {'req/s':>7} {'MB/s':>6} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'peak RSS MB':>11} {'(anon)':>7} {'CPU s srv/client':>17}")
+print(f"and blobs (whole and ranges), every body verified; one server at a time, page cache warm;")
+print(f"latency over all requests (p99: the largest blobs), and of manifest GETs alone (mf p99)")
+print(f"  {'server':<30} {'req/s':>7} {'MB/s':>6} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'mf p99':>7} {'peak RSS MB':>11} {'(anon)':>7} {'CPU s srv/client':>17}")
 label = {"unbundle-serve": "ferry unbundle serve (bundle)", "ferry-serve": "ferry serve (root)", "docker-registry": "docker-registry (root)"}
 for n in names:
     x = r[n]
     cpu = f"{x['server_cpu']:.1f}/{x['client_cpu']:.1f}"
-    print(f"  {label[n]:<30} {x['rps']:>7.0f} {x['body_bytes']/x['seconds']/1e6:>6.0f} {x['errors']:>6} {x['p50_ms']:>7.1f} {x['p99_ms']:>7.1f} {x['peak_rss']/2**20:>11.1f} {x['peak_anon_polled']/2**20:>7.1f} {cpu:>17}")
+    print(f"  {label[n]:<30} {x['rps']:>7.0f} {x['body_bytes']/x['seconds']/1e6:>6.0f} {x['errors']:>6} {x['p50_ms']:>7.1f} {x['p99_ms']:>7.1f} {x['manifest_p99_ms']:>7.1f} {x['peak_rss']/2**20:>11.1f} {x['peak_anon_polled']/2**20:>7.1f} {cpu:>17}")
 u, f, d = r["unbundle-serve"], r["ferry-serve"], r["docker-registry"]
 print(f"  unbundle serve / ferry serve: throughput {u['rps']/f['rps']:.2f}x, p99 {u['p99_ms']/f['p99_ms']:.2f}x")
 print(f"  ferry serve / docker-registry: throughput {f['rps']/d['rps']:.2f}x, p99 {f['p99_ms']/d['p99_ms']:.2f}x")

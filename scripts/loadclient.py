@@ -198,6 +198,8 @@ async def client(conn, root, work, deadline, rng, stats, fds):
                 if hdrs.get("content-range", f"bytes {a}-{b}/{size}") != f"bytes {a}-{b}/{size}":
                     raise Fail(f"range {path} {headers['Range']}: Content-Range {hdrs['content-range']!r}")
             stats["lat"].append(lat)
+            if kind.startswith("m"):
+                stats["mlat"].append(lat)
             stats["ok"][kind] = stats["ok"].get(kind, 0) + 1
             stats["bytes"] += conn.nread
         except Exception as e:  # any failure of one request is counted, and the client goes on
@@ -212,7 +214,7 @@ async def client(conn, root, work, deadline, rng, stats, fds):
 def worker(args, n, seed, work, t_start, q):
     async def main():
         host, port = args.addr.rsplit(":", 1)
-        stats = {"lat": [], "ok": {}, "errors": 0, "bytes": 0, "samples": []}
+        stats = {"lat": [], "mlat": [], "ok": {}, "errors": 0, "bytes": 0, "samples": []}
         rng = random.Random(seed)
         fds = {}
         conns = [Conn(host, int(port)) for _ in range(n)]
@@ -305,12 +307,14 @@ def main():
             ok[k] = ok.get(k, 0) + v
     errors = sum(r["errors"] for r in results)
     elapsed = max(r["end"] for r in results) - t_start
-    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+    mlat = sorted(x for r in results for x in r["mlat"])
+    pct = lambda q, xs=lat: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
     out = {
         "addr": args.addr, "clients": args.clients, "procs": procs, "seconds": elapsed,
         "requests": len(lat) + errors, "ok": ok, "errors": errors,
         "rps": len(lat) / elapsed, "body_bytes": sum(r["bytes"] for r in results),
         "p50_ms": pct(0.50) * 1000, "p99_ms": pct(0.99) * 1000,
+        "manifest_p50_ms": pct(0.50, mlat) * 1000, "manifest_p99_ms": pct(0.99, mlat) * 1000,
         "peak_rss": max(hwm, peak_rss), "peak_rss_polled": peak_rss, "peak_anon_polled": peak_anon,
         "server_cpu": srv_cpu, "client_cpu": ru.ru_utime + ru.ru_stime,
         "error_samples": [s for r in results for s in r["samples"]][:10],
