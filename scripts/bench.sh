@@ -20,9 +20,8 @@
 #                                     (ROOT), the same content, one server at a time: CLIENTS (default 64) keep-alive
 #                                     clients for SECONDS_LOAD (default 60) s pulling random manifests and blobs (some
 #                                     ranges), every body verified (scripts/loadclient.py); requests/s, errors, p50/p99
-#                                     latency (p99 of manifests alone too), peak RSS (VmHWM; anonymous part polled) and
-#                                     CPU seconds of server
-#                                     and client per server, and the ratios
+#                                     latency (p99 of manifests alone too), peak RSS (VmHWM; anonymous part polled),
+#                                     CPU seconds of server and client, per server, and the ratios
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated corpus between runs; PRESET=small|medium
 # (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show; `tiny` for tests of this script).
