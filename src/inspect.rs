@@ -150,74 +150,12 @@ pub async fn config_bytes<S: Source>(
     Ok(out)
 }
 
-/// A time as Go's `time.Time` marshals after parsing RFC 3339 (trailing zeros of
-/// the fraction dropped, a zero offset written `Z`); `None` when it does not parse.
-pub fn go_time(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| {
-        b.get(r.clone())
-            .is_some_and(|x| x.iter().all(u8::is_ascii_digit))
-    };
-    if b.len() < 20
-        || !digits(0..4)
-        || b[4] != b'-'
-        || !digits(5..7)
-        || b[7] != b'-'
-        || !digits(8..10)
-        || !(b[10] == b'T' || b[10] == b't')
-        || !digits(11..13)
-        || b[13] != b':'
-        || !digits(14..16)
-        || b[16] != b':'
-        || !digits(17..19)
-    {
-        return None;
-    }
-    let mut i = 19;
-    let mut frac = String::new();
-    if b[i] == b'.' {
-        i += 1;
-        while i < b.len() && b[i].is_ascii_digit() {
-            frac.push(b[i] as char);
-            i += 1;
-        }
-        if frac.is_empty() {
-            return None;
-        }
-        frac.truncate(9);
-    }
-    let zone = &s[i..];
-    let zone = match zone {
-        "Z" | "z" => "Z".to_string(),
-        z if z.len() == 6
-            && (z.starts_with('+') || z.starts_with('-'))
-            && z.as_bytes()[3] == b':'
-            && z[1..3].bytes().all(|c| c.is_ascii_digit())
-            && z[4..6].bytes().all(|c| c.is_ascii_digit()) =>
-        {
-            if &z[1..] == "00:00" {
-                "Z".to_string()
-            } else {
-                z.to_string()
-            }
-        }
-        _ => return None,
-    };
-    let frac = frac.trim_end_matches('0');
-    let frac = if frac.is_empty() {
-        String::new()
-    } else {
-        format!(".{frac}")
-    };
-    Some(format!("{}T{}{frac}{zone}", &s[..10], &s[11..19]))
-}
-
 /// Deserialises an RFC 3339 time into Go's marshalled spelling (as a string), so it prints as Go would.
 fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let v: Option<String> = Option::deserialize(d)?;
     match v {
         None => Ok(None),
-        Some(s) => go_time(&s)
+        Some(s) => crate::gojson::go_time(&s)
             .map(Some)
             .ok_or_else(|| serde::de::Error::custom(format!("time {s:?} is not RFC 3339"))),
     }
@@ -567,28 +505,6 @@ fn schema1_payload(bytes: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_as_go_marshals_them() {
-        let t = [
-            ("2024-01-02T03:04:05Z", Some("2024-01-02T03:04:05Z")),
-            (
-                "2024-01-02T03:04:05.120000000Z",
-                Some("2024-01-02T03:04:05.12Z"),
-            ),
-            ("2024-01-02T03:04:05.000Z", Some("2024-01-02T03:04:05Z")),
-            (
-                "2024-01-02T03:04:05+02:00",
-                Some("2024-01-02T03:04:05+02:00"),
-            ),
-            ("2024-01-02T03:04:05+00:00", Some("2024-01-02T03:04:05Z")),
-            ("2024-01-02 03:04:05", None),
-            ("yesterday", None),
-        ];
-        for (s, want) in t {
-            assert_eq!(go_time(s).as_deref(), want, "{s}");
-        }
-    }
 
     #[test]
     fn oci_config_keeps_go_field_set() {
