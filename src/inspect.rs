@@ -9,10 +9,11 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::image::PlatformChildError;
 use crate::limits::MAX_CONFIG_BYTES;
 use crate::manifest::{Manifest, Platform, RawManifest};
 use crate::media_type;
-use crate::transport::{Source, TransportError};
+use crate::transport::{Source, SourceManifests, TransportError};
 
 /// Why an image cannot be inspected; names the image.
 #[derive(Debug, thiserror::Error)]
@@ -55,37 +56,32 @@ pub async fn image_manifest<S: Source>(
         return Ok(top.clone());
     }
     let image = source.name();
-    let child =
-        crate::image::choose_platform(top, platform).map_err(|e| InspectError::Platform {
-            image: image.clone(),
-            source: e,
-        })?;
-    let m = source
-        .manifest(&child.digest)
+    let m = crate::image::platform_child(&SourceManifests(source), top, platform)
         .await
-        .map_err(|e| InspectError::Source {
-            image: image.clone(),
-            source: e,
-        })?
-        .ok_or_else(|| InspectError::Content {
-            image: image.clone(),
-            why: format!(
-                "index {} lists {} for {platform}, which the source does not have",
-                top.digest(),
-                child.digest
-            ),
+        .map_err(|e| match e {
+            PlatformChildError::Choose(e) => InspectError::Platform {
+                image: image.clone(),
+                source: e,
+            },
+            PlatformChildError::Source(e) => InspectError::Source {
+                image: image.clone(),
+                source: e,
+            },
+            PlatformChildError::Absent { child } => InspectError::Content {
+                image: image.clone(),
+                why: format!(
+                    "index {} lists {child} for {platform}, which the source does not have",
+                    top.digest()
+                ),
+            },
+            PlatformChildError::Mismatch { child, got } => InspectError::Content {
+                image: image.clone(),
+                why: format!(
+                    "index {} lists {child}, the source gave {got}",
+                    top.digest()
+                ),
+            },
         })?;
-    if m.digest() != &child.digest {
-        return Err(InspectError::Content {
-            image,
-            why: format!(
-                "index {} lists {}, the source gave {}",
-                top.digest(),
-                child.digest,
-                m.digest()
-            ),
-        });
-    }
     if media_type::is_index(m.media_type()) {
         return Err(InspectError::Content {
             image,

@@ -19,7 +19,7 @@ use crate::digest::Digest;
 use crate::image::{self, ImageWalk, Selection, WalkOptions, Walks};
 use crate::manifest::{Descriptor, Platform, RawManifest};
 use crate::media_type;
-use crate::transport::{Destination, Put, Source, TransportError};
+use crate::transport::{Destination, Put, Source, SourceManifests, TransportError};
 pub use convert::Format;
 
 /// Progress events, so the CLI can draw bars without the library printing.
@@ -285,30 +285,21 @@ async fn plan<S: Source, D: Destination>(
     if let MultiArch::System(want) = &multi
         && media_type::is_index(top.media_type())
     {
-        let child = image::choose_platform(&top, want).map_err(|e| {
-            src_err(format!(
-                "{e}; choose one with --override-os/--override-arch, or copy all with --all"
-            ))
-        })?;
-        let digest = child.digest.clone();
-        let chosen = job
-            .source
-            .manifest(&digest)
+        let index = top.digest().clone();
+        let chosen = image::platform_child(&SourceManifests(&job.source), &top, want)
             .await
-            .map_err(|e| src_err(e.to_string()))?
-            .ok_or_else(|| {
-                src_err(format!(
-                    "index {} lists {digest}, which the source does not have",
-                    top.digest()
-                ))
+            .map_err(|e| match e {
+                image::PlatformChildError::Choose(e) => src_err(format!(
+                    "{e}; choose one with --override-os/--override-arch, or copy all with --all"
+                )),
+                image::PlatformChildError::Absent { child } => src_err(format!(
+                    "index {index} lists {child}, which the source does not have"
+                )),
+                image::PlatformChildError::Mismatch { child, got } => src_err(format!(
+                    "index {index} lists {child}, the source gave {got}"
+                )),
+                image::PlatformChildError::Source(e) => src_err(e.to_string()),
             })?;
-        if chosen.digest() != &digest {
-            return Err(src_err(format!(
-                "index {} lists {digest}, the source gave {}",
-                top.digest(),
-                chosen.digest()
-            )));
-        }
         top = chosen;
         multi = MultiArch::All;
     }
@@ -401,19 +392,6 @@ async fn read_small<S: Source>(source: &S, desc: &Descriptor) -> Result<Vec<u8>,
     )
     .map_err(|e| e.to_string())?;
     Ok(out)
-}
-
-/// Lets the image walk read manifests through any [`Source`].
-struct SourceManifests<'a, S>(&'a S);
-
-impl<S: Source> image::Manifests for SourceManifests<'_, S> {
-    type Error = TransportError;
-    fn manifest(
-        &self,
-        digest: &Digest,
-    ) -> impl std::future::Future<Output = Result<Option<RawManifest>, TransportError>> + Send {
-        self.0.manifest(digest)
-    }
 }
 
 /// Copies several images with one pool of blob transfers: every manifest is

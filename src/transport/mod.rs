@@ -131,6 +131,19 @@ pub trait Source: Send + Sync {
     }
 }
 
+/// Lets the image walk (and [`crate::image::platform_child`]) read manifests through any [`Source`].
+pub struct SourceManifests<'a, S>(pub &'a S);
+
+impl<S: Source> crate::image::Manifests for SourceManifests<'_, S> {
+    type Error = TransportError;
+    fn manifest(
+        &self,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<Option<RawManifest>>> + Send {
+        self.0.manifest(digest)
+    }
+}
+
 /// What a destination can hold, so the copy engine adapts without naming it.
 #[derive(Debug, Clone, Default)]
 pub struct DestProperties {
