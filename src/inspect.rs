@@ -5,15 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::digest::{Digest, VerifyError};
 use crate::image::PlatformChildError;
-use crate::limits::MAX_CONFIG_BYTES;
 use crate::manifest::{Manifest, Platform, RawManifest};
 use crate::media_type;
-use crate::transport::{Source, SourceManifests, TransportError};
+use crate::transport::{SmallBlobError, Source, SourceManifests, TransportError, read_small};
 
 /// Why an image cannot be inspected; names the image.
 #[derive(Debug, thiserror::Error)]
@@ -110,40 +108,25 @@ pub async fn config_bytes<S: Source>(
             manifest.digest()
         )));
     };
-    if m.config.size > MAX_CONFIG_BYTES {
-        return Err(content(format!(
-            "config {} is {} bytes, over the {MAX_CONFIG_BYTES}-byte cap",
-            m.config.digest, m.config.size
-        )));
-    }
-    let body = source
-        .blob(&m.config)
-        .await
-        .map_err(|e| InspectError::Source {
+    let d = &m.config.digest;
+    read_small(source, &m.config).await.map_err(|e| match e {
+        SmallBlobError::TooLarge { size, cap } => content(format!(
+            "config {d} is {size} bytes, over the {cap}-byte cap"
+        )),
+        SmallBlobError::Source(e) => InspectError::Source {
             image: image.clone(),
             source: e,
-        })?;
-    let mut stream = body.into_stream();
-    let mut out = Vec::with_capacity(m.config.size as usize);
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| content(format!("reading config {}: {e}", m.config.digest)))?;
-        if (out.len() + chunk.len()) as u64 > m.config.size {
-            return Err(content(format!(
-                "config {} is longer than its {} bytes",
-                m.config.digest, m.config.size
-            )));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    if Digest::sha256_of(&out) != m.config.digest {
-        return Err(content(format!(
-            "config hashes to {}, the manifest says {}",
-            Digest::sha256_of(&out),
-            m.config.digest
-        )));
-    }
-    Ok(out)
+        },
+        SmallBlobError::Read(e) => content(format!("reading config {d}: {e}")),
+        SmallBlobError::TooLong => content(format!(
+            "config {d} is longer than its {} bytes",
+            m.config.size
+        )),
+        SmallBlobError::Verify(VerifyError::DigestMismatch { expected, found }) => content(
+            format!("config hashes to {found}, the manifest says {expected}"),
+        ),
+        SmallBlobError::Verify(e) => content(format!("config {d}: {e}")),
+    })
 }
 
 /// Deserialises an RFC 3339 time into Go's marshalled spelling (as a string), so it prints as Go would.

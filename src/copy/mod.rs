@@ -19,7 +19,7 @@ use crate::digest::Digest;
 use crate::image::{self, ImageWalk, Selection, WalkOptions, Walks};
 use crate::manifest::{Descriptor, Platform, RawManifest};
 use crate::media_type;
-use crate::transport::{Destination, Put, Source, SourceManifests, TransportError};
+use crate::transport::{self, Destination, Put, Source, SourceManifests, TransportError};
 pub use convert::Format;
 
 /// Progress events, so the CLI can draw bars without the library printing.
@@ -324,7 +324,7 @@ async fn plan<S: Source, D: Destination>(
     // Docker configs that become OCI configs are read now (small, capped, verified).
     let mut configs = HashMap::new();
     for c in convert::configs_to_convert(&walk, convert::target_format(&walk, &props, opts)) {
-        let bytes = read_small(&job.source, &c)
+        let bytes = transport::read_small(&job.source, &c)
             .await
             .map_err(|e| src_err(format!("config {}: {e}", c.digest)))?;
         configs.insert(c.digest.clone(), bytes);
@@ -361,37 +361,6 @@ async fn plan<S: Source, D: Destination>(
         source_digest,
         rewritten: w.changed,
     })
-}
-
-/// Reads a small blob (a config) whole, verified, at most [`crate::limits::MAX_CONFIG_BYTES`].
-async fn read_small<S: Source>(source: &S, desc: &Descriptor) -> Result<Vec<u8>, String> {
-    if desc.size > crate::limits::MAX_CONFIG_BYTES {
-        return Err(format!(
-            "{} bytes, over the {}-byte cap",
-            desc.size,
-            crate::limits::MAX_CONFIG_BYTES
-        ));
-    }
-    let mut stream = source
-        .blob(desc)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_stream();
-    let mut out = Vec::with_capacity(desc.size as usize);
-    while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
-        if out.len() as u64 > desc.size {
-            return Err("longer than its descriptor says".into());
-        }
-    }
-    crate::digest::check(
-        &desc.digest,
-        Some(desc.size),
-        &Digest::sha256_of(&out),
-        out.len() as u64,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(out)
 }
 
 /// Copies several images with one pool of blob transfers: every manifest is
