@@ -175,7 +175,7 @@ fn bare_output_name_is_checked_for_space_and_a_full_disk_is_named() {
     let out = run(
         bundle(&src, &src.list, Path::new("x.tar.zst"), &w.join("cache"))
             .arg("-q")
-            .env("FERRY_TEST_NO_SPACE_CHECK", "1")
+            .env(ferry::limits::ENV_NO_SPACE_CHECK, "1")
             .current_dir(&small),
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
