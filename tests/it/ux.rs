@@ -101,17 +101,7 @@ fn source() -> Source {
 
 /// `ferry bundle` of `list` from `src` (plain http), without -q.
 fn bundle(src: &Source, list: &Path, out: &Path, cache: &Path) -> Command {
-    let mut c = ferry();
-    c.env("FERRY_TEST_NO_RETRY_DELAY", "1")
-        .arg("bundle")
-        .arg("-f")
-        .arg(list)
-        .arg("-o")
-        .arg(out)
-        .arg("--cache")
-        .arg(cache)
-        .args(["--source", &src.server.addr, "--src-tls-verify=false"]);
-    c
+    bundle_cmd_plain(list, out, cache, &src.server.addr)
 }
 
 // Item 1: the output directory and the cache are checked before anything moves.
