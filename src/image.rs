@@ -323,6 +323,57 @@ pub fn choose_platform(index: &RawManifest, want: &Platform) -> Result<Descripto
         })
 }
 
+/// Why the child of an index for one platform could not be read; the caller
+/// words it (each verb has its own message).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlatformChildError<E: fmt::Display> {
+    /// The index does not parse, or no child matches the platform.
+    #[error("{0}")]
+    Choose(WalkError),
+    /// The source failed reading the child.
+    #[error("{0}")]
+    Source(E),
+    /// The index lists a child the source does not hold.
+    #[error("the index lists {child}, which the source does not have")]
+    Absent {
+        /// The chosen child.
+        child: Digest,
+    },
+    /// The source gave a manifest of another digest than the index lists.
+    #[error("the index lists {child}, the source gave {got}")]
+    Mismatch {
+        /// The chosen child.
+        child: Digest,
+        /// What the source gave.
+        got: Digest,
+    },
+}
+
+/// The child manifest of `index` for one platform ([`choose_platform`]), read
+/// from `source` and checked to be the manifest the index lists.
+pub async fn platform_child<M: Manifests>(
+    source: &M,
+    index: &RawManifest,
+    want: &Platform,
+) -> Result<RawManifest, PlatformChildError<M::Error>> {
+    let child = choose_platform(index, want).map_err(PlatformChildError::Choose)?;
+    let m = source
+        .manifest(&child.digest)
+        .await
+        .map_err(PlatformChildError::Source)?
+        .ok_or_else(|| PlatformChildError::Absent {
+            child: child.digest.clone(),
+        })?;
+    if m.digest() != &child.digest {
+        return Err(PlatformChildError::Mismatch {
+            child: child.digest,
+            got: m.digest().clone(),
+        });
+    }
+    Ok(m)
+}
+
 /// Walks already done in one run, by top digest: a list that names one image
 /// many times walks it once, and every plan holding it shares one copy. Use one
 /// per run and per selection; walks that allow absent children are kept apart

@@ -5,14 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
-use crate::limits::MAX_CONFIG_BYTES;
+use crate::digest::{Digest, VerifyError};
+use crate::image::PlatformChildError;
 use crate::manifest::{Manifest, Platform, RawManifest};
 use crate::media_type;
-use crate::transport::{Source, TransportError};
+use crate::transport::{SmallBlobError, Source, SourceManifests, TransportError, read_small};
 
 /// Why an image cannot be inspected; names the image.
 #[derive(Debug, thiserror::Error)]
@@ -55,37 +54,32 @@ pub async fn image_manifest<S: Source>(
         return Ok(top.clone());
     }
     let image = source.name();
-    let child =
-        crate::image::choose_platform(top, platform).map_err(|e| InspectError::Platform {
-            image: image.clone(),
-            source: e,
-        })?;
-    let m = source
-        .manifest(&child.digest)
+    let m = crate::image::platform_child(&SourceManifests(source), top, platform)
         .await
-        .map_err(|e| InspectError::Source {
-            image: image.clone(),
-            source: e,
-        })?
-        .ok_or_else(|| InspectError::Content {
-            image: image.clone(),
-            why: format!(
-                "index {} lists {} for {platform}, which the source does not have",
-                top.digest(),
-                child.digest
-            ),
+        .map_err(|e| match e {
+            PlatformChildError::Choose(e) => InspectError::Platform {
+                image: image.clone(),
+                source: e,
+            },
+            PlatformChildError::Source(e) => InspectError::Source {
+                image: image.clone(),
+                source: e,
+            },
+            PlatformChildError::Absent { child } => InspectError::Content {
+                image: image.clone(),
+                why: format!(
+                    "index {} lists {child} for {platform}, which the source does not have",
+                    top.digest()
+                ),
+            },
+            PlatformChildError::Mismatch { child, got } => InspectError::Content {
+                image: image.clone(),
+                why: format!(
+                    "index {} lists {child}, the source gave {got}",
+                    top.digest()
+                ),
+            },
         })?;
-    if m.digest() != &child.digest {
-        return Err(InspectError::Content {
-            image,
-            why: format!(
-                "index {} lists {}, the source gave {}",
-                top.digest(),
-                child.digest,
-                m.digest()
-            ),
-        });
-    }
     if media_type::is_index(m.media_type()) {
         return Err(InspectError::Content {
             image,
@@ -114,102 +108,25 @@ pub async fn config_bytes<S: Source>(
             manifest.digest()
         )));
     };
-    if m.config.size > MAX_CONFIG_BYTES {
-        return Err(content(format!(
-            "config {} is {} bytes, over the {MAX_CONFIG_BYTES}-byte cap",
-            m.config.digest, m.config.size
-        )));
-    }
-    let body = source
-        .blob(&m.config)
-        .await
-        .map_err(|e| InspectError::Source {
+    let d = &m.config.digest;
+    read_small(source, &m.config).await.map_err(|e| match e {
+        SmallBlobError::TooLarge { size, cap } => content(format!(
+            "config {d} is {size} bytes, over the {cap}-byte cap"
+        )),
+        SmallBlobError::Source(e) => InspectError::Source {
             image: image.clone(),
             source: e,
-        })?;
-    let mut stream = body.into_stream();
-    let mut out = Vec::with_capacity(m.config.size as usize);
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| content(format!("reading config {}: {e}", m.config.digest)))?;
-        if (out.len() + chunk.len()) as u64 > m.config.size {
-            return Err(content(format!(
-                "config {} is longer than its {} bytes",
-                m.config.digest, m.config.size
-            )));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    if Digest::sha256_of(&out) != m.config.digest {
-        return Err(content(format!(
-            "config hashes to {}, the manifest says {}",
-            Digest::sha256_of(&out),
-            m.config.digest
-        )));
-    }
-    Ok(out)
-}
-
-/// A time as Go's `time.Time` marshals after parsing RFC 3339 (trailing zeros of
-/// the fraction dropped, a zero offset written `Z`); `None` when it does not parse.
-pub fn go_time(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| {
-        b.get(r.clone())
-            .is_some_and(|x| x.iter().all(u8::is_ascii_digit))
-    };
-    if b.len() < 20
-        || !digits(0..4)
-        || b[4] != b'-'
-        || !digits(5..7)
-        || b[7] != b'-'
-        || !digits(8..10)
-        || !(b[10] == b'T' || b[10] == b't')
-        || !digits(11..13)
-        || b[13] != b':'
-        || !digits(14..16)
-        || b[16] != b':'
-        || !digits(17..19)
-    {
-        return None;
-    }
-    let mut i = 19;
-    let mut frac = String::new();
-    if b[i] == b'.' {
-        i += 1;
-        while i < b.len() && b[i].is_ascii_digit() {
-            frac.push(b[i] as char);
-            i += 1;
-        }
-        if frac.is_empty() {
-            return None;
-        }
-        frac.truncate(9);
-    }
-    let zone = &s[i..];
-    let zone = match zone {
-        "Z" | "z" => "Z".to_string(),
-        z if z.len() == 6
-            && (z.starts_with('+') || z.starts_with('-'))
-            && z.as_bytes()[3] == b':'
-            && z[1..3].bytes().all(|c| c.is_ascii_digit())
-            && z[4..6].bytes().all(|c| c.is_ascii_digit()) =>
-        {
-            if &z[1..] == "00:00" {
-                "Z".to_string()
-            } else {
-                z.to_string()
-            }
-        }
-        _ => return None,
-    };
-    let frac = frac.trim_end_matches('0');
-    let frac = if frac.is_empty() {
-        String::new()
-    } else {
-        format!(".{frac}")
-    };
-    Some(format!("{}T{}{frac}{zone}", &s[..10], &s[11..19]))
+        },
+        SmallBlobError::Read(e) => content(format!("reading config {d}: {e}")),
+        SmallBlobError::TooLong => content(format!(
+            "config {d} is longer than its {} bytes",
+            m.config.size
+        )),
+        SmallBlobError::Verify(VerifyError::DigestMismatch { expected, found }) => content(
+            format!("config hashes to {found}, the manifest says {expected}"),
+        ),
+        SmallBlobError::Verify(e) => content(format!("config {d}: {e}")),
+    })
 }
 
 /// Deserialises an RFC 3339 time into Go's marshalled spelling (as a string), so it prints as Go would.
@@ -217,7 +134,7 @@ fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::
     let v: Option<String> = Option::deserialize(d)?;
     match v {
         None => Ok(None),
-        Some(s) => go_time(&s)
+        Some(s) => crate::gojson::go_time(&s)
             .map(Some)
             .ok_or_else(|| serde::de::Error::custom(format!("time {s:?} is not RFC 3339"))),
     }
@@ -567,28 +484,6 @@ fn schema1_payload(bytes: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_as_go_marshals_them() {
-        let t = [
-            ("2024-01-02T03:04:05Z", Some("2024-01-02T03:04:05Z")),
-            (
-                "2024-01-02T03:04:05.120000000Z",
-                Some("2024-01-02T03:04:05.12Z"),
-            ),
-            ("2024-01-02T03:04:05.000Z", Some("2024-01-02T03:04:05Z")),
-            (
-                "2024-01-02T03:04:05+02:00",
-                Some("2024-01-02T03:04:05+02:00"),
-            ),
-            ("2024-01-02T03:04:05+00:00", Some("2024-01-02T03:04:05Z")),
-            ("2024-01-02 03:04:05", None),
-            ("yesterday", None),
-        ];
-        for (s, want) in t {
-            assert_eq!(go_time(s).as_deref(), want, "{s}");
-        }
-    }
 
     #[test]
     fn oci_config_keeps_go_field_set() {

@@ -52,6 +52,15 @@ pub const MAX_RETRY_AFTER_SECS: u64 = 60;
 /// Set (to anything) to skip retry pauses, so tests of retries run fast.
 pub const ENV_NO_RETRY_DELAY: &str = "FERRY_TEST_NO_RETRY_DELAY";
 
+/// Test-only: milliseconds to pause before each new tag is renamed into place, so a test can SIGKILL inside the tag phase.
+pub const ENV_TAG_PAUSE_MS: &str = "FERRY_TEST_TAG_PAUSE_MS";
+
+/// Test-only: `serve`'s header and idle timeouts in milliseconds, so a test of them runs in seconds.
+pub const ENV_SERVE_TIMEOUT_MS: &str = "FERRY_TEST_SERVE_TIMEOUT_MS";
+
+/// Test-only: set (to anything) to skip the free-space checks, for tests of a disk that fills up mid-run.
+pub const ENV_NO_SPACE_CHECK: &str = "FERRY_TEST_NO_SPACE_CHECK";
+
 /// Blobs up to this size are pushed in one PUT; larger ones in chunks.
 pub const MONOLITHIC_UPLOAD_MAX: u64 = 32 * 1024 * 1024;
 

@@ -189,11 +189,7 @@ fn run_inner(
             client: a.net.apply(
                 ClientOptions {
                     tls_verify: a.src_tls_verify,
-                    credentials: a
-                        .src_creds
-                        .as_deref()
-                        .map(|v| super::credentials("--src-creds", v))
-                        .transpose()?,
+                    credentials: super::registry_flags::creds("--src-creds", &a.src_creds)?,
                     authfile: a.authfile,
                     ..ClientOptions::default()
                 },

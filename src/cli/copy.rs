@@ -9,7 +9,6 @@ use anyhow::{Context, bail};
 
 use super::{GlobalArgs, human_bytes};
 use crate::copy::{CopyOptions, Format, MultiArch};
-use crate::manifest::Platform;
 use crate::reference::DEFAULT_REGISTRY;
 use crate::registry::ClientOptions;
 use crate::transport::open::{OpenOptions, open_dest, open_source, writable};
@@ -46,15 +45,8 @@ pub struct CopyArgs {
     /// Convert manifests to this format.
     #[arg(short, long, value_enum)]
     format: Option<Format>,
-    /// Choose this architecture from a multi-platform image instead of the system's.
-    #[arg(long)]
-    override_arch: Option<String>,
-    /// Choose this OS from a multi-platform image instead of linux.
-    #[arg(long)]
-    override_os: Option<String>,
-    /// Choose this CPU variant from a multi-platform image.
-    #[arg(long)]
-    override_variant: Option<String>,
+    #[command(flatten)]
+    platform: super::registry_flags::PlatformOverride,
     /// Verify the source registry's TLS certificate (false also allows plain http).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
     src_tls_verify: bool,
@@ -87,26 +79,6 @@ pub struct CopyArgs {
     json: bool,
 }
 
-/// The platform to choose from an index: the system's, changed by --override-*.
-fn platform(a: &CopyArgs) -> anyhow::Result<MultiArch> {
-    let MultiArch::System(mut p) = MultiArch::system() else {
-        unreachable!("system() is a System choice")
-    };
-    if let Some(os) = &a.override_os {
-        p.os = os.clone();
-    }
-    if let Some(arch) = &a.override_arch {
-        p.architecture = arch.clone();
-        p.variant = None;
-    }
-    if let Some(v) = &a.override_variant {
-        p.variant = Some(v.clone());
-    }
-    // Validate the spelling the same way --platform is validated.
-    Platform::parse(&p.to_string()).map_err(anyhow::Error::msg)?;
-    Ok(MultiArch::System(p))
-}
-
 /// Runs `ferry copy`.
 pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
     let src = ImageRef::parse(&a.source).context("source")?;
@@ -122,7 +94,7 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
         }
         (true, _) | (false, Some(MultiArchArg::All)) => MultiArch::All,
         (false, Some(MultiArchArg::IndexOnly)) => MultiArch::IndexOnly,
-        (false, Some(MultiArchArg::System) | None) => platform(&a)?,
+        (false, Some(MultiArchArg::System) | None) => MultiArch::System(a.platform.as_given()?),
     };
     if a.preserve_digests && a.format.is_some() {
         bail!(
@@ -143,16 +115,11 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
             MultiArchArg::System => "copy with --all to bring every platform",
         },
     };
-    let creds = |flag: &str, c: &Option<String>| {
-        c.as_deref()
-            .map(|v| super::credentials(flag, v))
-            .transpose()
-    };
     let open = OpenOptions {
         source: a.net.apply(
             ClientOptions {
                 tls_verify: a.src_tls_verify,
-                credentials: creds("--src-creds", &a.src_creds)?,
+                credentials: super::registry_flags::creds("--src-creds", &a.src_creds)?,
                 authfile: a.authfile.clone(),
                 ..Default::default()
             },
@@ -162,7 +129,7 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
         destination: a.net.apply(
             ClientOptions {
                 tls_verify: a.dest_tls_verify,
-                credentials: creds("--dest-creds", &a.dest_creds)?,
+                credentials: super::registry_flags::creds("--dest-creds", &a.dest_creds)?,
                 authfile: a.authfile.clone(),
                 ..Default::default()
             },

@@ -24,15 +24,8 @@ pub struct InspectArgs {
     /// Do not list the repository's tags (RepoTags stays empty).
     #[arg(short = 'n', long)]
     no_tags: bool,
-    /// Choose this architecture from a multi-platform image instead of the system's.
-    #[arg(long)]
-    override_arch: Option<String>,
-    /// Choose this OS from a multi-platform image instead of linux.
-    #[arg(long)]
-    override_os: Option<String>,
-    /// Choose this CPU variant from a multi-platform image.
-    #[arg(long)]
-    override_variant: Option<String>,
+    #[command(flatten)]
+    platform: super::registry_flags::PlatformOverride,
     #[command(flatten)]
     registry: RegistryFlags,
 }
@@ -40,11 +33,7 @@ pub struct InspectArgs {
 /// Prints what skopeo inspect prints for the image, so scripts can switch tools unchanged.
 pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let r = ImageRef::parse(&a.image)?;
-    let platform = super::registry_flags::platform(
-        a.override_os.as_deref(),
-        a.override_arch.as_deref(),
-        a.override_variant.as_deref(),
-    )?;
+    let platform = a.platform.parsed()?;
     let open = OpenOptions {
         source: a.registry.client_options()?,
         ..Default::default()

@@ -64,26 +64,6 @@ fn prompt_line(prompt: &str) -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-/// Reads a password at a terminal with echo off.
-fn prompt_password() -> anyhow::Result<String> {
-    use std::os::fd::AsRawFd;
-    let fd = std::io::stdin().as_raw_fd();
-    // SAFETY: termios is plain data; tcgetattr/tcsetattr on stdin's descriptor, restored below.
-    let mut old: libc::termios = unsafe { std::mem::zeroed() };
-    let have = unsafe { libc::tcgetattr(fd, &mut old) } == 0;
-    if have {
-        let mut quiet = old;
-        quiet.c_lflag &= !libc::ECHO;
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
-    }
-    let r = prompt_line("Password: ");
-    if have {
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
-        eprintln!();
-    }
-    r
-}
-
 /// Stores credentials only after the registry accepted them, so a typo never lands in the file.
 pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
     let key = registry_key(&a.registry).map_err(anyhow::Error::msg)?;
@@ -130,7 +110,7 @@ pub fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
                 .context("reading the password from stdin")?;
             s.trim_end_matches(['\r', '\n']).to_string()
         }
-        (None, false) if terminal => prompt_password()?,
+        (None, false) if terminal => super::read_password("Password: ")?,
         (None, false) => bail!(
             "logging into {key}: no password given (-p, or --password-stdin) and stdin is not a terminal"
         ),

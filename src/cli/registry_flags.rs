@@ -33,11 +33,7 @@ impl RegistryFlags {
         Ok(self.net.apply(
             ClientOptions {
                 tls_verify: self.tls_verify,
-                credentials: self
-                    .creds
-                    .as_deref()
-                    .map(|v| super::credentials("--creds", v))
-                    .transpose()?,
+                credentials: creds("--creds", &self.creds)?,
                 authfile: self.authfile.clone(),
                 cert_dir: self.cert_dir.clone(),
                 ..ClientOptions::default()
@@ -48,26 +44,56 @@ impl RegistryFlags {
     }
 }
 
-/// The platform to choose from an index: this system's, changed by the `--override-*` flags.
-pub fn platform(
-    os: Option<&str>,
-    arch: Option<&str>,
-    variant: Option<&str>,
-) -> anyhow::Result<Platform> {
-    let crate::copy::MultiArch::System(mut p) = crate::copy::MultiArch::system() else {
-        unreachable!("system() is a System choice")
-    };
-    if let Some(os) = os {
-        p.os = os.to_string();
+/// The credentials a `--creds`-style flag gives, USER[:PASS] (a password left out is asked for on a terminal).
+pub fn creds(
+    flag: &str,
+    value: &Option<String>,
+) -> anyhow::Result<Option<crate::auth::Credentials>> {
+    value
+        .as_deref()
+        .map(|v| super::credentials(flag, v))
+        .transpose()
+}
+
+/// skopeo's `--override-arch`, `--override-os` and `--override-variant` (copy, inspect).
+#[derive(Debug, clap::Args)]
+pub struct PlatformOverride {
+    /// Choose this architecture from a multi-platform image instead of the system's.
+    #[arg(long)]
+    override_arch: Option<String>,
+    /// Choose this OS from a multi-platform image instead of linux.
+    #[arg(long)]
+    override_os: Option<String>,
+    /// Choose this CPU variant from a multi-platform image.
+    #[arg(long)]
+    override_variant: Option<String>,
+}
+
+impl PlatformOverride {
+    /// This system's platform changed by these flags, spelled as given (copy matches
+    /// it so); the spelling is validated as `--platform` is.
+    pub fn as_given(&self) -> anyhow::Result<Platform> {
+        let crate::copy::MultiArch::System(mut p) = crate::copy::MultiArch::system() else {
+            unreachable!("system() is a System choice")
+        };
+        if let Some(os) = &self.override_os {
+            p.os = os.clone();
+        }
+        if let Some(arch) = &self.override_arch {
+            p.architecture = arch.clone();
+            p.variant = None;
+        }
+        if let Some(v) = &self.override_variant {
+            p.variant = Some(v.clone());
+        }
+        Platform::parse(&p.to_string()).map_err(anyhow::Error::msg)?;
+        Ok(p)
     }
-    if let Some(arch) = arch {
-        p.architecture = arch.to_string();
-        p.variant = None;
+
+    /// The same platform read back as `--platform` reads it (lower case), as inspect matches it.
+    pub fn parsed(&self) -> anyhow::Result<Platform> {
+        Platform::parse(&self.as_given()?.to_string()).map_err(anyhow::Error::msg)
     }
-    if let Some(v) = variant {
-        p.variant = Some(v.to_string());
-    }
-    Platform::parse(&p.to_string()).map_err(anyhow::Error::msg)
 }
 
 /// A repository's full name as skopeo prints it (`HOST/REPO`, Docker Hub's with `docker.io/library/`).

@@ -135,15 +135,10 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
     if a.remove_signatures {
         tracing::debug!("--remove-signatures: ferry copies no signatures");
     }
-    let creds = |flag: &str, c: &Option<String>| {
-        c.as_deref()
-            .map(|v| super::credentials(flag, v))
-            .transpose()
-    };
     let source_client = a.net.apply(
         ClientOptions {
             tls_verify: a.src_tls_verify,
-            credentials: creds("--src-creds", &a.src_creds)?,
+            credentials: super::registry_flags::creds("--src-creds", &a.src_creds)?,
             authfile: a.src_authfile.clone().or_else(|| a.authfile.clone()),
             cert_dir: a.src_cert_dir.clone(),
             ..Default::default()
@@ -156,7 +151,7 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
         destination: a.net.apply(
             ClientOptions {
                 tls_verify: a.dest_tls_verify,
-                credentials: creds("--dest-creds", &a.dest_creds)?,
+                credentials: super::registry_flags::creds("--dest-creds", &a.dest_creds)?,
                 authfile: a.dest_authfile.clone().or_else(|| a.authfile.clone()),
                 cert_dir: a.dest_cert_dir.clone(),
                 ..Default::default()

@@ -218,11 +218,7 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
     let client = a.net.apply(
         crate::registry::ClientOptions {
             tls_verify: a.dest_tls_verify,
-            credentials: a
-                .dest_creds
-                .as_deref()
-                .map(|v| super::credentials("--dest-creds", v))
-                .transpose()?,
+            credentials: super::registry_flags::creds("--dest-creds", &a.dest_creds)?,
             authfile: a.authfile.clone(),
             ..Default::default()
         },

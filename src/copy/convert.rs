@@ -195,7 +195,7 @@ pub fn oci_config(docker: &[u8]) -> Result<Vec<u8>, String> {
     fn time(o: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {
         match get(o, name) {
             None => Ok(None),
-            Some(Value::String(t)) => go_time(t)
+            Some(Value::String(t)) => crate::gojson::go_time(t)
                 .map(Some)
                 .ok_or_else(|| format!("config field {name}: {t:?} is not an RFC 3339 time")),
             Some(_) => Err(format!("config field {name} is not a time")),
@@ -364,60 +364,6 @@ pub fn oci_config(docker: &[u8]) -> Result<Vec<u8>, String> {
 /// A value whose maps serialise with sorted keys, as Go sorts map keys.
 fn ordered(v: &serde_json::Value) -> String {
     serde_json::to_string(v).expect("values serialise")
-}
-
-/// A time as Go re-encodes a parsed RFC 3339 time: trailing zeros of the fraction trimmed.
-fn go_time(t: &str) -> Option<String> {
-    let b = t.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
-    if b.len() < 20
-        || !digits(0..4)
-        || b[4] != b'-'
-        || !digits(5..7)
-        || b[7] != b'-'
-        || !digits(8..10)
-        || !matches!(b[10], b'T' | b't')
-        || !digits(11..13)
-        || b[13] != b':'
-        || !digits(14..16)
-        || b[16] != b':'
-        || !digits(17..19)
-    {
-        return None;
-    }
-    let (frac, zone) = if b[19] == b'.' {
-        let end = 20 + b[20..].iter().take_while(|c| c.is_ascii_digit()).count();
-        (&t[20..end], &t[end..])
-    } else {
-        ("", &t[19..])
-    };
-    let zone_ok = zone == "Z"
-        || zone == "z"
-        || (zone.len() == 6
-            && matches!(zone.as_bytes()[0], b'+' | b'-')
-            && zone.as_bytes()[3] == b':');
-    if !zone_ok {
-        return None;
-    }
-    let frac = frac.get(..9).unwrap_or(frac).trim_end_matches('0');
-    // Go's layout `Z07:00` writes a zero offset as `Z`.
-    let zone = if matches!(zone, "z" | "+00:00" | "-00:00") {
-        "Z"
-    } else {
-        zone
-    };
-    Some(format!(
-        "{}T{}{}{}",
-        &t[..10],
-        &t[11..19],
-        if frac.is_empty() {
-            String::new()
-        } else {
-            format!(".{frac}")
-        },
-        zone
-    ))
 }
 
 /// An image manifest in the other family, as containers/image writes it; a
@@ -752,25 +698,5 @@ mod tests {
         let (back, none) = convert_image(&oci, Format::V2s2, &HashMap::new()).unwrap();
         assert!(none.is_none(), "OCI to Docker keeps the config");
         assert!(String::from_utf8_lossy(back.bytes()).contains(mt::DOCKER_LAYER_GZIP));
-    }
-
-    #[test]
-    fn go_times() {
-        for (i, o) in [
-            ("2021-01-01T00:00:00Z", Some("2021-01-01T00:00:00Z")),
-            (
-                "2021-01-01T00:00:00.500000Z",
-                Some("2021-01-01T00:00:00.5Z"),
-            ),
-            ("2021-01-01T00:00:00.000Z", Some("2021-01-01T00:00:00Z")),
-            (
-                "2021-01-01T02:00:00+02:00",
-                Some("2021-01-01T02:00:00+02:00"),
-            ),
-            ("2021-01-01T00:00:00+00:00", Some("2021-01-01T00:00:00Z")),
-            ("2021-01-01", None),
-        ] {
-            assert_eq!(go_time(i).as_deref(), o, "{i}");
-        }
     }
 }

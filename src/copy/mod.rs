@@ -19,7 +19,7 @@ use crate::digest::Digest;
 use crate::image::{self, ImageWalk, Selection, WalkOptions, Walks};
 use crate::manifest::{Descriptor, Platform, RawManifest};
 use crate::media_type;
-use crate::transport::{Destination, Put, Source, TransportError};
+use crate::transport::{self, Destination, Put, Source, SourceManifests, TransportError};
 pub use convert::Format;
 
 /// Progress events, so the CLI can draw bars without the library printing.
@@ -285,30 +285,21 @@ async fn plan<S: Source, D: Destination>(
     if let MultiArch::System(want) = &multi
         && media_type::is_index(top.media_type())
     {
-        let child = image::choose_platform(&top, want).map_err(|e| {
-            src_err(format!(
-                "{e}; choose one with --override-os/--override-arch, or copy all with --all"
-            ))
-        })?;
-        let digest = child.digest.clone();
-        let chosen = job
-            .source
-            .manifest(&digest)
+        let index = top.digest().clone();
+        let chosen = image::platform_child(&SourceManifests(&job.source), &top, want)
             .await
-            .map_err(|e| src_err(e.to_string()))?
-            .ok_or_else(|| {
-                src_err(format!(
-                    "index {} lists {digest}, which the source does not have",
-                    top.digest()
-                ))
+            .map_err(|e| match e {
+                image::PlatformChildError::Choose(e) => src_err(format!(
+                    "{e}; choose one with --override-os/--override-arch, or copy all with --all"
+                )),
+                image::PlatformChildError::Absent { child } => src_err(format!(
+                    "index {index} lists {child}, which the source does not have"
+                )),
+                image::PlatformChildError::Mismatch { child, got } => src_err(format!(
+                    "index {index} lists {child}, the source gave {got}"
+                )),
+                image::PlatformChildError::Source(e) => src_err(e.to_string()),
             })?;
-        if chosen.digest() != &digest {
-            return Err(src_err(format!(
-                "index {} lists {digest}, the source gave {}",
-                top.digest(),
-                chosen.digest()
-            )));
-        }
         top = chosen;
         multi = MultiArch::All;
     }
@@ -333,7 +324,7 @@ async fn plan<S: Source, D: Destination>(
     // Docker configs that become OCI configs are read now (small, capped, verified).
     let mut configs = HashMap::new();
     for c in convert::configs_to_convert(&walk, convert::target_format(&walk, &props, opts)) {
-        let bytes = read_small(&job.source, &c)
+        let bytes = transport::read_small(&job.source, &c)
             .await
             .map_err(|e| src_err(format!("config {}: {e}", c.digest)))?;
         configs.insert(c.digest.clone(), bytes);
@@ -370,50 +361,6 @@ async fn plan<S: Source, D: Destination>(
         source_digest,
         rewritten: w.changed,
     })
-}
-
-/// Reads a small blob (a config) whole, verified, at most [`crate::limits::MAX_CONFIG_BYTES`].
-async fn read_small<S: Source>(source: &S, desc: &Descriptor) -> Result<Vec<u8>, String> {
-    if desc.size > crate::limits::MAX_CONFIG_BYTES {
-        return Err(format!(
-            "{} bytes, over the {}-byte cap",
-            desc.size,
-            crate::limits::MAX_CONFIG_BYTES
-        ));
-    }
-    let mut stream = source
-        .blob(desc)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_stream();
-    let mut out = Vec::with_capacity(desc.size as usize);
-    while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
-        if out.len() as u64 > desc.size {
-            return Err("longer than its descriptor says".into());
-        }
-    }
-    crate::digest::check(
-        &desc.digest,
-        Some(desc.size),
-        &Digest::sha256_of(&out),
-        out.len() as u64,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(out)
-}
-
-/// Lets the image walk read manifests through any [`Source`].
-struct SourceManifests<'a, S>(&'a S);
-
-impl<S: Source> image::Manifests for SourceManifests<'_, S> {
-    type Error = TransportError;
-    fn manifest(
-        &self,
-        digest: &Digest,
-    ) -> impl std::future::Future<Output = Result<Option<RawManifest>, TransportError>> + Send {
-        self.0.manifest(digest)
-    }
 }
 
 /// Copies several images with one pool of blob transfers: every manifest is

@@ -85,16 +85,13 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection may sit with nothing read or written (an idle keep-alive, a stalled client) before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Test-only: both timeouts in milliseconds, so a test of them runs in seconds.
-pub const TEST_TIMEOUT_MS: &str = "FERRY_TEST_SERVE_TIMEOUT_MS";
-
 /// Serves `backend` on `listener` until `shutdown` completes, then lets requests in flight finish.
 pub async fn run<B: Catalog>(
     backend: B,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (header_timeout, idle) = match std::env::var(TEST_TIMEOUT_MS)
+    let (header_timeout, idle) = match std::env::var(crate::limits::ENV_SERVE_TIMEOUT_MS)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {

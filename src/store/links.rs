@@ -13,9 +13,6 @@ use crate::limits::MAX_LINK_BYTES;
 use crate::reference::{validate_repository, validate_tag};
 use crate::store::paths::PathSpec;
 
-/// Test-only: milliseconds to pause before each new tag is renamed into place, so a test can SIGKILL inside the tag phase.
-pub const TEST_TAG_PAUSE_MS: &str = "FERRY_TEST_TAG_PAUSE_MS";
-
 /// Reads a link file: `Ok(None)` when it does not exist, an error when it holds anything but a digest.
 pub fn read_link(path: &Path) -> Result<Option<Digest>> {
     let f = match fs::File::open(path) {
@@ -173,7 +170,7 @@ impl Store {
             let _ = fs::remove_dir_all(&tmp);
             return Err(StoreError::io("creating directory", tags)(e));
         }
-        if let Ok(d) = std::env::var(TEST_TAG_PAUSE_MS)
+        if let Ok(d) = std::env::var(crate::limits::ENV_TAG_PAUSE_MS)
             && let Ok(ms) = d.parse::<u64>()
         {
             std::thread::sleep(std::time::Duration::from_millis(ms));

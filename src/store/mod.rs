@@ -16,7 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use blobs::BlobWriter;
-pub use links::{LinkReport, TEST_TAG_PAUSE_MS};
+pub use links::LinkReport;
 pub use verify::{Fault, VerifyReport};
 
 use crate::digest::{Digest, VerifyError};

@@ -131,6 +131,82 @@ pub trait Source: Send + Sync {
     }
 }
 
+/// Why [`read_small`] could not read a blob whole.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SmallBlobError {
+    /// The descriptor claims more than the cap.
+    #[error("{size} bytes, over the {cap}-byte cap")]
+    TooLarge {
+        /// What the descriptor claims.
+        size: u64,
+        /// The cap.
+        cap: u64,
+    },
+    /// The source could not give the blob.
+    #[error("{0}")]
+    Source(TransportError),
+    /// The blob's stream failed.
+    #[error("{0}")]
+    Read(std::io::Error),
+    /// The stream ran past the descriptor's size.
+    #[error("longer than its descriptor says")]
+    TooLong,
+    /// The bytes do not match the descriptor's size or digest.
+    #[error("{0}")]
+    Verify(crate::digest::VerifyError),
+}
+
+/// Reads a small blob (a config) of `source` whole, at most
+/// [`crate::limits::MAX_CONFIG_BYTES`], checked against its descriptor's size and digest.
+pub async fn read_small<S: Source>(
+    source: &S,
+    desc: &Descriptor,
+) -> std::result::Result<Vec<u8>, SmallBlobError> {
+    use futures_util::StreamExt;
+    let cap = crate::limits::MAX_CONFIG_BYTES;
+    if desc.size > cap {
+        return Err(SmallBlobError::TooLarge {
+            size: desc.size,
+            cap,
+        });
+    }
+    let mut stream = source
+        .blob(desc)
+        .await
+        .map_err(SmallBlobError::Source)?
+        .into_stream();
+    let mut out = Vec::with_capacity(desc.size as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(SmallBlobError::Read)?;
+        if (out.len() + chunk.len()) as u64 > desc.size {
+            return Err(SmallBlobError::TooLong);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    crate::digest::check(
+        &desc.digest,
+        Some(desc.size),
+        &Digest::sha256_of(&out),
+        out.len() as u64,
+    )
+    .map_err(SmallBlobError::Verify)?;
+    Ok(out)
+}
+
+/// Lets the image walk (and [`crate::image::platform_child`]) read manifests through any [`Source`].
+pub struct SourceManifests<'a, S>(pub &'a S);
+
+impl<S: Source> crate::image::Manifests for SourceManifests<'_, S> {
+    type Error = TransportError;
+    fn manifest(
+        &self,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<Option<RawManifest>>> + Send {
+        self.0.manifest(digest)
+    }
+}
+
 /// What a destination can hold, so the copy engine adapts without naming it.
 #[derive(Debug, Clone, Default)]
 pub struct DestProperties {

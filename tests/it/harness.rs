@@ -392,8 +392,8 @@ pub fn inspect_digest(reference: &str) -> String {
     sha256(&skopeo_ok(&["inspect", "--raw", "--tls-verify=false", reference]).stdout)
 }
 
-/// `ferry bundle -q` of `list` from a plain-HTTP `source` into `out` with `cache` (retry pauses off).
-pub fn bundle_cmd(list: &Path, out: &Path, cache: &Path, source: &str) -> Command {
+/// `ferry bundle` of `list` from a plain-HTTP `source` into `out` with `cache` (retry pauses off), without -q.
+pub fn bundle_cmd_plain(list: &Path, out: &Path, cache: &Path, source: &str) -> Command {
     let mut c = ferry();
     c.env("FERRY_TEST_NO_RETRY_DELAY", "1")
         .arg("bundle")
@@ -403,8 +403,33 @@ pub fn bundle_cmd(list: &Path, out: &Path, cache: &Path, source: &str) -> Comman
         .arg(out)
         .arg("--cache")
         .arg(cache)
-        .args(["--source", source, "--src-tls-verify=false", "-q"]);
+        .args(["--source", source, "--src-tls-verify=false"]);
     c
+}
+
+/// `ferry bundle -q` of `list` from a plain-HTTP `source` into `out` with `cache` (retry pauses off).
+pub fn bundle_cmd(list: &Path, out: &Path, cache: &Path, source: &str) -> Command {
+    let mut c = bundle_cmd_plain(list, out, cache, source);
+    c.arg("-q");
+    c
+}
+
+/// Every file under `dir` (relative path → bytes), skipping nothing.
+pub fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
 }
 
 /// Extracts a bundle with plain `tar --zstd -xf` (no ferry code) into a new directory `dest`.

@@ -1119,7 +1119,7 @@ fn a_link_killed_in_its_tag_phase_never_leaves_a_tag_that_does_not_resolve() {
         let root = work.path().join(format!("root-{run}"));
         // Test-only pause before each new tag is renamed into place, so the kill lands in the tag phase.
         let mut child = ferry()
-            .env(ferry::store::TEST_TAG_PAUSE_MS, "20")
+            .env(ferry::limits::ENV_TAG_PAUSE_MS, "20")
             .args(["unbundle", "link"])
             .arg(&bundle)
             .arg("--root")
@@ -1164,7 +1164,7 @@ fn a_link_killed_in_its_tag_phase_never_leaves_a_tag_that_does_not_resolve() {
 fn serve_with_timeouts(root: &Path, ms: u64) -> (std::process::Child, String) {
     use std::io::BufRead as _;
     let mut child = ferry()
-        .env(ferry::serve::TEST_TIMEOUT_MS, ms.to_string())
+        .env(ferry::limits::ENV_SERVE_TIMEOUT_MS, ms.to_string())
         .arg("serve")
         .arg(root)
         .args(["--listen", "127.0.0.1:0"])

@@ -5,28 +5,9 @@
 //! by skopeo with the same digests; registries must end up with the same
 //! digest.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::harness::*;
-
-/// Every file under `dir` (relative path → bytes), skipping nothing.
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
 
 /// Asserts two trees hold the same files with the same bytes (JSON files: the same values).
 fn assert_same_tree(skopeo_dir: &Path, ferry_dir: &Path, what: &str) {

@@ -101,17 +101,7 @@ fn source() -> Source {
 
 /// `ferry bundle` of `list` from `src` (plain http), without -q.
 fn bundle(src: &Source, list: &Path, out: &Path, cache: &Path) -> Command {
-    let mut c = ferry();
-    c.env("FERRY_TEST_NO_RETRY_DELAY", "1")
-        .arg("bundle")
-        .arg("-f")
-        .arg(list)
-        .arg("-o")
-        .arg(out)
-        .arg("--cache")
-        .arg(cache)
-        .args(["--source", &src.server.addr, "--src-tls-verify=false"]);
-    c
+    bundle_cmd_plain(list, out, cache, &src.server.addr)
 }
 
 // Item 1: the output directory and the cache are checked before anything moves.
@@ -175,7 +165,7 @@ fn bare_output_name_is_checked_for_space_and_a_full_disk_is_named() {
     let out = run(
         bundle(&src, &src.list, Path::new("x.tar.zst"), &w.join("cache"))
             .arg("-q")
-            .env("FERRY_TEST_NO_SPACE_CHECK", "1")
+            .env(ferry::limits::ENV_NO_SPACE_CHECK, "1")
             .current_dir(&small),
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
