@@ -199,15 +199,17 @@ impl Drop for BlobWriter {
 /// by `fill` and renamed into place, so a run killed halfway never leaves an
 /// empty blob or link directory in the layout. `false` when `dir` exists (or
 /// another writer made it first): the caller then writes into it as usual.
+/// `kind` starts its temp name (`tag-…` for a tag, which a kill test waits for).
 pub(super) fn place_dir(
     store: &Store,
     dir: &Path,
+    kind: &str,
     fill: impl FnOnce(&Path) -> io::Result<()>,
 ) -> Result<bool> {
     if dir.exists() {
         return Ok(false);
     }
-    let tmp = temp_path(store, "dir");
+    let tmp = temp_path(store, kind);
     let parent = dir.parent().expect("layout directories have parents");
     let build = || -> io::Result<()> {
         fs::create_dir(&tmp)?;
@@ -252,7 +254,7 @@ fn publish(store: &Store, tmp: &Path, digest: &Digest) -> Result<()> {
     let dest = store.path(PathSpec::BlobData(digest));
     let parent = dest.parent().expect("blob paths have parents");
     let name = dest.file_name().expect("blob paths name a file");
-    if place_dir(store, parent, |d| fs::hard_link(tmp, d.join(name)))? {
+    if place_dir(store, parent, "dir", |d| fs::hard_link(tmp, d.join(name)))? {
         let _ = fs::remove_file(tmp);
         return Ok(());
     }

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::blobs::{fsync_dir, place_dir, temp_path, write_atomic};
+use super::blobs::{fsync_dir, place_dir, write_atomic};
 use super::{Result, Store, StoreError};
 use crate::digest::Digest;
 use crate::image::{self, ImageWalk, Selection, WalkError, WalkOptions};
@@ -64,7 +64,7 @@ impl Store {
         let dir = path.parent().expect("link paths have parents");
         let name = path.file_name().expect("link paths name a file");
         let durable = self.durable;
-        if place_dir(self, dir, |d| {
+        if place_dir(self, dir, "dir", |d| {
             let mut f = fs::File::create(d.join(name))?;
             io::Write::write_all(&mut f, digest.to_string().as_bytes())?;
             if durable {
@@ -118,79 +118,47 @@ impl Store {
     /// Builds a new tag's directory in the temp area and renames it into place;
     /// `false` when another writer created the tag first (the caller then moves it).
     fn create_tag(&self, repo: &str, tag: &str, digest: &Digest, dir: &Path) -> Result<bool> {
-        let tmp = temp_path(self, "tag");
         let rel = |spec| {
             self.path(spec)
                 .strip_prefix(dir)
                 .expect("tag links live under the tag directory")
                 .to_path_buf()
         };
-        let build = || -> io::Result<()> {
-            for link in [
-                rel(PathSpec::TagIndexLink(repo, tag, digest)),
-                rel(PathSpec::TagCurrentLink(repo, tag)),
-            ] {
+        let links = [
+            rel(PathSpec::TagIndexLink(repo, tag, digest)),
+            rel(PathSpec::TagCurrentLink(repo, tag)),
+        ];
+        place_dir(self, dir, "tag", |tmp| {
+            let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+            for link in &links {
                 let path = tmp.join(link);
-                let parent = path.parent().expect("link paths have parents");
-                fs::create_dir_all(parent)?;
+                fs::create_dir_all(path.parent().expect("link paths have parents"))?;
                 let mut f = fs::File::create(&path)?;
                 io::Write::write_all(&mut f, digest.to_string().as_bytes())?;
                 if self.durable {
                     f.sync_all()?;
                 }
-            }
-            if self.durable {
-                // Every directory the links live in, deepest first, then the tag directory itself:
-                // after a power loss the renamed tag holds its `current/link`, or it is not there.
-                let mut dirs: Vec<std::path::PathBuf> = Vec::new();
-                for link in [
-                    rel(PathSpec::TagIndexLink(repo, tag, digest)),
-                    rel(PathSpec::TagCurrentLink(repo, tag)),
-                ] {
-                    let path = tmp.join(link);
-                    for d in path.ancestors().skip(1).take_while(|d| d.starts_with(&tmp)) {
-                        if !dirs.iter().any(|x| x == d) {
-                            dirs.push(d.to_path_buf());
-                        }
+                for d in path.ancestors().skip(1).take_while(|d| *d != tmp) {
+                    if !dirs.iter().any(|x| x == d) {
+                        dirs.push(d.to_path_buf());
                     }
                 }
+            }
+            if self.durable {
+                // Deepest first (place_dir syncs the tag directory itself): after a power loss
+                // the renamed tag holds its `current/link`, or it is not there at all.
                 dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
                 for d in &dirs {
                     fsync_dir(d)?;
                 }
             }
+            if let Ok(d) = std::env::var(crate::limits::ENV_TAG_PAUSE_MS)
+                && let Ok(ms) = d.parse::<u64>()
+            {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
             Ok(())
-        };
-        if let Err(e) = build() {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(StoreError::io("building tag in", &tmp)(e));
-        }
-        let tags = dir.parent().expect("a tag has a tags directory");
-        if let Err(e) = fs::create_dir_all(tags) {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(StoreError::io("creating directory", tags)(e));
-        }
-        if let Ok(d) = std::env::var(crate::limits::ENV_TAG_PAUSE_MS)
-            && let Ok(ms) = d.parse::<u64>()
-        {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-        }
-        match fs::rename(&tmp, dir) {
-            Ok(()) => {
-                if self.durable {
-                    fsync_dir(tags).map_err(StoreError::io("syncing", tags))?;
-                }
-                Ok(true)
-            }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
-                let _ = fs::remove_dir_all(&tmp);
-                Ok(false)
-            }
-            Err(e) => {
-                let _ = fs::remove_dir_all(&tmp);
-                Err(StoreError::io("renaming tag into", dir)(e))
-            }
-        }
+        })
     }
 
     /// The digest `repo:tag` points at, if the tag exists.
