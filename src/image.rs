@@ -281,22 +281,26 @@ fn visit<'a, M: Manifests>(
                             .map(ToString::to_string)
                             .collect::<Vec<_>>()
                             .join(", "),
-                        have: index
-                            .manifests
-                            .iter()
-                            .map(|c| {
-                                c.platform
-                                    .as_ref()
-                                    .map_or_else(|| "unknown".to_string(), ToString::to_string)
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        have: platform_list(&index.manifests),
                     });
                 }
                 Ok(())
             }
         }
     })
+}
+
+/// The platforms of an index's children, for an error that says which are there.
+fn platform_list(children: &[Descriptor]) -> String {
+    children
+        .iter()
+        .map(|c| {
+            c.platform
+                .as_ref()
+                .map_or_else(|| "unknown".to_string(), ToString::to_string)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The child of an index for one platform (the first that matches, as
@@ -311,15 +315,7 @@ pub fn choose_platform(index: &RawManifest, want: &Platform) -> Result<Descripto
         .ok_or_else(|| WalkError::NoPlatform {
             index: index.digest().clone(),
             want: want.to_string(),
-            have: children
-                .iter()
-                .map(|c| {
-                    c.platform
-                        .as_ref()
-                        .map_or_else(|| "unknown".to_string(), ToString::to_string)
-                })
-                .collect::<Vec<_>>()
-                .join(", "),
+            have: platform_list(children),
         })
 }
 

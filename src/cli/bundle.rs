@@ -13,7 +13,6 @@ use crate::limits::DEFAULT_JOBS;
 use crate::manifest::Platform;
 use crate::plan::PlanOptions;
 use crate::reference::{DEFAULT_REGISTRY, parse_images_list};
-use crate::registry::ClientOptions;
 
 /// Flags of `ferry bundle`.
 #[derive(Debug, clap::Args)]
@@ -186,16 +185,9 @@ fn run_inner(
             platforms,
             all_platforms: a.all_platforms,
             keep_host: a.keep_host,
-            client: a.net.apply(
-                ClientOptions {
-                    tls_verify: a.src_tls_verify,
-                    credentials: super::registry_flags::creds("--src-creds", &a.src_creds)?,
-                    authfile: a.authfile,
-                    ..ClientOptions::default()
-                },
-                a.jobs,
-                "--src-tls-verify=false",
-            ),
+            client: a
+                .net
+                .side("src", a.src_tls_verify, &a.src_creds, a.authfile, a.jobs)?,
             jobs: a.jobs.max(1),
         },
         cache,

@@ -10,7 +10,6 @@ use anyhow::{Context, bail};
 use super::{GlobalArgs, human_bytes};
 use crate::copy::{CopyOptions, Format, MultiArch};
 use crate::reference::DEFAULT_REGISTRY;
-use crate::registry::ClientOptions;
 use crate::transport::open::{OpenOptions, open_dest, open_source, writable};
 use crate::transport::registry::{Clients, Pushed};
 use crate::transport::{ImageRef, Source};
@@ -116,26 +115,20 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let open = OpenOptions {
-        source: a.net.apply(
-            ClientOptions {
-                tls_verify: a.src_tls_verify,
-                credentials: super::registry_flags::creds("--src-creds", &a.src_creds)?,
-                authfile: a.authfile.clone(),
-                ..Default::default()
-            },
+        source: a.net.side(
+            "src",
+            a.src_tls_verify,
+            &a.src_creds,
+            a.authfile.clone(),
             a.jobs,
-            "--src-tls-verify=false",
-        ),
-        destination: a.net.apply(
-            ClientOptions {
-                tls_verify: a.dest_tls_verify,
-                credentials: super::registry_flags::creds("--dest-creds", &a.dest_creds)?,
-                authfile: a.authfile.clone(),
-                ..Default::default()
-            },
+        )?,
+        destination: a.net.side(
+            "dest",
+            a.dest_tls_verify,
+            &a.dest_creds,
+            a.authfile.clone(),
             a.jobs,
-            "--dest-tls-verify=false",
-        ),
+        )?,
     };
     let rt = super::runtime()?;
     let summary = rt.block_on(async {

@@ -19,6 +19,7 @@ mod sync;
 mod unbundle;
 mod verify;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -64,6 +65,32 @@ pub struct NetArgs {
 }
 
 impl NetArgs {
+    /// The client options of one side of a verb from its skopeo flags: `side` is `src`, `dest`,
+    /// or empty for a one-registry verb, and names `--{side}-creds` and `--{side}-tls-verify=false`.
+    pub fn side(
+        &self,
+        side: &str,
+        tls_verify: bool,
+        creds: &Option<String>,
+        authfile: Option<PathBuf>,
+        jobs: usize,
+    ) -> anyhow::Result<crate::registry::ClientOptions> {
+        let flag = |name: &str| match side {
+            "" => format!("--{name}"),
+            s => format!("--{s}-{name}"),
+        };
+        Ok(self.apply(
+            crate::registry::ClientOptions {
+                tls_verify,
+                credentials: registry_flags::creds(&flag("creds"), creds)?,
+                authfile,
+                ..Default::default()
+            },
+            jobs,
+            &flag("tls-verify=false"),
+        ))
+    }
+
     /// `opts` with these timeouts, the per-host cap (`jobs` unless given) and the flag that allows plain HTTP on this side.
     pub fn apply(
         &self,

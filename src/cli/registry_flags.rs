@@ -30,17 +30,16 @@ pub struct RegistryFlags {
 impl RegistryFlags {
     /// The client options these flags ask for (a password left out of `--creds` is asked for on a terminal).
     pub fn client_options(&self) -> anyhow::Result<ClientOptions> {
-        Ok(self.net.apply(
-            ClientOptions {
-                tls_verify: self.tls_verify,
-                credentials: creds("--creds", &self.creds)?,
-                authfile: self.authfile.clone(),
-                cert_dir: self.cert_dir.clone(),
-                ..ClientOptions::default()
-            },
-            crate::limits::DEFAULT_PER_HOST_CONCURRENCY,
-            "--tls-verify=false",
-        ))
+        Ok(ClientOptions {
+            cert_dir: self.cert_dir.clone(),
+            ..self.net.side(
+                "",
+                self.tls_verify,
+                &self.creds,
+                self.authfile.clone(),
+                crate::limits::DEFAULT_PER_HOST_CONCURRENCY,
+            )?
+        })
     }
 }
 

@@ -135,30 +135,28 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
     if a.remove_signatures {
         tracing::debug!("--remove-signatures: ferry copies no signatures");
     }
-    let source_client = a.net.apply(
-        ClientOptions {
-            tls_verify: a.src_tls_verify,
-            credentials: super::registry_flags::creds("--src-creds", &a.src_creds)?,
-            authfile: a.src_authfile.clone().or_else(|| a.authfile.clone()),
-            cert_dir: a.src_cert_dir.clone(),
-            ..Default::default()
-        },
-        a.jobs,
-        "--src-tls-verify=false",
-    );
+    let source_client = ClientOptions {
+        cert_dir: a.src_cert_dir.clone(),
+        ..a.net.side(
+            "src",
+            a.src_tls_verify,
+            &a.src_creds,
+            a.src_authfile.clone().or_else(|| a.authfile.clone()),
+            a.jobs,
+        )?
+    };
     let open = OpenOptions {
         source: source_client.clone(),
-        destination: a.net.apply(
-            ClientOptions {
-                tls_verify: a.dest_tls_verify,
-                credentials: super::registry_flags::creds("--dest-creds", &a.dest_creds)?,
-                authfile: a.dest_authfile.clone().or_else(|| a.authfile.clone()),
-                cert_dir: a.dest_cert_dir.clone(),
-                ..Default::default()
-            },
-            a.jobs,
-            "--dest-tls-verify=false",
-        ),
+        destination: ClientOptions {
+            cert_dir: a.dest_cert_dir.clone(),
+            ..a.net.side(
+                "dest",
+                a.dest_tls_verify,
+                &a.dest_creds,
+                a.dest_authfile.clone().or_else(|| a.authfile.clone()),
+                a.jobs,
+            )?
+        },
     };
     let opts = SyncOptions {
         source_kind: a.src,

@@ -215,16 +215,13 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         crate::reference::validate_repository(p)
             .with_context(|| format!("--dest {}: prefix {p:?}", a.dest))?;
     }
-    let client = a.net.apply(
-        crate::registry::ClientOptions {
-            tls_verify: a.dest_tls_verify,
-            credentials: super::registry_flags::creds("--dest-creds", &a.dest_creds)?,
-            authfile: a.authfile.clone(),
-            ..Default::default()
-        },
+    let client = a.net.side(
+        "dest",
+        a.dest_tls_verify,
+        &a.dest_creds,
+        a.authfile.clone(),
         a.jobs,
-        "--dest-tls-verify=false",
-    );
+    )?;
     let opts = CopyOptions {
         multi_arch: MultiArch::All,
         preserve_digests: false,
