@@ -37,9 +37,10 @@ to resty, which gives net/http a sized reader; net/http never sends a caller's C
 header: reggie's client_test.go checks a PUT with SetBody arrives with Content-Length); a
 POST/PUT/PATCH without a body sends `Content-Length: 0` (so "PUT request to session URL with
 digest" sends 0, not the blob's length it sets); GET and HEAD never send a body (resty drops
-it, so the "400 response body" GET carries only its Content-Type); resty copies a JSON-typed Content-Type
-into Accept when no Accept is set; redirects are followed as net/http does (301/302/303 become
-GET, 307/308 only without a body); a 401 with a Bearer or Basic challenge is retried once
+it, so the "400 response body" GET carries only its Content-Type); resty copies a JSON-typed
+Content-Type into Accept when no Accept is set; `Accept-Encoding: gzip` with transparent
+unpacking; redirects are followed as net/http does (301/302/303 become GET, 307/308 repeat
+the request); a 401 with a Bearer or Basic challenge is retried once
 with OCI_USERNAME/OCI_PASSWORD (OCI_AUTH_SCOPE overrides the token scope); TLS is not verified.
 
 Environment (as upstream): OCI_ROOT_URL, OCI_NAMESPACE, OCI_CROSSMOUNT_NAMESPACE (default
@@ -287,14 +288,20 @@ class Client:
         return urllib.parse.urlunsplit((u.scheme, u.netloc, u.path, query, u.fragment))
 
     def _send(self, method, url, headers, body):
+        """One request with net/http's redirect policy: 301/302/303 turn into a GET (HEAD
+        stays HEAD) without the body; 307/308 repeat method and body (resty's sized body can
+        be replayed); Authorization is dropped when the host changes; at most 10 redirects."""
         for _ in range(11):
             resp = self._send_once(method, url, headers, body)
             if resp.status in (301, 302, 303, 307, 308) and resp.header("Location"):
-                if resp.status in (307, 308) and body:
-                    return resp  # net/http cannot replay a body it cannot rewind
-                if resp.status in (301, 302, 303) and method not in ("GET", "HEAD"):
-                    method, body = "GET", None
-                url = urllib.parse.urljoin(url, resp.header("Location"))
+                if resp.status in (301, 302, 303):
+                    body = None
+                    if method not in ("GET", "HEAD"):
+                        method = "GET"
+                target = urllib.parse.urljoin(url, resp.header("Location"))
+                if urllib.parse.urlsplit(target).netloc != urllib.parse.urlsplit(url).netloc:
+                    headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                url = target
                 continue
             return resp
         raise ValueError("stopped after 10 redirects")
@@ -321,12 +328,21 @@ class Client:
             send["Accept"] = ct
         if method in ("GET", "HEAD", "OPTIONS"):
             body = None
+        # net/http asks for gzip itself (unless the caller did) and unpacks it transparently.
+        gzip_asked = not any(k.lower() == "accept-encoding" for k in send)
+        if gzip_asked:
+            send["Accept-Encoding"] = "gzip"
         try:
             # http.client sends Content-Length: len(body), and 0 for a POST/PUT/PATCH without one.
             conn.request(method, target, body=body or None, headers=send)
             r = conn.getresponse()
             data = r.read()
-            resp = Response(r.status, r.getheaders(), data)
+            got = r.getheaders()
+            if gzip_asked and r.getheader("Content-Encoding", "").lower() == "gzip" and data:
+                data = gzip.decompress(data)
+                got = [(k, v) for k, v in got
+                       if k.lower() not in ("content-encoding", "content-length")]
+            resp = Response(r.status, got, data)
         finally:
             conn.close()
         if self.debug:

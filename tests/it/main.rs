@@ -4,6 +4,7 @@
 mod bundle;
 mod cli;
 mod clients;
+mod conformance;
 mod copy;
 mod faults;
 mod harness;
