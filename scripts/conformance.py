@@ -1135,18 +1135,40 @@ def push_specs(s):
         s.spec(W, "Teardown", "Delete manifest created in tests")(delete_manifest)
 
 
-def tag_list(resp):
-    """setup.go getTagList: the tags of a tags/list body, [] when it does not parse."""
+def fits(value, kind):
+    """Whether a decoded JSON value unmarshals into a Go field of this kind (null always does)."""
+    if value is None:
+        return True
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "strings":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "string map":
+        return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    raise ValueError(kind)
+
+
+def tag_list_doc(resp):
+    """json.Unmarshal of a body into setup.go's TagList: (tags, None) or (None, error)."""
     try:
         doc = json.loads(resp.body)
-    except ValueError:
-        return []
+    except ValueError as e:
+        return None, f"not JSON: {e}"
+    if doc is None:
+        return [], None
     if not isinstance(doc, dict):
-        return []
-    tags = doc.get("tags")
-    if tags is None or not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        return []
-    return tags
+        return None, "not a JSON object"
+    if not fits(doc.get("name"), "string") or not fits(doc.get("tags"), "strings"):
+        return None, "`name` or `tags` has the wrong type"
+    return doc.get("tags") or [], None
+
+
+def tag_list(resp):
+    """setup.go getTagList: the tags of a tags/list body, [] when it does not unmarshal."""
+    tags, err = tag_list_doc(resp)
+    return [] if err else tags
 
 
 def referrers_index(resp):
@@ -1157,18 +1179,20 @@ def referrers_index(resp):
         raise Failed(f"referrers body is not JSON: {e}: {resp.body[:200]!r}")
     if doc is None:
         return []
-    manifests = doc.get("manifests") if isinstance(doc, dict) else None
     expect(isinstance(doc, dict), f"referrers body is not a JSON object: {resp.body[:200]!r}")
+    for key, kind in (("schemaVersion", "int"), ("mediaType", "string"),
+                      ("artifactType", "string"), ("annotations", "string map")):
+        expect(fits(doc.get(key), kind), f"referrers `{key}` is not a {kind}")
+    manifests = doc.get("manifests")
     if manifests is None:
         return []
     expect(isinstance(manifests, list) and all(isinstance(m, dict) for m in manifests),
            "referrers `manifests` is not an array of descriptors")
     for m in manifests:
-        ann = m.get("annotations")
-        expect(ann is None or (isinstance(ann, dict) and all(isinstance(v, str)
-                                                             for v in ann.values())),
-               f"referrer annotations are not a string map: {ann!r}")
-        expect(isinstance(m.get("digest", ""), str), "referrer digest is not a string")
+        for key, kind in (("mediaType", "string"), ("digest", "string"), ("size", "int"),
+                          ("urls", "strings"), ("annotations", "string map"),
+                          ("artifactType", "string")):
+            expect(fits(m.get(key), kind), f"referrer `{key}` is not a {kind}: {m!r}")
     return manifests
 
 
@@ -1197,8 +1221,10 @@ def discovery_specs(s):
             tag = f"test{i}"
             st["tags"].append(tag)
             status_in(put_manifest(s, tag, c.manifests[2].content), ranges=TWO_XX)
-        resp, _err = cl.do(cl.new_request("GET", "/v2/<name>/tags/list"))
-        st["tags"] = tag_list(resp) if resp is not None else []
+        resp, err = cl.do(cl.new_request("GET", "/v2/<name>/tags/list"))
+        if resp is None:  # getTagList(nil) dereferences a nil response in Go
+            raise Failed(f"panic: nil response from GET tags/list: {err}")
+        st["tags"] = tag_list(resp)
 
     @s.spec(W, "Setup", "Populate registry with test tags (no push)")
     def _():
@@ -1402,18 +1428,10 @@ def management_specs(s):
         status_in(put_manifest(s, st["tag_to_delete"], c.manifests[3].content), ranges=TWO_XX)
 
     def strict_tags(resp):
-        """json.Unmarshal into TagList, which must succeed."""
-        try:
-            doc = json.loads(resp.body)
-        except ValueError as e:
-            raise Failed(f"tags list is not JSON: {e}: {resp.body[:200]!r}")
-        if doc is None:
-            return []
-        expect(isinstance(doc, dict), f"tags list is not an object: {resp.body[:200]!r}")
-        tags = doc.get("tags")
-        expect(tags is None or (isinstance(tags, list) and all(isinstance(t, str) for t in tags)),
-               f"`tags` is not an array of strings: {resp.body[:200]!r}")
-        return tags or []
+        """json.Unmarshal into TagList, which must succeed (Expect(err).To(BeNil()))."""
+        tags, err = tag_list_doc(resp)
+        expect(err is None, f"tags list: {err}: {resp.body[:200]!r}")
+        return tags
 
     @s.spec(W, "Setup", "Check how many tags there are before anything gets deleted")
     def _():
