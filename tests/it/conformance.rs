@@ -10,8 +10,8 @@ use std::process::Command;
 use crate::harness::*;
 
 /// The specs the Debian `docker-registry` 2.8.2 fails (run of 2026-11-30, all four workflows).
-/// Each is a Go assertion distribution 2.8 does not meet; see scripts/conformance.py's header
-/// and the report of issue 10 for the reasons. If the port grew lax, this set would shrink.
+/// Each is a Go assertion distribution 2.8 does not meet (the reasons are in the "Calibration"
+/// paragraph of scripts/conformance.py). If the port grew lax, this set would shrink.
 const DOCKER_REGISTRY_FAILURES: &[&str] = &[
     "Pull / Error codes / 400 response body should contain OCI-conforming JSON message",
     "Push / Blob Upload Chunked / Out-of-order blob upload should return 416",
@@ -32,7 +32,8 @@ const DOCKER_REGISTRY_FAILURES: &[&str] = &[
 /// referrers API yet (`GET /v2/<name>/referrers/<digest>` is a 404). The bundle does carry the
 /// suite's five referrers of manifests[4] and the one of the absent manifests[3] (pinned by
 /// digest in the images list). Empty this list when branch `push` (referrers) is merged: the
-/// test then asserts that nothing fails.
+/// test then asserts that nothing fails (branch push's binary of 2026-11-30 06:43 passed all 8
+/// Content Discovery specs on this bundle).
 const UNBUNDLE_SERVE_MISSING: &[&str] = &[
     "Content Discovery / Test content discovery endpoints (listing references) / GET request to existing blob should yield 200",
     "Content Discovery / Test content discovery endpoints (listing references) / GET request to existing blob with filter should yield 200",
