@@ -398,7 +398,10 @@ fn bad_tls_and_htpasswd_files_are_one_line_naming_the_file() {
     let good_entry = std::fs::read_to_string(&ht).unwrap();
     std::fs::write(
         &sha,
-        format!("# users\n{good_entry}bob:{{SHA}}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n"),
+        format!(
+            "# users\n{}\nbob:{{SHA}}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n",
+            good_entry.trim_end()
+        ),
     )
     .unwrap();
     let apr = w.join("apr.htpasswd");
