@@ -166,7 +166,11 @@ fn tls_and_basic_auth_with_curl_and_skopeo_and_no_password_logged() {
     let untrusted = skopeo(&["inspect", "--raw", "--creds", &good, &reference]);
     assert!(!untrusted.status.success());
 
-    server.stop();
+    let status = server.stop();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "a clean exit on SIGTERM: {status:?}"
+    );
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
         logged.contains("request"),
@@ -770,4 +774,47 @@ fn login(cmd: &mut Command, password: &str) -> Output {
         .write_all(password.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_tls_handshake_is_bounded_by_the_header_timeout() {
+    let (dir, _) = tiny();
+    let certs = test_certs();
+    let (child, addr) = crate::hostile::serve_with_timeouts(
+        dir.path(),
+        400,
+        &[
+            "--tls-cert",
+            certs.chain.to_str().unwrap(),
+            "--tls-key",
+            certs.key.to_str().unwrap(),
+        ],
+    );
+    /// Stops the server however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(child);
+    // A ClientHello record that claims 512 bytes, trickled a byte per 100 ms: never idle for
+    // 400 ms, so only the bound on the whole handshake can end it.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    let _ = s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]);
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = s.write_all(&[0]);
+    }
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("handshake still open after the timeout: {e}"),
+    }
+    // The server still completes handshakes and answers.
+    let (code, version, _, _) = curl(&certs, &format!("https://{addr}/v2/"), &[]);
+    assert_eq!((code, version.as_str()), (200, "2"));
 }
