@@ -102,6 +102,9 @@ pub fn echo(s: &str) -> std::borrow::Cow<'_, str> {
 /// Passed password checks `serve --htpasswd` remembers (keyed by a hash); the cache is emptied when full.
 pub const MAX_AUTH_CACHE_ENTRIES: usize = 4096;
 
+/// bcrypt password checks `serve --htpasswd` runs at once (each costs milliseconds of CPU).
+pub const MAX_CONCURRENT_PASSWORD_CHECKS: usize = 4;
+
 /// Largest htpasswd file read.
 pub const MAX_HTPASSWD_BYTES: u64 = 16 * 1024 * 1024;
 

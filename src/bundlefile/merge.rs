@@ -91,3 +91,49 @@ pub fn distinct_images<'a>(indexes: impl IntoIterator<Item = &'a BundleIndex>) -
     }
     seen.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(images: &[(&str, Option<&str>, char)]) -> BundleIndex {
+        let images: Vec<serde_json::Value> = images
+            .iter()
+            .map(|(repo, tag, d)| {
+                serde_json::json!({
+                    "source": repo, "repository": repo, "tag": tag,
+                    "digest": format!("sha256:{}", d.to_string().repeat(64)),
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "format": "x", "created_by": "t", "source_date_epoch": 0, "images": images,
+            "blob_count": 0, "blob_bytes": 0, "blobs": [],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn bundles_agree_when_a_shared_tag_has_one_digest() {
+        let a = index(&[("x", Some("1"), 'a'), ("y", Some("1"), 'b')]);
+        let b = index(&[
+            ("x", Some("1"), 'a'),
+            ("x", Some("2"), 'c'),
+            ("y", None, 'b'),
+        ]);
+        let (pa, pb) = (Path::new("a.tar.zst"), Path::new("b.tar.zst"));
+        assert!(check_tags_agree([(pa, &a), (pb, &b)]).is_ok());
+        // x:1, y:1, x:2, and y@b untagged.
+        assert_eq!(distinct_images([&a, &b]), 4);
+        let c = index(&[("y", Some("1"), 'd')]);
+        let e = check_tags_agree([(pa, &a), (pb, &b), (Path::new("c.tar.zst"), &c)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("y:1 is sha256:bbbb"), "{e}");
+        assert!(
+            e.contains("in a.tar.zst but sha256:dddd") && e.contains("in c.tar.zst"),
+            "{e}"
+        );
+    }
+}

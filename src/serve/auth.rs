@@ -12,7 +12,9 @@ use axum::http::{HeaderValue, Method};
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::limits::{MAX_AUTH_CACHE_ENTRIES, MAX_HTPASSWD_BYTES, echo};
+use crate::limits::{
+    MAX_AUTH_CACHE_ENTRIES, MAX_CONCURRENT_PASSWORD_CHECKS, MAX_HTPASSWD_BYTES, echo,
+};
 
 /// Why an htpasswd file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +137,8 @@ pub struct Auth {
     users: Htpasswd,
     anonymous_read: bool,
     passed: Mutex<HashSet<[u8; 32]>>,
+    /// bcrypt runs at most this many at once, so a flood of wrong passwords cannot take every core.
+    checks: tokio::sync::Semaphore,
 }
 
 /// The realm named in `WWW-Authenticate`.
@@ -147,6 +151,7 @@ impl Auth {
             users,
             anonymous_read,
             passed: Mutex::new(HashSet::new()),
+            checks: tokio::sync::Semaphore::new(MAX_CONCURRENT_PASSWORD_CHECKS),
         }
     }
 
@@ -192,6 +197,9 @@ impl Auth {
             return false;
         };
         let password = password.to_string();
+        let Ok(_permit) = self.checks.acquire().await else {
+            return false;
+        };
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
             .await
             .is_ok_and(|r| r.unwrap_or(false));
