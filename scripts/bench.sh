@@ -21,7 +21,9 @@
 #                                     clients for SECONDS_LOAD (default 60) s pulling random manifests and blobs (some
 #                                     ranges), every body verified (scripts/loadclient.py); requests/s, errors, p50/p99
 #                                     latency (p99 of manifests alone too), peak RSS (VmHWM; anonymous part polled),
-#                                     CPU seconds of server and client, per server, and the ratios
+#                                     CPU seconds of server and client, per server, and the ratios; then both
+#                                     ferry servers again over TLS (--tls-cert/--tls-key, a test CA made with
+#                                     openssl in WORK/tls), the same load over HTTPS, and the TLS/plain ratios
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated corpus between runs; PRESET=small|medium
 # (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show; `tiny` for tests of this script).
@@ -100,12 +102,14 @@ YAML
   for _ in $(seq 1 100); do curl -fsS "http://$ADDR/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
 }
 
+# SERVE_EXTRA: more flags for a ferry server (TLS); SCHEME and CURL_CA: how to probe it.
+SERVE_EXTRA=(); SCHEME=http; CURL_CA=()
 start_ferry() {
   local port; port=$(free_port)
-  "$FERRY" serve -q "$1" --listen "127.0.0.1:$port" >"$WORK/ferry-serve.log" 2>&1 &
+  "$FERRY" serve -q "$1" --listen "127.0.0.1:$port" "${SERVE_EXTRA[@]}" >"$WORK/ferry-serve.log" 2>&1 &
   PIDS+=($!)
   ADDR="127.0.0.1:$port"
-  for _ in $(seq 1 100); do curl -fsS "http://$ADDR/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
+  for _ in $(seq 1 100); do curl -fsS "${CURL_CA[@]}" "$SCHEME://$ADDR/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
 }
 
 case "$WHAT" in
@@ -389,23 +393,45 @@ serve-load)
   fi
   start_unbundle_serve() {
     local port; port=$(free_port)
-    "$FERRY" unbundle serve -q "$1" --listen "127.0.0.1:$port" >"$WORK/unbundle-serve.log" 2>&1 &
+    "$FERRY" unbundle serve -q "$1" --listen "127.0.0.1:$port" "${SERVE_EXTRA[@]}" >"$WORK/unbundle-serve.log" 2>&1 &
     PIDS+=($!)
     ADDR="127.0.0.1:$port"
-    for _ in $(seq 1 600); do curl -fsS "http://$ADDR/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
+    for _ in $(seq 1 600); do curl -fsS "${CURL_CA[@]}" "$SCHEME://$ADDR/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
   }
   # Page cache warm for every server alike: the root's blob files and the bundle, read once untimed.
   find "$ROOT/docker/registry/v2/blobs" -name data -print0 | xargs -0 cat > /dev/null
   cat "$BUNDLE" > /dev/null
-  # load NAME START_FN ARG: start one server, load it alone, stop it; its result in $OUT/NAME.json.
+  # A CA and a server certificate for 127.0.0.1 (EC P-256), made once, for the TLS runs.
+  TLSDIR="$WORK/tls"
+  if [ ! -f "$TLSDIR/chain.crt" ]; then
+    command -v openssl >/dev/null || { echo "bench needs openssl" >&2; exit 1; }
+    mkdir -p "$TLSDIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -subj "/CN=ferry bench CA" -keyout "$TLSDIR/ca.key" -out "$TLSDIR/ca.crt" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=127.0.0.1" \
+      -keyout "$TLSDIR/server.key" -out "$TLSDIR/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$TLSDIR/ext.cnf"
+    openssl x509 -req -in "$TLSDIR/server.csr" -CA "$TLSDIR/ca.crt" -CAkey "$TLSDIR/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$TLSDIR/ext.cnf" -out "$TLSDIR/server.crt" 2>/dev/null
+    cat "$TLSDIR/server.crt" "$TLSDIR/ca.crt" > "$TLSDIR/chain.crt.tmp" && mv "$TLSDIR/chain.crt.tmp" "$TLSDIR/chain.crt"
+  fi
+  # load NAME START_FN ARG [tls]: start one server (over TLS when asked), load it alone, stop it;
+  # its result in $OUT/NAME.json.
   load() {
+    local lc_tls=()
+    if [ "${4:-}" = tls ]; then
+      SERVE_EXTRA=(--tls-cert "$TLSDIR/chain.crt" --tls-key "$TLSDIR/server.key"); SCHEME=https
+      CURL_CA=(--cacert "$TLSDIR/ca.crt"); lc_tls=(--cacert "$TLSDIR/ca.crt")
+    else
+      SERVE_EXTRA=(); SCHEME=http; CURL_CA=()
+    fi
     "$2" "$3"
     local pid=${PIDS[-1]}
-    curl -fsS "http://$ADDR/v2/" >/dev/null || { echo "$1 did not start (see $WORK/*.log)" >&2; exit 1; }
+    curl -fsS "${CURL_CA[@]}" "$SCHEME://$ADDR/v2/" >/dev/null || { echo "$1 did not start (see $WORK/*.log)" >&2; exit 1; }
     # The client runs in the background and is waited for, so a SIGTERM to this script is handled
     # at once (not after the load) and the EXIT trap stops the client too, by its PID.
     python3 scripts/loadclient.py --root "$ROOT" --addr "$ADDR" --clients "$CLIENTS" --seconds "$SECONDS_LOAD" \
-      --pid "$pid" --out "$OUT/$1.json" &
+      --pid "$pid" --out "$OUT/$1.json" "${lc_tls[@]}" &
     PIDS+=($!)
     wait "${PIDS[-1]}" || { echo "load client failed against $1" >&2; exit 1; }
     kill -0 "$pid" 2>/dev/null || { echo "$1 died under load (see $WORK/*.log)" >&2; exit 1; }
@@ -414,16 +440,19 @@ serve-load)
   load unbundle-serve start_unbundle_serve "$BUNDLE"
   load ferry-serve start_ferry "$ROOT"
   load docker-registry start_registry "$ROOT"
+  load unbundle-serve-tls start_unbundle_serve "$BUNDLE" tls
+  load ferry-serve-tls start_ferry "$ROOT" tls
   python3 - "$OUT" "$PRESET" "$CLIENTS" "$SECONDS_LOAD" "$BUNDLE" <<'PY'
 import json, sys
 out, preset, clients, secs, bundle = sys.argv[1:]
-names = ["unbundle-serve", "ferry-serve", "docker-registry"]
+names = ["unbundle-serve", "ferry-serve", "docker-registry", "unbundle-serve-tls", "ferry-serve-tls"]
 r = {n: json.load(open(f"{out}/{n}.json")) for n in names}
 print(f"serve under load, {preset} corpus: {clients} keep-alive clients for {secs} s each, random manifests (by tag and by digest)")
 print(f"and blobs (whole and ranges), every body verified; one server at a time, page cache warm;")
 print(f"latency over all requests (p99: the largest blobs), and of manifest GETs alone (mf p99)")
 print(f"  {'server':<30} {'req/s':>7} {'MB/s':>6} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} {'mf p99':>7} {'peak RSS MB':>11} {'(anon)':>7} {'CPU s srv/client':>17}")
-label = {"unbundle-serve": "ferry unbundle serve (bundle)", "ferry-serve": "ferry serve (root)", "docker-registry": "docker-registry (root)"}
+label = {"unbundle-serve": "ferry unbundle serve (bundle)", "ferry-serve": "ferry serve (root)", "docker-registry": "docker-registry (root)",
+         "unbundle-serve-tls": "ferry unbundle serve, TLS", "ferry-serve-tls": "ferry serve (root), TLS"}
 for n in names:
     x = r[n]
     cpu = f"{x['server_cpu']:.1f}/{x['client_cpu']:.1f}"
@@ -431,6 +460,9 @@ for n in names:
 u, f, d = r["unbundle-serve"], r["ferry-serve"], r["docker-registry"]
 print(f"  unbundle serve / ferry serve: throughput {u['rps']/f['rps']:.2f}x, p99 {u['p99_ms']/f['p99_ms']:.2f}x")
 print(f"  ferry serve / docker-registry: throughput {f['rps']/d['rps']:.2f}x, p99 {f['p99_ms']/d['p99_ms']:.2f}x")
+for n in ["unbundle-serve", "ferry-serve"]:
+    p, t = r[n], r[n + "-tls"]
+    print(f"  {n} TLS / plain: throughput {t['rps']/p['rps']:.2f}x, p99 {t['p99_ms']/p['p99_ms']:.2f}x, server CPU {t['server_cpu']/p['server_cpu']:.2f}x")
 for n in names:
     for s in r[n]["error_samples"]:
         print(f"  error, {n}: {s}")

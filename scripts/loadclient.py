@@ -2,6 +2,10 @@
 """Load client for `scripts/bench.sh serve-load` (Python 3.11, stdlib only).
 
     scripts/loadclient.py --root ROOT --addr HOST:PORT [--clients 64] [--seconds 60] [--pid PID] [--out FILE]
+                          [--cacert CA.pem]
+
+With --cacert the connections are HTTPS (HTTP/1.1 by ALPN), trusting that CA; one TLS handshake
+per keep-alive connection, as a pulling node makes.
 
 CLIENTS keep-alive HTTP/1.1 connections pull random manifests (by tag or by digest) and blobs
 (whole, or a random `Range: bytes=a-b`) that exist in the registry root ROOT on disk, and verify
@@ -31,6 +35,7 @@ import os
 import random
 import resource
 import signal
+import ssl
 import sys
 import time
 
@@ -90,14 +95,22 @@ class Fail(Exception):
     pass
 
 
+def tls_context(cacert):
+    """A client TLS context trusting only CACERT, offering HTTP/1.1 alone (the client speaks no h2)."""
+    ctx = ssl.create_default_context(cafile=cacert)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
 class Conn:
-    def __init__(self, host, port):
-        self.host, self.port = host, port
+    def __init__(self, host, port, tls=None):
+        self.host, self.port, self.tls = host, port, tls
         self.r = self.w = None
         self.nread = 0
 
     async def open(self):
-        self.r, self.w = await asyncio.open_connection(self.host, self.port, limit=CHUNK * 2)
+        extra = {"ssl": self.tls, "server_hostname": self.host} if self.tls else {}
+        self.r, self.w = await asyncio.open_connection(self.host, self.port, limit=CHUNK * 2, **extra)
 
     def close(self):
         if self.w is not None:
@@ -217,7 +230,8 @@ def worker(args, n, seed, work, t_start, q):
         stats = {"lat": [], "mlat": [], "ok": {}, "errors": 0, "bytes": 0, "samples": []}
         rng = random.Random(seed)
         fds = {}
-        conns = [Conn(host, int(port)) for _ in range(n)]
+        tls = tls_context(args.cacert) if args.cacert else None
+        conns = [Conn(host, int(port), tls) for _ in range(n)]
         # Wait for the common start, then run until the common deadline.
         await asyncio.sleep(max(0.0, t_start - time.time()))
         deadline = time.monotonic() + args.seconds
@@ -261,6 +275,7 @@ def main():
     p.add_argument("--pid", type=int)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out")
+    p.add_argument("--cacert", help="speak HTTPS, trusting this CA (PEM)")
     args = p.parse_args()
     work = walk_root(args.root)
     if not work[0] or not work[2]:
@@ -310,7 +325,7 @@ def main():
     mlat = sorted(x for r in results for x in r["mlat"])
     pct = lambda q, xs=lat: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
     out = {
-        "addr": args.addr, "clients": args.clients, "procs": procs, "seconds": elapsed,
+        "addr": args.addr, "tls": bool(args.cacert), "clients": args.clients, "procs": procs, "seconds": elapsed,
         "requests": len(lat) + errors, "ok": ok, "errors": errors,
         "rps": len(lat) / elapsed, "body_bytes": sum(r["bytes"] for r in results),
         "p50_ms": pct(0.50) * 1000, "p99_ms": pct(0.99) * 1000,

@@ -98,3 +98,16 @@ pub fn echo(s: &str) -> std::borrow::Cow<'_, str> {
     let head: String = s.chars().take(MAX_ECHO_CHARS).collect();
     std::borrow::Cow::Owned(format!("{head}…({} bytes)", s.len()))
 }
+
+/// Passed password checks `serve --htpasswd` remembers (keyed by a hash); the cache is emptied when full.
+pub const MAX_AUTH_CACHE_ENTRIES: usize = 4096;
+
+/// bcrypt password checks `serve --htpasswd` runs at once (each costs milliseconds of CPU).
+pub const MAX_CONCURRENT_PASSWORD_CHECKS: usize = 4;
+
+/// Largest htpasswd file read.
+pub const MAX_HTPASSWD_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Largest body of a refused request (405, 401) the server reads and discards so that the
+/// keep-alive connection can carry the next request; a larger or endless one gets `Connection: close`.
+pub const MAX_REFUSED_BODY_BYTES: usize = 1024 * 1024;

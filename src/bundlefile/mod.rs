@@ -4,6 +4,7 @@
 //! `verify`, `ls`) can use it without pulling in the bundling job.
 
 pub mod format;
+pub mod merge;
 pub mod read;
 
 pub use read::read_index;

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 
 use super::{GlobalArgs, human_bytes};
 use crate::bundle::unpack::link;
+use crate::bundlefile::merge::{check_tags_agree, distinct_files, distinct_images};
 use crate::bundlefile::read::BundleFile;
 use crate::store::Store;
 use crate::transport::bundle::Bundles;
@@ -61,12 +62,11 @@ struct PushArgs {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Bundle files (merged into one registry), or one registry root directory.
+    /// Bundle files (merged into one registry; they must agree on every tag), or one registry root directory.
     #[arg(required = true)]
     sources: Vec<PathBuf>,
-    /// Address to listen on; port 0 picks a free one (the address is printed).
-    #[arg(long, default_value = "127.0.0.1:5000", value_parser = super::parse_listen)]
-    listen: String,
+    #[command(flatten)]
+    server: super::serve::ServeFlags,
     /// Unpack into this root first (verified) and serve that, instead of reading the bundles in place.
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -114,10 +114,10 @@ pub fn run(g: &GlobalArgs, a: UnbundleArgs) -> anyhow::Result<ExitCode> {
 struct NotPushed(Vec<String>);
 
 fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let opts = a.server.options()?;
     for s in &a.sources {
         super::must_exist(s)?;
     }
-    let rt = super::runtime()?;
     if a.sources.len() == 1 && a.sources[0].is_dir() {
         if a.dir.is_some() {
             bail!(
@@ -125,37 +125,30 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
                 a.sources[0].display()
             );
         }
-        return super::serve::serve_root(g, &a.sources[0], &a.listen);
+        return super::serve::serve_root(g, &a.sources[0], &a.server);
     }
+    // The same file given twice (by any path) is one bundle.
+    let sources = distinct_files(&a.sources);
     if let Some(dir) = &a.dir {
-        for b in &a.sources {
+        let mut indexes = Vec::new();
+        for b in &sources {
+            indexes.push(crate::bundlefile::read_index(b)?);
+        }
+        check_tags_agree(sources.iter().map(|p| p.as_path()).zip(&indexes))?;
+        for b in &sources {
             link(b, dir, false, &|_| {})
                 .with_context(|| format!("unpacking {} into {}", b.display(), dir.display()))?;
         }
-        return super::serve::serve_root(g, dir, &a.listen);
+        return super::serve::serve_root(g, dir, &a.server);
     }
     let mut bundles = Vec::new();
-    for b in &a.sources {
+    for b in &sources {
         bundles.push(BundleFile::open(b)?);
     }
-    let images: usize = bundles.iter().map(|b| b.scan.index.images.len()).sum();
-    rt.block_on(async {
-        let (listener, addr) = crate::serve::bind(&a.listen)
-            .await
-            .with_context(|| format!("listening on {}", a.listen))?;
-        if !g.quiet {
-            eprintln!(
-                "ferry: serving {} bundle(s), {images} images, in place at http://{addr}",
-                bundles.len()
-            );
-        }
-        // The address is a result (port 0 picks one): on stdout, also with -q.
-        outln!("{addr}");
-        crate::serve::run(Bundles(bundles), listener, super::shutdown_signal())
-            .await
-            .context("serving")?;
-        Ok(ExitCode::SUCCESS)
-    })
+    check_tags_agree(bundles.iter().map(|b| (b.path(), &b.scan.index)))?;
+    let images = distinct_images(bundles.iter().map(|b| &b.scan.index));
+    let what = format!("{} bundle(s), {images} images, in place", bundles.len());
+    super::serve::listen_and_serve(g, &a.server, opts, &what, Bundles(bundles))
 }
 
 fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {

@@ -5,6 +5,12 @@
 //! [`HEADER_READ_TIMEOUT`], or on which nothing moves for [`IDLE_TIMEOUT`], is
 //! closed, so idle or half-sent requests cannot hold the server's sockets.
 //! Names and references from a request are echoed cut short ([`echo`]).
+//! [`Options`] add TLS ([`tls`], HTTP/2 by ALPN) and basic authentication
+//! ([`auth`]); a request answered without reading its body is settled by [`drain`].
+
+pub mod auth;
+mod drain;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +40,8 @@ enum ApiError {
     Internal(String),
     NotFound,
     MethodNotAllowed,
+    /// No valid credentials: 401 with the Basic challenge.
+    Unauthorized,
 }
 
 impl From<StoreError> for ApiError {
@@ -66,17 +74,42 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => {
                 ApiError::Code(ErrorCode::Unsupported, serde_json::Value::Null).into_response()
             }
+            ApiError::Unauthorized => {
+                let mut resp = ApiError::Code(ErrorCode::Unauthorized, serde_json::Value::Null)
+                    .into_response();
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, auth::Auth::challenge());
+                resp
+            }
         }
     }
 }
 
 type ApiResult = Result<Response, ApiError>;
 
-/// The router for a backend, to mount on any listener (tests use it in-process).
-pub fn router<B: Catalog>(backend: B) -> Router {
+/// How [`run`] serves, from the server flags (checked at start): TLS and authentication.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// TLS with this configuration; plain HTTP when none.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Basic authentication; every request is anonymous when none.
+    pub auth: Option<Arc<auth::Auth>>,
+}
+
+/// What every request handler shares: the content and who may see it.
+struct Shared<B> {
+    backend: Arc<B>,
+    auth: Option<Arc<auth::Auth>>,
+}
+
+/// The router for a backend, guarded by `auth` when given, to mount on any listener (tests use it in-process).
+pub fn router<B: Catalog>(backend: B, auth: Option<Arc<auth::Auth>>) -> Router {
     Router::new()
         .fallback(handle::<B>)
-        .with_state(Arc::new(backend))
+        .with_state(Arc::new(Shared {
+            backend: Arc::new(backend),
+            auth,
+        }))
 }
 
 /// How long a client has to send a request head once a connection is open or a request starts.
@@ -85,10 +118,11 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection may sit with nothing read or written (an idle keep-alive, a stalled client) before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serves `backend` on `listener` until `shutdown` completes, then lets requests in flight finish.
+/// Serves `backend` on `listener` as `opts` say until `shutdown` completes, then lets requests in flight finish.
 pub async fn run<B: Catalog>(
     backend: B,
     listener: tokio::net::TcpListener,
+    opts: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (header_timeout, idle) = match std::env::var(crate::limits::ENV_SERVE_TIMEOUT_MS)
@@ -98,7 +132,8 @@ pub async fn run<B: Catalog>(
         Some(ms) => (Duration::from_millis(ms), Duration::from_millis(ms)),
         None => (HEADER_READ_TIMEOUT, IDLE_TIMEOUT),
     };
-    let app = router(backend);
+    let app = router(backend, opts.auth);
+    let acceptor = opts.tls.map(tokio_rustls::TlsAcceptor::from);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -118,19 +153,19 @@ pub async fn run<B: Catalog>(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = hyper_util::service::TowerToHyperService::new(app.clone());
-                let mut stop = stop_rx.clone();
+                let stop = stop_rx.clone();
+                let acceptor = acceptor.clone();
                 conns.spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(IdleIo::new(stream, idle));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(header_timeout)
-                        .serve_connection(io, service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stop.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
+                    let io = IdleIo::new(stream, idle);
+                    match acceptor {
+                        None => serve_connection(io, service, header_timeout, stop).await,
+                        Some(acceptor) => {
+                            // The handshake counts as reading the request head: bounded alike.
+                            match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
+                                Ok(Ok(tls)) => serve_connection(tls, service, header_timeout, stop).await,
+                                Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
                         }
                     }
                 });
@@ -140,6 +175,33 @@ pub async fn run<B: Catalog>(
     let _ = stop_tx.send(true);
     while conns.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (h2 by ALPN or prior knowledge) on one connection until it ends or `stop` changes, then shuts it down gracefully.
+async fn serve_connection<I>(
+    io: I,
+    service: hyper_util::service::TowerToHyperService<Router>,
+    header_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// A socket that fails with `TimedOut` once nothing has been read or written
@@ -242,17 +304,36 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-async fn handle<B: Catalog>(State(backend): State<Arc<B>>, req: Request) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let headers = req.headers().clone();
+async fn handle<B: Catalog>(State(shared): State<Arc<Shared<B>>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
     tracing::debug!(%method, %path, "request");
-    let result = match Route::parse(&path) {
-        None => Err(ApiError::NotFound),
-        Some(route) => dispatch(backend, &method, route, &query, &headers).await,
+    let route = Route::parse(&path);
+    let ping = matches!(route, Some(Route::Base));
+    let result = match (&shared.auth, route) {
+        (Some(auth), _)
+            if !auth
+                .allows(&method, ping, parts.headers.get(header::AUTHORIZATION))
+                .await =>
+        {
+            Err(ApiError::Unauthorized)
+        }
+        (_, None) => Err(ApiError::NotFound),
+        (_, Some(route)) => {
+            dispatch(
+                shared.backend.clone(),
+                &method,
+                route,
+                &query,
+                &parts.headers,
+            )
+            .await
+        }
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    let resp = result.unwrap_or_else(IntoResponse::into_response);
+    drain::settle(&parts, body, resp).await
 }
 
 async fn dispatch<B: Catalog>(

@@ -126,6 +126,27 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool, child: &mut Child) {
     panic!("{what} not ready after 60 s");
 }
 
+/// podman with its storage, run and temp dirs under `d` (vfs: nothing mounted, `rm -rf` cleans up).
+pub(crate) fn podman_in(d: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(d.join("root"))
+        .arg("--runroot")
+        .arg(d.join("run"))
+        .arg("--tmpdir")
+        .arg(d.join("tmp"));
+    c.args([
+        "--storage-driver",
+        "vfs",
+        "--events-backend",
+        "file",
+        "--cgroup-manager",
+        "cgroupfs",
+    ])
+    .args(args);
+    c
+}
+
 #[test]
 fn podman_pulls_every_image_and_platform() {
     require("podman");
@@ -136,25 +157,7 @@ fn podman_pulls_every_image_and_platform() {
         .tempdir_in("/tmp")
         .unwrap();
     let d = dir.path();
-    let podman = |args: &[&str]| {
-        let mut c = Command::new("podman");
-        c.arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .arg("--tmpdir")
-            .arg(d.join("tmp"));
-        c.args([
-            "--storage-driver",
-            "vfs",
-            "--events-backend",
-            "file",
-            "--cgroup-manager",
-            "cgroupfs",
-        ])
-        .args(args);
-        c
-    };
+    let podman = |args: &[&str]| podman_in(d, args);
     for (r, platform, digest) in pulls(&server.addr, &corpus.images) {
         let mut args = vec!["pull", "-q", "--tls-verify=false"];
         let arch;
@@ -216,55 +219,170 @@ fn podman_pulls_every_image_and_platform() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// A containerd of its own (root, state, socket in a short temp dir; no CRI), stopped when dropped.
+pub(crate) struct Containerd {
+    sock: PathBuf,
+    _daemon: Daemon,
+}
+
+impl Containerd {
+    /// Starts containerd and waits until `ctr version` answers.
+    pub(crate) fn start() -> Containerd {
+        require("containerd");
+        require("ctr");
+        let dir = tempfile::Builder::new()
+            .prefix("fc")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let c = dir.path().to_path_buf();
+        std::fs::write(
+            c.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n[debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{0}/opt\"\n",
+                c.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(c.join("log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(c.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut me = Containerd {
+            sock: c.join("c.sock"),
+            _daemon: Daemon {
+                child: Some(child),
+                _dir: dir,
+                unmount: None,
+            },
+        };
+        let sock = me.sock.clone();
+        wait_for(
+            "containerd",
+            || {
+                ctr_at(&sock, &["version"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            },
+            me._daemon.child.as_mut().unwrap(),
+        );
+        me
+    }
+
+    /// `ctr` against this containerd.
+    pub(crate) fn ctr(&self, args: &[&str]) -> Command {
+        ctr_at(&self.sock, args)
+    }
+}
+
+fn ctr_at(sock: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ctr");
+    cmd.arg("--address").arg(sock).args(args);
+    cmd
+}
+
+/// A dockerd of its own (data, exec root, socket and CLI config in a short temp dir; vfs, no
+/// network setup), stopped when dropped and its data root unmounted.
+pub(crate) struct Dockerd {
+    /// `unix://…/docker.sock`.
+    pub(crate) host: String,
+    cli: PathBuf,
+    _daemon: Daemon,
+}
+
+impl Dockerd {
+    /// Starts dockerd and waits until `docker version` answers.
+    pub(crate) fn start() -> Dockerd {
+        require("dockerd");
+        assert!(
+            Path::new(DOCKER_CLI).is_file(),
+            "Debian's docker CLI is not installed: run scripts/test.sh"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("fd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path().to_path_buf();
+        for sub in ["data", "exec", "cli"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        std::fs::write(d.join("daemon.json"), "{}").unwrap();
+        let log = std::fs::File::create(d.join("log")).unwrap();
+        let host = format!("unix://{}/docker.sock", d.display());
+        let child = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .args([
+                "-H",
+                &host,
+                "--storage-driver",
+                "vfs",
+                "--iptables=false",
+                "--ip-masq=false",
+                "--bridge=none",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut me = Dockerd {
+            host: host.clone(),
+            cli: d.join("cli"),
+            _daemon: Daemon {
+                child: Some(child),
+                _dir: dir,
+                unmount: Some(d.join("data")),
+            },
+        };
+        let cli = me.cli.clone();
+        wait_for(
+            "dockerd",
+            || {
+                docker_at(&host, &cli, &["version"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            },
+            me._daemon.child.as_mut().unwrap(),
+        );
+        me
+    }
+
+    /// Debian's docker CLI against this dockerd, with its own CLI config.
+    pub(crate) fn docker(&self, args: &[&str]) -> Command {
+        docker_at(&self.host, &self.cli, args)
+    }
+}
+
+/// Debian's docker CLI; `/usr/local/bin/docker` (a newer one) comes first on PATH here.
+const DOCKER_CLI: &str = "/usr/bin/docker";
+
+fn docker_at(host: &str, cli: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(DOCKER_CLI);
+    c.env("DOCKER_HOST", host)
+        .env("DOCKER_CONFIG", cli)
+        .args(args);
+    c
+}
+
 #[test]
 fn containerd_ctr_pulls_every_image_and_platform() {
-    require("containerd");
-    require("ctr");
     let (_, corpus) = small();
     let server = served();
-    let dir = tempfile::Builder::new()
-        .prefix("fc")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let c = dir.path().to_path_buf();
-    std::fs::write(
-        c.join("config.toml"),
-        format!(
-            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n[debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{0}/opt\"\n",
-            c.display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(c.join("log")).unwrap();
-    let mut child = Command::new("containerd")
-        .arg("--config")
-        .arg(c.join("config.toml"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let sock = c.join("c.sock");
-    let ctr = |args: &[&str]| {
-        let mut cmd = Command::new("ctr");
-        cmd.arg("--address").arg(&sock).args(args);
-        cmd
-    };
-    wait_for(
-        "containerd",
-        || {
-            ctr(&["version"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        },
-        &mut child,
-    );
-    let _daemon = Daemon {
-        child: Some(child),
-        _dir: dir,
-        unmount: None,
-    };
+    let containerd = Containerd::start();
+    let ctr = |args: &[&str]| containerd.ctr(args);
     for img in &corpus.images {
         let r = format!("{}/{}:{}", server.addr, img.repository, img.tag);
         run_ok(&mut ctr(&[
@@ -294,70 +412,11 @@ fn containerd_ctr_pulls_every_image_and_platform() {
 
 #[test]
 fn dockerd_pulls_every_image_and_platform() {
-    require("dockerd");
-    let docker_cli = Path::new("/usr/bin/docker");
-    assert!(
-        docker_cli.is_file(),
-        "Debian's docker CLI is not installed: run scripts/test.sh"
-    );
     let (_, corpus) = small();
     let server = served();
-    let dir = tempfile::Builder::new()
-        .prefix("fd")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let d = dir.path().to_path_buf();
-    for sub in ["data", "exec", "cli"] {
-        std::fs::create_dir_all(d.join(sub)).unwrap();
-    }
-    std::fs::write(d.join("daemon.json"), "{}").unwrap();
-    let log = std::fs::File::create(d.join("log")).unwrap();
-    let host = format!("unix://{}/docker.sock", d.display());
-    let mut child = Command::new("dockerd")
-        .arg("--config-file")
-        .arg(d.join("daemon.json"))
-        .arg("--data-root")
-        .arg(d.join("data"))
-        .arg("--exec-root")
-        .arg(d.join("exec"))
-        .arg("--pidfile")
-        .arg(d.join("docker.pid"))
-        .args([
-            "-H",
-            &host,
-            "--storage-driver",
-            "vfs",
-            "--iptables=false",
-            "--ip-masq=false",
-            "--bridge=none",
-        ])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let docker = |args: &[&str]| {
-        let mut c = Command::new(docker_cli);
-        c.env("DOCKER_HOST", &host)
-            .env("DOCKER_CONFIG", d.join("cli"))
-            .args(args);
-        c
-    };
-    wait_for(
-        "dockerd",
-        || {
-            docker(&["version"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        },
-        &mut child,
-    );
-    let _daemon = Daemon {
-        child: Some(child),
-        _dir: dir,
-        unmount: Some(d.join("data")),
-    };
+    let dockerd = Dockerd::start();
+    let docker = |args: &[&str]| dockerd.docker(args);
+    let host = dockerd.host.clone();
     for (r, platform, digest) in pulls(&server.addr, &corpus.images) {
         let mut args = vec!["pull", "-q"];
         if let Some(p) = &platform {

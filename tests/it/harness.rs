@@ -270,12 +270,22 @@ impl FerryServe {
 
     /// Starts ferry with these arguments plus `--listen 127.0.0.1:0` (a server subcommand).
     pub fn start_with(args: &[&str]) -> FerryServe {
+        FerryServe::start_logged(args, None)
+    }
+
+    /// [`FerryServe::start_with`] with stderr into `log` when given; with `--tls-cert` or
+    /// `--htpasswd` among `args`, ready once it accepts connections (no plain-HTTP probe).
+    pub fn start_logged(args: &[&str], log: Option<&Path>) -> FerryServe {
+        let stderr = match log {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::null(),
+        };
         let mut child = Starting(Some(
             ferry()
                 .args(args)
                 .args(["--listen", "127.0.0.1:0"])
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .expect("starting ferry serve"),
         ));
@@ -288,7 +298,15 @@ impl FerryServe {
             "ferry serve did not print its address: {first:?}"
         );
         std::thread::spawn(move || for _ in lines {}); // keep draining stdout
-        wait_ready(&addr, child.child(), "ferry serve");
+        if args
+            .iter()
+            .any(|a| *a == "--tls-cert" || *a == "--htpasswd")
+        {
+            // The address is printed after the listener is bound: it accepts connections now.
+            assert!(TcpStream::connect(&addr).is_ok(), "ferry serve on {addr}");
+        } else {
+            wait_ready(&addr, child.child(), "ferry serve");
+        }
         FerryServe {
             child: Some(child.hand_over()),
             addr,
@@ -469,4 +487,98 @@ pub fn clashing_image<'a>(small: &Corpus, other: &'a Corpus) -> &'a ferry::fixtu
                 .any(|c| c.repository == t.repository && c.tag == t.tag && c.digest != t.digest)
         })
         .expect("tiny and small share a name:tag with other content")
+}
+
+/// A test CA and a server certificate for `127.0.0.1` (IP SAN) that it signed, made with openssl.
+pub struct TestCerts {
+    /// A directory holding `ca.crt` alone (skopeo's and podman's `--cert-dir`).
+    pub ca_dir: PathBuf,
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The server certificate followed by the CA's (a chain).
+    pub chain: PathBuf,
+    /// The server's RSA key (PKCS#8).
+    pub key: PathBuf,
+    /// Holds the files (removed when dropped).
+    _dir: tempfile::TempDir,
+}
+
+/// Makes a CA (EC P-256) and a server certificate (RSA 2048) for 127.0.0.1, valid for two days.
+pub fn test_certs() -> TestCerts {
+    require("openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("ca")).unwrap();
+    let ssl = |args: &[&str]| run_ok(Command::new("openssl").current_dir(d).args(args));
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ferry test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca/ca.crt",
+    ]);
+    ssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca/ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+    let chain = [
+        std::fs::read(d.join("server.crt")).unwrap(),
+        std::fs::read(d.join("ca/ca.crt")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(d.join("chain.crt"), chain).unwrap();
+    TestCerts {
+        ca_dir: d.join("ca"),
+        ca: d.join("ca/ca.crt"),
+        chain: d.join("chain.crt"),
+        key: d.join("server.key"),
+        _dir: dir,
+    }
+}
+
+/// Writes an htpasswd file with one bcrypt entry, made by apache2-utils' `htpasswd -Bbn`.
+pub fn htpasswd_file(path: &Path, user: &str, password: &str) {
+    require("htpasswd");
+    let entry = run_ok(Command::new("htpasswd").args(["-Bbn", user, password])).stdout;
+    std::fs::write(path, entry).unwrap();
 }

@@ -1160,13 +1160,18 @@ fn a_link_killed_in_its_tag_phase_never_leaves_a_tag_that_does_not_resolve() {
     }
 }
 
-/// `ferry serve ROOT` with both connection timeouts set to `ms` (test-only variable); returns the child and its address.
-fn serve_with_timeouts(root: &Path, ms: u64) -> (std::process::Child, String) {
+/// `ferry serve ROOT [extra]` with both connection timeouts set to `ms` (test-only variable); returns the child and its address.
+pub(crate) fn serve_with_timeouts(
+    root: &Path,
+    ms: u64,
+    extra: &[&str],
+) -> (std::process::Child, String) {
     use std::io::BufRead as _;
     let mut child = ferry()
         .env(ferry::limits::ENV_SERVE_TIMEOUT_MS, ms.to_string())
         .arg("serve")
         .arg(root)
+        .args(extra)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -1175,14 +1180,22 @@ fn serve_with_timeouts(root: &Path, ms: u64) -> (std::process::Child, String) {
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     std::thread::spawn(move || for _ in lines {});
-    let addr = first.rsplit("http://").next().unwrap().to_string();
+    // "ferry: serving ROOT at http[s]://ADDR[, …]"
+    let addr = first
+        .rsplit("://")
+        .next()
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
     (child, addr)
 }
 
 #[test]
 fn idle_and_half_sent_connections_are_closed_and_names_are_echoed_short() {
     let (dir, _) = tiny();
-    let (child, addr) = serve_with_timeouts(dir.path(), 400);
+    let (child, addr) = serve_with_timeouts(dir.path(), 400, &[]);
     /// Stops the server however the test ends.
     struct Kill(std::process::Child);
     impl Drop for Kill {

@@ -11,6 +11,7 @@ mod harness;
 mod hostile;
 mod oracle;
 mod serve;
+mod serve_secure;
 mod store_interop;
 mod sync;
 mod unbundle;

@@ -1,0 +1,45 @@
+//! A request answered without its body being read (refused, 401, or a read
+//! route given a body): the body is read and discarded up to
+//! [`MAX_REFUSED_BODY_BYTES`] so the keep-alive connection can carry the
+//! next request, or else the answer says `Connection: close` (HTTP/1), so
+//! the client never sends its next request into a connection being closed.
+
+use axum::body::Body;
+use axum::body::HttpBody as _;
+use axum::http::{HeaderValue, Version, header, request::Parts};
+use axum::response::Response;
+
+use crate::limits::MAX_REFUSED_BODY_BYTES;
+
+/// Returns `resp` once `body` (unread by the handler) is discarded, or with `Connection: close` when it cannot be.
+pub async fn settle(parts: &Parts, body: Body, resp: Response) -> Response {
+    if body.is_end_stream() {
+        return resp;
+    }
+    let http1 = matches!(parts.version, Version::HTTP_10 | Version::HTTP_11);
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let too_large = body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > MAX_REFUSED_BODY_BYTES as u64);
+    // A client waiting for `100 Continue` has not sent its body: asking for it only to drop it wastes the link.
+    let drained = !expects_continue
+        && !too_large
+        && axum::body::to_bytes(body, MAX_REFUSED_BODY_BYTES)
+            .await
+            .is_ok();
+    if drained || !http1 {
+        return resp;
+    }
+    close(resp)
+}
+
+/// `resp` marked as the connection's last answer.
+fn close(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
