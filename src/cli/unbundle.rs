@@ -70,6 +70,8 @@ struct ServeArgs {
     /// Unpack into this root first (verified) and serve that, instead of reading the bundles in place.
     #[arg(long)]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    flags: super::serve::ServeFlags,
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,14 +127,21 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
                 a.sources[0].display()
             );
         }
-        return super::serve::serve_root(g, &a.sources[0], &a.listen);
+        return super::serve::serve_root(g, &a.sources[0], &a.listen, &a.flags);
     }
     if let Some(dir) = &a.dir {
         for b in &a.sources {
             link(b, dir, false, &|_| {})
                 .with_context(|| format!("unpacking {} into {}", b.display(), dir.display()))?;
         }
-        return super::serve::serve_root(g, dir, &a.listen);
+        return super::serve::serve_root(g, dir, &a.listen, &a.flags);
+    }
+    if a.flags.allow_push || a.flags.allow_delete {
+        return Err(super::UsageError(
+            "--allow-push and --allow-delete need --dir DIR: bundles are served read-only in place"
+                .to_string(),
+        )
+        .into());
     }
     let mut bundles = Vec::new();
     for b in &a.sources {
@@ -151,7 +160,10 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         // The address is a result (port 0 picks one): on stdout, also with -q.
         outln!("{addr}");
-        crate::serve::run(Bundles(bundles), listener, super::shutdown_signal())
+        crate::serve::run(
+            Bundles(bundles),
+            crate::serve::Options::default(),
+            listener, super::shutdown_signal())
             .await
             .context("serving")?;
         Ok(ExitCode::SUCCESS)

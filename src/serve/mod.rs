@@ -1,10 +1,16 @@
 //! An OCI distribution API server over a [`Catalog`] (a root, or bundles read in place): manifests by tag and
 //! digest, blobs with `Range`, tags and catalog with pagination, the spec's
-//! JSON errors. Read-only. Blobs are streamed from files; memory stays flat.
+//! JSON errors, and OCI 1.1 referrers. Read-only unless [`Options`] allow
+//! pushes and deletes (into a root: see `write`). Blobs are streamed from
+//! files; memory stays flat.
 //! A connection that does not send its request head within
 //! [`HEADER_READ_TIMEOUT`], or on which nothing moves for [`IDLE_TIMEOUT`], is
 //! closed, so idle or half-sent requests cannot hold the server's sockets.
 //! Names and references from a request are echoed cut short ([`echo`]).
+
+mod referrers;
+mod uploads;
+mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +40,8 @@ enum ApiError {
     Internal(String),
     NotFound,
     MethodNotAllowed,
+    /// A response built in full by the handler (an error that carries extra headers).
+    Ready(Response),
 }
 
 impl From<StoreError> for ApiError {
@@ -66,17 +74,47 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => {
                 ApiError::Code(ErrorCode::Unsupported, serde_json::Value::Null).into_response()
             }
+            ApiError::Ready(resp) => resp,
         }
     }
 }
 
 type ApiResult = Result<Response, ApiError>;
 
-/// The router for a backend, to mount on any listener (tests use it in-process).
+/// What a server allows beyond reading (both need a backend that is a root).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Blob uploads and manifest PUTs (`--allow-push`).
+    pub allow_push: bool,
+    /// Deletes of manifests, tags and blobs (`--allow-delete`).
+    pub allow_delete: bool,
+}
+
+/// A server's shared state: the backend, what it allows, uploads in progress, the referrers found.
+struct App<B> {
+    backend: Arc<B>,
+    options: Options,
+    uploads: uploads::Uploads,
+    referrers: referrers::Referrers,
+}
+
+/// The read-only router for a backend, to mount on any listener (tests use it in-process).
 pub fn router<B: Catalog>(backend: B) -> Router {
-    Router::new()
-        .fallback(handle::<B>)
-        .with_state(Arc::new(backend))
+    router_with(backend, Options::default())
+}
+
+/// The router for a backend with pushes and deletes as `options` allow.
+pub fn router_with<B: Catalog>(backend: B, options: Options) -> Router {
+    router_of(Arc::new(App {
+        backend: Arc::new(backend),
+        options,
+        uploads: uploads::Uploads::new(),
+        referrers: referrers::Referrers::default(),
+    }))
+}
+
+fn router_of<B: Catalog>(app: Arc<App<B>>) -> Router {
+    Router::new().fallback(handle::<B>).with_state(app)
 }
 
 /// How long a client has to send a request head once a connection is open or a request starts.
@@ -86,8 +124,11 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves `backend` on `listener` until `shutdown` completes, then lets requests in flight finish.
+/// Pushes and deletes need a root backend; with pushes on, temp files of dead
+/// servers are cleared at start and abandoned uploads are swept while serving.
 pub async fn run<B: Catalog>(
     backend: B,
+    options: Options,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -98,7 +139,35 @@ pub async fn run<B: Catalog>(
         Some(ms) => (Duration::from_millis(ms), Duration::from_millis(ms)),
         None => (HEADER_READ_TIMEOUT, IDLE_TIMEOUT),
     };
-    let app = router(backend);
+    let writes = options.allow_push || options.allow_delete;
+    if writes && backend.writable().is_none() {
+        return Err(std::io::Error::other(
+            "pushes and deletes need a registry root (bundles are served read-only)",
+        ));
+    }
+    let state = Arc::new(App {
+        backend: Arc::new(backend),
+        options,
+        uploads: uploads::Uploads::new(),
+        referrers: referrers::Referrers::default(),
+    });
+    let _sweeper = options.allow_push.then(|| {
+        if let Some(store) = state.backend.writable() {
+            store.clear_stale_temps();
+        }
+        let s = state.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let every = (s.uploads.idle_limit() / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+            loop {
+                tokio::time::sleep(every).await;
+                let n = s.uploads.sweep();
+                if n > 0 {
+                    tracing::info!("dropped {n} abandoned upload(s)");
+                }
+            }
+        }))
+    });
+    let app = router_of(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -140,6 +209,15 @@ pub async fn run<B: Catalog>(
     let _ = stop_tx.send(true);
     while conns.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Stops a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A socket that fails with `TimedOut` once nothing has been read or written
@@ -242,30 +320,32 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-async fn handle<B: Catalog>(State(backend): State<Arc<B>>, req: Request) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let headers = req.headers().clone();
+async fn handle<B: Catalog>(State(app): State<Arc<App<B>>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let method = parts.method;
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let headers = parts.headers;
     tracing::debug!(%method, %path, "request");
     let result = match Route::parse(&path) {
         None => Err(ApiError::NotFound),
-        Some(route) => dispatch(backend, &method, route, &query, &headers).await,
+        Some(route) if method != Method::GET && method != Method::HEAD => {
+            write::dispatch(app, &method, route, &query, &headers, body).await
+        }
+        Some(route) => dispatch(app, &method, route, &query, &headers).await,
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn dispatch<B: Catalog>(
-    backend: Arc<B>,
+    app: Arc<App<B>>,
     method: &Method,
     route: Route,
     query: &str,
     headers: &HeaderMap,
 ) -> ApiResult {
     let head = method == Method::HEAD;
-    if method != Method::GET && !head {
-        return Err(ApiError::MethodNotAllowed);
-    }
+    let backend = app.backend.clone();
     match route {
         Route::Base => Ok((
             StatusCode::OK,
@@ -293,8 +373,20 @@ async fn dispatch<B: Catalog>(
         }
         Route::Manifest { name, reference } => manifest(backend, name, reference, head).await,
         Route::Blob { name, digest } => blob(backend, name, digest, head, headers).await,
+        Route::Upload { name, id } if !head => write::upload_status(&app, &name, &id),
         Route::Uploads { .. } | Route::Upload { .. } => Err(ApiError::MethodNotAllowed),
+        Route::Referrers { name, digest } => referrers::get(app, name, digest, query).await,
     }
+}
+
+/// Every value of `key` in a query string, percent-decoded.
+fn query_values(query: &str, key: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('=').or(Some((p, ""))))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| percent_decode(v))
+        .collect()
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
