@@ -42,7 +42,7 @@ pub(super) async fn dispatch<B: Catalog>(
 ) -> ApiResult {
     let store = match app.backend.writable() {
         Some(s) => s.clone(),
-        None => return Err(ApiError::MethodNotAllowed),
+        None => return refuse(body).await,
     };
     let (push, delete) = (app.options.allow_push, app.options.allow_delete);
     match (method.as_str(), route) {
@@ -73,15 +73,39 @@ pub(super) async fn dispatch<B: Catalog>(
             let d = parse_digest(&digest)?;
             let (n, dd) = (name.clone(), d.clone());
             if !blocking(move || store.unlink_layer(&n, &dd)).await? {
-                return Err(code(ErrorCode::BlobUnknown, json!({ "digest": d.to_string() })));
+                return Err(code(
+                    ErrorCode::BlobUnknown,
+                    json!({ "digest": d.to_string() }),
+                ));
             }
             Ok(accepted())
         }
-        _ => Err(ApiError::MethodNotAllowed),
+        _ => refuse(body).await,
     }
 }
 
 use serde_json::json;
+
+/// Most bytes of a refused request's body read and dropped, so the client's next request on the connection works.
+const DISCARD_MAX: u64 = 64 * 1024 * 1024;
+
+/// Reads and drops up to [`DISCARD_MAX`] bytes of a body the server will not use.
+async fn discard(body: Body) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len() as u64;
+        if seen > DISCARD_MAX {
+            break;
+        }
+    }
+}
+
+/// 405 UNSUPPORTED for a write this server does not allow; the body is drained, nothing written.
+async fn refuse(body: Body) -> ApiResult {
+    discard(body).await;
+    Err(ApiError::MethodNotAllowed)
+}
 
 fn code(c: ErrorCode, detail: serde_json::Value) -> ApiError {
     ApiError::Code(c, detail)
@@ -169,10 +193,15 @@ fn body_stream(body: Body) -> ByteStream {
 }
 
 /// Appends a request body to an upload's temp file (off the runtime); the writer is dropped on any error.
-async fn append(writer: crate::store::BlobWriter, body: Body) -> Result<crate::store::BlobWriter, ApiError> {
-    crate::blob::write_stream(body_stream(body), writer, |w: &mut crate::store::BlobWriter, c: &[u8]| {
-        w.write_all(c)
-    })
+async fn append(
+    writer: crate::store::BlobWriter,
+    body: Body,
+) -> Result<crate::store::BlobWriter, ApiError> {
+    crate::blob::write_stream(
+        body_stream(body),
+        writer,
+        |w: &mut crate::store::BlobWriter, c: &[u8]| w.write_all(c),
+    )
     .await
     .map_err(|e| match e {
         StreamWriteError::Read(e) => code(
@@ -443,6 +472,9 @@ async fn manifest_body(body: Body) -> Result<Vec<u8>, ApiError> {
             )
         })?;
         if (out.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
+            // Read on (up to a bound) so the client gets the answer rather than a reset.
+            drop(out);
+            discard(Body::from_stream(stream)).await;
             let mut resp = code(
                 ErrorCode::ManifestInvalid,
                 json!({ "reason": format!("manifest over the {MAX_MANIFEST_BYTES}-byte cap") }),
@@ -469,10 +501,11 @@ fn check_references(store: &Store, repo: &str, m: &Manifest) -> Result<(), ApiEr
             ));
         }
     }
+    // A missing child is MANIFEST_BLOB_UNKNOWN (400), as distribution answers it.
     for c in m.children() {
         if !store.has_revision(repo, &c.digest) {
             return Err(code(
-                ErrorCode::ManifestUnknown,
+                ErrorCode::ManifestBlobUnknown,
                 json!({ "digest": c.digest.to_string() }),
             ));
         }

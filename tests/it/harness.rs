@@ -270,8 +270,14 @@ impl FerryServe {
 
     /// Starts ferry with these arguments plus `--listen 127.0.0.1:0` (a server subcommand).
     pub fn start_with(args: &[&str]) -> FerryServe {
+        FerryServe::start_with_env(args, &[])
+    }
+
+    /// [`FerryServe::start_with`] with extra environment variables (test hooks).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> FerryServe {
         let mut child = Starting(Some(
             ferry()
+                .envs(env.iter().copied())
                 .args(args)
                 .args(["--listen", "127.0.0.1:0"])
                 .stdout(Stdio::piped())

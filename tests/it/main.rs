@@ -10,6 +10,7 @@ mod harness;
 mod hostile;
 mod oracle;
 mod serve;
+mod serve_push;
 mod store_interop;
 mod sync;
 mod unbundle;
