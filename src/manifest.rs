@@ -93,7 +93,7 @@ impl RawManifest {
         };
         if mt::is_index(&self.media_type) {
             serde_json::from_slice(&self.bytes)
-                .map(Manifest::Index)
+                .map(|i| Manifest::Index(Box::new(i)))
                 .map_err(malformed)
         } else {
             serde_json::from_slice(&self.bytes)
@@ -216,7 +216,7 @@ pub enum Manifest {
     /// One image.
     Image(Box<ImageManifest>),
     /// A list of images.
-    Index(ImageIndex),
+    Index(Box<ImageIndex>),
 }
 
 impl Manifest {

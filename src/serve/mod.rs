@@ -41,7 +41,7 @@ enum ApiError {
     NotFound,
     MethodNotAllowed,
     /// A response built in full by the handler (an error that carries extra headers).
-    Ready(Response),
+    Ready(Box<Response>),
 }
 
 impl From<StoreError> for ApiError {
@@ -74,7 +74,7 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => {
                 ApiError::Code(ErrorCode::Unsupported, serde_json::Value::Null).into_response()
             }
-            ApiError::Ready(resp) => resp,
+            ApiError::Ready(resp) => *resp,
         }
     }
 }

@@ -22,8 +22,14 @@ pub(super) struct Session {
 
 /// A slot of the table: a session waiting for its next request, or one a request holds.
 enum Slot {
-    Idle { session: Session, since: Instant },
-    Busy { repo: String, offset: u64 },
+    Idle {
+        session: Box<Session>,
+        since: Instant,
+    },
+    Busy {
+        repo: String,
+        offset: u64,
+    },
 }
 
 /// Why a session could not be taken.
@@ -87,6 +93,7 @@ impl Uploads {
         let Some(Slot::Idle { session, .. }) = slots.remove(id) else {
             unreachable!("checked above")
         };
+        let session = *session;
         slots.insert(
             id.to_string(),
             Slot::Busy {
@@ -102,7 +109,7 @@ impl Uploads {
         let mut slots = self.slots.lock().unwrap();
         if let Some(slot @ Slot::Busy { .. }) = slots.get_mut(id) {
             *slot = Slot::Idle {
-                session,
+                session: Box::new(session),
                 since: Instant::now(),
             };
         }
@@ -145,7 +152,7 @@ impl Uploads {
                 .collect();
             old.iter()
                 .filter_map(|id| match slots.remove(id) {
-                    Some(Slot::Idle { session, .. }) => Some(session),
+                    Some(Slot::Idle { session, .. }) => Some(*session),
                     _ => None,
                 })
                 .collect()

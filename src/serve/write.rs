@@ -173,7 +173,7 @@ fn out_of_order(name: &str, id: &str, offset: u64) -> ApiError {
             .path(),
         ),
     );
-    ApiError::Ready(resp)
+    ApiError::Ready(Box::new(resp))
 }
 
 /// The one `digest` query parameter, validated.
@@ -481,7 +481,7 @@ async fn manifest_body(body: Body) -> Result<Vec<u8>, ApiError> {
             )
             .into_response();
             *resp.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            return Err(ApiError::Ready(resp));
+            return Err(ApiError::Ready(Box::new(resp)));
         }
         out.extend_from_slice(&chunk);
     }
