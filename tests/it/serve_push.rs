@@ -796,3 +796,49 @@ fn abandoned_uploads_are_cleaned_and_uploads_are_capped() {
             .exists()
     );
 }
+
+#[test]
+fn unbundle_serve_dir_takes_pushes_and_leaves_the_bundle_alone() {
+    let (src_dir, corpus) = tiny();
+    let src = FerryServe::start(src_dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, corpus.images_list()).unwrap();
+    let bundle = work.path().join("b.tar.zst");
+    run_ok(&mut bundle_cmd(
+        &list,
+        &bundle,
+        &work.path().join("cache"),
+        &src.addr,
+    ));
+    let bundle_sum = sha256(&std::fs::read(&bundle).unwrap());
+    let dir = work.path().join("site");
+    let server = FerryServe::start_with(&[
+        "unbundle",
+        "serve",
+        bundle.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "--allow-push",
+    ]);
+    let a = server.addr.as_str();
+    let img = &corpus.images[0];
+    assert_eq!(
+        inspect_digest(&format!("docker://{a}/{}:{}", img.repository, img.tag)),
+        img.digest.to_string()
+    );
+    let layer = b"pushed at the site".to_vec();
+    push_blob(a, "site/patch", CONFIG);
+    push_blob(a, "site/patch", &layer);
+    let m = oci_manifest(CONFIG, &layer, None, None);
+    assert_eq!(put_manifest(a, "site/patch", "1", &m).0, 201);
+    server.stop();
+    assert_eq!(sha256(&std::fs::read(&bundle).unwrap()), bundle_sum);
+    let reg = Registry::start(&dir);
+    assert_eq!(
+        inspect_digest(&format!("docker://{}/site/patch:1", reg.addr)),
+        sha256(&m)
+    );
+    let (blobs, manifests, text) = reg.gc_dry_run();
+    assert_eq!((blobs, manifests), (0, 0), "{text}");
+}
