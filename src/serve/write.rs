@@ -615,3 +615,33 @@ async fn delete_manifest<B: Catalog>(
     }
     Ok(accepted())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        let table = [
+            ("0-9", Some((0, 9))),
+            ("bytes 10-19", Some((10, 19))),
+            ("bytes 10-19/100", Some((10, 19))),
+            (" 5 - 5 ", Some((5, 5))),
+        ];
+        for (v, want) in table {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_RANGE, HeaderValue::from_static(v));
+            assert_eq!(content_range(&h).ok().flatten(), want, "{v}");
+        }
+        for bad in ["9-0", "x-1", "10", "-5"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_RANGE, HeaderValue::from_static(bad));
+            assert!(content_range(&h).is_err(), "{bad}");
+        }
+        assert_eq!(content_range(&HeaderMap::new()).ok().flatten(), None);
+        assert_eq!(
+            (range_of(0), range_of(1), range_of(100)),
+            ("0-0".into(), "0-0".into(), "0-99".into())
+        );
+    }
+}
