@@ -24,6 +24,9 @@
 #                                     CPU seconds of server and client, per server, and the ratios; then both
 #                                     ferry servers again over TLS (--tls-cert/--tls-key, a test CA made with
 #                                     openssl in WORK/tls), the same load over HTTPS, and the TLS/plain ratios
+#                                     CPU seconds of server and client, per server, and the ratios
+#   scripts/bench.sh push-serve [WORK] skopeo copy --all of every tag of the corpus (served by ferry serve, read-only)
+#                                     into ferry serve --allow-push vs into docker-registry, each over a fresh empty root
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated corpus between runs; PRESET=small|medium
 # (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show; `tiny` for tests of this script).
@@ -468,5 +471,32 @@ for n in names:
         print(f"  error, {n}: {s}")
 PY
   ;;
-*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs|inspect|sync|serve-load [WORK]" >&2; exit 2 ;;
+push-serve)
+  command -v skopeo >/dev/null || { echo "bench needs skopeo" >&2; exit 1; }
+  start_ferry "$ROOT"; SRC=$ADDR
+  OUT="$WORK/push-serve-$PRESET"; mkdir -p "$OUT"
+  REFS=$(grep -v '^#' "$WORK/$PRESET-list.txt" | grep -v '^$' | tr '\n' ' ')
+  TARGET_PID=""
+  fresh() {
+    [ -n "$TARGET_PID" ] && { kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true; }
+    rm -rf "$OUT/target"; mkdir -p "$OUT/target/docker/registry/v2"; sync
+  }
+  fresh_registry() { fresh; start_registry "$OUT/target"; TARGET=$ADDR; TARGET_PID=${PIDS[-1]}; }
+  fresh_ferry() {
+    fresh; local port; port=$(free_port)
+    "$FERRY" serve -q "$OUT/target" --allow-push --listen "127.0.0.1:$port" >"$WORK/ferry-push.log" 2>&1 &
+    PIDS+=($!); TARGET="127.0.0.1:$port"; TARGET_PID=$!
+    for _ in $(seq 1 100); do curl -fsS "http://$TARGET/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
+  }
+  push_all() { for ref in $REFS; do
+      skopeo --insecure-policy copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1
+    done; }
+  t_reg=$(PREP=fresh_registry in_target median_time push_all)
+  t_fer=$(PREP=fresh_ferry in_target median_time push_all)
+  echo "push, skopeo copy --all of $(echo $REFS | wc -w) tags of the $PRESET corpus into an empty root, median of $RUNS:"
+  echo "  docker-registry        ${t_reg}s"
+  echo "  ferry serve --allow-push ${t_fer}s"
+  echo "  speed-up ferry/docker-registry: $(ratio "$t_reg" "$t_fer")x"
+  ;;
+*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs|inspect|sync|serve-load|push-serve [WORK]" >&2; exit 2 ;;
 esac

@@ -61,6 +61,15 @@ pub const ENV_SERVE_TIMEOUT_MS: &str = "FERRY_TEST_SERVE_TIMEOUT_MS";
 /// Test-only: set (to anything) to skip the free-space checks, for tests of a disk that fills up mid-run.
 pub const ENV_NO_SPACE_CHECK: &str = "FERRY_TEST_NO_SPACE_CHECK";
 
+/// Blob uploads in progress at once on `ferry serve --allow-push`; one more is answered 429 TOOMANYREQUESTS.
+pub const MAX_UPLOADS: usize = 64;
+
+/// Seconds an upload may sit with no request before `serve` drops it (its temp data deleted).
+pub const UPLOAD_IDLE_SECS: u64 = 15 * 60;
+
+/// Test-only: [`UPLOAD_IDLE_SECS`] in milliseconds, so a test of abandoned uploads runs in seconds.
+pub const ENV_UPLOAD_IDLE_MS: &str = "FERRY_TEST_UPLOAD_IDLE_MS";
+
 /// Blobs up to this size are pushed in one PUT; larger ones in chunks.
 pub const MONOLITHIC_UPLOAD_MAX: u64 = 32 * 1024 * 1024;
 

@@ -93,7 +93,7 @@ impl RawManifest {
         };
         if mt::is_index(&self.media_type) {
             serde_json::from_slice(&self.bytes)
-                .map(Manifest::Index)
+                .map(|i| Manifest::Index(Box::new(i)))
                 .map_err(malformed)
         } else {
             serde_json::from_slice(&self.bytes)
@@ -180,6 +180,9 @@ pub struct ImageManifest {
     /// OCI 1.1 referrers subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<Descriptor>,
+    /// OCI 1.1 artifact type (a referrer's kind: a signature, an SBOM, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
     /// Free-form annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -196,6 +199,12 @@ pub struct ImageIndex {
     pub media_type: Option<String>,
     /// The children.
     pub manifests: Vec<Descriptor>,
+    /// OCI 1.1 referrers subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Descriptor>,
+    /// OCI 1.1 artifact type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
     /// Free-form annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -207,7 +216,7 @@ pub enum Manifest {
     /// One image.
     Image(Box<ImageManifest>),
     /// A list of images.
-    Index(ImageIndex),
+    Index(Box<ImageIndex>),
 }
 
 impl Manifest {
@@ -216,6 +225,33 @@ impl Manifest {
         match self {
             Manifest::Image(m) => std::iter::once(&m.config).chain(&m.layers).collect(),
             Manifest::Index(_) => Vec::new(),
+        }
+    }
+
+    /// The manifest this one refers to (OCI 1.1 `subject`), which makes it a referrer.
+    pub fn subject(&self) -> Option<&Descriptor> {
+        match self {
+            Manifest::Image(m) => m.subject.as_ref(),
+            Manifest::Index(i) => i.subject.as_ref(),
+        }
+    }
+
+    /// The kind a referrers listing gives it: its `artifactType`, else its config's media type.
+    pub fn artifact_type(&self) -> Option<&str> {
+        match self {
+            Manifest::Image(m) => m
+                .artifact_type
+                .as_deref()
+                .or(Some(m.config.media_type.as_str())),
+            Manifest::Index(i) => i.artifact_type.as_deref(),
+        }
+    }
+
+    /// Its annotations.
+    pub fn annotations(&self) -> &BTreeMap<String, String> {
+        match self {
+            Manifest::Image(m) => &m.annotations,
+            Manifest::Index(i) => &i.annotations,
         }
     }
 

@@ -39,6 +39,12 @@ pub struct ServeFlags {
     /// With --htpasswd: pulling needs no credentials (wrong ones are still refused); anything else does.
     #[arg(long)]
     pub anonymous_read: bool,
+    /// Accept pushes (blob uploads, manifest PUTs) into the root (read-only unless given).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub allow_push: bool,
+    /// Accept deletes of manifests, tags and blobs (read-only unless given).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub allow_delete: bool,
 }
 
 impl ServeFlags {
@@ -74,7 +80,12 @@ impl ServeFlags {
             }
             None => None,
         };
-        Ok(crate::serve::Options { tls, auth })
+        Ok(crate::serve::Options {
+            tls,
+            auth,
+            allow_push: self.allow_push,
+            allow_delete: self.allow_delete,
+        })
     }
 
     /// The URL scheme clients use.
@@ -126,7 +137,13 @@ pub fn listen_and_serve<B: crate::transport::Catalog>(
                 (Some(_), false) => ", basic auth",
                 (Some(_), true) => ", basic auth for writes (reads anonymous)",
             };
-            eprintln!("ferry: serving {what} at {scheme}://{addr}{auth}");
+            let mode = match (flags.allow_push, flags.allow_delete) {
+                (false, false) => "read-only",
+                (true, false) => "push allowed",
+                (false, true) => "delete allowed",
+                (true, true) => "push and delete allowed",
+            };
+            eprintln!("ferry: serving {what} ({mode}) at {scheme}://{addr}{auth}");
         }
         // The address is a result (port 0 picks one): on stdout, also with -q.
         outln!("{addr}");

@@ -67,7 +67,7 @@ struct ServeArgs {
     sources: Vec<PathBuf>,
     #[command(flatten)]
     server: super::serve::ServeFlags,
-    /// Unpack into this root first (verified) and serve that, instead of reading the bundles in place.
+    /// Unpack into this root first (verified) and serve that, instead of reading the bundles in place; pushes go there.
     #[arg(long)]
     dir: Option<PathBuf>,
 }
@@ -140,6 +140,13 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("unpacking {} into {}", b.display(), dir.display()))?;
         }
         return super::serve::serve_root(g, dir, &a.server);
+    }
+    if a.server.allow_push || a.server.allow_delete {
+        return Err(super::UsageError(
+            "--allow-push and --allow-delete need --dir DIR: bundles are served read-only in place"
+                .to_string(),
+        )
+        .into());
     }
     let mut bundles = Vec::new();
     for b in &sources {

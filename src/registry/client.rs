@@ -529,7 +529,8 @@ impl Client {
             | Route::Manifest { name, .. }
             | Route::Blob { name, .. }
             | Route::Uploads { name }
-            | Route::Upload { name, .. } => {
+            | Route::Upload { name, .. }
+            | Route::Referrers { name, .. } => {
                 format!("repository:{name}:pull")
             }
         };

@@ -33,6 +33,8 @@ pub enum ErrorCode {
     Unsupported,
     /// Range not satisfiable (distribution answers 416 without a spec code).
     RangeInvalid,
+    /// Too many requests (distribution's code for a server over a cap).
+    TooManyRequests,
 }
 
 impl ErrorCode {
@@ -53,6 +55,7 @@ impl ErrorCode {
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
         }
     }
 
@@ -67,6 +70,7 @@ impl ErrorCode {
             ErrorCode::Denied => 403,
             ErrorCode::Unsupported => 405,
             ErrorCode::RangeInvalid => 416,
+            ErrorCode::TooManyRequests => 429,
             _ => 400,
         }
     }
@@ -88,6 +92,7 @@ impl ErrorCode {
             ErrorCode::Denied => "requested access to the resource is denied",
             ErrorCode::Unsupported => "The operation is unsupported.",
             ErrorCode::RangeInvalid => "requested range not satisfiable",
+            ErrorCode::TooManyRequests => "too many requests",
         }
     }
 }

@@ -41,6 +41,13 @@ pub enum Route {
         /// Upload session id.
         id: String,
     },
+    /// `/v2/<name>/referrers/<digest>` (OCI 1.1).
+    Referrers {
+        /// Repository.
+        name: String,
+        /// The subject's digest string.
+        digest: String,
+    },
 }
 
 impl Route {
@@ -73,6 +80,14 @@ impl Route {
                 id: id.to_string(),
             });
         }
+        if let Some((name, digest)) = rest.rsplit_once("/referrers/")
+            && !digest.contains('/')
+        {
+            return Some(Route::Referrers {
+                name: name.to_string(),
+                digest: digest.to_string(),
+            });
+        }
         if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
             return Some(Route::Manifest {
                 name: name.to_string(),
@@ -98,6 +113,7 @@ impl Route {
             Route::Blob { name, digest } => format!("/v2/{name}/blobs/{digest}"),
             Route::Uploads { name } => format!("/v2/{name}/blobs/uploads/"),
             Route::Upload { name, id } => format!("/v2/{name}/blobs/uploads/{id}"),
+            Route::Referrers { name, digest } => format!("/v2/{name}/referrers/{digest}"),
         }
     }
 
@@ -151,6 +167,20 @@ mod tests {
                 Route::Upload {
                     name: "a".into(),
                     id: "123".into(),
+                },
+            ),
+            (
+                "/v2/a/b/referrers/sha256:x",
+                Route::Referrers {
+                    name: "a/b".into(),
+                    digest: "sha256:x".into(),
+                },
+            ),
+            (
+                "/v2/a/referrers/manifests/t",
+                Route::Manifest {
+                    name: "a/referrers".into(),
+                    reference: "t".into(),
                 },
             ),
             // A repository may itself be called "manifests" or "blobs".

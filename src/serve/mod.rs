@@ -1,6 +1,8 @@
 //! An OCI distribution API server over a [`Catalog`] (a root, or bundles read in place): manifests by tag and
 //! digest, blobs with `Range`, tags and catalog with pagination, the spec's
-//! JSON errors. Read-only. Blobs are streamed from files; memory stays flat.
+//! JSON errors, and OCI 1.1 referrers. Read-only unless [`Options`] allow
+//! pushes and deletes (into a root: see `write`). Blobs are streamed from
+//! files; memory stays flat.
 //! A connection that does not send its request head within
 //! [`HEADER_READ_TIMEOUT`], or on which nothing moves for [`IDLE_TIMEOUT`], is
 //! closed, so idle or half-sent requests cannot hold the server's sockets.
@@ -11,6 +13,10 @@
 pub mod auth;
 mod drain;
 pub mod tls;
+
+mod referrers;
+mod uploads;
+mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +48,8 @@ enum ApiError {
     MethodNotAllowed,
     /// No valid credentials: 401 with the Basic challenge.
     Unauthorized,
+    /// A response built in full by the handler (an error that carries extra headers).
+    Ready(Box<Response>),
 }
 
 impl From<StoreError> for ApiError {
@@ -81,35 +89,56 @@ impl IntoResponse for ApiError {
                     .insert(header::WWW_AUTHENTICATE, auth::Auth::challenge());
                 resp
             }
+            ApiError::Ready(resp) => *resp,
         }
     }
 }
 
 type ApiResult = Result<Response, ApiError>;
 
-/// How [`run`] serves, from the server flags (checked at start): TLS and authentication.
+/// How [`run`] serves, from the server flags (checked at start): TLS, authentication, and what it allows beyond reading.
 #[derive(Debug, Default, Clone)]
 pub struct Options {
     /// TLS with this configuration; plain HTTP when none.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Basic authentication; every request is anonymous when none.
     pub auth: Option<Arc<auth::Auth>>,
+    /// Blob uploads and manifest PUTs (`--allow-push`; needs a root backend).
+    pub allow_push: bool,
+    /// Deletes of manifests, tags and blobs (`--allow-delete`; needs a root backend).
+    pub allow_delete: bool,
 }
 
-/// What every request handler shares: the content and who may see it.
-struct Shared<B> {
+/// A server's shared state: the backend, who may use it and what it allows, uploads in progress, the referrers found.
+struct App<B> {
     backend: Arc<B>,
     auth: Option<Arc<auth::Auth>>,
+    allow_push: bool,
+    allow_delete: bool,
+    uploads: uploads::Uploads,
+    referrers: referrers::Referrers,
 }
 
-/// The router for a backend, guarded by `auth` when given, to mount on any listener (tests use it in-process).
-pub fn router<B: Catalog>(backend: B, auth: Option<Arc<auth::Auth>>) -> Router {
-    Router::new()
-        .fallback(handle::<B>)
-        .with_state(Arc::new(Shared {
+impl<B> App<B> {
+    fn new(backend: B, options: &Options) -> App<B> {
+        App {
             backend: Arc::new(backend),
-            auth,
-        }))
+            auth: options.auth.clone(),
+            allow_push: options.allow_push,
+            allow_delete: options.allow_delete,
+            uploads: uploads::Uploads::new(),
+            referrers: referrers::Referrers::default(),
+        }
+    }
+}
+
+/// The router for a backend as `options` say (authentication, pushes, deletes; TLS is the listener's), to mount on any listener (tests use it in-process).
+pub fn router<B: Catalog>(backend: B, options: &Options) -> Router {
+    router_of(Arc::new(App::new(backend, options)))
+}
+
+fn router_of<B: Catalog>(app: Arc<App<B>>) -> Router {
+    Router::new().fallback(handle::<B>).with_state(app)
 }
 
 /// How long a client has to send a request head once a connection is open or a request starts.
@@ -119,6 +148,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves `backend` on `listener` as `opts` say until `shutdown` completes, then lets requests in flight finish.
+/// Pushes and deletes need a root backend; with pushes on, temp files of dead
+/// servers are cleared at start and abandoned uploads are swept while serving.
 pub async fn run<B: Catalog>(
     backend: B,
     listener: tokio::net::TcpListener,
@@ -132,7 +163,31 @@ pub async fn run<B: Catalog>(
         Some(ms) => (Duration::from_millis(ms), Duration::from_millis(ms)),
         None => (HEADER_READ_TIMEOUT, IDLE_TIMEOUT),
     };
-    let app = router(backend, opts.auth);
+    let writes = opts.allow_push || opts.allow_delete;
+    if writes && backend.writable().is_none() {
+        return Err(std::io::Error::other(
+            "pushes and deletes need a registry root (bundles are served read-only)",
+        ));
+    }
+    let state = Arc::new(App::new(backend, &opts));
+    let _sweeper = opts.allow_push.then(|| {
+        if let Some(store) = state.backend.writable() {
+            store.clear_stale_temps();
+        }
+        let s = state.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let every = (s.uploads.idle_limit() / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(30));
+            loop {
+                tokio::time::sleep(every).await;
+                let n = s.uploads.sweep();
+                if n > 0 {
+                    tracing::info!("dropped {n} abandoned upload(s)");
+                }
+            }
+        }))
+    });
+    let app = router_of(state);
     let acceptor = opts.tls.map(tokio_rustls::TlsAcceptor::from);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
@@ -201,6 +256,15 @@ async fn serve_connection<I>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+/// Stops a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -304,7 +368,7 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-async fn handle<B: Catalog>(State(shared): State<Arc<Shared<B>>>, req: Request) -> Response {
+async fn handle<B: Catalog>(State(app): State<Arc<App<B>>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let method = parts.method.clone();
     let path = parts.uri.path().to_string();
@@ -312,7 +376,7 @@ async fn handle<B: Catalog>(State(shared): State<Arc<Shared<B>>>, req: Request) 
     tracing::debug!(%method, %path, "request");
     let route = Route::parse(&path);
     let ping = matches!(route, Some(Route::Base));
-    let result = match (&shared.auth, route) {
+    let result = match (&app.auth, route) {
         (Some(auth), _)
             if !auth
                 .allows(&method, ping, parts.headers.get(header::AUTHORIZATION))
@@ -321,32 +385,30 @@ async fn handle<B: Catalog>(State(shared): State<Arc<Shared<B>>>, req: Request) 
             Err(ApiError::Unauthorized)
         }
         (_, None) => Err(ApiError::NotFound),
-        (_, Some(route)) => {
-            dispatch(
-                shared.backend.clone(),
-                &method,
-                route,
-                &query,
-                &parts.headers,
-            )
-            .await
+        (_, Some(route)) if method != Method::GET && method != Method::HEAD => {
+            if write::accepts(&app, &method, &route) {
+                // The handler reads the body itself.
+                return write::dispatch(app, &method, route, &query, &parts.headers, body)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response);
+            }
+            Err(ApiError::MethodNotAllowed)
         }
+        (_, Some(route)) => dispatch(app, &method, route, &query, &parts.headers).await,
     };
     let resp = result.unwrap_or_else(IntoResponse::into_response);
     drain::settle(&parts, body, resp).await
 }
 
 async fn dispatch<B: Catalog>(
-    backend: Arc<B>,
+    app: Arc<App<B>>,
     method: &Method,
     route: Route,
     query: &str,
     headers: &HeaderMap,
 ) -> ApiResult {
     let head = method == Method::HEAD;
-    if method != Method::GET && !head {
-        return Err(ApiError::MethodNotAllowed);
-    }
+    let backend = app.backend.clone();
     match route {
         Route::Base => Ok((
             StatusCode::OK,
@@ -374,8 +436,20 @@ async fn dispatch<B: Catalog>(
         }
         Route::Manifest { name, reference } => manifest(backend, name, reference, head).await,
         Route::Blob { name, digest } => blob(backend, name, digest, head, headers).await,
+        Route::Upload { name, id } if !head => write::upload_status(&app, &name, &id),
         Route::Uploads { .. } | Route::Upload { .. } => Err(ApiError::MethodNotAllowed),
+        Route::Referrers { name, digest } => referrers::get(app, name, digest, query).await,
     }
+}
+
+/// Every value of `key` in a query string, percent-decoded.
+fn query_values(query: &str, key: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('=').or(Some((p, ""))))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| percent_decode(v))
+        .collect()
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {

@@ -290,3 +290,88 @@ impl image::Manifests for Only<'_> {
         })
     }
 }
+
+/// Removes a layout directory in one step: it is renamed into the temp area
+/// (so no reader ever sees it half gone), then deleted. `false` when it was not there.
+fn remove_dir_whole(store: &Store, dir: &Path) -> Result<bool> {
+    let tmp = super::blobs::temp_path(store, "del");
+    let temp_dir = store.path(PathSpec::Temp);
+    fs::create_dir_all(&temp_dir).map_err(StoreError::io("creating directory", &temp_dir))?;
+    match fs::rename(dir, &tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(StoreError::Io {
+                op: "removing",
+                path: dir.to_path_buf(),
+                source: e,
+            });
+        }
+    }
+    if store.durable
+        && let Some(parent) = dir.parent()
+    {
+        fsync_dir(parent).map_err(StoreError::io("syncing", parent))?;
+    }
+    fs::remove_dir_all(&tmp).map_err(StoreError::io("removing", &tmp))?;
+    Ok(true)
+}
+
+impl Store {
+    /// Every manifest `repo` links (its revision links), for listings such as referrers.
+    pub fn revisions(&self, repo: &str) -> Result<Vec<Digest>> {
+        validate_repository(repo)?;
+        let (links, _) = super::paths::list_links(&self.root, repo).map_err(StoreError::io(
+            "listing links of",
+            self.path(PathSpec::Repository(repo)),
+        ))?;
+        Ok(links
+            .into_iter()
+            .filter_map(|(l, _)| match l {
+                super::paths::LinkEntry::Revision(d) => Some(d),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Unlinks the manifest `digest` from `repo` and removes every tag of `repo`
+    /// whose current link points at it (as distribution's manifest delete does).
+    /// Returns the tags removed; `None` when `repo` did not link the manifest.
+    pub fn delete_revision(&self, repo: &str, digest: &Digest) -> Result<Option<Vec<String>>> {
+        validate_repository(repo)?;
+        if !self.has_revision(repo, digest) {
+            return Ok(None);
+        }
+        let mut removed = Vec::new();
+        for tag in self.tags(repo)? {
+            if self.resolve_tag(repo, &tag)?.as_ref() == Some(digest) && self.untag(repo, &tag)? {
+                removed.push(tag);
+            }
+        }
+        let link = self.path(PathSpec::RevisionLink(repo, digest));
+        remove_dir_whole(self, link.parent().expect("link paths have parents"))?;
+        Ok(Some(removed))
+    }
+
+    /// Removes the tag `repo:tag` (its whole directory); the manifest stays. `false` when there was no such tag.
+    pub fn untag(&self, repo: &str, tag: &str) -> Result<bool> {
+        validate_repository(repo)?;
+        validate_tag(tag)?;
+        remove_dir_whole(self, &self.path(PathSpec::Tag(repo, tag)))
+    }
+
+    /// Unlinks the config or layer blob `digest` from `repo` (the blob data stays for GC). `false` when it was not linked.
+    pub fn unlink_layer(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        validate_repository(repo)?;
+        if !self.has_layer_link(repo, digest) {
+            return Ok(false);
+        }
+        let link = self.path(PathSpec::LayerLink(repo, digest));
+        remove_dir_whole(self, link.parent().expect("link paths have parents"))
+    }
+
+    /// Removes temp files of dead ferry processes from the temp area (what [`Store::create`] does at start).
+    pub fn clear_stale_temps(&self) {
+        super::blobs::clear_stale_temps(&self.path(PathSpec::Temp));
+    }
+}

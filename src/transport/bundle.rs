@@ -126,4 +126,15 @@ impl Catalog for Bundles {
                 }
             }))
     }
+    fn manifest_digests(&self, repo: &str) -> Result<Vec<Digest>, StoreError> {
+        let mut all: Vec<Digest> = self
+            .0
+            .iter()
+            .filter_map(|b| b.scan.repos.get(repo))
+            .flat_map(|r| r.revisions.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
 }

@@ -26,6 +26,12 @@ pub trait Catalog: Send + Sync + 'static {
     fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<RawManifest>, StoreError>;
     /// A config or layer blob the repository links.
     fn blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLocation>, StoreError>;
+    /// Every manifest the repository links (empty when it does not exist), so `serve` can list referrers.
+    fn manifest_digests(&self, repo: &str) -> Result<Vec<Digest>, StoreError>;
+    /// The root that pushes and deletes write into, when this catalog is one (bundles read in place are not).
+    fn writable(&self) -> Option<&Store> {
+        None
+    }
 }
 
 impl Catalog for Store {
@@ -68,6 +74,14 @@ impl Catalog for Store {
                 self.path(crate::store::paths::PathSpec::BlobData(digest)),
             )),
         }))
+    }
+
+    fn manifest_digests(&self, repo: &str) -> Result<Vec<Digest>, StoreError> {
+        self.revisions(repo)
+    }
+
+    fn writable(&self) -> Option<&Store> {
+        Some(self)
     }
 }
 

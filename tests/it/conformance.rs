@@ -28,19 +28,6 @@ const DOCKER_REGISTRY_FAILURES: &[&str] = &[
     "Content Management / Manifest delete / DELETE request to manifest tag should return 202, unless tag deletion is disallowed (400/405)",
 ];
 
-/// The specs `ferry unbundle serve` fails on the pre-seeded bundle today, sorted: it has no
-/// referrers API yet (`GET /v2/<name>/referrers/<digest>` is a 404). The bundle does carry the
-/// suite's five referrers of manifests[4] and the one of the absent manifests[3] (pinned by
-/// digest in the images list). Empty this list when branch `push` (referrers) is merged: the
-/// test then asserts that nothing fails (branch push's binary of 2026-11-30 06:43 passed all 8
-/// Content Discovery specs on this bundle).
-const UNBUNDLE_SERVE_MISSING: &[&str] = &[
-    "Content Discovery / Test content discovery endpoints (listing references) / GET request to existing blob should yield 200",
-    "Content Discovery / Test content discovery endpoints (listing references) / GET request to existing blob with filter should yield 200",
-    "Content Discovery / Test content discovery endpoints (listing references) / GET request to missing manifest should yield 200",
-    "Content Discovery / Test content discovery endpoints (listing references) / GET request to nonexistent blob should result in empty 200 response",
-];
-
 /// The namespace every run uses (two components, as most real repositories have).
 const NAMESPACE: &str = "conformance/test";
 
@@ -201,14 +188,12 @@ fn unbundle_serve_pull_and_discovery() {
             ("OCI_CONTENT_SEED", var("OCI_CONTENT_SEED")),
         ],
     );
-    let mut failed = discovery.failed.clone();
-    failed.sort();
-    assert_eq!(failed, UNBUNDLE_SERVE_MISSING, "{}", discovery.output);
-    // The tag list from the environment and the three tag-listing specs pass, the referrers
-    // specs fail as long as UNBUNDLE_SERVE_MISSING lists them, the 4 setup pushes and 4
-    // teardown deletes and the 63 specs of the other workflows skip.
+    assert!(discovery.failed.is_empty(), "{}", discovery.output);
+    // The tag list from the environment, the three tag-listing specs and the four referrers
+    // specs (the bundle carries the suite's referrers) pass; the 4 setup pushes and 4 teardown
+    // deletes and the 63 specs of the other workflows skip.
     assert_eq!(
-        (discovery.passed + discovery.failed.len(), discovery.skipped),
+        (discovery.passed, discovery.skipped),
         (8, 71),
         "{}",
         discovery.output
@@ -216,7 +201,6 @@ fn unbundle_serve_pull_and_discovery() {
 }
 
 #[test]
-#[ignore = "needs push/delete/referrers from branch push"]
 fn serve_all_workflows() {
     let root = tempfile::tempdir().unwrap();
     ferry::store::Store::create(root.path()).unwrap();

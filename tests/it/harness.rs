@@ -270,18 +270,24 @@ impl FerryServe {
 
     /// Starts ferry with these arguments plus `--listen 127.0.0.1:0` (a server subcommand).
     pub fn start_with(args: &[&str]) -> FerryServe {
-        FerryServe::start_logged(args, None)
+        FerryServe::start_logged(args, None, &[])
     }
 
-    /// [`FerryServe::start_with`] with stderr into `log` when given; with `--tls-cert` or
-    /// `--htpasswd` among `args`, ready once it accepts connections (no plain-HTTP probe).
-    pub fn start_logged(args: &[&str], log: Option<&Path>) -> FerryServe {
+    /// [`FerryServe::start_with`] with extra environment variables (test hooks).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> FerryServe {
+        FerryServe::start_logged(args, None, env)
+    }
+
+    /// [`FerryServe::start_with`] with stderr into `log` when given and extra environment variables;
+    /// with `--tls-cert` or `--htpasswd` among `args`, ready once it accepts connections (no plain-HTTP probe).
+    pub fn start_logged(args: &[&str], log: Option<&Path>, env: &[(&str, &str)]) -> FerryServe {
         let stderr = match log {
             Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
             None => Stdio::null(),
         };
         let mut child = Starting(Some(
             ferry()
+                .envs(env.iter().copied())
                 .args(args)
                 .args(["--listen", "127.0.0.1:0"])
                 .stdout(Stdio::piped())

@@ -12,6 +12,7 @@ mod hostile;
 mod oracle;
 mod serve;
 mod serve_secure;
+mod serve_push;
 mod store_interop;
 mod sync;
 mod unbundle;

@@ -1,0 +1,184 @@
+//! Blob upload sessions of `serve --allow-push`: each holds a store
+//! [`BlobWriter`] whose temp file lives in the root's temp area, so a
+//! half-uploaded blob is never visible. A session is taken out while one
+//! request writes to it and put back after; dropping it (cancel, failure, the
+//! idle sweep) deletes its temp data. The number of sessions is capped.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::limits::{ENV_UPLOAD_IDLE_MS, MAX_UPLOADS, UPLOAD_IDLE_SECS};
+use crate::store::BlobWriter;
+
+/// An upload between requests: its repository and the bytes written so far.
+pub(super) struct Session {
+    /// The repository it was started in (a request naming another is refused).
+    pub repo: String,
+    /// The temp file being filled and hashed.
+    pub writer: BlobWriter,
+}
+
+/// A slot of the table: a session waiting for its next request, or one a request holds.
+enum Slot {
+    Idle {
+        session: Box<Session>,
+        since: Instant,
+    },
+    Busy {
+        repo: String,
+        offset: u64,
+    },
+}
+
+/// Why a session could not be taken.
+pub(super) enum Taken {
+    /// No such upload in this repository (never started, finished, cancelled or swept).
+    Unknown,
+    /// Another request is writing to it; the offset it had when taken.
+    Busy(u64),
+}
+
+/// Every upload in progress on one server.
+pub(super) struct Uploads {
+    slots: Mutex<HashMap<String, Slot>>,
+    idle: Duration,
+}
+
+impl Uploads {
+    /// An empty table whose idle limit is [`UPLOAD_IDLE_SECS`] (or the test hook's milliseconds).
+    pub fn new() -> Uploads {
+        let idle = std::env::var(ENV_UPLOAD_IDLE_MS)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_secs(UPLOAD_IDLE_SECS));
+        Uploads {
+            slots: Mutex::new(HashMap::new()),
+            idle,
+        }
+    }
+
+    /// How long an upload may sit untouched before [`Uploads::sweep`] drops it.
+    pub fn idle_limit(&self) -> Duration {
+        self.idle
+    }
+
+    /// Reserves a new upload id in `repo`, held busy by the caller; `None` when [`MAX_UPLOADS`] are in progress.
+    pub fn reserve(&self, repo: &str) -> Option<String> {
+        let mut slots = self.slots.lock().unwrap();
+        if slots.len() >= MAX_UPLOADS {
+            return None;
+        }
+        let id = new_id();
+        slots.insert(
+            id.clone(),
+            Slot::Busy {
+                repo: repo.to_string(),
+                offset: 0,
+            },
+        );
+        Some(id)
+    }
+
+    /// Takes the session `id` of `repo` for one request; the caller puts it back or ends it.
+    pub fn take(&self, id: &str, repo: &str) -> Result<Session, Taken> {
+        let mut slots = self.slots.lock().unwrap();
+        match slots.get(id) {
+            Some(Slot::Idle { session, .. }) if session.repo == repo => {}
+            Some(Slot::Busy { repo: r, offset }) if r == repo => return Err(Taken::Busy(*offset)),
+            _ => return Err(Taken::Unknown),
+        }
+        let Some(Slot::Idle { session, .. }) = slots.remove(id) else {
+            unreachable!("checked above")
+        };
+        let session = *session;
+        slots.insert(
+            id.to_string(),
+            Slot::Busy {
+                repo: session.repo.clone(),
+                offset: session.writer.written(),
+            },
+        );
+        Ok(session)
+    }
+
+    /// Puts a taken session back, idle from now; dropped (temp data deleted) if it was cancelled meanwhile.
+    pub fn put_back(&self, id: &str, session: Session) {
+        let mut slots = self.slots.lock().unwrap();
+        if let Some(slot @ Slot::Busy { .. }) = slots.get_mut(id) {
+            *slot = Slot::Idle {
+                session: Box::new(session),
+                since: Instant::now(),
+            };
+        }
+    }
+
+    /// Forgets `id` (finished, failed or cancelled); an idle session's temp data is deleted with it.
+    /// `false` when `repo` had no such upload.
+    pub fn end(&self, id: &str, repo: &str) -> bool {
+        let mut slots = self.slots.lock().unwrap();
+        let known = match slots.get(id) {
+            Some(Slot::Idle { session, .. }) => session.repo == repo,
+            Some(Slot::Busy { repo: r, .. }) => r == repo,
+            None => false,
+        };
+        if known {
+            slots.remove(id);
+        }
+        known
+    }
+
+    /// The bytes received so far by the upload `id` of `repo`, if it exists.
+    pub fn offset(&self, id: &str, repo: &str) -> Option<u64> {
+        match self.slots.lock().unwrap().get(id)? {
+            Slot::Idle { session, .. } if session.repo == repo => Some(session.writer.written()),
+            Slot::Busy { repo: r, offset } if r == repo => Some(*offset),
+            _ => None,
+        }
+    }
+
+    /// Drops every session untouched for longer than the idle limit (their temp data deleted); returns how many.
+    pub fn sweep(&self) -> usize {
+        let expired: Vec<Session> = {
+            let mut slots = self.slots.lock().unwrap();
+            let old: Vec<String> = slots
+                .iter()
+                .filter(
+                    |(_, s)| matches!(s, Slot::Idle { since, .. } if since.elapsed() >= self.idle),
+                )
+                .map(|(id, _)| id.clone())
+                .collect();
+            old.iter()
+                .filter_map(|id| match slots.remove(id) {
+                    Some(Slot::Idle { session, .. }) => Some(*session),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Deleting the temp files happens here, outside the lock.
+        let n = expired.len();
+        drop(expired);
+        n
+    }
+}
+
+/// A new upload id: 128 random bits as hex (from the kernel), so ids cannot be guessed.
+fn new_id() -> String {
+    let mut buf = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+    if random.is_err() {
+        // No /dev/urandom (a bare chroot): a hash of the time, the process and a counter.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seed = format!(
+            "{:?}-{}-{}",
+            std::time::SystemTime::now(),
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let d = crate::digest::Digest::sha256_of(seed.as_bytes());
+        return d.hex()[..32].to_string();
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
