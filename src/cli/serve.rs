@@ -100,12 +100,17 @@ impl ServeFlags {
 
 /// Runs `ferry serve`.
 pub fn run(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
-    serve_root(g, &a.root, &a.server)
+    let opts = a.server.options()?;
+    serve_root(g, &a.root, &a.server, opts)
 }
 
-/// Serves a registry root until SIGINT or SIGTERM.
-pub fn serve_root(g: &GlobalArgs, root: &Path, flags: &ServeFlags) -> anyhow::Result<ExitCode> {
-    let opts = flags.options()?;
+/// Serves a registry root with `opts` (from `flags`, checked) until SIGINT or SIGTERM.
+pub fn serve_root(
+    g: &GlobalArgs,
+    root: &Path,
+    flags: &ServeFlags,
+    opts: crate::serve::Options,
+) -> anyhow::Result<ExitCode> {
     super::must_exist(root)?;
     let store = Store::open(root);
     if !store.exists() {

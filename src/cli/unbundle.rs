@@ -125,7 +125,7 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
                 a.sources[0].display()
             );
         }
-        return super::serve::serve_root(g, &a.sources[0], &a.server);
+        return super::serve::serve_root(g, &a.sources[0], &a.server, opts);
     }
     // The same file given twice (by any path) is one bundle.
     let sources = distinct_files(&a.sources);
@@ -139,7 +139,7 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
             link(b, dir, false, &|_| {})
                 .with_context(|| format!("unpacking {} into {}", b.display(), dir.display()))?;
         }
-        return super::serve::serve_root(g, dir, &a.server);
+        return super::serve::serve_root(g, dir, &a.server, opts);
     }
     if a.server.allow_push || a.server.allow_delete {
         return Err(super::UsageError(

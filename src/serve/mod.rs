@@ -215,11 +215,17 @@ pub async fn run<B: Catalog>(
                     match acceptor {
                         None => serve_connection(io, service, header_timeout, stop).await,
                         Some(acceptor) => {
-                            // The handshake counts as reading the request head: bounded alike.
-                            match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
-                                Ok(Ok(tls)) => serve_connection(tls, service, header_timeout, stop).await,
-                                Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
-                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            // The handshake counts as reading the request head: bounded alike,
+                            // and dropped at shutdown (no request has started on it).
+                            let mut stopping = stop.clone();
+                            let handshake = tokio::time::timeout(header_timeout, acceptor.accept(io));
+                            tokio::select! {
+                                r = handshake => match r {
+                                    Ok(Ok(tls)) => serve_connection(tls, service, header_timeout, stop).await,
+                                    Ok(Err(e)) => tracing::debug!("TLS handshake: {e}"),
+                                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                                },
+                                _ = stopping.changed() => {}
                             }
                         }
                     }
