@@ -4,6 +4,8 @@
 //! `verify`, `ls`) can use it without pulling in the bundling job.
 
 pub mod format;
+pub mod parts;
 pub mod read;
+pub mod sign;
 
 pub use read::read_index;

@@ -24,32 +24,46 @@ pub struct LsArgs {
     json: bool,
 }
 
-/// One image, as both kinds of input list it.
-struct Row {
-    repository: String,
-    tag: Option<String>,
-    digest: Digest,
+/// One image, as both kinds of input list it (`ls` prints these; `diff` compares them).
+pub(super) struct Row {
+    pub(super) repository: String,
+    pub(super) tag: Option<String>,
+    pub(super) digest: Digest,
     media_type: String,
-    platforms: Vec<String>,
+    pub(super) platforms: Vec<String>,
     size: u64,
     /// Bundles only: the `##section` and the reference as written.
     section: Option<String>,
     source: Option<String>,
+    /// Every blob file the image needs (manifests, configs, layers) with its size.
+    pub(super) blobs: Vec<(Digest, u64)>,
+}
+
+impl Row {
+    /// `repo:tag`, or `repo@digest` for an untagged image.
+    pub(super) fn image(&self) -> String {
+        match &self.tag {
+            Some(t) => format!("{}:{t}", self.repository),
+            None => format!("{}@{}", self.repository, self.digest),
+        }
+    }
+}
+
+/// The images of a root directory or a bundle file, walked the same way for both.
+pub(super) fn rows(path: &std::path::Path) -> anyhow::Result<Vec<Row>> {
+    super::must_exist(path)?;
+    if path.is_file() {
+        bundle_rows(path)
+    } else {
+        root_rows(path)
+    }
 }
 
 /// Lists a root's or a bundle's images; a missing path is "no such file".
 pub fn run(_g: &GlobalArgs, a: LsArgs) -> anyhow::Result<ExitCode> {
-    super::must_exist(&a.root)?;
-    let rows = if a.root.is_file() {
-        bundle_rows(&a)?
-    } else {
-        root_rows(&a)?
-    };
+    let rows = rows(&a.root)?;
     for r in &rows {
-        let image = match &r.tag {
-            Some(t) => format!("{}:{t}", r.repository),
-            None => format!("{}@{}", r.repository, r.digest),
-        };
+        let image = r.image();
         if a.json {
             outln!(
                 "{}",
@@ -73,12 +87,12 @@ pub fn run(_g: &GlobalArgs, a: LsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn root_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
-    let store = Store::open(&a.root);
+fn root_rows(root: &std::path::Path) -> anyhow::Result<Vec<Row>> {
+    let store = Store::open(root);
     if !store.exists() {
         bail!(
             "{}: not a registry root (no docker/registry/v2 directory)",
-            a.root.display()
+            root.display()
         );
     }
     let mut rows = Vec::new();
@@ -114,8 +128,12 @@ fn row(
             }
         })
         .collect();
-    let size = w.manifests().map(|m| m.bytes().len() as u64).sum::<u64>()
-        + w.blobs.iter().map(|b| b.size).sum::<u64>();
+    let blobs: Vec<(Digest, u64)> = w
+        .manifests()
+        .map(|m| (m.digest().clone(), m.bytes().len() as u64))
+        .chain(w.blobs.iter().map(|b| (b.digest.clone(), b.size)))
+        .collect();
+    let size = blobs.iter().map(|(_, s)| s).sum();
     Row {
         repository,
         tag,
@@ -125,13 +143,14 @@ fn row(
         size,
         section: None,
         source: None,
+        blobs,
     }
 }
 
 /// A bundle read in place: its structure once (no hashing), then each image's manifests from their frames.
-fn bundle_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
+fn bundle_rows(path: &std::path::Path) -> anyhow::Result<Vec<Row>> {
     let bundle = crate::bundlefile::read::BundleFile::open_with(
-        &a.root,
+        path,
         &mut crate::bundlefile::read::StructureOnly,
     )?;
     let index = bundle.scan.index.clone();
