@@ -373,7 +373,11 @@ fn split_bundles_are_the_whole_bundle_and_every_reader_takes_the_first_part() {
                 named,
                 cause,
             );
-            assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+            // Verified blobs may be in (invisible, as distribution's uploads are); no link is.
+            assert!(
+                !files(root.path()).keys().any(|f| f.contains("/repositories/")),
+                "{named}: images linked"
+            );
         };
         let part = |i: usize| format!("split-{name}.{i:03}");
         let p1 = part(1);
@@ -438,8 +442,14 @@ fn diff_names_exactly_the_changed_images() {
 
     // The new release: a copy of the old root where two tags now hold other images (from the
     // `small` corpus: new blobs), one image is added, and one is left out of the list.
+    // A real copy, not hardlinks: docker-registry rewrites link files in place.
     let new_root = tempfile::tempdir().unwrap();
-    hardlink_copy(old_dir.path(), new_root.path());
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(old_dir.path().join("docker"))
+            .arg(new_root.path()),
+    );
     let new_reg = Registry::start(new_root.path());
     let (_small_dir, small_reg) = small_registry();
     let (_, small) = crate::harness::small();
