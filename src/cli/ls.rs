@@ -9,10 +9,7 @@ use anyhow::bail;
 use super::out::outln;
 use super::{GlobalArgs, human_bytes};
 use crate::digest::Digest;
-use crate::image::{Selection, WalkOptions};
-use crate::manifest::RawManifest;
 use crate::store::Store;
-use crate::transport::catalog::Catalog;
 
 /// Flags of `ferry ls`.
 #[derive(Debug, clap::Args)]
@@ -157,24 +154,7 @@ fn bundle_rows(path: &std::path::Path) -> anyhow::Result<Vec<Row>> {
     let catalog = crate::transport::bundle::Bundles(vec![bundle]);
     let mut rows = Vec::new();
     for img in &index.images {
-        let reader = InRepo {
-            catalog: &catalog,
-            repo: &img.repository,
-        };
-        let top = catalog
-            .manifest(&img.repository, &img.digest)?
-            .ok_or_else(|| {
-                anyhow::anyhow!("{}: manifest {} missing", img.repository, img.digest)
-            })?;
-        let w = crate::image::walk_now(
-            &reader,
-            top,
-            &WalkOptions {
-                selection: Selection::All,
-                allow_absent: true,
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("{}@{}: {e}", img.repository, img.digest))?;
+        let w = catalog.walk_image(&img.repository, &img.digest)?;
         let mut r = row(
             img.repository.clone(),
             img.tag.clone(),
@@ -189,22 +169,6 @@ fn bundle_rows(path: &std::path::Path) -> anyhow::Result<Vec<Row>> {
         eprintln!("not in this bundle: {}: {}", f.image, f.cause);
     }
     Ok(rows)
-}
-
-/// One repository of a bundle, as the image walk reads manifests.
-struct InRepo<'a> {
-    catalog: &'a crate::transport::bundle::Bundles,
-    repo: &'a str,
-}
-
-impl crate::image::Manifests for InRepo<'_> {
-    type Error = crate::store::StoreError;
-    fn manifest(
-        &self,
-        digest: &Digest,
-    ) -> impl std::future::Future<Output = Result<Option<RawManifest>, Self::Error>> + Send {
-        std::future::ready(self.catalog.manifest(self.repo, digest))
-    }
 }
 
 /// The platforms column: a comma-separated list, or `-` for a single-platform image.

@@ -175,6 +175,8 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         )?);
     }
     let images: usize = bundles.iter().map(|b| b.scan.index.images.len()).sum();
+    let bundles = Bundles(bundles);
+    bundles.check_links()?;
     rt.block_on(async {
         let (listener, addr) = crate::serve::bind(&a.listen)
             .await
@@ -182,12 +184,12 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         if !g.quiet {
             eprintln!(
                 "ferry: serving {} bundle(s), {images} images, in place at http://{addr}",
-                bundles.len()
+                bundles.0.len()
             );
         }
         // The address is a result (port 0 picks one): on stdout, also with -q.
         outln!("{addr}");
-        crate::serve::run(Bundles(bundles), listener, super::shutdown_signal())
+        crate::serve::run(bundles, listener, super::shutdown_signal())
             .await
             .context("serving")?;
         Ok(ExitCode::SUCCESS)
@@ -311,6 +313,7 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         )?;
         let images = bundle.scan.index.images.clone();
         let catalog = std::sync::Arc::new(Bundles(vec![bundle]));
+        catalog.check_links()?;
         let mut jobs = Vec::new();
         for i in images {
             let name = format!(

@@ -83,11 +83,15 @@ pub fn run(_g: &GlobalArgs, a: VerifyArgs) -> anyhow::Result<ExitCode> {
 fn verify_bundle(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let key = load_key(&a.key)?;
     // With a key, the signature is checked as soon as ferry-bundle.json is read, before any other entry.
-    let scan = crate::bundlefile::read::scan_checked(
+    let bundle = crate::bundlefile::read::BundleFile::open_checked(
         &a.root,
         &mut crate::bundlefile::read::HashOnly,
         key.as_ref(),
     )?;
+    // Every link must be one an image of ferry-bundle.json needs: the index (and its signature) covers it all.
+    let catalog = crate::transport::bundle::Bundles(vec![bundle]);
+    catalog.check_links()?;
+    let scan = &catalog.0[0].scan;
     let signature = match (&key, &scan.signature) {
         (Some(_), _) => "verified",
         (None, Some(_)) => "present, not checked (no --key)",

@@ -375,7 +375,9 @@ fn split_bundles_are_the_whole_bundle_and_every_reader_takes_the_first_part() {
             );
             // Verified blobs may be in (invisible, as distribution's uploads are); no link is.
             assert!(
-                !files(root.path()).keys().any(|f| f.contains("/repositories/")),
+                !files(root.path())
+                    .keys()
+                    .any(|f| f.contains("/repositories/")),
                 "{named}: images linked"
             );
         };
@@ -562,4 +564,55 @@ fn diff_names_exactly_the_changed_images() {
         assert_eq!(same[k].as_array().unwrap().len(), 0, "{k}: {same}");
     }
     assert_eq!(same["blobsAdded"], 0);
+}
+
+#[test]
+fn a_link_the_index_does_not_account_for_is_refused() {
+    use ferry::store::paths::{PathSpec, path_for};
+    let (src_dir, corpus) = tiny();
+    let src = Registry::start(src_dir.path());
+    let w = tempfile::tempdir().unwrap();
+    let good = w.path().join("good.tar");
+    bundle(
+        &corpus,
+        w.path(),
+        &src.addr,
+        &good,
+        &["--compression", "none"],
+    );
+    // One more revision link, in an image's repository, to another repository's manifest: the
+    // blob is in the bundle and hashes right, but no image of ferry-bundle.json needs the link.
+    let a = &corpus.images[0];
+    let b = corpus
+        .images
+        .iter()
+        .find(|i| i.repository != a.repository)
+        .unwrap();
+    let x = w.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    run_ok(Command::new("tar").arg("-xf").arg(&good).arg("-C").arg(&x));
+    let link = path_for(&x, PathSpec::RevisionLink(&a.repository, &b.digest));
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::fs::write(&link, b.digest.to_string()).unwrap();
+    let bad = w.path().join("bad.tar");
+    run_ok(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&bad)
+            .arg("-C")
+            .arg(&x)
+            .args(["ferry-bundle.json", "docker"]),
+    );
+    let why = "none of its images in ferry-bundle.json needs";
+    refused(&run(ferry().arg("verify").arg(&bad)), "bad.tar", why);
+    refused(
+        &run(Command::new("timeout")
+            .arg("60")
+            .arg(env!("CARGO_BIN_EXE_ferry"))
+            .args(["unbundle", "serve", "--listen", "127.0.0.1:0"])
+            .arg(&bad)),
+        "bad.tar",
+        why,
+    );
+    run_ok(ferry().arg("verify").arg(&good));
 }
