@@ -1018,6 +1018,16 @@ impl BundleFile {
     }
 }
 
+/// Whether a bundle can be read in place ([`BundleFile`]): a plain tar, or zstd with a seek table.
+pub fn in_place(path: &Path) -> Result<bool, ReadError> {
+    let file = Parts::open(path)?;
+    let mut magic = [0u8; 4];
+    if file.read_exact_at(&mut magic, 0).is_err() || magic != ZSTD_MAGIC {
+        return Ok(true);
+    }
+    Ok(read_seek_table(path, &file)?.is_some())
+}
+
 /// The seek table at the end of a zstd bundle; `None` when the file has none
 /// (a plain zstd stream), an error when it has one that cannot be right.
 fn read_seek_table(path: &Path, file: &Parts) -> Result<Option<Vec<Frame>>, ReadError> {

@@ -31,10 +31,10 @@ pub(super) fn load_key(
 }
 
 /// Runs `ferry verify`.
-pub fn run(_g: &GlobalArgs, a: VerifyArgs) -> anyhow::Result<ExitCode> {
+pub fn run(g: &GlobalArgs, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     super::must_exist(&a.root)?;
     if a.root.is_file() {
-        return verify_bundle(&a);
+        return verify_bundle(g, &a);
     }
     if a.key.is_some() {
         return Err(super::UsageError(format!(
@@ -80,18 +80,31 @@ pub fn run(_g: &GlobalArgs, a: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A bundle is checked as a stream: every entry, blob and link, against its index.
-fn verify_bundle(a: &VerifyArgs) -> anyhow::Result<ExitCode> {
+fn verify_bundle(g: &GlobalArgs, a: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let key = load_key(&a.key)?;
     // With a key, the signature is checked as soon as ferry-bundle.json is read, before any other entry.
-    let bundle = crate::bundlefile::read::BundleFile::open_checked(
-        &a.root,
-        &mut crate::bundlefile::read::HashOnly,
-        key.as_ref(),
-    )?;
-    // Every link must be one an image of ferry-bundle.json needs: the index (and its signature) covers it all.
-    let catalog = crate::transport::bundle::Bundles(vec![bundle]);
-    catalog.check_links()?;
-    let scan = &catalog.0[0].scan;
+    use crate::bundlefile::read::{BundleFile, HashOnly, in_place, scan_checked};
+    // Read in place when the bundle allows it (one read, every blob re-hashed), so that every link
+    // can be checked to be one an image of ferry-bundle.json needs; a plain zstd stream is scanned.
+    let (catalog, streamed);
+    let scan = if in_place(&a.root)? {
+        catalog = crate::transport::bundle::Bundles(vec![BundleFile::open_checked(
+            &a.root,
+            &mut HashOnly,
+            key.as_ref(),
+        )?]);
+        catalog.check_links()?;
+        &catalog.0[0].scan
+    } else {
+        streamed = scan_checked(&a.root, &mut HashOnly, key.as_ref())?;
+        if !g.quiet {
+            eprintln!(
+                "ferry: {}: not seekable, so links are checked against the archive but not against each image's walk",
+                a.root.display()
+            );
+        }
+        &streamed
+    };
     let signature = match (&key, &scan.signature) {
         (Some(_), _) => "verified",
         (None, Some(_)) => "present, not checked (no --key)",
