@@ -679,13 +679,15 @@ fn write_bundle(
     .map_err(werr)?;
     file.sync_all().map_err(werr)?;
     let size = file.len();
-    if let Some(sig) = &signature {
+    let detached = crate::bundlefile::sign::detached_path(output);
+    match &signature {
         // The detached copy, for `minisign -V` users, is in place before the bundle is.
-        write_small(
-            &crate::bundlefile::sign::detached_path(output),
-            sig.as_bytes(),
-        )
-        .map_err(werr)?;
+        Some(sig) => write_small(&detached, sig.as_bytes()).map_err(werr)?,
+        // An earlier run's signature must not sit beside a bundle it does not sign.
+        None => match std::fs::remove_file(&detached) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(werr(e)),
+            _ => {}
+        },
     }
     file.commit(output).map_err(werr)?;
     let _ = std::fs::File::open(&dir).and_then(|d| d.sync_all());

@@ -362,6 +362,14 @@ fn must_exist(p: &std::path::Path) -> anyhow::Result<()> {
     match std::fs::symlink_metadata(p) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let first = crate::bundlefile::parts::part_path(p, 0);
+            if first.is_file() {
+                anyhow::bail!(
+                    "{}: no such file; a split bundle is named by its first part: {}",
+                    p.display(),
+                    first.display()
+                )
+            }
             anyhow::bail!("{}: no such file or directory", p.display())
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("{}", p.display()))),

@@ -231,6 +231,9 @@ fn signed_bundles_verify_and_bad_ones_are_refused_before_anything_is_written() {
             );
         }
     }
+    // Bundled again unsigned: the old detached signature does not stay beside it.
+    bundle(&corpus, w.path(), &src.addr, &signed, &["--compression", "none"]);
+    assert!(!detached.exists());
 }
 
 /// Every part of a split bundle, in order.
@@ -279,6 +282,11 @@ fn split_bundles_are_the_whole_bundle_and_every_reader_takes_the_first_part() {
             "{name}: cat of the parts differs from the unsplit bundle"
         );
         assert!(!split_out.exists(), "an unsplit file was left too");
+        refused(
+            &run(ferry().arg("verify").arg(&split_out)),
+            &format!("{}.000", split_out.display()),
+            "a split bundle is named by its first part",
+        );
 
         // verify, ls, diff, link, push, inspect through ferry-bundle:, serve: all on NAME.000.
         run_ok(ferry().arg("verify").arg(&first));
