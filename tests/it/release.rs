@@ -232,7 +232,13 @@ fn signed_bundles_verify_and_bad_ones_are_refused_before_anything_is_written() {
         }
     }
     // Bundled again unsigned: the old detached signature does not stay beside it.
-    bundle(&corpus, w.path(), &src.addr, &signed, &["--compression", "none"]);
+    bundle(
+        &corpus,
+        w.path(),
+        &src.addr,
+        &signed,
+        &["--compression", "none"],
+    );
     assert!(!detached.exists());
 }
 
