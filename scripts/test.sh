@@ -2,6 +2,7 @@
 # The whole test suite. Installs what the tests need (Debian packages) when missing:
 # the real registry (docker-registry) and real clients (skopeo, podman, containerd, docker.io),
 # htpasswd (apache2-utils: bcrypt entries for a password-protected registry),
+# minisign (checks that ferry's bundle signatures verify with the reference tool),
 # then runs every unit and integration test.
 #   scripts/test.sh [cargo test args...]
 set -euo pipefail
@@ -15,6 +16,7 @@ command -v podman >/dev/null || need+=(podman)
 command -v containerd >/dev/null || need+=(containerd)
 command -v openssl >/dev/null || need+=(openssl)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v minisign >/dev/null || need+=(minisign)
 [ -x /usr/bin/docker ] && command -v dockerd >/dev/null || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} with apt-get" >&2

@@ -4,6 +4,7 @@
 
 mod pack;
 mod space;
+pub mod split;
 pub mod unpack;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,6 +55,20 @@ pub struct BundleOptions {
     pub keep_going: bool,
     /// Entry mtime (`SOURCE_DATE_EPOCH`).
     pub mtime: u64,
+    /// `--sign KEY`: sign `ferry-bundle.json` (inside the bundle and as `OUTPUT.minisig`).
+    pub sign: Option<Arc<crate::bundlefile::sign::SigningKey>>,
+    /// `--split-size`: write `OUTPUT.000`, `OUTPUT.001`, … each at most this many bytes.
+    pub split_size: Option<u64>,
+}
+
+impl BundleOptions {
+    /// The file a reader is given: `-o`'s path, or its first part `OUTPUT.000` when split.
+    pub fn written_path(&self) -> PathBuf {
+        match self.split_size {
+            Some(_) => crate::bundlefile::parts::part_path(&self.output, 0),
+            None => self.output.clone(),
+        }
+    }
 }
 
 pub use crate::copy::{NoProgress, Progress};
@@ -397,7 +412,7 @@ pub async fn bundle(
     }
 
     let summary = BundleSummary {
-        output: opts.output.clone(),
+        output: opts.written_path(),
         images: plan.images.len(),
         failed: plan.failures.clone(),
         blobs: plan.blobs.len(),
@@ -413,7 +428,7 @@ pub async fn bundle(
     if !plan.failures.is_empty() {
         return Err(BundleError::Images {
             failures: plan.failures,
-            written: Some(opts.output.clone()),
+            written: Some(opts.written_path()),
             summary: Some(Box::new(summary)),
         });
     }
@@ -564,7 +579,24 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Packs into `.<output>.tmp-<pid>`, fsyncs, renames; on any failure the temp file is removed.
+/// Writes a small file under a temp name, syncs it and renames it into place.
+fn write_small(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = output_dir(path).join(format!(
+        ".{}.tmp-{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let guard = RemoveOnDrop(tmp.clone());
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::mem::forget(guard);
+    Ok(())
+}
+
+/// Packs into `.<output>.tmp-<pid>` (or one temp file per part), fsyncs, renames; on any failure the temp files are removed.
 fn write_bundle(
     opts: &BundleOptions,
     index_json: &[u8],
@@ -580,18 +612,27 @@ fn write_bundle(
         .unwrap_or_else(|| "bundle".into());
     // A run killed while packing leaves its temp file; remove those whose process is gone.
     if let Ok(rd) = std::fs::read_dir(&dir) {
-        let prefix = format!(".{name}.tmp-");
+        let ours = |head: &str| {
+            head.strip_prefix('.')
+                .and_then(|h| h.strip_prefix(name.as_str()))
+                .is_some_and(|rest| {
+                    rest.is_empty()
+                        || rest
+                            .strip_prefix('.')
+                            .is_some_and(|n| n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()))
+                })
+        };
         for e in rd.flatten() {
             let f = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = f.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok())
+            if let Some((head, pid)) = f.rsplit_once(".tmp-")
+                && ours(head)
+                && let Ok(pid) = pid.parse::<u32>()
                 && !Path::new(&format!("/proc/{pid}")).exists()
             {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let guard = RemoveOnDrop(tmp.clone());
     let werr = |source: std::io::Error| {
         if source.raw_os_error() == Some(libc::ENOSPC)
             || source.kind() == std::io::ErrorKind::StorageFull
@@ -606,7 +647,14 @@ fn write_bundle(
             source,
         }
     };
-    let file = std::fs::File::create(&tmp).map_err(werr)?;
+    let signature = match &opts.sign {
+        Some(k) => Some(k.sign(index_json).map_err(|e| BundleError::Write {
+            path: output.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?),
+        None => None,
+    };
+    let file = split::SplitFile::create(&dir, &name, opts.split_size).map_err(werr)?;
     let out = match opts.compression {
         Compression::None => pack::Output::Plain(std::io::BufWriter::with_capacity(
             1 << 20,
@@ -619,11 +667,29 @@ fn write_bundle(
             pack::Output::Zstd(pack::FrameWriter::new(file, opts.level, threads))
         }
     };
-    let file = pack::write_tar(out, index_json, layout, cache, opts.mtime, ready).map_err(werr)?;
+    let file = pack::write_tar(
+        out,
+        index_json,
+        signature.as_deref().map(str::as_bytes),
+        layout,
+        cache,
+        opts.mtime,
+        ready,
+    )
+    .map_err(werr)?;
     file.sync_all().map_err(werr)?;
-    let size = file.metadata().map_err(werr)?.len();
-    std::fs::rename(&tmp, output).map_err(werr)?;
-    std::mem::forget(guard);
+    let size = file.len();
+    let detached = crate::bundlefile::sign::detached_path(output);
+    match &signature {
+        // The detached copy, for `minisign -V` users, is in place before the bundle is.
+        Some(sig) => write_small(&detached, sig.as_bytes()).map_err(werr)?,
+        // An earlier run's signature must not sit beside a bundle it does not sign.
+        None => match std::fs::remove_file(&detached) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(werr(e)),
+            _ => {}
+        },
+    }
+    file.commit(output).map_err(werr)?;
     let _ = std::fs::File::open(&dir).and_then(|d| d.sync_all());
     Ok(size)
 }

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
+use super::split::SplitFile;
 use crate::digest::Digest;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -21,14 +22,14 @@ const WRITEBACK_BYTES: u64 = 32 * 1024 * 1024;
 /// so the final fsync waits for the last few MiB instead of the whole file
 /// (the disk works while we are still producing).
 pub struct Writeback {
-    file: File,
+    file: SplitFile,
     written: u64,
     flushed: u64,
 }
 
 impl Writeback {
     /// Wraps a new, empty file.
-    pub fn new(file: File) -> Writeback {
+    pub fn new(file: SplitFile) -> Writeback {
         Writeback {
             file,
             written: 0,
@@ -36,7 +37,7 @@ impl Writeback {
         }
     }
 
-    fn into_inner(self) -> File {
+    fn into_inner(self) -> SplitFile {
         self.file
     }
 }
@@ -46,16 +47,7 @@ impl Write for Writeback {
         let n = self.file.write(buf)?;
         self.written += n as u64;
         if self.written - self.flushed >= WRITEBACK_BYTES {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a valid open fd and a range inside the file; the call only schedules I/O.
-            unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    self.flushed as libc::off64_t,
-                    (self.written - self.flushed) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
+            self.file.writeback_hint();
             self.flushed = self.written;
         }
         Ok(n)
@@ -83,7 +75,7 @@ impl Output {
     }
 
     /// Flushes everything (and the seek table) and returns the file.
-    pub fn finish(self) -> io::Result<File> {
+    pub fn finish(self) -> io::Result<SplitFile> {
         match self {
             Output::Plain(w) => w
                 .into_inner()
@@ -109,7 +101,7 @@ impl Write for Output {
 type Job = (usize, Vec<u8>);
 type Done = (usize, io::Result<(Vec<u8>, usize)>);
 /// The finished file and its seek table: (compressed, decompressed) size per frame.
-type Written = io::Result<(File, Vec<(u32, u32)>)>;
+type Written = io::Result<(SplitFile, Vec<(u32, u32)>)>;
 
 /// Cuts the stream into frames and compresses them on worker threads; the
 /// writer thread puts them back in order and records the seek table.
@@ -123,7 +115,7 @@ pub struct FrameWriter {
 
 impl FrameWriter {
     /// Starts compressing into `file` at `level` with `threads` workers.
-    pub fn new(file: File, level: i32, threads: usize) -> FrameWriter {
+    pub fn new(file: SplitFile, level: i32, threads: usize) -> FrameWriter {
         let threads = threads.max(1);
         // Short queues keep memory flat: at most a few frames in flight per thread.
         let (job_tx, job_rx) = sync_channel::<Job>(threads);
@@ -167,7 +159,7 @@ impl FrameWriter {
         }
     }
 
-    fn finish(mut self) -> io::Result<File> {
+    fn finish(mut self) -> io::Result<SplitFile> {
         self.emit()?;
         drop(self.jobs.take());
         for w in self.workers.drain(..) {
@@ -226,7 +218,7 @@ fn compress_worker(rx: Arc<Mutex<Receiver<Job>>>, tx: SyncSender<Done>, level: i
     }
 }
 
-fn write_frames(file: File, rx: Receiver<Done>) -> Written {
+fn write_frames(file: SplitFile, rx: Receiver<Done>) -> Written {
     let mut w = Writeback::new(file);
     let mut pending = BTreeMap::new();
     let mut next = 0usize;
@@ -247,7 +239,7 @@ fn write_frames(file: File, rx: Receiver<Done>) -> Written {
 }
 
 /// Appends the zstd seekable format's seek table (no per-frame checksums: each frame carries its own).
-fn write_seek_table(file: &mut File, table: &[(u32, u32)]) -> io::Result<()> {
+fn write_seek_table(file: &mut SplitFile, table: &[(u32, u32)]) -> io::Result<()> {
     let mut t = Vec::with_capacity(8 + table.len() * 8 + 9);
     t.extend_from_slice(&SEEK_TABLE_MAGIC.to_le_bytes());
     t.extend_from_slice(&((table.len() * 8 + 9) as u32).to_le_bytes());
@@ -299,18 +291,19 @@ impl Layout {
     }
 }
 
-/// Writes `index_json` then `layout` as tar entries into `out`. Before each
+/// Writes `index_json` (then its minisign `signature`, when signed) then `layout` as tar entries into `out`. Before each
 /// blob, `ready(digest)` is called and must return once the blob is in `cache`,
 /// saying whether it must be re-hashed (a blob verified by this very run need not be)
 /// (so packing can run while later blobs are still downloading).
 pub fn write_tar(
     out: Output,
     index_json: &[u8],
+    signature: Option<&[u8]>,
     layout: &Layout,
     cache: &crate::store::Store,
     mtime: u64,
     ready: &mut dyn FnMut(&Digest) -> io::Result<bool>,
-) -> io::Result<File> {
+) -> io::Result<SplitFile> {
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Deterministic);
     let header = |kind: tar::EntryType, size: u64, mode: u32| {
@@ -325,6 +318,10 @@ pub fn write_tar(
     };
     let mut h = header(tar::EntryType::Regular, index_json.len() as u64, 0o644);
     tar.append_data(&mut h, crate::bundlefile::format::INDEX_NAME, index_json)?;
+    if let Some(sig) = signature {
+        let mut h = header(tar::EntryType::Regular, sig.len() as u64, 0o644);
+        tar.append_data(&mut h, crate::bundlefile::sign::SIGNATURE_NAME, sig)?;
+    }
     tar.get_mut().boundary()?;
     for (key, content) in &layout.entries {
         let rel = key.replace('\0', "/");

@@ -4,7 +4,9 @@
 //! otherwise, whose entries are, in this order and nothing else:
 //!
 //! 1. `ferry-bundle.json`: this module's [`BundleIndex`];
-//! 2. the registry root: `docker/`, `docker/registry/`, … every directory and
+//! 2. in signed bundles only, `ferry-bundle.json.minisig`: a minisign
+//!    signature of the exact bytes of entry 1 (see `sign`);
+//! 3. the registry root: `docker/`, `docker/registry/`, … every directory and
 //!    file of distribution's v2 layout, depth first, names sorted bytewise.
 //!
 //! Every entry has uid/gid 0, no user or group names, mode 0755 (directories)

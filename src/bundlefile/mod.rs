@@ -5,6 +5,8 @@
 
 pub mod format;
 pub mod merge;
+pub mod parts;
 pub mod read;
+pub mod sign;
 
 pub use read::read_index;

@@ -5,13 +5,12 @@
 //! a seekable zstd bundle, or offsets in a plain tar).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{BundleIndex, INDEX_NAME, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC};
+use super::parts::{Parts, PartsError, PartsReader};
 use crate::digest::{Digest, VerifyingReader};
 use crate::limits::{IO_BUFFER_BYTES, MAX_INDEX_BYTES, MAX_LINK_BYTES, MAX_TAR_NAME_BYTES, echo};
 use crate::store::paths::{LayoutFile, is_layout_dir, parse_file};
@@ -58,6 +57,12 @@ pub enum ReadError {
         /// Which frame, and what differs.
         why: String,
     },
+    /// The parts of a split bundle do not make a whole one (a part missing, truncated, or foreign).
+    #[error(transparent)]
+    Parts(#[from] PartsError),
+    /// The signature does not hold (unsigned, another key, or an index changed after signing).
+    #[error(transparent)]
+    Signature(#[from] super::sign::SignError),
     /// `ferry-bundle.json` missing, unreadable, or not what the archive holds.
     #[error("{}: {INDEX_NAME}: {why}", bundle.display())]
     Index {
@@ -90,6 +95,8 @@ pub struct Scan {
     pub repos: BTreeMap<String, Repo>,
     /// Blob → (offset of its data in the uncompressed tar, size).
     pub blobs: HashMap<Digest, (u64, u64)>,
+    /// The minisign signature of `ferry-bundle.json` the bundle carries, if signed.
+    pub signature: Option<String>,
 }
 
 /// Receives each blob's content during a scan (it is verified as it is read; the scan drains what is left).
@@ -134,6 +141,8 @@ struct FrameMismatch(String);
 struct TarStream {
     reader: Box<dyn Read>,
     len: Option<u64>,
+    /// The last part of a split bundle (named when the stream ends early).
+    last_part: Option<PathBuf>,
 }
 
 /// Opens a bundle as a stream of tar bytes (decompressing zstd when the file is zstd).
@@ -144,10 +153,10 @@ fn tar_stream(path: &Path) -> Result<TarStream, ReadError> {
         op,
         source,
     };
-    let mut f = File::open(path).map_err(|e| io("opening", e))?;
+    let f = Arc::new(Parts::open(path)?);
+    let last_part = f.is_split().then(|| f.last_part().to_path_buf());
     let mut magic = [0u8; 4];
-    let n = f.read(&mut magic).map_err(|e| io("reading", e))?;
-    f.seek(SeekFrom::Start(0)).map_err(|e| io("reading", e))?;
+    let n = f.read_at(&mut magic, 0).map_err(|e| io("reading", e))?;
     if n == 4 && magic == ZSTD_MAGIC {
         if let Some(frames) = read_seek_table(path, &f)? {
             let len = frames.last().map(|l| l.offset + l.size).unwrap_or(0);
@@ -161,20 +170,26 @@ fn tar_stream(path: &Path) -> Result<TarStream, ReadError> {
                     decompressor: None,
                 }),
                 len: Some(len),
+                last_part,
             });
         }
-        let f = io::BufReader::with_capacity(IO_BUFFER_BYTES, f);
+        let f = io::BufReader::with_capacity(IO_BUFFER_BYTES, PartsReader::new(f));
         Ok(TarStream {
             reader: Box::new(
                 zstd::stream::read::Decoder::with_buffer(f).map_err(|e| io("starting zstd", e))?,
             ),
             len: None,
+            last_part,
         })
     } else {
-        let len = f.metadata().map_err(|e| io("reading metadata", e))?.len();
+        let len = f.len();
         Ok(TarStream {
-            reader: Box::new(io::BufReader::with_capacity(IO_BUFFER_BYTES, f)),
+            reader: Box::new(io::BufReader::with_capacity(
+                IO_BUFFER_BYTES,
+                PartsReader::new(f),
+            )),
             len: Some(len),
+            last_part,
         })
     }
 }
@@ -183,7 +198,7 @@ fn tar_stream(path: &Path) -> Result<TarStream, ReadError> {
 /// exactly the size its seek table entry gives, from exactly its compressed
 /// bytes, so a table that lies is caught by every full read (verify, link, serve).
 struct CheckedFrames {
-    file: File,
+    file: Arc<Parts>,
     frames: Vec<Frame>,
     next: usize,
     buf: Vec<u8>,
@@ -217,7 +232,7 @@ impl Read for CheckedFrames {
 
 /// Decompresses frame `i` into `buf` (reused), refusing one whose bytes differ from its seek table entry.
 fn decompress_frame(
-    file: &File,
+    file: &Parts,
     f: &Frame,
     i: usize,
     decompressor: &mut Option<zstd::bulk::Decompressor<'static>>,
@@ -228,8 +243,9 @@ fn decompress_frame(
     file.read_exact_at(&mut compressed, f.compressed_offset)?;
     if compressed.len() < 4 || compressed[..4] != ZSTD_MAGIC {
         return Err(mismatch(format!(
-            "frame {i} at byte {} is not a zstd frame",
-            f.compressed_offset
+            "frame {i} at byte {} is not a zstd frame{}",
+            f.compressed_offset,
+            in_part(file, f.compressed_offset)
         )));
     }
     if decompressor.is_none() {
@@ -240,8 +256,11 @@ fn decompress_frame(
     buf.reserve_exact(f.size as usize);
     if d.decompress_to_buffer(&compressed, &mut buf).is_err() {
         return Err(mismatch(format!(
-            "frame {i} ({} compressed bytes at {}) does not decompress to the {} bytes the table gives",
-            f.compressed_size, f.compressed_offset, f.size
+            "frame {i} ({} compressed bytes at {}{}) does not decompress to the {} bytes the table gives",
+            f.compressed_size,
+            f.compressed_offset,
+            in_part(file, f.compressed_offset),
+            f.size
         )));
     }
     if buf.len() as u64 != f.size {
@@ -252,6 +271,15 @@ fn decompress_frame(
         )));
     }
     Ok(buf)
+}
+
+/// `, in part NAME.00N` for a split bundle (so a damaged part is named), else nothing.
+fn in_part(file: &Parts, offset: u64) -> String {
+    if file.is_split() {
+        format!(", in part {}", file.part_at(offset).display())
+    } else {
+        String::new()
+    }
 }
 
 /// Maps an error met while reading the archive: a frame that is not what the
@@ -403,7 +431,7 @@ fn pax_path(data: &[u8]) -> Result<Option<Vec<u8>>, String> {
 fn index_entry(
     bundle: &Path,
     first: Option<Result<Member<'_>, ReadError>>,
-) -> Result<BundleIndex, ReadError> {
+) -> Result<Vec<u8>, ReadError> {
     let index_err = |why: String| ReadError::Index {
         bundle: bundle.to_path_buf(),
         why,
@@ -429,7 +457,68 @@ fn index_entry(
         .take(size)
         .read_to_end(&mut json)
         .map_err(|e| stream_error(bundle, "reading the index", e))?;
-    serde_json::from_slice(&json).map_err(|e| index_err(e.to_string()))
+    Ok(json)
+}
+
+/// Parses the bytes of `ferry-bundle.json`.
+fn parse_index(bundle: &Path, json: &[u8]) -> Result<BundleIndex, ReadError> {
+    serde_json::from_slice(json).map_err(|e| ReadError::Index {
+        bundle: bundle.to_path_buf(),
+        why: e.to_string(),
+    })
+}
+
+/// What [`next_member`] gives: the next member, an error, or the end.
+type NextMember<'a> = Option<Result<Member<'a>, ReadError>>;
+
+/// The signature entry when `member` is one (it may only follow the index), read with a cap;
+/// `Ok(None)` hands the member back for the scan to treat as any other.
+fn signature_entry<'a>(
+    bundle: &Path,
+    member: NextMember<'a>,
+) -> Result<(Option<String>, NextMember<'a>), ReadError> {
+    use super::sign::{MAX_SIGNATURE_BYTES, SIGNATURE_NAME};
+    let Some(Ok((name, mut entry))) = member else {
+        return Ok((None, member));
+    };
+    if name != SIGNATURE_NAME {
+        return Ok((None, Some(Ok((name, entry)))));
+    }
+    let size = entry
+        .header()
+        .size()
+        .map_err(|e| stream_error(bundle, "reading a header", e))?;
+    if !entry.header().entry_type().is_file() || size > MAX_SIGNATURE_BYTES {
+        return Err(ReadError::Refused {
+            bundle: bundle.to_path_buf(),
+            entry: name,
+            why: format!("not a signature file of at most {MAX_SIGNATURE_BYTES} bytes"),
+        });
+    }
+    let mut text = String::new();
+    (&mut entry)
+        .take(size)
+        .read_to_string(&mut text)
+        .map_err(|e| stream_error(bundle, "reading the signature", e))?;
+    Ok((Some(text), None))
+}
+
+/// Reads only `ferry-bundle.json` and its signature (the first two entries) and checks the
+/// signature with `key`, before anything else of the bundle is read or trusted.
+pub fn check_signature(path: &Path, key: &super::sign::VerifyingKey) -> Result<(), ReadError> {
+    let mut archive = tar::Archive::new(tar_stream(path)?.reader);
+    let mut entries = archive
+        .entries()
+        .map_err(|source| ReadError::Io {
+            bundle: path.to_path_buf(),
+            op: "reading the archive",
+            source,
+        })?
+        .raw(true);
+    let json = index_entry(path, next_member(path, &mut entries))?;
+    let (signature, _) = signature_entry(path, next_member(path, &mut entries))?;
+    key.check(path, &json, signature.as_deref())?;
+    Ok(())
 }
 
 /// Reads `ferry-bundle.json` alone (the first entry: nothing else is read).
@@ -443,13 +532,49 @@ pub fn read_index(path: &Path) -> Result<BundleIndex, ReadError> {
             source,
         })?
         .raw(true);
-    index_entry(path, next_member(path, &mut entries))
+    parse_index(path, &index_entry(path, next_member(path, &mut entries))?)
 }
 
 /// Reads and checks a whole bundle, handing each blob to `visitor`. Nothing is
 /// trusted: entry types, paths, sizes, digests and links are all checked, and
 /// the archive must hold exactly what its index says.
 pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadError> {
+    scan_checked(path, visitor, None)
+}
+
+/// [`scan`] that, given a key, checks the signature of `ferry-bundle.json` as soon as it and its
+/// signature are read, before the index is parsed or any other entry is looked at.
+pub fn scan_checked(
+    path: &Path,
+    visitor: &mut dyn BlobVisitor,
+    key: Option<&super::sign::VerifyingKey>,
+) -> Result<Scan, ReadError> {
+    let stream = tar_stream(path)?;
+    let last_part = stream.last_part.clone();
+    scan_stream(path, visitor, key, stream).map_err(|e| match (last_part, &e) {
+        // A split bundle that ends early lost (part of) its end: name the last part found.
+        (Some(last), ReadError::Io { .. } | ReadError::Index { .. })
+            if e.to_string().contains("truncated") =>
+        {
+            PartsError::Broken {
+                why: format!(
+                    "{e}; {} is truncated, or parts after it are missing",
+                    last.display()
+                ),
+            }
+            .into()
+        }
+        _ => e,
+    })
+}
+
+/// The scan of [`scan_checked`] over an opened stream.
+fn scan_stream(
+    path: &Path,
+    visitor: &mut dyn BlobVisitor,
+    key: Option<&super::sign::VerifyingKey>,
+    stream: TarStream,
+) -> Result<Scan, ReadError> {
     let bundle = path.to_path_buf();
     let refused = |entry: &str, why: &str| ReadError::Refused {
         bundle: bundle.clone(),
@@ -461,7 +586,6 @@ pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadErro
         op,
         source,
     };
-    let stream = tar_stream(path)?;
     let stream_len = stream.len;
     let mut archive = tar::Archive::new(stream.reader);
     let mut entries = archive
@@ -469,12 +593,20 @@ pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadErro
         .map_err(|e| io("reading the archive", e))?
         .raw(true);
 
-    let index = index_entry(&bundle, next_member(&bundle, &mut entries))?;
+    let json = index_entry(&bundle, next_member(&bundle, &mut entries))?;
+    let (signature, mut pending) = signature_entry(&bundle, next_member(&bundle, &mut entries))?;
+    if let Some(key) = key {
+        key.check(&bundle, &json, signature.as_deref())?;
+    }
+    let index = parse_index(&bundle, &json)?;
     let expected: HashMap<&Digest, u64> = index.blobs.iter().map(|b| (&b.digest, b.size)).collect();
 
     let mut repos: BTreeMap<String, Repo> = BTreeMap::new();
     let mut blobs: HashMap<Digest, (u64, u64)> = HashMap::new();
-    while let Some(member) = next_member(&bundle, &mut entries) {
+    while let Some(member) = pending
+        .take()
+        .or_else(|| next_member(&bundle, &mut entries))
+    {
         let (name, mut entry) = member?;
         let kind = entry.header().entry_type();
         if kind.is_dir() {
@@ -602,6 +734,7 @@ pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadErro
         index,
         repos,
         blobs,
+        signature,
     };
     check_consistency(&bundle, &scan)?;
     Ok(scan)
@@ -661,6 +794,28 @@ fn check_consistency(bundle: &Path, s: &Scan) -> Result<(), ReadError> {
             )));
         }
     }
+    // Links the index does not account for: a repository no image of the index names, or a tag
+    // history entry other than the tag's current digest (ferry writes exactly that one).
+    let named: BTreeSet<&str> = s
+        .index
+        .images
+        .iter()
+        .map(|i| i.repository.as_str())
+        .collect();
+    for (name, r) in &s.repos {
+        if !named.contains(name.as_str()) {
+            return Err(err(format!(
+                "the archive holds repository {name}, which no image of the index names"
+            )));
+        }
+        for (tag, d) in &r.tag_index {
+            if r.tags.get(tag) != Some(d) {
+                return Err(err(format!(
+                    "the archive holds a history link of tag {name}:{tag} to {d}, which the index does not name"
+                )));
+            }
+        }
+    }
     let tagged: usize = s.repos.values().map(|r| r.tags.len()).sum();
     let indexed = s.index.images.iter().filter(|i| i.tag.is_some()).count();
     if tagged != indexed {
@@ -703,7 +858,7 @@ struct FrameCache {
 #[derive(Debug)]
 pub struct BundleFile {
     path: PathBuf,
-    file: File,
+    file: Parts,
     /// Empty for a plain tar.
     frames: Vec<Frame>,
     /// Small blobs, decompressed once by the opening scan.
@@ -753,12 +908,17 @@ impl BundleFile {
         path: &Path,
         visitor: &mut dyn BlobVisitor,
     ) -> Result<Arc<BundleFile>, ReadError> {
-        let io = |op, source| ReadError::Io {
-            bundle: path.to_path_buf(),
-            op,
-            source,
-        };
-        let file = File::open(path).map_err(|e| io("opening", e))?;
+        BundleFile::open_checked(path, visitor, None)
+    }
+
+    /// [`BundleFile::open_with`] that, given a key, refuses a bundle whose signature does not
+    /// hold before anything past `ferry-bundle.json` is read.
+    pub fn open_checked(
+        path: &Path,
+        visitor: &mut dyn BlobVisitor,
+        key: Option<&super::sign::VerifyingKey>,
+    ) -> Result<Arc<BundleFile>, ReadError> {
+        let file = Parts::open(path)?;
         let mut magic = [0u8; 4];
         let zstd = file.read_exact_at(&mut magic, 0).is_ok() && magic == ZSTD_MAGIC;
         let frames = if zstd {
@@ -775,7 +935,7 @@ impl BundleFile {
             budget: SMALL_BLOBS_BUDGET,
         };
         // The scan checks every frame against the table: a table that lies stops the open here.
-        let scan = scan(path, &mut keep)?;
+        let scan = scan_checked(path, &mut keep, key)?;
         Ok(Arc::new(BundleFile {
             path: path.to_path_buf(),
             file,
@@ -858,25 +1018,38 @@ impl BundleFile {
     }
 }
 
+/// Whether a bundle can be read in place ([`BundleFile`]): a plain tar, or zstd with a seek table.
+pub fn in_place(path: &Path) -> Result<bool, ReadError> {
+    let file = Parts::open(path)?;
+    let mut magic = [0u8; 4];
+    if file.read_exact_at(&mut magic, 0).is_err() || magic != ZSTD_MAGIC {
+        return Ok(true);
+    }
+    Ok(read_seek_table(path, &file)?.is_some())
+}
+
 /// The seek table at the end of a zstd bundle; `None` when the file has none
 /// (a plain zstd stream), an error when it has one that cannot be right.
-fn read_seek_table(path: &Path, file: &File) -> Result<Option<Vec<Frame>>, ReadError> {
+fn read_seek_table(path: &Path, file: &Parts) -> Result<Option<Vec<Frame>>, ReadError> {
     let bad = |why: &str| ReadError::Index {
         bundle: path.to_path_buf(),
         why: format!(
             "{why}: not a seekable bundle (unpack it with `ferry unbundle serve --dir DIR`)"
         ),
     };
-    let len = file
-        .metadata()
-        .map_err(|e| ReadError::Io {
-            bundle: path.to_path_buf(),
-            op: "reading metadata",
-            source: e,
-        })?
-        .len();
+    // A split bundle whose end is not a seek table lost its end: name the last part found.
+    let cut = || {
+        Err(PartsError::Broken {
+            why: format!(
+                "{}: the parts do not end where a bundle ends: this last part is truncated, or parts after it are missing",
+                file.last_part().display()
+            ),
+        }
+        .into())
+    };
+    let len = file.len();
     if len < 17 {
-        return Ok(None);
+        return if file.is_split() { cut() } else { Ok(None) };
     }
     let mut footer = [0u8; 9];
     file.read_exact_at(&mut footer, len - 9)
@@ -888,7 +1061,7 @@ fn read_seek_table(path: &Path, file: &File) -> Result<Option<Vec<Frame>>, ReadE
     let n = u32::from_le_bytes(footer[0..4].try_into().expect("4 bytes")) as u64;
     let descriptor = footer[4];
     if u32::from_le_bytes(footer[5..9].try_into().expect("4 bytes")) != SEEKABLE_MAGIC {
-        return Ok(None);
+        return if file.is_split() { cut() } else { Ok(None) };
     }
     let entry = if descriptor & 0x80 != 0 { 12 } else { 8 };
     let table_len = 8 + n * entry + 9;
@@ -924,6 +1097,9 @@ fn read_seek_table(path: &Path, file: &File) -> Result<Option<Vec<Frame>>, ReadE
         d += ds;
     }
     if c + table_len != len {
+        if file.is_split() {
+            return cut();
+        }
         return Err(bad("frame sizes do not add up to the file size"));
     }
     Ok(Some(frames))

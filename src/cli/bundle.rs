@@ -70,6 +70,13 @@ pub struct BundleArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
+    /// Sign ferry-bundle.json with this minisign secret key (from `ferry keygen`; unencrypted, so
+    /// a pipeline signs without a prompt): inside the bundle and beside it as OUTPUT.minisig.
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
+    /// Write OUTPUT.000, OUTPUT.001, … each at most SIZE (4G, 512M, 100k or bytes; `cat` of them is the bundle).
+    #[arg(long, value_name = "SIZE", value_parser = super::size_parser)]
+    split_size: Option<u64>,
 }
 
 fn default_cache() -> anyhow::Result<PathBuf> {
@@ -198,6 +205,12 @@ fn run_inner(
         jobs: a.jobs.max(1),
         keep_going: a.keep_going,
         mtime: source_date_epoch()?,
+        // The key is read before anything is resolved: a wrong path fails now, not after the downloads.
+        sign: match &a.sign {
+            Some(k) => Some(Arc::new(crate::bundlefile::sign::SigningKey::load(k)?)),
+            None => None,
+        },
+        split_size: a.split_size,
     };
     let progress = super::progress::bar(g.quiet || g.debug, "bundle");
     let result = super::runtime()?.block_on(bundle(

@@ -120,6 +120,8 @@ pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
             jobs: crate::limits::DEFAULT_JOBS,
             keep_going: false,
             mtime: 0,
+            sign: None,
+            split_size: None,
         };
         let s = bundle(&entries, &opts, Arc::new(NoProgress)).await?;
         say(format!(

@@ -9,10 +9,7 @@ use anyhow::bail;
 use super::out::outln;
 use super::{GlobalArgs, human_bytes};
 use crate::digest::Digest;
-use crate::image::{Selection, WalkOptions};
-use crate::manifest::RawManifest;
 use crate::store::Store;
-use crate::transport::catalog::Catalog;
 
 /// Flags of `ferry ls`.
 #[derive(Debug, clap::Args)]
@@ -24,32 +21,46 @@ pub struct LsArgs {
     json: bool,
 }
 
-/// One image, as both kinds of input list it.
-struct Row {
-    repository: String,
-    tag: Option<String>,
-    digest: Digest,
+/// One image, as both kinds of input list it (`ls` prints these; `diff` compares them).
+pub(super) struct Row {
+    pub(super) repository: String,
+    pub(super) tag: Option<String>,
+    pub(super) digest: Digest,
     media_type: String,
-    platforms: Vec<String>,
+    pub(super) platforms: Vec<String>,
     size: u64,
     /// Bundles only: the `##section` and the reference as written.
     section: Option<String>,
     source: Option<String>,
+    /// Every blob file the image needs (manifests, configs, layers) with its size.
+    pub(super) blobs: Vec<(Digest, u64)>,
+}
+
+impl Row {
+    /// `repo:tag`, or `repo@digest` for an untagged image.
+    pub(super) fn image(&self) -> String {
+        match &self.tag {
+            Some(t) => format!("{}:{t}", self.repository),
+            None => format!("{}@{}", self.repository, self.digest),
+        }
+    }
+}
+
+/// The images of a root directory or a bundle file, walked the same way for both.
+pub(super) fn rows(path: &std::path::Path) -> anyhow::Result<Vec<Row>> {
+    super::must_exist(path)?;
+    if path.is_file() {
+        bundle_rows(path)
+    } else {
+        root_rows(path)
+    }
 }
 
 /// Lists a root's or a bundle's images; a missing path is "no such file".
 pub fn run(_g: &GlobalArgs, a: LsArgs) -> anyhow::Result<ExitCode> {
-    super::must_exist(&a.root)?;
-    let rows = if a.root.is_file() {
-        bundle_rows(&a)?
-    } else {
-        root_rows(&a)?
-    };
+    let rows = rows(&a.root)?;
     for r in &rows {
-        let image = match &r.tag {
-            Some(t) => format!("{}:{t}", r.repository),
-            None => format!("{}@{}", r.repository, r.digest),
-        };
+        let image = r.image();
         if a.json {
             outln!(
                 "{}",
@@ -73,12 +84,12 @@ pub fn run(_g: &GlobalArgs, a: LsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn root_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
-    let store = Store::open(&a.root);
+fn root_rows(root: &std::path::Path) -> anyhow::Result<Vec<Row>> {
+    let store = Store::open(root);
     if !store.exists() {
         bail!(
             "{}: not a registry root (no docker/registry/v2 directory)",
-            a.root.display()
+            root.display()
         );
     }
     let mut rows = Vec::new();
@@ -114,8 +125,12 @@ fn row(
             }
         })
         .collect();
-    let size = w.manifests().map(|m| m.bytes().len() as u64).sum::<u64>()
-        + w.blobs.iter().map(|b| b.size).sum::<u64>();
+    let blobs: Vec<(Digest, u64)> = w
+        .manifests()
+        .map(|m| (m.digest().clone(), m.bytes().len() as u64))
+        .chain(w.blobs.iter().map(|b| (b.digest.clone(), b.size)))
+        .collect();
+    let size = blobs.iter().map(|(_, s)| s).sum();
     Row {
         repository,
         tag,
@@ -125,37 +140,21 @@ fn row(
         size,
         section: None,
         source: None,
+        blobs,
     }
 }
 
 /// A bundle read in place: its structure once (no hashing), then each image's manifests from their frames.
-fn bundle_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
+fn bundle_rows(path: &std::path::Path) -> anyhow::Result<Vec<Row>> {
     let bundle = crate::bundlefile::read::BundleFile::open_with(
-        &a.root,
+        path,
         &mut crate::bundlefile::read::StructureOnly,
     )?;
     let index = bundle.scan.index.clone();
     let catalog = crate::transport::bundle::Bundles(vec![bundle]);
     let mut rows = Vec::new();
     for img in &index.images {
-        let reader = InRepo {
-            catalog: &catalog,
-            repo: &img.repository,
-        };
-        let top = catalog
-            .manifest(&img.repository, &img.digest)?
-            .ok_or_else(|| {
-                anyhow::anyhow!("{}: manifest {} missing", img.repository, img.digest)
-            })?;
-        let w = crate::image::walk_now(
-            &reader,
-            top,
-            &WalkOptions {
-                selection: Selection::All,
-                allow_absent: true,
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("{}@{}: {e}", img.repository, img.digest))?;
+        let w = catalog.walk_image(&img.repository, &img.digest)?;
         let mut r = row(
             img.repository.clone(),
             img.tag.clone(),
@@ -170,22 +169,6 @@ fn bundle_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
         eprintln!("not in this bundle: {}: {}", f.image, f.cause);
     }
     Ok(rows)
-}
-
-/// One repository of a bundle, as the image walk reads manifests.
-struct InRepo<'a> {
-    catalog: &'a crate::transport::bundle::Bundles,
-    repo: &'a str,
-}
-
-impl crate::image::Manifests for InRepo<'_> {
-    type Error = crate::store::StoreError;
-    fn manifest(
-        &self,
-        digest: &Digest,
-    ) -> impl std::future::Future<Output = Result<Option<RawManifest>, Self::Error>> + Send {
-        std::future::ready(self.catalog.manifest(self.repo, digest))
-    }
 }
 
 /// The platforms column: a comma-separated list, or `-` for a single-platform image.

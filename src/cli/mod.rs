@@ -5,8 +5,10 @@ mod bundle;
 mod copy;
 mod delete;
 mod demo;
+mod diff;
 mod fixtures;
 mod inspect;
+mod keygen;
 mod list_tags;
 mod login;
 mod ls;
@@ -150,6 +152,37 @@ fn duration_parser(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// A size as `--split-size` takes it: plain bytes, or a number with k, M, G, T (powers of 1024; an
+/// optional trailing `B`/`iB`, any case), at least 1 byte.
+pub fn size_parser(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a size (examples: 4G, 512M, 100k, or bytes)");
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix("ib"))
+        .or_else(|| t.strip_suffix(['B', 'b']))
+        .unwrap_or(t);
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_lowercase() {
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                _ => return Err(bad()),
+            };
+            (&t[..i], 1u64 << shift)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let v = n.checked_mul(mul).ok_or_else(bad)?;
+    if v == 0 {
+        return Err("must be at least 1 byte".to_string());
+    }
+    Ok(v)
+}
+
 /// `--jobs` and `--max-per-host`: a whole number of at least 1 (0 would do nothing, so it is a usage error).
 fn jobs_parser() -> fn(&str) -> Result<usize, String> {
     |s| match s.parse::<usize>() {
@@ -185,6 +218,10 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// List the images of a root: repositories, tags, digests, platforms, sizes.
     Ls(ls::LsArgs),
+    /// What bundle or root B changes against A: images added, removed, retagged; blobs and bytes B adds.
+    Diff(diff::DiffArgs),
+    /// Make a minisign key pair (NAME.key, NAME.pub) for `bundle --sign` and `--key`.
+    Keygen(keygen::KeygenArgs),
     /// Print the sha256 digest of a manifest file, as a registry would compute it.
     ManifestDigest(manifest_digest::ManifestDigestArgs),
     /// The main job end to end on built-in images, no network needed.
@@ -242,6 +279,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(g, a),
         Command::Verify(a) => verify::run(g, a),
         Command::Ls(a) => ls::run(g, a),
+        Command::Diff(a) => diff::run(g, a),
+        Command::Keygen(a) => keygen::run(g, a),
         Command::ManifestDigest(a) => manifest_digest::run(a),
         Command::Demo(a) => demo::run(g, a),
         Command::Fixtures(a) => fixtures::run(g, a),
@@ -323,6 +362,14 @@ fn must_exist(p: &std::path::Path) -> anyhow::Result<()> {
     match std::fs::symlink_metadata(p) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let first = crate::bundlefile::parts::part_path(p, 0);
+            if first.is_file() {
+                anyhow::bail!(
+                    "{}: no such file; a split bundle is named by its first part: {}",
+                    p.display(),
+                    first.display()
+                )
+            }
             anyhow::bail!("{}: no such file or directory", p.display())
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("{}", p.display()))),
@@ -388,6 +435,20 @@ fn read_password(prompt: &str) -> anyhow::Result<String> {
 mod tests {
     use super::duration_parser;
     use std::time::Duration;
+
+    #[test]
+    fn sizes_read_with_binary_units() {
+        use super::size_parser;
+        assert_eq!(size_parser("100"), Ok(100));
+        assert_eq!(size_parser("100k"), Ok(100 * 1024));
+        assert_eq!(size_parser("512M"), Ok(512 << 20));
+        assert_eq!(size_parser("4G"), Ok(4 << 30));
+        assert_eq!(size_parser("4GiB"), Ok(4 << 30));
+        assert_eq!(size_parser("2KB"), Ok(2048));
+        for bad in ["", "0", "k", "4X", "-1", "1.5G", "99999999999T"] {
+            assert!(size_parser(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn durations_read_as_go_writes_them() {

@@ -58,6 +58,9 @@ struct PushArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
+    /// The bundle must be signed with this minisign public key, checked before anything is pushed.
+    #[arg(long, value_name = "PUB")]
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +73,9 @@ struct ServeArgs {
     /// Unpack into this root first (verified) and serve that, instead of reading the bundles in place; pushes go there.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Every bundle must be signed with this minisign public key, checked before anything is served or unpacked.
+    #[arg(long, value_name = "PUB")]
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +91,29 @@ struct LinkArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
+    /// The bundle must be signed with this minisign public key, checked before anything is written.
+    #[arg(long, value_name = "PUB")]
+    key: Option<PathBuf>,
+}
+
+/// With `--key`, checks each bundle's signature (reading only its first two entries) before any
+/// other use of it; a root directory has no signature to check, so `--key` with one is refused.
+fn check_keys(key: &Option<PathBuf>, sources: &[PathBuf]) -> anyhow::Result<()> {
+    let Some(key) = super::verify::load_key(key)? else {
+        return Ok(());
+    };
+    for s in sources {
+        super::must_exist(s)?;
+        if s.is_dir() {
+            return Err(super::UsageError(format!(
+                "--key checks a bundle's signature; {} is a directory (a registry root)",
+                s.display()
+            ))
+            .into());
+        }
+        crate::bundlefile::read::check_signature(s, &key)?;
+    }
+    Ok(())
 }
 
 /// Runs `ferry unbundle`; with `--json`, `link` and `push` print a JSON document whatever the outcome.
@@ -118,6 +147,8 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
     for s in &a.sources {
         super::must_exist(s)?;
     }
+    check_keys(&a.key, &a.sources)?;
+    let key = super::verify::load_key(&a.key)?;
     if a.sources.len() == 1 && a.sources[0].is_dir() {
         if a.dir.is_some() {
             bail!(
@@ -150,12 +181,19 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let mut bundles = Vec::new();
     for b in &sources {
-        bundles.push(BundleFile::open(b)?);
+        // The opening scan checks the signature again on the very bytes it serves.
+        bundles.push(BundleFile::open_checked(
+            b,
+            &mut crate::bundlefile::read::HashOnly,
+            key.as_ref(),
+        )?);
     }
     check_tags_agree(bundles.iter().map(|b| (b.path(), &b.scan.index)))?;
     let images = distinct_images(bundles.iter().map(|b| &b.scan.index));
     let what = format!("{} bundle(s), {images} images, in place", bundles.len());
-    super::serve::listen_and_serve(g, &a.server, opts, &what, Bundles(bundles))
+    let bundles = Bundles(bundles);
+    bundles.check_links()?;
+    super::serve::listen_and_serve(g, &a.server, opts, &what, bundles)
 }
 
 fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
@@ -163,6 +201,7 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
     if !a.bundle.is_file() {
         bail!("{}: not a bundle file", a.bundle.display());
     }
+    check_keys(&a.key, std::slice::from_ref(&a.bundle))?;
     let index = crate::bundlefile::read_index(&a.bundle)?;
     let bar = super::progress::bar(g.quiet || g.debug, "link");
     {
@@ -207,6 +246,8 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
 fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
     use crate::copy::{CopyOptions, MultiArch};
     super::must_exist(&a.source)?;
+    check_keys(&a.key, std::slice::from_ref(&a.source))?;
+    let key = super::verify::load_key(&a.key)?;
     let (host, prefix) = match a.dest.split_once('/') {
         Some((h, p)) => (h.to_string(), Some(p.trim_end_matches('/').to_string())),
         None => (a.dest.clone(), None),
@@ -265,9 +306,14 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         rt.block_on(crate::copy::copy_all(jobs, &opts, bar.as_ref()))
     } else {
         // The target checks every blob's digest as it receives it, so the bundle is not hashed twice here.
-        let bundle = BundleFile::open_with(&a.source, &mut crate::bundlefile::read::StructureOnly)?;
+        let bundle = BundleFile::open_checked(
+            &a.source,
+            &mut crate::bundlefile::read::StructureOnly,
+            key.as_ref(),
+        )?;
         let images = bundle.scan.index.images.clone();
         let catalog = std::sync::Arc::new(Bundles(vec![bundle]));
+        catalog.check_links()?;
         let mut jobs = Vec::new();
         for i in images {
             let name = format!(

@@ -53,6 +53,121 @@ impl Bundles {
     }
 }
 
+/// One repository of the bundles, as the image walk reads manifests.
+struct InRepo<'a> {
+    catalog: &'a Bundles,
+    repo: &'a str,
+}
+
+impl crate::image::Manifests for InRepo<'_> {
+    type Error = StoreError;
+    fn manifest(
+        &self,
+        digest: &Digest,
+    ) -> impl std::future::Future<Output = Result<Option<RawManifest>, Self::Error>> + Send {
+        std::future::ready(self.catalog.manifest(self.repo, digest))
+    }
+}
+
+/// Why an image of a bundle could not be walked, or a link it holds is not one of its images'.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleImageError {
+    /// The top manifest is not linked in its repository.
+    #[error("{repo}: manifest {digest} missing")]
+    Missing {
+        /// The repository.
+        repo: String,
+        /// The manifest.
+        digest: Digest,
+    },
+    /// The walk failed.
+    #[error("{repo}@{digest}: {source}")]
+    Walk {
+        /// The repository.
+        repo: String,
+        /// The top manifest.
+        digest: Digest,
+        /// Why.
+        source: Box<crate::image::WalkError>,
+    },
+    /// A link no image of `ferry-bundle.json` needs (ferry never writes one).
+    #[error("{}: repository {repo} links {digest}, which none of its images in ferry-bundle.json needs", bundle.display())]
+    Unclaimed {
+        /// The bundle.
+        bundle: std::path::PathBuf,
+        /// The repository.
+        repo: String,
+        /// The linked blob or manifest.
+        digest: Digest,
+    },
+}
+
+impl Bundles {
+    /// The one image walk over an image of these bundles (every platform; absent children allowed).
+    pub fn walk_image(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<crate::image::ImageWalk, BundleImageError> {
+        let top = self.manifest(repo, digest).ok().flatten().ok_or_else(|| {
+            BundleImageError::Missing {
+                repo: repo.to_string(),
+                digest: digest.clone(),
+            }
+        })?;
+        crate::image::walk_now(
+            &InRepo {
+                catalog: self,
+                repo,
+            },
+            top,
+            &crate::image::WalkOptions {
+                selection: crate::image::Selection::All,
+                allow_absent: true,
+            },
+        )
+        .map_err(|source| BundleImageError::Walk {
+            repo: repo.to_string(),
+            digest: digest.clone(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Every layer and revision link of each bundle is one its index's images need (by the walk):
+    /// so `ferry-bundle.json`, and a signature of it, accounts for everything a server would answer.
+    pub fn check_links(&self) -> Result<(), BundleImageError> {
+        for b in &self.0 {
+            let one = Bundles(vec![b.clone()]);
+            let mut needed: std::collections::BTreeMap<&str, std::collections::BTreeSet<Digest>> =
+                Default::default();
+            for img in &b.scan.index.images {
+                let w = one.walk_image(&img.repository, &img.digest)?;
+                needed.entry(&img.repository).or_default().extend(
+                    w.manifests()
+                        .map(|m| m.digest().clone())
+                        .chain(w.blobs.iter().map(|d| d.digest.clone())),
+                );
+            }
+            for (repo, r) in &b.scan.repos {
+                let need = needed.get(repo.as_str());
+                if let Some(d) = r
+                    .layers
+                    .iter()
+                    .chain(&r.revisions)
+                    .find(|d| !need.is_some_and(|n| n.contains(*d)))
+                {
+                    return Err(BundleImageError::Unclaimed {
+                        bundle: b.path().to_path_buf(),
+                        repo: repo.clone(),
+                        digest: d.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Catalog for Bundles {
     fn repositories(&self) -> Result<Vec<String>, StoreError> {
         let mut all: Vec<String> = self

@@ -10,6 +10,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod oracle;
+mod release;
 mod serve;
 mod serve_secure;
 mod serve_push;
