@@ -403,7 +403,7 @@ fn pax_path(data: &[u8]) -> Result<Option<Vec<u8>>, String> {
 fn index_entry(
     bundle: &Path,
     first: Option<Result<Member<'_>, ReadError>>,
-) -> Result<BundleIndex, ReadError> {
+) -> Result<(BundleIndex, Vec<u8>), ReadError> {
     let index_err = |why: String| ReadError::Index {
         bundle: bundle.to_path_buf(),
         why,
@@ -429,11 +429,17 @@ fn index_entry(
         .take(size)
         .read_to_end(&mut json)
         .map_err(|e| stream_error(bundle, "reading the index", e))?;
-    serde_json::from_slice(&json).map_err(|e| index_err(e.to_string()))
+    let index = serde_json::from_slice(&json).map_err(|e| index_err(e.to_string()))?;
+    Ok((index, json))
 }
 
 /// Reads `ferry-bundle.json` alone (the first entry: nothing else is read).
 pub fn read_index(path: &Path) -> Result<BundleIndex, ReadError> {
+    read_index_bytes(path).map(|(index, _)| index)
+}
+
+/// Reads `ferry-bundle.json` alone with its exact bytes (a delta names its base by their digest).
+pub fn read_index_bytes(path: &Path) -> Result<(BundleIndex, Vec<u8>), ReadError> {
     let mut archive = tar::Archive::new(tar_stream(path)?.reader);
     let mut entries = archive
         .entries()
@@ -469,7 +475,7 @@ pub fn scan(path: &Path, visitor: &mut dyn BlobVisitor) -> Result<Scan, ReadErro
         .map_err(|e| io("reading the archive", e))?
         .raw(true);
 
-    let index = index_entry(&bundle, next_member(&bundle, &mut entries))?;
+    let (index, _) = index_entry(&bundle, next_member(&bundle, &mut entries))?;
     let expected: HashMap<&Digest, u64> = index.blobs.iter().map(|b| (&b.digest, b.size)).collect();
 
     let mut repos: BTreeMap<String, Repo> = BTreeMap::new();
@@ -621,6 +627,8 @@ fn check_consistency(bundle: &Path, s: &Scan) -> Result<(), ReadError> {
             )));
         }
     }
+    // A delta's links may also reach the blobs it leaves out (its base carries them).
+    let left_out = super::delta::left_out_set(&s.index);
     for (name, r) in &s.repos {
         for d in r
             .layers
@@ -629,7 +637,7 @@ fn check_consistency(bundle: &Path, s: &Scan) -> Result<(), ReadError> {
             .chain(r.tags.values())
             .chain(r.tag_index.iter().map(|(_, d)| d))
         {
-            if !s.blobs.contains_key(d) {
+            if !s.blobs.contains_key(d) && !left_out.contains(d) {
                 return Err(err(format!(
                     "repository {name} links {d}, which the archive does not hold"
                 )));

@@ -115,6 +115,7 @@ pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
             jobs: crate::limits::DEFAULT_JOBS,
             keep_going: false,
             mtime: 0,
+            since: None,
         };
         let s = bundle(&entries, &opts, Arc::new(NoProgress)).await?;
         say(format!(

@@ -137,11 +137,49 @@ fn bundle_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
     let index = bundle.scan.index.clone();
     let catalog = crate::transport::bundle::Bundles(vec![bundle]);
     let mut rows = Vec::new();
+    let left_out = crate::bundlefile::delta::left_out(&index);
+    if let Some(s) = &index.since {
+        eprintln!(
+            "{}: a delta of {} ({}): {} blob(s) ({}) left out, to be found in its base",
+            a.root.display(),
+            s.name,
+            s.index_digest,
+            left_out.len(),
+            human_bytes(left_out.iter().map(|l| l.size).sum())
+        );
+    }
     for img in &index.images {
         let reader = InRepo {
             catalog: &catalog,
             repo: &img.repository,
         };
+        // An image the delta leaves out whole (unchanged since the base): its row from the index.
+        if left_out.iter().any(|l| l.digest == img.digest) {
+            let name = match &img.tag {
+                Some(t) => format!("{}:{t}", img.repository),
+                None => format!("{}@{}", img.repository, img.digest),
+            };
+            rows.push(Row {
+                repository: img.repository.clone(),
+                tag: img.tag.clone(),
+                digest: img.digest.clone(),
+                media_type: img.media_type.clone(),
+                platforms: img
+                    .platforms
+                    .iter()
+                    .filter(|p| p.present)
+                    .map(|p| p.platform.clone())
+                    .collect(),
+                size: left_out
+                    .iter()
+                    .filter(|l| l.images.contains(&name))
+                    .map(|l| l.size)
+                    .sum(),
+                section: img.section.clone(),
+                source: Some(img.source.clone()),
+            });
+            continue;
+        }
         let top = catalog
             .manifest(&img.repository, &img.digest)?
             .ok_or_else(|| {

@@ -2,6 +2,7 @@
 //! library calls and prints results; none touches files or the network itself.
 
 mod bundle;
+mod cache;
 mod copy;
 mod delete;
 mod demo;
@@ -185,6 +186,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// List the images of a root: repositories, tags, digests, platforms, sizes.
     Ls(ls::LsArgs),
+    /// The bundle cache: list the bundle runs it records, prune old records, gc unused blobs.
+    Cache(cache::CacheArgs),
     /// Print the sha256 digest of a manifest file, as a registry would compute it.
     ManifestDigest(manifest_digest::ManifestDigestArgs),
     /// The main job end to end on built-in images, no network needed.
@@ -242,6 +245,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::run(g, a),
         Command::Verify(a) => verify::run(g, a),
         Command::Ls(a) => ls::run(g, a),
+        Command::Cache(a) => cache::run(g, a),
         Command::ManifestDigest(a) => manifest_digest::run(a),
         Command::Demo(a) => demo::run(g, a),
         Command::Fixtures(a) => fixtures::run(g, a),

@@ -1,5 +1,7 @@
 //! Serving bundle files in place: several bundles merge into one registry
-//! (the first bundle that has a tag, manifest or blob answers for it).
+//! (the first bundle that has a tag answers for it; a manifest or blob that any
+//! bundle links in a repository is served from any bundle that holds it, as if
+//! all were extracted into one root, which is how a delta and its base serve).
 //! Manifests and small blobs come from memory (kept by the opening scan);
 //! larger blobs from frames decompressed once and shared by every reader.
 
@@ -53,6 +55,25 @@ impl Bundles {
     }
 }
 
+impl Bundles {
+    /// The bundle holding `digest`, when some bundle links it in `repo` (`revision` or layer link).
+    fn holder(&self, repo: &str, digest: &Digest, revision: bool) -> Option<&Arc<BundleFile>> {
+        let linked = self.0.iter().any(|b| {
+            b.scan.repos.get(repo).is_some_and(|r| {
+                if revision {
+                    r.revisions.contains(digest)
+                } else {
+                    r.layers.contains(digest)
+                }
+            })
+        });
+        if !linked {
+            return None;
+        }
+        self.0.iter().find(|b| b.scan.blobs.contains_key(digest))
+    }
+}
+
 impl Catalog for Bundles {
     fn repositories(&self) -> Result<Vec<String>, StoreError> {
         let mut all: Vec<String> = self
@@ -87,12 +108,7 @@ impl Catalog for Bundles {
     }
 
     fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<RawManifest>, StoreError> {
-        let Some(b) = self.0.iter().find(|b| {
-            b.scan
-                .repos
-                .get(repo)
-                .is_some_and(|r| r.revisions.contains(digest))
-        }) else {
+        let Some(b) = self.holder(repo, digest, true) else {
             return Ok(None);
         };
         let bytes = Self::read_blob(b, digest)?;
@@ -105,25 +121,53 @@ impl Catalog for Bundles {
     }
 
     fn blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLocation>, StoreError> {
-        Ok(self
-            .0
-            .iter()
-            .find(|b| {
-                b.scan
-                    .repos
-                    .get(repo)
-                    .is_some_and(|r| r.layers.contains(digest))
-            })
-            .map(|b| {
-                let (offset, size) = b.scan.blobs[digest];
-                BlobLocation {
-                    size,
-                    source: Arc::new(InBundle {
-                        bundle: b.clone(),
-                        offset,
-                        small: b.small_blob(digest),
-                    }),
-                }
-            }))
+        Ok(self.holder(repo, digest, false).map(|b| {
+            let (offset, size) = b.scan.blobs[digest];
+            BlobLocation {
+                size,
+                source: Arc::new(InBundle {
+                    bundle: b.clone(),
+                    offset,
+                    small: b.small_blob(digest),
+                }),
+            }
+        }))
+    }
+}
+
+/// Bundles plus manifests fetched from elsewhere (a delta's left-out manifests, read back from
+/// the push target), so an image whose manifests the delta leaves out can still be re-tagged.
+pub struct WithManifests {
+    /// The bundles.
+    pub bundles: Bundles,
+    /// (repository in the bundle, digest) → the manifest.
+    pub manifests: std::collections::HashMap<(String, Digest), RawManifest>,
+}
+
+impl Catalog for WithManifests {
+    fn repositories(&self) -> Result<Vec<String>, StoreError> {
+        self.bundles.repositories()
+    }
+
+    fn tags(&self, repo: &str) -> Result<Option<Vec<String>>, StoreError> {
+        self.bundles.tags(repo)
+    }
+
+    fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, StoreError> {
+        self.bundles.resolve_tag(repo, tag)
+    }
+
+    fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<RawManifest>, StoreError> {
+        match self.bundles.manifest(repo, digest)? {
+            Some(m) => Ok(Some(m)),
+            None => Ok(self
+                .manifests
+                .get(&(repo.to_string(), digest.clone()))
+                .cloned()),
+        }
+    }
+
+    fn blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLocation>, StoreError> {
+        self.bundles.blob(repo, digest)
     }
 }

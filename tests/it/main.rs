@@ -5,6 +5,7 @@ mod bundle;
 mod cli;
 mod clients;
 mod copy;
+mod delta;
 mod faults;
 mod harness;
 mod hostile;
