@@ -177,3 +177,38 @@ pub fn check(
         missing: missing.iter().map(|l| l.digest.clone()).collect(),
     })
 }
+
+/// Orders bundles served together so that a delta comes before its base (and a delta of that
+/// delta before it): the first bundle with a tag answers for it, so the newest release's tags win.
+pub fn newest_first(
+    bundles: &mut [std::sync::Arc<super::read::BundleFile>],
+) -> Result<(), ReadError> {
+    let mut ids = Vec::with_capacity(bundles.len());
+    for b in bundles.iter() {
+        let (_, bytes) = read_index_bytes(b.path())?;
+        ids.push(Digest::sha256_of(&bytes));
+    }
+    let base_of = |i: usize| {
+        let since = bundles[i].scan.index.since.as_ref()?;
+        ids.iter().position(|d| d == &since.index_digest)
+    };
+    // How many releases lie below each bundle among those given (a cycle cannot be longer than the list).
+    let depth: Vec<usize> = (0..bundles.len())
+        .map(|mut i| {
+            let mut n = 0;
+            while let Some(j) = base_of(i) {
+                n += 1;
+                i = j;
+                if n > bundles.len() {
+                    break;
+                }
+            }
+            n
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..bundles.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(depth[i]));
+    let sorted: Vec<_> = order.iter().map(|&i| bundles[i].clone()).collect();
+    bundles.clone_from_slice(&sorted);
+    Ok(())
+}

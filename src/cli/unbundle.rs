@@ -149,6 +149,7 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
     for b in &a.sources {
         bundles.push(BundleFile::open(b)?);
     }
+    crate::bundlefile::delta::newest_first(&mut bundles)?;
     // A delta serves only together with its base: its left-out blobs must be in another bundle given.
     for (i, b) in bundles.iter().enumerate() {
         let hint = match &b.scan.index.since {
