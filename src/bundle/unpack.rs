@@ -45,7 +45,7 @@ pub enum LinkError {
     },
     /// A delta whose left-out blobs are in neither the root nor `--base` (checked before writing).
     #[error(transparent)]
-    Missing(#[from] crate::bundlefile::delta::Missing),
+    Missing(#[from] Box<crate::bundlefile::delta::Missing>),
     /// `--no-clobber` and a tag would move.
     #[error(
         "{}:{} is {} in {}, the bundle has {}; refusing to move it (--no-clobber)",

@@ -136,7 +136,7 @@ pub fn check(
     place: &str,
     hint: &str,
     present: &mut dyn FnMut(&LeftOut) -> bool,
-) -> Result<(), Missing> {
+) -> Result<(), Box<Missing>> {
     let Some(since) = &index.since else {
         return Ok(());
     };
@@ -164,7 +164,7 @@ pub fn check(
     if by_image.len() > NAMED {
         parts.push(format!("and {} more image(s)", by_image.len() - NAMED));
     }
-    Err(Missing {
+    Err(Box::new(Missing {
         delta: delta.to_path_buf(),
         base: Box::new(DeltaBase {
             left_out: Vec::new(),
@@ -175,7 +175,7 @@ pub fn check(
         per_image: parts.join("; "),
         hint: hint.to_string(),
         missing: missing.iter().map(|l| l.digest.clone()).collect(),
-    })
+    }))
 }
 
 /// Orders bundles served together so that a delta comes before its base (and a delta of that

@@ -424,6 +424,8 @@ mod tests {
                 "/r/docker/registry/v2/repositories/a/_uploads".into(),
             ),
             (PathSpec::Temp, "/r/.ferry-tmp".into()),
+            (PathSpec::CacheLock, "/r/.ferry-cache/lock".into()),
+            (PathSpec::CacheRuns, "/r/.ferry-cache/runs".into()),
         ];
         for (spec, want) in table {
             assert_eq!(path_for(root, spec), PathBuf::from(&want), "{spec:?}");
