@@ -88,7 +88,7 @@ fn root_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
                 continue;
             };
             let w = store.walk(&digest)?;
-            rows.push(row(repo.clone(), Some(tag), digest, &w));
+            rows.push(row(repo.clone(), Some(tag), digest, &w, &|_| false));
         }
     }
     Ok(rows)
@@ -96,11 +96,13 @@ fn root_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
 
 /// A row from an image's walk: platforms of the top index's children (absent ones marked), and
 /// the bytes of its manifests, configs and layers.
+/// `in_base` names the children a delta bundle leaves out (marked so, not absent).
 fn row(
     repository: String,
     tag: Option<String>,
     digest: Digest,
     w: &crate::image::ImageWalk,
+    in_base: &dyn Fn(&Digest) -> bool,
 ) -> Row {
     let platforms: Vec<String> = w
         .children
@@ -109,6 +111,8 @@ fn row(
         .map(|c| {
             if c.manifest.is_some() {
                 c.platform_label()
+            } else if in_base(&c.descriptor.digest) {
+                format!("{} (in base)", c.platform_label())
             } else {
                 format!("{} (absent)", c.platform_label())
             }
@@ -199,6 +203,7 @@ fn bundle_rows(a: &LsArgs) -> anyhow::Result<Vec<Row>> {
             img.tag.clone(),
             img.digest.clone(),
             &w,
+            &|d| left_out.iter().any(|l| &l.digest == d),
         );
         r.section = img.section.clone();
         r.source = Some(img.source.clone());
