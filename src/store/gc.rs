@@ -95,3 +95,44 @@ impl Store {
         fs::remove_dir_all(&to).map_err(StoreError::io("removing", &to))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_keeps_what_is_kept_and_leaves_no_dangling_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap().with_durable(false);
+        let corpus = crate::fixtures::generate(crate::fixtures::Preset::Tiny, &store).unwrap();
+        let kept = &corpus.images[0];
+        let w = store.walk(&kept.digest).unwrap();
+        let keep: HashSet<Digest> = w
+            .manifests()
+            .map(|m| m.digest().clone())
+            .chain(w.blobs.iter().map(|b| b.digest.clone()))
+            .collect();
+        let r = store.collect_garbage(&keep).unwrap();
+        assert!(r.blobs_removed > 0 && r.links_removed > 0, "{r:?}");
+        assert_eq!(r.blobs_kept, keep.len());
+        let v = store.verify().unwrap();
+        assert!(v.faults.is_empty(), "{:?}", v.faults);
+        // The kept image still resolves by its tag; others' tags went with their manifests.
+        assert_eq!(
+            store.resolve_tag(&kept.repository, &kept.tag).unwrap(),
+            Some(kept.digest.clone())
+        );
+        let gone = corpus
+            .images
+            .iter()
+            .find(|i| !keep.contains(&i.digest))
+            .unwrap();
+        assert_eq!(
+            store.resolve_tag(&gone.repository, &gone.tag).unwrap(),
+            None
+        );
+        // Nothing left in the temp area.
+        let tmp = store.path(PathSpec::Temp);
+        assert!(fs::read_dir(&tmp).map(|d| d.count() == 0).unwrap_or(true));
+    }
+}
