@@ -69,7 +69,7 @@ struct PushArgs {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Bundle files (merged into one registry), or one registry root directory.
+    /// Bundle files (merged into one registry; a delta bundle only together with its base, whose tags it overrides), or one registry root directory.
     #[arg(required = true)]
     sources: Vec<PathBuf>,
     /// Address to listen on; port 0 picks a free one (the address is printed).
