@@ -637,7 +637,8 @@ fn derive_manifest(
         .map_err(|source| FixtureError::Io { id, source })?;
     let mut config: serde_json::Value =
         serde_json::from_slice(&config_bytes).expect("fixture config is JSON");
-    let layer = make_layer(store, PATCH_SEED, id, 48 * 1024 + 4096 * id)?;
+    // About what a rebuilt application layer brings: 1 MiB and more, half of it incompressible.
+    let layer = make_layer(store, PATCH_SEED, id, (1 << 20) + (256 << 10) * id)?;
     if let Some(ids) = config["rootfs"]["diff_ids"].as_array_mut() {
         ids.push(json!(layer.diff_id.to_string()));
     }
