@@ -27,6 +27,9 @@
 #                                     CPU seconds of server and client, per server, and the ratios
 #   scripts/bench.sh push-serve [WORK] skopeo copy --all of every tag of the corpus (served by ferry serve, read-only)
 #                                     into ferry serve --allow-push vs into docker-registry, each over a fresh empty root
+#   scripts/bench.sh delta [WORK]     the next release (CHANGED images changed, default 5; 2 added, 1 removed):
+#                                     size and time of bundle --since OLD vs the full bundle vs plain tar | zstd of
+#                                     just the new blobs; link time of the delta (and of the full) into a root holding OLD
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated corpus between runs; PRESET=small|medium
 # (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show; `tiny` for tests of this script).
@@ -498,5 +501,56 @@ push-serve)
   echo "  ferry serve --allow-push ${t_fer}s"
   echo "  speed-up ferry/docker-registry: $(ratio "$t_reg" "$t_fer")x"
   ;;
-*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs|inspect|sync|serve-load|push-serve [WORK]" >&2; exit 2 ;;
+delta)
+  for t in zstd tar; do command -v "$t" >/dev/null || { echo "bench needs $t" >&2; exit 1; }; done
+  # The next release: CHANGED (default 5) images with a new layer, 2 added, 1 removed (ferry fixtures --patch).
+  CHANGED="${CHANGED:-5}"; NEWROOT="$WORK/$PRESET-patch$CHANGED-root"; NEWLIST="$WORK/$PRESET-patch$CHANGED-list.txt"
+  if [ ! -f "$WORK/$PRESET-patch$CHANGED.json" ]; then
+    rm -rf "$NEWROOT"; mkdir -p "$NEWROOT"; cp -al "$ROOT/docker" "$NEWROOT/"
+    "$FERRY" -q fixtures --preset "$PRESET" --patch "$CHANGED" --no-sync "$NEWROOT" --list "$NEWLIST" > "$WORK/patch.json.tmp"
+    mv "$WORK/patch.json.tmp" "$WORK/$PRESET-patch$CHANGED.json"
+  fi
+  start_registry "$ROOT"; OLDREG=$ADDR; start_registry "$NEWROOT"; NEWREG=$ADDR
+  OUT="$WORK/delta-$PRESET"; rm -rf "$OUT"; mkdir -p "$OUT"; CACHE="$OUT/cache"
+  "$FERRY" bundle -q -f "$WORK/$PRESET-list.txt" -o "$OUT/old.tar.zst" --cache "$CACHE" --source "$OLDREG" --src-tls-verify=false
+  "$FERRY" bundle -q -f "$NEWLIST" -o "$OUT/full.tar.zst" --cache "$CACHE" --source "$NEWREG" --src-tls-verify=false
+  full_prep() { rm -f "$OUT/full.tar.zst"; sync; }
+  full() { "$FERRY" bundle -q -f "$NEWLIST" -o "$OUT/full.tar.zst" --cache "$CACHE" --source "$NEWREG" --src-tls-verify=false; }
+  delta_prep() { rm -f "$OUT/delta.tar.zst"; sync; }
+  delta() { "$FERRY" bundle -q -f "$NEWLIST" -o "$OUT/delta.tar.zst" --cache "$CACHE" --source "$NEWREG" --src-tls-verify=false --since "$OUT/old.tar.zst"; }
+  t_full=$(PREP=full_prep median_time full)
+  t_delta=$(PREP=delta_prep median_time delta)
+  # The floor: plain tar | zstd of just the blob files the new release adds (new - old, from the two indexes).
+  tar --zstd -xOf "$OUT/old.tar.zst" ferry-bundle.json > "$OUT/old.json"
+  tar --zstd -xOf "$OUT/full.tar.zst" ferry-bundle.json > "$OUT/full.json"
+  python3 - "$OUT/old.json" "$OUT/full.json" > "$OUT/new-blobs.txt" <<'PY'
+import json, sys
+old = {b["digest"] for b in json.load(open(sys.argv[1]))["blobs"]}
+for b in json.load(open(sys.argv[2]))["blobs"]:
+    if b["digest"] not in old:
+        h = b["digest"][7:]
+        print(f"docker/registry/v2/blobs/sha256/{h[:2]}/{h}/data")
+PY
+  NEWBYTES=$(cd "$NEWROOT" && xargs -a "$OUT/new-blobs.txt" du -cb | tail -1 | cut -f1)
+  floor_prep() { rm -f "$OUT/floor.tar.zst"; sync; }
+  floor() { tar -C "$NEWROOT" -c -T "$OUT/new-blobs.txt" | zstd -q -T0 -3 > "$OUT/floor.tar.zst" && sync; }
+  t_floor=$(PREP=floor_prep median_time floor)
+  # Link of the delta into a root that holds the old release (a hardlinked copy per run, untimed).
+  mkdir -p "$OUT/old-root"; "$FERRY" unbundle link -q "$OUT/old.tar.zst" --root "$OUT/old-root"
+  link_prep() { rm -rf "$OUT/site"; mkdir -p "$OUT/site"; cp -al "$OUT/old-root/docker" "$OUT/site/"; sync; }
+  link_delta() { "$FERRY" unbundle link -q "$OUT/delta.tar.zst" --root "$OUT/site"; }
+  link_full() { "$FERRY" unbundle link -q "$OUT/full.tar.zst" --root "$OUT/site"; }
+  t_link_delta=$(PREP=link_prep median_time link_delta)
+  t_link_full=$(PREP=link_prep median_time link_full)
+  sz() { stat -c %s "$1"; }
+  mb() { python3 -c "print(f'{$1/1e6:.1f}')"; }
+  echo "$PRESET, $CHANGED images changed, 2 added, 1 removed; warm cache; median of $RUNS:"
+  echo "  new blobs (new - old): $(wc -l < "$OUT/new-blobs.txt") files, $(mb "$NEWBYTES") MB"
+  echo "  full bundle            $(mb "$(sz "$OUT/full.tar.zst")") MB  ${t_full}s"
+  echo "  delta bundle           $(mb "$(sz "$OUT/delta.tar.zst")") MB  ${t_delta}s  (over the new bytes: $(python3 -c "print(f'{($(sz "$OUT/delta.tar.zst")-$NEWBYTES)/1e6:+.2f}')") MB)"
+  echo "  tar | zstd -3 of new   $(mb "$(sz "$OUT/floor.tar.zst")") MB  ${t_floor}s"
+  echo "  delta time / floor: $(ratio "$t_delta" "$t_floor")x; full / delta size: $(ratio "$(sz "$OUT/full.tar.zst")" "$(sz "$OUT/delta.tar.zst")")x"
+  echo "  link into a root holding old: delta ${t_link_delta}s, full ${t_link_full}s"
+  ;;
+*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs|inspect|sync|serve-load|push-serve|delta [WORK]" >&2; exit 2 ;;
 esac

@@ -535,6 +535,158 @@ pub fn generate(preset: Preset, store: &Store) -> Result<Corpus, FixtureError> {
     Ok(corpus)
 }
 
+/// Seed of the layers a [`patch`] adds (apart from every preset's).
+const PATCH_SEED: u64 = 0xDE17A;
+
+/// A next release of `old` (already in `store`), for delta bundles: the first `changed` images
+/// each get one new layer (so a new config and manifest; an index gets a new first child and
+/// keeps its other children), `added` images in new repositories `patch/addedN` each reuse an
+/// old image's layers plus one new layer, and the last image is dropped. The tags of changed
+/// images move in `store`. Deterministic, as every fixture.
+pub fn patch(
+    store: &Store,
+    old: &Corpus,
+    changed: usize,
+    added: usize,
+) -> Result<Corpus, FixtureError> {
+    let keep = old.images.len().saturating_sub(1);
+    let mut corpus = Corpus::default();
+    let mut next_id = 0u64;
+    let mut fresh = |store: &Store, manifest: &Digest, label: &str| {
+        next_id += 1;
+        derive_manifest(store, manifest, next_id, label)
+    };
+    for (i, img) in old.images[..keep].iter().enumerate() {
+        if i >= changed {
+            corpus.images.push(img.clone());
+            continue;
+        }
+        let label = format!("{}:{} patched", img.repository, img.tag);
+        let top = if img.platforms.is_empty() {
+            fresh(store, &img.digest, &label)?
+        } else {
+            // An index: a new first child, the others as they were.
+            let mut index: serde_json::Value =
+                serde_json::from_slice(store.read_manifest(&img.digest)?.bytes())
+                    .expect("fixture index is JSON");
+            let first = Digest::parse(index["manifests"][0]["digest"].as_str().unwrap_or_default())
+                .expect("fixture child digest");
+            let (child, size) = fresh(store, &first, &label)?;
+            index["manifests"][0]["digest"] = json!(child.to_string());
+            index["manifests"][0]["size"] = json!(size);
+            let bytes = serde_json::to_vec_pretty(&index).expect("json");
+            (store.put_blob_bytes(&bytes)?, bytes.len() as u64)
+        };
+        store.link_image(&img.repository, &top.0, Some(&img.tag))?;
+        corpus.images.push(fixture_image(
+            store,
+            img.section.clone(),
+            &img.repository,
+            &img.tag,
+            &top.0,
+        )?);
+    }
+    for k in 0..added {
+        let from = &old.images[k % keep.max(1)];
+        let single = match from.platforms.first() {
+            Some((_, child)) => child.clone(),
+            None => from.digest.clone(),
+        };
+        let repo = format!("patch/added{k}");
+        let (top, _) = fresh(store, &single, &format!("{repo}:1.0"))?;
+        store.link_image(&repo, &top, Some("1.0"))?;
+        corpus.images.push(fixture_image(
+            store,
+            "section-patch".into(),
+            &repo,
+            "1.0",
+            &top,
+        )?);
+    }
+    let mut unique: BTreeMap<Digest, u64> = BTreeMap::new();
+    for img in &corpus.images {
+        corpus.referenced_bytes += img.referenced_bytes;
+        let w = store.walk(&img.digest)?;
+        for m in w.manifests() {
+            unique.insert(m.digest().clone(), m.bytes().len() as u64);
+        }
+        for b in &w.blobs {
+            unique.insert(b.digest.clone(), b.size);
+        }
+    }
+    corpus.unique_bytes = unique.values().sum();
+    Ok(corpus)
+}
+
+/// An image manifest like `manifest` plus one new layer `id` (its config gains the diff_id,
+/// a history step and `label`); returns the new manifest's digest and size.
+fn derive_manifest(
+    store: &Store,
+    manifest: &Digest,
+    id: u64,
+    label: &str,
+) -> Result<(Digest, u64), FixtureError> {
+    let mut m: serde_json::Value = serde_json::from_slice(store.read_manifest(manifest)?.bytes())
+        .expect("fixture manifest is JSON");
+    let config_digest = Digest::parse(m["config"]["digest"].as_str().unwrap_or_default())
+        .expect("fixture config digest");
+    let mut config_bytes = Vec::new();
+    store
+        .open_blob(&config_digest)?
+        .read_to_end(&mut config_bytes)
+        .map_err(|source| FixtureError::Io { id, source })?;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&config_bytes).expect("fixture config is JSON");
+    // About what a rebuilt application layer brings: 1 MiB and more, half of it incompressible.
+    let layer = make_layer(store, PATCH_SEED, id, (1 << 20) + (256 << 10) * id)?;
+    if let Some(ids) = config["rootfs"]["diff_ids"].as_array_mut() {
+        ids.push(json!(layer.diff_id.to_string()));
+    }
+    if let Some(h) = config["history"].as_array_mut() {
+        h.push(
+            json!({ "created": "2021-06-01T00:00:00Z", "created_by": format!("patch step {id}") }),
+        );
+    }
+    config["config"]["Labels"]["fixture"] = json!(label);
+    let config_bytes = serde_json::to_vec(&config).expect("json");
+    let config_digest = store.put_blob_bytes(&config_bytes)?;
+    m["config"]["digest"] = json!(config_digest.to_string());
+    m["config"]["size"] = json!(config_bytes.len());
+    let layer_type = m["layers"][0]["mediaType"].clone();
+    if let Some(ls) = m["layers"].as_array_mut() {
+        ls.push(json!({ "mediaType": layer_type, "digest": layer.digest.to_string(), "size": layer.size }));
+    }
+    let bytes = serde_json::to_vec_pretty(&m).expect("json");
+    Ok((store.put_blob_bytes(&bytes)?, bytes.len() as u64))
+}
+
+/// What a test expects of an image written into `store`, from its walk there.
+fn fixture_image(
+    store: &Store,
+    section: String,
+    repository: &str,
+    tag: &str,
+    digest: &Digest,
+) -> Result<FixtureImage, FixtureError> {
+    let w = store.walk(digest)?;
+    let platforms = w
+        .children
+        .iter()
+        .map(|c| (c.platform_label(), c.descriptor.digest.clone()))
+        .collect();
+    let referenced_bytes = w.manifests().map(|m| m.bytes().len() as u64).sum::<u64>()
+        + w.blobs.iter().map(|b| b.size).sum::<u64>();
+    Ok(FixtureImage {
+        section,
+        repository: repository.to_string(),
+        tag: tag.to_string(),
+        digest: digest.clone(),
+        media_type: w.top.media_type().to_string(),
+        platforms,
+        referenced_bytes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! fresh root → pack `ferry-bundle.json` and the root into one deterministic,
 //! seekable `tar.zst`, written under a temp name and renamed into place.
 
+pub mod cache;
 mod pack;
 mod space;
 pub mod split;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use std::time::Instant;
 
+use crate::bundlefile::delta::Base;
 use crate::bundlefile::format::{BlobEntry, BundleImage, BundleIndex, FORMAT};
 pub use crate::bundlefile::{format, read, read_index};
 use crate::copy::{BlobOutcome, CopyOptions, Job, MultiArch};
@@ -59,6 +61,8 @@ pub struct BundleOptions {
     pub sign: Option<Arc<crate::bundlefile::sign::SigningKey>>,
     /// `--split-size`: write `OUTPUT.000`, `OUTPUT.001`, … each at most this many bytes.
     pub split_size: Option<u64>,
+    /// `--since OLD`: a delta bundle that leaves out every blob OLD carries.
+    pub since: Option<PathBuf>,
 }
 
 impl BundleOptions {
@@ -189,6 +193,12 @@ pub enum BundleError {
     /// The list selected nothing.
     #[error("the images list selects no image")]
     Empty,
+    /// The cache is locked by a prune or gc, or its records failed.
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    /// `--since OLD` could not be read as a bundle or its `ferry-bundle.json`.
+    #[error("--since: {0}")]
+    Since(crate::bundlefile::read::ReadError),
 }
 
 fn fmt_failures(failures: &[Failure], written: &Option<PathBuf>) -> String {
@@ -225,8 +235,14 @@ pub async fn bundle(
     // re-run), while only the bundle itself has to reach the disk.
     // The destination and the cache are checked before anything is resolved or downloaded.
     space::check_writable(&output_dir(&opts.output), "output directory")?;
+    let base = match &opts.since {
+        Some(old) => Some(Base::open(old).map_err(BundleError::Since)?),
+        None => None,
+    };
     let cache = Store::create(&opts.cache)?.with_durable(false);
     space::check_writable(&opts.cache, "cache")?;
+    // Held (shared) until the run ends: `ferry cache prune`/`gc` refuse meanwhile.
+    let _lock = cache::lock_shared(&opts.cache)?;
     let clients = Clients::default();
     let mut plan: Plan = plan::resolve(entries, &opts.plan, &clients, &cache).await;
     tracing::info!(
@@ -282,12 +298,23 @@ pub async fn bundle(
     // Copy every image into the cache with the copy engine, while the packer
     // writes each blob as soon as it (and every blob before it) is there: the
     // cache destination takes blobs in the layout's order, `jobs` at a time.
-    let (layout, index_json) = layout_and_index(&plan, opts.mtime);
+    let (layout, index_json) = layout_and_index(&plan, opts.mtime, base.as_ref());
     // (blob, fetched fine, downloaded and verified by this run)
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(Digest, bool, bool)>();
+    // A delta's left-out blobs are still fetched into the cache (for --root-dir and later runs), not packed.
+    let left_out: Arc<BTreeSet<Digest>> = Arc::new(
+        base.as_ref()
+            .map(|b| b.carried().into_iter().cloned().collect())
+            .unwrap_or_default(),
+    );
     let packer = {
         let (opts, cache, index_json) = (opts.clone(), cache.clone(), index_json.clone());
-        let blobs: BTreeSet<Digest> = plan.blobs.keys().cloned().collect();
+        let blobs: BTreeSet<Digest> = plan
+            .blobs
+            .keys()
+            .filter(|d| !left_out.contains(d))
+            .cloned()
+            .collect();
         tokio::task::spawn_blocking(move || {
             let mut ready = move |d: &Digest| {
                 if !blobs.contains(d) {
@@ -338,6 +365,7 @@ pub async fn bundle(
     let feed = PackFeed {
         ready: std::sync::Mutex::new(ready_tx),
         progress: progress.clone(),
+        left_out: left_out.clone(),
     };
     let (copied, failed) = crate::copy::copy_each(&jobs, &copy_opts, &feed).await;
     drop(feed);
@@ -380,7 +408,7 @@ pub async fn bundle(
             });
         }
         // --keep-going: pack again without the failed images; everything left is in the cache.
-        let (layout, index_json) = layout_and_index(&plan, opts.mtime);
+        let (layout, index_json) = layout_and_index(&plan, opts.mtime, base.as_ref());
         let (o, c) = (opts.clone(), cache.clone());
         tokio::task::spawn_blocking(move || {
             write_bundle(&o, &index_json, &layout, &c, &mut |_| Ok(true))
@@ -425,6 +453,25 @@ pub async fn bundle(
         seconds: start.elapsed().as_secs_f64(),
         sparse: sparse_images(&plan),
     };
+    // What this run used, so `ferry cache gc` keeps it while the record is kept.
+    cache::record(
+        &opts.cache,
+        &cache::RunRecord {
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            output: opts.output.display().to_string(),
+            images: plan
+                .images
+                .iter()
+                .map(|i| cache::RecordImage {
+                    repository: i.repository.clone(),
+                    digest: i.digest.clone(),
+                })
+                .collect(),
+        },
+    )?;
     if !plan.failures.is_empty() {
         return Err(BundleError::Images {
             failures: plan.failures,
@@ -439,12 +486,17 @@ pub async fn bundle(
 struct PackFeed {
     ready: std::sync::Mutex<std::sync::mpsc::Sender<(Digest, bool, bool)>>,
     progress: Arc<dyn Progress>,
+    /// Blobs a delta leaves out: the packer does not wait for them.
+    left_out: Arc<BTreeSet<Digest>>,
 }
 
 impl Progress for PackFeed {
     fn blob_done(&self, desc: &Descriptor, outcome: BlobOutcome) {
         if outcome == BlobOutcome::Written {
             self.progress.fetched(desc.size);
+        }
+        if self.left_out.contains(&desc.digest) && outcome != BlobOutcome::Failed {
+            return;
         }
         let _ = self.ready.lock().unwrap().send((
             desc.digest.clone(),
@@ -484,42 +536,55 @@ fn corrupt_cache(e: BundleError, cache: &Store, opts: &BundleOptions) -> BundleE
 
 /// The bundle's tree and `ferry-bundle.json`, both from the plan alone (the
 /// same links `Store::link_image` writes, so `--root-dir` holds the same tree).
-fn layout_and_index(plan: &Plan, mtime: u64) -> (pack::Layout, Vec<u8>) {
+/// With a `base` (a delta), every link is kept but the blobs the base carries are
+/// left out of the tree and recorded, each with the images that use it.
+fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layout, Vec<u8>) {
     use crate::store::paths::{PathSpec, path_for};
-    let rel = |spec| path_for(Path::new(""), spec);
+    fn rel(spec: PathSpec<'_>) -> PathBuf {
+        path_for(Path::new(""), spec)
+    }
     let link = |d: &Digest| pack::Content::Bytes(d.to_string().into_bytes());
+    let carried = base.map(Base::carried).unwrap_or_default();
+    let mut left_out: BTreeMap<Digest, (u64, Vec<String>)> = BTreeMap::new();
     let mut layout = pack::Layout::default();
     let mut blobs: BTreeSet<BlobEntry> = BTreeSet::new();
     let mut images = Vec::new();
     for img in &plan.images {
-        for m in img.manifests() {
-            let size = m.bytes().len() as u64;
+        let name = match &img.tag {
+            Some(t) => format!("{}:{t}", img.repository),
+            None => format!("{}@{}", img.repository, img.digest),
+        };
+        let mut blob = |layout: &mut pack::Layout, digest: &Digest, size: u64| {
+            if carried.contains(digest) {
+                let users = &mut left_out.entry(digest.clone()).or_default();
+                users.0 = size;
+                if !users.1.contains(&name) {
+                    users.1.push(name.clone());
+                }
+                return;
+            }
             layout.add(
-                &rel(PathSpec::BlobData(m.digest())),
-                pack::Content::Blob(m.digest().clone(), size),
+                &rel(PathSpec::BlobData(digest)),
+                pack::Content::Blob(digest.clone(), size),
             );
+            blobs.insert(BlobEntry {
+                digest: digest.clone(),
+                size,
+            });
+        };
+        for m in img.manifests() {
+            blob(&mut layout, m.digest(), m.bytes().len() as u64);
             layout.add(
                 &rel(PathSpec::RevisionLink(&img.repository, m.digest())),
                 link(m.digest()),
             );
-            blobs.insert(BlobEntry {
-                digest: m.digest().clone(),
-                size,
-            });
         }
         for b in img.blobs() {
-            layout.add(
-                &rel(PathSpec::BlobData(&b.digest)),
-                pack::Content::Blob(b.digest.clone(), b.size),
-            );
+            blob(&mut layout, &b.digest, b.size);
             layout.add(
                 &rel(PathSpec::LayerLink(&img.repository, &b.digest)),
                 link(&b.digest),
             );
-            blobs.insert(BlobEntry {
-                digest: b.digest.clone(),
-                size: b.size,
-            });
         }
         if let Some(tag) = &img.tag {
             layout.add(
@@ -541,10 +606,12 @@ fn layout_and_index(plan: &Plan, mtime: u64) -> (pack::Layout, Vec<u8>) {
             platforms: img.platforms.clone(),
         });
     }
+    // Config and layer blobs the file carries (a delta's left-out ones are counted in `since`).
     let layer_blobs: BTreeSet<&Digest> = plan
         .images
         .iter()
         .flat_map(|i| i.blobs().iter().map(|b| &b.digest))
+        .filter(|d| !carried.contains(d))
         .collect();
     let index = BundleIndex {
         format: FORMAT.to_string(),
@@ -555,6 +622,7 @@ fn layout_and_index(plan: &Plan, mtime: u64) -> (pack::Layout, Vec<u8>) {
         blob_count: layer_blobs.len(),
         blob_bytes: layer_blobs.iter().map(|d| plan.blobs[*d].size).sum(),
         blobs: blobs.into_iter().collect(),
+        since: base.map(|b| b.record(left_out)),
     };
     (
         layout,

@@ -15,6 +15,9 @@ use super::space::{self, SpaceError};
 use crate::limits::IO_BUFFER_BYTES;
 use crate::store::paths::PathSpec;
 
+use std::collections::HashSet;
+
+use crate::bundlefile::delta::{self, Base};
 use crate::bundlefile::read::{BlobVisitor, ReadError, scan};
 use crate::digest::Digest;
 use crate::store::{Store, StoreError};
@@ -40,6 +43,9 @@ pub enum LinkError {
         /// What failed there.
         source: StoreError,
     },
+    /// A delta whose left-out blobs are in neither the root nor `--base` (checked before writing).
+    #[error(transparent)]
+    Missing(#[from] Box<crate::bundlefile::delta::Missing>),
     /// `--no-clobber` and a tag would move.
     #[error(
         "{}:{} is {} in {}, the bundle has {}; refusing to move it (--no-clobber)",
@@ -92,6 +98,8 @@ fn is_no_space(e: &StoreError) -> bool {
 
 struct Into<'a> {
     store: &'a Store,
+    /// Only these blobs are taken (a delta's `--base` gives just what the root lacks).
+    only: Option<&'a HashSet<Digest>>,
     summary: &'a mut LinkSummary,
     on_blob: &'a dyn Fn(u64),
     /// Blobs this run published, each with the directories it created (deepest first), to take back on refusal.
@@ -120,6 +128,9 @@ impl Into<'_> {
 
 impl BlobVisitor for Into<'_> {
     fn blob(&mut self, digest: &Digest, size: u64, content: &mut dyn Read) -> io::Result<()> {
+        if self.only.is_some_and(|o| !o.contains(digest)) {
+            return Ok(()); // the scan still reads and re-hashes it
+        }
         (self.on_blob)(size);
         if self.store.has_blob(digest) {
             self.summary.blobs_present += 1;
@@ -168,16 +179,45 @@ impl BlobVisitor for Into<'_> {
 }
 
 /// Links `bundle` into the root at `root`; see the module docs. A re-run changes
-/// nothing. `on_blob(size)` is called as each blob starts (for progress).
+/// nothing. `on_blob(size)` is called as each blob starts (for progress). A
+/// delta's left-out blobs must be in the root or in `base` (checked before
+/// anything is written); those the root lacks are taken from `base`.
 pub fn link(
     bundle: &Path,
     root: &Path,
     no_clobber: bool,
+    base: Option<&Path>,
     on_blob: &dyn Fn(u64),
 ) -> Result<LinkSummary, LinkError> {
+    let index = crate::bundlefile::read_index(bundle)?;
+    // A delta's left-out blobs: in the root, or in --base; nothing is written (not even the root's directories) otherwise.
+    let base_index = match base {
+        Some(b) => Some(Base::open(b)?),
+        None => None,
+    };
+    let carried = base_index.as_ref().map(Base::carried).unwrap_or_default();
+    let existing = Store::open(root);
+    let from_base: HashSet<Digest> = delta::left_out(&index)
+        .iter()
+        .filter(|l| !existing.has_blob(&l.digest) && carried.contains(&l.digest))
+        .map(|l| l.digest.clone())
+        .collect();
+    let place = match base {
+        Some(b) => format!("{} and {}", root.display(), b.display()),
+        None => root.display().to_string(),
+    };
+    let hint = match &index.since {
+        Some(s) => format!(
+            "link {} into the root first, or pass --base {}",
+            s.name, s.name
+        ),
+        None => String::new(),
+    };
+    delta::check(bundle, &index, &place, &hint, &mut |l| {
+        existing.has_blob(&l.digest) || carried.contains(&l.digest)
+    })?;
     let store = Store::create(root)?.with_durable(false);
     // Refuse a tag move before writing anything.
-    let index = crate::bundlefile::read_index(bundle)?;
     if no_clobber {
         check_tags(&store, &index.images, root)?;
     }
@@ -186,17 +226,35 @@ pub fn link(
         .blobs
         .iter()
         .filter(|b| !store.has_blob(&b.digest))
-        .fold(0u64, |n, b| n.saturating_add(b.size)); // sizes are the bundle's claims: never wrap
+        .map(|b| b.size)
+        .chain(
+            delta::left_out(&index)
+                .iter()
+                .filter(|l| from_base.contains(&l.digest))
+                .map(|l| l.size),
+        )
+        .fold(0u64, |n, b| n.saturating_add(b)); // sizes are the bundle's claims: never wrap
     space::check_one(root, missing)?;
     let mut summary = LinkSummary::default();
     let mut into = Into {
         store: &store,
+        only: None,
         summary: &mut summary,
         on_blob,
         added: Vec::new(),
         failed: None,
     };
-    let scanned = scan(bundle, &mut into);
+    // The blobs the root lacks come from the base first (verified like the delta's own).
+    let from_base_scan = match base {
+        Some(b) if !from_base.is_empty() => {
+            into.only = Some(&from_base);
+            let r = scan(b, &mut into).map(drop);
+            into.only = None;
+            r
+        }
+        _ => Ok(()),
+    };
+    let scanned = from_base_scan.and_then(|()| scan(bundle, &mut into));
     // Every image must walk (manifests parse, configs and layers present) before
     // a single link is written; a bundle that fails here is refused like one
     // whose bytes are wrong, and takes its blobs back.

@@ -64,6 +64,32 @@ pub struct BundleIndex {
     pub blob_bytes: u64,
     /// Every blob file of the root (manifests included), sorted, so a reader can check as it streams.
     pub blobs: Vec<BlobEntry>,
+    /// For a delta bundle (`--since`): the bundle it was made against and the blobs it leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DeltaBase>,
+}
+
+/// The base of a delta bundle: what the site must already hold for the delta's links to resolve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeltaBase {
+    /// sha256 of the base's `ferry-bundle.json` bytes: the base's identity.
+    pub index_digest: Digest,
+    /// The base's file name when the delta was made, for messages.
+    pub name: String,
+    /// Blobs (manifests included) the delta's images use but leave out because the base carries them, sorted.
+    pub left_out: Vec<LeftOut>,
+}
+
+/// A blob a delta leaves out, with the images that need it (so a missing one is named by image).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftOut {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// The images using it, as `repository[:tag]`.
+    pub images: Vec<String>,
 }
 
 /// One image of a bundle.

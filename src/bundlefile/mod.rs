@@ -3,6 +3,7 @@
 //! how a bundle is planned or written, so every reader (transports, `serve`,
 //! `verify`, `ls`) can use it without pulling in the bundling job.
 
+pub mod delta;
 pub mod format;
 pub mod merge;
 pub mod parts;

@@ -523,6 +523,11 @@ pub fn check_signature(path: &Path, key: &super::sign::VerifyingKey) -> Result<(
 
 /// Reads `ferry-bundle.json` alone (the first entry: nothing else is read).
 pub fn read_index(path: &Path) -> Result<BundleIndex, ReadError> {
+    read_index_bytes(path).map(|(index, _)| index)
+}
+
+/// Reads `ferry-bundle.json` alone with its exact bytes (a delta names its base by their digest).
+pub fn read_index_bytes(path: &Path) -> Result<(BundleIndex, Vec<u8>), ReadError> {
     let mut archive = tar::Archive::new(tar_stream(path)?.reader);
     let mut entries = archive
         .entries()
@@ -532,7 +537,8 @@ pub fn read_index(path: &Path) -> Result<BundleIndex, ReadError> {
             source,
         })?
         .raw(true);
-    parse_index(path, &index_entry(path, next_member(path, &mut entries))?)
+    let json = index_entry(path, next_member(path, &mut entries))?;
+    Ok((parse_index(path, &json)?, json))
 }
 
 /// Reads and checks a whole bundle, handing each blob to `visitor`. Nothing is
@@ -754,6 +760,8 @@ fn check_consistency(bundle: &Path, s: &Scan) -> Result<(), ReadError> {
             )));
         }
     }
+    // A delta's links may also reach the blobs it leaves out (its base carries them).
+    let left_out = super::delta::left_out_set(&s.index);
     for (name, r) in &s.repos {
         for d in r
             .layers
@@ -762,7 +770,7 @@ fn check_consistency(bundle: &Path, s: &Scan) -> Result<(), ReadError> {
             .chain(r.tags.values())
             .chain(r.tag_index.iter().map(|(_, d)| d))
         {
-            if !s.blobs.contains_key(d) {
+            if !s.blobs.contains_key(d) && !left_out.contains(d) {
                 return Err(err(format!(
                     "repository {name} links {d}, which the archive does not hold"
                 )));

@@ -44,6 +44,11 @@ pub struct BundleArgs {
     /// Also leave the hardlinked bundle root here (a new or empty directory).
     #[arg(long)]
     root_dir: Option<PathBuf>,
+    /// Delta bundle: leave out every blob (manifests included) that OLD, a bundle or its
+    /// extracted ferry-bundle.json, carries. The delta is a registry root only together with
+    /// OLD: unbundle it with OLD already linked/pushed, or with --base OLD.
+    #[arg(long, value_name = "OLD")]
+    since: Option<PathBuf>,
     /// Compression of the bundle file.
     #[arg(long, value_enum, default_value = "zstd")]
     compression: Compression,
@@ -79,7 +84,8 @@ pub struct BundleArgs {
     split_size: Option<u64>,
 }
 
-fn default_cache() -> anyhow::Result<PathBuf> {
+/// The cache `--cache` defaults to (also `ferry cache`'s).
+pub(super) fn default_cache() -> anyhow::Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
         return Ok(PathBuf::from(x).join("ferry"));
     }
@@ -211,6 +217,7 @@ fn run_inner(
             None => None,
         },
         split_size: a.split_size,
+        since: a.since,
     };
     let progress = super::progress::bar(g.quiet || g.debug, "bundle");
     let result = super::runtime()?.block_on(bundle(

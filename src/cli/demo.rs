@@ -122,6 +122,7 @@ pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
             mtime: 0,
             sign: None,
             split_size: None,
+            since: None,
         };
         let s = bundle(&entries, &opts, Arc::new(NoProgress)).await?;
         say(format!(

@@ -24,12 +24,18 @@ pub struct FixturesArgs {
     /// Skip fsync (throwaway roots).
     #[arg(long)]
     no_sync: bool,
+    /// Then write the next release: N images changed, 2 added, the last removed (tags move; --list lists it).
+    #[arg(long, value_name = "N")]
+    patch: Option<usize>,
 }
 
 /// Runs `ferry fixtures`.
 pub fn run(g: &GlobalArgs, a: FixturesArgs) -> anyhow::Result<ExitCode> {
     let store = Store::create(&a.root)?.with_durable(!a.no_sync);
-    let corpus = generate(a.preset, &store).context("generating fixtures")?;
+    let mut corpus = generate(a.preset, &store).context("generating fixtures")?;
+    if let Some(n) = a.patch {
+        corpus = crate::fixtures::patch(&store, &corpus, n, 2).context("patching fixtures")?;
+    }
     if let Some(list) = &a.list {
         std::fs::write(list, corpus.images_list())
             .with_context(|| format!("writing {}", list.display()))?;

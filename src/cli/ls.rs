@@ -99,7 +99,7 @@ fn root_rows(root: &std::path::Path) -> anyhow::Result<Vec<Row>> {
                 continue;
             };
             let w = store.walk(&digest)?;
-            rows.push(row(repo.clone(), Some(tag), digest, &w));
+            rows.push(row(repo.clone(), Some(tag), digest, &w, &|_| false));
         }
     }
     Ok(rows)
@@ -107,11 +107,13 @@ fn root_rows(root: &std::path::Path) -> anyhow::Result<Vec<Row>> {
 
 /// A row from an image's walk: platforms of the top index's children (absent ones marked), and
 /// the bytes of its manifests, configs and layers.
+/// `in_base` names the children a delta bundle leaves out (marked so, not absent).
 fn row(
     repository: String,
     tag: Option<String>,
     digest: Digest,
     w: &crate::image::ImageWalk,
+    in_base: &dyn Fn(&Digest) -> bool,
 ) -> Row {
     let platforms: Vec<String> = w
         .children
@@ -120,6 +122,8 @@ fn row(
         .map(|c| {
             if c.manifest.is_some() {
                 c.platform_label()
+            } else if in_base(&c.descriptor.digest) {
+                format!("{} (in base)", c.platform_label())
             } else {
                 format!("{} (absent)", c.platform_label())
             }
@@ -153,13 +157,54 @@ fn bundle_rows(path: &std::path::Path) -> anyhow::Result<Vec<Row>> {
     let index = bundle.scan.index.clone();
     let catalog = crate::transport::bundle::Bundles(vec![bundle]);
     let mut rows = Vec::new();
+    let left_out = crate::bundlefile::delta::left_out(&index);
+    if let Some(s) = &index.since {
+        eprintln!(
+            "{}: a delta of {} ({}): {} blob(s) ({}) left out, to be found in its base",
+            path.display(),
+            s.name,
+            s.index_digest,
+            left_out.len(),
+            human_bytes(left_out.iter().map(|l| l.size).sum())
+        );
+    }
     for img in &index.images {
+        // An image the delta leaves out whole (unchanged since the base): its row from the index.
+        if left_out.iter().any(|l| l.digest == img.digest) {
+            let name = match &img.tag {
+                Some(t) => format!("{}:{t}", img.repository),
+                None => format!("{}@{}", img.repository, img.digest),
+            };
+            let blobs: Vec<(Digest, u64)> = left_out
+                .iter()
+                .filter(|l| l.images.contains(&name))
+                .map(|l| (l.digest.clone(), l.size))
+                .collect();
+            rows.push(Row {
+                repository: img.repository.clone(),
+                tag: img.tag.clone(),
+                digest: img.digest.clone(),
+                media_type: img.media_type.clone(),
+                platforms: img
+                    .platforms
+                    .iter()
+                    .filter(|p| p.present)
+                    .map(|p| p.platform.clone())
+                    .collect(),
+                size: blobs.iter().map(|(_, s)| s).sum(),
+                section: img.section.clone(),
+                source: Some(img.source.clone()),
+                blobs,
+            });
+            continue;
+        }
         let w = catalog.walk_image(&img.repository, &img.digest)?;
         let mut r = row(
             img.repository.clone(),
             img.tag.clone(),
             img.digest.clone(),
             &w,
+            &|d| left_out.iter().any(|l| &l.digest == d),
         );
         r.section = img.section.clone();
         r.source = Some(img.source.clone());

@@ -2,6 +2,7 @@
 //! library calls and prints results; none touches files or the network itself.
 
 mod bundle;
+mod cache;
 mod copy;
 mod delete;
 mod demo;
@@ -222,6 +223,8 @@ enum Command {
     Diff(diff::DiffArgs),
     /// Make a minisign key pair (NAME.key, NAME.pub) for `bundle --sign` and `--key`.
     Keygen(keygen::KeygenArgs),
+    /// The bundle cache: list the bundle runs it records, prune old records, gc unused blobs.
+    Cache(cache::CacheArgs),
     /// Print the sha256 digest of a manifest file, as a registry would compute it.
     ManifestDigest(manifest_digest::ManifestDigestArgs),
     /// The main job end to end on built-in images, no network needed.
@@ -281,6 +284,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Ls(a) => ls::run(g, a),
         Command::Diff(a) => diff::run(g, a),
         Command::Keygen(a) => keygen::run(g, a),
+        Command::Cache(a) => cache::run(g, a),
         Command::ManifestDigest(a) => manifest_digest::run(a),
         Command::Demo(a) => demo::run(g, a),
         Command::Fixtures(a) => fixtures::run(g, a),

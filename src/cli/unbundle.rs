@@ -4,7 +4,12 @@ use super::out::outln;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::collections::{HashMap, HashSet};
+
 use anyhow::{Context, bail};
+
+use crate::digest::Digest;
+use crate::manifest::RawManifest;
 
 use super::{GlobalArgs, human_bytes};
 use crate::bundle::unpack::link;
@@ -55,6 +60,9 @@ struct PushArgs {
     /// When an index is sparse, push an index of the present platforms instead (its digest changes and is reported).
     #[arg(long)]
     rewrite_sparse_index: bool,
+    /// For a delta bundle: its base (the bundle it was made --since); left-out blobs the target lacks come from it.
+    #[arg(long, value_name = "OLD")]
+    base: Option<PathBuf>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
@@ -65,7 +73,7 @@ struct PushArgs {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Bundle files (merged into one registry; they must agree on every tag), or one registry root directory.
+    /// Bundle files (merged into one registry; they must agree on every tag, except that a delta bundle, served only together with its base, overrides its base's tags), or one registry root directory.
     #[arg(required = true)]
     sources: Vec<PathBuf>,
     #[command(flatten)]
@@ -88,6 +96,9 @@ struct LinkArgs {
     /// Refuse to move a tag that already points elsewhere.
     #[arg(long)]
     no_clobber: bool,
+    /// For a delta bundle: its base (the bundle it was made --since); left-out blobs the root lacks come from it.
+    #[arg(long, value_name = "OLD")]
+    base: Option<PathBuf>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
@@ -165,9 +176,11 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         for b in &sources {
             indexes.push(crate::bundlefile::read_index(b)?);
         }
-        check_tags_agree(sources.iter().map(|p| p.as_path()).zip(&indexes))?;
+        let paths: Vec<&std::path::Path> = sources.iter().map(|p| p.as_path()).collect();
+        let same_line = crate::bundlefile::delta::same_line(&paths)?;
+        check_tags_agree(paths.iter().copied().zip(&indexes), &same_line)?;
         for b in &sources {
-            link(b, dir, false, &|_| {})
+            link(b, dir, false, None, &|_| {})
                 .with_context(|| format!("unpacking {} into {}", b.display(), dir.display()))?;
         }
         return super::serve::serve_root(g, dir, &a.server, opts);
@@ -188,7 +201,33 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
             key.as_ref(),
         )?);
     }
-    check_tags_agree(bundles.iter().map(|b| (b.path(), &b.scan.index)))?;
+    crate::bundlefile::delta::newest_first(&mut bundles)?;
+    // A delta serves only together with its base: its left-out blobs must be in another bundle given.
+    for (i, b) in bundles.iter().enumerate() {
+        let hint = match &b.scan.index.since {
+            Some(s) => format!(
+                "serve it with its base: ferry unbundle serve {} {}",
+                s.name,
+                b.path().display()
+            ),
+            None => continue,
+        };
+        crate::bundlefile::delta::check(
+            b.path(),
+            &b.scan.index,
+            "the other bundles given",
+            &hint,
+            &mut |l| {
+                bundles
+                    .iter()
+                    .enumerate()
+                    .any(|(j, o)| j != i && o.scan.blobs.contains_key(&l.digest))
+            },
+        )?;
+    }
+    let paths: Vec<&std::path::Path> = bundles.iter().map(|b| b.path()).collect();
+    let same_line = crate::bundlefile::delta::same_line(&paths)?;
+    check_tags_agree(bundles.iter().map(|b| (b.path(), &b.scan.index)), &same_line)?;
     let images = distinct_images(bundles.iter().map(|b| &b.scan.index));
     let what = format!("{} bundle(s), {images} images, in place", bundles.len());
     let bundles = Bundles(bundles);
@@ -212,7 +251,10 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
             index.blobs.iter().map(|b| b.size).sum(),
         );
     }
-    let result = link(&a.bundle, &a.root, a.no_clobber, &|n| {
+    if let Some(b) = &a.base {
+        super::must_exist(b)?;
+    }
+    let result = link(&a.bundle, &a.root, a.no_clobber, a.base.as_deref(), &|n| {
         crate::bundle::Progress::fetched(bar.as_ref(), n)
     });
     bar.finish();
@@ -312,8 +354,30 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
             key.as_ref(),
         )?;
         let images = bundle.scan.index.images.clone();
-        let catalog = std::sync::Arc::new(Bundles(vec![bundle]));
-        catalog.check_links()?;
+        let mut bundles = vec![bundle];
+        if let Some(b) = &a.base {
+            super::must_exist(b)?;
+            bundles.push(BundleFile::open_with(
+                b,
+                &mut crate::bundlefile::read::StructureOnly,
+            )?);
+        }
+        // A delta's left-out blobs are checked at the target (or in --base) before anything is pushed.
+        let manifests = rt.block_on(delta_at_target(
+            &bundles,
+            &target,
+            &|r: &str| match &prefix {
+                Some(p) => format!("{p}/{r}"),
+                None => r.to_string(),
+            },
+            &a.dest,
+            a.base.as_deref(),
+        ))?;
+        Bundles(bundles.clone()).check_links()?;
+        let catalog = std::sync::Arc::new(crate::transport::bundle::WithManifests {
+            bundles: Bundles(bundles),
+            manifests,
+        });
         let mut jobs = Vec::new();
         for i in images {
             let name = format!(
@@ -365,6 +429,84 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a delta leaves out must be at the target (in a repository its images go to, or mountable
+/// from another of them) or in `--base`: checked before any blob, manifest or tag is pushed. The
+/// left-out manifests are read back from the target, so the copy can re-tag unchanged images.
+async fn delta_at_target(
+    bundles: &[std::sync::Arc<BundleFile>],
+    target: &crate::registry::Client,
+    dest_repo: &dyn Fn(&str) -> String,
+    dest: &str,
+    base: Option<&std::path::Path>,
+) -> anyhow::Result<HashMap<(String, Digest), RawManifest>> {
+    let delta = &bundles[0];
+    let index = &delta.scan.index;
+    let mut manifests = HashMap::new();
+    let Some(since) = &index.since else {
+        return Ok(manifests);
+    };
+    let in_base = |d: &Digest| bundles[1..].iter().any(|b| b.scan.blobs.contains_key(d));
+    let mut found: HashSet<Digest> = HashSet::new();
+    let mut mounts: Vec<(String, Digest, u64, String)> = Vec::new();
+    for l in &since.left_out {
+        if in_base(&l.digest) {
+            found.insert(l.digest.clone());
+            continue;
+        }
+        let mut ok = true;
+        for (repo, r) in &delta.scan.repos {
+            let to = dest_repo(repo);
+            if r.revisions.contains(&l.digest) {
+                match target.get_manifest(&to, &l.digest.to_string()).await {
+                    Ok(m) => {
+                        manifests.insert((repo.clone(), l.digest.clone()), m);
+                    }
+                    Err(e) if e.is_not_found() => ok = false,
+                    Err(e) => return Err(e.into()),
+                }
+            } else if r.layers.contains(&l.digest) && !target.has_blob(&to, &l.digest).await? {
+                let mut from = None;
+                for other in delta.scan.repos.keys().filter(|o| *o != repo) {
+                    let o = dest_repo(other);
+                    if target.has_blob(&o, &l.digest).await? {
+                        from = Some(o);
+                        break;
+                    }
+                }
+                match from {
+                    Some(f) => mounts.push((to, l.digest.clone(), l.size, f)),
+                    None => ok = false,
+                }
+            }
+        }
+        if ok {
+            found.insert(l.digest.clone());
+        }
+    }
+    let place = match base {
+        Some(b) => format!("{dest} (not mountable there either) and {}", b.display()),
+        None => format!("{dest} (not mountable there either)"),
+    };
+    let hint = format!(
+        "push {} to {dest} first, or pass --base {}; nothing was pushed",
+        since.name, since.name
+    );
+    crate::bundlefile::delta::check(delta.path(), index, &place, &hint, &mut |l| {
+        found.contains(&l.digest)
+    })?;
+    for (to, digest, size, from) in mounts {
+        let empty = crate::blob::BlobBody::Local(crate::blob::BlobLocation {
+            size: 0,
+            source: std::sync::Arc::new(crate::blob::Memory(Vec::new())),
+        });
+        target
+            .upload_blob(&to, &digest, size, Some(&from), empty)
+            .await
+            .with_context(|| format!("mounting {digest} from {from} into {to}"))?;
+    }
+    Ok(manifests)
 }
 
 /// A summary as JSON with `"ok": true`, the key a failed run's document has as `false`.

@@ -110,6 +110,16 @@ fn verify_bundle(g: &GlobalArgs, a: &VerifyArgs) -> anyhow::Result<ExitCode> {
         (None, Some(_)) => "present, not checked (no --key)",
         (None, None) => "none",
     };
+    // A delta's left-out blobs are its base's: not faults here (every blob it carries was re-hashed).
+    if let Some(s) = &scan.index.since {
+        eprintln!(
+            "{}: a delta of {} ({}): {} blob(s) left out, to be checked with its base",
+            a.root.display(),
+            s.name,
+            s.index_digest,
+            s.left_out.len()
+        );
+    }
     let bytes: u64 = scan.blobs.values().map(|(_, s)| s).sum();
     let links: usize = scan
         .repos

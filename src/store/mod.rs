@@ -8,6 +8,7 @@
 //! and renamed over their final name.
 
 mod blobs;
+mod gc;
 mod links;
 pub mod paths;
 mod verify;
@@ -16,6 +17,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use blobs::BlobWriter;
+pub use gc::GcReport;
 pub use links::LinkReport;
 pub use verify::{Fault, VerifyReport};
 

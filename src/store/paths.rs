@@ -10,6 +10,8 @@
 //!     _manifests/tags/<tag>/index/<alg>/<hex>/link         "<alg>:<hex>"
 //!     _uploads/<uuid>/...                                  in-flight uploads (distribution's)
 //! <root>/.ferry-tmp/                                       ferry's temp files (same file system)
+//! <root>/.ferry-cache/lock                                 a bundle cache's advisory lock (flock)
+//! <root>/.ferry-cache/runs/<name>.json                     a bundle cache's records of bundle runs
 //! ```
 //!
 //! Every path is built by [`path_for`] and every directory walk that needs to
@@ -29,6 +31,7 @@ const UPLOADS: &str = "_uploads";
 const LINK: &str = "link";
 const DATA: &str = "data";
 const TMP: &str = ".ferry-tmp";
+const CACHE: &str = ".ferry-cache";
 
 /// A kind of path in the layout, with what it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +68,10 @@ pub enum PathSpec<'a> {
     Uploads(&'a str),
     /// ferry's own temp directory, on the same file system as the layout.
     Temp,
+    /// A bundle cache's lock file (shared by bundle runs, exclusive for prune and gc).
+    CacheLock,
+    /// A bundle cache's directory of run records.
+    CacheRuns,
 }
 
 /// The path of `spec` under `root`. Callers have validated names and tags; digests are valid by type.
@@ -121,6 +128,8 @@ pub fn path_for(root: &Path, spec: PathSpec<'_>) -> PathBuf {
             .join(a.name()),
         PathSpec::Uploads(name) => repo(name).join(UPLOADS),
         PathSpec::Temp => root.join(TMP),
+        PathSpec::CacheLock => root.join(CACHE).join("lock"),
+        PathSpec::CacheRuns => root.join(CACHE).join("runs"),
     }
 }
 
@@ -415,6 +424,8 @@ mod tests {
                 "/r/docker/registry/v2/repositories/a/_uploads".into(),
             ),
             (PathSpec::Temp, "/r/.ferry-tmp".into()),
+            (PathSpec::CacheLock, "/r/.ferry-cache/lock".into()),
+            (PathSpec::CacheRuns, "/r/.ferry-cache/runs".into()),
         ];
         for (spec, want) in table {
             assert_eq!(path_for(root, spec), PathBuf::from(&want), "{spec:?}");

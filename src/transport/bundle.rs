@@ -1,5 +1,7 @@
 //! Serving bundle files in place: several bundles merge into one registry
-//! (the first bundle that has a tag, manifest or blob answers for it).
+//! (the first bundle that has a tag answers for it; a manifest or blob that any
+//! bundle links in a repository is served from any bundle that holds it, as if
+//! all were extracted into one root, which is how a delta and its base serve).
 //! Manifests and small blobs come from memory (kept by the opening scan);
 //! larger blobs from frames decompressed once and shared by every reader.
 
@@ -140,7 +142,26 @@ impl Bundles {
             let one = Bundles(vec![b.clone()]);
             let mut needed: std::collections::BTreeMap<&str, std::collections::BTreeSet<Digest>> =
                 Default::default();
+            // A delta's left-out blobs are named in its index with the images that use them.
+            let left_out = b.scan.index.since.iter().flat_map(|s| &s.left_out);
+            for l in left_out.clone() {
+                for img in b.scan.index.images.iter().filter(|i| {
+                    let name = match &i.tag {
+                        Some(t) => format!("{}:{t}", i.repository),
+                        None => format!("{}@{}", i.repository, i.digest),
+                    };
+                    l.images.contains(&name)
+                }) {
+                    needed
+                        .entry(&img.repository)
+                        .or_default()
+                        .insert(l.digest.clone());
+                }
+            }
             for img in &b.scan.index.images {
+                if left_out.clone().any(|l| l.digest == img.digest) {
+                    continue; // left out whole: its links are the base's, named above
+                }
                 let w = one.walk_image(&img.repository, &img.digest)?;
                 needed.entry(&img.repository).or_default().extend(
                     w.manifests()
@@ -165,6 +186,25 @@ impl Bundles {
             }
         }
         Ok(())
+    }
+}
+
+impl Bundles {
+    /// The bundle holding `digest`, when some bundle links it in `repo` (`revision` or layer link).
+    fn holder(&self, repo: &str, digest: &Digest, revision: bool) -> Option<&Arc<BundleFile>> {
+        let linked = self.0.iter().any(|b| {
+            b.scan.repos.get(repo).is_some_and(|r| {
+                if revision {
+                    r.revisions.contains(digest)
+                } else {
+                    r.layers.contains(digest)
+                }
+            })
+        });
+        if !linked {
+            return None;
+        }
+        self.0.iter().find(|b| b.scan.blobs.contains_key(digest))
     }
 }
 
@@ -202,12 +242,7 @@ impl Catalog for Bundles {
     }
 
     fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<RawManifest>, StoreError> {
-        let Some(b) = self.0.iter().find(|b| {
-            b.scan
-                .repos
-                .get(repo)
-                .is_some_and(|r| r.revisions.contains(digest))
-        }) else {
+        let Some(b) = self.holder(repo, digest, true) else {
             return Ok(None);
         };
         let bytes = Self::read_blob(b, digest)?;
@@ -220,27 +255,19 @@ impl Catalog for Bundles {
     }
 
     fn blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLocation>, StoreError> {
-        Ok(self
-            .0
-            .iter()
-            .find(|b| {
-                b.scan
-                    .repos
-                    .get(repo)
-                    .is_some_and(|r| r.layers.contains(digest))
-            })
-            .map(|b| {
-                let (offset, size) = b.scan.blobs[digest];
-                BlobLocation {
-                    size,
-                    source: Arc::new(InBundle {
-                        bundle: b.clone(),
-                        offset,
-                        small: b.small_blob(digest),
-                    }),
-                }
-            }))
+        Ok(self.holder(repo, digest, false).map(|b| {
+            let (offset, size) = b.scan.blobs[digest];
+            BlobLocation {
+                size,
+                source: Arc::new(InBundle {
+                    bundle: b.clone(),
+                    offset,
+                    small: b.small_blob(digest),
+                }),
+            }
+        }))
     }
+
     fn manifest_digests(&self, repo: &str) -> Result<Vec<Digest>, StoreError> {
         let mut all: Vec<Digest> = self
             .0
@@ -251,5 +278,45 @@ impl Catalog for Bundles {
         all.sort();
         all.dedup();
         Ok(all)
+    }
+}
+
+/// Bundles plus manifests fetched from elsewhere (a delta's left-out manifests, read back from
+/// the push target), so an image whose manifests the delta leaves out can still be re-tagged.
+pub struct WithManifests {
+    /// The bundles.
+    pub bundles: Bundles,
+    /// (repository in the bundle, digest) → the manifest.
+    pub manifests: std::collections::HashMap<(String, Digest), RawManifest>,
+}
+
+impl Catalog for WithManifests {
+    fn repositories(&self) -> Result<Vec<String>, StoreError> {
+        self.bundles.repositories()
+    }
+
+    fn tags(&self, repo: &str) -> Result<Option<Vec<String>>, StoreError> {
+        self.bundles.tags(repo)
+    }
+
+    fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, StoreError> {
+        self.bundles.resolve_tag(repo, tag)
+    }
+
+    fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<RawManifest>, StoreError> {
+        match self.bundles.manifest(repo, digest)? {
+            Some(m) => Ok(Some(m)),
+            None => Ok(self
+                .manifests
+                .get(&(repo.to_string(), digest.clone()))
+                .cloned()),
+        }
+    }
+
+    fn blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLocation>, StoreError> {
+        self.bundles.blob(repo, digest)
+    }
+    fn manifest_digests(&self, repo: &str) -> Result<Vec<Digest>, StoreError> {
+        self.bundles.manifest_digests(repo)
     }
 }

@@ -6,6 +6,7 @@ mod cli;
 mod clients;
 mod conformance;
 mod copy;
+mod delta;
 mod faults;
 mod harness;
 mod hostile;

@@ -1,0 +1,242 @@
+//! Delta bundles (`bundle --since OLD`), in one place: what a delta leaves
+//! out, who its base is, and whether the blobs it leaves out are present
+//! where it is going (a root, a registry, or the other bundles given).
+//!
+//! A delta carries every link of its images but only the blobs its base does
+//! not carry; `ferry-bundle.json` names the base (the sha256 of the base's own
+//! `ferry-bundle.json` bytes, and its file name) and lists each left-out blob
+//! with the images that use it. So an extracted delta is a valid registry
+//! root only together with its base.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use super::format::{BundleIndex, DeltaBase, LeftOut};
+use super::read::{ReadError, read_index_bytes};
+use crate::digest::Digest;
+
+/// How many images, and digests per image, a refusal names before it says "and N more".
+const NAMED: usize = 3;
+
+/// A bundle opened as the base of a delta: its index and identity.
+#[derive(Debug, Clone)]
+pub struct Base {
+    /// Its `ferry-bundle.json`.
+    pub index: BundleIndex,
+    /// sha256 of those bytes: what a delta records and checks.
+    pub digest: Digest,
+    /// Its file name, for messages.
+    pub name: String,
+}
+
+impl Base {
+    /// Opens OLD, a bundle file or its extracted `ferry-bundle.json` (the two have the same bytes, so the same identity).
+    pub fn open(path: &Path) -> Result<Base, ReadError> {
+        let io = |op, source| ReadError::Io {
+            bundle: path.to_path_buf(),
+            op,
+            source,
+        };
+        let mut head = [0u8; 1];
+        let n = std::io::Read::read(
+            &mut std::fs::File::open(path).map_err(|e| io("opening", e))?,
+            &mut head,
+        )
+        .map_err(|e| io("reading", e))?;
+        let (index, bytes) = if n == 1 && head[0] == b'{' {
+            let meta = std::fs::metadata(path).map_err(|e| io("reading metadata", e))?;
+            if meta.len() > crate::limits::MAX_INDEX_BYTES {
+                return Err(ReadError::Index {
+                    bundle: path.to_path_buf(),
+                    why: format!(
+                        "{} bytes; ferry reads at most {}",
+                        meta.len(),
+                        crate::limits::MAX_INDEX_BYTES
+                    ),
+                });
+            }
+            let bytes = std::fs::read(path).map_err(|e| io("reading", e))?;
+            let index = serde_json::from_slice(&bytes).map_err(|e| ReadError::Index {
+                bundle: path.to_path_buf(),
+                why: e.to_string(),
+            })?;
+            (index, bytes)
+        } else {
+            read_index_bytes(path)?
+        };
+        Ok(Base {
+            index,
+            digest: Digest::sha256_of(&bytes),
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string()),
+        })
+    }
+
+    /// Every blob file the base carries (manifests included): what a delta of it leaves out.
+    pub fn carried(&self) -> HashSet<&Digest> {
+        self.index.blobs.iter().map(|b| &b.digest).collect()
+    }
+
+    /// The record a delta of this base writes, given the left-out blobs and the images using each.
+    pub fn record(&self, left_out: BTreeMap<Digest, (u64, Vec<String>)>) -> DeltaBase {
+        DeltaBase {
+            index_digest: self.digest.clone(),
+            name: self.name.clone(),
+            left_out: left_out
+                .into_iter()
+                .map(|(digest, (size, images))| LeftOut {
+                    digest,
+                    size,
+                    images,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The blobs a bundle leaves out (none unless it is a delta).
+pub fn left_out(index: &BundleIndex) -> &[LeftOut] {
+    index.since.as_ref().map(|s| &s.left_out[..]).unwrap_or(&[])
+}
+
+/// The digests of [`left_out`], for lookups.
+pub fn left_out_set(index: &BundleIndex) -> HashSet<&Digest> {
+    left_out(index).iter().map(|l| &l.digest).collect()
+}
+
+/// A delta whose left-out blobs are not where it is going: nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}: a delta of {} ({}): {} blob(s) it leaves out are missing from {place}: {}; {hint}",
+    delta.display(), base.name, base.index_digest, blobs, per_image
+)]
+pub struct Missing {
+    /// The delta bundle.
+    pub delta: PathBuf,
+    /// Its recorded base (left-out list dropped).
+    pub base: Box<DeltaBase>,
+    /// Where the blobs were looked for, e.g. "/srv/root and old.tar.zst".
+    pub place: String,
+    /// How many left-out blobs are missing.
+    pub blobs: usize,
+    /// The images that need them, each with a count and the first few digests.
+    pub per_image: String,
+    /// What to do.
+    pub hint: String,
+    /// Every missing blob, for callers that list them.
+    pub missing: Vec<Digest>,
+}
+
+/// Checks that every blob `index` leaves out is `present`; otherwise names the images that need the missing ones.
+pub fn check(
+    delta: &Path,
+    index: &BundleIndex,
+    place: &str,
+    hint: &str,
+    present: &mut dyn FnMut(&LeftOut) -> bool,
+) -> Result<(), Box<Missing>> {
+    let Some(since) = &index.since else {
+        return Ok(());
+    };
+    let missing: Vec<&LeftOut> = since.left_out.iter().filter(|l| !present(l)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut by_image: BTreeMap<&str, Vec<&Digest>> = BTreeMap::new();
+    for l in &missing {
+        for i in &l.images {
+            by_image.entry(i).or_default().push(&l.digest);
+        }
+    }
+    let mut parts: Vec<String> = by_image
+        .iter()
+        .take(NAMED)
+        .map(|(image, ds)| {
+            let mut named: Vec<String> = ds.iter().take(NAMED).map(|d| d.to_string()).collect();
+            if ds.len() > NAMED {
+                named.push(format!("and {} more", ds.len() - NAMED));
+            }
+            format!("{image} needs {} ({})", ds.len(), named.join(", "))
+        })
+        .collect();
+    if by_image.len() > NAMED {
+        parts.push(format!("and {} more image(s)", by_image.len() - NAMED));
+    }
+    Err(Box::new(Missing {
+        delta: delta.to_path_buf(),
+        base: Box::new(DeltaBase {
+            left_out: Vec::new(),
+            ..since.clone()
+        }),
+        place: place.to_string(),
+        blobs: missing.len(),
+        per_image: parts.join("; "),
+        hint: hint.to_string(),
+        missing: missing.iter().map(|l| l.digest.clone()).collect(),
+    }))
+}
+
+/// Orders bundles served together so that a delta comes before its base (and a delta of that
+/// delta before it): the first bundle with a tag answers for it, so the newest release's tags win.
+pub fn newest_first(
+    bundles: &mut [std::sync::Arc<super::read::BundleFile>],
+) -> Result<(), ReadError> {
+    let mut ids = Vec::with_capacity(bundles.len());
+    for b in bundles.iter() {
+        let (_, bytes) = read_index_bytes(b.path())?;
+        ids.push(Digest::sha256_of(&bytes));
+    }
+    let base_of = |i: usize| {
+        let since = bundles[i].scan.index.since.as_ref()?;
+        ids.iter().position(|d| d == &since.index_digest)
+    };
+    // How many releases lie below each bundle among those given (a cycle cannot be longer than the list).
+    let depth: Vec<usize> = (0..bundles.len())
+        .map(|mut i| {
+            let mut n = 0;
+            while let Some(j) = base_of(i) {
+                n += 1;
+                i = j;
+                if n > bundles.len() {
+                    break;
+                }
+            }
+            n
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..bundles.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(depth[i]));
+    let sorted: Vec<_> = order.iter().map(|&i| bundles[i].clone()).collect();
+    bundles.clone_from_slice(&sorted);
+    Ok(())
+}
+
+/// Which of these bundles are releases of one line: pairs (newer, older) where the newer is a
+/// delta of the older, directly or through other bundles given. Such a pair may tag differently.
+pub fn same_line(
+    bundles: &[&Path],
+) -> Result<impl Fn(&Path, &Path) -> bool + use<>, ReadError> {
+    let mut items = Vec::with_capacity(bundles.len());
+    for p in bundles {
+        let (index, bytes) = read_index_bytes(p)?;
+        items.push((p.to_path_buf(), index.since.map(|s| s.index_digest), Digest::sha256_of(&bytes)));
+    }
+    let mut pairs = std::collections::BTreeSet::new();
+    for (i, (newer, _, _)) in items.iter().enumerate() {
+        let mut at = i;
+        for _ in 0..items.len() {
+            let Some(base) = &items[at].1 else { break };
+            let Some(j) = items.iter().position(|(_, _, id)| id == base) else {
+                break;
+            };
+            pairs.insert((newer.clone(), items[j].0.clone()));
+            at = j;
+        }
+    }
+    Ok(move |a: &Path, b: &Path| {
+        pairs.contains(&(a.to_path_buf(), b.to_path_buf()))
+            || pairs.contains(&(b.to_path_buf(), a.to_path_buf()))
+    })
+}
