@@ -107,3 +107,6 @@ pub fn echo(s: &str) -> std::borrow::Cow<'_, str> {
     let head: String = s.chars().take(MAX_ECHO_CHARS).collect();
     std::borrow::Cow::Owned(format!("{head}…({} bytes)", s.len()))
 }
+
+/// How deep `--with-referrers` follows referrers of referrers (a signature of an SBOM of an image is depth 2).
+pub const REFERRER_DEPTH: usize = 2;

@@ -41,9 +41,14 @@ async fn serve_in_background(
 )> {
     let (listener, addr) = crate::serve::bind("127.0.0.1:0").await?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(crate::serve::run(store, crate::serve::Options::default(), listener, async {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(crate::serve::run(
+        store,
+        crate::serve::Options::default(),
+        listener,
+        async {
+            let _ = rx.await;
+        },
+    ));
     Ok((addr.to_string(), tx, task))
 }
 
@@ -106,6 +111,7 @@ pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
                     ..ClientOptions::default()
                 },
                 jobs: crate::limits::DEFAULT_JOBS,
+                with_referrers: false,
             },
             cache: dir.join("cache"),
             output: bundle_path.clone(),

@@ -73,7 +73,10 @@ pub fn serve_root(
                 (false, true) => "delete allowed",
                 (true, true) => "push and delete allowed",
             };
-            eprintln!("ferry: serving {} ({mode}) at http://{addr}", root.display());
+            eprintln!(
+                "ferry: serving {} ({mode}) at http://{addr}",
+                root.display()
+            );
         }
         // The address is a result (port 0 picks one): on stdout, also with -q.
         outln!("{addr}");

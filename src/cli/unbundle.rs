@@ -163,9 +163,11 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         crate::serve::run(
             Bundles(bundles),
             crate::serve::Options::default(),
-            listener, super::shutdown_signal())
-            .await
-            .context("serving")?;
+            listener,
+            super::shutdown_signal(),
+        )
+        .await
+        .context("serving")?;
         Ok(ExitCode::SUCCESS)
     })
 }

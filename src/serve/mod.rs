@@ -157,7 +157,8 @@ pub async fn run<B: Catalog>(
         }
         let s = state.clone();
         AbortOnDrop(tokio::spawn(async move {
-            let every = (s.uploads.idle_limit() / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+            let every = (s.uploads.idle_limit() / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(30));
             loop {
                 tokio::time::sleep(every).await;
                 let n = s.uploads.sweep();

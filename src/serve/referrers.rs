@@ -95,9 +95,7 @@ impl Referrers {
     fn cached(&self, repo: &str) -> Result<Arc<Vec<Referrer>>, u64> {
         let repos = self.repos.lock().unwrap();
         match repos.get(repo) {
-            Some(Repo {
-                found: Some(f), ..
-            }) => Ok(f.clone()),
+            Some(Repo { found: Some(f), .. }) => Ok(f.clone()),
             Some(r) => Err(r.generation),
             None => Err(0),
         }
@@ -150,10 +148,7 @@ pub(super) async fn get<B: Catalog>(
         .iter()
         .filter(|r| r.subject == subject)
         .filter(|r| {
-            wanted.is_empty()
-                || r.artifact_type
-                    .as_ref()
-                    .is_some_and(|t| wanted.contains(t))
+            wanted.is_empty() || r.artifact_type.as_ref().is_some_and(|t| wanted.contains(t))
         })
         .collect();
     let body = serde_json::json!({

@@ -138,7 +138,9 @@ impl Uploads {
             let mut slots = self.slots.lock().unwrap();
             let old: Vec<String> = slots
                 .iter()
-                .filter(|(_, s)| matches!(s, Slot::Idle { since, .. } if since.elapsed() >= self.idle))
+                .filter(
+                    |(_, s)| matches!(s, Slot::Idle { since, .. } if since.elapsed() >= self.idle),
+                )
                 .map(|(id, _)| id.clone())
                 .collect();
             old.iter()

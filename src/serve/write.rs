@@ -73,7 +73,10 @@ pub(super) async fn dispatch<B: Catalog>(
             let d = parse_digest(&digest)?;
             let (n, dd) = (name.clone(), d.clone());
             if !blocking(move || store.unlink_layer(&n, &dd)).await? {
-                return Err(code(ErrorCode::BlobUnknown, json!({ "digest": d.to_string() })));
+                return Err(code(
+                    ErrorCode::BlobUnknown,
+                    json!({ "digest": d.to_string() }),
+                ));
             }
             Ok(accepted())
         }
@@ -169,10 +172,15 @@ fn body_stream(body: Body) -> ByteStream {
 }
 
 /// Appends a request body to an upload's temp file (off the runtime); the writer is dropped on any error.
-async fn append(writer: crate::store::BlobWriter, body: Body) -> Result<crate::store::BlobWriter, ApiError> {
-    crate::blob::write_stream(body_stream(body), writer, |w: &mut crate::store::BlobWriter, c: &[u8]| {
-        w.write_all(c)
-    })
+async fn append(
+    writer: crate::store::BlobWriter,
+    body: Body,
+) -> Result<crate::store::BlobWriter, ApiError> {
+    crate::blob::write_stream(
+        body_stream(body),
+        writer,
+        |w: &mut crate::store::BlobWriter, c: &[u8]| w.write_all(c),
+    )
     .await
     .map_err(|e| match e {
         StreamWriteError::Read(e) => code(

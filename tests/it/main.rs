@@ -9,6 +9,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod oracle;
+mod referrers;
 mod serve;
 mod store_interop;
 mod sync;
