@@ -203,8 +203,12 @@ fn api_from_ferry_serve_kept_by_link_and_serve() {
         );
     }
     run_ok(ferry().arg("verify").arg(&with));
-    let ls = run_ok(ferry().arg("ls").arg(&with));
-    assert!(ls.status.success());
+    // `ls` names the referrers: the tagged ones by tag, the SBOM by digest.
+    let ls = String::from_utf8(run_ok(ferry().arg("ls").arg(&with)).stdout).unwrap();
+    for (_, _, r) in &src.signed {
+        assert!(ls.contains(&r.signature_tag), "{ls}");
+        assert!(ls.contains(r.sbom.hex()), "{ls}");
+    }
 
     // In place and on a linked root, the referrers API names the SBOM, and the artifactType filter works.
     let site = work.path().join("site");
@@ -239,6 +243,44 @@ fn api_from_ferry_serve_kept_by_link_and_serve() {
     for (repo, _, r) in &src.signed {
         let d = inspect_digest(&format!("docker://{}/{repo}@{}", site_reg.addr, r.sbom));
         assert_eq!(d, r.sbom.to_string());
+    }
+
+    // Pushed into an empty docker-registry (it takes a manifest with a subject) and into an
+    // empty `ferry serve --allow-push` (whose API then lists the SBOM): digests kept.
+    let (_d, empty) = empty_registry();
+    let pushed_root = tempfile::tempdir().unwrap();
+    Store::create(pushed_root.path()).unwrap();
+    let target = FerryServe::start_with(&[
+        "serve",
+        pushed_root.path().to_str().unwrap(),
+        "--allow-push",
+    ]);
+    for dest in [&empty.addr, &target.addr] {
+        run_ok(
+            ferry()
+                .env("FERRY_TEST_NO_RETRY_DELAY", "1")
+                .args([
+                    "unbundle",
+                    "push",
+                    "-q",
+                    "--dest-tls-verify=false",
+                    "--dest",
+                ])
+                .arg(dest)
+                .arg(&with),
+        );
+        for (repo, _, r) in &src.signed {
+            let d = inspect_digest(&format!("docker://{dest}/{repo}@{}", r.sbom));
+            assert_eq!(d, r.sbom.to_string(), "{dest}");
+            let d = inspect_digest(&format!("docker://{dest}/{repo}:{}", r.sbom_signature_tag));
+            assert_eq!(d, r.sbom_signature.to_string(), "{dest}");
+        }
+    }
+    for (repo, subject, r) in &src.signed {
+        assert_eq!(
+            listed(&target.addr, repo, subject, ""),
+            vec![r.sbom.to_string()]
+        );
     }
 }
 
