@@ -21,6 +21,9 @@ use crate::registry::{Client, RegistryError};
 /// The tag suffixes cosign gives a subject's signatures, attestations and SBOMs.
 const COSIGN_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
 
+/// Referrers of one manifest: `(":tag" or "@digest", digest)`.
+type Found = Vec<(String, Digest)>;
+
 /// The list entry a referrer is resolved as: the subject's host and repository,
 /// with `target` (`:tag` or `@digest`), at the subject's place in the list.
 fn derived(img: &PlannedImage, target: &str) -> Option<ListEntry> {
@@ -43,12 +46,8 @@ fn derived(img: &PlannedImage, target: &str) -> Option<ListEntry> {
 }
 
 /// The referrers of `digest` in `repo`: `(":tag" or "@digest", digest)`, tag-scheme ones first.
-async fn find(
-    client: &Client,
-    repo: &str,
-    digest: &Digest,
-) -> Result<Vec<(String, Digest)>, RegistryError> {
-    let mut out: Vec<(String, Digest)> = Vec::new();
+async fn find(client: &Client, repo: &str, digest: &Digest) -> Result<Found, RegistryError> {
+    let mut out: Found = Vec::new();
     for suffix in COSIGN_SUFFIXES {
         let tag = format!("{}-{}.{suffix}", digest.algorithm().name(), digest.hex());
         match client.head_manifest(repo, &tag).await {
@@ -99,21 +98,20 @@ pub(super) async fn carry(
             })
             .collect();
         let images = &plan.images;
-        let mut found: Vec<(usize, Digest, Result<Vec<(String, Digest)>, String>)> =
-            stream::iter(subjects)
-                .map(|(i, d)| async move {
-                    let img = &images[i];
-                    let r = match clients.get(&img.registry, &opts.client) {
-                        Ok(c) => find(&c, &img.remote_repository, &d)
-                            .await
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    (i, d, r)
-                })
-                .buffer_unordered(opts.jobs.max(1))
-                .collect()
-                .await;
+        let mut found: Vec<(usize, Digest, Result<Found, String>)> = stream::iter(subjects)
+            .map(|(i, d)| async move {
+                let img = &images[i];
+                let r = match clients.get(&img.registry, &opts.client) {
+                    Ok(c) => find(&c, &img.remote_repository, &d)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (i, d, r)
+            })
+            .buffer_unordered(opts.jobs.max(1))
+            .collect()
+            .await;
         found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         let mut entries: Vec<(usize, ListEntry)> = Vec::new();
         for (i, d, r) in found {
