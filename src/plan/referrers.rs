@@ -27,20 +27,30 @@ type Found = Vec<(String, Digest)>;
 /// The list entry a referrer is resolved as: the subject's host and repository,
 /// with `target` (`:tag` or `@digest`), at the subject's place in the list.
 fn derived(img: &PlannedImage, target: &str) -> Option<ListEntry> {
-    let r = Reference::parse(&img.source).ok()?;
+    derived_from(&img.source, &img.location, img.section.clone(), target)
+}
+
+/// [`derived`] from the subject's reference as written, its `file:line` and section.
+fn derived_from(
+    source: &str,
+    location: &str,
+    section: Option<String>,
+    target: &str,
+) -> Option<ListEntry> {
+    let r = Reference::parse(source).ok()?;
     let base = match r.host() {
         Some(h) => format!("{h}/{}", r.repository()),
         None => r.repository().to_string(),
     };
     let reference = Reference::parse(&format!("{base}{target}")).ok()?;
-    let (file, line) = match img.location.rsplit_once(':') {
+    let (file, line) = match location.rsplit_once(':') {
         Some((f, l)) => (f.to_string(), l.parse().unwrap_or(0)),
-        None => (img.location.clone(), 0),
+        None => (location.to_string(), 0),
     };
     Some(ListEntry {
         file,
         line,
-        section: img.section.clone(),
+        section,
         reference,
     })
 }
@@ -162,5 +172,42 @@ pub(super) async fn carry(
         if frontier.is_empty() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_referrer_keeps_the_subjects_host_repository_and_place() {
+        let hex = "a".repeat(64);
+        let cases = [
+            // (subject as written, target, referrer as resolved)
+            (
+                "quay.io:5000/x/y:v1",
+                format!(":sha256-{hex}.sig"),
+                format!("quay.io:5000/x/y:sha256-{hex}.sig"),
+            ),
+            (
+                "busybox",
+                format!("@sha256:{hex}"),
+                format!("busybox@sha256:{hex}"),
+            ),
+            (
+                &*format!("h.io/app@sha256:{hex}"),
+                ":sha256-b.att".to_string(),
+                "h.io/app:sha256-b.att".to_string(),
+            ),
+        ];
+        for (source, target, want) in cases {
+            let e = derived_from(source, "list.txt:7", Some("s".into()), &target).unwrap();
+            assert_eq!(e.reference.to_string(), want);
+            assert_eq!(
+                (e.file.as_str(), e.line, e.section.as_deref()),
+                ("list.txt", 7, Some("s"))
+            );
+        }
+        assert!(derived_from("x", "l:1", None, ":bad tag").is_none());
     }
 }
