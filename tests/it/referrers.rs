@@ -289,3 +289,32 @@ fn fixture_referrers_are_deterministic() {
     let (a, b) = (source(), source());
     assert_eq!(a.signed, b.signed);
 }
+
+#[test]
+fn a_referrer_missing_a_blob_at_the_source_is_named_and_nothing_is_written() {
+    let src = source();
+    let (repo, _, r) = &src.signed[0];
+    // The signature's payload layer is gone from the source: its manifest still resolves, its blob does not.
+    let store = Store::open(src.dir.path());
+    let sig = store.read_manifest(&r.signature).unwrap();
+    let payload = sig.parse().unwrap().blobs()[1].digest.clone();
+    std::fs::remove_file(store.path(PathSpec::BlobData(&payload))).unwrap();
+    let reg = Registry::start(src.dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, src.corpus.images_list()).unwrap();
+    let out = work.path().join("b.tar.zst");
+    let e = run(
+        bundle_cmd(&list, &out, &work.path().join("cache"), &reg.addr)
+            .args(["--all-platforms", "--with-referrers"]),
+    );
+    let stderr = String::from_utf8_lossy(&e.stderr);
+    assert!(!e.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(&format!("{repo}:{}", r.signature_tag))),
+        "the failing referrer is named: {stderr}"
+    );
+    assert!(!out.exists(), "no bundle written");
+}
