@@ -535,6 +535,118 @@ pub fn generate(preset: Preset, store: &Store) -> Result<Corpus, FixtureError> {
     Ok(corpus)
 }
 
+/// The referrers [`referrers`] made for one image, so tests can find them at a source and in a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FixtureReferrers {
+    /// The cosign-style signature of the image (tagged [`FixtureReferrers::signature_tag`]).
+    pub signature: Digest,
+    /// `sha256-<hex of the image>.sig`.
+    pub signature_tag: String,
+    /// The OCI 1.1 SBOM artifact whose `subject` is the image (untagged).
+    pub sbom: Digest,
+    /// The cosign-style signature of the SBOM (a referrer of a referrer).
+    pub sbom_signature: Digest,
+    /// `sha256-<hex of the SBOM>.sig`.
+    pub sbom_signature_tag: String,
+}
+
+/// The artifact type of the fixture SBOM.
+pub const SBOM_ARTIFACT_TYPE: &str = "application/spdx+json";
+/// The layer media type of a cosign signature.
+pub const COSIGN_SIGNATURE_LAYER: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// The OCI 1.1 empty descriptor's media type (config of an artifact).
+const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+/// A cosign-style signature of `subject` (the shape cosign writes: a simplesigning
+/// payload layer with the signature annotation; the signature bytes are a fixed
+/// stand-in, not a verifiable signature), tagged `sha256-<hex>.sig` in `repo`.
+fn cosign_signature(
+    store: &Store,
+    repo: &str,
+    subject: &Digest,
+) -> Result<(Digest, String), FixtureError> {
+    use base64::Engine;
+    let payload = serde_json::to_vec(&json!({
+        "critical": {
+            "identity": { "docker-reference": repo },
+            "image": { "docker-manifest-digest": subject.to_string() },
+            "type": "cosign container image signature"
+        },
+        "optional": null
+    }))
+    .expect("json");
+    let payload_digest = store.put_blob_bytes(&payload)?;
+    let config = serde_json::to_vec(&json!({
+        "architecture": "", "os": "", "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [payload_digest.to_string()] }
+    }))
+    .expect("json");
+    let config_digest = store.put_blob_bytes(&config)?;
+    let stand_in = base64::engine::general_purpose::STANDARD
+        .encode(Digest::sha256_of(&payload).hex().as_bytes());
+    let mut layer = descriptor(
+        COSIGN_SIGNATURE_LAYER,
+        &payload_digest,
+        payload.len() as u64,
+    );
+    layer["annotations"] = json!({ "dev.cosignproject.cosign/signature": stand_in });
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": mt::OCI_MANIFEST,
+        "config": descriptor(mt::OCI_CONFIG, &config_digest, config.len() as u64),
+        "layers": [layer],
+    }))
+    .expect("json");
+    let digest = store.put_blob_bytes(&manifest)?;
+    let tag = format!("{}-{}.sig", subject.algorithm().name(), subject.hex());
+    store.link_image(repo, &digest, Some(&tag))?;
+    Ok((digest, tag))
+}
+
+/// Generates, into `store`, a signature and an OCI 1.1 SBOM (with its own
+/// signature) for the image `repo@subject`, which `store` must hold: what
+/// `bundle --with-referrers` carries. Deterministic, no network.
+pub fn referrers(
+    store: &Store,
+    repo: &str,
+    subject: &Digest,
+) -> Result<FixtureReferrers, FixtureError> {
+    let top = store.read_manifest(subject)?;
+    let (signature, signature_tag) = cosign_signature(store, repo, subject)?;
+    let spdx = serde_json::to_vec(&json!({
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": format!("{repo}@{subject}"),
+        "documentNamespace": format!("https://ferry.invalid/spdx/{}", subject.hex()),
+        "creationInfo": { "created": "2021-01-01T00:00:00Z", "creators": ["Tool: ferry-fixtures"] },
+        "packages": [],
+    }))
+    .expect("json");
+    let spdx_digest = store.put_blob_bytes(&spdx)?;
+    let empty_digest = store.put_blob_bytes(b"{}")?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": mt::OCI_MANIFEST,
+        "artifactType": SBOM_ARTIFACT_TYPE,
+        "config": descriptor(OCI_EMPTY, &empty_digest, 2),
+        "layers": [descriptor(SBOM_ARTIFACT_TYPE, &spdx_digest, spdx.len() as u64)],
+        "subject": descriptor(top.media_type(), subject, top.bytes().len() as u64),
+        "annotations": { "org.opencontainers.image.created": "2021-01-01T00:00:00Z" },
+    }))
+    .expect("json");
+    let sbom = store.put_blob_bytes(&manifest)?;
+    store.link_image(repo, &sbom, None)?;
+    let (sbom_signature, sbom_signature_tag) = cosign_signature(store, repo, &sbom)?;
+    Ok(FixtureReferrers {
+        signature,
+        signature_tag,
+        sbom,
+        sbom_signature,
+        sbom_signature_tag,
+    })
+}
+
 /// Seed of the layers a [`patch`] adds (apart from every preset's).
 const PATCH_SEED: u64 = 0xDE17A;
 

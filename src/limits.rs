@@ -120,3 +120,5 @@ pub const MAX_HTPASSWD_BYTES: u64 = 16 * 1024 * 1024;
 /// Largest body of a refused request (405, 401) the server reads and discards so that the
 /// keep-alive connection can carry the next request; a larger or endless one gets `Connection: close`.
 pub const MAX_REFUSED_BODY_BYTES: usize = 1024 * 1024;
+/// How deep `--with-referrers` follows referrers of referrers (a signature of an SBOM of an image is depth 2).
+pub const REFERRER_DEPTH: usize = 2;

@@ -35,6 +35,8 @@ pub struct PlanOptions {
     pub client: ClientOptions,
     /// Manifests resolved at once.
     pub jobs: usize,
+    /// Bring each image's referrers (signatures, attestations, SBOMs) along (`--with-referrers`).
+    pub with_referrers: bool,
 }
 
 /// An image of the list, resolved.
@@ -103,11 +105,28 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Adds a resolved image and its blobs (the first image naming a blob is where it is fetched from).
+    fn add(&mut self, img: PlannedImage) {
+        for b in img.blobs() {
+            self.blobs
+                .entry(b.digest.clone())
+                .or_insert_with(|| BlobSource {
+                    size: b.size,
+                    registry: img.registry.clone(),
+                    repository: img.remote_repository.clone(),
+                    descriptor: b.clone(),
+                });
+        }
+        self.images.push(img);
+    }
+
     /// Bytes of all unique blobs.
     pub fn blob_bytes(&self) -> u64 {
         self.blobs.values().map(|b| b.size).sum()
     }
 }
+
+mod referrers;
 
 fn entry_label(e: &ListEntry) -> String {
     format!("{} ({}:{})", e.reference, e.file, e.line)
@@ -375,17 +394,7 @@ pub async fn resolve(
                     }
                     names.insert(key, (img.source.clone(), img.digest.clone()));
                 }
-                for b in img.blobs() {
-                    plan.blobs
-                        .entry(b.digest.clone())
-                        .or_insert_with(|| BlobSource {
-                            size: b.size,
-                            registry: img.registry.clone(),
-                            repository: img.remote_repository.clone(),
-                            descriptor: b.clone(),
-                        });
-                }
-                plan.images.push(img);
+                plan.add(img);
             }
             Err(cause) => plan.failures.push(Failure {
                 image: entry_label(e),
@@ -393,6 +402,9 @@ pub async fn resolve(
                 cause,
             }),
         }
+    }
+    if opts.with_referrers {
+        referrers::carry(&mut plan, &opts, seen, walks, clients, cache).await;
     }
     plan
 }

@@ -215,13 +215,15 @@ pub fn newest_first(
 
 /// Which of these bundles are releases of one line: pairs (newer, older) where the newer is a
 /// delta of the older, directly or through other bundles given. Such a pair may tag differently.
-pub fn same_line(
-    bundles: &[&Path],
-) -> Result<impl Fn(&Path, &Path) -> bool + use<>, ReadError> {
+pub fn same_line(bundles: &[&Path]) -> Result<impl Fn(&Path, &Path) -> bool + use<>, ReadError> {
     let mut items = Vec::with_capacity(bundles.len());
     for p in bundles {
         let (index, bytes) = read_index_bytes(p)?;
-        items.push((p.to_path_buf(), index.since.map(|s| s.index_digest), Digest::sha256_of(&bytes)));
+        items.push((
+            p.to_path_buf(),
+            index.since.map(|s| s.index_digest),
+            Digest::sha256_of(&bytes),
+        ));
     }
     let mut pairs = std::collections::BTreeSet::new();
     for (i, (newer, _, _)) in items.iter().enumerate() {

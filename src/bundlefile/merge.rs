@@ -133,8 +133,8 @@ mod tests {
             [(pa, &a), (pb, &b), (Path::new("c.tar.zst"), &c)],
             &|_, _| false,
         )
-            .unwrap_err()
-            .to_string();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("y:1 is sha256:bbbb"), "{e}");
         assert!(
             e.contains("in a.tar.zst but sha256:dddd") && e.contains("in c.tar.zst"),

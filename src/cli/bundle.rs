@@ -38,6 +38,9 @@ pub struct BundleArgs {
     /// Store quay.io/x/y as repository quay.io/x/y (default: x/y); a port's ':' becomes '_'.
     #[arg(long)]
     keep_host: bool,
+    /// Bring signatures, attestations, SBOMs (referrers) along: the OCI 1.1 referrers API and cosign's `sha256-<hex>.sig|.att|.sbom` tags.
+    #[arg(long)]
+    with_referrers: bool,
     /// Persistent blob cache (default $XDG_CACHE_HOME/ferry or ~/.cache/ferry).
     #[arg(long)]
     cache: Option<PathBuf>,
@@ -202,6 +205,7 @@ fn run_inner(
                 .net
                 .side("src", a.src_tls_verify, &a.src_creds, a.authfile, a.jobs)?,
             jobs: a.jobs.max(1),
+            with_referrers: a.with_referrers,
         },
         cache,
         output: a.output,

@@ -111,6 +111,7 @@ pub fn run(g: &GlobalArgs, a: DemoArgs) -> anyhow::Result<ExitCode> {
                     ..ClientOptions::default()
                 },
                 jobs: crate::limits::DEFAULT_JOBS,
+                with_referrers: false,
             },
             cache: dir.join("cache"),
             output: bundle_path.clone(),

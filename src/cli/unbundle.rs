@@ -227,7 +227,10 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let paths: Vec<&std::path::Path> = bundles.iter().map(|b| b.path()).collect();
     let same_line = crate::bundlefile::delta::same_line(&paths)?;
-    check_tags_agree(bundles.iter().map(|b| (b.path(), &b.scan.index)), &same_line)?;
+    check_tags_agree(
+        bundles.iter().map(|b| (b.path(), &b.scan.index)),
+        &same_line,
+    )?;
     let images = distinct_images(bundles.iter().map(|b| &b.scan.index));
     let what = format!("{} bundle(s), {images} images, in place", bundles.len());
     let bundles = Bundles(bundles);

@@ -108,6 +108,48 @@ impl Client {
         }))
     }
 
+    /// Lists the manifests that name `digest` as their subject (OCI 1.1
+    /// referrers API), so a bundle can carry signatures and SBOMs; `None` when
+    /// the registry has no such API (404, 405, 400, 501), so the caller falls back
+    /// to cosign's tag scheme.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<Vec<crate::manifest::Descriptor>>, RegistryError> {
+        let route = Route::Referrers {
+            name: repo.to_string(),
+            digest: digest.to_string(),
+        };
+        let held = match self.send(Method::GET, &route, "", &[]).await {
+            Ok(h) => h,
+            Err(RegistryError::Status { status, .. })
+                if matches!(status.as_u16(), 400 | 404 | 405 | 501) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let url = held.resp.url().to_string();
+        let bytes = self
+            .read_body(
+                held.resp,
+                MAX_MANIFEST_BYTES + 1,
+                &format!("reading referrers of {repo}@{digest}"),
+            )
+            .await?;
+        // A body that is not an index (an HTML page of a registry without the API) means no API.
+        match serde_json::from_slice::<crate::manifest::ImageIndex>(&bytes) {
+            Ok(index) => Ok(Some(index.manifests)),
+            Err(e) => {
+                tracing::debug!(
+                    "{url}: not a referrers index ({e}); taking it as no referrers API"
+                );
+                Ok(None)
+            }
+        }
+    }
+
     /// Deletes a manifest by digest (distribution refuses deletes by tag); every tag naming it goes too.
     pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<(), RegistryError> {
         let route = Route::Manifest {

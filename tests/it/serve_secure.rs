@@ -63,7 +63,9 @@ fn secure_bundle_server(certs: &TestCerts, htpasswd: &Path, log: &Path) -> Ferry
             "--htpasswd",
             htpasswd.to_str().unwrap(),
         ],
-        Some(log), &[])
+        Some(log),
+        &[],
+    )
 }
 
 fn plain_image(corpus: &ferry::fixtures::Corpus) -> &ferry::fixtures::FixtureImage {
@@ -595,7 +597,9 @@ fn bundles_that_disagree_on_a_tag_are_refused_and_a_repeat_counts_once() {
             dotted.to_str().unwrap(),
             link.to_str().unwrap(),
         ],
-        Some(&log), &[]);
+        Some(&log),
+        &[],
+    );
     let img = &corpus.images[0];
     assert_eq!(
         inspect_digest(&format!(
