@@ -506,6 +506,14 @@ fn signature_entry<'a>(
 /// Reads only `ferry-bundle.json` and its signature (the first two entries) and checks the
 /// signature with `key`, before anything else of the bundle is read or trusted.
 pub fn check_signature(path: &Path, key: &super::sign::VerifyingKey) -> Result<(), ReadError> {
+    let (json, signature) = head(path)?;
+    key.check(path, &json, signature.as_deref())?;
+    Ok(())
+}
+
+/// The bytes of `ferry-bundle.json` and its signature, when the bundle has one: the first two
+/// entries, read with caps; no other entry is looked at.
+fn head(path: &Path) -> Result<(Vec<u8>, Option<String>), ReadError> {
     let mut archive = tar::Archive::new(tar_stream(path)?.reader);
     let mut entries = archive
         .entries()
@@ -517,27 +525,17 @@ pub fn check_signature(path: &Path, key: &super::sign::VerifyingKey) -> Result<(
         .raw(true);
     let json = index_entry(path, next_member(path, &mut entries))?;
     let (signature, _) = signature_entry(path, next_member(path, &mut entries))?;
-    key.check(path, &json, signature.as_deref())?;
-    Ok(())
+    Ok((json, signature))
 }
 
-/// Reads `ferry-bundle.json` alone (the first entry: nothing else is read).
+/// Reads `ferry-bundle.json` alone (and past it only the signature entry, if any).
 pub fn read_index(path: &Path) -> Result<BundleIndex, ReadError> {
     read_index_bytes(path).map(|(index, _)| index)
 }
 
 /// Reads `ferry-bundle.json` alone with its exact bytes (a delta names its base by their digest).
 pub fn read_index_bytes(path: &Path) -> Result<(BundleIndex, Vec<u8>), ReadError> {
-    let mut archive = tar::Archive::new(tar_stream(path)?.reader);
-    let mut entries = archive
-        .entries()
-        .map_err(|source| ReadError::Io {
-            bundle: path.to_path_buf(),
-            op: "reading the archive",
-            source,
-        })?
-        .raw(true);
-    let json = index_entry(path, next_member(path, &mut entries))?;
+    let (json, _) = head(path)?;
     Ok((parse_index(path, &json)?, json))
 }
 
