@@ -74,9 +74,15 @@ impl Base {
         })
     }
 
-    /// Every blob file the base carries (manifests included): what a delta of it leaves out.
+    /// Every blob the base carries or stands for (manifests included): what a delta of it leaves out.
     pub fn carried(&self) -> HashSet<&Digest> {
-        self.index.blobs.iter().map(|b| &b.digest).collect()
+        // A base that is a delta itself stands for its own base too: what it left out is there.
+        self.index
+            .blobs
+            .iter()
+            .map(|b| &b.digest)
+            .chain(left_out(&self.index).iter().map(|l| &l.digest))
+            .collect()
     }
 
     /// The record a delta of this base writes, given the left-out blobs and the images using each.
@@ -241,4 +247,46 @@ pub fn same_line(bundles: &[&Path]) -> Result<impl Fn(&Path, &Path) -> bool + us
         pairs.contains(&(a.to_path_buf(), b.to_path_buf()))
             || pairs.contains(&(b.to_path_buf(), a.to_path_buf()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundlefile::format::BlobEntry;
+
+    #[test]
+    fn a_delta_as_base_stands_for_what_it_left_out() {
+        let d = |b: &[u8]| Digest::sha256_of(b);
+        let index = BundleIndex {
+            format: String::new(),
+            created_by: String::new(),
+            source_date_epoch: 0,
+            images: Vec::new(),
+            failed: Vec::new(),
+            blob_count: 1,
+            blob_bytes: 1,
+            blobs: vec![BlobEntry {
+                digest: d(b"carried"),
+                size: 1,
+            }],
+            since: Some(DeltaBase {
+                index_digest: d(b"older"),
+                name: "older.tar.zst".into(),
+                left_out: vec![LeftOut {
+                    digest: d(b"in the older base"),
+                    size: 1,
+                    images: vec!["app:1".into()],
+                }],
+            }),
+        };
+        let base = Base {
+            index,
+            digest: d(b"base"),
+            name: "base.tar.zst".into(),
+        };
+        let carried = base.carried();
+        assert!(carried.contains(&d(b"carried")));
+        assert!(carried.contains(&d(b"in the older base")));
+        assert_eq!(carried.len(), 2);
+    }
 }

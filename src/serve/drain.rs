@@ -37,6 +37,17 @@ pub async fn settle(parts: &Parts, body: Body, resp: Response) -> Response {
     close(resp)
 }
 
+/// `resp`, marked as the connection's last answer (HTTP/1) when it is an error: for a handler
+/// that reads the body itself and may have refused the request before reading all of it.
+pub fn last_if_error(parts: &Parts, resp: Response) -> Response {
+    let http1 = matches!(parts.version, Version::HTTP_10 | Version::HTTP_11);
+    if http1 && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        close(resp)
+    } else {
+        resp
+    }
+}
+
 /// `resp` marked as the connection's last answer.
 fn close(mut resp: Response) -> Response {
     resp.headers_mut()

@@ -393,10 +393,12 @@ async fn handle<B: Catalog>(State(app): State<Arc<App<B>>>, req: Request) -> Res
         (_, None) => Err(ApiError::NotFound),
         (_, Some(route)) if method != Method::GET && method != Method::HEAD => {
             if write::accepts(&app, &method, &route) {
-                // The handler reads the body itself.
-                return write::dispatch(app, &method, route, &query, &parts.headers, body)
+                // The handler reads the body itself; one it refused may have left the body unread,
+                // so an error is the connection's last answer (HTTP/1: `Connection: close`).
+                let resp = write::dispatch(app, &method, route, &query, &parts.headers, body)
                     .await
                     .unwrap_or_else(IntoResponse::into_response);
+                return drain::last_if_error(&parts, resp);
             }
             Err(ApiError::MethodNotAllowed)
         }
@@ -519,8 +521,11 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // Hex digits checked as bytes first: slicing the `str` could cut a UTF-8 character.
         if b[i] == b'%'
             && i + 2 < b.len()
+            && b[i + 1].is_ascii_hexdigit()
+            && b[i + 2].is_ascii_hexdigit()
             && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
         {
             out.push(v);
@@ -715,6 +720,14 @@ mod tests {
         for (r, size, want) in table {
             assert_eq!(parse_range(r, size), want, "{r} of {size}");
         }
+    }
+
+    #[test]
+    fn percent_decoding_never_cuts_a_character() {
+        assert_eq!(percent_decode("a%2Fb"), "a/b");
+        assert_eq!(percent_decode("%a\u{e9}x"), "%a\u{e9}x");
+        assert_eq!(percent_decode("%\u{e9}"), "%\u{e9}");
+        assert_eq!(percent_decode("%4"), "%4");
     }
 
     #[test]

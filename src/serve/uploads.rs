@@ -115,6 +115,15 @@ impl Uploads {
         }
     }
 
+    /// A guard for a slot this request holds busy (after [`Uploads::take`] or [`Uploads::reserve`]).
+    pub fn hold<'a>(&'a self, id: &str, repo: &str) -> Held<'a> {
+        Held {
+            uploads: self,
+            id: id.to_string(),
+            repo: repo.to_string(),
+        }
+    }
+
     /// Forgets `id` (finished, failed or cancelled); an idle session's temp data is deleted with it.
     /// `false` when `repo` had no such upload.
     pub fn end(&self, id: &str, repo: &str) -> bool {
@@ -181,4 +190,22 @@ fn new_id() -> String {
         return d.hex()[..32].to_string();
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Ends an upload whose slot is still busy when the request holding it ends: one that returned
+/// early without putting the session back, or was cancelled (a client gone mid-body, an HTTP/2
+/// stream reset), so that no slot stays busy for ever and the upload cap is never used up.
+pub struct Held<'a> {
+    uploads: &'a Uploads,
+    id: String,
+    repo: String,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.uploads.slots.lock().unwrap();
+        if matches!(slots.get(&self.id), Some(Slot::Busy { repo, .. }) if *repo == self.repo) {
+            slots.remove(&self.id);
+        }
+    }
 }

@@ -317,6 +317,7 @@ async fn start_upload<B: Catalog>(
             json!({ "reason": format!("{} uploads in progress", crate::limits::MAX_UPLOADS) }),
         ));
     };
+    let _held = app.uploads.hold(&id, &name);
     let s = store.clone();
     let writer = match blocking(move || s.blob_writer()).await {
         Ok(w) => w,
@@ -366,7 +367,13 @@ async fn write_chunk<B: Catalog>(
     body: Body,
 ) -> Result<Session, ApiError> {
     let offset = session.writer.written();
-    let range = content_range(headers)?;
+    let range = match content_range(headers) {
+        Ok(r) => r,
+        Err(e) => {
+            app.uploads.put_back(id, session);
+            return Err(e);
+        }
+    };
     if let Some((start, end)) = range {
         let len_ok = content_length(headers).is_none_or(|l| l == end - start + 1);
         if start != offset || !len_ok {
@@ -403,6 +410,7 @@ async fn patch_upload<B: Catalog>(
     body: Body,
 ) -> ApiResult {
     let session = take(&app, &name, &id)?;
+    let _held = app.uploads.hold(&id, &name);
     let session = write_chunk(&app, &name, &id, session, headers, body).await?;
     let offset = session.writer.written();
     app.uploads.put_back(&id, session);
@@ -427,6 +435,7 @@ async fn finish_upload<B: Catalog>(
         ));
     };
     let session = take(&app, &name, &id)?;
+    let _held = app.uploads.hold(&id, &name);
     let session = write_chunk(&app, &name, &id, session, headers, body).await?;
     let r = commit(store, &name, session.writer, &digest, None).await;
     app.uploads.end(&id, &name);

@@ -259,6 +259,12 @@ fn chunked_uploads_ranges_status_and_mount() {
     // The blob is not visible before the final PUT.
     let (status, _, _) = http(a, "HEAD", &format!("/v2/up/one/blobs/{digest}"), &[]).unwrap();
     assert_eq!(status, 404);
+    // A malformed Content-Range is refused and the upload goes on (its slot is not left busy).
+    let (status, head, _) = req(a, "PATCH", &loc, &[("Content-Range", "x")], b"zz");
+    assert!(
+        (400..500).contains(&status) && status != 416,
+        "{status} {head}"
+    );
     // A wrong digest on the final PUT: DIGEST_INVALID, the upload gone, nothing published.
     let wrong = sha256(b"something else");
     let (status, _, _) = req(
