@@ -54,67 +54,43 @@ impl Referrer {
     }
 }
 
-/// Per repository: the referrers found, and a counter bumped by every change,
-/// so a listing built while a push landed is not cached over it.
-#[derive(Default)]
-struct Repo {
-    generation: u64,
-    found: Option<Arc<Vec<Referrer>>>,
-}
+/// What was found in one repository: its referrers, with the manifest digests they were read
+/// from. Any writer of the root (this server's pushes and deletes, `unbundle link`, a second
+/// server) changes that list, and the listing is then redone.
+type Found = (Arc<Vec<Digest>>, Arc<Vec<Referrer>>);
 
 /// The in-memory referrers of every repository asked about.
 #[derive(Default)]
 pub(super) struct Referrers {
-    repos: Mutex<HashMap<String, Repo>>,
+    repos: Mutex<HashMap<String, Found>>,
 }
 
 impl Referrers {
-    /// Records a pushed manifest that names a subject (a no-op until the repository is listed once).
-    pub fn pushed(&self, repo: &str, r: Referrer) {
-        let mut repos = self.repos.lock().unwrap();
-        let entry = repos.entry(repo.to_string()).or_default();
-        entry.generation += 1;
-        if let Some(found) = &mut entry.found
-            && !found.iter().any(|x| x.digest == r.digest)
-        {
-            Arc::make_mut(found).push(r);
-        }
-    }
-
-    /// Forgets a manifest deleted from `repo`.
-    pub fn deleted(&self, repo: &str, digest: &Digest) {
-        let mut repos = self.repos.lock().unwrap();
-        let entry = repos.entry(repo.to_string()).or_default();
-        entry.generation += 1;
-        if let Some(found) = &mut entry.found {
-            Arc::make_mut(found).retain(|x| &x.digest != digest);
-        }
-    }
-
-    /// The cached referrers of `repo`, or the generation a new listing must match to be kept.
-    fn cached(&self, repo: &str) -> Result<Arc<Vec<Referrer>>, u64> {
+    /// The cached referrers of `repo` when they were read from exactly `manifests`.
+    fn cached(&self, repo: &str, manifests: &[Digest]) -> Option<Arc<Vec<Referrer>>> {
         let repos = self.repos.lock().unwrap();
         match repos.get(repo) {
-            Some(Repo { found: Some(f), .. }) => Ok(f.clone()),
-            Some(r) => Err(r.generation),
-            None => Err(0),
+            Some((listed, found)) if listed.as_slice() == manifests => Some(found.clone()),
+            _ => None,
         }
     }
 
-    /// Keeps a listing built at `generation` unless the repository changed meanwhile.
-    fn keep(&self, repo: &str, generation: u64, found: Arc<Vec<Referrer>>) {
+    /// Keeps a listing of `repo` read from `manifests`.
+    fn keep(&self, repo: &str, manifests: Arc<Vec<Digest>>, found: Arc<Vec<Referrer>>) {
         let mut repos = self.repos.lock().unwrap();
-        let entry = repos.entry(repo.to_string()).or_default();
-        if entry.generation == generation {
-            entry.found = Some(found);
-        }
+        repos.insert(repo.to_string(), (manifests, found));
     }
 }
 
 /// Reads every manifest `repo` links and keeps those with a subject.
-fn find<B: Catalog>(backend: &B, repo: &str) -> Result<Vec<Referrer>, crate::store::StoreError> {
+fn find<B: Catalog>(
+    backend: &B,
+    repo: &str,
+    manifests: &[Digest],
+) -> Result<Vec<Referrer>, crate::store::StoreError> {
     let mut out = Vec::new();
-    for d in backend.manifest_digests(repo)? {
+    for d in manifests {
+        let d = d.clone();
         match backend.manifest(repo, &d) {
             Ok(Some(m)) => out.extend(Referrer::of(&m)),
             Ok(None) => {}
@@ -134,12 +110,16 @@ pub(super) async fn get<B: Catalog>(
 ) -> ApiResult {
     check_name(&name)?;
     let subject = parse_digest(&digest)?;
-    let all = match app.referrers.cached(&name) {
-        Ok(found) => found,
-        Err(generation) => {
-            let (b, n) = (app.backend.clone(), name.clone());
-            let found = Arc::new(blocking(move || find(&*b, &n)).await?);
-            app.referrers.keep(&name, generation, found.clone());
+    let (b, n) = (app.backend.clone(), name.clone());
+    let mut manifests = blocking(move || b.manifest_digests(&n)).await?;
+    manifests.sort();
+    let manifests = Arc::new(manifests);
+    let all = match app.referrers.cached(&name, &manifests) {
+        Some(found) => found,
+        None => {
+            let (b, n, m) = (app.backend.clone(), name.clone(), manifests.clone());
+            let found = Arc::new(blocking(move || find(&*b, &n, &m)).await?);
+            app.referrers.keep(&name, manifests, found.clone());
             found
         }
     };

@@ -74,10 +74,10 @@ pub(super) async fn dispatch<B: Catalog>(
             Ok((StatusCode::NO_CONTENT, [API_VERSION]).into_response())
         }
         ("PUT", Route::Manifest { name, reference }) => {
-            put_manifest(app, store, name, reference, headers, body).await
+            put_manifest(store, name, reference, headers, body).await
         }
         ("DELETE", Route::Manifest { name, reference }) => {
-            delete_manifest(app, store, name, reference).await
+            delete_manifest(store, name, reference).await
         }
         ("DELETE", Route::Blob { name, digest }) => {
             check_name(&name)?;
@@ -528,8 +528,7 @@ fn check_references(store: &Store, repo: &str, m: &Manifest) -> Result<(), ApiEr
 }
 
 /// PUT of a manifest by tag or digest.
-async fn put_manifest<B: Catalog>(
-    app: Arc<App<B>>,
+async fn put_manifest(
     store: Store,
     name: String,
     reference: String,
@@ -591,18 +590,12 @@ async fn put_manifest<B: Catalog>(
     h.insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
     if let Some(rf) = referrer {
         h.insert("oci-subject", header_value(&rf.subject().to_string()));
-        app.referrers.pushed(&name, rf);
     }
     Ok((StatusCode::CREATED, h).into_response())
 }
 
 /// DELETE of a manifest: by digest it goes with every tag pointing at it; by tag only the tag goes.
-async fn delete_manifest<B: Catalog>(
-    app: Arc<App<B>>,
-    store: Store,
-    name: String,
-    reference: String,
-) -> ApiResult {
+async fn delete_manifest(store: Store, name: String, reference: String) -> ApiResult {
     check_name(&name)?;
     let r = manifest_ref(&reference)?;
     let n = name.clone();
@@ -618,7 +611,6 @@ async fn delete_manifest<B: Catalog>(
                     json!({ "digest": d.to_string() }),
                 ));
             }
-            app.referrers.deleted(&name, &d);
         }
         Ref::Tag(t) => {
             let tt = t.clone();

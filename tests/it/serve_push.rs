@@ -713,6 +713,29 @@ fn referrers_on_a_root_and_on_a_bundle_in_place() {
     let left = referrers(a, "r/app", &id, "").1;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["digest"], pushed[1].1);
+    // Another writer of the root (a second server here; `unbundle link` alike): the first
+    // server's cached listing sees the new referrer at once.
+    let other = FerryServe::start_with(&["serve", root, "--allow-push"]);
+    push_blob(&other.addr, "r/app", b"attestation");
+    let m = oci_manifest(
+        CONFIG,
+        b"attestation",
+        Some((&id, image.len())),
+        Some("application/vnd.example.att"),
+    );
+    assert_eq!(put_manifest(&other.addr, "r/app", &sha256(&m), &m).0, 201);
+    other.stop();
+    let seen = referrers(a, "r/app", &id, "").1;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().any(|e| e["digest"] == sha256(&m)));
+    let (status, _, _) = req(
+        a,
+        "DELETE",
+        &format!("/v2/r/app/manifests/{}", sha256(&m)),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 202);
     server.stop();
 
     // Bundled next to the image (pinned by digest), then served in place.
