@@ -18,7 +18,7 @@ use crate::store::paths::PathSpec;
 use std::collections::HashSet;
 
 use crate::bundlefile::delta::{self, Base};
-use crate::bundlefile::read::{BlobVisitor, ReadError, scan};
+use crate::bundlefile::read::{BlobVisitor, ReadError, scan, scan_checked};
 use crate::digest::Digest;
 use crate::store::{Store, StoreError};
 
@@ -181,12 +181,14 @@ impl BlobVisitor for Into<'_> {
 /// Links `bundle` into the root at `root`; see the module docs. A re-run changes
 /// nothing. `on_blob(size)` is called as each blob starts (for progress). A
 /// delta's left-out blobs must be in the root or in `base` (checked before
-/// anything is written); those the root lacks are taken from `base`.
+/// anything is written); those the root lacks are taken from `base`. With `key`, the
+/// signature is checked again on the very bytes unpacked, before any blob is written.
 pub fn link(
     bundle: &Path,
     root: &Path,
     no_clobber: bool,
     base: Option<&Path>,
+    key: Option<&crate::bundlefile::sign::VerifyingKey>,
     on_blob: &dyn Fn(u64),
 ) -> Result<LinkSummary, LinkError> {
     let index = crate::bundlefile::read_index(bundle)?;
@@ -254,7 +256,7 @@ pub fn link(
         }
         _ => Ok(()),
     };
-    let scanned = from_base_scan.and_then(|()| scan(bundle, &mut into));
+    let scanned = from_base_scan.and_then(|()| scan_checked(bundle, &mut into, key));
     // Every image must walk (manifests parse, configs and layers present) before
     // a single link is written; a bundle that fails here is refused like one
     // whose bytes are wrong, and takes its blobs back.

@@ -184,38 +184,64 @@ pub fn check(
     }))
 }
 
-/// Orders bundles served together so that a delta comes before its base (and a delta of that
-/// delta before it): the first bundle with a tag answers for it, so the newest release's tags win.
-pub fn newest_first(
-    bundles: &mut [std::sync::Arc<super::read::BundleFile>],
-) -> Result<(), ReadError> {
-    let mut ids = Vec::with_capacity(bundles.len());
-    for b in bundles.iter() {
-        let (_, bytes) = read_index_bytes(b.path())?;
-        ids.push(Digest::sha256_of(&bytes));
-    }
+/// How many releases lie below each bundle among those given: `items` are each bundle's identity
+/// (the digest of its `ferry-bundle.json`) and the base it names, if a delta.
+fn depths(items: &[(Digest, Option<Digest>)]) -> Vec<usize> {
     let base_of = |i: usize| {
-        let since = bundles[i].scan.index.since.as_ref()?;
-        ids.iter().position(|d| d == &since.index_digest)
+        let since = items[i].1.as_ref()?;
+        items.iter().position(|(id, _)| id == since)
     };
-    // How many releases lie below each bundle among those given (a cycle cannot be longer than the list).
-    let depth: Vec<usize> = (0..bundles.len())
+    (0..items.len())
         .map(|mut i| {
             let mut n = 0;
+            // A cycle cannot be longer than the list.
             while let Some(j) = base_of(i) {
                 n += 1;
                 i = j;
-                if n > bundles.len() {
+                if n > items.len() {
                     break;
                 }
             }
             n
         })
-        .collect();
+        .collect()
+}
+
+/// Orders opened bundles newest release first (a delta before its base): the first that has a
+/// tag answers for it, so a delta's tags win over its base's.
+pub fn newest_first(
+    bundles: &mut [std::sync::Arc<super::read::BundleFile>],
+) -> Result<(), ReadError> {
+    let mut items = Vec::with_capacity(bundles.len());
+    for b in bundles.iter() {
+        let (_, bytes) = read_index_bytes(b.path())?;
+        let since = b.scan.index.since.as_ref().map(|s| s.index_digest.clone());
+        items.push((Digest::sha256_of(&bytes), since));
+    }
+    let depth = depths(&items);
     let mut order: Vec<usize> = (0..bundles.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(depth[i]));
     let sorted: Vec<_> = order.iter().map(|&i| bundles[i].clone()).collect();
     bundles.clone_from_slice(&sorted);
+    Ok(())
+}
+
+/// Orders bundle files oldest release first (a base before its deltas), for unpacking them one
+/// after another into one root: the newest release's tags are written last.
+pub fn oldest_first(paths: &mut [PathBuf]) -> Result<(), ReadError> {
+    let mut items = Vec::with_capacity(paths.len());
+    for p in paths.iter() {
+        let (index, bytes) = read_index_bytes(p)?;
+        items.push((
+            Digest::sha256_of(&bytes),
+            index.since.map(|s| s.index_digest),
+        ));
+    }
+    let depth = depths(&items);
+    let mut order: Vec<usize> = (0..paths.len()).collect();
+    order.sort_by_key(|&i| depth[i]);
+    let sorted: Vec<PathBuf> = order.iter().map(|&i| paths[i].clone()).collect();
+    paths.clone_from_slice(&sorted);
     Ok(())
 }
 

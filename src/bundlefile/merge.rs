@@ -52,29 +52,29 @@ pub fn check_tags_agree<'a>(
     bundles: impl IntoIterator<Item = (&'a Path, &'a BundleIndex)>,
     same_line: &dyn Fn(&Path, &Path) -> bool,
 ) -> Result<(), Box<TagConflict>> {
-    let mut tagged: BTreeMap<(&str, &str), (&Path, &Digest)> = BTreeMap::new();
+    // Every earlier (bundle, digest) of a tag: a later one must agree with each of them, or be of
+    // one line with it (checking only the first would let a delta retag an unrelated bundle's tag).
+    let mut tagged: BTreeMap<(&str, &str), Vec<(&Path, &Digest)>> = BTreeMap::new();
     for (path, index) in bundles {
         for image in &index.images {
             let Some(tag) = image.tag.as_deref() else {
                 continue;
             };
-            let key = (image.repository.as_str(), tag);
-            match tagged.get(&key) {
-                None => {
-                    tagged.insert(key, (path, &image.digest));
-                }
-                Some((first, digest)) if *digest != &image.digest && !same_line(first, path) => {
-                    return Err(Box::new(TagConflict {
-                        repository: image.repository.clone(),
-                        tag: tag.to_string(),
-                        first: first.to_path_buf(),
-                        first_digest: (*digest).clone(),
-                        second: path.to_path_buf(),
-                        second_digest: image.digest.clone(),
-                    }));
-                }
-                Some(_) => {}
+            let seen = tagged.entry((image.repository.as_str(), tag)).or_default();
+            if let Some((first, digest)) = seen
+                .iter()
+                .find(|(p, d)| *d != &image.digest && !same_line(p, path))
+            {
+                return Err(Box::new(TagConflict {
+                    repository: image.repository.clone(),
+                    tag: tag.to_string(),
+                    first: first.to_path_buf(),
+                    first_digest: (*digest).clone(),
+                    second: path.to_path_buf(),
+                    second_digest: image.digest.clone(),
+                }));
             }
+            seen.push((path, &image.digest));
         }
     }
     Ok(())
@@ -138,6 +138,27 @@ mod tests {
         assert!(e.starts_with("y:1 is sha256:bbbb"), "{e}");
         assert!(
             e.contains("in a.tar.zst but sha256:dddd") && e.contains("in c.tar.zst"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_delta_retags_its_base_but_not_an_unrelated_bundle() {
+        let old = index(&[("x", Some("1"), 'a')]);
+        let other = index(&[("x", Some("1"), 'a')]);
+        let delta = index(&[("x", Some("1"), 'b')]);
+        let (po, pu, pd) = (
+            Path::new("old.tar.zst"),
+            Path::new("other.tar.zst"),
+            Path::new("delta.tar.zst"),
+        );
+        let line = |a: &Path, b: &Path| (a == po && b == pd) || (a == pd && b == po);
+        assert!(check_tags_agree([(po, &old), (pd, &delta)], &line).is_ok());
+        let e = check_tags_agree([(po, &old), (pu, &other), (pd, &delta)], &line)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("other.tar.zst") && e.contains("delta.tar.zst"),
             "{e}"
         );
     }

@@ -170,8 +170,10 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         return super::serve::serve_root(g, &a.sources[0], &a.server, opts);
     }
     // The same file given twice (by any path) is one bundle.
-    let sources = distinct_files(&a.sources);
+    let mut sources = distinct_files(&a.sources);
     if let Some(dir) = &a.dir {
+        // Unpacked one after another: a base before its deltas, so the newest tags are written last.
+        crate::bundlefile::delta::oldest_first(&mut sources)?;
         let mut indexes = Vec::new();
         for b in &sources {
             indexes.push(crate::bundlefile::read_index(b)?);
@@ -180,7 +182,7 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         let same_line = crate::bundlefile::delta::same_line(&paths)?;
         check_tags_agree(paths.iter().copied().zip(&indexes), &same_line)?;
         for b in &sources {
-            link(b, dir, false, None, &|_| {})
+            link(b, dir, false, None, key.as_ref(), &|_| {})
                 .with_context(|| format!("unpacking {} into {}", b.display(), dir.display()))?;
         }
         return super::serve::serve_root(g, dir, &a.server, opts);
@@ -244,6 +246,7 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
         bail!("{}: not a bundle file", a.bundle.display());
     }
     check_keys(&a.key, std::slice::from_ref(&a.bundle))?;
+    let key = super::verify::load_key(&a.key)?;
     let index = crate::bundlefile::read_index(&a.bundle)?;
     let bar = super::progress::bar(g.quiet || g.debug, "link");
     {
@@ -257,9 +260,14 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = &a.base {
         super::must_exist(b)?;
     }
-    let result = link(&a.bundle, &a.root, a.no_clobber, a.base.as_deref(), &|n| {
-        crate::bundle::Progress::fetched(bar.as_ref(), n)
-    });
+    let result = link(
+        &a.bundle,
+        &a.root,
+        a.no_clobber,
+        a.base.as_deref(),
+        key.as_ref(),
+        &|n| crate::bundle::Progress::fetched(bar.as_ref(), n),
+    );
     bar.finish();
     let s = result?;
     if a.json {

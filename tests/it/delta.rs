@@ -278,6 +278,18 @@ fn serve_of_old_and_delta_serves_the_new_release_and_the_delta_alone_is_refused(
         &format!("docker://{}/{}:{}", s.addr, img.repository, img.tag),
         &format!("dir:{}", out.path().display()),
     ]);
+    drop(s);
+    // Unpacked with --dir, given delta first: the base is unpacked first and the new tags win.
+    let dir = tempfile::tempdir().unwrap();
+    let s = FerryServe::start_with(&[
+        "unbundle",
+        "serve",
+        delta.to_str().unwrap(),
+        old.to_str().unwrap(),
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    serves_every_tag(&s.addr, &r.new);
 }
 
 fn push(bundle: &Path, dest: &str, extra: &[&str]) -> std::process::Output {
