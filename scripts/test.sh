@@ -3,6 +3,7 @@
 # the real registry (docker-registry) and real clients (skopeo, podman, containerd, docker.io),
 # htpasswd (apache2-utils: bcrypt entries for a password-protected registry),
 # minisign (checks that ferry's bundle signatures verify with the reference tool),
+# curl (HTTP/2 over TLS) and python3 (the OCI conformance port, scripts/conformance.py),
 # then runs every unit and integration test.
 #   scripts/test.sh [cargo test args...]
 set -euo pipefail
@@ -15,6 +16,8 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v podman >/dev/null || need+=(podman)
 command -v containerd >/dev/null || need+=(containerd)
 command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v minisign >/dev/null || need+=(minisign)
 [ -x /usr/bin/docker ] && command -v dockerd >/dev/null || need+=(docker.io)
