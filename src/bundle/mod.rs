@@ -550,10 +550,8 @@ fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layo
     let mut blobs: BTreeSet<BlobEntry> = BTreeSet::new();
     let mut images = Vec::new();
     for img in &plan.images {
-        let name = match &img.tag {
-            Some(t) => format!("{}:{t}", img.repository),
-            None => format!("{}@{}", img.repository, img.digest),
-        };
+        let name =
+            crate::bundlefile::format::image_name(&img.repository, img.tag.as_deref(), &img.digest);
         let mut blob = |layout: &mut pack::Layout, digest: &Digest, size: u64| {
             if carried.contains(digest) {
                 let users = &mut left_out.entry(digest.clone()).or_default();

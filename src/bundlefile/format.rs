@@ -92,6 +92,15 @@ pub struct LeftOut {
     pub images: Vec<String>,
 }
 
+/// How a bundle names an image (`repository:tag`, or `repository@digest` when untagged): in a
+/// delta's left-out list, in `ls` and wherever one is matched against the other.
+pub fn image_name(repository: &str, tag: Option<&str>, digest: &Digest) -> String {
+    match tag {
+        Some(t) => format!("{repository}:{t}"),
+        None => format!("{repository}@{digest}"),
+    }
+}
+
 /// One image of a bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

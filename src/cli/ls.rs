@@ -39,10 +39,7 @@ pub(super) struct Row {
 impl Row {
     /// `repo:tag`, or `repo@digest` for an untagged image.
     pub(super) fn image(&self) -> String {
-        match &self.tag {
-            Some(t) => format!("{}:{t}", self.repository),
-            None => format!("{}@{}", self.repository, self.digest),
-        }
+        crate::bundlefile::format::image_name(&self.repository, self.tag.as_deref(), &self.digest)
     }
 }
 
@@ -171,10 +168,11 @@ fn bundle_rows(path: &std::path::Path) -> anyhow::Result<Vec<Row>> {
     for img in &index.images {
         // An image the delta leaves out whole (unchanged since the base): its row from the index.
         if left_out.iter().any(|l| l.digest == img.digest) {
-            let name = match &img.tag {
-                Some(t) => format!("{}:{t}", img.repository),
-                None => format!("{}@{}", img.repository, img.digest),
-            };
+            let name = crate::bundlefile::format::image_name(
+                &img.repository,
+                img.tag.as_deref(),
+                &img.digest,
+            );
             let blobs: Vec<(Digest, u64)> = left_out
                 .iter()
                 .filter(|l| l.images.contains(&name))

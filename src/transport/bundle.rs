@@ -146,11 +146,11 @@ impl Bundles {
             let left_out = b.scan.index.since.iter().flat_map(|s| &s.left_out);
             for l in left_out.clone() {
                 for img in b.scan.index.images.iter().filter(|i| {
-                    let name = match &i.tag {
-                        Some(t) => format!("{}:{t}", i.repository),
-                        None => format!("{}@{}", i.repository, i.digest),
-                    };
-                    l.images.contains(&name)
+                    l.images.contains(&crate::bundlefile::format::image_name(
+                        &i.repository,
+                        i.tag.as_deref(),
+                        &i.digest,
+                    ))
                 }) {
                     needed
                         .entry(&img.repository)
