@@ -209,21 +209,19 @@ fn depths(items: &[(Digest, Option<Digest>)]) -> Vec<usize> {
 
 /// Orders opened bundles newest release first (a delta before its base): the first that has a
 /// tag answers for it, so a delta's tags win over its base's.
-pub fn newest_first(
-    bundles: &mut [std::sync::Arc<super::read::BundleFile>],
-) -> Result<(), ReadError> {
-    let mut items = Vec::with_capacity(bundles.len());
-    for b in bundles.iter() {
-        let (_, bytes) = read_index_bytes(b.path())?;
-        let since = b.scan.index.since.as_ref().map(|s| s.index_digest.clone());
-        items.push((Digest::sha256_of(&bytes), since));
-    }
+pub fn newest_first(bundles: &mut [std::sync::Arc<super::read::BundleFile>]) {
+    let items: Vec<_> = bundles
+        .iter()
+        .map(|b| {
+            let since = b.scan.index.since.as_ref().map(|s| s.index_digest.clone());
+            (b.scan.index_digest.clone(), since)
+        })
+        .collect();
     let depth = depths(&items);
     let mut order: Vec<usize> = (0..bundles.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(depth[i]));
     let sorted: Vec<_> = order.iter().map(|&i| bundles[i].clone()).collect();
     bundles.clone_from_slice(&sorted);
-    Ok(())
 }
 
 /// Orders bundle files oldest release first (a base before its deltas), for unpacking them one

@@ -97,6 +97,8 @@ pub struct Scan {
     pub blobs: HashMap<Digest, (u64, u64)>,
     /// The minisign signature of `ferry-bundle.json` the bundle carries, if signed.
     pub signature: Option<String>,
+    /// sha256 of the exact bytes of `ferry-bundle.json`: the bundle's identity (a delta names its base by it).
+    pub index_digest: Digest,
 }
 
 /// Receives each blob's content during a scan (it is verified as it is read; the scan drains what is left).
@@ -603,6 +605,7 @@ fn scan_stream(
         key.check(&bundle, &json, signature.as_deref())?;
     }
     let index = parse_index(&bundle, &json)?;
+    let index_digest = Digest::sha256_of(&json);
     let expected: HashMap<&Digest, u64> = index.blobs.iter().map(|b| (&b.digest, b.size)).collect();
 
     let mut repos: BTreeMap<String, Repo> = BTreeMap::new();
@@ -739,6 +742,7 @@ fn scan_stream(
         repos,
         blobs,
         signature,
+        index_digest,
     };
     check_consistency(&bundle, &scan)?;
     Ok(scan)

@@ -203,7 +203,7 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
             key.as_ref(),
         )?);
     }
-    crate::bundlefile::delta::newest_first(&mut bundles)?;
+    crate::bundlefile::delta::newest_first(&mut bundles);
     // A delta serves only together with its base: its left-out blobs must be in another bundle given.
     for (i, b) in bundles.iter().enumerate() {
         let hint = match &b.scan.index.since {

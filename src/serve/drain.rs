@@ -26,11 +26,7 @@ pub async fn settle(parts: &Parts, body: Body, resp: Response) -> Response {
         .exact()
         .is_some_and(|n| n > MAX_REFUSED_BODY_BYTES as u64);
     // A client waiting for `100 Continue` has not sent its body: asking for it only to drop it wastes the link.
-    let drained = !expects_continue
-        && !too_large
-        && axum::body::to_bytes(body, MAX_REFUSED_BODY_BYTES)
-            .await
-            .is_ok();
+    let drained = !expects_continue && !too_large && discard(body).await;
     if drained || !http1 {
         return resp;
     }
@@ -46,6 +42,22 @@ pub fn last_if_error(parts: &Parts, resp: Response) -> Response {
     } else {
         resp
     }
+}
+
+/// Reads and drops a body the server will not use, up to [`MAX_REFUSED_BODY_BYTES`] (nothing is
+/// kept); `true` when the whole body was read, so the connection can carry the next request.
+pub async fn discard(body: Body) -> bool {
+    use futures_util::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { return false };
+        seen += chunk.len();
+        if seen > MAX_REFUSED_BODY_BYTES {
+            return false;
+        }
+    }
+    true
 }
 
 /// `resp` marked as the connection's last answer.

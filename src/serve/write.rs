@@ -97,21 +97,6 @@ pub(super) async fn dispatch<B: Catalog>(
 
 use serde_json::json;
 
-/// Most bytes of a refused request's body read and dropped, so the client's next request on the connection works.
-const DISCARD_MAX: u64 = 64 * 1024 * 1024;
-
-/// Reads and drops up to [`DISCARD_MAX`] bytes of a body the server will not use.
-async fn discard(body: Body) {
-    let mut stream = body.into_data_stream();
-    let mut seen = 0u64;
-    while let Some(Ok(chunk)) = stream.next().await {
-        seen += chunk.len() as u64;
-        if seen > DISCARD_MAX {
-            break;
-        }
-    }
-}
-
 fn code(c: ErrorCode, detail: serde_json::Value) -> ApiError {
     ApiError::Code(c, detail)
 }
@@ -488,7 +473,7 @@ async fn manifest_body(body: Body) -> Result<Vec<u8>, ApiError> {
         if (out.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
             // Read on (up to a bound) so the client gets the answer rather than a reset.
             drop(out);
-            discard(Body::from_stream(stream)).await;
+            super::drain::discard(Body::from_stream(stream)).await;
             let mut resp = code(
                 ErrorCode::ManifestInvalid,
                 json!({ "reason": format!("manifest over the {MAX_MANIFEST_BYTES}-byte cap") }),

@@ -144,18 +144,23 @@ impl Bundles {
                 Default::default();
             // A delta's left-out blobs are named in its index with the images that use them.
             let left_out = b.scan.index.since.iter().flat_map(|s| &s.left_out);
-            for l in left_out.clone() {
-                for img in b.scan.index.images.iter().filter(|i| {
-                    l.images.contains(&crate::bundlefile::format::image_name(
+            let repo_of: std::collections::HashMap<String, &str> = b
+                .scan
+                .index
+                .images
+                .iter()
+                .map(|i| {
+                    let name = crate::bundlefile::format::image_name(
                         &i.repository,
                         i.tag.as_deref(),
                         &i.digest,
-                    ))
-                }) {
-                    needed
-                        .entry(&img.repository)
-                        .or_default()
-                        .insert(l.digest.clone());
+                    );
+                    (name, i.repository.as_str())
+                })
+                .collect();
+            for l in left_out.clone() {
+                for repo in l.images.iter().filter_map(|n| repo_of.get(n)) {
+                    needed.entry(repo).or_default().insert(l.digest.clone());
                 }
             }
             for img in &b.scan.index.images {
