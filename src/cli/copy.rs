@@ -46,21 +46,8 @@ pub struct CopyArgs {
     format: Option<Format>,
     #[command(flatten)]
     platform: super::registry_flags::PlatformOverride,
-    /// Verify the source registry's TLS certificate (false also allows plain http).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
-    src_tls_verify: bool,
-    /// Verify the destination registry's TLS certificate (false also allows plain http).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
-    dest_tls_verify: bool,
-    /// Credentials for the source registry, USER[:PASS].
-    #[arg(long)]
-    src_creds: Option<String>,
-    /// Credentials for the destination registry, USER[:PASS].
-    #[arg(long)]
-    dest_creds: Option<String>,
-    /// Auth file (docker config.json or containers auth.json).
-    #[arg(long)]
-    authfile: Option<PathBuf>,
+    #[command(flatten)]
+    sides: super::registry_flags::SideFlags,
     /// When the source's index lacks some platforms (a bundle's sparse index) and the destination
     /// refuses it, write an index of the present platforms instead (its digest changes and is reported).
     #[arg(long)]
@@ -117,16 +104,16 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
     let open = OpenOptions {
         source: a.net.side(
             "src",
-            a.src_tls_verify,
-            &a.src_creds,
-            a.authfile.clone(),
+            a.sides.src_tls_verify,
+            &a.sides.src_creds,
+            a.sides.authfile.clone(),
             a.jobs,
         )?,
         destination: a.net.side(
             "dest",
-            a.dest_tls_verify,
-            &a.dest_creds,
-            a.authfile.clone(),
+            a.sides.dest_tls_verify,
+            &a.sides.dest_creds,
+            a.sides.authfile.clone(),
             a.jobs,
         )?,
     };

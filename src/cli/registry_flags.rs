@@ -105,3 +105,23 @@ pub fn docker_name(r: &Reference) -> String {
     };
     format!("{host}/{}", r.remote_repository(DEFAULT_REGISTRY))
 }
+
+/// The two sides' TLS and credential flags of `copy` and `sync`, spelled as skopeo spells them.
+#[derive(Debug, clap::Args)]
+pub struct SideFlags {
+    /// Verify the source registry's TLS certificate (false also allows plain http); in `sync`, a sync file's tls-verify wins.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
+    pub src_tls_verify: bool,
+    /// Verify the destination registry's TLS certificate (false also allows plain http).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
+    pub dest_tls_verify: bool,
+    /// Credentials for the source registry, USER[:PASS]; in `sync`, a sync file's credentials win.
+    #[arg(long)]
+    pub src_creds: Option<String>,
+    /// Credentials for the destination registry, USER[:PASS].
+    #[arg(long)]
+    pub dest_creds: Option<String>,
+    /// Auth file for both sides (docker config.json or containers auth.json).
+    #[arg(long)]
+    pub authfile: Option<PathBuf>,
+}

@@ -59,21 +59,8 @@ pub struct SyncArgs {
     /// Retry a sync that failed this many more times (pausing 1 s, 2 s, 4 s, …); present blobs are not sent again.
     #[arg(long, default_value_t = 0)]
     retry_times: u32,
-    /// Verify the source registry's TLS certificate (false also allows plain http); a sync file's tls-verify wins.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
-    src_tls_verify: bool,
-    /// Verify the destination registry's TLS certificate (false also allows plain http).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
-    dest_tls_verify: bool,
-    /// Credentials for the source registry, USER[:PASS]; a sync file's credentials win.
-    #[arg(long)]
-    src_creds: Option<String>,
-    /// Credentials for the destination registry, USER[:PASS].
-    #[arg(long)]
-    dest_creds: Option<String>,
-    /// Auth file for both sides (docker config.json or containers auth.json).
-    #[arg(long)]
-    authfile: Option<PathBuf>,
+    #[command(flatten)]
+    sides: super::registry_flags::SideFlags,
     /// Auth file for the source registry (default: --authfile).
     #[arg(long)]
     src_authfile: Option<PathBuf>,
@@ -139,9 +126,9 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
         cert_dir: a.src_cert_dir.clone(),
         ..a.net.side(
             "src",
-            a.src_tls_verify,
-            &a.src_creds,
-            a.src_authfile.clone().or_else(|| a.authfile.clone()),
+            a.sides.src_tls_verify,
+            &a.sides.src_creds,
+            a.src_authfile.clone().or_else(|| a.sides.authfile.clone()),
             a.jobs,
         )?
     };
@@ -151,9 +138,9 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
             cert_dir: a.dest_cert_dir.clone(),
             ..a.net.side(
                 "dest",
-                a.dest_tls_verify,
-                &a.dest_creds,
-                a.dest_authfile.clone().or_else(|| a.authfile.clone()),
+                a.sides.dest_tls_verify,
+                &a.sides.dest_creds,
+                a.dest_authfile.clone().or_else(|| a.sides.authfile.clone()),
                 a.jobs,
             )?
         },
