@@ -193,16 +193,23 @@ impl Auth {
         if self.passed.lock().is_ok_and(|c| c.contains(&key)) {
             return true;
         }
-        let Some(hash) = self.users.users.get(user).cloned() else {
-            return false;
+        // An unknown user still costs one bcrypt (against another user's hash, result
+        // discarded), so the answer's timing does not tell which user names exist.
+        let (hash, known) = match self.users.users.get(user) {
+            Some(hash) => (hash.clone(), true),
+            None => match self.users.users.values().next() {
+                Some(hash) => (hash.clone(), false),
+                None => return false,
+            },
         };
         let password = password.to_string();
         let Ok(_permit) = self.checks.acquire().await else {
             return false;
         };
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+        let checked = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
             .await
             .is_ok_and(|r| r.unwrap_or(false));
+        let ok = known && checked;
         if ok && let Ok(mut cache) = self.passed.lock() {
             if cache.len() >= MAX_AUTH_CACHE_ENTRIES {
                 cache.clear();
