@@ -148,6 +148,125 @@ fn inspect_matches_skopeo_over_docker_dir_and_oci() {
     }
 }
 
+/// A plain tar holding one file, as a layer.
+fn layer_tar(name: &str, body: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append_data(&mut h, name, body).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// A docker-archive written by hand as `docker save` writes one: gzip'd layers (one listed
+/// twice), an image with two RepoTags and an untagged second image.
+fn hand_made_archive(path: &Path) {
+    use std::io::Write;
+    let gz = |b: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    };
+    let (l1, l2) = (layer_tar("a", b"first layer"), layer_tar("b", &[7u8; 3000]));
+    let (d1, d2) = (sha256(&l1), sha256(&l2));
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","created":"2024-01-02T03:04:05Z","config":{{"Env":["PATH=/bin"],"Labels":{{"k":"v"}}}},"rootfs":{{"type":"layers","diff_ids":["{d1}","{d2}","{d1}"]}}}}"#
+    );
+    let config2 = config.replace("amd64", "arm64");
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        ("l1/layer.tar".into(), gz(&l1)),
+        ("l2/layer.tar".into(), gz(&l2)),
+        (
+            format!("{}.json", &sha256(config.as_bytes())[7..]),
+            config.clone().into_bytes(),
+        ),
+        (
+            format!("{}.json", &sha256(config2.as_bytes())[7..]),
+            config2.clone().into_bytes(),
+        ),
+    ];
+    let manifest = format!(
+        r#"[{{"Config":"{}","RepoTags":["busybox:1","example.com/a/b:two"],"Layers":["l1/layer.tar","l2/layer.tar","l1/layer.tar"]}},{{"Config":"{}","RepoTags":null,"Layers":["l1/layer.tar","l2/layer.tar","l1/layer.tar"]}}]"#,
+        files[2].0, files[3].0
+    );
+    files.push(("manifest.json".into(), manifest.into_bytes()));
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, body) in &files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, body.as_slice()).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+#[test]
+fn docker_archive_inspect_and_list_tags_match_skopeo() {
+    let (_, corpus) = small();
+    let (_dir, reg) = small_registry();
+    let work = tempfile::tempdir().unwrap();
+    let docker = corpus
+        .images
+        .iter()
+        .find(|i| i.media_type == mt::DOCKER_MANIFEST)
+        .unwrap();
+    let oci = corpus
+        .images
+        .iter()
+        .find(|i| i.media_type == mt::OCI_MANIFEST)
+        .unwrap();
+    // Written by skopeo: uncompressed layers; one tagged, one untagged.
+    let tagged = work.path().join("tagged.tar");
+    let untagged = work.path().join("untagged.tar");
+    for (img, dest) in [
+        (docker, format!("docker-archive:{}:x/y:1", tagged.display())),
+        (oci, format!("docker-archive:{}", untagged.display())),
+    ] {
+        let from = format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag);
+        skopeo_ok(&["copy", "-q", "--src-tls-verify=false", &from, &dest]);
+    }
+    // Written by hand: gzip'd layers, a repeated layer, two images.
+    let hand = work.path().join("hand.tar");
+    hand_made_archive(&hand);
+    let refs = [
+        format!("docker-archive:{}", tagged.display()),
+        format!("docker-archive:{}:x/y:1", tagged.display()),
+        format!("docker-archive:{}", untagged.display()),
+        format!("docker-archive:{}:busybox:1", hand.display()),
+        format!("docker-archive:{}:example.com/a/b:two", hand.display()),
+        format!("docker-archive:{}:@1", hand.display()),
+    ];
+    for r in &refs {
+        inspect_all_forms(r);
+    }
+    // The synthesised manifest names layers by diff_id, as gzip, repeats kept.
+    let raw = skopeo_ok(&["inspect", "--raw", &refs[3]]).stdout;
+    let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(m["layers"].as_array().unwrap().len(), 3, "{m}");
+    // list-tags: every image of the archive ("@N" for an untagged one), a NAME:TAG after the path ignored.
+    for r in [&refs[0], &refs[1], &refs[2], &refs[3]] {
+        same_output(&["list-tags", r], false);
+    }
+    let tags = ferry_out(&["list-tags", &refs[3]]);
+    let v: serde_json::Value = serde_json::from_slice(&tags.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"Tags": ["busybox:1", "example.com/a/b:two", "@1"]})
+    );
+    // A file that is not an archive: one line naming it, exit 1.
+    let bad = work.path().join("not-an-archive.tar");
+    std::fs::write(&bad, b"hello").unwrap();
+    let out = ferry_out(&["list-tags", &format!("docker-archive:{}", bad.display())]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("not-an-archive.tar"), "{err}");
+}
+
 #[test]
 fn list_tags_follows_every_page() {
     let (root, corpus) = small();
