@@ -735,3 +735,205 @@ fn bad_input_is_one_line_and_bad_flags_exit_2() {
     let o = ferry_out(&["logout"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A real credential helper (docker's protocol over stdin/stdout) that keeps each login as a
+/// file in `$FERRY_TEST_HELPER_DIR`, written into `bin` as `docker-credential-NAME`.
+fn credential_helper(bin: &Path, name: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = r#"#!/usr/bin/env python3
+import json, os, sys
+d = os.environ["FERRY_TEST_HELPER_DIR"]
+data = sys.stdin.read()
+def path(url):
+    return os.path.join(d, url.replace("/", "_").replace(":", "_"))
+act = sys.argv[1]
+if act == "store":
+    j = json.loads(data)
+    with open(path(j["ServerURL"]), "w") as f:
+        json.dump({"ServerURL": j["ServerURL"], "Username": j["Username"], "Secret": j["Secret"]}, f)
+elif act in ("get", "erase"):
+    p = path(data.strip())
+    if not os.path.exists(p):
+        print("credentials not found in native keychain")
+        sys.exit(1)
+    if act == "get":
+        sys.stdout.write(open(p).read())
+    else:
+        os.remove(p)
+else:
+    sys.exit(2)
+"#;
+    let p = bin.join(format!("docker-credential-{name}"));
+    std::fs::write(&p, script).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn credential_helpers_keep_logins_for_login_lookup_and_logout() {
+    const PASSWORD: &str = "pw-Hx7-kept-by-the-helper";
+    let (root, corpus) = small();
+    let dir = tempfile::tempdir().unwrap();
+    hardlink_copy(root, dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let ht = work.path().join("htpasswd");
+    htpasswd(&ht, "alice", PASSWORD);
+    let reg = Registry::start_with_options(
+        dir.path(),
+        None,
+        &RegistryOptions {
+            htpasswd: Some(ht.clone()),
+            ..Default::default()
+        },
+    );
+    let img = &corpus.images[0];
+    let image = format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag);
+    let repo = format!("docker://{}/{}", reg.addr, img.repository);
+    let bin = work.path().join("bin");
+    let kept = work.path().join("kept");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&kept).unwrap();
+    credential_helper(&bin, "ferrytest");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut outputs: Vec<Output> = Vec::new();
+    let mut tool = |program: Command, args: &[&str], stdin: Option<&str>| -> Output {
+        let mut c = program;
+        c.args(args)
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env("PATH", &path)
+            .env("FERRY_TEST_HELPER_DIR", &kept)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        outputs.push(out.clone());
+        out
+    };
+    let login = |a: &str| {
+        vec![
+            "login".to_string(),
+            "--tls-verify=false".into(),
+            "--authfile".into(),
+            a.into(),
+            "-u".into(),
+            "alice".into(),
+            "--password-stdin".into(),
+            reg.addr.clone(),
+        ]
+    };
+
+    // credHelpers: ferry logs in through the helper; skopeo and ferry find the login there.
+    let a = work.path().join("helpers.json");
+    let a_s = a.to_str().unwrap().to_string();
+    std::fs::write(
+        &a,
+        format!(r#"{{"credHelpers":{{"{}":"ferrytest"}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let before = std::fs::read(&a).unwrap();
+    let l = login(&a_s);
+    let l: Vec<&str> = l.iter().map(String::as_str).collect();
+    let o = tool(ferry(), &l, Some("wrong\n"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 0, "nothing kept");
+    let o = tool(ferry(), &l, Some(&format!("{PASSWORD}\n")));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        before,
+        "the file holds no secret"
+    );
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 1);
+    let o = tool(
+        ferry(),
+        &["login", "--authfile", &a_s, "--get-login", &reg.addr],
+        None,
+    );
+    assert_eq!(text(&o.stdout), "alice\n", "{}", text(&o.stderr));
+    for program in [ferry(), Command::new("skopeo")] {
+        let o = tool(
+            program,
+            &["inspect", "--tls-verify=false", "--authfile", &a_s, &image],
+            None,
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let o = tool(
+        ferry(),
+        &["list-tags", "--tls-verify=false", "--authfile", &a_s, &repo],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = tool(ferry(), &["logout", "--authfile", &a_s, &reg.addr], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 0, "erased");
+    let o = tool(
+        ferry(),
+        &["login", "--authfile", &a_s, "--get-login", &reg.addr],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+
+    // credsStore: the helper keeps the secret, the file an empty entry (as docker writes);
+    // logout --all has the store forget it.
+    let b = work.path().join("store.json");
+    let b_s = b.to_str().unwrap().to_string();
+    std::fs::write(&b, r#"{"credsStore":"ferrytest","psFormat":"table"}"#).unwrap();
+    let l = login(&b_s);
+    let l: Vec<&str> = l.iter().map(String::as_str).collect();
+    let o = tool(ferry(), &l, Some(&format!("{PASSWORD}\n")));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&b).unwrap()).unwrap();
+    assert_eq!(v["auths"][&reg.addr], serde_json::json!({}), "{v}");
+    assert_eq!(v["psFormat"], "table");
+    let o = tool(
+        ferry(),
+        &["inspect", "--tls-verify=false", "--authfile", &b_s, &image],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = tool(ferry(), &["logout", "--authfile", &b_s, "--all"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 0, "erased");
+    let o = tool(
+        ferry(),
+        &["inspect", "--tls-verify=false", "--authfile", &b_s, &image],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "no login left");
+
+    // A helper the file names but that is not installed: one line naming it.
+    std::fs::write(&b, r#"{"credsStore":"absent"}"#).unwrap();
+    let o = tool(
+        ferry(),
+        &["inspect", "--tls-verify=false", "--authfile", &b_s, &image],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("docker-credential-absent"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        text(&o.stderr).trim().lines().count(),
+        1,
+        "{}",
+        text(&o.stderr)
+    );
+
+    for o in &outputs {
+        assert!(
+            !text(&o.stdout).contains(PASSWORD) && !text(&o.stderr).contains(PASSWORD),
+            "the password was printed"
+        );
+    }
+}
