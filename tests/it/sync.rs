@@ -863,7 +863,7 @@ fn a_later_run_mounts_what_an_earlier_run_uploaded_and_survives_stale_locations(
     // Every location made stale: the same file pointed at another (empty) registry, whose
     // repositories hold nothing. The mounts are refused, the blobs uploaded, the image whole.
     let (_d3, other) = empty_registry();
-    let file = cache.path().join("ferry/blob-locations");
+    let file = cache.path().join("ferry/.ferry-cache/blob-locations");
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.lines().count() as u64 >= uploaded, "{text}");
     std::fs::write(&file, text.replace(&target.addr, &other.addr)).unwrap();
