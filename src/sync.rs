@@ -910,6 +910,12 @@ impl Destination for SyncDest {
             SyncDest::Dir(d) => d.get().await?.has_blob(desc).await,
         }
     }
+    async fn reuse_blob(&self, desc: &Descriptor) -> crate::transport::Result<Option<Put>> {
+        match self {
+            SyncDest::Open(d) => d.reuse_blob(desc).await,
+            SyncDest::Dir(d) => d.get().await?.reuse_blob(desc).await,
+        }
+    }
     async fn put_blob(&self, desc: &Descriptor, body: BlobBody) -> crate::transport::Result<Put> {
         match self {
             SyncDest::Open(d) => d.put_blob(desc, body).await,

@@ -1,5 +1,6 @@
 //! Writing auth files for `login` and `logout`: the entry for one registry is
-//! set or removed and everything else in the file (other registries,
+//! set or removed (through the credential helper the file names for it, when it
+//! names one) and everything else in the file (other registries,
 //! `credHelpers`, unknown keys) is kept; the file is replaced atomically (temp
 //! file in the same directory, then rename) with mode 0600, in the format
 //! skopeo, podman and docker all read (`auths.HOST.auth` = base64 of `user:pass`).
@@ -116,9 +117,44 @@ fn write(path: &Path, doc: &Map<String, Value>) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// Stores `creds` for `key` in the auth file at `path`, keeping every other entry and key.
+/// The registry host of a key, refused when the key has a namespace and a credential
+/// helper would keep it (helpers keep one login per registry host).
+fn helper_host<'a>(path: &Path, key: &'a str, helper: &str) -> Result<&'a str, AuthError> {
+    match key.split_once('/') {
+        None => Ok(key),
+        Some((host, _)) => Err(AuthError::File {
+            path: path.to_path_buf(),
+            why: format!(
+                "credential helper docker-credential-{helper} keeps one login per registry host; log in to {host}, not {key}"
+            ),
+        }),
+    }
+}
+
+/// Stores `creds` for `key` in the auth file at `path`, keeping every other entry and key;
+/// when the file names a credential helper for the registry (`credHelpers`, else
+/// `credsStore`), the helper keeps them and the file holds no secret (with `credsStore`,
+/// an empty `auths` entry marks the login, as docker writes it).
 pub fn store(path: &Path, key: &str, creds: &Credentials) -> Result<(), AuthError> {
     let mut doc = read(path)?;
+    let host = key.split('/').next().unwrap_or(key);
+    if let Some((helper, is_store)) = super::helper_in(&doc, host) {
+        super::helper_store(&helper, helper_host(path, key, &helper)?, creds)?;
+        if !is_store {
+            return Ok(());
+        }
+        let auths = doc
+            .entry("auths")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Some(auths) = auths.as_object_mut() else {
+            return Err(AuthError::File {
+                path: path.to_path_buf(),
+                why: "\"auths\" is not a JSON object".into(),
+            });
+        };
+        auths.insert(key.to_string(), Value::Object(Map::new()));
+        return write(path, &doc);
+    }
     let auths = doc
         .entry("auths")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -138,32 +174,66 @@ pub fn store(path: &Path, key: &str, creds: &Credentials) -> Result<(), AuthErro
     write(path, &doc)
 }
 
-/// Removes the entry for `key` (and its `https://` / `http://` spellings); false when there was none.
+/// Removes the login for `key`: the helper the file names for it forgets it, and the entry
+/// (with its `https://` / `http://` spellings) leaves `auths`; false when there was none.
 pub fn remove(path: &Path, key: &str) -> Result<bool, AuthError> {
     let mut doc = read(path)?;
-    let Some(Value::Object(auths)) = doc.get_mut("auths") else {
-        return Ok(false);
+    let host = key.split('/').next().unwrap_or(key);
+    let removed = match super::helper_in(&doc, host) {
+        Some((helper, _)) if !key.contains('/') => super::helper_erase(&helper, host)?,
+        _ => false,
     };
-    let mut removed = false;
+    let Some(Value::Object(auths)) = doc.get_mut("auths") else {
+        return Ok(removed);
+    };
+    let mut changed = false;
     for k in [
         key.to_string(),
         format!("https://{key}"),
         format!("http://{key}"),
     ] {
-        removed |= auths.remove(&k).is_some();
+        changed |= auths.remove(&k).is_some();
     }
-    if removed {
+    if changed {
         write(path, &doc)?;
     }
-    Ok(removed)
+    Ok(removed || changed)
 }
 
-/// Removes every stored login (`auths` and `credHelpers` emptied, as skopeo's `logout --all`); other keys stay.
+/// Removes every stored login (`auths` and `credHelpers` emptied, as skopeo's `logout --all`);
+/// each `credHelpers` helper forgets its registry and the `credsStore` forgets every registry
+/// `auths` names (a helper that is not installed holds nothing to forget). Other keys stay.
 pub fn remove_all(path: &Path) -> Result<(), AuthError> {
     if !path.exists() {
         return Ok(());
     }
     let mut doc = read(path)?;
+    let mut forget: Vec<(String, String)> = Vec::new();
+    if let Some(Value::Object(h)) = doc.get("credHelpers") {
+        forget.extend(
+            h.iter()
+                .filter_map(|(host, v)| Some((v.as_str()?.to_string(), host.clone()))),
+        );
+    }
+    if let (Some(store), Some(Value::Object(auths))) = (
+        doc.get("credsStore")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty()),
+        doc.get("auths"),
+    ) {
+        forget.extend(auths.keys().map(|k| (store.to_string(), k.clone())));
+    }
+    for (helper, host) in forget {
+        match super::helper_erase(&helper, &host) {
+            Ok(_) => {}
+            Err(AuthError::HelperMissing { .. }) => {
+                tracing::warn!(
+                    "docker-credential-{helper} is not installed: nothing of {host} to forget there"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
     doc.insert("auths".into(), Value::Object(Map::new()));
     if doc.contains_key("credHelpers") {
         doc.insert("credHelpers".into(), Value::Object(Map::new()));

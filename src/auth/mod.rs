@@ -61,6 +61,12 @@ pub enum AuthError {
         /// What is wrong (never its content).
         why: String,
     },
+    /// A credential helper the auth file names is not installed.
+    #[error("credential helper docker-credential-{helper} is not installed (not on PATH)")]
+    HelperMissing {
+        /// Helper name.
+        helper: String,
+    },
     /// A credential helper failed.
     #[error("credential helper docker-credential-{helper} for {host}: {why}")]
     Helper {
@@ -165,15 +171,15 @@ pub fn lookup(
         })?;
         let keys = keys_for(host);
         if let Some(helper) = keys.iter().find_map(|k| file.cred_helpers.get(k)) {
-            return run_helper(helper, host);
+            return helper_get(helper, host);
         }
         if let Some(entry) = keys.iter().find_map(|k| file.auths.get(k)) {
             if let Some(c) = decode_entry(entry, &path)? {
                 return Ok(Some(c));
             }
         }
-        if let Some(store) = &file.creds_store {
-            return run_helper(store, host);
+        if let Some(store) = file.creds_store.as_deref().filter(|s| !s.is_empty()) {
+            return helper_get(store, host);
         }
     }
     Ok(None)
@@ -210,39 +216,60 @@ fn decode_entry(entry: &AuthEntry, path: &Path) -> Result<Option<Credentials>, A
     }))
 }
 
-/// Runs `docker-credential-HELPER get` with the host on stdin, as docker does.
-fn run_helper(helper: &str, host: &str) -> Result<Option<Credentials>, AuthError> {
+/// The server name a credential helper knows `host` by (Docker Hub by its v1 URL, as docker stores it).
+fn helper_server(host: &str) -> String {
+    if is_docker_hub(host) {
+        "https://index.docker.io/v1/".to_string()
+    } else {
+        host.to_string()
+    }
+}
+
+/// Runs `docker-credential-HELPER ACTION` with `input` on stdin (docker's protocol); `None`
+/// when the helper says it holds nothing for the server. Its output never reaches an error.
+fn call_helper(
+    helper: &str,
+    host: &str,
+    action: &str,
+    input: &[u8],
+) -> Result<Option<Vec<u8>>, AuthError> {
     let err = |why: String| AuthError::Helper {
         helper: helper.to_string(),
         host: host.to_string(),
         why,
     };
     let mut child = Command::new(format!("docker-credential-{helper}"))
-        .arg("get")
+        .arg(action)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| err(e.to_string()))?;
-    let server = if is_docker_hub(host) {
-        "https://index.docker.io/v1/".to_string()
-    } else {
-        host.to_string()
-    };
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(server.as_bytes())
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => AuthError::HelperMissing {
+                helper: helper.to_string(),
+            },
+            _ => err(e.to_string()),
+        })?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let written = stdin.write_all(input);
+    drop(stdin);
     let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+    written.map_err(|e| err(format!("writing its input: {e}")))?;
     if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let msg = String::from_utf8_lossy(&out.stdout);
         if msg.contains("credentials not found") {
             return Ok(None);
         }
-        return Err(err(format!("exited with {}", out.status)));
+        return Err(err(format!("{action} exited with {}", out.status)));
     }
+    Ok(Some(out.stdout))
+}
+
+/// The credentials a helper holds for `host` (`get`).
+pub fn helper_get(helper: &str, host: &str) -> Result<Option<Credentials>, AuthError> {
+    let Some(out) = call_helper(helper, host, "get", helper_server(host).as_bytes())? else {
+        return Ok(None);
+    };
     #[derive(serde::Deserialize)]
     struct HelperOut {
         #[serde(rename = "Username")]
@@ -250,12 +277,55 @@ fn run_helper(helper: &str, host: &str) -> Result<Option<Credentials>, AuthError
         #[serde(rename = "Secret")]
         secret: String,
     }
-    let h: HelperOut = serde_json::from_slice(&out.stdout)
-        .map_err(|_| err("printed something that is not its JSON answer".into()))?;
+    let h: HelperOut = serde_json::from_slice(&out).map_err(|_| AuthError::Helper {
+        helper: helper.to_string(),
+        host: host.to_string(),
+        why: "printed something that is not its JSON answer".into(),
+    })?;
     Ok(Some(Credentials {
         username: h.username,
         secret: h.secret,
     }))
+}
+
+/// Hands `creds` for `host` to a helper to keep (`store`).
+pub fn helper_store(helper: &str, host: &str, creds: &Credentials) -> Result<(), AuthError> {
+    let input = serde_json::json!({
+        "ServerURL": helper_server(host),
+        "Username": creds.username,
+        "Secret": creds.secret,
+    });
+    call_helper(helper, host, "store", input.to_string().as_bytes())?.ok_or_else(|| {
+        AuthError::Helper {
+            helper: helper.to_string(),
+            host: host.to_string(),
+            why: "store answered \"credentials not found\"".into(),
+        }
+    })?;
+    Ok(())
+}
+
+/// Has a helper forget `host` (`erase`); false when it held nothing for it.
+pub fn helper_erase(helper: &str, host: &str) -> Result<bool, AuthError> {
+    Ok(call_helper(helper, host, "erase", helper_server(host).as_bytes())?.is_some())
+}
+
+/// The credential helper an auth file names for `host`: its `credHelpers` entry, else its
+/// `credsStore`; and whether it is the `credsStore`.
+pub(crate) fn helper_in(
+    doc: &serde_json::Map<String, serde_json::Value>,
+    host: &str,
+) -> Option<(String, bool)> {
+    let keys = keys_for(host);
+    if let Some(serde_json::Value::Object(h)) = doc.get("credHelpers")
+        && let Some(name) = keys.iter().find_map(|k| h.get(k).and_then(|v| v.as_str()))
+    {
+        return Some((name.to_string(), false));
+    }
+    doc.get("credsStore")
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(|s| (s.to_string(), true))
 }
 
 /// A parsed `WWW-Authenticate` header.

@@ -1,5 +1,6 @@
 //! `ferry list-tags docker://REPO`: every tag of a repository, followed through
-//! every page, printed as skopeo prints it.
+//! every page, printed as skopeo prints it; `docker-archive:PATH`: every image's
+//! `RepoTags`, as skopeo lists them.
 
 use super::out::outln;
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use anyhow::bail;
 use super::registry_flags::{RegistryFlags, docker_name};
 use crate::reference::DEFAULT_REGISTRY;
 use crate::transport::ImageRef;
+use crate::transport::docker_archive::DockerArchiveSource;
 use crate::transport::registry::Clients;
 
 /// Flags of `ferry list-tags`.
@@ -24,6 +26,8 @@ pub struct ListTagsArgs {
 #[derive(serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct TagList {
+    /// Left out for an archive, as skopeo does.
+    #[serde(skip_serializing_if = "String::is_empty")]
     repository: String,
     tags: Vec<String>,
 }
@@ -32,7 +36,23 @@ struct TagList {
 pub fn run(a: ListTagsArgs) -> anyhow::Result<ExitCode> {
     let r = match ImageRef::parse(&a.repository)? {
         ImageRef::Docker(r) => r,
-        other => bail!("{other}: list-tags reads a registry repository; write docker://HOST/REPO"),
+        // As skopeo: every image of the archive (a NAME:TAG after the path is ignored).
+        ImageRef::DockerArchive(path, _) => {
+            let tags = DockerArchiveSource::list_tags(&path).map_err(|e| {
+                anyhow::Error::new(e).context(format!("listing the tags of {}", a.repository))
+            })?;
+            outln!(
+                "{}",
+                crate::inspect::go_indent(&TagList {
+                    repository: String::new(),
+                    tags
+                })
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        other => bail!(
+            "{other}: list-tags reads a registry repository or a docker-archive; write docker://HOST/REPO or docker-archive:PATH"
+        ),
     };
     if r.tag().is_some() || r.digest().is_some() {
         bail!(

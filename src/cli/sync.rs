@@ -171,7 +171,7 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
         let sources = crate::sync::source_images(&a.source, &opts).await?;
         let images = crate::sync::name_images(sources, &a.source, &a.destination, &opts)?;
         crate::sync::check_destinations(&images, a.dest)?;
-        let pushed = Arc::new(Pushed::default());
+        let pushed = Arc::new(blob_locations());
         // Separate clients: the two sides may be one host with different credentials.
         let dest_clients = Clients::default();
         if a.dry_run {
@@ -214,6 +214,9 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
             }
         }
         bar.finish();
+        if let Err(e) = pushed.save() {
+            tracing::warn!("keeping the target's blob locations for the next run: {e}");
+        }
         if a.json {
             outln!("{}", serde_json::to_string_pretty(&total)?);
         }
@@ -245,6 +248,18 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Where the target's blob locations are kept between runs (in the bundle cache), so a
+/// sync of one repository mounts what an earlier sync uploaded to another; only this run's
+/// when there is no cache directory.
+fn blob_locations() -> Pushed {
+    match super::bundle::default_cache() {
+        Ok(dir) => Pushed::persistent(
+            crate::store::Store::open(&dir).path(crate::store::paths::PathSpec::CacheBlobLocations),
+        ),
+        Err(_) => Pushed::default(),
+    }
 }
 
 /// Reads every source's top manifest and prints what would be copied where; writes nothing.

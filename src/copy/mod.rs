@@ -533,7 +533,7 @@ struct Counts {
 }
 
 /// Moves one blob between two transports: skipped when the destination has
-/// it, else read from the source and put (verified on the way).
+/// it or can mount it, else read from the source and put (verified on the way).
 pub async fn copy_blob<S: Source, D: Destination>(
     source: &S,
     destination: &D,
@@ -543,8 +543,8 @@ pub async fn copy_blob<S: Source, D: Destination>(
         image: format!("{} (blob {})", destination.name(), desc.digest),
         source: Box::new(e),
     };
-    if destination.has_blob(desc).await.map_err(dst_err)? {
-        return Ok(Put::Present);
+    if let Some(put) = destination.reuse_blob(desc).await.map_err(dst_err)? {
+        return Ok(put);
     }
     let body: BlobBody = source.blob(desc).await.map_err(|e| CopyError::Source {
         image: format!("{} (blob {})", source.name(), desc.digest),
@@ -566,8 +566,8 @@ async fn transfer<S: Source, D: Destination>(
                 image: format!("{} (blob {})", job.destination.name(), desc.digest),
                 source: Box::new(e),
             };
-            if job.destination.has_blob(desc).await.map_err(dst_err)? {
-                Put::Present
+            if let Some(put) = job.destination.reuse_blob(desc).await.map_err(dst_err)? {
+                put
             } else {
                 let body = BlobBody::Local(crate::blob::BlobLocation {
                     size: bytes.len() as u64,

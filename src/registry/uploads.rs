@@ -79,6 +79,42 @@ impl Client {
         }
     }
 
+    /// Mounts `digest` into `repo` from the repository `from` of the same registry, without its
+    /// bytes; false when the registry refused (it then opened an upload session, which is cancelled).
+    pub async fn mount_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<bool, RegistryError> {
+        let uploads = self
+            .url(
+                &Route::Uploads {
+                    name: repo.to_string(),
+                },
+                "",
+            )
+            .await?;
+        let scope = push_scope(repo);
+        let held = self
+            .send_url(
+                Method::POST,
+                format!("{uploads}?mount={digest}&from={from}"),
+                &scope,
+                &[(header::CONTENT_LENGTH, "0".into())],
+                None,
+                self.permit().await,
+            )
+            .await?;
+        if held.resp.status() == StatusCode::CREATED {
+            return Ok(true);
+        }
+        let location = self.location(&held).await?;
+        drop(held);
+        self.cancel_upload(&location, &scope).await;
+        Ok(false)
+    }
+
     /// Makes `digest` present in `repo`, for a caller that has just asked [`Client::has_blob`]:
     /// a mount from `from` when given and accepted, else an upload (monolithic when small, chunked when large).
     ///

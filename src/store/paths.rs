@@ -72,6 +72,8 @@ pub enum PathSpec<'a> {
     CacheLock,
     /// A bundle cache's directory of run records.
     CacheRuns,
+    /// Which repository of which target registry holds which blob, kept between syncs.
+    CacheBlobLocations,
 }
 
 /// The path of `spec` under `root`. Callers have validated names and tags; digests are valid by type.
@@ -130,6 +132,7 @@ pub fn path_for(root: &Path, spec: PathSpec<'_>) -> PathBuf {
         PathSpec::Temp => root.join(TMP),
         PathSpec::CacheLock => root.join(CACHE).join("lock"),
         PathSpec::CacheRuns => root.join(CACHE).join("runs"),
+        PathSpec::CacheBlobLocations => root.join(CACHE).join("blob-locations"),
     }
 }
 
@@ -426,6 +429,10 @@ mod tests {
             (PathSpec::Temp, "/r/.ferry-tmp".into()),
             (PathSpec::CacheLock, "/r/.ferry-cache/lock".into()),
             (PathSpec::CacheRuns, "/r/.ferry-cache/runs".into()),
+            (
+                PathSpec::CacheBlobLocations,
+                "/r/.ferry-cache/blob-locations".into(),
+            ),
         ];
         for (spec, want) in table {
             assert_eq!(path_for(root, spec), PathBuf::from(&want), "{spec:?}");

@@ -587,6 +587,8 @@ pub struct DockerArchiveSource {
     name: String,
     file: Arc<File>,
     manifest: RawManifest,
+    /// The manifest containers/image synthesises for the same image (for `inspect`).
+    skopeo_manifest: RawManifest,
     /// Blob digest → (offset, size) in the file.
     blobs: HashMap<Digest, (u64, u64)>,
     repo_tags: Vec<String>,
@@ -598,30 +600,7 @@ impl DockerArchiveSource {
     /// reads the whole archive once to index it and to check every layer
     /// against the config's diff_ids, so call it off the async threads.
     pub fn open(path: &Path, reference: Option<&str>) -> Result<Self> {
-        let mut file = File::open(path).map_err(TransportError::io("opening", path))?;
-        let mut prefix = [0u8; 6];
-        let n = read_up_to(&mut file, &mut prefix).map_err(TransportError::io("reading", path))?;
-        let compression = Compression::detect(&prefix[..n]);
-        let file = match compression {
-            Compression::None => file,
-            // `docker load` and containers/image accept a compressed archive: decompress it to an anonymous temp file.
-            c => {
-                let f = File::open(path).map_err(TransportError::io("opening", path))?;
-                let mut dec = c
-                    .decoder(io::BufReader::new(f))
-                    .map_err(TransportError::io("reading", path))?
-                    .ok_or_else(|| {
-                        TransportError::Unsupported(format!(
-                            "{}: the archive is {}-compressed; decompress it first",
-                            path.display(),
-                            c.name()
-                        ))
-                    })?;
-                let mut tmp = anonymous_temp_file()?;
-                io::copy(&mut dec, &mut tmp).map_err(TransportError::io("decompressing", path))?;
-                tmp
-            }
-        };
+        let file = open_uncompressed(path)?;
         let display = format!(
             "docker-archive:{}{}",
             path.display(),
@@ -630,6 +609,61 @@ impl DockerArchiveSource {
         Self::from_file(file, path, display, reference)
     }
 
+    /// Every image of the archive as skopeo's `list-tags docker-archive:` names it, in archive
+    /// order: each `RepoTags` entry as written (checked to be NAME:TAG), `@N` for an image
+    /// with none. Blocking (the archive is indexed).
+    pub fn list_tags(path: &Path) -> Result<Vec<String>> {
+        let index = TarIndex::build(open_uncompressed(path)?, path)?;
+        let (bytes, ..) = index.read_small(MANIFEST_FILE, MAX_MANIFEST_BYTES)?;
+        let items: Vec<ManifestItemIn> = serde_json::from_slice(&bytes)
+            .map_err(|e| index.invalid(format!("{MANIFEST_FILE} does not parse: {e}")))?;
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let tags = item.repo_tags.as_deref().unwrap_or_default();
+            if tags.is_empty() {
+                out.push(format!("@{i}"));
+            }
+            for t in tags {
+                tagged_ref(t).map_err(|e| {
+                    index.invalid(format!("invalid tag {t:?} in {MANIFEST_FILE}: {e}"))
+                })?;
+                out.push(t.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The archive at `path`, decompressed to an anonymous temp file when it is compressed
+/// (`docker load` and containers/image accept a compressed archive).
+fn open_uncompressed(path: &Path) -> Result<File> {
+    let mut file = File::open(path).map_err(TransportError::io("opening", path))?;
+    let mut prefix = [0u8; 6];
+    let n = read_up_to(&mut file, &mut prefix).map_err(TransportError::io("reading", path))?;
+    let compression = Compression::detect(&prefix[..n]);
+    let file = match compression {
+        Compression::None => file,
+        c => {
+            let f = File::open(path).map_err(TransportError::io("opening", path))?;
+            let mut dec = c
+                .decoder(io::BufReader::new(f))
+                .map_err(TransportError::io("reading", path))?
+                .ok_or_else(|| {
+                    TransportError::Unsupported(format!(
+                        "{}: the archive is {}-compressed; decompress it first",
+                        path.display(),
+                        c.name()
+                    ))
+                })?;
+            let mut tmp = anonymous_temp_file()?;
+            io::copy(&mut dec, &mut tmp).map_err(TransportError::io("decompressing", path))?;
+            tmp
+        }
+    };
+    Ok(file)
+}
+
+impl DockerArchiveSource {
     /// Reads an already opened (uncompressed) archive; `path` is for messages.
     pub(crate) fn from_file(
         file: File,
@@ -704,6 +738,8 @@ impl DockerArchiveSource {
         blobs.insert(config_digest.clone(), (config_off, config_size));
         // diff_id → the layer's descriptor (media type, digest, size); a repeated diff_id is one layer.
         let mut by_diff: HashMap<Digest, (&'static str, Digest, u64)> = HashMap::new();
+        // diff_id → the layer's uncompressed size (containers/image describes layers by it).
+        let mut unpacked_size: HashMap<Digest, u64> = HashMap::new();
         let mut path_diff: HashMap<String, Digest> = HashMap::new();
         for (name, diff) in layers.iter().zip(&ids) {
             if by_diff.contains_key(diff) {
@@ -745,6 +781,7 @@ impl DockerArchiveSource {
                     ),
                 });
             }
+            unpacked_size.insert(diff.clone(), unpacked.as_ref().map_or(size, |(_, n)| *n));
             blobs.insert(digest.clone(), (offset, size));
             by_diff.insert(diff.clone(), (media_type, digest, size));
         }
@@ -771,13 +808,42 @@ impl DockerArchiveSource {
         };
         let bytes = serde_json::to_vec(&manifest).expect("manifests serialise");
         let manifest = RawManifest::new(bytes, Some(mt::DOCKER_MANIFEST))?;
+        // containers/image's: every layer (repeats kept) by its diff_id, "gzip", its uncompressed size.
+        let skopeo = GoSchema2 {
+            schema_version: 2,
+            media_type: mt::DOCKER_MANIFEST,
+            config: GoDesc {
+                media_type: mt::DOCKER_CONFIG,
+                size: config.len() as u64,
+                digest: &config_digest,
+            },
+            layers: ids
+                .iter()
+                .map(|d| GoDesc {
+                    media_type: mt::DOCKER_LAYER_GZIP,
+                    size: unpacked_size[d],
+                    digest: d,
+                })
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&skopeo).expect("manifests serialise");
+        let skopeo_manifest = RawManifest::new(bytes, Some(mt::DOCKER_MANIFEST))?;
         Ok(DockerArchiveSource {
             name,
             file: index.file,
             manifest,
+            skopeo_manifest,
             blobs,
             repo_tags: item.repo_tags.clone().unwrap_or_default(),
         })
+    }
+
+    /// The manifest skopeo's docker-archive source synthesises: every layer named by its
+    /// diff_id as a gzip layer of its uncompressed size (containers/image decompresses on
+    /// read). `inspect` prints this one, so its digest and bytes are skopeo's; copies use the
+    /// layers as stored.
+    pub fn skopeo_manifest(&self) -> &RawManifest {
+        &self.skopeo_manifest
     }
 
     /// The `RepoTags` the archive gives the image (as written there).

@@ -8,7 +8,7 @@
 //! names no transport. The call order on a destination is part of the
 //! contract (as in containers/image):
 //!
-//! 1. [`Destination::has_blob`] / [`Destination::put_blob`] for every config
+//! 1. [`Destination::reuse_blob`] (or [`Destination::has_blob`]) / [`Destination::put_blob`] for every config
 //!    and layer, in any order and concurrently (unless
 //!    [`DestProperties::ordered_blobs`] says otherwise);
 //! 2. [`Destination::put_manifest`] for every child manifest, children
@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod daemon;
 pub mod dir;
 pub mod docker_archive;
+pub mod locations;
 pub mod oci;
 pub mod oci_archive;
 pub mod open;
@@ -244,6 +245,13 @@ pub trait Destination: Send + Sync {
 
     /// Whether the blob is there already (so it need not be read from the source).
     fn has_blob(&self, desc: &Descriptor) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Makes the blob present without its bytes when it can (it is there, or is mounted from
+    /// another repository of the same registry), so the source is read only for blobs that
+    /// must move; `None` when the bytes are needed.
+    fn reuse_blob(&self, desc: &Descriptor) -> impl Future<Output = Result<Option<Put>>> + Send {
+        async move { Ok(self.has_blob(desc).await?.then_some(Put::Present)) }
+    }
 
     /// Writes a blob, verified against `desc` before it becomes visible; a no-op when present.
     fn put_blob(

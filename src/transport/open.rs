@@ -133,6 +133,9 @@ impl Destination for AnyDest {
     async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
         each_dest!(self, d => d.has_blob(desc).await)
     }
+    async fn reuse_blob(&self, desc: &Descriptor) -> Result<Option<Put>> {
+        each_dest!(self, d => d.reuse_blob(desc).await)
+    }
     async fn put_blob(&self, desc: &Descriptor, body: BlobBody) -> Result<Put> {
         each_dest!(self, d => d.put_blob(desc, body).await)
     }

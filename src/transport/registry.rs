@@ -157,10 +157,7 @@ impl Source for RegistrySource {
     }
 }
 
-/// Blobs already pushed to some repository of a registry in this run, so
-/// later repositories mount them instead of uploading again.
-#[derive(Debug, Default)]
-pub struct Pushed(Mutex<HashMap<(String, Digest), String>>);
+pub use super::locations::Pushed;
 
 /// One image of a registry, written.
 pub struct RegistryDest {
@@ -208,34 +205,56 @@ impl Destination for RegistryDest {
     }
 
     async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
+        let host = self.client.host();
+        if self.pushed.seen_in(host, &desc.digest, &self.repo) {
+            return Ok(true);
+        }
         let has = self.client.has_blob(&self.repo, &desc.digest).await?;
         if has {
             // Other repositories of this registry can mount it from here.
-            self.pushed
-                .0
-                .lock()
-                .unwrap()
-                .entry((self.client.host().to_string(), desc.digest.clone()))
-                .or_insert_with(|| self.repo.clone());
+            self.pushed.record(host, &desc.digest, &self.repo);
         }
         Ok(has)
     }
 
-    /// Mounts or uploads; the engine has asked [`Destination::has_blob`] just before.
+    /// Present (seen in this run, or by one HEAD), else mounted from a repository known to hold it.
+    async fn reuse_blob(&self, desc: &Descriptor) -> Result<Option<Put>> {
+        if self.has_blob(desc).await? {
+            return Ok(Some(Put::Present));
+        }
+        let host = self.client.host();
+        while let Some(from) = self.pushed.mount_source(host, &desc.digest, &self.repo) {
+            if self
+                .client
+                .mount_blob(&self.repo, &desc.digest, &from)
+                .await?
+            {
+                self.pushed.record(host, &desc.digest, &self.repo);
+                return Ok(Some(Put::Mounted));
+            }
+            // Refused: a location an earlier run saw that no longer holds the blob.
+            tracing::debug!(
+                "mounting {} from {from} into {} refused",
+                desc.digest,
+                self.repo
+            );
+            self.pushed.forget(host, &desc.digest, &from);
+            if self.pushed.seen_in(host, &desc.digest, &from) {
+                break; // seen in this run: the registry does not mount here, asking again cannot help
+            }
+        }
+        Ok(None)
+    }
+
+    /// Mounts or uploads; the engine has asked [`Destination::reuse_blob`] just before.
     async fn put_blob(&self, desc: &Descriptor, body: BlobBody) -> Result<Put> {
-        let key = (self.client.host().to_string(), desc.digest.clone());
-        let from = self.pushed.0.lock().unwrap().get(&key).cloned();
-        let from = from.filter(|f| f != &self.repo);
+        let host = self.client.host();
+        let from = self.pushed.mount_source(host, &desc.digest, &self.repo);
         let r = self
             .client
             .upload_blob(&self.repo, &desc.digest, desc.size, from.as_deref(), body)
             .await?;
-        self.pushed
-            .0
-            .lock()
-            .unwrap()
-            .entry(key)
-            .or_insert_with(|| self.repo.clone());
+        self.pushed.record(host, &desc.digest, &self.repo);
         Ok(match r {
             BlobPush::Present => Put::Present,
             BlobPush::Mounted => Put::Mounted,

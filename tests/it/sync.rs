@@ -810,3 +810,72 @@ fn yaml_to_dir_scoped_and_not_writes_skopeos_files() {
         );
     }
 }
+
+/// One `ferry sync --json` of `from` into `to` with its blob locations kept in `cache`; the summary.
+fn sync_json(cache: &Path, from: &str, to: &str) -> serde_json::Value {
+    let out = ok(
+        run(ferry()
+            .env("XDG_CACHE_HOME", cache)
+            .env("FERRY_TEST_NO_RETRY_DELAY", "1")
+            .args([
+                "sync",
+                "-q",
+                "--json",
+                "--src",
+                "docker",
+                "--dest",
+                "docker",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                from,
+                to,
+            ])),
+        &format!("ferry sync {from} {to}"),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_later_run_mounts_what_an_earlier_run_uploaded_and_survives_stale_locations() {
+    let (_, corpus) = small();
+    let (_d, src) = small_registry();
+    let (_d2, target) = empty_registry();
+    let cache = tempfile::tempdir().unwrap();
+    let repos = by_repo(corpus);
+    let (repo, imgs) = repos.iter().find(|(_, v)| v.len() >= 2).unwrap();
+    let from = format!("{}/{repo}", src.addr);
+    // Two processes, one repository each: the second uploads nothing, it mounts.
+    let first = sync_json(cache.path(), &from, &format!("{}/a", target.addr));
+    let uploaded = first["blobs_uploaded"].as_u64().unwrap();
+    assert!(uploaded > 0, "{first}");
+    let second = sync_json(cache.path(), &from, &format!("{}/b", target.addr));
+    assert_eq!(second["blobs_uploaded"], 0, "{second}");
+    assert_eq!(
+        second["blobs_mounted"].as_u64().unwrap(),
+        uploaded,
+        "{second}"
+    );
+    let got = state(&target.addr);
+    let last = repo.rsplit('/').next().unwrap();
+    assert_eq!(got[&format!("a/{last}")].len(), imgs.len(), "{got:?}");
+    assert_eq!(got[&format!("a/{last}")], got[&format!("b/{last}")]);
+
+    // Every location made stale: the same file pointed at another (empty) registry, whose
+    // repositories hold nothing. The mounts are refused, the blobs uploaded, the image whole.
+    let (_d3, other) = empty_registry();
+    let file = cache.path().join("ferry/.ferry-cache/blob-locations");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.lines().count() as u64 >= uploaded, "{text}");
+    std::fs::write(&file, text.replace(&target.addr, &other.addr)).unwrap();
+    let third = sync_json(cache.path(), &from, &format!("{}/c", other.addr));
+    assert_eq!(
+        third["blobs_uploaded"].as_u64().unwrap(),
+        uploaded,
+        "{third}"
+    );
+    assert_eq!(third["blobs_mounted"], 0, "{third}");
+    let there = state(&other.addr);
+    assert_eq!(there[&format!("c/{last}")], got[&format!("a/{last}")]);
+    let (blobs, manifests, gc) = other.gc_dry_run();
+    assert_eq!((blobs, manifests), (0, 0), "{gc}");
+}

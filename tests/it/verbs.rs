@@ -148,6 +148,125 @@ fn inspect_matches_skopeo_over_docker_dir_and_oci() {
     }
 }
 
+/// A plain tar holding one file, as a layer.
+fn layer_tar(name: &str, body: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append_data(&mut h, name, body).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// A docker-archive written by hand as `docker save` writes one: gzip'd layers (one listed
+/// twice), an image with two RepoTags and an untagged second image.
+fn hand_made_archive(path: &Path) {
+    use std::io::Write;
+    let gz = |b: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    };
+    let (l1, l2) = (layer_tar("a", b"first layer"), layer_tar("b", &[7u8; 3000]));
+    let (d1, d2) = (sha256(&l1), sha256(&l2));
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","created":"2024-01-02T03:04:05Z","config":{{"Env":["PATH=/bin"],"Labels":{{"k":"v"}}}},"rootfs":{{"type":"layers","diff_ids":["{d1}","{d2}","{d1}"]}}}}"#
+    );
+    let config2 = config.replace("amd64", "arm64");
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        ("l1/layer.tar".into(), gz(&l1)),
+        ("l2/layer.tar".into(), gz(&l2)),
+        (
+            format!("{}.json", &sha256(config.as_bytes())[7..]),
+            config.clone().into_bytes(),
+        ),
+        (
+            format!("{}.json", &sha256(config2.as_bytes())[7..]),
+            config2.clone().into_bytes(),
+        ),
+    ];
+    let manifest = format!(
+        r#"[{{"Config":"{}","RepoTags":["busybox:1","example.com/a/b:two"],"Layers":["l1/layer.tar","l2/layer.tar","l1/layer.tar"]}},{{"Config":"{}","RepoTags":null,"Layers":["l1/layer.tar","l2/layer.tar","l1/layer.tar"]}}]"#,
+        files[2].0, files[3].0
+    );
+    files.push(("manifest.json".into(), manifest.into_bytes()));
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, body) in &files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, body.as_slice()).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+#[test]
+fn docker_archive_inspect_and_list_tags_match_skopeo() {
+    let (_, corpus) = small();
+    let (_dir, reg) = small_registry();
+    let work = tempfile::tempdir().unwrap();
+    let docker = corpus
+        .images
+        .iter()
+        .find(|i| i.media_type == mt::DOCKER_MANIFEST)
+        .unwrap();
+    let oci = corpus
+        .images
+        .iter()
+        .find(|i| i.media_type == mt::OCI_MANIFEST)
+        .unwrap();
+    // Written by skopeo: uncompressed layers; one tagged, one untagged.
+    let tagged = work.path().join("tagged.tar");
+    let untagged = work.path().join("untagged.tar");
+    for (img, dest) in [
+        (docker, format!("docker-archive:{}:x/y:1", tagged.display())),
+        (oci, format!("docker-archive:{}", untagged.display())),
+    ] {
+        let from = format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag);
+        skopeo_ok(&["copy", "-q", "--src-tls-verify=false", &from, &dest]);
+    }
+    // Written by hand: gzip'd layers, a repeated layer, two images.
+    let hand = work.path().join("hand.tar");
+    hand_made_archive(&hand);
+    let refs = [
+        format!("docker-archive:{}", tagged.display()),
+        format!("docker-archive:{}:x/y:1", tagged.display()),
+        format!("docker-archive:{}", untagged.display()),
+        format!("docker-archive:{}:busybox:1", hand.display()),
+        format!("docker-archive:{}:example.com/a/b:two", hand.display()),
+        format!("docker-archive:{}:@1", hand.display()),
+    ];
+    for r in &refs {
+        inspect_all_forms(r);
+    }
+    // The synthesised manifest names layers by diff_id, as gzip, repeats kept.
+    let raw = skopeo_ok(&["inspect", "--raw", &refs[3]]).stdout;
+    let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(m["layers"].as_array().unwrap().len(), 3, "{m}");
+    // list-tags: every image of the archive ("@N" for an untagged one), a NAME:TAG after the path ignored.
+    for r in [&refs[0], &refs[1], &refs[2], &refs[3]] {
+        same_output(&["list-tags", r], false);
+    }
+    let tags = ferry_out(&["list-tags", &refs[3]]);
+    let v: serde_json::Value = serde_json::from_slice(&tags.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"Tags": ["busybox:1", "example.com/a/b:two", "@1"]})
+    );
+    // A file that is not an archive: one line naming it, exit 1.
+    let bad = work.path().join("not-an-archive.tar");
+    std::fs::write(&bad, b"hello").unwrap();
+    let out = ferry_out(&["list-tags", &format!("docker-archive:{}", bad.display())]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("not-an-archive.tar"), "{err}");
+}
+
 #[test]
 fn list_tags_follows_every_page() {
     let (root, corpus) = small();
@@ -615,4 +734,206 @@ fn bad_input_is_one_line_and_bad_flags_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     let o = ferry_out(&["logout"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// A real credential helper (docker's protocol over stdin/stdout) that keeps each login as a
+/// file in `$FERRY_TEST_HELPER_DIR`, written into `bin` as `docker-credential-NAME`.
+fn credential_helper(bin: &Path, name: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = r#"#!/usr/bin/env python3
+import json, os, sys
+d = os.environ["FERRY_TEST_HELPER_DIR"]
+data = sys.stdin.read()
+def path(url):
+    return os.path.join(d, url.replace("/", "_").replace(":", "_"))
+act = sys.argv[1]
+if act == "store":
+    j = json.loads(data)
+    with open(path(j["ServerURL"]), "w") as f:
+        json.dump({"ServerURL": j["ServerURL"], "Username": j["Username"], "Secret": j["Secret"]}, f)
+elif act in ("get", "erase"):
+    p = path(data.strip())
+    if not os.path.exists(p):
+        print("credentials not found in native keychain")
+        sys.exit(1)
+    if act == "get":
+        sys.stdout.write(open(p).read())
+    else:
+        os.remove(p)
+else:
+    sys.exit(2)
+"#;
+    let p = bin.join(format!("docker-credential-{name}"));
+    std::fs::write(&p, script).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn credential_helpers_keep_logins_for_login_lookup_and_logout() {
+    const PASSWORD: &str = "pw-Hx7-kept-by-the-helper";
+    let (root, corpus) = small();
+    let dir = tempfile::tempdir().unwrap();
+    hardlink_copy(root, dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let ht = work.path().join("htpasswd");
+    htpasswd(&ht, "alice", PASSWORD);
+    let reg = Registry::start_with_options(
+        dir.path(),
+        None,
+        &RegistryOptions {
+            htpasswd: Some(ht.clone()),
+            ..Default::default()
+        },
+    );
+    let img = &corpus.images[0];
+    let image = format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag);
+    let repo = format!("docker://{}/{}", reg.addr, img.repository);
+    let bin = work.path().join("bin");
+    let kept = work.path().join("kept");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&kept).unwrap();
+    credential_helper(&bin, "ferrytest");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut outputs: Vec<Output> = Vec::new();
+    let mut tool = |program: Command, args: &[&str], stdin: Option<&str>| -> Output {
+        let mut c = program;
+        c.args(args)
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env("PATH", &path)
+            .env("FERRY_TEST_HELPER_DIR", &kept)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        outputs.push(out.clone());
+        out
+    };
+    let login = |a: &str| {
+        vec![
+            "login".to_string(),
+            "--tls-verify=false".into(),
+            "--authfile".into(),
+            a.into(),
+            "-u".into(),
+            "alice".into(),
+            "--password-stdin".into(),
+            reg.addr.clone(),
+        ]
+    };
+
+    // credHelpers: ferry logs in through the helper; skopeo and ferry find the login there.
+    let a = work.path().join("helpers.json");
+    let a_s = a.to_str().unwrap().to_string();
+    std::fs::write(
+        &a,
+        format!(r#"{{"credHelpers":{{"{}":"ferrytest"}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let before = std::fs::read(&a).unwrap();
+    let l = login(&a_s);
+    let l: Vec<&str> = l.iter().map(String::as_str).collect();
+    let o = tool(ferry(), &l, Some("wrong\n"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 0, "nothing kept");
+    let o = tool(ferry(), &l, Some(&format!("{PASSWORD}\n")));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        before,
+        "the file holds no secret"
+    );
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 1);
+    let o = tool(
+        ferry(),
+        &["login", "--authfile", &a_s, "--get-login", &reg.addr],
+        None,
+    );
+    assert_eq!(text(&o.stdout), "alice\n", "{}", text(&o.stderr));
+    for program in [ferry(), Command::new("skopeo")] {
+        let o = tool(
+            program,
+            &["inspect", "--tls-verify=false", "--authfile", &a_s, &image],
+            None,
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let o = tool(
+        ferry(),
+        &["list-tags", "--tls-verify=false", "--authfile", &a_s, &repo],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = tool(ferry(), &["logout", "--authfile", &a_s, &reg.addr], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 0, "erased");
+    let o = tool(
+        ferry(),
+        &["login", "--authfile", &a_s, "--get-login", &reg.addr],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+
+    // credsStore: the helper keeps the secret, the file an empty entry (as docker writes);
+    // logout --all has the store forget it.
+    let b = work.path().join("store.json");
+    let b_s = b.to_str().unwrap().to_string();
+    std::fs::write(&b, r#"{"credsStore":"ferrytest","psFormat":"table"}"#).unwrap();
+    let l = login(&b_s);
+    let l: Vec<&str> = l.iter().map(String::as_str).collect();
+    let o = tool(ferry(), &l, Some(&format!("{PASSWORD}\n")));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&b).unwrap()).unwrap();
+    assert_eq!(v["auths"][&reg.addr], serde_json::json!({}), "{v}");
+    assert_eq!(v["psFormat"], "table");
+    let o = tool(
+        ferry(),
+        &["inspect", "--tls-verify=false", "--authfile", &b_s, &image],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = tool(ferry(), &["logout", "--authfile", &b_s, "--all"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 0, "erased");
+    let o = tool(
+        ferry(),
+        &["inspect", "--tls-verify=false", "--authfile", &b_s, &image],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "no login left");
+
+    // A helper the file names but that is not installed: one line naming it.
+    std::fs::write(&b, r#"{"credsStore":"absent"}"#).unwrap();
+    let o = tool(
+        ferry(),
+        &["inspect", "--tls-verify=false", "--authfile", &b_s, &image],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("docker-credential-absent"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        text(&o.stderr).trim().lines().count(),
+        1,
+        "{}",
+        text(&o.stderr)
+    );
+
+    for o in &outputs {
+        assert!(
+            !text(&o.stdout).contains(PASSWORD) && !text(&o.stderr).contains(PASSWORD),
+            "the password was printed"
+        );
+    }
 }
