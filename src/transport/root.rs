@@ -103,6 +103,61 @@ impl Staging {
     }
 }
 
+/// Every blob and manifest of a root by digest, whatever repository links it (or
+/// none: the bundle cache holds no repositories), as a [`super::Catalog`], so the
+/// copy engine can read an image of it by digest alone.
+pub struct Unscoped(pub Store);
+
+impl super::Catalog for Unscoped {
+    fn repositories(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn tags(&self, _: &str) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(None)
+    }
+    fn resolve_tag(&self, _: &str, _: &str) -> Result<Option<Digest>, StoreError> {
+        Ok(None)
+    }
+    fn manifest(&self, _: &str, digest: &Digest) -> Result<Option<RawManifest>, StoreError> {
+        match self.0.read_manifest(digest) {
+            Ok(m) => Ok(Some(m)),
+            Err(StoreError::BlobUnknown(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn blob(
+        &self,
+        _: &str,
+        digest: &Digest,
+    ) -> Result<Option<crate::blob::BlobLocation>, StoreError> {
+        Ok(self
+            .0
+            .blob_size(digest)?
+            .map(|size| crate::blob::BlobLocation {
+                size,
+                source: std::sync::Arc::new(crate::blob::FileRange(
+                    self.0.path(PathSpec::BlobData(digest)),
+                )),
+            }))
+    }
+    fn manifest_digests(&self, _: &str) -> Result<Vec<Digest>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Starts writing a just-published blob to disk without waiting for it, so the one
+/// `syncfs` before the links finds little left to do (the disk works while later
+/// blobs are still being written). Best effort: a failure only means the sync waits longer.
+fn start_writeback(path: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(f) = std::fs::File::open(path) {
+        // SAFETY: a valid open fd; SYNC_FILE_RANGE_WRITE only queues writeback of its dirty pages.
+        unsafe {
+            libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+}
+
 /// Links one image whose blobs and manifests are in `store`: only the manifests its copy wrote, its tag last.
 fn link(store: &Store, img: &StagedImage) -> Result<(), StoreError> {
     store
@@ -125,6 +180,8 @@ pub struct RootDest {
     written: Mutex<HashSet<Digest>>,
     /// Held links and a record of what was added, when staged.
     staging: Option<std::sync::Arc<Staging>>,
+    /// A root on the same file system whose blobs are hardlinked rather than copied (the bundle cache).
+    import_from: Option<Store>,
 }
 
 impl RootDest {
@@ -138,6 +195,17 @@ impl RootDest {
             pack_cache: false,
             written: Default::default(),
             staging: None,
+            import_from: None,
+        }
+    }
+
+    /// Writes into `repo` of `store`, taking each blob `from` holds as a hardlink of its
+    /// file there (copied, verified, across file systems) instead of reading it: a
+    /// bundle's `--root-dir` costs a few links. `from`'s blobs are trusted as they are.
+    pub fn importing(store: Store, repo: String, tag: Option<String>, from: Store) -> RootDest {
+        RootDest {
+            import_from: Some(from),
+            ..RootDest::new(store, repo, tag, false)
         }
     }
 
@@ -181,6 +249,7 @@ impl RootDest {
             pack_cache: true,
             written: Default::default(),
             staging: None,
+            import_from: None,
         }
     }
 }
@@ -237,6 +306,15 @@ impl Destination for RootDest {
         if self.store.has_blob(&desc.digest) {
             return Ok(Put::Present);
         }
+        if let Some(from) = &self.import_from
+            && from.has_blob(&desc.digest)
+        {
+            let (to, from, d) = (self.store.clone(), from.clone(), desc.digest.clone());
+            tokio::task::spawn_blocking(move || to.import_blob(&from, &d))
+                .await
+                .expect("importing does not panic")?;
+            return Ok(Put::Written);
+        }
         let dirs = self
             .staging
             .as_ref()
@@ -260,6 +338,9 @@ impl Destination for RootDest {
             }
         }
         self.record(&desc.digest, desc.size, dirs);
+        if self.sync || self.staging.is_some() {
+            start_writeback(&self.store.path(PathSpec::BlobData(&desc.digest)));
+        }
         Ok(Put::Written)
     }
 
@@ -319,6 +400,11 @@ impl Destination for RootDest {
 impl RootDest {
     /// Stores a manifest's bytes (their digest is theirs by construction), recorded when staged.
     fn put_manifest_bytes(&self, m: &RawManifest) -> Result<()> {
+        if let Some(from) = &self.import_from
+            && from.has_blob(m.digest())
+        {
+            return Ok(self.store.import_blob(from, m.digest())?);
+        }
         let fresh = self.staging.is_some() && !self.store.has_blob(m.digest());
         let dirs = fresh.then(|| Staging::dirs_for(&self.store, m.digest()));
         self.store.put_blob_bytes(m.bytes())?;
