@@ -194,7 +194,8 @@ impl BlobVisitor for Into<'_> {
 /// be read in place (zstd without a seek table) has its blobs put into the root by
 /// its one streaming read, verified, and the copies then find them there. No image is
 /// linked until every copy has gone through and every other blob of the bundle has
-/// been re-hashed; otherwise every blob this run added is taken back.
+/// been re-hashed; otherwise every blob this run added is taken back. Runs on a
+/// multi-threaded runtime (its file-system reads use `block_in_place`).
 pub async fn link(
     bundle: &Path,
     root: &Path,
