@@ -423,19 +423,40 @@ pub async fn bundle(
     tracing::info!("packed at {:.2}s", start.elapsed().as_secs_f64());
 
     if let Some(dir) = &opts.root_dir {
+        // Each image copied from the cache into the root, as the bundle selected it (so
+        // children the cache holds from runs with other platforms stay out, and the tree
+        // equals the bundle's); blobs are hardlinked from the cache.
         let root = Store::create(dir)?.with_durable(false);
-        // Exactly the plan's manifests and blobs (the cache may hold more children of an
-        // index, from runs with other platforms), so the tree equals the bundle's.
+        let cached = Arc::new(crate::transport::root::Unscoped(cache.clone()));
+        let mut copies = Vec::with_capacity(plan.images.len());
         for img in &plan.images {
-            for d in img
-                .manifests()
-                .map(|m| m.digest())
-                .chain(img.blobs().iter().map(|b| &b.digest))
-            {
-                root.import_blob(&cache, d)?;
-            }
-            root.link_image(&img.repository, &img.digest, img.tag.as_deref())?;
+            let name = crate::bundlefile::format::image_name(
+                &img.repository,
+                img.tag.as_deref(),
+                &img.digest,
+            );
+            let r =
+                crate::reference::Reference::parse(&format!("{}@{}", img.repository, img.digest))
+                    .map_err(|e| BundleError::Write {
+                    path: dir.clone(),
+                    source: std::io::Error::other(format!("{name}: {e}")),
+                })?;
+            copies.push(Job {
+                source: crate::transport::catalog::CatalogSource::new(cached.clone(), r, name),
+                destination: RootDest::importing(
+                    root.clone(),
+                    img.repository.clone(),
+                    img.tag.clone(),
+                    cache.clone(),
+                ),
+            });
         }
+        crate::copy::copy_all(copies, &copy_opts, &crate::copy::NoProgress)
+            .await
+            .map_err(|e| BundleError::Write {
+                path: dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         let _ = std::fs::remove_dir(root.path(crate::store::paths::PathSpec::Temp));
     }
 

@@ -1,12 +1,12 @@
 //! `unbundle link`: merging a bundle into a registry root, also one a
 //! registry is serving right now. Before anything is written, the free space
 //! of the root is checked against what the index says is missing. Blobs are
-//! re-hashed as they stream in and published only when they verify (never
+//! re-hashed as they are written and published only when they verify (never
 //! replacing one that is there); a bundle refused halfway takes back every
-//! blob (and directory) this run added, and none that was there before. When
-//! the whole archive has checked out, the blobs are synced to disk, then each
-//! image is linked as a copy into a root links it (the one image walk), its
-//! tag last.
+//! blob (and directory) this run added, and none that was there before. Each
+//! image is a copy engine copy from the bundle (read in place) into the root,
+//! staged: when every copy and the whole archive have checked out, the blobs
+//! are synced to disk, then each image is linked, its tag last.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -16,11 +16,23 @@ use crate::limits::IO_BUFFER_BYTES;
 use crate::store::paths::PathSpec;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
+use crate::blob::{BlobBody, BlobLocation, FileRange};
 use crate::bundlefile::delta::{self, Base};
-use crate::bundlefile::read::{BlobVisitor, ReadError, scan, scan_checked};
+use crate::bundlefile::read::{
+    self, BlobVisitor, BundleFile, ReadError, Repo, Scan, StructureOnly, scan, scan_checked,
+};
+use crate::copy::{CopyError, CopyOptions, Job, MultiArch};
 use crate::digest::Digest;
+use crate::manifest::Descriptor;
+use crate::reference::Reference;
 use crate::store::{Store, StoreError};
+use crate::transport::Destination;
+use crate::transport::TransportError;
+use crate::transport::bundle::Bundles;
+use crate::transport::catalog::{Catalog, CatalogSource};
+use crate::transport::root::{RootDest, Staging};
 
 /// Why a bundle was not linked.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +58,9 @@ pub enum LinkError {
     /// A delta whose left-out blobs are in neither the root nor `--base` (checked before writing).
     #[error(transparent)]
     Missing(#[from] Box<crate::bundlefile::delta::Missing>),
+    /// An image of the bundle could not be copied into the root (its manifests do not walk).
+    #[error(transparent)]
+    Copy(Box<CopyError>),
     /// `--no-clobber` and a tag would move.
     #[error(
         "{}:{} is {} in {}, the bundle has {}; refusing to move it (--no-clobber)",
@@ -114,16 +129,6 @@ impl Into<'_> {
         self.failed.get_or_insert(e);
         io::Error::other(msg)
     }
-
-    /// Removes every blob this run added and the directories it created for them; nothing that was there before.
-    fn roll_back(&mut self) {
-        for (digest, dirs) in self.added.drain(..).rev() {
-            let _ = std::fs::remove_file(self.store.path(PathSpec::BlobData(&digest)));
-            for d in dirs {
-                let _ = std::fs::remove_dir(d);
-            }
-        }
-    }
 }
 
 impl BlobVisitor for Into<'_> {
@@ -133,7 +138,6 @@ impl BlobVisitor for Into<'_> {
         }
         (self.on_blob)(size);
         if self.store.has_blob(digest) {
-            self.summary.blobs_present += 1;
             return Ok(()); // the scan still reads and re-hashes it
         }
         // The directories this blob will create (data's parent up to `blobs`), deepest first.
@@ -179,17 +183,27 @@ impl BlobVisitor for Into<'_> {
 }
 
 /// Links `bundle` into the root at `root`; see the module docs. A re-run changes
-/// nothing. `on_blob(size)` is called as each blob starts (for progress). A
+/// nothing. `on_blob(size)` is called as each blob is taken (for progress). A
 /// delta's left-out blobs must be in the root or in `base` (checked before
 /// anything is written); those the root lacks are taken from `base`. With `key`, the
 /// signature is checked again on the very bytes unpacked, before any blob is written.
-pub fn link(
+///
+/// Each image is a copy (the copy engine) from the bundle into the root, all of them
+/// staged ([`Staging`]): blobs move `jobs` at a time, read in place from a seekable or
+/// plain bundle and hashed as they are written (on every core); a bundle that cannot
+/// be read in place (zstd without a seek table) has its blobs put into the root by
+/// its one streaming read, verified, and the copies then find them there. No image is
+/// linked until every copy has gone through and every other blob of the bundle has
+/// been re-hashed; otherwise every blob this run added is taken back. Runs on a
+/// multi-threaded runtime (its file-system reads use `block_in_place`).
+pub async fn link(
     bundle: &Path,
     root: &Path,
     no_clobber: bool,
     base: Option<&Path>,
     key: Option<&crate::bundlefile::sign::VerifyingKey>,
-    on_blob: &dyn Fn(u64),
+    jobs: usize,
+    on_blob: &(dyn Fn(u64) + Sync),
 ) -> Result<LinkSummary, LinkError> {
     let index = crate::bundlefile::read_index(bundle)?;
     // A delta's left-out blobs: in the root, or in --base; nothing is written (not even the root's directories) otherwise.
@@ -237,7 +251,15 @@ pub fn link(
         )
         .fold(0u64, |n, b| n.saturating_add(b)); // sizes are the bundle's claims: never wrap
     space::check_one(root, missing)?;
-    let mut summary = LinkSummary::default();
+    let blobs_present = index
+        .blobs
+        .iter()
+        .filter(|b| store.has_blob(&b.digest))
+        .count();
+    let mut summary = LinkSummary {
+        blobs_present,
+        ..LinkSummary::default()
+    };
     let mut into = Into {
         store: &store,
         only: None,
@@ -246,70 +268,337 @@ pub fn link(
         added: Vec::new(),
         failed: None,
     };
-    // The blobs the root lacks come from the base first (verified like the delta's own).
-    let from_base_scan = match base {
-        Some(b) if !from_base.is_empty() => {
-            into.only = Some(&from_base);
-            let r = scan(b, &mut into).map(drop);
-            into.only = None;
-            r
+    let staging = Arc::new(Staging::default());
+    let mut in_place: Vec<Arc<BundleFile>> = Vec::new();
+    // Read every bundle once for its structure (and its signature); one that cannot be
+    // read in place is ingested by that read. The base first: it gives what the root lacks.
+    let opened = tokio::task::block_in_place(|| -> Result<(Scan, bool), ReadError> {
+        if let Some(b) = base
+            && !from_base.is_empty()
+        {
+            if read::in_place(b)? {
+                in_place.push(BundleFile::open_with(b, &mut StructureOnly)?);
+            } else {
+                into.only = Some(&from_base);
+                let r = scan(b, &mut into).map(drop);
+                into.only = None;
+                r?;
+            }
         }
-        _ => Ok(()),
-    };
-    let scanned = from_base_scan.and_then(|()| scan_checked(bundle, &mut into, key));
-    // Every image must walk (manifests parse, configs and layers present) before
-    // a single link is written; a bundle that fails here is refused like one
-    // whose bytes are wrong, and takes its blobs back.
-    let checked = scanned.map_err(LinkError::Read).and_then(|scan| {
-        for img in &scan.index.images {
-            let revisions = scan.repos.get(&img.repository).map(|r| &r.revisions);
-            store.check_image_with(&img.digest, &|d| revisions.is_some_and(|r| r.contains(d)))?;
+        if read::in_place(bundle)? {
+            let b = BundleFile::open_checked(bundle, &mut StructureOnly, key)?;
+            let scan = b.scan.clone();
+            in_place.insert(0, b);
+            Ok((scan, true))
+        } else {
+            Ok((scan_checked(bundle, &mut into, key)?, false))
         }
-        Ok(scan)
     });
-    let scan = match checked {
+    let streamed = std::mem::take(&mut into.added);
+    let target_failed = into.failed.take();
+    drop(into);
+    let take_back = |staging: &Staging| {
+        staging.roll_back(&store);
+        for (digest, dirs) in streamed.iter().rev() {
+            let _ = std::fs::remove_file(store.path(PathSpec::BlobData(digest)));
+            for d in dirs {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+        let _ = store.sync_fs();
+    };
+    let (scan, main_in_place) = match opened {
         Ok(s) => s,
         Err(e) => {
-            into.roll_back();
-            let _ = store.sync_fs();
-            return Err(match into.failed.take() {
+            take_back(&staging);
+            return Err(match target_failed {
                 Some(source) => LinkError::Target {
                     root: root.to_path_buf(),
                     source,
                 },
-                None => e,
+                None => LinkError::Read(e),
             });
         }
     };
-    drop(into);
-    store.sync_fs()?;
-    if no_clobber {
-        check_tags(&store, &scan.index.images, root)?;
+    let bundles = Bundles(in_place);
+    let catalog = Arc::new(LinkCatalog {
+        repos: scan.repos.clone(),
+        bundles: Bundles(bundles.0.clone()),
+        root: store.clone(),
+    });
+    let copies: Vec<Job<_, _>> =
+        scan.index
+            .images
+            .iter()
+            .map(|img| {
+                let name = crate::bundlefile::format::image_name(
+                    &img.repository,
+                    img.tag.as_deref(),
+                    &img.digest,
+                );
+                let r = Reference::parse(&format!("{}@{}", img.repository, img.digest)).map_err(
+                    |e| ReadError::Index {
+                        bundle: bundle.to_path_buf(),
+                        why: format!("image {name}: {e}"),
+                    },
+                )?;
+                Ok(Job {
+                    source: CatalogSource::new(catalog.clone(), r, name),
+                    destination: RootDest::staged(
+                        store.clone(),
+                        img.repository.clone(),
+                        img.tag.clone(),
+                        staging.clone(),
+                    ),
+                })
+            })
+            .collect::<Result<_, ReadError>>()?;
+    let opts = CopyOptions {
+        multi_arch: MultiArch::All,
+        jobs: jobs.max(1),
+        ..CopyOptions::default()
+    };
+    let copied = crate::copy::copy_all(copies, &opts, &OnBlob(on_blob))
+        .await
+        .map_err(|e| copy_failed(e, bundle, root));
+    // Every blob of the bundle the copies did not hash (one the root had, or one no image
+    // uses) is re-hashed in place: the bundle is linked whole or not at all.
+    // A bundle read by streaming had every blob hashed (and put in the root) by that read.
+    let checked = match (copied, bundles.0.first().filter(|_| main_in_place)) {
+        (Ok(_), Some(b)) => {
+            let rest: Vec<Digest> = scan
+                .blobs
+                .keys()
+                .filter(|d| !staging.verified(d))
+                .cloned()
+                .collect();
+            let dest = RootDest::staged(store.clone(), String::new(), None, staging.clone());
+            take_rest(b, &rest, &dest, jobs).await
+        }
+        (r, _) => r.map(drop),
+    };
+    if let Err(e) = checked {
+        take_back(&staging);
+        return Err(e);
     }
-    // Each image through the one walk, as a copy into a root links it: its
-    // blobs and manifests first, its tag last.
-    for img in &scan.index.images {
-        let old = match &img.tag {
-            Some(t) => store.resolve_tag(&img.repository, t)?,
-            None => None,
-        };
-        // Only the manifests the bundle brings: children of the same index that the
-        // root holds from elsewhere stay out of this repository.
-        let revisions = scan.repos.get(&img.repository).map(|r| &r.revisions);
-        store.link_image_with(&img.repository, &img.digest, img.tag.as_deref(), &|d| {
-            revisions.is_some_and(|r| r.contains(d))
-        })?;
-        if let Some(tag) = &img.tag {
-            summary.tags.push(TagChange {
-                repository: img.repository.clone(),
-                tag: tag.clone(),
-                old,
-                new: img.digest.clone(),
-            });
+    let (added, bytes) = staging.added();
+    summary.blobs_added += added;
+    summary.bytes_added += bytes;
+    if no_clobber && let Err(e) = check_tags(&store, &scan.index.images, root) {
+        take_back(&staging);
+        return Err(e);
+    }
+    // One sync, then each image's links, its tag last.
+    tokio::task::block_in_place(|| {
+        staging.finish(&store, |img| {
+            if let Some(tag) = &img.tag {
+                summary.tags.push(TagChange {
+                    repository: img.repo.clone(),
+                    tag: tag.clone(),
+                    old: store.resolve_tag(&img.repo, tag)?,
+                    new: img.top.clone(),
+                });
+            }
+            Ok(())
+        })
+    })?;
+    Ok(summary)
+}
+
+/// The blobs of a bundle read in place that no copy took (ones no image uses, or ones the
+/// root had): each is put into the root like any other (verified, staged) when the root
+/// lacks it, else re-hashed where it is; `jobs` at a time. The first that does not match
+/// (or cannot be written) refuses the bundle.
+async fn take_rest(
+    bundle: &Arc<BundleFile>,
+    digests: &[Digest],
+    dest: &RootDest,
+    jobs: usize,
+) -> Result<(), LinkError> {
+    use futures_util::StreamExt;
+    let root = dest.store().root().to_path_buf();
+    futures_util::stream::iter(digests)
+        .map(|d| {
+            let root = root.clone();
+            async move {
+                let (offset, size) = bundle.scan.blobs[d];
+                if !dest.store().has_blob(d) {
+                    let loc = Bundles(vec![bundle.clone()])
+                        .any_blob(d)
+                        .expect("the bundle holds it");
+                    let desc = Descriptor {
+                        media_type: String::new(),
+                        digest: d.clone(),
+                        size,
+                        platform: None,
+                        urls: Vec::new(),
+                        annotations: Default::default(),
+                    };
+                    return dest
+                        .put_blob(&desc, BlobBody::Local(loc))
+                        .await
+                        .map(drop)
+                        .map_err(|source| {
+                            let e = CopyError::Destination {
+                                image: dest.name(),
+                                source: Box::new(source),
+                            };
+                            copy_failed(e, bundle.path(), &root)
+                        });
+                }
+                let (b, d) = (bundle.clone(), d.clone());
+                tokio::task::spawn_blocking(move || rehash(&b, &d, offset, size))
+                    .await
+                    .expect("hashing does not panic")
+            }
+        })
+        .buffer_unordered(jobs.max(1))
+        // Every put that started has ended before this returns (none publishes after a roll-back).
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Re-hashes one blob of a bundle read in place.
+fn rehash(bundle: &Arc<BundleFile>, d: &Digest, offset: u64, size: u64) -> Result<(), LinkError> {
+    let mut r =
+        crate::digest::VerifyingReader::new(bundle.read_range(offset, size), d.clone(), Some(size));
+    io::copy(&mut r, &mut io::sink()).map(drop).map_err(|e| {
+        LinkError::Read(match e.kind() {
+            io::ErrorKind::InvalidData => ReadError::Corrupt {
+                bundle: bundle.path().to_path_buf(),
+                digest: d.clone(),
+                cause: e.to_string(),
+            },
+            _ => ReadError::Io {
+                bundle: bundle.path().to_path_buf(),
+                op: "reading a blob",
+                source: e,
+            },
+        })
+    })
+}
+
+/// The copy engine's progress, as link's callers hear it: each blob's size as it is taken.
+struct OnBlob<'a>(&'a (dyn Fn(u64) + Sync));
+impl crate::copy::Progress for OnBlob<'_> {
+    fn fetched(&self, bytes: u64) {
+        (self.0)(bytes)
+    }
+}
+
+/// A failed copy as link names it: bytes that do not match are the bundle's fault,
+/// a write that failed is the root's, anything else is the image's.
+fn copy_failed(e: CopyError, bundle: &Path, root: &Path) -> LinkError {
+    let first = match e {
+        CopyError::Several(mut v) if !v.is_empty() => v.swap_remove(0),
+        e => e,
+    };
+    let CopyError::Destination { image, source } = first else {
+        return LinkError::Copy(Box::new(first));
+    };
+    match *source {
+        TransportError::Store(StoreError::Verify { digest, source }) => {
+            LinkError::Read(ReadError::Corrupt {
+                bundle: bundle.to_path_buf(),
+                digest,
+                cause: source.to_string(),
+            })
+        }
+        // The bundle's bytes could not be read (the stream of a blob broke).
+        TransportError::Io {
+            op: "reading blob for",
+            source,
+            ..
+        } => LinkError::Read(ReadError::Io {
+            bundle: bundle.to_path_buf(),
+            op: "reading a blob",
+            source,
+        }),
+        TransportError::Store(source) => LinkError::Target {
+            root: root.to_path_buf(),
+            source,
+        },
+        TransportError::Io { op, path, source } => LinkError::Target {
+            root: root.to_path_buf(),
+            source: StoreError::Io { op, path, source },
+        },
+        other => LinkError::Copy(Box::new(CopyError::Destination {
+            image,
+            source: Box::new(other),
+        })),
+    }
+}
+
+/// The images of a bundle as link copies them: scoped by the bundle's own links,
+/// read in place from whichever bundle given holds the bytes (a delta, its base),
+/// else from the root (a delta's left-out blobs, or what a streaming read put there).
+struct LinkCatalog {
+    repos: std::collections::BTreeMap<String, Repo>,
+    bundles: Bundles,
+    root: Store,
+}
+
+impl Catalog for LinkCatalog {
+    fn repositories(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.repos.keys().cloned().collect())
+    }
+
+    fn tags(&self, repo: &str) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(self
+            .repos
+            .get(repo)
+            .map(|r| r.tags.keys().cloned().collect()))
+    }
+
+    fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, StoreError> {
+        Ok(self.repos.get(repo).and_then(|r| r.tags.get(tag).cloned()))
+    }
+
+    fn manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<crate::manifest::RawManifest>, StoreError> {
+        if !self
+            .repos
+            .get(repo)
+            .is_some_and(|r| r.revisions.contains(digest))
+        {
+            return Ok(None);
+        }
+        match self.bundles.any_manifest(digest)? {
+            Some(m) => Ok(Some(m)),
+            None if self.root.has_blob(digest) => self.root.read_manifest(digest).map(Some),
+            None => Ok(None),
         }
     }
-    store.sync_fs()?;
-    Ok(summary)
+
+    fn blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLocation>, StoreError> {
+        if !self
+            .repos
+            .get(repo)
+            .is_some_and(|r| r.layers.contains(digest))
+        {
+            return Ok(None);
+        }
+        if let Some(loc) = self.bundles.any_blob(digest) {
+            return Ok(Some(loc));
+        }
+        Ok(self.root.blob_size(digest)?.map(|size| BlobLocation {
+            size,
+            source: Arc::new(FileRange(self.root.path(PathSpec::BlobData(digest)))),
+        }))
+    }
+
+    fn manifest_digests(&self, repo: &str) -> Result<Vec<Digest>, StoreError> {
+        Ok(self
+            .repos
+            .get(repo)
+            .map(|r| r.revisions.iter().cloned().collect())
+            .unwrap_or_default())
+    }
 }
 
 fn check_tags(

@@ -181,9 +181,18 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         let paths: Vec<&std::path::Path> = sources.iter().map(|p| p.as_path()).collect();
         let same_line = crate::bundlefile::delta::same_line(&paths)?;
         check_tags_agree(paths.iter().copied().zip(&indexes), &same_line)?;
+        let rt = super::runtime()?;
         for b in &sources {
-            link(b, dir, false, None, key.as_ref(), &|_| {})
-                .with_context(|| format!("unpacking {} into {}", b.display(), dir.display()))?;
+            rt.block_on(link(
+                b,
+                dir,
+                false,
+                None,
+                key.as_ref(),
+                crate::limits::DEFAULT_JOBS,
+                &|_| {},
+            ))
+            .with_context(|| format!("unpacking {} into {}", b.display(), dir.display()))?;
         }
         return super::serve::serve_root(g, dir, &a.server, opts);
     }
@@ -260,14 +269,15 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = &a.base {
         super::must_exist(b)?;
     }
-    let result = link(
+    let result = super::runtime()?.block_on(link(
         &a.bundle,
         &a.root,
         a.no_clobber,
         a.base.as_deref(),
         key.as_ref(),
+        crate::limits::DEFAULT_JOBS,
         &|n| crate::bundle::Progress::fetched(bar.as_ref(), n),
-    );
+    ));
     bar.finish();
     let s = result?;
     if a.json {

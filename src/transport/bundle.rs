@@ -55,6 +55,43 @@ impl Bundles {
     }
 }
 
+impl Bundles {
+    /// Where `digest`'s bytes are in `b` (which holds it).
+    fn location(b: &Arc<BundleFile>, digest: &Digest) -> BlobLocation {
+        let (offset, size) = b.scan.blobs[digest];
+        BlobLocation {
+            size,
+            source: Arc::new(InBundle {
+                bundle: b.clone(),
+                offset,
+                small: b.small_blob(digest),
+            }),
+        }
+    }
+
+    /// A blob of any of these bundles, whichever repository links it (for a caller that
+    /// scopes by the links of another bundle: a delta whose base carries the bytes).
+    pub fn any_blob(&self, digest: &Digest) -> Option<BlobLocation> {
+        self.0
+            .iter()
+            .find(|b| b.scan.blobs.contains_key(digest))
+            .map(|b| Self::location(b, digest))
+    }
+
+    /// A manifest of any of these bundles (unverified: the caller checks its digest), as [`Bundles::any_blob`].
+    pub fn any_manifest(&self, digest: &Digest) -> Result<Option<RawManifest>, StoreError> {
+        let Some(b) = self.0.iter().find(|b| b.scan.blobs.contains_key(digest)) else {
+            return Ok(None);
+        };
+        RawManifest::new(Self::read_blob(b, digest)?, None)
+            .map(Some)
+            .map_err(|source| StoreError::Manifest {
+                digest: digest.clone(),
+                source,
+            })
+    }
+}
+
 /// One repository of the bundles, as the image walk reads manifests.
 struct InRepo<'a> {
     catalog: &'a Bundles,
@@ -260,17 +297,9 @@ impl Catalog for Bundles {
     }
 
     fn blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLocation>, StoreError> {
-        Ok(self.holder(repo, digest, false).map(|b| {
-            let (offset, size) = b.scan.blobs[digest];
-            BlobLocation {
-                size,
-                source: Arc::new(InBundle {
-                    bundle: b.clone(),
-                    offset,
-                    small: b.small_blob(digest),
-                }),
-            }
-        }))
+        Ok(self
+            .holder(repo, digest, false)
+            .map(|b| Self::location(b, digest)))
     }
 
     fn manifest_digests(&self, repo: &str) -> Result<Vec<Digest>, StoreError> {

@@ -3,13 +3,169 @@
 //! root is synced once (when durable), then the image's repository links are
 //! written, children before parents, and the tag last, so a registry serving
 //! the root never sees a tag whose content is not all there.
+//!
+//! Several copies into one root can be *staged* ([`Staging`]): their blobs go in
+//! as usual, but no image is linked until the caller has seen every copy succeed
+//! ([`Staging::finish`]: one sync, then each image's links, its tag last); on a
+//! failure [`Staging::roll_back`] takes back every blob they added (`unbundle link`
+//! is all or nothing).
 
+use std::collections::HashSet;
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::{DestProperties, Destination, Put, Result, TransportError};
 use crate::blob::{BlobBody, StreamWriteError};
+use crate::digest::Digest;
 use crate::manifest::{Descriptor, RawManifest};
+use crate::store::paths::PathSpec;
 use crate::store::{BlobWriter, Store, StoreError};
+
+/// One image a staged copy will link at [`Staging::finish`].
+#[derive(Debug, Clone)]
+pub struct StagedImage {
+    /// Repository.
+    pub repo: String,
+    /// Tag, if the image is named by one.
+    pub tag: Option<String>,
+    /// The top manifest.
+    pub top: Digest,
+    /// The manifests the copy brought (only these are linked).
+    written: HashSet<Digest>,
+}
+
+/// What staged copies into one root did, held until every copy is known to have succeeded.
+#[derive(Debug, Default)]
+pub struct Staging {
+    /// Blobs (and manifests) published by these copies, each with the directories it created, deepest first.
+    added: Mutex<Vec<(Digest, u64, Vec<PathBuf>)>>,
+    /// Digests whose bytes these copies hashed on the way in (written blobs, manifests).
+    verified: Mutex<HashSet<Digest>>,
+    /// Images to link, in the order the copies committed them.
+    images: Mutex<Vec<StagedImage>>,
+}
+
+impl Staging {
+    /// Blobs added (count, bytes), for summaries.
+    pub fn added(&self) -> (usize, u64) {
+        let a = self.added.lock().unwrap();
+        (a.len(), a.iter().map(|(_, n, _)| n).sum())
+    }
+
+    /// Whether these copies hashed `digest` as it came in (so a caller need not read it again).
+    pub fn verified(&self, digest: &Digest) -> bool {
+        self.verified.lock().unwrap().contains(digest)
+    }
+
+    /// The images committed so far, in order.
+    pub fn images(&self) -> Vec<StagedImage> {
+        self.images.lock().unwrap().clone()
+    }
+
+    /// Removes every blob these copies added and the directories created for them; nothing that was there before.
+    pub fn roll_back(&self, store: &Store) {
+        for (digest, _, dirs) in self.added.lock().unwrap().drain(..).rev() {
+            let _ = std::fs::remove_file(store.path(PathSpec::BlobData(&digest)));
+            for d in dirs {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+        self.images.lock().unwrap().clear();
+    }
+
+    /// Makes the blobs durable (one `syncfs`), then links each image, children
+    /// before parents and its tag last; `before_tag(image)` runs just before
+    /// each image is linked (to read what its tag pointed at).
+    pub fn finish(
+        &self,
+        store: &Store,
+        mut before_tag: impl FnMut(&StagedImage) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        store.sync_fs()?;
+        for img in self.images.lock().unwrap().drain(..) {
+            before_tag(&img)?;
+            link(store, &img)?;
+        }
+        store.sync_fs()
+    }
+
+    /// Records a blob about to be written: the directories its publication will create.
+    fn dirs_for(store: &Store, digest: &Digest) -> Vec<PathBuf> {
+        let data = store.path(PathSpec::BlobData(digest));
+        let v2 = store.path(PathSpec::V2Root);
+        data.ancestors()
+            .skip(1)
+            .take_while(|p| *p != v2)
+            .filter(|p| !p.exists())
+            .map(Path::to_path_buf)
+            .collect()
+    }
+}
+
+/// Every blob and manifest of a root by digest, whatever repository links it (or
+/// none: the bundle cache holds no repositories), as a [`super::Catalog`], so the
+/// copy engine can read an image of it by digest alone.
+pub struct Unscoped(pub Store);
+
+impl super::Catalog for Unscoped {
+    fn repositories(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn tags(&self, _: &str) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(None)
+    }
+    fn resolve_tag(&self, _: &str, _: &str) -> Result<Option<Digest>, StoreError> {
+        Ok(None)
+    }
+    fn manifest(&self, _: &str, digest: &Digest) -> Result<Option<RawManifest>, StoreError> {
+        match self.0.read_manifest(digest) {
+            Ok(m) => Ok(Some(m)),
+            Err(StoreError::BlobUnknown(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn blob(
+        &self,
+        _: &str,
+        digest: &Digest,
+    ) -> Result<Option<crate::blob::BlobLocation>, StoreError> {
+        Ok(self
+            .0
+            .blob_size(digest)?
+            .map(|size| crate::blob::BlobLocation {
+                size,
+                source: std::sync::Arc::new(crate::blob::FileRange(
+                    self.0.path(PathSpec::BlobData(digest)),
+                )),
+            }))
+    }
+    fn manifest_digests(&self, _: &str) -> Result<Vec<Digest>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Starts writing a just-published blob to disk without waiting for it, so the one
+/// `syncfs` before the links finds little left to do (the disk works while later
+/// blobs are still being written). Best effort: a failure only means the sync waits longer.
+fn start_writeback(path: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(f) = std::fs::File::open(path) {
+        // SAFETY: a valid open fd; SYNC_FILE_RANGE_WRITE only queues writeback of its dirty pages.
+        unsafe {
+            libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+}
+
+/// Links one image whose blobs and manifests are in `store`: only the manifests its copy wrote, its tag last.
+fn link(store: &Store, img: &StagedImage) -> Result<(), StoreError> {
+    store
+        .link_image_with(&img.repo, &img.top, img.tag.as_deref(), &|d| {
+            img.written.contains(d)
+        })
+        .map(drop)
+}
 
 /// One image written into a root.
 pub struct RootDest {
@@ -21,7 +177,11 @@ pub struct RootDest {
     /// Blobs only, in digest order, no links: the cache a bundle is packed from while it downloads.
     pack_cache: bool,
     /// Manifests this copy wrote: only these are linked (other children the root holds stay out).
-    written: std::sync::Mutex<std::collections::HashSet<crate::digest::Digest>>,
+    written: Mutex<HashSet<Digest>>,
+    /// Held links and a record of what was added, when staged.
+    staging: Option<std::sync::Arc<Staging>>,
+    /// A root on the same file system whose blobs are hardlinked rather than copied (the bundle cache).
+    import_from: Option<Store>,
 }
 
 impl RootDest {
@@ -34,6 +194,47 @@ impl RootDest {
             sync,
             pack_cache: false,
             written: Default::default(),
+            staging: None,
+            import_from: None,
+        }
+    }
+
+    /// Writes into `repo` of `store`, taking each blob `from` holds as a hardlink of its
+    /// file there (copied, verified, across file systems) instead of reading it: a
+    /// bundle's `--root-dir` costs a few links. `from`'s blobs are trusted as they are.
+    pub fn importing(store: Store, repo: String, tag: Option<String>, from: Store) -> RootDest {
+        RootDest {
+            import_from: Some(from),
+            ..RootDest::new(store, repo, tag, false)
+        }
+    }
+
+    /// Writes into `repo` of `store` as one of several staged copies: blobs go in, the
+    /// image is linked (and tagged with `tag`) only by [`Staging::finish`].
+    pub fn staged(
+        store: Store,
+        repo: String,
+        tag: Option<String>,
+        staging: std::sync::Arc<Staging>,
+    ) -> RootDest {
+        RootDest {
+            staging: Some(staging),
+            ..RootDest::new(store, repo, tag, false)
+        }
+    }
+
+    /// The root written into.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Notes, when staged, a blob this copy published (with the directories it made) and hashed.
+    fn record(&self, digest: &Digest, size: u64, dirs: Option<Vec<PathBuf>>) {
+        if let Some(s) = &self.staging {
+            s.verified.lock().unwrap().insert(digest.clone());
+            if let Some(dirs) = dirs {
+                s.added.lock().unwrap().push((digest.clone(), size, dirs));
+            }
         }
     }
 
@@ -47,6 +248,8 @@ impl RootDest {
             sync: false,
             pack_cache: true,
             written: Default::default(),
+            staging: None,
+            import_from: None,
         }
     }
 }
@@ -103,6 +306,19 @@ impl Destination for RootDest {
         if self.store.has_blob(&desc.digest) {
             return Ok(Put::Present);
         }
+        if let Some(from) = &self.import_from
+            && from.has_blob(&desc.digest)
+        {
+            let (to, from, d) = (self.store.clone(), from.clone(), desc.digest.clone());
+            tokio::task::spawn_blocking(move || to.import_blob(&from, &d))
+                .await
+                .expect("importing does not panic")?;
+            return Ok(Put::Written);
+        }
+        let dirs = self
+            .staging
+            .as_ref()
+            .map(|_| Staging::dirs_for(&self.store, &desc.digest));
         match body {
             // A stream is verified by its source (it ends in an error when wrong): no second hash.
             BlobBody::Stream(stream) => {
@@ -121,11 +337,15 @@ impl Destination for RootDest {
                     .expect("commit does not panic")?;
             }
         }
+        self.record(&desc.digest, desc.size, dirs);
+        if self.sync || self.staging.is_some() {
+            start_writeback(&self.store.path(PathSpec::BlobData(&desc.digest)));
+        }
         Ok(Put::Written)
     }
 
     async fn put_manifest(&self, manifest: &RawManifest) -> Result<()> {
-        self.store.put_blob_bytes(manifest.bytes())?;
+        self.put_manifest_bytes(manifest)?;
         self.written
             .lock()
             .unwrap()
@@ -134,12 +354,21 @@ impl Destination for RootDest {
     }
 
     async fn commit(&self, top: &RawManifest) -> Result<()> {
-        self.store.put_blob_bytes(top.bytes())?;
+        self.put_manifest_bytes(top)?;
         if self.pack_cache {
             return Ok(());
         }
         let mut written = std::mem::take(&mut *self.written.lock().unwrap());
         written.insert(top.digest().clone());
+        if let Some(s) = &self.staging {
+            s.images.lock().unwrap().push(StagedImage {
+                repo: self.repo.clone(),
+                tag: self.tag.clone(),
+                top: top.digest().clone(),
+                written,
+            });
+            return Ok(());
+        }
         let (store, repo, tag, sync, top) = (
             self.store.clone(),
             self.repo.clone(),
@@ -152,10 +381,34 @@ impl Destination for RootDest {
             if sync {
                 store.sync_fs()?;
             }
-            store.link_image_with(&repo, &top, tag.as_deref(), &|d| written.contains(d))
+            link(
+                &store,
+                &StagedImage {
+                    repo,
+                    tag,
+                    top,
+                    written,
+                },
+            )
         })
         .await
         .expect("linking does not panic")?;
+        Ok(())
+    }
+}
+
+impl RootDest {
+    /// Stores a manifest's bytes (their digest is theirs by construction), recorded when staged.
+    fn put_manifest_bytes(&self, m: &RawManifest) -> Result<()> {
+        if let Some(from) = &self.import_from
+            && from.has_blob(m.digest())
+        {
+            return Ok(self.store.import_blob(from, m.digest())?);
+        }
+        let fresh = self.staging.is_some() && !self.store.has_blob(m.digest());
+        let dirs = fresh.then(|| Staging::dirs_for(&self.store, m.digest()));
+        self.store.put_blob_bytes(m.bytes())?;
+        self.record(m.digest(), m.bytes().len() as u64, dirs);
         Ok(())
     }
 }
