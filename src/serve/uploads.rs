@@ -3,14 +3,21 @@
 //! half-uploaded blob is never visible. A session is taken out while one
 //! request writes to it and put back after; dropping it (cancel, failure, the
 //! idle sweep) deletes its temp data. The number of sessions is capped.
+//!
+//! Durability is batched ([`Unsynced`]): a finished upload is verified and
+//! renamed into place (so a killed server never shows a part of a blob) but
+//! not fsynced one by one; the root's file system is synced once before a
+//! manifest is made visible, so no manifest or tag ever names a blob that a
+//! power loss could take back.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::limits::{ENV_UPLOAD_IDLE_MS, MAX_UPLOADS, UPLOAD_IDLE_SECS};
-use crate::store::BlobWriter;
+use crate::store::{BlobWriter, Store, StoreError};
 
 /// An upload between requests: its repository and the bytes written so far.
 pub(super) struct Session {
@@ -44,6 +51,47 @@ pub(super) enum Taken {
 pub(super) struct Uploads {
     slots: Mutex<HashMap<String, Slot>>,
     idle: Duration,
+    /// What was published without fsync since the last sync.
+    pub unsynced: Unsynced,
+}
+
+/// Counts blobs and layer links published without fsync, so that a manifest is
+/// made visible only after one `syncfs` that covers every one of them (group
+/// durability: one sync per manifest instead of several fsyncs per blob).
+pub(super) struct Unsynced {
+    /// Publishes so far (counted after each one is in place).
+    published: AtomicU64,
+    /// The count that the last finished sync covered.
+    synced: AtomicU64,
+}
+
+impl Unsynced {
+    /// One unsynced write behind us: a server started over a root that an earlier
+    /// process may have left unsynced (stopped between a blob and its manifest)
+    /// syncs once before its first manifest.
+    fn new() -> Unsynced {
+        Unsynced {
+            published: AtomicU64::new(1),
+            synced: AtomicU64::new(0),
+        }
+    }
+
+    /// Records a blob or link just put in place without fsync.
+    pub fn published(&self) {
+        self.published.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Makes everything published so far durable (one `syncfs` of the root), unless a sync
+    /// that started after the last publish has already done so. Blocking.
+    pub fn sync(&self, store: &Store) -> Result<(), StoreError> {
+        let seen = self.published.load(Ordering::SeqCst);
+        if self.synced.load(Ordering::SeqCst) >= seen {
+            return Ok(());
+        }
+        store.sync_fs()?;
+        self.synced.fetch_max(seen, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 impl Uploads {
@@ -57,6 +105,7 @@ impl Uploads {
         Uploads {
             slots: Mutex::new(HashMap::new()),
             idle,
+            unsynced: Unsynced::new(),
         }
     }
 

@@ -4,18 +4,20 @@
 //! through the store: blobs by its verified atomic ingest, links and tags by
 //! its link functions; no path is formed here. A request is checked in full
 //! (names, digests, that every blob a manifest needs is in the repository)
-//! before the first byte is written.
+//! before the first byte is written. Blobs and their layer links are put in
+//! place without fsync; a manifest PUT syncs the root once before the manifest
+//! becomes visible (see [`super::uploads::Unsynced`]).
 
 use std::io::Write as _;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
 use super::referrers::Referrer;
-use super::uploads::{Session, Taken};
+use super::uploads::{Session, Taken, Unsynced};
 use super::{
     API_VERSION, ApiError, ApiResult, App, blocking, check_name, header_value, parse_digest,
     query_values,
@@ -74,7 +76,7 @@ pub(super) async fn dispatch<B: Catalog>(
             Ok((StatusCode::NO_CONTENT, [API_VERSION]).into_response())
         }
         ("PUT", Route::Manifest { name, reference }) => {
-            put_manifest(store, name, reference, headers, body).await
+            put_manifest(app, store, name, reference, headers, body).await
         }
         ("DELETE", Route::Manifest { name, reference }) => {
             delete_manifest(store, name, reference).await
@@ -187,6 +189,10 @@ async fn append(
     writer: crate::store::BlobWriter,
     body: Body,
 ) -> Result<crate::store::BlobWriter, ApiError> {
+    if body.is_end_stream() {
+        // No body (the closing PUT of a chunked upload): no writer thread for nothing.
+        return Ok(writer);
+    }
     crate::blob::write_stream(
         body_stream(body),
         writer,
@@ -236,15 +242,24 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Commits a finished upload through the store's verified ingest and links it into `name`.
+/// The root as uploads write it: verified and renamed into place, not fsynced (a manifest PUT syncs first).
+fn unsynced(store: &Store) -> Store {
+    store.clone().with_durable(false)
+}
+
+/// Commits a finished upload through the store's verified ingest and links it into `name`
+/// (both in place but not yet durable: counted in `pending` first, so the next manifest syncs them).
 async fn commit(
     store: Store,
+    pending: &Unsynced,
     name: &str,
     writer: crate::store::BlobWriter,
     digest: &Digest,
     size: Option<u64>,
 ) -> Result<(), ApiError> {
     let (n, d) = (name.to_string(), digest.clone());
+    let store = unsynced(&store);
+    pending.published();
     let r = tokio::task::spawn_blocking(move || {
         writer.commit(Some((&d, size)))?;
         store.link_layer(&n, &d)
@@ -281,7 +296,8 @@ async fn start_upload<B: Catalog>(
         let d = parse_digest(mount)?;
         if let Some(from) = query_values(query, "from").first() {
             check_name(from)?;
-            let (s, f, n, dd) = (store.clone(), from.clone(), name.clone(), d.clone());
+            let (s, f, n, dd) = (unsynced(&store), from.clone(), name.clone(), d.clone());
+            app.uploads.unsynced.published();
             let mounted = blocking(move || {
                 if s.has_layer_link(&f, &dd) && s.has_blob(&dd) {
                     s.link_layer(&n, &dd)?;
@@ -303,7 +319,7 @@ async fn start_upload<B: Catalog>(
         ));
     };
     let _held = app.uploads.hold(&id, &name);
-    let s = store.clone();
+    let s = unsynced(&store);
     let writer = match blocking(move || s.blob_writer()).await {
         Ok(w) => w,
         Err(e) => {
@@ -324,7 +340,7 @@ async fn start_upload<B: Catalog>(
     // Monolithic: the body is the whole blob.
     let size = content_length(headers);
     let r = match append(writer, body).await {
-        Ok(w) => commit(store, &name, w, &digest, size).await,
+        Ok(w) => commit(store, &app.uploads.unsynced, &name, w, &digest, size).await,
         Err(e) => Err(e),
     };
     app.uploads.end(&id, &name);
@@ -422,7 +438,15 @@ async fn finish_upload<B: Catalog>(
     let session = take(&app, &name, &id)?;
     let _held = app.uploads.hold(&id, &name);
     let session = write_chunk(&app, &name, &id, session, headers, body).await?;
-    let r = commit(store, &name, session.writer, &digest, None).await;
+    let r = commit(
+        store,
+        &app.uploads.unsynced,
+        &name,
+        session.writer,
+        &digest,
+        None,
+    )
+    .await;
     app.uploads.end(&id, &name);
     r?;
     Ok(blob_created(&name, &digest))
@@ -488,16 +512,33 @@ async fn manifest_body(body: Body) -> Result<Vec<u8>, ApiError> {
 }
 
 /// Checks, writing nothing, that everything `m` needs is in `repo`: config and
-/// distributable layers linked, index children linked.
+/// distributable layers linked and of the size `m` gives them, index children linked.
+/// (The size check also refuses a blob that a power loss cut short before it was synced.)
 fn check_references(store: &Store, repo: &str, m: &Manifest) -> Result<(), ApiError> {
     for b in m.blobs() {
-        if is_distributable(&b.media_type)
-            && !(store.has_layer_link(repo, &b.digest) && store.has_blob(&b.digest))
-        {
-            return Err(code(
-                ErrorCode::ManifestBlobUnknown,
-                json!({ "digest": b.digest.to_string() }),
-            ));
+        if !is_distributable(&b.media_type) {
+            continue;
+        }
+        let stored = if store.has_layer_link(repo, &b.digest) {
+            store.blob_size(&b.digest)?
+        } else {
+            None
+        };
+        match stored {
+            Some(n) if n == b.size => {}
+            Some(n) => {
+                return Err(code(
+                    ErrorCode::ManifestBlobUnknown,
+                    json!({ "digest": b.digest.to_string(),
+                        "reason": format!("the manifest gives size {}, the blob has {n} bytes", b.size) }),
+                ));
+            }
+            None => {
+                return Err(code(
+                    ErrorCode::ManifestBlobUnknown,
+                    json!({ "digest": b.digest.to_string() }),
+                ));
+            }
         }
     }
     // A missing child is MANIFEST_BLOB_UNKNOWN (400), as distribution answers it.
@@ -512,8 +553,10 @@ fn check_references(store: &Store, repo: &str, m: &Manifest) -> Result<(), ApiEr
     Ok(())
 }
 
-/// PUT of a manifest by tag or digest.
-async fn put_manifest(
+/// PUT of a manifest by tag or digest: checked, then the root synced (every blob it names is durable),
+/// then the manifest, its revision link and the tag written durably.
+async fn put_manifest<B: Catalog>(
+    app: Arc<App<B>>,
     store: Store,
     name: String,
     reference: String,
@@ -554,6 +597,8 @@ async fn put_manifest(
         if let Err(e) = check_references(&store, &n, &parsed) {
             return Ok(Err(e));
         }
+        // After the check: whatever the check saw in place was counted before it was, so this covers it.
+        app.uploads.unsynced.sync(&store)?;
         store.put_blob_bytes(m.bytes())?;
         store.link_revision(&n, m.digest())?;
         if let Ref::Tag(t) = &r {
