@@ -55,14 +55,27 @@ pub(super) struct Uploads {
     pub unsynced: Unsynced,
 }
 
-/// Counts blobs and layer links published without fsync, so that a manifest is
+/// Counts blobs and links put in place without fsync, so that a manifest is
 /// made visible only after one `syncfs` that covers every one of them (group
-/// durability: one sync per manifest instead of several fsyncs per blob).
+/// durability: a sync per manifest step instead of several fsyncs per blob).
 pub(super) struct Unsynced {
-    /// Publishes so far (counted after each one is in place).
-    published: AtomicU64,
-    /// The count that the last finished sync covered.
+    /// Writes under way (a [`Writing`] alive).
+    in_flight: AtomicU64,
+    /// Writes finished so far.
+    done: AtomicU64,
+    /// The count of finished writes that the last finished sync covered.
     synced: AtomicU64,
+}
+
+/// One unsynced write under way; counted as finished when dropped.
+pub(super) struct Writing<'a>(&'a Unsynced);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        // Finished before no longer in flight: a sync that sees neither misses nothing.
+        self.0.done.fetch_add(1, Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Unsynced {
@@ -71,21 +84,25 @@ impl Unsynced {
     /// syncs once before its first manifest.
     fn new() -> Unsynced {
         Unsynced {
-            published: AtomicU64::new(1),
+            in_flight: AtomicU64::new(0),
+            done: AtomicU64::new(1),
             synced: AtomicU64::new(0),
         }
     }
 
-    /// Records a blob or link just put in place without fsync.
-    pub fn published(&self) {
-        self.published.fetch_add(1, Ordering::SeqCst);
+    /// Marks a write without fsync as under way until the guard is dropped (after the write).
+    pub fn writing(&self) -> Writing<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Writing(self)
     }
 
-    /// Makes everything published so far durable (one `syncfs` of the root), unless a sync
-    /// that started after the last publish has already done so. Blocking.
+    /// Makes everything written so far durable (one `syncfs` of the root), unless a
+    /// sync has covered every finished write and none is under way (one under way may
+    /// already be visible to the caller). Blocking.
     pub fn sync(&self, store: &Store) -> Result<(), StoreError> {
-        let seen = self.published.load(Ordering::SeqCst);
-        if self.synced.load(Ordering::SeqCst) >= seen {
+        let busy = self.in_flight.load(Ordering::SeqCst) > 0;
+        let seen = self.done.load(Ordering::SeqCst);
+        if !busy && self.synced.load(Ordering::SeqCst) >= seen {
             return Ok(());
         }
         store.sync_fs()?;

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
 use super::referrers::Referrer;
-use super::uploads::{Session, Taken, Unsynced};
+use super::uploads::{Session, Taken};
 use super::{
     API_VERSION, ApiError, ApiResult, App, blocking, check_name, header_value, parse_digest,
     query_values,
@@ -248,19 +248,19 @@ fn unsynced(store: &Store) -> Store {
 }
 
 /// Commits a finished upload through the store's verified ingest and links it into `name`
-/// (both in place but not yet durable: counted in `pending` first, so the next manifest syncs them).
-async fn commit(
+/// (both in place but not yet durable: counted, so the next manifest syncs them).
+async fn commit<B: Catalog>(
+    app: &Arc<App<B>>,
     store: Store,
-    pending: &Unsynced,
     name: &str,
     writer: crate::store::BlobWriter,
     digest: &Digest,
     size: Option<u64>,
 ) -> Result<(), ApiError> {
-    let (n, d) = (name.to_string(), digest.clone());
+    let (n, d, app) = (name.to_string(), digest.clone(), app.clone());
     let store = unsynced(&store);
-    pending.published();
     let r = tokio::task::spawn_blocking(move || {
+        let _counted = app.uploads.unsynced.writing();
         writer.commit(Some((&d, size)))?;
         store.link_layer(&n, &d)
     })
@@ -297,8 +297,9 @@ async fn start_upload<B: Catalog>(
         if let Some(from) = query_values(query, "from").first() {
             check_name(from)?;
             let (s, f, n, dd) = (unsynced(&store), from.clone(), name.clone(), d.clone());
-            app.uploads.unsynced.published();
+            let a = app.clone();
             let mounted = blocking(move || {
+                let _counted = a.uploads.unsynced.writing();
                 if s.has_layer_link(&f, &dd) && s.has_blob(&dd) {
                     s.link_layer(&n, &dd)?;
                     return Ok(true);
@@ -340,7 +341,7 @@ async fn start_upload<B: Catalog>(
     // Monolithic: the body is the whole blob.
     let size = content_length(headers);
     let r = match append(writer, body).await {
-        Ok(w) => commit(store, &app.uploads.unsynced, &name, w, &digest, size).await,
+        Ok(w) => commit(&app, store, &name, w, &digest, size).await,
         Err(e) => Err(e),
     };
     app.uploads.end(&id, &name);
@@ -438,15 +439,7 @@ async fn finish_upload<B: Catalog>(
     let session = take(&app, &name, &id)?;
     let _held = app.uploads.hold(&id, &name);
     let session = write_chunk(&app, &name, &id, session, headers, body).await?;
-    let r = commit(
-        store,
-        &app.uploads.unsynced,
-        &name,
-        session.writer,
-        &digest,
-        None,
-    )
-    .await;
+    let r = commit(&app, store, &name, session.writer, &digest, None).await;
     app.uploads.end(&id, &name);
     r?;
     Ok(blob_created(&name, &digest))
@@ -553,8 +546,8 @@ fn check_references(store: &Store, repo: &str, m: &Manifest) -> Result<(), ApiEr
     Ok(())
 }
 
-/// PUT of a manifest by tag or digest: checked, then the root synced (every blob it names is durable),
-/// then the manifest, its revision link and the tag written durably.
+/// PUT of a manifest by tag or digest: checked, then its bytes, its revision link and the tag
+/// written in that order, each synced (one `syncfs`) before the next.
 async fn put_manifest<B: Catalog>(
     app: Arc<App<B>>,
     store: Store,
@@ -597,13 +590,26 @@ async fn put_manifest<B: Catalog>(
         if let Err(e) = check_references(&store, &n, &parsed) {
             return Ok(Err(e));
         }
-        // After the check: whatever the check saw in place was counted before it was, so this covers it.
-        app.uploads.unsynced.sync(&store)?;
-        store.put_blob_bytes(m.bytes())?;
-        store.link_revision(&n, m.digest())?;
-        if let Ref::Tag(t) = &r {
-            store.tag(&n, t, m.digest())?;
+        // Three steps, each made durable by one sync before the next can name it: the
+        // manifest's bytes (with every blob it names: counted before the check saw them in
+        // place, so this sync covers them), then its revision link, then the tag. The last
+        // sync makes the 201 mean stored.
+        let (pending, quick) = (&app.uploads.unsynced, unsynced(&store));
+        {
+            let _counted = pending.writing();
+            quick.put_blob_bytes(m.bytes())?;
         }
+        pending.sync(&store)?;
+        {
+            let _counted = pending.writing();
+            quick.link_revision(&n, m.digest())?;
+        }
+        if let Ref::Tag(t) = &r {
+            pending.sync(&store)?;
+            let _counted = pending.writing();
+            quick.tag(&n, t, m.digest())?;
+        }
+        pending.sync(&store)?;
         Ok(Ok(()))
     })
     .await??;
