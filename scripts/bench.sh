@@ -209,15 +209,10 @@ unbundle)
   # Exactly the incumbent's push (../shared/incumbent/README.md); a failed run aborts the bench.
   seed_push() { (cd "$OUT/seed/dirs" && skopeo --insecure-policy sync --scoped --src dir --dest docker --dest-tls-verify=false ./ "$TARGET" >/dev/null) || { echo "skopeo sync failed" >&2; exit 1; }; }
   ferry_push() { "$FERRY" unbundle push -q "$OUT/all.tar.zst" --dest "$TARGET" --dest-tls-verify=false || { echo "ferry push failed" >&2; exit 1; }; }
-  # The floor: the target taking the same blobs as bare parallel monolithic PUTs (curl, 6 at a time),
-  # from an extracted copy of the bundle, with no manifest work at all.
+  # The floor: the target taking the same blobs as bare parallel monolithic PUTs (6 keep-alive
+  # connections, scripts/floor_push.py), from an extracted copy of the bundle, with no manifest work at all.
   [ -d "$OUT/extracted/docker" ] || { mkdir -p "$OUT/extracted"; zstd -q -d -c "$OUT/all.tar.zst" | tar -x -C "$OUT/extracted"; }
-  floor_push() {
-    find "$OUT/extracted/docker/registry/v2/blobs" -name data -print0 | xargs -0 -P 6 -n 1 sh -c '
-      d=$(basename "$(dirname "$1")"); loc=$(curl -fsS -X POST -D - -o /dev/null "http://$0/v2/floor/blobs/uploads/" | tr -d "\r" | sed -n "s/^[Ll]ocation: //p")
-      case "$loc" in http*) ;; *) loc="http://$0$loc";; esac
-      case "$loc" in *\?*) sep="&";; *) sep="?";; esac
-      curl -fsS -H "Content-Type: application/octet-stream" -T "$1" -o /dev/null "$loc${sep}digest=sha256:$d"' "$TARGET" || { echo "floor push failed" >&2; exit 1; }; }
+  floor_push() { python3 "$HERE/floor_push.py" "$OUT/extracted" "$TARGET" 6 || { echo "floor push failed" >&2; exit 1; }; }
   t_seed_push=$(PREP=fresh_target in_target median_time seed_push)
   t_ferry_push=$(PREP=fresh_target in_target median_time ferry_push)
   t_floor_push=$(PREP=fresh_target in_target median_time floor_push)
@@ -238,7 +233,7 @@ unbundle)
   echo "unbundle of the $PRESET corpus, median of $RUNS, whole process:"
   echo "  push into an empty docker-registry: skopeo sync --scoped (amd64 only, from dir:) ${t_seed_push}s,"
   echo "    ferry unbundle push (every platform, from the bundle in place) ${t_ferry_push}s: speed-up $(ratio "$t_seed_push" "$t_ferry_push")x"
-  echo "    floor: the same blobs as bare parallel monolithic PUTs (curl -P 6) ${t_floor_push}s: ferry/floor $(ratio "$t_ferry_push" "$t_floor_push")x"
+  echo "    floor: the same blobs as bare parallel monolithic PUTs (6 connections) ${t_floor_push}s: ferry/floor $(ratio "$t_ferry_push" "$t_floor_push")x"
   echo "  into an empty root ($(python3 -c "print(f'{$BYTES/1e9:.2f}')") GB bundle): zstd -d | tar -x ${t_extract}s,"
   echo "    with sync ${t_extract_sync}s; ferry unbundle link (re-hashes every blob, syncs) ${t_link}s:"
   echo "    $(ratio "$t_link" "$t_extract")x the plain extract, $(ratio "$t_link" "$t_extract_sync")x the plain extract + sync"

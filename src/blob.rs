@@ -124,8 +124,10 @@ pub enum StreamWriteError<E> {
 }
 
 /// Drains a stream into a blocking writer on its own thread, through a short
-/// queue, so file writes never stall the runtime. Returns the writer when the
-/// stream ended cleanly; on any error the writer is dropped (its temp file with it).
+/// queue, so file writes never stall the runtime. Chunks are handed over in
+/// batches of about [`IO_BUFFER_BYTES`] (a network body arrives in pieces of a
+/// few KiB: one thread wake-up each would cost more than the write). Returns the writer
+/// when the stream ended cleanly; on any error the writer is dropped (its temp file with it).
 pub async fn write_stream<W, E>(
     mut stream: ByteStream,
     mut writer: W,
@@ -136,25 +138,42 @@ where
     E: Send + 'static,
 {
     use futures_util::StreamExt;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    // Two batches in flight: the writer works on one while the next is gathered.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<bytes::Bytes>>(2);
     let task = tokio::task::spawn_blocking(move || {
-        while let Some(chunk) = rx.blocking_recv() {
-            write(&mut writer, &chunk)?;
+        while let Some(batch) = rx.blocking_recv() {
+            for chunk in &batch {
+                write(&mut writer, chunk)?;
+            }
         }
         Ok(writer)
     });
     let mut failed = None;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) => {
-                if tx.send(c).await.is_err() {
-                    break; // the writer failed: its error is returned below
-                }
+    let mut batch: Vec<bytes::Bytes> = Vec::new();
+    let mut gathered = 0usize;
+    loop {
+        let next = stream.next().await;
+        let end = match next {
+            Some(Ok(c)) => {
+                gathered += c.len();
+                batch.push(c);
+                false
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 failed = Some(e);
                 break;
             }
+            None => true,
+        };
+        // Sent when big enough, or at the end.
+        if !batch.is_empty() && (end || gathered >= IO_BUFFER_BYTES) {
+            gathered = 0;
+            if tx.send(std::mem::take(&mut batch)).await.is_err() {
+                break; // the writer failed: its error is returned below
+            }
+        }
+        if end {
+            break;
         }
     }
     drop(tx);

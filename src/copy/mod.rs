@@ -444,6 +444,10 @@ async fn run<S: Source, D: Destination>(
         .any(|j| j.destination.properties().ordered_blobs);
     if ordered {
         order.sort();
+    } else {
+        // Largest first (stable: plan order among equals), so no big blob starts last and
+        // leaves one transfer running alone at the end while the others are done.
+        order.sort_by_key(|d| std::cmp::Reverse(blobs[d].0.size));
     }
     let transfers = stream::iter(order.iter()).map(|d| {
         let (desc, users) = &blobs[d];
@@ -491,12 +495,48 @@ async fn run<S: Source, D: Destination>(
         blobs_present: counts.present.into_inner(),
         ..CopySummary::default()
     };
-    for (i, (job, p)) in jobs.iter().zip(&planned).enumerate() {
-        let Some(p) = p else { continue };
-        if failed.contains_key(&i) {
+    // Manifests: `jobs` images at a time where the destinations allow it; the images of
+    // one destination name keep their order (the later one names it last, as one by one).
+    let width = if jobs.iter().all(|j| j.destination.concurrent_manifests()) {
+        opts.jobs.max(1)
+    } else {
+        1
+    };
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    for (i, p) in planned.iter().enumerate() {
+        if p.is_none() || failed.contains_key(&i) {
             continue;
         }
-        match write_manifests(job, p, opts).await {
+        let g = *group_of
+            .entry(jobs[i].destination.name())
+            .or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+        groups[g].push(i);
+    }
+    let planned_ref = &planned;
+    let mut written: Vec<(usize, Result<usize, CopyError>)> = stream::iter(groups)
+        .map(|group| async move {
+            let mut out = Vec::with_capacity(group.len());
+            for i in group {
+                let p = planned_ref[i].as_ref().expect("grouped jobs are planned");
+                out.push((i, write_manifests(&jobs[i], p, opts, width).await));
+            }
+            out
+        })
+        .buffer_unordered(width)
+        .flat_map(stream::iter)
+        .collect()
+        .await;
+    written.sort_by_key(|(i, _)| *i);
+    for (i, r) in written {
+        let (job, p) = (
+            &jobs[i],
+            planned[i].as_ref().expect("written jobs are planned"),
+        );
+        match r {
             Ok(n) => {
                 let top = p.writes.last().expect("the top is always written");
                 summary.manifests += n;
@@ -597,15 +637,21 @@ async fn write_manifests<S: Source, D: Destination>(
     job: &Job<S, D>,
     p: &Planned,
     opts: &CopyOptions,
+    width: usize,
 ) -> Result<usize, CopyError> {
     let dst_err = |e: TransportError| CopyError::Destination {
         image: job.destination.name(),
         source: Box::new(e),
     };
     let (top, children) = p.writes.split_last().expect("the top is always written");
-    for c in children {
-        job.destination.put_manifest(c).await.map_err(dst_err)?;
+    // Children (by digest, independent of each other) `width` at a time; the first error wins.
+    let mut puts = stream::iter(children)
+        .map(|c| job.destination.put_manifest(c))
+        .buffered(width.max(1));
+    while let Some(r) = puts.next().await {
+        r.map_err(dst_err)?;
     }
+    drop(puts);
     // Children left out by the bundle's platform choice, or not in the source.
     let absent = p
         .walk

@@ -3,14 +3,21 @@
 //! half-uploaded blob is never visible. A session is taken out while one
 //! request writes to it and put back after; dropping it (cancel, failure, the
 //! idle sweep) deletes its temp data. The number of sessions is capped.
+//!
+//! Durability is batched ([`Unsynced`]): a finished upload is verified and
+//! renamed into place (so a killed server never shows a part of a blob) but
+//! not fsynced one by one; the root's file system is synced once before a
+//! manifest is made visible, so no manifest or tag ever names a blob that a
+//! power loss could take back.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::limits::{ENV_UPLOAD_IDLE_MS, MAX_UPLOADS, UPLOAD_IDLE_SECS};
-use crate::store::BlobWriter;
+use crate::store::{BlobWriter, Store, StoreError};
 
 /// An upload between requests: its repository and the bytes written so far.
 pub(super) struct Session {
@@ -44,6 +51,64 @@ pub(super) enum Taken {
 pub(super) struct Uploads {
     slots: Mutex<HashMap<String, Slot>>,
     idle: Duration,
+    /// What was published without fsync since the last sync.
+    pub unsynced: Unsynced,
+}
+
+/// Counts blobs and links put in place without fsync, so that a manifest is
+/// made visible only after one `syncfs` that covers every one of them (group
+/// durability: a sync per manifest step instead of several fsyncs per blob).
+pub(super) struct Unsynced {
+    /// Writes under way (a [`Writing`] alive).
+    in_flight: AtomicU64,
+    /// Writes finished so far.
+    done: AtomicU64,
+    /// The count of finished writes that the last finished sync covered.
+    synced: AtomicU64,
+}
+
+/// One unsynced write under way; counted as finished when dropped.
+pub(super) struct Writing<'a>(&'a Unsynced);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        // Finished before no longer in flight: a sync that sees neither misses nothing.
+        self.0.done.fetch_add(1, Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Unsynced {
+    /// One unsynced write behind us: a server started over a root that an earlier
+    /// process may have left unsynced (stopped between a blob and its manifest)
+    /// syncs once before its first manifest.
+    fn new() -> Unsynced {
+        Unsynced {
+            in_flight: AtomicU64::new(0),
+            done: AtomicU64::new(1),
+            synced: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks a write without fsync as under way until the guard is dropped (after the write).
+    pub fn writing(&self) -> Writing<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Writing(self)
+    }
+
+    /// Makes everything written so far durable (one `syncfs` of the root), unless a
+    /// sync has covered every finished write and none is under way (one under way may
+    /// already be visible to the caller). Blocking.
+    pub fn sync(&self, store: &Store) -> Result<(), StoreError> {
+        let busy = self.in_flight.load(Ordering::SeqCst) > 0;
+        let seen = self.done.load(Ordering::SeqCst);
+        if !busy && self.synced.load(Ordering::SeqCst) >= seen {
+            return Ok(());
+        }
+        store.sync_fs()?;
+        self.synced.fetch_max(seen, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 impl Uploads {
@@ -57,6 +122,7 @@ impl Uploads {
         Uploads {
             slots: Mutex::new(HashMap::new()),
             idle,
+            unsynced: Unsynced::new(),
         }
     }
 

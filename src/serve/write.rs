@@ -4,12 +4,14 @@
 //! through the store: blobs by its verified atomic ingest, links and tags by
 //! its link functions; no path is formed here. A request is checked in full
 //! (names, digests, that every blob a manifest needs is in the repository)
-//! before the first byte is written.
+//! before the first byte is written. Blobs and their layer links are put in
+//! place without fsync; a manifest PUT syncs the root once before the manifest
+//! becomes visible (see [`super::uploads::Unsynced`]).
 
 use std::io::Write as _;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -74,7 +76,7 @@ pub(super) async fn dispatch<B: Catalog>(
             Ok((StatusCode::NO_CONTENT, [API_VERSION]).into_response())
         }
         ("PUT", Route::Manifest { name, reference }) => {
-            put_manifest(store, name, reference, headers, body).await
+            put_manifest(app, store, name, reference, headers, body).await
         }
         ("DELETE", Route::Manifest { name, reference }) => {
             delete_manifest(store, name, reference).await
@@ -187,6 +189,10 @@ async fn append(
     writer: crate::store::BlobWriter,
     body: Body,
 ) -> Result<crate::store::BlobWriter, ApiError> {
+    if body.is_end_stream() {
+        // No body (the closing PUT of a chunked upload): no writer thread for nothing.
+        return Ok(writer);
+    }
     crate::blob::write_stream(
         body_stream(body),
         writer,
@@ -236,16 +242,25 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Commits a finished upload through the store's verified ingest and links it into `name`.
-async fn commit(
+/// The root as uploads write it: verified and renamed into place, not fsynced (a manifest PUT syncs first).
+fn unsynced(store: &Store) -> Store {
+    store.clone().with_durable(false)
+}
+
+/// Commits a finished upload through the store's verified ingest and links it into `name`
+/// (both in place but not yet durable: counted, so the next manifest syncs them).
+async fn commit<B: Catalog>(
+    app: &Arc<App<B>>,
     store: Store,
     name: &str,
     writer: crate::store::BlobWriter,
     digest: &Digest,
     size: Option<u64>,
 ) -> Result<(), ApiError> {
-    let (n, d) = (name.to_string(), digest.clone());
+    let (n, d, app) = (name.to_string(), digest.clone(), app.clone());
+    let store = unsynced(&store);
     let r = tokio::task::spawn_blocking(move || {
+        let _counted = app.uploads.unsynced.writing();
         writer.commit(Some((&d, size)))?;
         store.link_layer(&n, &d)
     })
@@ -281,8 +296,10 @@ async fn start_upload<B: Catalog>(
         let d = parse_digest(mount)?;
         if let Some(from) = query_values(query, "from").first() {
             check_name(from)?;
-            let (s, f, n, dd) = (store.clone(), from.clone(), name.clone(), d.clone());
+            let (s, f, n, dd) = (unsynced(&store), from.clone(), name.clone(), d.clone());
+            let a = app.clone();
             let mounted = blocking(move || {
+                let _counted = a.uploads.unsynced.writing();
                 if s.has_layer_link(&f, &dd) && s.has_blob(&dd) {
                     s.link_layer(&n, &dd)?;
                     return Ok(true);
@@ -303,7 +320,7 @@ async fn start_upload<B: Catalog>(
         ));
     };
     let _held = app.uploads.hold(&id, &name);
-    let s = store.clone();
+    let s = unsynced(&store);
     let writer = match blocking(move || s.blob_writer()).await {
         Ok(w) => w,
         Err(e) => {
@@ -324,7 +341,7 @@ async fn start_upload<B: Catalog>(
     // Monolithic: the body is the whole blob.
     let size = content_length(headers);
     let r = match append(writer, body).await {
-        Ok(w) => commit(store, &name, w, &digest, size).await,
+        Ok(w) => commit(&app, store, &name, w, &digest, size).await,
         Err(e) => Err(e),
     };
     app.uploads.end(&id, &name);
@@ -422,7 +439,7 @@ async fn finish_upload<B: Catalog>(
     let session = take(&app, &name, &id)?;
     let _held = app.uploads.hold(&id, &name);
     let session = write_chunk(&app, &name, &id, session, headers, body).await?;
-    let r = commit(store, &name, session.writer, &digest, None).await;
+    let r = commit(&app, store, &name, session.writer, &digest, None).await;
     app.uploads.end(&id, &name);
     r?;
     Ok(blob_created(&name, &digest))
@@ -488,16 +505,33 @@ async fn manifest_body(body: Body) -> Result<Vec<u8>, ApiError> {
 }
 
 /// Checks, writing nothing, that everything `m` needs is in `repo`: config and
-/// distributable layers linked, index children linked.
+/// distributable layers linked and of the size `m` gives them, index children linked.
+/// (The size check also refuses a blob that a power loss cut short before it was synced.)
 fn check_references(store: &Store, repo: &str, m: &Manifest) -> Result<(), ApiError> {
     for b in m.blobs() {
-        if is_distributable(&b.media_type)
-            && !(store.has_layer_link(repo, &b.digest) && store.has_blob(&b.digest))
-        {
-            return Err(code(
-                ErrorCode::ManifestBlobUnknown,
-                json!({ "digest": b.digest.to_string() }),
-            ));
+        if !is_distributable(&b.media_type) {
+            continue;
+        }
+        let stored = if store.has_layer_link(repo, &b.digest) {
+            store.blob_size(&b.digest)?
+        } else {
+            None
+        };
+        match stored {
+            Some(n) if n == b.size => {}
+            Some(n) => {
+                return Err(code(
+                    ErrorCode::ManifestBlobUnknown,
+                    json!({ "digest": b.digest.to_string(),
+                        "reason": format!("the manifest gives size {}, the blob has {n} bytes", b.size) }),
+                ));
+            }
+            None => {
+                return Err(code(
+                    ErrorCode::ManifestBlobUnknown,
+                    json!({ "digest": b.digest.to_string() }),
+                ));
+            }
         }
     }
     // A missing child is MANIFEST_BLOB_UNKNOWN (400), as distribution answers it.
@@ -512,8 +546,10 @@ fn check_references(store: &Store, repo: &str, m: &Manifest) -> Result<(), ApiEr
     Ok(())
 }
 
-/// PUT of a manifest by tag or digest.
-async fn put_manifest(
+/// PUT of a manifest by tag or digest: checked, then its bytes, its revision link and the tag
+/// written in that order, each synced (one `syncfs`) before the next.
+async fn put_manifest<B: Catalog>(
+    app: Arc<App<B>>,
     store: Store,
     name: String,
     reference: String,
@@ -554,11 +590,26 @@ async fn put_manifest(
         if let Err(e) = check_references(&store, &n, &parsed) {
             return Ok(Err(e));
         }
-        store.put_blob_bytes(m.bytes())?;
-        store.link_revision(&n, m.digest())?;
-        if let Ref::Tag(t) = &r {
-            store.tag(&n, t, m.digest())?;
+        // Three steps, each made durable by one sync before the next can name it: the
+        // manifest's bytes (with every blob it names: counted before the check saw them in
+        // place, so this sync covers them), then its revision link, then the tag. The last
+        // sync makes the 201 mean stored.
+        let (pending, quick) = (&app.uploads.unsynced, unsynced(&store));
+        {
+            let _counted = pending.writing();
+            quick.put_blob_bytes(m.bytes())?;
         }
+        pending.sync(&store)?;
+        {
+            let _counted = pending.writing();
+            quick.link_revision(&n, m.digest())?;
+        }
+        if let Ref::Tag(t) = &r {
+            pending.sync(&store)?;
+            let _counted = pending.writing();
+            quick.tag(&n, t, m.digest())?;
+        }
+        pending.sync(&store)?;
         Ok(Ok(()))
     })
     .await??;

@@ -265,6 +265,13 @@ pub trait Destination: Send + Sync {
 
     /// Writes the top manifest and names it; the last call of a copy.
     fn commit(&self, top: &RawManifest) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether manifests of several images (and the children of one index) may be written
+    /// at once: true only where each write is independent (a registry), so the engine
+    /// overlaps their round trips; a file layout that keeps one index takes them one by one.
+    fn concurrent_manifests(&self) -> bool {
+        false
+    }
 }
 
 /// An image reference in skopeo's `transport:reference` syntax, parsed.

@@ -145,6 +145,9 @@ impl Destination for AnyDest {
     async fn commit(&self, top: &RawManifest) -> Result<()> {
         each_dest!(self, d => d.commit(top).await)
     }
+    fn concurrent_manifests(&self) -> bool {
+        each_dest!(self, d => d.concurrent_manifests())
+    }
 }
 
 /// The repository of a reference with no registry part (roots and bundles have none).

@@ -269,6 +269,11 @@ impl Destination for RegistryDest {
             .await?)
     }
 
+    /// Each manifest PUT stands alone at a registry (children by digest, then the tag).
+    fn concurrent_manifests(&self) -> bool {
+        true
+    }
+
     async fn commit(&self, top: &RawManifest) -> Result<()> {
         let reference = self.tag.clone().unwrap_or_else(|| top.digest().to_string());
         Ok(self

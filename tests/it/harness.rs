@@ -323,6 +323,13 @@ impl FerryServe {
     pub fn stop(mut self) -> Option<std::process::ExitStatus> {
         stop(&mut self.child.take().expect("running until stopped"))
     }
+
+    /// SIGKILL (a crash: nothing is flushed or cleaned up), then reaps the process.
+    pub fn kill(mut self) {
+        let mut c = self.child.take().expect("running until killed");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 impl Drop for FerryServe {

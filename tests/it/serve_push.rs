@@ -871,3 +871,50 @@ fn unbundle_serve_dir_takes_pushes_and_leaves_the_bundle_alone() {
     let (blobs, manifests, text) = reg.gc_dry_run();
     assert_eq!((blobs, manifests), (0, 0), "{text}");
 }
+
+/// A server killed (SIGKILL) while skopeo pushes into it shows no part of anything: every
+/// blob and manifest in its root is whole and every link resolves (`ferry verify`), and a
+/// restarted server takes the whole push, which the stock registry then serves.
+#[test]
+fn a_server_killed_mid_push_leaves_only_whole_content() {
+    let (src_dir, corpus) = tiny();
+    let src = FerryServe::start(src_dir.path());
+    let dst = empty_root();
+    let root = dst.path().to_str().unwrap().to_string();
+    let refs: Vec<String> = corpus
+        .images
+        .iter()
+        .map(|i| format!("{}:{}", i.repository, i.tag))
+        .collect();
+    let push_all = |to: &str| {
+        for r in &refs {
+            skopeo(&[
+                "copy",
+                "--all",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                &format!("docker://{}/{r}", src.addr),
+                &format!("docker://{to}/{r}"),
+            ]);
+        }
+    };
+    let server = FerryServe::start_with(&["serve", &root, "--allow-push"]);
+    let addr = server.addr.clone();
+    // The kill lands wherever the push is by then (some images whole, one under way).
+    std::thread::scope(|s| {
+        s.spawn(|| push_all(&addr));
+        std::thread::sleep(Duration::from_millis(400));
+        server.kill();
+    });
+    run_ok(ferry().arg("verify").arg(&root));
+    let server = FerryServe::start_with(&["serve", &root, "--allow-push"]);
+    push_all(&server.addr);
+    server.stop();
+    let reg = Registry::start(dst.path());
+    for img in &corpus.images {
+        let r = format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag);
+        assert_eq!(inspect_digest(&r), img.digest.to_string(), "{r}");
+    }
+    let (blobs, manifests, text) = reg.gc_dry_run();
+    assert_eq!((blobs, manifests), (0, 0), "{text}");
+}
