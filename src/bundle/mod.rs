@@ -328,8 +328,11 @@ pub async fn bundle(
             write_bundle(&opts, &index_json, &layout, &cache, &mut ready)
         })
     };
-    let mut jobs = Vec::with_capacity(plan.images.len());
-    for img in &plan.images {
+    // One copy per distinct image (registry and top digest): the cache takes blobs and
+    // manifests only, so the thousand tags of one image need one walk and one check per blob.
+    let (unique, job_of) = distinct_images(&plan);
+    let mut jobs = Vec::with_capacity(unique.len());
+    for img in unique.iter().map(|&i| &plan.images[i]) {
         let client =
             clients
                 .get(&img.registry, &opts.plan.client)
@@ -369,9 +372,14 @@ pub async fn bundle(
     };
     let (copied, failed) = crate::copy::copy_each(&jobs, &copy_opts, &feed).await;
     drop(feed);
-    let image_failures: BTreeMap<usize, String> = failed
+    let job_failures: BTreeMap<usize, String> = failed
         .into_iter()
         .map(|(i, e)| (i, e.to_string()))
+        .collect();
+    let image_failures: BTreeMap<usize, String> = job_of
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| job_failures.get(j).map(|cause| (i, cause.clone())))
         .collect();
     tracing::info!(
         "fetch: {} blobs downloaded at {:.2}s",
@@ -480,6 +488,28 @@ pub async fn bundle(
         });
     }
     Ok(summary)
+}
+
+/// The plan's images that need a copy of their own, one per registry and top digest (in
+/// plan order), and for each image of the plan the index of the copy that brings it.
+fn distinct_images(plan: &Plan) -> (Vec<usize>, Vec<usize>) {
+    let mut first: std::collections::HashMap<(&str, &Digest), usize> =
+        std::collections::HashMap::new();
+    let mut unique = Vec::new();
+    let job_of = plan
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| {
+            *first
+                .entry((img.registry.as_str(), &img.digest))
+                .or_insert_with(|| {
+                    unique.push(i);
+                    unique.len() - 1
+                })
+        })
+        .collect();
+    (unique, job_of)
 }
 
 /// Hands each blob the copy engine finishes to the packer (in layout order), and downloads to the progress bar.
