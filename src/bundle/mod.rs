@@ -307,11 +307,15 @@ pub async fn bundle(
             .map(|b| b.carried().into_iter().cloned().collect())
             .unwrap_or_default(),
     );
+    // One copy per distinct image that lacks a blob in the cache: the plan put every manifest
+    // there already, so an image whose blobs are all cached needs no copy (a warm run copies nothing).
+    let (copies, copy_of) = images_to_copy(&plan, &missing);
     let packer = {
         let (opts, cache, index_json) = (opts.clone(), cache.clone(), index_json.clone());
-        let blobs: BTreeSet<Digest> = plan
-            .blobs
-            .keys()
+        // The blobs the copies hand over, in order; every other blob is in the cache already.
+        let blobs: BTreeSet<Digest> = copies
+            .iter()
+            .flat_map(|&i| plan.images[i].blobs().iter().map(|b| &b.digest))
             .filter(|d| !left_out.contains(d))
             .cloned()
             .collect();
@@ -328,11 +332,8 @@ pub async fn bundle(
             write_bundle(&opts, &index_json, &layout, &cache, &mut ready)
         })
     };
-    // One copy per distinct image (registry and top digest): the cache takes blobs and
-    // manifests only, so the thousand tags of one image need one walk and one check per blob.
-    let (unique, job_of) = distinct_images(&plan);
-    let mut jobs = Vec::with_capacity(unique.len());
-    for img in unique.iter().map(|&i| &plan.images[i]) {
+    let mut jobs = Vec::with_capacity(copies.len());
+    for img in copies.iter().map(|&i| &plan.images[i]) {
         let client =
             clients
                 .get(&img.registry, &opts.plan.client)
@@ -376,10 +377,13 @@ pub async fn bundle(
         .into_iter()
         .map(|(i, e)| (i, e.to_string()))
         .collect();
-    let image_failures: BTreeMap<usize, String> = job_of
+    let image_failures: BTreeMap<usize, String> = copy_of
         .iter()
         .enumerate()
-        .filter_map(|(i, j)| job_failures.get(j).map(|cause| (i, cause.clone())))
+        .filter_map(|(i, j)| {
+            j.and_then(|j| job_failures.get(&j))
+                .map(|cause| (i, cause.clone()))
+        })
         .collect();
     tracing::info!(
         "fetch: {} blobs downloaded at {:.2}s",
@@ -490,13 +494,15 @@ pub async fn bundle(
     Ok(summary)
 }
 
-/// The plan's images that need a copy of their own, one per registry and top digest (in
-/// plan order), and for each image of the plan the index of the copy that brings it.
-fn distinct_images(plan: &Plan) -> (Vec<usize>, Vec<usize>) {
-    let mut first: std::collections::HashMap<(&str, &Digest), usize> =
+/// The plan's images that need a copy into the cache: one per registry and top digest (the
+/// cache takes blobs and manifests only, so the thousand tags of one image need one copy), and
+/// only those with a blob in `missing`. Also, for each image of the plan, the index of the copy
+/// that brings it (none when its blobs are all cached).
+fn images_to_copy(plan: &Plan, missing: &BTreeSet<Digest>) -> (Vec<usize>, Vec<Option<usize>>) {
+    let mut first: std::collections::HashMap<(&str, &Digest), Option<usize>> =
         std::collections::HashMap::new();
-    let mut unique = Vec::new();
-    let job_of = plan
+    let mut copies = Vec::new();
+    let copy_of = plan
         .images
         .iter()
         .enumerate()
@@ -504,12 +510,17 @@ fn distinct_images(plan: &Plan) -> (Vec<usize>, Vec<usize>) {
             *first
                 .entry((img.registry.as_str(), &img.digest))
                 .or_insert_with(|| {
-                    unique.push(i);
-                    unique.len() - 1
+                    img.blobs()
+                        .iter()
+                        .any(|b| missing.contains(&b.digest))
+                        .then(|| {
+                            copies.push(i);
+                            copies.len() - 1
+                        })
                 })
         })
         .collect();
-    (unique, job_of)
+    (copies, copy_of)
 }
 
 /// Hands each blob the copy engine finishes to the packer (in layout order), and downloads to the progress bar.
