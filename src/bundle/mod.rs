@@ -590,16 +590,23 @@ fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layo
     let mut layout = pack::Layout::default();
     let mut blobs: BTreeSet<BlobEntry> = BTreeSet::new();
     let mut images = Vec::new();
+    // Images already laid out under their repository: another tag of one has the same links.
+    let mut linked: std::collections::HashSet<(&str, &Digest)> = std::collections::HashSet::new();
     for img in &plan.images {
+        let again = !linked.insert((img.repository.as_str(), &img.digest));
         let name =
             crate::bundlefile::format::image_name(&img.repository, img.tag.as_deref(), &img.digest);
         let mut blob = |layout: &mut pack::Layout, digest: &Digest, size: u64| {
             if carried.contains(digest) {
                 let users = &mut left_out.entry(digest.clone()).or_default();
                 users.0 = size;
-                if !users.1.contains(&name) {
+                // Each image's names arrive together; repeats across images go below.
+                if users.1.last() != Some(&name) {
                     users.1.push(name.clone());
                 }
+                return;
+            }
+            if again {
                 return;
             }
             layout.add(
@@ -613,17 +620,21 @@ fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layo
         };
         for m in img.manifests() {
             blob(&mut layout, m.digest(), m.bytes().len() as u64);
-            layout.add(
-                &rel(PathSpec::RevisionLink(&img.repository, m.digest())),
-                link(m.digest()),
-            );
+            if !again {
+                layout.add(
+                    &rel(PathSpec::RevisionLink(&img.repository, m.digest())),
+                    link(m.digest()),
+                );
+            }
         }
         for b in img.blobs() {
             blob(&mut layout, &b.digest, b.size);
-            layout.add(
-                &rel(PathSpec::LayerLink(&img.repository, &b.digest)),
-                link(&b.digest),
-            );
+            if !again {
+                layout.add(
+                    &rel(PathSpec::LayerLink(&img.repository, &b.digest)),
+                    link(&b.digest),
+                );
+            }
         }
         if let Some(tag) = &img.tag {
             layout.add(
@@ -644,6 +655,12 @@ fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layo
             media_type: img.media_type.clone(),
             platforms: img.platforms.clone(),
         });
+    }
+    // Each image once per left-out blob, in first-use order (a linear check per name would cost
+    // the square of the images using a blob).
+    for (_, users) in left_out.values_mut() {
+        let mut once = std::collections::HashSet::new();
+        users.retain(|n| once.insert(n.clone()));
     }
     // Config and layer blobs the file carries (a delta's left-out ones are counted in `since`).
     let layer_blobs: BTreeSet<&Digest> = plan
