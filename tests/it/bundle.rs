@@ -750,10 +750,7 @@ fn a_warm_run_fetches_only_the_missing_blob_and_packs_the_same_bytes() {
     assert_eq!(warm["blobs_downloaded"], 0);
     assert!(bytes == first, "a warm run packs the same bytes");
     // One layer of the many-tagged image leaves the cache: that blob alone comes again.
-    let gone = blobs_of(root, &img.digest, false)
-        .into_iter()
-        .last()
-        .unwrap();
+    let gone = blobs_of(root, &img.digest, false).pop_last().unwrap();
     std::fs::remove_file(Store::open(&cache).path(ferry::store::paths::PathSpec::BlobData(&gone)))
         .unwrap();
     let (short, bytes) = run("short.tar.zst");
