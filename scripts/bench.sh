@@ -3,12 +3,14 @@
 #   scripts/bench.sh serve [WORK]     large-blob GETs: ferry serve vs docker-registry over one root;
 #                                     ferry verify vs sha256sum of the same blob files
 #   scripts/bench.sh bundle [WORK]    the seed workflow (skopeo sync + shell + tar + zstd) vs ferry bundle
-#                                     with an empty cache and with a warm one, vs plain tar | zstd of the root
+#                                     with an empty cache and with a warm one, vs plain tar | zstd of the root,
+#                                     vs a bare parallel download of the same blobs (curl -Z, 6 at once)
 #   scripts/bench.sh unbundle [WORK]  skopeo sync --scoped dir->docker vs ferry unbundle push (empty registry);
 #                                     zstd -d | tar -x vs ferry unbundle link (empty root);
 #                                     skopeo pulling every tag from docker-registry vs from ferry unbundle serve
 #   scripts/bench.sh refs [WORK]      ferry bundle of a list of N (default 5000, REFS=N) references to one
-#                                     registry (N tags of the small corpus' images): time and memory per reference
+#                                     registry (N tags of the small corpus' images): time and memory per reference,
+#                                     whole and past the first N/10 (the cost of each further reference)
 #   scripts/bench.sh copy [WORK]      skopeo copy vs ferry copy: the image with the most layers docker:// -> oci:,
 #                                     and every multi-arch image with --all docker:// -> docker:// (empty target)
 #   scripts/bench.sh inspect [WORK]   skopeo inspect vs ferry inspect, one call per tag of the corpus (CALLS=N
@@ -175,6 +177,22 @@ bundle)
   rm -rf "$OUT/root"; "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false --root-dir "$OUT/root"
   t_warm=$(PREP=warm_prep median_time ferry_bundle)
   t_floor=$(PREP=floor_prep median_time floor)
+  # The bare download: the same blobs (configs and layers, each once, from a repository that links
+  # it) from the same registry into files, 6 at a time (ferry's default --jobs), one curl process.
+  python3 - "$OUT/root/docker/registry/v2/repositories" "$REG" "$OUT/dl" > "$OUT/dl.cfg" <<'PY'
+import os, sys
+repos, reg, dl = sys.argv[1:]
+seen = {}
+for dirpath, dirs, files in os.walk(repos):
+    parts = dirpath[len(repos) + 1:].split("/")
+    if "link" in files and len(parts) >= 4 and parts[-3] == "_layers":
+        seen.setdefault(parts[-1], "/".join(parts[:-3]))
+for h, repo in sorted(seen.items()):
+    print(f'url = "http://{reg}/v2/{repo}/blobs/sha256:{h}"\noutput = "{dl}/{h}"')
+PY
+  bare_prep() { rm -rf "$OUT/dl"; mkdir -p "$OUT/dl"; sync; }
+  bare() { curl -fsS -Z --parallel-max 6 -K "$OUT/dl.cfg"; }
+  t_bare=$(PREP=bare_prep median_time bare)
   # Peak memory and bytes written (file system outputs, 512-byte blocks) of one cold and one warm run.
   cold_prep
   /usr/bin/time -f "%M %O" -o "$WORK/cold.time" "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
@@ -187,6 +205,7 @@ bundle)
   echo "  ferry bundle, empty cache                                    ${t_cold}s   speed-up $(ratio "$t_seed" "$t_cold")x"
   echo "  ferry bundle, warm cache                                     ${t_warm}s"
   echo "  tar -c ROOT | zstd -T0 > F && sync (packing floor)           ${t_floor}s   warm/floor $(ratio "$t_warm" "$t_floor")x"
+  echo "  bare parallel download of the same blobs (curl -Z, 6 at once) ${t_bare}s   empty cache/bare $(ratio "$t_cold" "$t_bare")x"
   echo "  peak RSS: cold $((cold_rss / 1024)) MB, warm $((warm_rss / 1024)) MB"
   echo "  bytes written, cold: $(python3 -c "print(f'{$cold_out*512/1e9:.2f} GB = {$cold_out*512/$UNIQUE:.2f}x the unique bytes')")"
   echo "  seed phases (last run): $(tail -1 "$SEEDLOG" | cut -d' ' -f1-9)"
@@ -301,13 +320,19 @@ with open(out, "w") as f:
         assert r.status == 201, (r.status, repo)
         f.write(f"{repo}:t{k}\n")
 PY
-  refs_run() { rm -f "$OUT/b.tar.zst"; "$FERRY" bundle -q -f "$OUT/list.txt" -o "$OUT/b.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false; }
+  # The same bundle of the first M (N/10) references: what N - M more references cost, apart from
+  # the fixed cost of a run (packing the corpus' blobs, the process itself).
+  M=$((N / 10)); head -n "$M" "$OUT/list.txt" > "$OUT/list-m.txt"
+  refs_run() { rm -f "$OUT/b.tar.zst"; "$FERRY" bundle -q -f "$OUT/${1:-list}.txt" -o "$OUT/b.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false; }
   refs_run
   t=$(median_time refs_run)
+  t_m=$(median_time refs_run list-m)
   /usr/bin/time -f "%M" -o "$OUT/time" "$FERRY" bundle -q -f "$OUT/list.txt" -o "$OUT/b.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
-  rss=$(cat "$OUT/time")
+  /usr/bin/time -f "%M" -o "$OUT/time-m" "$FERRY" bundle -q -f "$OUT/list-m.txt" -o "$OUT/b.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
+  rss=$(cat "$OUT/time"); rss_m=$(cat "$OUT/time-m")
   echo "bundle of $N references to one registry ($PRESET images, warm cache), median of $RUNS, whole process:"
   echo "  ${t}s, $(python3 -c "print(f'{$t*1000/$N:.2f}')") ms per reference; peak RSS $((rss / 1024)) MB, $(python3 -c "print(f'{$rss/$N:.1f}')") KB per reference"
+  echo "  $M references: ${t_m}s, peak RSS $((rss_m / 1024)) MB; each reference past them: $(python3 -c "print(f'{($t-$t_m)*1000/($N-$M):.2f}')") ms, $(python3 -c "print(f'{($rss-$rss_m)/($N-$M):.1f}')") KB"
   ;;
 inspect)
   command -v skopeo >/dev/null || { echo "bench needs skopeo" >&2; exit 1; }

@@ -43,6 +43,10 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
 /// Blobs fetched at once across all images, unless `--jobs` says otherwise.
 pub const DEFAULT_JOBS: usize = 6;
 
+/// Blobs an ordered destination (a bundle packed while it downloads) lets finish ahead of the
+/// one it waits for, per job: the window that keeps `jobs` transfers busy behind a large blob.
+pub const ORDERED_LOOKAHEAD: usize = 4;
+
 /// Times a failed request is repeated (connection errors, 408, 429, 5xx).
 pub const RETRIES: u32 = 4;
 

@@ -307,11 +307,15 @@ pub async fn bundle(
             .map(|b| b.carried().into_iter().cloned().collect())
             .unwrap_or_default(),
     );
+    // One copy per distinct image that lacks a blob in the cache: the plan put every manifest
+    // there already, so an image whose blobs are all cached needs no copy (a warm run copies nothing).
+    let (copies, copy_of) = images_to_copy(&plan, &missing);
     let packer = {
         let (opts, cache, index_json) = (opts.clone(), cache.clone(), index_json.clone());
-        let blobs: BTreeSet<Digest> = plan
-            .blobs
-            .keys()
+        // The blobs the copies hand over, in order; every other blob is in the cache already.
+        let blobs: BTreeSet<Digest> = copies
+            .iter()
+            .flat_map(|&i| plan.images[i].blobs().iter().map(|b| &b.digest))
             .filter(|d| !left_out.contains(d))
             .cloned()
             .collect();
@@ -328,8 +332,8 @@ pub async fn bundle(
             write_bundle(&opts, &index_json, &layout, &cache, &mut ready)
         })
     };
-    let mut jobs = Vec::with_capacity(plan.images.len());
-    for img in &plan.images {
+    let mut jobs = Vec::with_capacity(copies.len());
+    for img in copies.iter().map(|&i| &plan.images[i]) {
         let client =
             clients
                 .get(&img.registry, &opts.plan.client)
@@ -369,9 +373,17 @@ pub async fn bundle(
     };
     let (copied, failed) = crate::copy::copy_each(&jobs, &copy_opts, &feed).await;
     drop(feed);
-    let image_failures: BTreeMap<usize, String> = failed
+    let job_failures: BTreeMap<usize, String> = failed
         .into_iter()
         .map(|(i, e)| (i, e.to_string()))
+        .collect();
+    let image_failures: BTreeMap<usize, String> = copy_of
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| {
+            j.and_then(|j| job_failures.get(&j))
+                .map(|cause| (i, cause.clone()))
+        })
         .collect();
     tracing::info!(
         "fetch: {} blobs downloaded at {:.2}s",
@@ -503,6 +515,35 @@ pub async fn bundle(
     Ok(summary)
 }
 
+/// The plan's images that need a copy into the cache: one per registry and top digest (the
+/// cache takes blobs and manifests only, so the thousand tags of one image need one copy), and
+/// only those with a blob in `missing`. Also, for each image of the plan, the index of the copy
+/// that brings it (none when its blobs are all cached).
+fn images_to_copy(plan: &Plan, missing: &BTreeSet<Digest>) -> (Vec<usize>, Vec<Option<usize>>) {
+    let mut first: std::collections::HashMap<(&str, &Digest), Option<usize>> =
+        std::collections::HashMap::new();
+    let mut copies = Vec::new();
+    let copy_of = plan
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| {
+            *first
+                .entry((img.registry.as_str(), &img.digest))
+                .or_insert_with(|| {
+                    img.blobs()
+                        .iter()
+                        .any(|b| missing.contains(&b.digest))
+                        .then(|| {
+                            copies.push(i);
+                            copies.len() - 1
+                        })
+                })
+        })
+        .collect();
+    (copies, copy_of)
+}
+
 /// Hands each blob the copy engine finishes to the packer (in layout order), and downloads to the progress bar.
 struct PackFeed {
     ready: std::sync::Mutex<std::sync::mpsc::Sender<(Digest, bool, bool)>>,
@@ -570,16 +611,23 @@ fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layo
     let mut layout = pack::Layout::default();
     let mut blobs: BTreeSet<BlobEntry> = BTreeSet::new();
     let mut images = Vec::new();
+    // Images already laid out under their repository: another tag of one has the same links.
+    let mut linked: std::collections::HashSet<(&str, &Digest)> = std::collections::HashSet::new();
     for img in &plan.images {
+        let again = !linked.insert((img.repository.as_str(), &img.digest));
         let name =
             crate::bundlefile::format::image_name(&img.repository, img.tag.as_deref(), &img.digest);
         let mut blob = |layout: &mut pack::Layout, digest: &Digest, size: u64| {
             if carried.contains(digest) {
                 let users = &mut left_out.entry(digest.clone()).or_default();
                 users.0 = size;
-                if !users.1.contains(&name) {
+                // Each image's names arrive together; repeats across images go below.
+                if users.1.last() != Some(&name) {
                     users.1.push(name.clone());
                 }
+                return;
+            }
+            if again {
                 return;
             }
             layout.add(
@@ -593,17 +641,21 @@ fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layo
         };
         for m in img.manifests() {
             blob(&mut layout, m.digest(), m.bytes().len() as u64);
-            layout.add(
-                &rel(PathSpec::RevisionLink(&img.repository, m.digest())),
-                link(m.digest()),
-            );
+            if !again {
+                layout.add(
+                    &rel(PathSpec::RevisionLink(&img.repository, m.digest())),
+                    link(m.digest()),
+                );
+            }
         }
         for b in img.blobs() {
             blob(&mut layout, &b.digest, b.size);
-            layout.add(
-                &rel(PathSpec::LayerLink(&img.repository, &b.digest)),
-                link(&b.digest),
-            );
+            if !again {
+                layout.add(
+                    &rel(PathSpec::LayerLink(&img.repository, &b.digest)),
+                    link(&b.digest),
+                );
+            }
         }
         if let Some(tag) = &img.tag {
             layout.add(
@@ -624,6 +676,12 @@ fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layo
             media_type: img.media_type.clone(),
             platforms: img.platforms.clone(),
         });
+    }
+    // Each image once per left-out blob, in first-use order (a linear check per name would cost
+    // the square of the images using a blob).
+    for (_, users) in left_out.values_mut() {
+        let mut once = std::collections::HashSet::new();
+        users.retain(|n| once.insert(n.clone()));
     }
     // Config and layer blobs the file carries (a delta's left-out ones are counted in `since`).
     let layer_blobs: BTreeSet<&Digest> = plan

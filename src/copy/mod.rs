@@ -449,10 +449,14 @@ async fn run<S: Source, D: Destination>(
         // leaves one transfer running alone at the end while the others are done.
         order.sort_by_key(|d| std::cmp::Reverse(blobs[d].0.size));
     }
+    // `jobs` transfers at a time; an ordered destination may see later blobs finish while it
+    // waits for an earlier large one, so one slow blob does not hold the other transfers idle.
+    let permits = &tokio::sync::Semaphore::new(opts.jobs.max(1));
     let transfers = stream::iter(order.iter()).map(|d| {
         let (desc, users) = &blobs[d];
         let (counts, planned) = (&counts, &planned);
         async move {
+            let _permit = permits.acquire().await.expect("never closed");
             let mut failed = Vec::new();
             let mut outcome = BlobOutcome::Present;
             for &i in users {
@@ -475,7 +479,7 @@ async fn run<S: Source, D: Destination>(
     // Progress is reported as results are taken, so an ordered destination hears of them in order.
     let mut results: std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send + '_>> = if ordered
     {
-        Box::pin(transfers.buffered(opts.jobs.max(1)))
+        Box::pin(transfers.buffered(opts.jobs.max(1) * crate::limits::ORDERED_LOOKAHEAD))
     } else {
         Box::pin(transfers.buffer_unordered(opts.jobs.max(1)))
     };

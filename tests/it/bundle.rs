@@ -694,3 +694,80 @@ fn root_dir_holds_only_the_bundle_even_when_the_cache_has_more() {
         "--root-dir holds exactly what the bundle holds"
     );
 }
+
+// A warm run copies into the cache only the images that lack a blob there, and many tags of one
+// image are one copy: the bundle is the same bytes whether the cache was full, short of one
+// blob, or empty, and only the missing blob is downloaded.
+#[test]
+fn a_warm_run_fetches_only_the_missing_blob_and_packs_the_same_bytes() {
+    let (root, corpus) = small();
+    let (_src_dir, src) = source();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let img = corpus
+        .images
+        .iter()
+        .find(|i| i.platforms.is_empty())
+        .unwrap();
+    // Three more tags of one image, pushed to the source under a repository of their own (a new
+    // repository's links are new files: the corpus' hardlinked ones are never rewritten).
+    let many = format!("many/{}", img.repository);
+    for t in ["again-1", "again-2", "again-3"] {
+        run_ok(ferry().args([
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{}/{}:{}", src.addr, img.repository, img.tag),
+            &format!("docker://{}/{many}:{t}", src.addr),
+        ]));
+    }
+    let list = work.path().join("list.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "{}{many}:again-1\n{many}:again-2\n{many}:again-3\n",
+            corpus.images_list(),
+        ),
+    )
+    .unwrap();
+    let all: BTreeSet<Digest> = corpus
+        .images
+        .iter()
+        .flat_map(|i| blobs_of(root, &i.digest, false))
+        .collect();
+    let run = |out: &str| {
+        let path = work.path().join(out);
+        let r = json(&run_ok(
+            bundle_cmd(&list, &path, &cache, &src.addr).arg("--json"),
+        ));
+        (r, std::fs::read(&path).unwrap())
+    };
+    let (cold, first) = run("cold.tar.zst");
+    assert_eq!(cold["images"], corpus.images.len() + 3);
+    assert_eq!(cold["blobs_downloaded"], all.len(), "each blob once");
+    let (warm, bytes) = run("warm.tar.zst");
+    assert_eq!(warm["blobs_downloaded"], 0);
+    assert!(bytes == first, "a warm run packs the same bytes");
+    // One layer of the many-tagged image leaves the cache: that blob alone comes again.
+    let gone = blobs_of(root, &img.digest, false).pop_last().unwrap();
+    std::fs::remove_file(Store::open(&cache).path(ferry::store::paths::PathSpec::BlobData(&gone)))
+        .unwrap();
+    let (short, bytes) = run("short.tar.zst");
+    assert_eq!(short["blobs_downloaded"], 1, "{short}");
+    assert!(short["bytes_downloaded"].as_u64().unwrap() > 0, "{short}");
+    assert!(bytes == first, "the same bytes when one blob came again");
+    let site = work.path().join("site");
+    extract_bundle(&work.path().join("short.tar.zst"), &site);
+    let reg = Registry::start(&site);
+    let names = [format!("{}:{}", img.repository, img.tag)]
+        .into_iter()
+        .chain(["again-1", "again-2", "again-3"].map(|t| format!("{many}:{t}")));
+    for t in names {
+        assert_eq!(
+            inspect_digest(&format!("docker://{}/{t}", reg.addr)),
+            img.digest.to_string(),
+            "{t}"
+        );
+    }
+}
