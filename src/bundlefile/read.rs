@@ -1540,10 +1540,10 @@ impl Read for PlainRange {
     }
 }
 
-/// Reads a range of the tar stream of a seekable bundle. A frame made only of raw (and RLE)
-/// blocks, as zstd writes incompressible data (compressed layers), is read straight from the
-/// file: no decompression, no frame held in memory. Other frames come decompressed from the
-/// shared cache.
+/// Reads a range of the tar stream of a seekable bundle. A frame whose blocks after its first
+/// few are raw (or RLE), as zstd writes incompressible data (compressed layers), is read
+/// straight from the file past those first blocks, which alone are decompressed: no frame held
+/// in memory. Other frames come decompressed whole from the shared cache.
 struct FrameRange {
     bundle: Arc<BundleFile>,
     pos: u64,
@@ -1552,21 +1552,24 @@ struct FrameRange {
     current: Option<(usize, FrameData)>,
 }
 
+/// A raw or RLE block of a frame: (offset in the frame, length, file offset of its bytes or its one byte).
+type Block = (u64, u64, Result<u64, u8>);
+
 /// How a frame's bytes are read.
 enum FrameData {
-    /// Raw and RLE blocks: (offset in the frame, length, file offset of the bytes or the RLE byte).
-    Direct(Vec<(u64, u64, Result<u64, u8>)>),
+    /// The first bytes decompressed (up to the end of the last compressed block), then raw and RLE blocks.
+    Direct(Vec<u8>, Vec<Block>),
     /// Decompressed whole.
     Decoded(Arc<Vec<u8>>),
 }
 
-/// The blocks of frame `i` when they are all raw or RLE (`None` when one is compressed), checked
-/// to add up to the frame's size and to end where its compressed bytes end.
-fn direct_blocks(
-    file: &Parts,
-    f: &Frame,
-    i: usize,
-) -> io::Result<Option<Vec<(u64, u64, Result<u64, u8>)>>> {
+/// Most bytes at the start of a frame decompressed apart so that the rest is read straight from the file.
+const MAX_PREFIX_BYTES: u64 = 256 * 1024;
+
+/// The plan of frame `i` when it ends in raw or RLE blocks: where its compressed first blocks end
+/// and how many bytes they hold (`(offset, 0)` when there are none), and the blocks after them;
+/// `None` when too much of it is compressed. Checked to end where its compressed bytes end.
+fn frame_plan(file: &Parts, f: &Frame, i: usize) -> io::Result<Option<((u64, u64), Vec<Block>)>> {
     let mismatch = |why: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -1588,17 +1591,18 @@ fn direct_blocks(
     let d = head[4];
     let single = d & 0x20 != 0;
     let fcs = match d >> 6 {
-        0 => usize::from(single),
+        0 => u64::from(single),
         1 => 2,
         2 => 4,
         _ => 8,
     };
     let dict = [0, 1, 2, 4][(d & 3) as usize];
     let checksum = if d & 0x04 != 0 { 4 } else { 0 };
-    let mut at = f.compressed_offset + 5 + u64::from(!single) + dict + fcs as u64;
+    let mut at = f.compressed_offset + 5 + u64::from(!single) + dict + fcs;
     let stop = f.compressed_offset + f.compressed_size - checksum;
-    let mut blocks = Vec::new();
-    let mut out = 0u64;
+    // Blocks after the last compressed one, and where that one ends.
+    let mut blocks: Vec<Block> = Vec::new();
+    let mut prefix_end = f.compressed_offset;
     loop {
         let mut h = [0u8; 3];
         if at + 3 > stop {
@@ -1610,30 +1614,82 @@ fn direct_blocks(
         at += 3;
         match kind {
             0 => {
-                blocks.push((out, size, Ok(at)));
+                blocks.push((0, size, Ok(at)));
                 at += size;
             }
             1 => {
                 let mut b = [0u8; 1];
                 file.read_exact_at(&mut b, at)?;
-                blocks.push((out, size, Err(b[0])));
+                blocks.push((0, size, Err(b[0])));
                 at += 1;
             }
-            2 => return Ok(None),
+            2 => {
+                blocks.clear();
+                at += size;
+                prefix_end = at;
+            }
             _ => return Err(mismatch("a reserved block type")),
         }
-        out += size;
         if last {
             break;
         }
     }
-    if at != stop || out != f.size {
+    if at != stop {
         return Err(mismatch(&format!(
-            "its blocks hold {out} bytes and end at {at}; the seek table says {} bytes ending at {stop}",
-            f.size
+            "its blocks end at byte {at}, the seek table says {stop}"
         )));
     }
-    Ok(Some(blocks))
+    let direct: u64 = blocks.iter().map(|b| b.1).sum();
+    let Some(prefix) = f.size.checked_sub(direct) else {
+        return Err(mismatch(&format!(
+            "its blocks hold more than the {} bytes the seek table gives",
+            f.size
+        )));
+    };
+    if prefix > MAX_PREFIX_BYTES || (prefix > 0) != (prefix_end > f.compressed_offset) {
+        return Ok(None);
+    }
+    let mut start = prefix;
+    for b in &mut blocks {
+        b.0 = start;
+        start += b.1;
+    }
+    Ok(Some(((prefix_end, prefix), blocks)))
+}
+
+impl BundleFile {
+    /// The first `len` bytes of frame `f`, decompressed from its bytes up to `end` alone.
+    fn frame_prefix(&self, f: &Frame, i: usize, end: u64, len: u64) -> io::Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut compressed = vec![0u8; (end - f.compressed_offset) as usize];
+        self.file
+            .read_exact_at(&mut compressed, f.compressed_offset)?;
+        let (count, freed) = &self.busy;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= MAX_FRAME_DECOMPRESSIONS {
+            n = freed.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        drop(n);
+        let mut out = vec![0u8; len as usize];
+        let r = zstd::stream::read::Decoder::with_buffer(&compressed[..])
+            .and_then(|mut d| d.read_exact(&mut out));
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        freed.notify_one();
+        r.map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                FrameMismatch(format!(
+                    "frame {i} at byte {}{}: its first blocks do not decompress to {len} bytes: {e}",
+                    f.compressed_offset,
+                    in_part(&self.file, f.compressed_offset)
+                )),
+            )
+        })?;
+        Ok(out)
+    }
 }
 
 impl Read for FrameRange {
@@ -1645,12 +1701,21 @@ impl Read for FrameRange {
         let i = match &self.current {
             Some((i, _)) if self.pos < frames[*i].offset + frames[*i].size => *i,
             _ => {
+                self.current = None;
                 let i = frames.partition_point(|f| f.offset + f.size <= self.pos);
                 let f = *frames.get(i).ok_or_else(|| {
                     io::Error::new(io::ErrorKind::UnexpectedEof, "past the last frame")
                 })?;
-                let data = match direct_blocks(&self.bundle.file, &f, i)? {
-                    Some(blocks) => FrameData::Direct(blocks),
+                let data = match frame_plan(&self.bundle.file, &f, i)? {
+                    // A read that starts past the decompressed part never needs it.
+                    Some(((end, len), blocks)) => {
+                        let prefix = if self.pos - f.offset < len {
+                            self.bundle.frame_prefix(&f, i, end, len)?
+                        } else {
+                            vec![0u8; 0]
+                        };
+                        FrameData::Direct(prefix, blocks)
+                    }
                     None => FrameData::Decoded(self.bundle.frame(i)?),
                 };
                 self.current = Some((i, data));
@@ -1667,9 +1732,19 @@ impl Read for FrameRange {
                 out[..n].copy_from_slice(&buf[start..start + n]);
                 n
             }
-            FrameData::Direct(blocks) => {
+            FrameData::Direct(prefix, _) if rel < prefix.len() as u64 => {
+                let n = (out.len() as u64).min(room).min(prefix.len() as u64 - rel) as usize;
+                out[..n].copy_from_slice(&prefix[rel as usize..rel as usize + n]);
+                n
+            }
+            FrameData::Direct(_, blocks) => {
                 let b = blocks.partition_point(|(s, l, _)| s + l <= rel);
-                let (s, l, src) = blocks[b];
+                let (s, l, src) = *blocks.get(b).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a read inside a frame's decompressed start",
+                    )
+                })?;
                 let n = (out.len() as u64).min(room).min(s + l - rel) as usize;
                 match src {
                     Ok(at) => self

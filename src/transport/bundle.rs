@@ -28,6 +28,10 @@ impl RangeRead for InBundle {
     fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>> {
         self.bundle.blob_range(&self.digest, start, len)
     }
+
+    fn chunk_bytes(&self) -> usize {
+        crate::limits::BUNDLE_CHUNK_BYTES
+    }
 }
 
 impl Bundles {
