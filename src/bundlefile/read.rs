@@ -913,6 +913,9 @@ const LAZY_SMALL_BYTES: u64 = 4 * 1024 * 1024;
 /// Most bytes of decompressed frames kept for reuse across requests.
 const FRAME_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Most bytes of decompressed first blocks of frames kept for reuse (a few KiB each).
+const PREFIX_CACHE_BYTES: u64 = 2 * 1024 * 1024;
+
 /// Most frames one bundle decompresses at once (the others wait): bounds serve's memory under load.
 const MAX_FRAME_DECOMPRESSIONS: usize = 4;
 
@@ -921,6 +924,31 @@ const MAX_FRAME_DECOMPRESSIONS: usize = 4;
 struct FrameCache {
     frames: std::collections::VecDeque<(usize, Arc<Vec<u8>>)>,
     bytes: u64,
+}
+
+impl FrameCache {
+    /// Frame `i` when cached (it becomes the most recently used).
+    fn get(cache: &std::sync::Mutex<FrameCache>, i: usize) -> Option<Arc<Vec<u8>>> {
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        let pos = c.frames.iter().position(|(n, _)| *n == i)?;
+        let hit = c.frames.remove(pos).expect("found above");
+        let data = hit.1.clone();
+        c.frames.push_back(hit);
+        Some(data)
+    }
+
+    /// Keeps frame `i`, dropping the least recently used beyond `limit` bytes.
+    fn put(cache: &std::sync::Mutex<FrameCache>, i: usize, data: Arc<Vec<u8>>, limit: u64) {
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.frames.iter().any(|(n, _)| *n == i) {
+            c.bytes += data.len() as u64;
+            c.frames.push_back((i, data));
+            while c.bytes > limit && c.frames.len() > 1 {
+                let (_, old) = c.frames.pop_front().expect("not empty");
+                c.bytes -= old.len() as u64;
+            }
+        }
+    }
 }
 
 /// What a bundle opened from its offset table checks as it is read: which blobs were hashed
@@ -945,6 +973,8 @@ pub struct BundleFile {
     on_read: Option<OnRead>,
     /// Recently decompressed frames.
     cache: std::sync::Mutex<FrameCache>,
+    /// Recently decompressed first blocks of frames read straight from the file past them.
+    prefixes: std::sync::Mutex<FrameCache>,
     /// Frames being decompressed right now, at most [`MAX_FRAME_DECOMPRESSIONS`]: each holds up to a
     /// frame of memory, so many concurrent range requests cannot add up to gigabytes.
     busy: (std::sync::Mutex<usize>, std::sync::Condvar),
@@ -1014,6 +1044,7 @@ impl BundleFile {
             small: keep.kept,
             on_read: None,
             cache: Default::default(),
+            prefixes: Default::default(),
             busy: Default::default(),
             scan,
         }))
@@ -1050,6 +1081,7 @@ impl BundleFile {
             small: HashMap::new(),
             on_read: Some(OnRead::default()),
             cache: Default::default(),
+            prefixes: Default::default(),
             busy: Default::default(),
             scan,
         }))
@@ -1173,14 +1205,8 @@ impl BundleFile {
 
     /// Frame `i` decompressed, from the shared cache when a recent reader decompressed it.
     fn frame(&self, i: usize) -> io::Result<Arc<Vec<u8>>> {
-        {
-            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(pos) = c.frames.iter().position(|(n, _)| *n == i) {
-                let hit = c.frames.remove(pos).expect("found above");
-                let data = hit.1.clone();
-                c.frames.push_back(hit);
-                return Ok(data);
-            }
+        if let Some(hit) = FrameCache::get(&self.cache, i) {
+            return Ok(hit);
         }
         let f = *self
             .frames
@@ -1199,15 +1225,7 @@ impl BundleFile {
             freed.notify_one();
             Arc::new(r?)
         };
-        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if !c.frames.iter().any(|(n, _)| *n == i) {
-            c.bytes += data.len() as u64;
-            c.frames.push_back((i, data.clone()));
-            while c.bytes > FRAME_CACHE_BYTES && c.frames.len() > 1 {
-                let (_, old) = c.frames.pop_front().expect("not empty");
-                c.bytes -= old.len() as u64;
-            }
-        }
+        FrameCache::put(&self.cache, i, data.clone(), FRAME_CACHE_BYTES);
         Ok(data)
     }
 
@@ -1558,7 +1576,7 @@ type Block = (u64, u64, Result<u64, u8>);
 /// How a frame's bytes are read.
 enum FrameData {
     /// The first bytes decompressed (up to the end of the last compressed block), then raw and RLE blocks.
-    Direct(Vec<u8>, Vec<Block>),
+    Direct(Arc<Vec<u8>>, Vec<Block>),
     /// Decompressed whole.
     Decoded(Arc<Vec<u8>>),
 }
@@ -1659,9 +1677,12 @@ fn frame_plan(file: &Parts, f: &Frame, i: usize) -> io::Result<Option<((u64, u64
 
 impl BundleFile {
     /// The first `len` bytes of frame `f`, decompressed from its bytes up to `end` alone.
-    fn frame_prefix(&self, f: &Frame, i: usize, end: u64, len: u64) -> io::Result<Vec<u8>> {
+    fn frame_prefix(&self, f: &Frame, i: usize, end: u64, len: u64) -> io::Result<Arc<Vec<u8>>> {
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(Arc::new(Vec::new()));
+        }
+        if let Some(hit) = FrameCache::get(&self.prefixes, i) {
+            return Ok(hit);
         }
         let mut compressed = vec![0u8; (end - f.compressed_offset) as usize];
         self.file
@@ -1688,6 +1709,8 @@ impl BundleFile {
                 )),
             )
         })?;
+        let out = Arc::new(out);
+        FrameCache::put(&self.prefixes, i, out.clone(), PREFIX_CACHE_BYTES);
         Ok(out)
     }
 }
@@ -1712,7 +1735,7 @@ impl Read for FrameRange {
                         let prefix = if self.pos - f.offset < len {
                             self.bundle.frame_prefix(&f, i, end, len)?
                         } else {
-                            vec![0u8; 0]
+                            Arc::new(Vec::new())
                         };
                         FrameData::Direct(prefix, blocks)
                     }
