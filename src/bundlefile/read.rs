@@ -951,12 +951,15 @@ impl FrameCache {
     }
 }
 
+/// Small blobs kept once verified, and their bytes.
+type SmallKept = (HashMap<Digest, Arc<[u8]>>, u64);
+
 /// What a bundle opened from its offset table checks as it is read: which blobs were hashed
 /// whole already, and the small ones kept once verified.
 #[derive(Debug, Default)]
 struct OnRead {
     verified: std::sync::Mutex<std::collections::HashSet<Digest>>,
-    small: std::sync::Mutex<(HashMap<Digest, Arc<[u8]>>, u64)>,
+    small: std::sync::Mutex<SmallKept>,
 }
 
 /// A bundle file opened for random access: blobs are read in place.
@@ -1581,13 +1584,16 @@ enum FrameData {
     Decoded(Arc<Vec<u8>>),
 }
 
+/// Where a frame's compressed first blocks end and how many bytes they hold, then its raw and RLE blocks.
+type FramePlan = ((u64, u64), Vec<Block>);
+
 /// Most bytes at the start of a frame decompressed apart so that the rest is read straight from the file.
 const MAX_PREFIX_BYTES: u64 = 256 * 1024;
 
 /// The plan of frame `i` when it ends in raw or RLE blocks: where its compressed first blocks end
 /// and how many bytes they hold (`(offset, 0)` when there are none), and the blocks after them;
 /// `None` when too much of it is compressed. Checked to end where its compressed bytes end.
-fn frame_plan(file: &Parts, f: &Frame, i: usize) -> io::Result<Option<((u64, u64), Vec<Block>)>> {
+fn frame_plan(file: &Parts, f: &Frame, i: usize) -> io::Result<Option<FramePlan>> {
     let mismatch = |why: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,
