@@ -14,6 +14,12 @@ use crate::limits::IO_BUFFER_BYTES;
 pub trait RangeRead: Send + Sync {
     /// A reader of `len` bytes starting `start` bytes into the blob.
     fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>>;
+
+    /// Bytes per chunk when streamed ([`range_stream`]): smaller keeps a server's memory per
+    /// client down where reads are cheap (a bundle read in place).
+    fn chunk_bytes(&self) -> usize {
+        IO_BUFFER_BYTES
+    }
 }
 
 /// A blob that is a whole file.
@@ -88,6 +94,7 @@ pub fn range_stream(
 ) -> impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static {
     // Two chunks in flight per reader: enough to keep a socket busy, little memory under many clients.
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(2);
+    let chunk = source.chunk_bytes().max(1);
     tokio::task::spawn_blocking(move || {
         let mut r = match source.open_range(start, len) {
             Ok(r) => r,
@@ -98,7 +105,7 @@ pub fn range_stream(
         };
         let mut left = len;
         while left > 0 {
-            let mut buf = vec![0u8; IO_BUFFER_BYTES.min(left as usize)];
+            let mut buf = vec![0u8; chunk.min(left as usize)];
             if let Err(e) = Read::read_exact(&mut r, &mut buf) {
                 let _ = tx.blocking_send(Err(e));
                 return;

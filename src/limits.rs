@@ -15,6 +15,10 @@ pub const MAX_LINK_BYTES: u64 = 256;
 /// Buffer used when streaming blobs through files and sockets.
 pub const IO_BUFFER_BYTES: usize = 256 * 1024;
 
+/// Chunk of a blob streamed from a bundle read in place: with a few chunks queued per client,
+/// 64 clients hold about 16 MiB (reads straight from the file cost little per chunk).
+pub const BUNDLE_CHUNK_BYTES: usize = 64 * 1024;
+
 /// Default number of tags or repositories returned by one list page when the client asks for none.
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
 

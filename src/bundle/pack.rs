@@ -12,8 +12,10 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use crate::bundlefile::format::{
-    MAX_FRAME_BYTES, MIN_FRAME_BYTES, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC,
+    BlobAt, MAX_FRAME_BYTES, MIN_FRAME_BYTES, OFFSETS_FORMAT, OFFSETS_MAGIC, OffsetTable,
+    SEEK_TABLE_MAGIC, SEEKABLE_MAGIC, SMALL_FRAME_BLOB_BYTES,
 };
+use crate::store::paths::LayoutFile;
 
 /// Bytes written between two writeback requests.
 const WRITEBACK_BYTES: u64 = 32 * 1024 * 1024;
@@ -74,14 +76,30 @@ impl Output {
         }
     }
 
-    /// Flushes everything (and the seek table) and returns the file.
-    pub fn finish(self) -> io::Result<SplitFile> {
+    /// Ends the current frame here (a small blob gets a frame of its own).
+    fn cut(&mut self) -> io::Result<()> {
+        match self {
+            Output::Plain(_) => Ok(()),
+            Output::Zstd(f) => f.emit(),
+        }
+    }
+
+    /// Bytes of tar written so far (the offset the next byte will have in the tar stream).
+    fn position(&self) -> u64 {
+        match self {
+            Output::Plain(w) => w.get_ref().written + w.buffer().len() as u64,
+            Output::Zstd(f) => f.position,
+        }
+    }
+
+    /// Flushes everything (the offset table, when given and compressed, then the seek table) and returns the file.
+    pub fn finish(self, offsets: Option<&[u8]>) -> io::Result<SplitFile> {
         match self {
             Output::Plain(w) => w
                 .into_inner()
                 .map(Writeback::into_inner)
                 .map_err(|e| e.into_error()),
-            Output::Zstd(f) => f.finish(),
+            Output::Zstd(f) => f.finish(offsets),
         }
     }
 }
@@ -107,6 +125,8 @@ type Written = io::Result<(SplitFile, Vec<(u32, u32)>)>;
 /// writer thread puts them back in order and records the seek table.
 pub struct FrameWriter {
     buf: Vec<u8>,
+    /// Tar bytes taken so far.
+    position: u64,
     seq: usize,
     jobs: Option<SyncSender<Job>>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -132,6 +152,7 @@ impl FrameWriter {
         let writer = std::thread::spawn(move || write_frames(file, done_rx));
         FrameWriter {
             buf: Vec::with_capacity(MAX_FRAME_BYTES),
+            position: 0,
             seq: 0,
             jobs: Some(job_tx),
             workers,
@@ -159,7 +180,7 @@ impl FrameWriter {
         }
     }
 
-    fn finish(mut self) -> io::Result<SplitFile> {
+    fn finish(mut self, offsets: Option<&[u8]>) -> io::Result<SplitFile> {
         self.emit()?;
         drop(self.jobs.take());
         for w in self.workers.drain(..) {
@@ -172,6 +193,16 @@ impl FrameWriter {
             .expect("once")
             .join()
             .map_err(|_| io::Error::other("writer thread panicked"))??;
+        let mut table = table;
+        if let Some(payload) = offsets {
+            // A skippable frame: tar readers never see it; the seek table lists it with no decompressed bytes.
+            let mut frame = Vec::with_capacity(8 + payload.len());
+            frame.extend_from_slice(&OFFSETS_MAGIC.to_le_bytes());
+            frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            frame.extend_from_slice(payload);
+            file.write_all(&frame)?;
+            table.push((frame.len() as u32, 0));
+        }
         write_seek_table(&mut file, &table)?;
         Ok(file)
     }
@@ -180,6 +211,7 @@ impl FrameWriter {
 impl Write for FrameWriter {
     fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
         let n = data.len();
+        self.position += n as u64;
         while !data.is_empty() {
             let room = MAX_FRAME_BYTES - self.buf.len();
             let take = room.min(data.len());
@@ -323,6 +355,12 @@ pub fn write_tar(
         tar.append_data(&mut h, crate::bundlefile::sign::SIGNATURE_NAME, sig)?;
     }
     tar.get_mut().boundary()?;
+    let mut offsets = OffsetTable {
+        format: OFFSETS_FORMAT.to_string(),
+        index_digest: Digest::sha256_of(index_json),
+        blobs: Vec::new(),
+        repos: Default::default(),
+    };
     for (key, content) in &layout.entries {
         let rel = key.replace('\0', "/");
         match content {
@@ -334,9 +372,14 @@ pub fn write_tar(
                 let mut h = header(tar::EntryType::Regular, b.len() as u64, 0o644);
                 tar.append_data(&mut h, &rel, b.as_slice())?;
                 tar.get_mut().boundary()?;
+                record_link(&mut offsets, &rel, b);
             }
             Content::Blob(d, size) => {
                 let verify = ready(d)?;
+                let small = *size <= SMALL_FRAME_BLOB_BYTES;
+                if small {
+                    tar.get_mut().cut()?;
+                }
                 let path = cache.path(crate::store::paths::PathSpec::BlobData(d));
                 let f = File::open(&path)
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
@@ -358,11 +401,42 @@ pub fn write_tar(
                             _ => e,
                         })?;
                 }
-                tar.get_mut().boundary()?;
+                // The data ends where the tar's 512-byte padding after it starts.
+                let end = tar.get_mut().position() - size.div_ceil(512) * 512;
+                offsets.blobs.push(BlobAt {
+                    digest: d.clone(),
+                    offset: end,
+                    size: *size,
+                });
+                if small {
+                    tar.get_mut().cut()?;
+                } else {
+                    tar.get_mut().boundary()?;
+                }
             }
         }
     }
-    tar.into_inner()?.finish()
+    let json = serde_json::to_vec(&offsets).map_err(io::Error::other)?;
+    let payload = zstd::bulk::compress(&json, 3)?;
+    tar.into_inner()?.finish(Some(&payload))
+}
+
+/// Notes a link file the archive holds in the offset table (what a reader would find scanning it).
+fn record_link(table: &mut OffsetTable, rel: &str, bytes: &[u8]) {
+    let Some(target) = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|t| Digest::parse(t).ok())
+    else {
+        return;
+    };
+    match crate::store::paths::parse_file(rel) {
+        Some(LayoutFile::LayerLink(r, d)) => table.repos.entry(r).or_default().layers.push(d),
+        Some(LayoutFile::RevisionLink(r, d)) => table.repos.entry(r).or_default().revisions.push(d),
+        Some(LayoutFile::TagCurrentLink(r, t)) => {
+            table.repos.entry(r).or_default().tags.insert(t, target);
+        }
+        _ => {}
+    }
 }
 
 /// A blob whose bytes no longer match its digest, found while packing.

@@ -15,6 +15,15 @@
 //! start at tar member boundaries (a large member is cut every
 //! [`MAX_FRAME_BYTES`]), then the seek table of the zstd seekable format in a
 //! skippable frame. `zstd -d` and `tar --zstd -x` read it as one stream.
+//!
+//! Since the offset table, the last frame before the seek table is a skippable
+//! frame ([`OFFSETS_MAGIC`], decompressed size 0 in the seek table) holding an
+//! [`OffsetTable`]: where each blob's bytes start in the tar stream and every
+//! link the tar holds, so a server starts without reading the archive. Tar
+//! readers never see it (zstd skips skippable frames); bundles without it are
+//! read by a full scan as before. A blob manifest-sized or smaller
+//! ([`SMALL_FRAME_BLOB_BYTES`]) sits in a frame of its own, so reading it
+//! decompresses a few KiB, not a whole frame of layer data.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +46,59 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 /// Largest frame a reader accepts: earlier ferry versions wrote frames of up to 4 MiB;
 /// a larger one would make a reader allocate what a hostile table says.
 pub const MAX_READ_FRAME_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Blobs up to this size (manifests, configs) get a frame of their own (header and data only).
+pub const SMALL_FRAME_BLOB_BYTES: u64 = 64 * 1024;
+
+/// Skippable frame magic of the offset table (the seek table's is [`SEEK_TABLE_MAGIC`]).
+pub const OFFSETS_MAGIC: u32 = 0x184D_2A5F;
+
+/// Format identifier of the offset table.
+pub const OFFSETS_FORMAT: &str = "ferry-offsets/v1";
+
+/// Largest offset table read (compressed or not): a bundle of 50,000 tags needs a few MiB.
+pub const MAX_OFFSETS_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Where everything of a bundle's tar is, written by the packer after the archive, so a reader
+/// serves in place without scanning it. Nothing in it is trusted: its links are checked against
+/// `ferry-bundle.json` at open, and a blob's bytes against its digest as they are read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetTable {
+    /// [`OFFSETS_FORMAT`].
+    pub format: String,
+    /// sha256 of the exact bytes of `ferry-bundle.json`: ties the table to its bundle.
+    pub index_digest: Digest,
+    /// Every blob file, in archive order.
+    pub blobs: Vec<BlobAt>,
+    /// The links of every repository.
+    pub repos: std::collections::BTreeMap<String, RepoLinks>,
+}
+
+/// Where one blob's bytes are in the (uncompressed) tar stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobAt {
+    /// The blob.
+    pub digest: Digest,
+    /// Offset of its first byte.
+    pub offset: u64,
+    /// Its size.
+    pub size: u64,
+}
+
+/// The link files of one repository, as the archive holds them (tag history links are the tags').
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoLinks {
+    /// `_layers` links.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<Digest>,
+    /// `_manifests/revisions` links.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<Digest>,
+    /// Tags and their `current/link`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, Digest>,
+}
 
 /// Skippable frame magic used for the seek table.
 pub const SEEK_TABLE_MAGIC: u32 = 0x184D_2A5E;

@@ -9,7 +9,10 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::format::{BundleIndex, INDEX_NAME, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC};
+use super::format::{
+    BundleIndex, INDEX_NAME, MAX_OFFSETS_BYTES, OFFSETS_FORMAT, OFFSETS_MAGIC, OffsetTable,
+    SEEK_TABLE_MAGIC, SEEKABLE_MAGIC,
+};
 use super::parts::{Parts, PartsError, PartsReader};
 use crate::digest::{Digest, VerifyingReader};
 use crate::limits::{IO_BUFFER_BYTES, MAX_INDEX_BYTES, MAX_LINK_BYTES, MAX_TAR_NAME_BYTES, echo};
@@ -160,7 +163,7 @@ fn tar_stream(path: &Path) -> Result<TarStream, ReadError> {
     let mut magic = [0u8; 4];
     let n = f.read_at(&mut magic, 0).map_err(|e| io("reading", e))?;
     if n == 4 && magic == ZSTD_MAGIC {
-        if let Some(frames) = read_seek_table(path, &f)? {
+        if let Some(SeekTable { frames, .. }) = read_seek_table(path, &f)? {
             let len = frames.last().map(|l| l.offset + l.size).unwrap_or(0);
             return Ok(TarStream {
                 reader: Box::new(CheckedFrames {
@@ -557,7 +560,7 @@ pub fn scan_checked(
 ) -> Result<Scan, ReadError> {
     let stream = tar_stream(path)?;
     let last_part = stream.last_part.clone();
-    scan_stream(path, visitor, key, stream).map_err(|e| match (last_part, &e) {
+    let scan = scan_stream(path, visitor, key, stream).map_err(|e| match (last_part, &e) {
         // A split bundle that ends early lost (part of) its end: name the last part found.
         (Some(last), ReadError::Io { .. } | ReadError::Index { .. })
             if e.to_string().contains("truncated") =>
@@ -571,7 +574,59 @@ pub fn scan_checked(
             .into()
         }
         _ => e,
-    })
+    })?;
+    check_offsets(path, &scan)?;
+    Ok(scan)
+}
+
+/// A bundle's offset table, when it has one, must say exactly what the scan found: the same
+/// blobs at the same places and the same links (so `verify` catches a table that lies).
+fn check_offsets(path: &Path, s: &Scan) -> Result<(), ReadError> {
+    let file = Parts::open(path)?;
+    let table = seekable_frames(path, &file)?;
+    let Some(at) = table.offsets else {
+        return Ok(());
+    };
+    let Some(offsets) = read_offsets(path, &file, at)? else {
+        return Ok(());
+    };
+    let from = scan_from_offsets(
+        path,
+        &table.frames,
+        s.index.clone(),
+        s.index_digest.clone(),
+        None,
+        offsets,
+    )?;
+    let bad = |why: String| ReadError::Index {
+        bundle: path.to_path_buf(),
+        why: format!("the offset table does not match the archive: {why}"),
+    };
+    let mut digests: Vec<&Digest> = s.blobs.keys().chain(from.blobs.keys()).collect();
+    digests.sort();
+    if let Some(d) = digests
+        .into_iter()
+        .find(|d| s.blobs.get(*d) != from.blobs.get(*d))
+    {
+        let place = |p: Option<&(u64, u64)>| match p {
+            Some((o, n)) => format!("{n} bytes at {o}"),
+            None => "nothing".into(),
+        };
+        return Err(bad(format!(
+            "blob {d}: the table says {}, the archive holds {}",
+            place(from.blobs.get(d)),
+            place(s.blobs.get(d))
+        )));
+    }
+    let mut names: Vec<&String> = s.repos.keys().chain(from.repos.keys()).collect();
+    names.sort();
+    if let Some(r) = names
+        .into_iter()
+        .find(|r| s.repos.get(*r) != from.repos.get(*r))
+    {
+        return Err(bad(format!("the links of repository {r} differ")));
+    }
+    Ok(())
 }
 
 /// The scan of [`scan_checked`] over an opened stream.
@@ -849,10 +904,17 @@ struct Frame {
 const SMALL_BLOB_BYTES: u64 = 64 * 1024;
 
 /// Most bytes of small blobs kept from the opening scan (beyond it, they are read from their frames).
-const SMALL_BLOBS_BUDGET: u64 = 16 * 1024 * 1024;
+const SMALL_BLOBS_BUDGET: u64 = 4 * 1024 * 1024;
+
+/// Most bytes of small blobs kept once read and verified, for a bundle opened from its offset table
+/// (the cache is emptied when full: manifests are cheap to read again from their small frames).
+const LAZY_SMALL_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Most bytes of decompressed frames kept for reuse across requests.
-const FRAME_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+const FRAME_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Most bytes of decompressed first blocks of frames kept for reuse (a few KiB each).
+const PREFIX_CACHE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// Most frames one bundle decompresses at once (the others wait): bounds serve's memory under load.
 const MAX_FRAME_DECOMPRESSIONS: usize = 4;
@@ -864,6 +926,42 @@ struct FrameCache {
     bytes: u64,
 }
 
+impl FrameCache {
+    /// Frame `i` when cached (it becomes the most recently used).
+    fn get(cache: &std::sync::Mutex<FrameCache>, i: usize) -> Option<Arc<Vec<u8>>> {
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        let pos = c.frames.iter().position(|(n, _)| *n == i)?;
+        let hit = c.frames.remove(pos).expect("found above");
+        let data = hit.1.clone();
+        c.frames.push_back(hit);
+        Some(data)
+    }
+
+    /// Keeps frame `i`, dropping the least recently used beyond `limit` bytes.
+    fn put(cache: &std::sync::Mutex<FrameCache>, i: usize, data: Arc<Vec<u8>>, limit: u64) {
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.frames.iter().any(|(n, _)| *n == i) {
+            c.bytes += data.len() as u64;
+            c.frames.push_back((i, data));
+            while c.bytes > limit && c.frames.len() > 1 {
+                let (_, old) = c.frames.pop_front().expect("not empty");
+                c.bytes -= old.len() as u64;
+            }
+        }
+    }
+}
+
+/// Small blobs kept once verified, and their bytes.
+type SmallKept = (HashMap<Digest, Arc<[u8]>>, u64);
+
+/// What a bundle opened from its offset table checks as it is read: which blobs were hashed
+/// whole already, and the small ones kept once verified.
+#[derive(Debug, Default)]
+struct OnRead {
+    verified: std::sync::Mutex<std::collections::HashSet<Digest>>,
+    small: std::sync::Mutex<SmallKept>,
+}
+
 /// A bundle file opened for random access: blobs are read in place.
 #[derive(Debug)]
 pub struct BundleFile {
@@ -873,8 +971,13 @@ pub struct BundleFile {
     frames: Vec<Frame>,
     /// Small blobs, decompressed once by the opening scan.
     small: HashMap<Digest, Arc<[u8]>>,
+    /// Set when the bundle was opened from its offset table: nothing was hashed at open, so every
+    /// blob is checked against its digest as it is read.
+    on_read: Option<OnRead>,
     /// Recently decompressed frames.
     cache: std::sync::Mutex<FrameCache>,
+    /// Recently decompressed first blocks of frames read straight from the file past them.
+    prefixes: std::sync::Mutex<FrameCache>,
     /// Frames being decompressed right now, at most [`MAX_FRAME_DECOMPRESSIONS`]: each holds up to a
     /// frame of memory, so many concurrent range requests cannot add up to gigabytes.
     busy: (std::sync::Mutex<usize>, std::sync::Condvar),
@@ -929,16 +1032,7 @@ impl BundleFile {
         key: Option<&super::sign::VerifyingKey>,
     ) -> Result<Arc<BundleFile>, ReadError> {
         let file = Parts::open(path)?;
-        let mut magic = [0u8; 4];
-        let zstd = file.read_exact_at(&mut magic, 0).is_ok() && magic == ZSTD_MAGIC;
-        let frames = if zstd {
-            read_seek_table(path, &file)?.ok_or_else(|| ReadError::Index {
-                bundle: path.to_path_buf(),
-                why: "no seek table at the end: not a seekable bundle (unpack it with `ferry unbundle serve --dir DIR`)".into(),
-            })?
-        } else {
-            Vec::new()
-        };
+        let frames = seekable_frames(path, &file)?.frames;
         let mut keep = KeepSmall {
             inner: visitor,
             kept: HashMap::new(),
@@ -951,7 +1045,46 @@ impl BundleFile {
             file,
             frames,
             small: keep.kept,
+            on_read: None,
             cache: Default::default(),
+            prefixes: Default::default(),
+            busy: Default::default(),
+            scan,
+        }))
+    }
+
+    /// Opens a bundle to serve it in place, fast: from its offset table when it has one (only the
+    /// seek table, `ferry-bundle.json`, its signature with `key`, and the offset table are read;
+    /// the table's links are checked against the index, and every blob against its digest as it
+    /// is read); otherwise by the full checking scan of [`BundleFile::open_checked`].
+    pub fn open_in_place(
+        path: &Path,
+        key: Option<&super::sign::VerifyingKey>,
+    ) -> Result<Arc<BundleFile>, ReadError> {
+        let file = Parts::open(path)?;
+        let table = seekable_frames(path, &file)?;
+        let offsets = match table.offsets {
+            Some(at) => read_offsets(path, &file, at)?,
+            None => None,
+        };
+        let Some(offsets) = offsets else {
+            return BundleFile::open_checked(path, &mut HashOnly, key);
+        };
+        let (json, signature) = head(path)?;
+        if let Some(key) = key {
+            key.check(path, &json, signature.as_deref())?;
+        }
+        let index = parse_index(path, &json)?;
+        let index_digest = Digest::sha256_of(&json);
+        let scan = scan_from_offsets(path, &table.frames, index, index_digest, signature, offsets)?;
+        Ok(Arc::new(BundleFile {
+            path: path.to_path_buf(),
+            file,
+            frames: table.frames,
+            small: HashMap::new(),
+            on_read: Some(OnRead::default()),
+            cache: Default::default(),
+            prefixes: Default::default(),
             busy: Default::default(),
             scan,
         }))
@@ -962,21 +1095,121 @@ impl BundleFile {
         &self.path
     }
 
-    /// A small blob's bytes, kept from the opening scan (none for larger blobs).
+    /// A small blob's bytes, kept from the opening scan or (opened from the offset table) once read and verified.
     pub fn small_blob(&self, digest: &Digest) -> Option<Arc<[u8]>> {
-        self.small.get(digest).cloned()
+        if let Some(b) = self.small.get(digest) {
+            return Some(b.clone());
+        }
+        let on_read = self.on_read.as_ref()?;
+        let kept = on_read.small.lock().unwrap_or_else(|e| e.into_inner());
+        kept.0.get(digest).cloned()
+    }
+
+    /// Whether a blob's bytes still need checking against its digest when read.
+    fn unchecked(&self, digest: &Digest) -> bool {
+        self.on_read.as_ref().is_some_and(|r| {
+            !r.verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(digest)
+        })
+    }
+
+    /// The whole of a blob of at most `max` bytes (a manifest), checked against its digest
+    /// unless the opening scan already did.
+    pub fn blob_bytes(self: &Arc<Self>, digest: &Digest, max: u64) -> io::Result<Arc<[u8]>> {
+        if let Some(b) = self.small_blob(digest) {
+            return Ok(b);
+        }
+        let (offset, size) = self.place(digest)?;
+        if size > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {digest} has {size} bytes, more than the {max} read whole"),
+            ));
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        self.read_range(offset, size).read_to_end(&mut out)?;
+        if let Some(on_read) = &self.on_read {
+            let found = Digest::sha256_of(&out);
+            if &found != digest {
+                return Err(self.mismatch(digest, &format!("its bytes hash to {found}")));
+            }
+            if size <= SMALL_BLOB_BYTES {
+                let mut kept = on_read.small.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.1 + size > LAZY_SMALL_BYTES {
+                    *kept = Default::default();
+                }
+                kept.1 += size;
+                kept.0.insert(digest.clone(), out.clone().into());
+            }
+        }
+        Ok(out.into())
+    }
+
+    /// A reader of `len` bytes from `start` of a blob. Opened from the offset table, a blob not
+    /// yet checked is hashed as it is read: a whole read fails at its last bytes (never handing
+    /// them on) when they do not match the digest; a part is read only after the whole checks.
+    pub fn blob_range(
+        self: &Arc<Self>,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+    ) -> io::Result<Box<dyn Read + Send>> {
+        let (offset, size) = self.place(digest)?;
+        let end = start.saturating_add(len).min(size);
+        let start = start.min(end);
+        if self.unchecked(digest) {
+            if size <= SMALL_BLOB_BYTES {
+                let bytes = self.blob_bytes(digest, size)?;
+                return Ok(Box::new(io::Cursor::new(
+                    bytes[start as usize..end as usize].to_vec(),
+                )));
+            }
+            let whole = Checked {
+                bundle: self.clone(),
+                inner: self.read_range(offset, size),
+                digest: digest.clone(),
+                hasher: Some(crate::digest::Hasher::new(digest.algorithm())),
+                left: size,
+            };
+            if start == 0 && end == size {
+                return Ok(Box::new(whole));
+            }
+            io::copy(&mut { whole }, &mut io::sink())?;
+        } else if let Some(bytes) = self.small_blob(digest) {
+            return Ok(Box::new(io::Cursor::new(
+                bytes[start as usize..end as usize].to_vec(),
+            )));
+        }
+        Ok(self.read_range(offset + start, end - start))
+    }
+
+    /// Where a blob is in the tar stream: (offset, size).
+    fn place(&self, digest: &Digest) -> io::Result<(u64, u64)> {
+        self.scan.blobs.get(digest).copied().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("blob {digest} is not in {}", self.path.display()),
+            )
+        })
+    }
+
+    /// A blob whose bytes are not what its digest says: logged (the client only sees its response cut).
+    fn mismatch(&self, digest: &Digest, why: &str) -> io::Error {
+        let e = ReadError::Corrupt {
+            bundle: self.path.clone(),
+            digest: digest.clone(),
+            cause: why.to_string(),
+        };
+        tracing::error!("{e}");
+        io::Error::new(io::ErrorKind::InvalidData, e.to_string())
     }
 
     /// Frame `i` decompressed, from the shared cache when a recent reader decompressed it.
     fn frame(&self, i: usize) -> io::Result<Arc<Vec<u8>>> {
-        {
-            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(pos) = c.frames.iter().position(|(n, _)| *n == i) {
-                let hit = c.frames.remove(pos).expect("found above");
-                let data = hit.1.clone();
-                c.frames.push_back(hit);
-                return Ok(data);
-            }
+        if let Some(hit) = FrameCache::get(&self.cache, i) {
+            return Ok(hit);
         }
         let f = *self
             .frames
@@ -995,15 +1228,7 @@ impl BundleFile {
             freed.notify_one();
             Arc::new(r?)
         };
-        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if !c.frames.iter().any(|(n, _)| *n == i) {
-            c.bytes += data.len() as u64;
-            c.frames.push_back((i, data.clone()));
-            while c.bytes > FRAME_CACHE_BYTES && c.frames.len() > 1 {
-                let (_, old) = c.frames.pop_front().expect("not empty");
-                c.bytes -= old.len() as u64;
-            }
-        }
+        FrameCache::put(&self.cache, i, data.clone(), FRAME_CACHE_BYTES);
         Ok(data)
     }
 
@@ -1016,15 +1241,151 @@ impl BundleFile {
                 end: offset + len,
             });
         }
-        let first = self.frames.partition_point(|f| f.offset + f.size <= offset);
         Box::new(FrameRange {
             bundle: self.clone(),
-            frame: first,
             pos: offset,
             end: offset + len,
-            buf: Arc::new(Vec::new()),
-            buf_offset: 0,
+            current: None,
         })
+    }
+}
+
+/// A seekable bundle's seek table (empty for a plain tar); refuses a zstd file without one.
+fn seekable_frames(path: &Path, file: &Parts) -> Result<SeekTable, ReadError> {
+    let mut magic = [0u8; 4];
+    if file.read_exact_at(&mut magic, 0).is_err() || magic != ZSTD_MAGIC {
+        return Ok(SeekTable::default());
+    }
+    read_seek_table(path, file)?.ok_or_else(|| ReadError::Index {
+        bundle: path.to_path_buf(),
+        why: "no seek table at the end: not a seekable bundle (unpack it with `ferry unbundle serve --dir DIR`)".into(),
+    })
+}
+
+/// What a scan would find, from the offset table: each blob checked against the index (listed,
+/// same size, inside the archive, once), then the links against the index as a scan's are.
+fn scan_from_offsets(
+    path: &Path,
+    frames: &[Frame],
+    index: BundleIndex,
+    index_digest: Digest,
+    signature: Option<String>,
+    table: OffsetTable,
+) -> Result<Scan, ReadError> {
+    let bad = |why: String| ReadError::Index {
+        bundle: path.to_path_buf(),
+        why: format!("the offset table {why}"),
+    };
+    if table.index_digest != index_digest {
+        return Err(bad(format!(
+            "belongs to another {INDEX_NAME} ({}, this one is {index_digest})",
+            table.index_digest
+        )));
+    }
+    let tar_len = frames.last().map(|f| f.offset + f.size).unwrap_or(0);
+    let expected: HashMap<&Digest, u64> = index.blobs.iter().map(|b| (&b.digest, b.size)).collect();
+    let mut blobs = HashMap::with_capacity(table.blobs.len());
+    for b in table.blobs {
+        match expected.get(&b.digest) {
+            Some(&size) if size == b.size => {}
+            Some(&size) => {
+                return Err(bad(format!(
+                    "says blob {} has {} bytes, {INDEX_NAME} says {size}",
+                    b.digest, b.size
+                )));
+            }
+            None => {
+                return Err(bad(format!(
+                    "places blob {}, which {INDEX_NAME} does not list",
+                    b.digest
+                )));
+            }
+        }
+        if b.offset.saturating_add(b.size) > tar_len {
+            return Err(bad(format!(
+                "places blob {} past the end of the archive ({tar_len} bytes)",
+                b.digest
+            )));
+        }
+        if blobs.insert(b.digest.clone(), (b.offset, b.size)).is_some() {
+            return Err(bad(format!("places blob {} twice", b.digest)));
+        }
+    }
+    let mut repos = BTreeMap::new();
+    for (name, links) in table.repos {
+        if crate::reference::validate_repository(&name).is_err() {
+            return Err(bad(format!("names repository {:?}", echo(&name))));
+        }
+        let tag_index = links
+            .tags
+            .iter()
+            .map(|(t, d)| (t.clone(), d.clone()))
+            .collect();
+        repos.insert(
+            name,
+            Repo {
+                layers: links.layers.into_iter().collect(),
+                revisions: links.revisions.into_iter().collect(),
+                tags: links.tags,
+                tag_index,
+            },
+        );
+    }
+    let scan = Scan {
+        index,
+        repos,
+        blobs,
+        signature,
+        index_digest,
+    };
+    check_consistency(path, &scan)?;
+    Ok(scan)
+}
+
+/// A whole blob read with its hash: the read that reaches its end fails instead of handing on
+/// the last bytes when the digest does not match; a match marks the blob checked.
+struct Checked {
+    bundle: Arc<BundleFile>,
+    inner: Box<dyn Read + Send>,
+    digest: Digest,
+    hasher: Option<crate::digest::Hasher>,
+    left: u64,
+}
+
+impl Read for Checked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (buf.len() as u64).min(self.left) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("blob {} ends early", self.digest),
+            ));
+        }
+        self.left -= n as u64;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        if self.left == 0
+            && let Some(h) = self.hasher.take()
+        {
+            let found = h.finish();
+            if found != self.digest {
+                return Err(self
+                    .bundle
+                    .mismatch(&self.digest, &format!("its bytes hash to {found}")));
+            }
+            if let Some(r) = &self.bundle.on_read {
+                r.verified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(self.digest.clone());
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -1038,9 +1399,17 @@ pub fn in_place(path: &Path) -> Result<bool, ReadError> {
     Ok(read_seek_table(path, &file)?.is_some())
 }
 
+/// The seek table at the end of a zstd bundle: its data frames, and where the offset table
+/// frame is when the bundle has one (`(offset, length)` of the whole skippable frame).
+#[derive(Debug, Clone, Default)]
+struct SeekTable {
+    frames: Vec<Frame>,
+    offsets: Option<(u64, u64)>,
+}
+
 /// The seek table at the end of a zstd bundle; `None` when the file has none
 /// (a plain zstd stream), an error when it has one that cannot be right.
-fn read_seek_table(path: &Path, file: &Parts) -> Result<Option<Vec<Frame>>, ReadError> {
+fn read_seek_table(path: &Path, file: &Parts) -> Result<Option<SeekTable>, ReadError> {
     let bad = |why: &str| ReadError::Index {
         bundle: path.to_path_buf(),
         why: format!(
@@ -1089,11 +1458,18 @@ fn read_seek_table(path: &Path, file: &Parts) -> Result<Option<Vec<Frame>>, Read
         return Err(bad("seek table frame has the wrong magic"));
     }
     let mut frames = Vec::with_capacity(n as usize);
+    let mut offsets = None;
     let (mut c, mut d) = (0u64, 0u64);
     for i in 0..n as usize {
         let e = &table[8 + i * entry as usize..];
         let cs = u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")) as u64;
         let ds = u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")) as u64;
+        if i + 1 == n as usize && ds == 0 && cs > 8 && cs <= 8 + MAX_OFFSETS_BYTES {
+            // The last frame may be the offset table (a skippable frame, nothing decompressed).
+            offsets = Some((c, cs));
+            c += cs;
+            continue;
+        }
         if ds > super::format::MAX_READ_FRAME_BYTES || cs > ds + ds / 8 + 1024 {
             return Err(bad("a frame is larger than ferry writes"));
         }
@@ -1112,7 +1488,53 @@ fn read_seek_table(path: &Path, file: &Parts) -> Result<Option<Vec<Frame>>, Read
         }
         return Err(bad("frame sizes do not add up to the file size"));
     }
-    Ok(Some(frames))
+    Ok(Some(SeekTable { frames, offsets }))
+}
+
+/// Reads the offset table frame at `at` (`None` when that frame is not one: an old bundle's
+/// last frame of no data). Nothing in it is trusted yet: see [`BundleFile::open_in_place`].
+fn read_offsets(
+    path: &Path,
+    file: &Parts,
+    at: (u64, u64),
+) -> Result<Option<OffsetTable>, ReadError> {
+    let bad = |why: String| ReadError::Index {
+        bundle: path.to_path_buf(),
+        why: format!("the offset table: {why}"),
+    };
+    let mut frame = vec![0u8; at.1 as usize];
+    file.read_exact_at(&mut frame, at.0)
+        .map_err(|e| ReadError::Io {
+            bundle: path.to_path_buf(),
+            op: "reading the offset table",
+            source: e,
+        })?;
+    if u32::from_le_bytes(frame[0..4].try_into().expect("4 bytes")) != OFFSETS_MAGIC {
+        return Ok(None);
+    }
+    let n = u32::from_le_bytes(frame[4..8].try_into().expect("4 bytes")) as u64;
+    if n + 8 != at.1 {
+        return Err(bad(format!(
+            "its frame says {n} bytes, the seek table {}",
+            at.1 - 8
+        )));
+    }
+    let mut json = Vec::new();
+    zstd::stream::read::Decoder::new(&frame[8..])
+        .and_then(|d| d.take(MAX_OFFSETS_BYTES + 1).read_to_end(&mut json))
+        .map_err(|e| bad(format!("does not decompress: {e}")))?;
+    if json.len() as u64 > MAX_OFFSETS_BYTES {
+        return Err(bad(format!("larger than {MAX_OFFSETS_BYTES} bytes")));
+    }
+    let table: OffsetTable =
+        serde_json::from_slice(&json).map_err(|e| bad(echo(&e.to_string()).into_owned()))?;
+    if table.format != OFFSETS_FORMAT {
+        return Err(bad(format!(
+            "format {:?}, this ferry reads {OFFSETS_FORMAT:?}",
+            echo(&table.format)
+        )));
+    }
+    Ok(Some(table))
 }
 
 struct PlainRange {
@@ -1139,13 +1561,164 @@ impl Read for PlainRange {
     }
 }
 
+/// Reads a range of the tar stream of a seekable bundle. A frame whose blocks after its first
+/// few are raw (or RLE), as zstd writes incompressible data (compressed layers), is read
+/// straight from the file past those first blocks, which alone are decompressed: no frame held
+/// in memory. Other frames come decompressed whole from the shared cache.
 struct FrameRange {
     bundle: Arc<BundleFile>,
-    frame: usize,
     pos: u64,
     end: u64,
-    buf: Arc<Vec<u8>>,
-    buf_offset: u64,
+    /// The frame being read: its index and how its bytes are had.
+    current: Option<(usize, FrameData)>,
+}
+
+/// A raw or RLE block of a frame: (offset in the frame, length, file offset of its bytes or its one byte).
+type Block = (u64, u64, Result<u64, u8>);
+
+/// How a frame's bytes are read.
+enum FrameData {
+    /// The first bytes decompressed (up to the end of the last compressed block), then raw and RLE blocks.
+    Direct(Arc<Vec<u8>>, Vec<Block>),
+    /// Decompressed whole.
+    Decoded(Arc<Vec<u8>>),
+}
+
+/// Where a frame's compressed first blocks end and how many bytes they hold, then its raw and RLE blocks.
+type FramePlan = ((u64, u64), Vec<Block>);
+
+/// Most bytes at the start of a frame decompressed apart so that the rest is read straight from the file.
+const MAX_PREFIX_BYTES: u64 = 256 * 1024;
+
+/// The plan of frame `i` when it ends in raw or RLE blocks: where its compressed first blocks end
+/// and how many bytes they hold (`(offset, 0)` when there are none), and the blocks after them;
+/// `None` when too much of it is compressed. Checked to end where its compressed bytes end.
+fn frame_plan(file: &Parts, f: &Frame, i: usize) -> io::Result<Option<FramePlan>> {
+    let mismatch = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            FrameMismatch(format!(
+                "frame {i} at byte {}{}: {why}",
+                f.compressed_offset,
+                in_part(file, f.compressed_offset)
+            )),
+        )
+    };
+    let mut head = [0u8; 6];
+    if f.compressed_size < 6 {
+        return Err(mismatch("too short for a zstd frame"));
+    }
+    file.read_exact_at(&mut head, f.compressed_offset)?;
+    if head[..4] != ZSTD_MAGIC {
+        return Err(mismatch("not a zstd frame"));
+    }
+    let d = head[4];
+    let single = d & 0x20 != 0;
+    let fcs = match d >> 6 {
+        0 => u64::from(single),
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let dict = [0, 1, 2, 4][(d & 3) as usize];
+    let checksum = if d & 0x04 != 0 { 4 } else { 0 };
+    let mut at = f.compressed_offset + 5 + u64::from(!single) + dict + fcs;
+    let stop = f.compressed_offset + f.compressed_size - checksum;
+    // Blocks after the last compressed one, and where that one ends.
+    let mut blocks: Vec<Block> = Vec::new();
+    let mut prefix_end = f.compressed_offset;
+    loop {
+        let mut h = [0u8; 3];
+        if at + 3 > stop {
+            return Err(mismatch("its blocks run past its end"));
+        }
+        file.read_exact_at(&mut h, at)?;
+        let h = u32::from(h[0]) | u32::from(h[1]) << 8 | u32::from(h[2]) << 16;
+        let (last, kind, size) = (h & 1 == 1, (h >> 1) & 3, u64::from(h >> 3));
+        at += 3;
+        match kind {
+            0 => {
+                blocks.push((0, size, Ok(at)));
+                at += size;
+            }
+            1 => {
+                let mut b = [0u8; 1];
+                file.read_exact_at(&mut b, at)?;
+                blocks.push((0, size, Err(b[0])));
+                at += 1;
+            }
+            2 => {
+                blocks.clear();
+                at += size;
+                prefix_end = at;
+            }
+            _ => return Err(mismatch("a reserved block type")),
+        }
+        if last {
+            break;
+        }
+    }
+    if at != stop {
+        return Err(mismatch(&format!(
+            "its blocks end at byte {at}, the seek table says {stop}"
+        )));
+    }
+    let direct: u64 = blocks.iter().map(|b| b.1).sum();
+    let Some(prefix) = f.size.checked_sub(direct) else {
+        return Err(mismatch(&format!(
+            "its blocks hold more than the {} bytes the seek table gives",
+            f.size
+        )));
+    };
+    if prefix > MAX_PREFIX_BYTES || (prefix > 0) != (prefix_end > f.compressed_offset) {
+        return Ok(None);
+    }
+    let mut start = prefix;
+    for b in &mut blocks {
+        b.0 = start;
+        start += b.1;
+    }
+    Ok(Some(((prefix_end, prefix), blocks)))
+}
+
+impl BundleFile {
+    /// The first `len` bytes of frame `f`, decompressed from its bytes up to `end` alone.
+    fn frame_prefix(&self, f: &Frame, i: usize, end: u64, len: u64) -> io::Result<Arc<Vec<u8>>> {
+        if len == 0 {
+            return Ok(Arc::new(Vec::new()));
+        }
+        if let Some(hit) = FrameCache::get(&self.prefixes, i) {
+            return Ok(hit);
+        }
+        let mut compressed = vec![0u8; (end - f.compressed_offset) as usize];
+        self.file
+            .read_exact_at(&mut compressed, f.compressed_offset)?;
+        let (count, freed) = &self.busy;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= MAX_FRAME_DECOMPRESSIONS {
+            n = freed.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        drop(n);
+        let mut out = vec![0u8; len as usize];
+        let r = zstd::stream::read::Decoder::with_buffer(&compressed[..])
+            .and_then(|mut d| d.read_exact(&mut out));
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        freed.notify_one();
+        r.map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                FrameMismatch(format!(
+                    "frame {i} at byte {}{}: its first blocks do not decompress to {len} bytes: {e}",
+                    f.compressed_offset,
+                    in_part(&self.file, f.compressed_offset)
+                )),
+            )
+        })?;
+        let out = Arc::new(out);
+        FrameCache::put(&self.prefixes, i, out.clone(), PREFIX_CACHE_BYTES);
+        Ok(out)
+    }
 }
 
 impl Read for FrameRange {
@@ -1153,20 +1726,65 @@ impl Read for FrameRange {
         if self.pos >= self.end || out.is_empty() {
             return Ok(0);
         }
-        if self.buf.is_empty() || self.pos >= self.buf_offset + self.buf.len() as u64 {
-            let f = *self.bundle.frames.get(self.frame).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::UnexpectedEof, "past the last frame")
-            })?;
-            self.buf = self.bundle.frame(self.frame)?;
-            self.buf_offset = f.offset;
-            self.frame += 1;
-        }
-        let start = (self.pos - self.buf_offset) as usize;
-        let n = out
-            .len()
-            .min(self.buf.len() - start)
-            .min((self.end - self.pos) as usize);
-        out[..n].copy_from_slice(&self.buf[start..start + n]);
+        let frames = &self.bundle.frames;
+        let i = match &self.current {
+            Some((i, _)) if self.pos < frames[*i].offset + frames[*i].size => *i,
+            _ => {
+                self.current = None;
+                let i = frames.partition_point(|f| f.offset + f.size <= self.pos);
+                let f = *frames.get(i).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "past the last frame")
+                })?;
+                let data = match frame_plan(&self.bundle.file, &f, i)? {
+                    // A read that starts past the decompressed part never needs it.
+                    Some(((end, len), blocks)) => {
+                        let prefix = if self.pos - f.offset < len {
+                            self.bundle.frame_prefix(&f, i, end, len)?
+                        } else {
+                            Arc::new(Vec::new())
+                        };
+                        FrameData::Direct(prefix, blocks)
+                    }
+                    None => FrameData::Decoded(self.bundle.frame(i)?),
+                };
+                self.current = Some((i, data));
+                i
+            }
+        };
+        let f = frames[i];
+        let rel = self.pos - f.offset;
+        let room = (self.end - self.pos).min(f.offset + f.size - self.pos);
+        let n = match &self.current.as_ref().expect("set above").1 {
+            FrameData::Decoded(buf) => {
+                let n = (out.len() as u64).min(room) as usize;
+                let start = rel as usize;
+                out[..n].copy_from_slice(&buf[start..start + n]);
+                n
+            }
+            FrameData::Direct(prefix, _) if rel < prefix.len() as u64 => {
+                let n = (out.len() as u64).min(room).min(prefix.len() as u64 - rel) as usize;
+                out[..n].copy_from_slice(&prefix[rel as usize..rel as usize + n]);
+                n
+            }
+            FrameData::Direct(_, blocks) => {
+                let b = blocks.partition_point(|(s, l, _)| s + l <= rel);
+                let (s, l, src) = *blocks.get(b).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a read inside a frame's decompressed start",
+                    )
+                })?;
+                let n = (out.len() as u64).min(room).min(s + l - rel) as usize;
+                match src {
+                    Ok(at) => self
+                        .bundle
+                        .file
+                        .read_exact_at(&mut out[..n], at + rel - s)?,
+                    Err(byte) => out[..n].fill(byte),
+                }
+                n
+            }
+        };
         self.pos += n as u64;
         Ok(n)
     }

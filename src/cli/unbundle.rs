@@ -205,12 +205,9 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let mut bundles = Vec::new();
     for b in &sources {
-        // The opening scan checks the signature again on the very bytes it serves.
-        bundles.push(BundleFile::open_checked(
-            b,
-            &mut crate::bundlefile::read::HashOnly,
-            key.as_ref(),
-        )?);
+        // The signature is checked again on the very bytes served; from the bundle's offset table
+        // when it has one (blobs are then checked against their digests as they are served).
+        bundles.push(BundleFile::open_in_place(b, key.as_ref())?);
     }
     crate::bundlefile::delta::newest_first(&mut bundles);
     // A delta serves only together with its base: its left-out blobs must be in another bundle given.

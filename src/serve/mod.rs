@@ -163,6 +163,7 @@ pub async fn run<B: Catalog>(
         Some(ms) => (Duration::from_millis(ms), Duration::from_millis(ms)),
         None => (HEADER_READ_TIMEOUT, IDLE_TIMEOUT),
     };
+    limit_malloc_arenas();
     let writes = opts.allow_push || opts.allow_delete;
     if writes && backend.writable().is_none() {
         return Err(std::io::Error::other(
@@ -236,6 +237,17 @@ pub async fn run<B: Catalog>(
     let _ = stop_tx.send(true);
     while conns.join_next().await.is_some() {}
     Ok(())
+}
+
+/// glibc gives each thread that allocates an arena of its own (up to 8 per core) and keeps
+/// freed chunks in it: with a blocking thread per streamed blob, that alone held some 80 MB under
+/// 64 clients. One arena keeps the server's memory flat (2 cores: little lock contention).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX takes effect for arenas created later.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (h2 by ALPN or prior knowledge) on one connection until it ends or `stop` changes, then shuts it down gracefully.

@@ -21,50 +21,40 @@ pub struct Bundles(pub Vec<Arc<BundleFile>>);
 
 struct InBundle {
     bundle: Arc<BundleFile>,
-    offset: u64,
-    /// The bytes of a small blob, kept when the bundle was opened.
-    small: Option<Arc<[u8]>>,
+    digest: Digest,
 }
 
 impl RangeRead for InBundle {
     fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>> {
-        if let Some(bytes) = &self.small {
-            let s = (start as usize).min(bytes.len());
-            let e = s.saturating_add(len as usize).min(bytes.len());
-            return Ok(Box::new(io::Cursor::new(bytes[s..e].to_vec())));
-        }
-        Ok(self.bundle.read_range(self.offset + start, len))
+        self.bundle.blob_range(&self.digest, start, len)
+    }
+
+    fn chunk_bytes(&self) -> usize {
+        crate::limits::BUNDLE_CHUNK_BYTES
     }
 }
 
 impl Bundles {
     fn read_blob(b: &Arc<BundleFile>, digest: &Digest) -> Result<Vec<u8>, StoreError> {
-        if let Some(bytes) = b.small_blob(digest) {
-            return Ok(bytes.to_vec());
-        }
-        let (offset, size) = b.scan.blobs[digest];
-        let mut out = Vec::new();
-        b.read_range(offset, size.min(MAX_MANIFEST_BYTES))
-            .read_to_end(&mut out)
+        b.blob_bytes(digest, MAX_MANIFEST_BYTES)
+            .map(|bytes| bytes.to_vec())
             .map_err(|source| StoreError::Io {
                 op: "reading bundle",
                 path: b.path().to_path_buf(),
                 source,
-            })?;
-        Ok(out)
+            })
     }
 }
 
 impl Bundles {
     /// Where `digest`'s bytes are in `b` (which holds it).
     fn location(b: &Arc<BundleFile>, digest: &Digest) -> BlobLocation {
-        let (offset, size) = b.scan.blobs[digest];
+        let (_, size) = b.scan.blobs[digest];
         BlobLocation {
             size,
             source: Arc::new(InBundle {
                 bundle: b.clone(),
-                offset,
-                small: b.small_blob(digest),
+                digest: digest.clone(),
             }),
         }
     }

@@ -10,6 +10,7 @@ mod delta;
 mod faults;
 mod harness;
 mod hostile;
+mod inplace;
 mod oracle;
 mod referrers;
 mod release;
