@@ -165,11 +165,27 @@ impl FrameWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(MAX_FRAME_BYTES));
-        let tx = self.jobs.as_ref().expect("open until finish");
-        tx.send((self.seq, chunk))
-            .map_err(|_| io::Error::other("compression threads stopped"))?;
+        let Some(tx) = self.jobs.as_ref() else {
+            return Err(io::Error::other("compression threads stopped"));
+        };
+        if tx.send((self.seq, chunk)).is_err() {
+            return Err(self.stopped());
+        }
         self.seq += 1;
         Ok(())
+    }
+
+    /// Why the threads stopped taking frames: the writer's own error (a full disk, say),
+    /// which is what the user must see, rather than the closed queue it left behind.
+    fn stopped(&mut self) -> io::Error {
+        drop(self.jobs.take());
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(Err(e))) => e,
+            _ => io::Error::other("compression threads stopped"),
+        }
     }
 
     fn boundary(&mut self) -> io::Result<()> {
