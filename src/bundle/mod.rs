@@ -6,6 +6,7 @@ pub mod cache;
 mod pack;
 mod space;
 pub mod split;
+pub mod link_s3;
 pub mod unpack;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -28,6 +28,7 @@ pub mod oci_archive;
 pub mod open;
 pub mod registry;
 pub mod root;
+pub mod root_s3;
 
 use std::fmt;
 use std::future::Future;
@@ -50,6 +51,9 @@ pub enum TransportError {
     /// A registry root failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// A registry root in a bucket failed.
+    #[error(transparent)]
+    S3(#[from] crate::store::s3::S3Error),
     /// A bundle was refused.
     #[error(transparent)]
     Bundle(#[from] crate::bundlefile::read::ReadError),

@@ -13,6 +13,7 @@ mod hostile;
 mod oracle;
 mod referrers;
 mod release;
+mod s3;
 mod serve;
 mod serve_push;
 mod serve_secure;
