@@ -609,19 +609,46 @@ async fn abort(upload: Option<WriteMultipart>) {
     }
 }
 
-/// An object store error on one line, without its debugging detail.
+/// An object store error on one line, without its debugging detail: the request's URL and
+/// timing are dropped (the caller names the bucket and key), an S3 XML error body becomes
+/// `STATUS: Code: Message`, and the retries made are kept.
 fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    let mut full = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
         let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
+        if !full.contains(&t) {
+            full.push_str(": ");
+            full.push_str(&t);
         }
         src = inner.source();
     }
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let full = full.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut s = full.as_str();
+    s = s.strip_prefix("Generic S3 error: ").unwrap_or(s);
+    let mut retries = String::new();
+    if let Some(i) = s.find("Error performing ")
+        && let Some(j) = s[i..].find(" - ")
+    {
+        let head = &s[i..i + j];
+        if let Some(k) = head.find(", after ") {
+            let n = &head[k + 8..];
+            retries = format!(" (after {})", n.split(',').next().unwrap_or(n));
+        }
+        s = &s[i + j + 3..];
+    }
+    s = s
+        .strip_prefix("Server returned non-2xx status code: ")
+        .unwrap_or(s);
+    let between = |a: &str, b: &str| -> Option<String> {
+        let i = s.find(a)? + a.len();
+        Some(s[i..].split(b).next()?.to_string())
+    };
+    let out = match (s.find(": <?xml"), between("<Code>", "</Code>"), between("<Message>", "</Message>")) {
+        (Some(i), Some(code), Some(msg)) => format!("{}: {code}: {msg}", &s[..i]),
+        _ => s.to_string(),
+    };
+    format!("{out}{retries}")
 }
 
 #[cfg(test)]
@@ -641,6 +668,32 @@ mod tests {
         }
         for bad in ["reg", "s3://", "s3://Reg", "s3://ab", "s3://reg/a//b", "s3://reg/../x"] {
             assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_read_on_one_line() {
+        #[derive(Debug)]
+        struct E(&'static str);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {}
+        let table = [
+            (
+                "Generic S3 error: Error performing list request: Error performing GET http://h/reg?x in 3ms - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Forbidden: Invalid signature</Message></Error>",
+                "403 Forbidden: AccessDenied: Forbidden: Invalid signature",
+            ),
+            (
+                "Generic S3 error: Error performing GET http://h:1/reg in 398ms, after 3 retries, max_retries: 3, retry_timeout: 20s - HTTP error: error sending request: client error (Connect)",
+                "HTTP error: error sending request: client error (Connect) (after 3 retries)",
+            ),
+            ("plain\ncause", "plain cause"),
+        ];
+        for (raw, want) in table {
+            assert_eq!(one_line(&E(raw)), want);
         }
     }
 
