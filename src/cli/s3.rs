@@ -85,3 +85,31 @@ pub(super) fn rows(g: &GlobalArgs, root: &Path) -> anyhow::Result<Vec<super::ls:
         Ok(rows)
     })
 }
+
+/// `ferry serve s3://…`: the bucket checked with one request, then served read-only, each request
+/// answered from the bucket (blobs streamed through ferry; see [`crate::transport::root_s3::S3Catalog`]).
+pub(super) fn serve(
+    g: &GlobalArgs,
+    root: &Path,
+    flags: &super::serve::ServeFlags,
+    opts: crate::serve::Options,
+) -> anyhow::Result<std::process::ExitCode> {
+    if flags.allow_push || flags.allow_delete {
+        return Err(super::UsageError(format!(
+            "{}: a bucket root is served read-only (push into it with unbundle link, or through a registry on it)",
+            root.display()
+        ))
+        .into());
+    }
+    // Checked on a runtime of its own, so the server's client starts with no pooled connection of it.
+    super::runtime()?.block_on(open_root(g, root)?.check())?;
+    let root = open_root(g, root)?;
+    let what = root.url();
+    super::serve::listen_and_serve(
+        g,
+        flags,
+        opts,
+        &what,
+        crate::transport::root_s3::S3Catalog(root),
+    )
+}

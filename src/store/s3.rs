@@ -499,6 +499,11 @@ impl S3Root {
         Ok(true)
     }
 
+    /// Whether the bucket holds a registry layout under this root (anything under `docker/registry/v2/`).
+    pub async fn exists(&self) -> Result<bool> {
+        Ok(!self.list_dir(PathSpec::V2Root).await?.is_empty())
+    }
+
     /// The names one level below a layout directory (tags of a repository, digests' hex under
     /// `revisions/sha256`), sorted; empty when there is none.
     pub async fn list_dir(&self, spec: PathSpec<'_>) -> Result<Vec<String>> {

@@ -336,6 +336,18 @@ impl ImageRef {
                 ImageRef::DockerArchive(p, r)
             }
             "docker-daemon" => ImageRef::DockerDaemon(parse_ref(s, rest)?),
+            "registry-root" if rest.starts_with("s3://") => {
+                // s3://BUCKET/PATH: which leading part of PATH is the root's prefix is asked of
+                // the bucket when the image is opened (root_s3::resolve); parsed whole here.
+                let (bucket, path) = rest.split_at(rest[5..].find('/').map_or(rest.len(), |i| i + 5));
+                let path = path.strip_prefix('/').unwrap_or(path);
+                if path.is_empty() {
+                    return Err(TransportError::Invalid(format!(
+                        "{s:?}: write registry-root:s3://BUCKET[/PREFIX]/REPO[:TAG]"
+                    )));
+                }
+                ImageRef::RegistryRoot(PathBuf::from(bucket), parse_ref(s, path)?)
+            }
             "registry-root" => {
                 // ROOT is the longest prefix that is a directory holding the layout (or, for a
                 // root to be created, an empty directory); the rest is REPO[:TAG|@DIGEST].

@@ -14,6 +14,7 @@ use crate::blob::{BlobBody, BlobLocation, RangeRead};
 use crate::digest::Digest;
 use crate::image::{Manifests, Selection, WalkOptions};
 use crate::manifest::{Descriptor, RawManifest};
+use crate::reference::Reference;
 use crate::store::StoreError;
 use crate::store::paths::PathSpec;
 use crate::store::s3::S3Root;
@@ -138,7 +139,7 @@ pub struct S3Catalog(pub S3Root);
 
 /// Runs a bucket request to completion from the catalog's blocking interface (on `serve`'s
 /// blocking threads, or from a copy's async task through `block_in_place`).
-fn wait<F: std::future::Future>(f: F) -> F::Output {
+pub(super) fn wait<F: std::future::Future>(f: F) -> F::Output {
     let handle = tokio::runtime::Handle::current();
     tokio::task::block_in_place(|| handle.block_on(f))
 }
@@ -258,4 +259,27 @@ impl Read for StreamRead {
         buf[..n].copy_from_slice(&self.chunk.split_to(n));
         Ok(n)
     }
+}
+
+/// Splits a `registry-root:s3://BUCKET/PATH` reference into its root and image: the root's prefix
+/// is the longest leading part of PATH's repository under which the bucket holds a layout; with
+/// none, the root is the bucket's top and PATH names the repository. Endpoint and credentials come
+/// from the AWS environment and profile files.
+pub async fn resolve(bucket: &std::path::Path, reference: &Reference) -> Result<(S3Root, Reference)> {
+    let url = bucket.to_string_lossy();
+    let repo = reference.repository();
+    let whole = reference.to_string();
+    let parts: Vec<&str> = repo.split('/').collect();
+    for k in (1..parts.len()).rev() {
+        let prefix = parts[..k].join("/");
+        let root = S3Root::open(&format!("{url}/{prefix}"), None)?;
+        if root.exists().await? {
+            let rest = Reference::parse(&whole[prefix.len() + 1..])
+                .map_err(|e| TransportError::Invalid(format!("registry-root:{url}/{whole}: {e}")))?;
+            return Ok((root, rest));
+        }
+    }
+    let root = S3Root::open(&url, None)?;
+    root.check().await?;
+    Ok((root, reference.clone()))
 }

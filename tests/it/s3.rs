@@ -146,6 +146,21 @@ fn images_pushed_through_the_registry_on_s3_are_read_by_ls_and_verify() {
     let (blobs, links, faults, ok) = verify(&b, &url);
     assert!(ok, "verify: {faults:?}");
     assert!(faults.is_empty() && blobs > 0 && links > 0, "{faults:?}");
+
+    // `ferry serve s3://…` answers from the bucket with the same digests, every platform's blobs streamed.
+    let env = [
+        ("AWS_ACCESS_KEY_ID", b.key_id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", b.secret.as_str()),
+        ("AWS_REGION", "garage"),
+    ];
+    let served = FerryServe::start_with_env(&["serve", &url, "--s3-endpoint", &b.endpoint], &env);
+    let work = tempfile::tempdir().unwrap();
+    for img in &corpus.images {
+        let r = format!("docker://{}/{}:{}", served.addr, img.repository, img.tag);
+        assert_eq!(inspect_digest(&r), img.digest.to_string(), "{r}");
+        let dest = work.path().join(format!("{}-{}", img.repository.replace('/', "_"), img.tag));
+        skopeo_ok(&["copy", "--all", "--src-tls-verify=false", &r, &format!("dir:{}", dest.display())]);
+    }
 }
 
 #[test]
