@@ -122,9 +122,9 @@ pub async fn link_s3(
         };
         let r = crate::reference::Reference::parse(&format!("{}@{}", img.repository, img.digest))
             .map_err(|e| ReadError::Index {
-                bundle: bundle.to_path_buf(),
-                why: format!("image {name}: {e}"),
-            })?;
+            bundle: bundle.to_path_buf(),
+            why: format!("image {name}: {e}"),
+        })?;
         copies.push(crate::copy::Job {
             source: CatalogSource::new(catalog.clone(), r, name),
             destination: S3Dest::new(root.clone(), img.repository.clone(), img.tag.clone()),

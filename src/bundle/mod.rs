@@ -3,10 +3,10 @@
 //! seekable `tar.zst`, written under a temp name and renamed into place.
 
 pub mod cache;
+pub mod link_s3;
 mod pack;
 mod space;
 pub mod split;
-pub mod link_s3;
 pub mod unpack;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -43,10 +43,7 @@ pub(super) fn link(
 }
 
 /// `ferry verify s3://…`: the bucket checked with one request, then every blob re-hashed and every link resolved.
-pub(super) fn verify(
-    g: &GlobalArgs,
-    root: &Path,
-) -> anyhow::Result<crate::store::VerifyReport> {
+pub(super) fn verify(g: &GlobalArgs, root: &Path) -> anyhow::Result<crate::store::VerifyReport> {
     let root = open_root(g, root)?;
     let rt = super::runtime()?;
     rt.block_on(async {

@@ -262,15 +262,23 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
     }
     let result = if crate::store::s3::is_s3(&a.root) {
         let (bundle, base) = (&a.bundle, a.base.as_deref());
-        super::s3::link(g, bundle, &a.root, a.no_clobber, base, key.as_ref(), bar.as_ref())
+        super::s3::link(
+            g,
+            bundle,
+            &a.root,
+            a.no_clobber,
+            base,
+            key.as_ref(),
+            bar.as_ref(),
+        )
     } else {
         link(
-        &a.bundle,
-        &a.root,
-        a.no_clobber,
-        a.base.as_deref(),
-        key.as_ref(),
-        &|n| crate::bundle::Progress::fetched(bar.as_ref(), n),
+            &a.bundle,
+            &a.root,
+            a.no_clobber,
+            a.base.as_deref(),
+            key.as_ref(),
+            &|n| crate::bundle::Progress::fetched(bar.as_ref(), n),
         )
         .map_err(Into::into)
     };

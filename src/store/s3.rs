@@ -154,7 +154,10 @@ fn profile_settings() -> HashMap<String, String> {
     let mut out = HashMap::new();
     // credentials names a section `[NAME]`; config names it `[profile NAME]` (`[default]` in both).
     for (path, section) in [
-        (file("AWS_SHARED_CREDENTIALS_FILE", "credentials"), profile.clone()),
+        (
+            file("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
+            profile.clone(),
+        ),
         (
             file("AWS_CONFIG_FILE", "config"),
             if profile == "default" {
@@ -231,9 +234,7 @@ impl S3Root {
             .or(env("AWS_ENDPOINT"))
             .or(from_profile("endpoint_url"));
         if let Some(e) = &endpoint {
-            b = b
-                .with_endpoint(e)
-                .with_allow_http(e.starts_with("http://"));
+            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
         }
         // The bucket's HTTPS client uses ring, as the registry client does.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -354,11 +355,10 @@ impl S3Root {
                     buffered += chunk.len();
                     first.push(chunk);
                     if buffered >= S3_PART_BYTES {
-                        let m = self
-                            .client
-                            .put_multipart(&path)
-                            .await
-                            .map_err(|e| self.request_error("starting upload of blob", &key, e))?;
+                        let m =
+                            self.client.put_multipart(&path).await.map_err(|e| {
+                                self.request_error("starting upload of blob", &key, e)
+                            })?;
                         let mut w = WriteMultipart::new_with_chunk_size(m, S3_PART_BYTES);
                         for c in first.drain(..) {
                             w.put(c);
@@ -397,13 +397,17 @@ impl S3Root {
     pub async fn put_blob_bytes(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::sha256_of(bytes);
         let body = Bytes::copy_from_slice(bytes);
-        let stream: crate::blob::ByteStream = Box::pin(futures_util::stream::once(async { Ok(body) }));
+        let stream: crate::blob::ByteStream =
+            Box::pin(futures_util::stream::once(async { Ok(body) }));
         self.put_blob(&digest, bytes.len() as u64, stream).await?;
         Ok(digest)
     }
 
     /// A blob's bytes as a stream (not verified here: callers that need it hash it).
-    pub async fn blob_stream(&self, digest: &Digest) -> Result<Option<(u64, crate::blob::ByteStream)>> {
+    pub async fn blob_stream(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(u64, crate::blob::ByteStream)>> {
         let key = self.key(PathSpec::BlobData(digest));
         match self.client.get(&Key::from(key.as_str())).await {
             Ok(r) => {
@@ -447,13 +451,18 @@ impl S3Root {
                 break;
             }
         }
-        crate::digest::check(digest, Some(size), &Digest::sha256_of(&out), out.len() as u64)
-            .map_err(|source| S3Error::Verify {
-                bucket: self.bucket.clone(),
-                key,
-                digest: digest.clone(),
-                source,
-            })?;
+        crate::digest::check(
+            digest,
+            Some(size),
+            &Digest::sha256_of(&out),
+            out.len() as u64,
+        )
+        .map_err(|source| S3Error::Verify {
+            bucket: self.bucket.clone(),
+            key,
+            digest: digest.clone(),
+            source,
+        })?;
         Ok(Some(out))
     }
 
@@ -476,11 +485,13 @@ impl S3Root {
             Err(e) => return Err(self.request_error("reading link", &key, e)),
         };
         let text = String::from_utf8_lossy(&bytes);
-        Digest::parse(&text).map(Some).map_err(|_| S3Error::BadLink {
-            bucket: self.bucket.clone(),
-            key,
-            content: text.chars().take(80).collect(),
-        })
+        Digest::parse(&text)
+            .map(Some)
+            .map_err(|_| S3Error::BadLink {
+                bucket: self.bucket.clone(),
+                key,
+                content: text.chars().take(80).collect(),
+            })
     }
 
     /// Writes `sha256:<hex>` (no newline) at a link's key unless it already says exactly that.
@@ -649,7 +660,11 @@ fn one_line(e: &dyn std::error::Error) -> String {
         let i = s.find(a)? + a.len();
         Some(s[i..].split(b).next()?.to_string())
     };
-    let out = match (s.find(": <?xml"), between("<Code>", "</Code>"), between("<Message>", "</Message>")) {
+    let out = match (
+        s.find(": <?xml"),
+        between("<Code>", "</Code>"),
+        between("<Message>", "</Message>"),
+    ) {
         (Some(i), Some(code), Some(msg)) => format!("{}: {code}: {msg}", &s[..i]),
         _ => s.to_string(),
     };
@@ -669,9 +684,20 @@ mod tests {
             ("s3://my.bucket-1/a/b/", ("my.bucket-1", "a/b")),
         ];
         for (url, (b, p)) in ok {
-            assert_eq!(parse_url(url).unwrap(), (b.to_string(), p.to_string()), "{url}");
+            assert_eq!(
+                parse_url(url).unwrap(),
+                (b.to_string(), p.to_string()),
+                "{url}"
+            );
         }
-        for bad in ["reg", "s3://", "s3://Reg", "s3://ab", "s3://reg/a//b", "s3://reg/../x"] {
+        for bad in [
+            "reg",
+            "s3://",
+            "s3://Reg",
+            "s3://ab",
+            "s3://reg/a//b",
+            "s3://reg/../x",
+        ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
     }

@@ -112,7 +112,9 @@ impl S3Root {
     pub async fn verify(&self, jobs: usize) -> Result<VerifyReport> {
         let listing = self.listing().await?;
         let faults = Mutex::new(Vec::new());
-        let at = |spec: PathSpec<'_>| PathBuf::from(format!("s3://{}/{}", self.bucket(), self.key(spec)));
+        let at = |spec: PathSpec<'_>| {
+            PathBuf::from(format!("s3://{}/{}", self.bucket(), self.key(spec)))
+        };
         let fault = |path: PathBuf, what: String| faults.lock().unwrap().push(Fault { path, what });
         let mut report = VerifyReport {
             repositories: listing.repos.len(),
@@ -132,7 +134,10 @@ impl S3Root {
                             (n, true)
                         }
                         Ok(None) => {
-                            fault(at(PathSpec::BlobData(d)), format!("blob {d} vanished while verified"));
+                            fault(
+                                at(PathSpec::BlobData(d)),
+                                format!("blob {d} vanished while verified"),
+                            );
                             (0, false)
                         }
                         Err(e) => {
@@ -150,8 +155,18 @@ impl S3Root {
         // Links: each says the digest its key names, and that blob is there.
         for (repo, links) in &listing.repos {
             let mut specs: Vec<(PathSpec<'_>, &Digest)> = Vec::new();
-            specs.extend(links.layers.iter().map(|d| (PathSpec::LayerLink(repo, d), d)));
-            specs.extend(links.revisions.iter().map(|d| (PathSpec::RevisionLink(repo, d), d)));
+            specs.extend(
+                links
+                    .layers
+                    .iter()
+                    .map(|d| (PathSpec::LayerLink(repo, d), d)),
+            );
+            specs.extend(
+                links
+                    .revisions
+                    .iter()
+                    .map(|d| (PathSpec::RevisionLink(repo, d), d)),
+            );
             specs.extend(
                 links
                     .tag_index
@@ -168,10 +183,16 @@ impl S3Root {
                 match r {
                     Ok(Some(found)) if &found == d => {
                         if !listing.blobs.contains_key(d) {
-                            fault(at(spec), format!("{repo}: links blob {d}, which is not in the bucket"));
+                            fault(
+                                at(spec),
+                                format!("{repo}: links blob {d}, which is not in the bucket"),
+                            );
                         }
                     }
-                    Ok(Some(found)) => fault(at(spec), format!("{repo}: link names {d} but holds {found}")),
+                    Ok(Some(found)) => fault(
+                        at(spec),
+                        format!("{repo}: link names {d} but holds {found}"),
+                    ),
                     Ok(None) => fault(at(spec), format!("{repo}: link vanished while verified")),
                     Err(e) => fault(at(spec), e.to_string()),
                 }
@@ -189,16 +210,31 @@ impl S3Root {
                     }
                 };
                 if !links.revisions.contains(&digest) {
-                    fault(at(spec), format!("{repo}:{tag} points at {digest}, which {repo} does not link"));
+                    fault(
+                        at(spec),
+                        format!("{repo}:{tag} points at {digest}, which {repo} does not link"),
+                    );
                     continue;
                 }
                 match self.walk(&links.revisions, &digest).await {
                     Ok(w) => {
                         for b in &w.blobs {
                             if !listing.blobs.contains_key(&b.digest) {
-                                fault(at(spec), format!("{repo}:{tag} needs blob {}, which is not in the bucket", b.digest));
+                                fault(
+                                    at(spec),
+                                    format!(
+                                        "{repo}:{tag} needs blob {}, which is not in the bucket",
+                                        b.digest
+                                    ),
+                                );
                             } else if !links.layers.contains(&b.digest) {
-                                fault(at(spec), format!("{repo}:{tag} needs blob {}, which {repo} does not link", b.digest));
+                                fault(
+                                    at(spec),
+                                    format!(
+                                        "{repo}:{tag} needs blob {}, which {repo} does not link",
+                                        b.digest
+                                    ),
+                                );
                             }
                         }
                     }

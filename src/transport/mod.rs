@@ -339,7 +339,8 @@ impl ImageRef {
             "registry-root" if rest.starts_with("s3://") => {
                 // s3://BUCKET/PATH: which leading part of PATH is the root's prefix is asked of
                 // the bucket when the image is opened (root_s3::resolve); parsed whole here.
-                let (bucket, path) = rest.split_at(rest[5..].find('/').map_or(rest.len(), |i| i + 5));
+                let (bucket, path) =
+                    rest.split_at(rest[5..].find('/').map_or(rest.len(), |i| i + 5));
                 let path = path.strip_prefix('/').unwrap_or(path);
                 if path.is_empty() {
                     return Err(TransportError::Invalid(format!(

@@ -156,17 +156,34 @@ impl S3Catalog {
 
 impl Catalog for S3Catalog {
     fn repositories(&self) -> Result<Vec<String>, StoreError> {
-        wait(async { Ok(self.0.listing().await.map_err(store_err)?.repos.into_keys().collect()) })
+        wait(async {
+            Ok(self
+                .0
+                .listing()
+                .await
+                .map_err(store_err)?
+                .repos
+                .into_keys()
+                .collect())
+        })
     }
 
     fn tags(&self, repo: &str) -> Result<Option<Vec<String>>, StoreError> {
         crate::reference::validate_repository(repo)?;
         wait(async {
-            let tags = self.0.list_dir(PathSpec::Tags(repo)).await.map_err(store_err)?;
+            let tags = self
+                .0
+                .list_dir(PathSpec::Tags(repo))
+                .await
+                .map_err(store_err)?;
             if !tags.is_empty() {
                 return Ok(Some(tags));
             }
-            let any = self.0.list_dir(PathSpec::Repository(repo)).await.map_err(store_err)?;
+            let any = self
+                .0
+                .list_dir(PathSpec::Repository(repo))
+                .await
+                .map_err(store_err)?;
             Ok((!any.is_empty()).then(Vec::new))
         })
     }
@@ -180,7 +197,10 @@ impl Catalog for S3Catalog {
     fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<RawManifest>, StoreError> {
         crate::reference::validate_repository(repo)?;
         wait(async {
-            if !self.linked(PathSpec::RevisionLink(repo, digest), digest).await? {
+            if !self
+                .linked(PathSpec::RevisionLink(repo, digest), digest)
+                .await?
+            {
                 return Ok(None);
             }
             self.0.manifest(digest).await.map_err(store_err)
@@ -190,7 +210,10 @@ impl Catalog for S3Catalog {
     fn blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLocation>, StoreError> {
         crate::reference::validate_repository(repo)?;
         wait(async {
-            if !self.linked(PathSpec::LayerLink(repo, digest), digest).await? {
+            if !self
+                .linked(PathSpec::LayerLink(repo, digest), digest)
+                .await?
+            {
                 return Ok(None);
             }
             let size = self.0.blob_size(digest).await.map_err(store_err)?;
@@ -207,7 +230,8 @@ impl Catalog for S3Catalog {
     fn manifest_digests(&self, repo: &str) -> Result<Vec<Digest>, StoreError> {
         crate::reference::validate_repository(repo)?;
         let alg = crate::digest::Algorithm::Sha256;
-        let hexes = wait(self.0.list_dir(PathSpec::RevisionsAlgorithm(repo, alg))).map_err(store_err)?;
+        let hexes =
+            wait(self.0.list_dir(PathSpec::RevisionsAlgorithm(repo, alg))).map_err(store_err)?;
         Ok(hexes
             .iter()
             .filter_map(|h| Digest::from_hex(alg, h).ok())
@@ -265,7 +289,10 @@ impl Read for StreamRead {
 /// is the longest leading part of PATH's repository under which the bucket holds a layout; with
 /// none, the root is the bucket's top and PATH names the repository. Endpoint and credentials come
 /// from the AWS environment and profile files.
-pub async fn resolve(bucket: &std::path::Path, reference: &Reference) -> Result<(S3Root, Reference)> {
+pub async fn resolve(
+    bucket: &std::path::Path,
+    reference: &Reference,
+) -> Result<(S3Root, Reference)> {
     let url = bucket.to_string_lossy();
     let repo = reference.repository();
     let whole = reference.to_string();
@@ -274,8 +301,9 @@ pub async fn resolve(bucket: &std::path::Path, reference: &Reference) -> Result<
         let prefix = parts[..k].join("/");
         let root = S3Root::open(&format!("{url}/{prefix}"), None)?;
         if root.exists().await? {
-            let rest = Reference::parse(&whole[prefix.len() + 1..])
-                .map_err(|e| TransportError::Invalid(format!("registry-root:{url}/{whole}: {e}")))?;
+            let rest = Reference::parse(&whole[prefix.len() + 1..]).map_err(|e| {
+                TransportError::Invalid(format!("registry-root:{url}/{whole}: {e}"))
+            })?;
             return Ok((root, rest));
         }
     }

@@ -816,7 +816,14 @@ impl Garage {
             std::thread::sleep(Duration::from_millis(200));
         }
         let out = cli(&[
-            "bucket", "allow", "--read", "--write", "--owner", name, "--key", "ferry-test",
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            name,
+            "--key",
+            "ferry-test",
         ]);
         assert!(
             out.status.success(),

@@ -86,7 +86,9 @@ fn linked_bucket_is_served_by_the_registry_on_s3_with_the_source_digests() {
         let r = format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag);
         assert_eq!(inspect_digest(&r), img.digest.to_string(), "{r}");
         // Every platform, through the registry's S3 driver.
-        let dest = work.path().join(format!("{}-{}", img.repository.replace('/', "_"), img.tag));
+        let dest = work
+            .path()
+            .join(format!("{}-{}", img.repository.replace('/', "_"), img.tag));
         skopeo_ok(&[
             "copy",
             "--all",
@@ -110,7 +112,11 @@ fn linked_bucket_is_served_by_the_registry_on_s3_with_the_source_digests() {
         }
     }
     let (blobs, manifests, text) = reg.gc_dry_run();
-    assert_eq!((blobs, manifests), (0, 0), "garbage-collect --dry-run:\n{text}");
+    assert_eq!(
+        (blobs, manifests),
+        (0, 0),
+        "garbage-collect --dry-run:\n{text}"
+    );
 
     // ferry reads back what it wrote, and a re-run writes nothing.
     assert_eq!(ls(&b, &url), expected());
@@ -158,8 +164,16 @@ fn images_pushed_through_the_registry_on_s3_are_read_by_ls_and_verify() {
     for img in &corpus.images {
         let r = format!("docker://{}/{}:{}", served.addr, img.repository, img.tag);
         assert_eq!(inspect_digest(&r), img.digest.to_string(), "{r}");
-        let dest = work.path().join(format!("{}-{}", img.repository.replace('/', "_"), img.tag));
-        skopeo_ok(&["copy", "--all", "--src-tls-verify=false", &r, &format!("dir:{}", dest.display())]);
+        let dest = work
+            .path()
+            .join(format!("{}-{}", img.repository.replace('/', "_"), img.tag));
+        skopeo_ok(&[
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            &r,
+            &format!("dir:{}", dest.display()),
+        ]);
     }
 }
 
@@ -188,9 +202,15 @@ fn a_link_killed_anywhere_leaves_no_tag_whose_blobs_are_missing() {
         child.wait().unwrap();
         // Every tag the bucket has resolves to an image whose blobs are all there.
         let (_, _, faults, ok) = verify(&b, &url);
-        assert!(ok && faults.is_empty(), "run {run} killed at {ms} ms: {faults:?}");
+        assert!(
+            ok && faults.is_empty(),
+            "run {run} killed at {ms} ms: {faults:?}"
+        );
         for (image, digest) in ls(&b, &url) {
-            assert!(expected().contains(&(image.clone(), digest)), "run {run}: {image}");
+            assert!(
+                expected().contains(&(image.clone(), digest)),
+                "run {run}: {image}"
+            );
         }
     }
     run_ok(&mut link(&b, zst, &url));
@@ -202,7 +222,11 @@ fn a_link_killed_anywhere_leaves_no_tag_whose_blobs_are_missing() {
         assert_eq!(inspect_digest(&r), img.digest.to_string(), "{r}");
     }
     let (blobs, manifests, text) = reg.gc_dry_run();
-    assert_eq!((blobs, manifests), (0, 0), "garbage-collect --dry-run:\n{text}");
+    assert_eq!(
+        (blobs, manifests),
+        (0, 0),
+        "garbage-collect --dry-run:\n{text}"
+    );
 }
 
 #[test]
@@ -227,7 +251,11 @@ fn wrong_credentials_missing_bucket_and_dead_endpoint_are_one_line_and_write_not
         ("missing bucket", &no_bucket, "404"),
         ("dead endpoint", &dead, "connect"),
     ] {
-        for verb in [&["unbundle", "link", zst.to_str().unwrap(), "--root"][..], &["verify"], &["ls"]] {
+        for verb in [
+            &["unbundle", "link", zst.to_str().unwrap(), "--root"][..],
+            &["verify"],
+            &["ls"],
+        ] {
             let started = Instant::now();
             let out = run(bucket.ferry().args(verb).arg(bucket.url("site")));
             let err = String::from_utf8_lossy(&out.stderr);
@@ -239,7 +267,10 @@ fn wrong_credentials_missing_bucket_and_dead_endpoint_are_one_line_and_write_not
                 "{what} {verb:?}: names the bucket and the cause: {err}"
             );
             assert!(!lines[0].contains(&b.secret), "{what}: no secret in {err}");
-            assert!(started.elapsed() < Duration::from_secs(60), "{what} {verb:?} gave up late");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{what} {verb:?} gave up late"
+            );
         }
     }
     assert_eq!(b.objects(), 0, "nothing was written");
@@ -254,7 +285,10 @@ fn s3_endpoint_flag_overrides_the_environment() {
     // The environment points nowhere; --s3-endpoint wins.
     let out = run_ok(
         link(&b, zst, &url)
-            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", free_port()))
+            .env(
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", free_port()),
+            )
             .args(["--s3-endpoint", &b.endpoint]),
     );
     assert!(out.status.success());
