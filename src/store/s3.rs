@@ -68,8 +68,8 @@ pub enum S3Error {
         key: String,
         /// The digest it was written as.
         digest: Digest,
-        /// What did not match.
-        source: VerifyError,
+        /// What did not match (boxed: the error stays small).
+        source: Box<VerifyError>,
     },
     /// The source of a blob failed while it streamed in; the upload was aborted.
     #[error("s3://{bucket}/{key}: reading blob {digest} for it: {source}")]
@@ -90,8 +90,8 @@ pub enum S3Error {
         bucket: String,
         /// The manifest's key.
         key: String,
-        /// Why it does not parse.
-        source: crate::manifest::ManifestError,
+        /// Why it does not parse (boxed: the error stays small).
+        source: Box<crate::manifest::ManifestError>,
     },
     /// A link object that does not hold a digest.
     #[error("s3://{bucket}/{key}: link holds {content:?}, not a digest")]
@@ -374,7 +374,7 @@ impl S3Root {
                 bucket: self.bucket.clone(),
                 key,
                 digest: digest.clone(),
-                source,
+                source: Box::new(source),
             });
         }
         match upload {
@@ -461,7 +461,7 @@ impl S3Root {
             bucket: self.bucket.clone(),
             key,
             digest: digest.clone(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Some(out))
     }

@@ -77,7 +77,7 @@ impl S3Root {
             .map_err(|source| S3Error::Manifest {
                 bucket: self.bucket().to_string(),
                 key: self.key(PathSpec::BlobData(digest)),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -276,15 +276,10 @@ struct Linked<'a> {
 
 impl Manifests for Linked<'_> {
     type Error = S3Error;
-    fn manifest(
-        &self,
-        digest: &Digest,
-    ) -> impl std::future::Future<Output = Result<Option<RawManifest>>> + Send {
-        async move {
-            if !self.revisions.contains(digest) {
-                return Ok(None);
-            }
-            self.root.manifest(digest).await
+    async fn manifest(&self, digest: &Digest) -> Result<Option<RawManifest>> {
+        if !self.revisions.contains(digest) {
+            return Ok(None);
         }
+        self.root.manifest(digest).await
     }
 }

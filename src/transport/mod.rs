@@ -51,9 +51,9 @@ pub enum TransportError {
     /// A registry root failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    /// A registry root in a bucket failed.
+    /// A registry root in a bucket failed (boxed: it names bucket and key).
     #[error(transparent)]
-    S3(#[from] crate::store::s3::S3Error),
+    S3(Box<crate::store::s3::S3Error>),
     /// A bundle was refused.
     #[error(transparent)]
     Bundle(#[from] crate::bundlefile::read::ReadError),
@@ -87,6 +87,12 @@ pub enum TransportError {
     /// The transport cannot do this (a read-only source, an archive that holds one image).
     #[error("{0}")]
     Unsupported(String),
+}
+
+impl From<crate::store::s3::S3Error> for TransportError {
+    fn from(e: crate::store::s3::S3Error) -> Self {
+        TransportError::S3(Box::new(e))
+    }
 }
 
 /// Result alias for transports.
