@@ -294,3 +294,40 @@ fn s3_endpoint_flag_overrides_the_environment() {
     assert!(out.status.success());
     assert_eq!(ls(&b, &url), expected());
 }
+
+#[test]
+fn registry_root_on_s3_is_a_copy_source_and_destination() {
+    let (zst, _) = bundles();
+    let garage = Garage::start();
+    let b = garage.bucket("copies");
+    run_ok(&mut link(&b, zst, &b.url("site")));
+    let (_, corpus) = small();
+    let img = multi_arch(corpus);
+    let from = format!(
+        "registry-root:s3://copies/site/{}:{}",
+        img.repository, img.tag
+    );
+    // Into another path of the same bucket, every platform.
+    run_ok(b.ferry().args([
+        "copy",
+        "--all",
+        &from,
+        "registry-root:s3://copies/other/app:1",
+    ]));
+    assert_eq!(
+        ls(&b, &b.url("")),
+        vec![("other/app:1".to_string(), img.digest.to_string())],
+        "with no layout under copies/other, the bucket's top is the root"
+    );
+    let (_, _, faults, ok) = verify(&b, &b.url(""));
+    assert!(ok && faults.is_empty(), "{faults:?}");
+    // Out to an OCI layout, digests preserved.
+    let work = tempfile::tempdir().unwrap();
+    let oci = format!("oci:{}:x", work.path().join("lay").display());
+    run_ok(
+        b.ferry()
+            .args(["copy", "--all", "--preserve-digests", &from, &oci]),
+    );
+    let out = skopeo_ok(&["inspect", "--raw", &oci]);
+    assert_eq!(sha256(&out.stdout), img.digest.to_string());
+}
