@@ -326,7 +326,7 @@ fn registry_root_on_s3_is_a_copy_source_and_destination() {
     let oci = format!("oci:{}:x", work.path().join("lay").display());
     run_ok(
         b.ferry()
-            .args(["copy", "--all", "--preserve-digests", &from, &oci]),
+            .args(["copy", "--all", "--preserve-digests=true", &from, &oci]),
     );
     let out = skopeo_ok(&["inspect", "--raw", &oci]);
     assert_eq!(sha256(&out.stdout), img.digest.to_string());
