@@ -32,6 +32,8 @@
 #   scripts/bench.sh delta [WORK]     the next release (CHANGED images changed, default 5; 2 added, 1 removed):
 #                                     size and time of bundle --since OLD vs the full bundle vs plain tar | zstd of
 #                                     just the new blobs; link time of the delta (and of the full) into a root holding OLD
+#   scripts/bench.sh s3 [WORK]        a site on object storage (Garage, fresh per run): skopeo sync and ferry unbundle push
+#                                     into docker-registry on its S3 driver vs ferry unbundle link --root s3://… (same Garage)
 # The incumbent scripts are read from $INCUMBENT (default ../shared/incumbent beside the repository).
 # WORK (default /tmp/ferry-bench) keeps the generated corpus between runs; PRESET=small|medium
 # (default medium) picks it (`small`: 20 tags, 150 MB, where fixed costs show; `tiny` for tests of this script).
@@ -572,5 +574,92 @@ PY
   echo "  delta time / floor: $(ratio "$t_delta" "$t_floor")x; full / delta size: $(ratio "$(sz "$OUT/full.tar.zst")" "$(sz "$OUT/delta.tar.zst")")x"
   echo "  link into a root holding old: delta ${t_link_delta}s, full ${t_link_full}s"
   ;;
-*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs|inspect|sync|serve-load|push-serve|delta [WORK]" >&2; exit 2 ;;
+s3)
+  # A site on object storage: one single-node Garage (INTEROP.md §12), fresh for every run (untimed).
+  GARAGE="$(command -v garage || echo "$HOME/.cargo/bin/garage")"
+  [ -x "$GARAGE" ] || { echo "bench needs garage (cargo install --locked garage)" >&2; exit 1; }
+  INCUMBENT="${INCUMBENT:-$PWD/../shared/incumbent}"
+  command -v skopeo >/dev/null || { echo "bench needs skopeo" >&2; exit 1; }
+  start_registry "$ROOT"; SRC=$ADDR
+  LIST="$WORK/$PRESET-list.txt"; OUT="$WORK/s3-$PRESET"; mkdir -p "$OUT"
+  [ -d "$OUT/seed/dirs" ] || bash "$INCUMBENT/seed_bundle.sh" "$SRC" "$LIST" "$OUT/seed" "$OUT/seed.log" pull-only:sync
+  [ -f "$OUT/all.tar.zst" ] || "$FERRY" bundle -q --all-platforms -f "$LIST" -o "$OUT/all.tar.zst" --cache "$OUT/cache" --source "$SRC" --src-tls-verify=false
+  G="$OUT/garage"; GARAGE_PID=""; TARGET_PID=""
+  gcli() { "$GARAGE" -c "$G/garage.toml" "$@"; }
+  stop_target() {
+    for p in "${TARGET_PID:-}" "${GARAGE_PID:-}"; do [ -z "$p" ] || { kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; }; done
+    TARGET_PID=""; GARAGE_PID=""
+  }
+  # fresh_site [registry]: an empty Garage with bucket `site`, and docker-registry on its S3 driver when asked.
+  fresh_site() {
+    stop_target; rm -rf "$G"; mkdir -p "$G"
+    local s3p rpcp; s3p=$(free_port); rpcp=$(free_port)
+    cat > "$G/garage.toml" <<TOML
+metadata_dir = "$G/meta"
+data_dir = "$G/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpcp"
+rpc_public_addr = "127.0.0.1:$rpcp"
+rpc_secret = "$(python3 -c 'import secrets;print(secrets.token_hex(32))')"
+[s3_api]
+api_bind_addr = "127.0.0.1:$s3p"
+s3_region = "garage"
+TOML
+    chmod 600 "$G/garage.toml"
+    "$GARAGE" -c "$G/garage.toml" server >"$G/log" 2>&1 & GARAGE_PID=$!
+    for _ in $(seq 1 100); do gcli status >/dev/null 2>&1 && break; sleep 0.1; done
+    gcli layout assign -z dc1 -c 100G "$(gcli node id -q | cut -c1-64)" >/dev/null
+    gcli layout apply --version 1 >/dev/null
+    local key; key=$(gcli key create bench)
+    KID=$(sed -n 's/^Key ID: *//p' <<<"$key"); SECRET=$(sed -n 's/^Secret key: *//p' <<<"$key")
+    for _ in $(seq 1 50); do gcli bucket create site >/dev/null 2>&1 && break; sleep 0.2; done
+    gcli bucket allow --read --write --owner site --key bench >/dev/null
+    ENDPOINT="http://127.0.0.1:$s3p"
+    [ "${1:-}" = registry ] || return 0
+    local port; port=$(free_port)
+    cat > "$G/registry.yml" <<YAML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  s3:
+    region: garage
+    regionendpoint: $ENDPOINT
+    bucket: site
+    accesskey: $KID
+    secretkey: $SECRET
+    secure: false
+    v4auth: true
+    rootdirectory: /site
+  redirect:
+    disable: true
+http:
+  addr: 127.0.0.1:$port
+  secret: bench-not-a-secret
+YAML
+    # distribution's S3 driver panics at start on an inherited AWS_CA_BUNDLE: no AWS_* for it.
+    env -i PATH="$PATH" HOME="$HOME" docker-registry serve "$G/registry.yml" >"$G/registry.log" 2>&1 & TARGET_PID=$!
+    TARGET="127.0.0.1:$port"
+    for _ in $(seq 1 100); do curl -fsS "http://$TARGET/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
+  }
+  fresh_registry() { fresh_site registry; }
+  seed_push() { (cd "$OUT/seed/dirs" && skopeo --insecure-policy sync --scoped --src dir --dest docker --dest-tls-verify=false ./ "$TARGET" >/dev/null) || { echo "skopeo sync failed" >&2; exit 1; }; }
+  ferry_push() { "$FERRY" unbundle push -q "$OUT/all.tar.zst" --dest "$TARGET" --dest-tls-verify=false || { echo "ferry push failed" >&2; exit 1; }; }
+  ferry_link() {
+    env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID="$KID" AWS_SECRET_ACCESS_KEY="$SECRET" AWS_REGION=garage \
+      "$FERRY" unbundle link -q "$OUT/all.tar.zst" --root s3://site/site --s3-endpoint "$ENDPOINT" || { echo "ferry link failed" >&2; exit 1; }
+  }
+  t_seed=$(PREP=fresh_registry in_target median_time seed_push)
+  t_push=$(PREP=fresh_registry in_target median_time ferry_push)
+  t_link=$(PREP=fresh_site in_target median_time ferry_link)
+  BYTES=$(stat -c %s "$OUT/all.tar.zst")
+  echo "a site on object storage (Garage), the $PRESET corpus ($(python3 -c "print(f'{$BYTES/1e9:.2f}')") GB bundle), median of $RUNS, each into an empty bucket:"
+  echo "  skopeo sync --scoped (amd64 only, from dir:) into docker-registry on S3: ${t_seed}s"
+  echo "  ferry unbundle push (every platform) into docker-registry on S3: ${t_push}s: $(ratio "$t_seed" "$t_push")x skopeo"
+  echo "  ferry unbundle link --root s3://… (every platform, straight into the bucket): ${t_link}s: $(ratio "$t_push" "$t_link")x push, $(ratio "$t_seed" "$t_link")x skopeo"
+  ;;
+*) echo "usage: scripts/bench.sh serve|bundle|unbundle|copy|refs|inspect|sync|serve-load|push-serve|delta|s3 [WORK]" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
 # htpasswd (apache2-utils: bcrypt entries for a password-protected registry),
 # minisign (checks that ferry's bundle signatures verify with the reference tool),
 # curl (HTTP/2 over TLS) and python3 (the OCI conformance port, scripts/conformance.py),
+# and Garage (an S3-compatible store: cargo install, as Debian has none),
 # then runs every unit and integration test.
 #   scripts/test.sh [cargo test args...]
 set -euo pipefail
@@ -27,6 +28,12 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Garage (a real S3-compatible store, for tests/it/s3.rs) is not in Debian: built from crates.io (~11 min on 2 cores).
+if ! command -v garage >/dev/null && [ ! -x "$HOME/.cargo/bin/garage" ]; then
+  echo "installing garage with cargo install --locked garage" >&2
+  cargo install --locked garage
 fi
 
 cargo test --locked "$@"

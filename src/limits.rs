@@ -60,7 +60,7 @@ pub const MAX_RETRY_AFTER_SECS: u64 = 60;
 /// Set (to anything) to skip retry pauses, so tests of retries run fast.
 pub const ENV_NO_RETRY_DELAY: &str = "FERRY_TEST_NO_RETRY_DELAY";
 
-/// Test-only: milliseconds to pause before each new tag is renamed into place, so a test can SIGKILL inside the tag phase.
+/// Test-only: milliseconds to pause before each new tag is renamed into place (in a bucket: before its `current` link is written), so a test can SIGKILL inside the tag phase.
 pub const ENV_TAG_PAUSE_MS: &str = "FERRY_TEST_TAG_PAUSE_MS";
 
 /// Test-only: `serve`'s header and idle timeouts in milliseconds, so a test of them runs in seconds.
@@ -130,3 +130,15 @@ pub const MAX_HTPASSWD_BYTES: u64 = 16 * 1024 * 1024;
 pub const MAX_REFUSED_BODY_BYTES: usize = 1024 * 1024;
 /// How deep `--with-referrers` follows referrers of referrers (a signature of an SBOM of an image is depth 2).
 pub const REFERRER_DEPTH: usize = 2;
+
+/// Part size of a multipart upload into an S3 bucket; a blob smaller than this goes up in one PUT (S3's minimum part is 5 MiB).
+pub const S3_PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// Parts of one blob in flight at once.
+pub const S3_PARTS_IN_FLIGHT: usize = 4;
+
+/// Retries of one S3 request (connection errors, 5xx, throttling), with backoff, before giving up.
+pub const S3_RETRIES: usize = 3;
+
+/// How long one S3 request may be retried in all, in seconds.
+pub const S3_RETRY_SECS: u64 = 20;

@@ -3,6 +3,7 @@
 //! seekable `tar.zst`, written under a temp name and renamed into place.
 
 pub mod cache;
+pub mod link_s3;
 mod pack;
 mod space;
 pub mod split;

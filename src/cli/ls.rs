@@ -54,8 +54,12 @@ pub(super) fn rows(path: &std::path::Path) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Lists a root's or a bundle's images; a missing path is "no such file".
-pub fn run(_g: &GlobalArgs, a: LsArgs) -> anyhow::Result<ExitCode> {
-    let rows = rows(&a.root)?;
+pub fn run(g: &GlobalArgs, a: LsArgs) -> anyhow::Result<ExitCode> {
+    let rows = if crate::store::s3::is_s3(&a.root) {
+        super::s3::rows(g, &a.root)?
+    } else {
+        rows(&a.root)?
+    };
     for r in &rows {
         let image = r.image();
         if a.json {
@@ -105,7 +109,7 @@ fn root_rows(root: &std::path::Path) -> anyhow::Result<Vec<Row>> {
 /// A row from an image's walk: platforms of the top index's children (absent ones marked), and
 /// the bytes of its manifests, configs and layers.
 /// `in_base` names the children a delta bundle leaves out (marked so, not absent).
-fn row(
+pub(super) fn row(
     repository: String,
     tag: Option<String>,
     digest: Digest,

@@ -17,6 +17,7 @@ mod manifest_digest;
 pub(crate) mod out;
 mod progress;
 mod registry_flags;
+mod s3;
 mod serve;
 mod sync;
 mod unbundle;
@@ -50,6 +51,9 @@ pub struct GlobalArgs {
     /// Turn on debug logs on stderr (RUST_LOG overrides).
     #[arg(long, global = true)]
     pub debug: bool,
+    /// Endpoint of the S3-compatible store for s3:// roots (overrides AWS_ENDPOINT_URL and the profile's endpoint_url).
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
 }
 
 /// Timeouts and the per-host cap, shared by every verb that talks to registries so they read the same everywhere.

@@ -111,6 +111,9 @@ pub fn serve_root(
     flags: &ServeFlags,
     opts: crate::serve::Options,
 ) -> anyhow::Result<ExitCode> {
+    if crate::store::s3::is_s3(root) {
+        return super::s3::serve(g, root, flags, opts);
+    }
     super::must_exist(root)?;
     let store = Store::open(root);
     if !store.exists() {

@@ -90,7 +90,7 @@ struct ServeArgs {
 struct LinkArgs {
     /// The bundle file.
     bundle: PathBuf,
-    /// The registry root to merge into (distribution's rootdirectory).
+    /// The registry root to merge into (distribution's rootdirectory), or s3://BUCKET[/PREFIX].
     #[arg(long)]
     root: PathBuf,
     /// Refuse to move a tag that already points elsewhere.
@@ -266,15 +266,30 @@ fn link_cmd(g: &GlobalArgs, a: LinkArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = &a.base {
         super::must_exist(b)?;
     }
-    let result = super::runtime()?.block_on(link(
-        &a.bundle,
-        &a.root,
-        a.no_clobber,
-        a.base.as_deref(),
-        key.as_ref(),
-        crate::limits::DEFAULT_JOBS,
-        &|n| crate::bundle::Progress::fetched(bar.as_ref(), n),
-    ));
+    let result = if crate::store::s3::is_s3(&a.root) {
+        let (bundle, base) = (&a.bundle, a.base.as_deref());
+        super::s3::link(
+            g,
+            bundle,
+            &a.root,
+            a.no_clobber,
+            base,
+            key.as_ref(),
+            bar.as_ref(),
+        )
+    } else {
+        super::runtime()?
+            .block_on(link(
+                &a.bundle,
+                &a.root,
+                a.no_clobber,
+                a.base.as_deref(),
+                key.as_ref(),
+                crate::limits::DEFAULT_JOBS,
+                &|n| crate::bundle::Progress::fetched(bar.as_ref(), n),
+            ))
+            .map_err(Into::into)
+    };
     bar.finish();
     let s = result?;
     if a.json {

@@ -32,18 +32,25 @@ pub(super) fn load_key(
 
 /// Runs `ferry verify`.
 pub fn run(g: &GlobalArgs, a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    super::must_exist(&a.root)?;
+    let s3 = crate::store::s3::is_s3(&a.root);
+    if !s3 {
+        super::must_exist(&a.root)?;
+    }
     if a.root.is_file() {
         return verify_bundle(g, &a);
     }
     if a.key.is_some() {
         return Err(super::UsageError(format!(
-            "--key checks a bundle's signature; {} is a directory (a registry root)",
+            "--key checks a bundle's signature; {} is a registry root",
             a.root.display()
         ))
         .into());
     }
-    let report = Store::open(&a.root).verify()?;
+    let report = if s3 {
+        super::s3::verify(g, &a.root)?
+    } else {
+        Store::open(&a.root).verify()?
+    };
     for f in &report.faults {
         eprintln!("fault: {} ({})", f.what, f.path.display());
     }

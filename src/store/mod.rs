@@ -11,6 +11,8 @@ mod blobs;
 mod gc;
 mod links;
 pub mod paths;
+pub mod s3;
+mod s3_read;
 mod verify;
 
 use std::io;
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 pub use blobs::BlobWriter;
 pub use gc::GcReport;
 pub use links::LinkReport;
+pub use s3_read::{Listing, RepoLinks};
 pub use verify::{Fault, VerifyReport};
 
 use crate::digest::{Digest, VerifyError};

@@ -136,6 +136,12 @@ pub fn path_for(root: &Path, spec: PathSpec<'_>) -> PathBuf {
     }
 }
 
+/// The `/`-separated key of `spec` relative to a root (`docker/registry/v2/...`): what an object
+/// store holds under a registry's `rootdirectory`, as distribution's S3 driver lays it out.
+pub fn key_for(spec: PathSpec<'_>) -> String {
+    path_for(Path::new(""), spec).to_string_lossy().into_owned()
+}
+
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
 
 fn read_dir_names(dir: &Path) -> io::Result<Vec<String>> {
@@ -436,6 +442,7 @@ mod tests {
         ];
         for (spec, want) in table {
             assert_eq!(path_for(root, spec), PathBuf::from(&want), "{spec:?}");
+            assert_eq!(format!("/r/{}", key_for(spec)), want, "{spec:?}");
         }
     }
 

@@ -29,6 +29,7 @@ pub mod oci_archive;
 pub mod open;
 pub mod registry;
 pub mod root;
+pub mod root_s3;
 
 use std::fmt;
 use std::future::Future;
@@ -51,6 +52,9 @@ pub enum TransportError {
     /// A registry root failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// A registry root in a bucket failed (boxed: it names bucket and key).
+    #[error(transparent)]
+    S3(Box<crate::store::s3::S3Error>),
     /// A bundle was refused.
     #[error(transparent)]
     Bundle(#[from] crate::bundlefile::read::ReadError),
@@ -84,6 +88,12 @@ pub enum TransportError {
     /// The transport cannot do this (a read-only source, an archive that holds one image).
     #[error("{0}")]
     Unsupported(String),
+}
+
+impl From<crate::store::s3::S3Error> for TransportError {
+    fn from(e: crate::store::s3::S3Error) -> Self {
+        TransportError::S3(Box::new(e))
+    }
 }
 
 /// Result alias for transports.
@@ -347,6 +357,19 @@ impl ImageRef {
                 ImageRef::DockerArchive(p, r)
             }
             "docker-daemon" => ImageRef::DockerDaemon(parse_ref(s, rest)?),
+            "registry-root" if rest.starts_with("s3://") => {
+                // s3://BUCKET/PATH: which leading part of PATH is the root's prefix is asked of
+                // the bucket when the image is opened (root_s3::resolve); parsed whole here.
+                let (bucket, path) =
+                    rest.split_at(rest[5..].find('/').map_or(rest.len(), |i| i + 5));
+                let path = path.strip_prefix('/').unwrap_or(path);
+                if path.is_empty() {
+                    return Err(TransportError::Invalid(format!(
+                        "{s:?}: write registry-root:s3://BUCKET[/PREFIX]/REPO[:TAG]"
+                    )));
+                }
+                ImageRef::RegistryRoot(PathBuf::from(bucket), parse_ref(s, path)?)
+            }
             "registry-root" => {
                 // ROOT is the longest prefix that is a directory holding the layout (or, for a
                 // root to be created, an empty directory); the rest is REPO[:TAG|@DIGEST].

@@ -15,6 +15,7 @@ use super::oci::{OciDest, OciSource};
 use super::oci_archive::{OciArchiveDest, OciArchiveSource};
 use super::registry::{Clients, Pushed, RegistryDest, RegistrySource};
 use super::root::RootDest;
+use super::root_s3::{S3Catalog, S3Dest};
 use super::{DestProperties, Destination, ImageRef, Put, Result, Source, TransportError};
 use crate::blob::BlobBody;
 use crate::bundlefile::read::BundleFile;
@@ -40,6 +41,8 @@ pub enum AnySource {
     Registry(RegistrySource),
     /// `registry-root:`.
     Root(CatalogSource<Store>),
+    /// `registry-root:s3://`.
+    RootS3(CatalogSource<S3Catalog>),
     /// `ferry-bundle:`.
     Bundle(CatalogSource<Bundles>),
     /// `dir:`.
@@ -61,6 +64,8 @@ pub enum AnyDest {
     Registry(RegistryDest),
     /// `registry-root:`.
     Root(RootDest),
+    /// `registry-root:s3://`.
+    RootS3(S3Dest),
     /// `dir:`.
     Dir(DirDest),
     /// `oci:`.
@@ -78,6 +83,7 @@ macro_rules! each_source {
         match $self {
             AnySource::Registry($s) => $e,
             AnySource::Root($s) => $e,
+            AnySource::RootS3($s) => $e,
             AnySource::Bundle($s) => $e,
             AnySource::Dir($s) => $e,
             AnySource::Oci($s) => $e,
@@ -93,6 +99,7 @@ macro_rules! each_dest {
         match $self {
             AnyDest::Registry($d) => $e,
             AnyDest::Root($d) => $e,
+            AnyDest::RootS3($d) => $e,
             AnyDest::Dir($d) => $e,
             AnyDest::Oci($d) => $e,
             AnyDest::OciArchive($d) => $e,
@@ -182,6 +189,15 @@ pub async fn open_source(r: &ImageRef, clients: &Clients, opts: &OpenOptions) ->
             DEFAULT_REGISTRY,
             &opts.source,
         )?),
+        ImageRef::RegistryRoot(root, reference) if crate::store::s3::is_s3(root) => {
+            local_reference(reference, "registry-root")?;
+            let (root, image) = super::root_s3::resolve(root, reference).await?;
+            AnySource::RootS3(CatalogSource::new(
+                Arc::new(S3Catalog(root)),
+                image,
+                r.to_string(),
+            ))
+        }
         ImageRef::RegistryRoot(root, reference) => {
             local_reference(reference, "registry-root")?;
             let store = Store::open(root);
@@ -275,6 +291,21 @@ pub fn open_dest(
                         .to_string()
                 }),
                 pushed.clone(),
+            ))
+        }
+        ImageRef::RegistryRoot(root, reference) if crate::store::s3::is_s3(root) => {
+            local_reference(reference, "registry-root")?;
+            // Which part of the path is the root is asked of the bucket (one listing per cut).
+            let (root, image) = super::root_s3::wait(super::root_s3::resolve(root, reference))?;
+            AnyDest::RootS3(S3Dest::new(
+                root,
+                image.repository().to_string(),
+                image.digest().is_none().then(|| {
+                    image
+                        .effective_tag()
+                        .unwrap_or(crate::reference::DEFAULT_TAG)
+                        .to_string()
+                }),
             ))
         }
         ImageRef::RegistryRoot(root, reference) => {

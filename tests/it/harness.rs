@@ -145,6 +145,8 @@ pub struct RegistryOptions {
     pub deletes_disabled: bool,
     /// `auth.htpasswd.path`: basic auth with these bcrypt entries.
     pub htpasswd: Option<PathBuf>,
+    /// `storage.s3` on this Garage bucket under this rootdirectory, instead of the filesystem driver.
+    pub s3: Option<(GarageBucket, String)>,
 }
 
 /// The Debian `docker-registry` (distribution 2.8) over a root, on a random loopback port.
@@ -182,8 +184,11 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: {}\nhttp:\n  addr: {addr}\n  secret: ferry-test-not-a-secret\n{}{}",
-                    root.display(),
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n{}  delete:\n    enabled: {}\nhttp:\n  addr: {addr}\n  secret: ferry-test-not-a-secret\n{}{}",
+                    match &opts.s3 {
+                        Some((b, rootdir)) => b.registry_storage(rootdir),
+                        None => format!("  filesystem:\n    rootdirectory: {}\n", root.display()),
+                    },
                     !opts.deletes_disabled,
                     tls.map(|(c, k)| format!("  tls:\n    certificate: {}\n    key: {}\n", c.display(), k.display())).unwrap_or_default(),
                     opts.htpasswd.as_ref().map(|h| format!("auth:\n  htpasswd:\n    realm: ferry-test\n    path: {}\n", h.display())).unwrap_or_default()
@@ -191,9 +196,11 @@ impl Registry {
             )
             .unwrap();
             let log = std::fs::File::create(dir.path().join("log")).unwrap();
+            // distribution's S3 driver panics at start on this machine's AWS_CA_BUNDLE (INTEROP.md §12).
+            let mut cmd = Command::new("docker-registry");
+            no_aws_env(&mut cmd);
             let mut child = Starting(Some(
-                Command::new("docker-registry")
-                    .arg("serve")
+                cmd.arg("serve")
                     .arg(&config)
                     .stdout(log.try_clone().unwrap())
                     .stderr(log)
@@ -225,11 +232,19 @@ impl Registry {
         panic!("could not start docker-registry on a free port");
     }
 
+    /// Starts a registry on distribution's S3 driver over `bucket`, its keys under `rootdirectory` (`/site`, `/`).
+    pub fn start_on_s3(bucket: &GarageBucket, rootdirectory: &str) -> Registry {
+        let opts = RegistryOptions {
+            s3: Some((bucket.clone(), rootdirectory.to_string())),
+            ..Default::default()
+        };
+        Registry::start_with_options(Path::new("/nonexistent"), None, &opts)
+    }
+
     /// Runs `garbage-collect --dry-run` and returns (blobs eligible, manifests eligible) from its last line.
     pub fn gc_dry_run(&self) -> (u64, u64, String) {
         let out = run_ok(
-            Command::new("docker-registry")
-                .args(["garbage-collect", "--dry-run"])
+            no_aws_env(Command::new("docker-registry").args(["garbage-collect", "--dry-run"]))
                 .arg(&self.config),
         );
         let text = String::from_utf8_lossy(&out.stdout).to_string()
@@ -247,6 +262,16 @@ impl Registry {
         assert_eq!(nums.len(), 3, "unexpected summary: {line}");
         (nums[1], nums[2], text)
     }
+}
+
+/// Removes every inherited `AWS_*` variable from a command (the registry's S3 driver must see none).
+pub fn no_aws_env(cmd: &mut Command) -> &mut Command {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
 }
 
 impl Drop for Registry {
@@ -594,4 +619,245 @@ pub fn htpasswd_file(path: &Path, user: &str, password: &str) {
     require("htpasswd");
     let entry = run_ok(Command::new("htpasswd").args(["-Bbn", user, password])).stdout;
     std::fs::write(path, entry).unwrap();
+}
+
+/// The Garage binary: on PATH, else where `cargo install` puts it (scripts/test.sh installs it).
+fn garage_bin() -> PathBuf {
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
+    let cargo_bin = home.join(".cargo/bin/garage");
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("garage"))
+                .find(|p| p.is_file())
+        })
+        .or_else(|| cargo_bin.is_file().then_some(cargo_bin))
+        .expect("garage is not installed: run scripts/test.sh, which runs cargo install --locked garage")
+}
+
+/// A bucket of a test [`Garage`] and a key allowed to read and write it: what clients need to reach it.
+#[derive(Debug, Clone)]
+pub struct GarageBucket {
+    /// `http://127.0.0.1:PORT`, the S3 API.
+    pub endpoint: String,
+    /// The bucket's name.
+    pub bucket: String,
+    /// The access key id.
+    pub key_id: String,
+    /// The secret key.
+    pub secret: String,
+    /// The Garage config, for `garage bucket info`.
+    pub config: PathBuf,
+}
+
+impl GarageBucket {
+    /// The `storage:` entries of a docker-registry config on this bucket (INTEROP.md §12).
+    fn registry_storage(&self, rootdirectory: &str) -> String {
+        format!(
+            "  s3:\n    region: garage\n    regionendpoint: {}\n    bucket: {}\n    accesskey: {}\n    secretkey: {}\n    secure: false\n    v4auth: true\n    rootdirectory: {rootdirectory}\n  redirect:\n    disable: true\n",
+            self.endpoint, self.bucket, self.key_id, self.secret
+        )
+    }
+
+    /// How many objects the bucket holds, as Garage itself counts them (a check that ferry wrote nothing).
+    pub fn objects(&self) -> u64 {
+        let out = run_ok(
+            Command::new(garage_bin())
+                .arg("-c")
+                .arg(&self.config)
+                .args(["bucket", "info", &self.bucket]),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("Objects:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no object count in garage bucket info:\n{text}"))
+    }
+
+    /// The environment ferry reads the endpoint and credentials from (every other `AWS_*` removed).
+    pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        no_aws_env(cmd)
+            .env("AWS_ACCESS_KEY_ID", &self.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .env("AWS_REGION", "garage")
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+    }
+
+    /// ferry with this bucket's endpoint and credentials in its environment.
+    pub fn ferry(&self) -> Command {
+        let mut cmd = ferry();
+        self.env(&mut cmd);
+        cmd
+    }
+
+    /// The `s3://BUCKET[/PREFIX]` root ferry takes.
+    pub fn url(&self, prefix: &str) -> String {
+        match prefix.trim_matches('/') {
+            "" => format!("s3://{}", self.bucket),
+            p => format!("s3://{}/{p}", self.bucket),
+        }
+    }
+}
+
+/// A single-node Garage (a real S3-compatible store) on random loopback ports, with its layout
+/// applied and one key; stopped by PID when dropped (INTEROP.md §12).
+pub struct Garage {
+    child: Child,
+    config: PathBuf,
+    /// The S3 API, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    key_id: String,
+    secret: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Garage {
+    /// Starts Garage, assigns its layout and creates a key (buckets come from [`Garage::bucket`]).
+    pub fn start() -> Garage {
+        let bin = garage_bin();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let (s3, rpc) = (free_port(), free_port());
+            let secret: String = random_bytes::<32>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let config = dir.path().join("garage.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\n[s3_api]\napi_bind_addr = \"127.0.0.1:{s3}\"\ns3_region = \"garage\"\n",
+                    d = dir.path().display()
+                ),
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let log = std::fs::File::create(dir.path().join("log")).unwrap();
+            let mut child = Starting(Some(
+                Command::new(&bin)
+                    .arg("-c")
+                    .arg(&config)
+                    .arg("server")
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .expect("starting garage"),
+            ));
+            let cli = |args: &[&str]| {
+                Command::new(&bin)
+                    .arg("-c")
+                    .arg(&config)
+                    .args(args)
+                    .output()
+                    .expect("running garage")
+            };
+            let start = Instant::now();
+            let mut up = false;
+            while start.elapsed() < Duration::from_secs(20) {
+                if let Ok(Some(_)) = child.child().try_wait() {
+                    break; // a port was taken: try others
+                }
+                if cli(&["status"]).status.success() {
+                    up = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !up {
+                continue;
+            }
+            let ok = |args: &[&str]| {
+                let out = cli(args);
+                assert!(
+                    out.status.success(),
+                    "garage {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            let id = ok(&["node", "id", "-q"]);
+            let node = id.trim().get(..64).expect("garage node id").to_string();
+            ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+            ok(&["layout", "apply", "--version", "1"]);
+            let key = ok(&["key", "create", "ferry-test"]);
+            let field = |name: &str| {
+                key.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_else(|| panic!("no {name} in garage key create output:\n{key}"))
+            };
+            return Garage {
+                key_id: field("Key ID:"),
+                secret: field("Secret key:"),
+                child: child.hand_over(),
+                endpoint: format!("http://127.0.0.1:{s3}"),
+                config,
+                _dir: dir,
+            };
+        }
+        panic!("could not start garage on free ports");
+    }
+
+    /// Creates bucket `name` (retried while the new layout settles) and allows the key on it.
+    pub fn bucket(&self, name: &str) -> GarageBucket {
+        let cli = |args: &[&str]| {
+            Command::new(garage_bin())
+                .arg("-c")
+                .arg(&self.config)
+                .args(args)
+                .output()
+                .expect("running garage")
+        };
+        let start = Instant::now();
+        loop {
+            let out = cli(&["bucket", "create", name]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "garage bucket create {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let out = cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            name,
+            "--key",
+            "ferry-test",
+        ]);
+        assert!(
+            out.status.success(),
+            "garage bucket allow: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        GarageBucket {
+            endpoint: self.endpoint.clone(),
+            bucket: name.to_string(),
+            key_id: self.key_id.clone(),
+            secret: self.secret.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// Random bytes from the OS (test secrets; no extra crate).
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("reading /dev/urandom");
+    b
 }

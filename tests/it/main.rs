@@ -14,6 +14,7 @@ mod inplace;
 mod oracle;
 mod referrers;
 mod release;
+mod s3;
 mod serve;
 mod serve_push;
 mod serve_secure;

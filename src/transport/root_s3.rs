@@ -1,0 +1,313 @@
+//! `registry-root:s3://BUCKET[/PREFIX]/REPO[:TAG]` written: a registry root in
+//! an S3-compatible bucket, no server. Blobs go up verified (each a whole
+//! object or nothing); at commit the image's repository links are written,
+//! children before parents, and the tag last, so a registry reading the bucket
+//! never sees a tag whose content is not all there. Read, the same root is a
+//! [`Catalog`] (`ferry serve s3://…` and the `registry-root:s3://…` source).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Mutex;
+
+use super::{Catalog, DestProperties, Destination, Put, Result, TransportError};
+use crate::blob::{BlobBody, BlobLocation, RangeRead};
+use crate::digest::Digest;
+use crate::image::{Manifests, Selection, WalkOptions};
+use crate::manifest::{Descriptor, RawManifest};
+use crate::reference::Reference;
+use crate::store::StoreError;
+use crate::store::paths::PathSpec;
+use crate::store::s3::S3Root;
+
+/// One image written into a bucket root.
+pub struct S3Dest {
+    root: S3Root,
+    repo: String,
+    tag: Option<String>,
+    /// Manifests this copy wrote: only these are linked (other children the bucket holds stay out).
+    written: Mutex<HashMap<Digest, RawManifest>>,
+    /// What commit found the tag pointing at before (for link summaries).
+    moved_from: Mutex<Option<Digest>>,
+}
+
+impl S3Dest {
+    /// Writes into `repo` of the bucket root, tagging with `tag`.
+    pub fn new(root: S3Root, repo: String, tag: Option<String>) -> S3Dest {
+        S3Dest {
+            root,
+            repo,
+            tag,
+            written: Default::default(),
+            moved_from: Default::default(),
+        }
+    }
+
+    /// The digest the tag pointed at before this copy moved it (after commit).
+    pub fn moved_from(&self) -> Option<Digest> {
+        self.moved_from.lock().unwrap().clone()
+    }
+}
+
+/// The manifests a copy wrote, as the image walk reads them.
+struct Written<'a>(&'a HashMap<Digest, RawManifest>);
+
+impl Manifests for Written<'_> {
+    type Error = TransportError;
+    fn manifest(
+        &self,
+        digest: &Digest,
+    ) -> impl std::future::Future<Output = Result<Option<RawManifest>>> + Send {
+        std::future::ready(Ok(self.0.get(digest).cloned()))
+    }
+}
+
+impl Destination for S3Dest {
+    fn name(&self) -> String {
+        let tag = self
+            .tag
+            .as_deref()
+            .map(|t| format!(":{t}"))
+            .unwrap_or_default();
+        format!("registry-root:{}/{}{tag}", self.root.url(), self.repo)
+    }
+
+    fn properties(&self) -> DestProperties {
+        DestProperties {
+            manifest_types: Vec::new(),
+            accepts_index: true,
+            accepts_sparse_index: true,
+            ordered_blobs: false,
+        }
+    }
+
+    async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
+        Ok(self.root.blob_size(&desc.digest).await?.is_some())
+    }
+
+    async fn put_blob(&self, desc: &Descriptor, body: BlobBody) -> Result<Put> {
+        // Hashed as it streams whatever the body: a bucket has no later chance to check.
+        Ok(
+            match self
+                .root
+                .put_blob(&desc.digest, desc.size, body.into_stream())
+                .await?
+            {
+                true => Put::Written,
+                false => Put::Present,
+            },
+        )
+    }
+
+    async fn put_manifest(&self, manifest: &RawManifest) -> Result<()> {
+        self.root.put_blob_bytes(manifest.bytes()).await?;
+        self.written
+            .lock()
+            .unwrap()
+            .insert(manifest.digest().clone(), manifest.clone());
+        Ok(())
+    }
+
+    async fn commit(&self, top: &RawManifest) -> Result<()> {
+        self.root.put_blob_bytes(top.bytes()).await?;
+        let written = std::mem::take(&mut *self.written.lock().unwrap());
+        let walk = crate::image::walk(
+            &Written(&written),
+            top.clone(),
+            &WalkOptions {
+                selection: Selection::All,
+                allow_absent: true,
+            },
+        )
+        .await
+        .map_err(|e| TransportError::Invalid(format!("{}: {e}", self.name())))?;
+        let old = self
+            .root
+            .link_image(&self.repo, &walk, self.tag.as_deref())
+            .await?;
+        *self.moved_from.lock().unwrap() = old;
+        Ok(())
+    }
+}
+
+/// A bucket root read as a [`Catalog`] (`ferry serve s3://…`, the `registry-root:s3://…`
+/// source): every call asks the bucket (no cache, so what a registry pushes into it shows at
+/// once), scoped by the repository's links as distribution scopes it. Read-only. Blobs are
+/// streamed through ferry rather than redirected to presigned URLs: the clients at a site need
+/// not reach the bucket's endpoint, and its credentials stay with the server.
+#[derive(Debug, Clone)]
+pub struct S3Catalog(pub S3Root);
+
+/// Runs a bucket request to completion from the catalog's blocking interface (on `serve`'s
+/// blocking threads, or from a copy's async task through `block_in_place`).
+pub(super) fn wait<F: std::future::Future>(f: F) -> F::Output {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| handle.block_on(f))
+}
+
+fn store_err(e: crate::store::s3::S3Error) -> crate::store::StoreError {
+    crate::store::StoreError::Walk(e.to_string())
+}
+
+impl S3Catalog {
+    async fn linked(&self, spec: PathSpec<'_>, digest: &Digest) -> Result<bool, StoreError> {
+        Ok(matches!(self.0.read_link(spec).await.map_err(store_err)?, Some(d) if &d == digest))
+    }
+}
+
+impl Catalog for S3Catalog {
+    fn repositories(&self) -> Result<Vec<String>, StoreError> {
+        wait(async {
+            Ok(self
+                .0
+                .listing()
+                .await
+                .map_err(store_err)?
+                .repos
+                .into_keys()
+                .collect())
+        })
+    }
+
+    fn tags(&self, repo: &str) -> Result<Option<Vec<String>>, StoreError> {
+        crate::reference::validate_repository(repo)?;
+        wait(async {
+            let tags = self
+                .0
+                .list_dir(PathSpec::Tags(repo))
+                .await
+                .map_err(store_err)?;
+            if !tags.is_empty() {
+                return Ok(Some(tags));
+            }
+            let any = self
+                .0
+                .list_dir(PathSpec::Repository(repo))
+                .await
+                .map_err(store_err)?;
+            Ok((!any.is_empty()).then(Vec::new))
+        })
+    }
+
+    fn resolve_tag(&self, repo: &str, tag: &str) -> Result<Option<Digest>, StoreError> {
+        crate::reference::validate_repository(repo)?;
+        crate::reference::validate_tag(tag)?;
+        wait(self.0.read_link(PathSpec::TagCurrentLink(repo, tag))).map_err(store_err)
+    }
+
+    fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<RawManifest>, StoreError> {
+        crate::reference::validate_repository(repo)?;
+        wait(async {
+            if !self
+                .linked(PathSpec::RevisionLink(repo, digest), digest)
+                .await?
+            {
+                return Ok(None);
+            }
+            self.0.manifest(digest).await.map_err(store_err)
+        })
+    }
+
+    fn blob(&self, repo: &str, digest: &Digest) -> Result<Option<BlobLocation>, StoreError> {
+        crate::reference::validate_repository(repo)?;
+        wait(async {
+            if !self
+                .linked(PathSpec::LayerLink(repo, digest), digest)
+                .await?
+            {
+                return Ok(None);
+            }
+            let size = self.0.blob_size(digest).await.map_err(store_err)?;
+            Ok(size.map(|size| BlobLocation {
+                size,
+                source: std::sync::Arc::new(S3Range {
+                    root: self.0.clone(),
+                    digest: digest.clone(),
+                }),
+            }))
+        })
+    }
+
+    fn manifest_digests(&self, repo: &str) -> Result<Vec<Digest>, StoreError> {
+        crate::reference::validate_repository(repo)?;
+        let alg = crate::digest::Algorithm::Sha256;
+        let hexes =
+            wait(self.0.list_dir(PathSpec::RevisionsAlgorithm(repo, alg))).map_err(store_err)?;
+        Ok(hexes
+            .iter()
+            .filter_map(|h| Digest::from_hex(alg, h).ok())
+            .collect())
+    }
+}
+
+/// A blob in a bucket, read by range (what `serve` answers a GET or a Range request with).
+struct S3Range {
+    root: S3Root,
+    digest: Digest,
+}
+
+impl RangeRead for S3Range {
+    fn open_range(&self, start: u64, len: u64) -> std::io::Result<Box<dyn Read + Send>> {
+        if len == 0 {
+            return Ok(Box::new(std::io::empty()));
+        }
+        let handle = tokio::runtime::Handle::current();
+        let stream = tokio::task::block_in_place(|| {
+            handle.block_on(self.root.range_stream(&self.digest, start, len))
+        })
+        .map_err(std::io::Error::other)?;
+        Ok(Box::new(StreamRead {
+            handle,
+            stream,
+            chunk: bytes::Bytes::new(),
+        }))
+    }
+}
+
+/// A byte stream read as a blocking [`Read`] (on a blocking thread of the runtime).
+struct StreamRead {
+    handle: tokio::runtime::Handle,
+    stream: crate::blob::ByteStream,
+    chunk: bytes::Bytes,
+}
+
+impl Read for StreamRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use futures_util::StreamExt;
+        while self.chunk.is_empty() {
+            match tokio::task::block_in_place(|| self.handle.block_on(self.stream.next())) {
+                Some(c) => self.chunk = c?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Splits a `registry-root:s3://BUCKET/PATH` reference into its root and image: the root's prefix
+/// is the longest leading part of PATH's repository under which the bucket holds a layout; with
+/// none, the root is the bucket's top and PATH names the repository. Endpoint and credentials come
+/// from the AWS environment and profile files.
+pub async fn resolve(
+    bucket: &std::path::Path,
+    reference: &Reference,
+) -> Result<(S3Root, Reference)> {
+    let url = bucket.to_string_lossy();
+    let repo = reference.repository();
+    let whole = reference.to_string();
+    let parts: Vec<&str> = repo.split('/').collect();
+    for k in (1..parts.len()).rev() {
+        let prefix = parts[..k].join("/");
+        let root = S3Root::open(&format!("{url}/{prefix}"), None)?;
+        if root.exists().await? {
+            let rest = Reference::parse(&whole[prefix.len() + 1..]).map_err(|e| {
+                TransportError::Invalid(format!("registry-root:{url}/{whole}: {e}"))
+            })?;
+            return Ok((root, rest));
+        }
+    }
+    let root = S3Root::open(&url, None)?;
+    root.check().await?;
+    Ok((root, reference.clone()))
+}
