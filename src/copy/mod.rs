@@ -648,14 +648,28 @@ async fn write_manifests<S: Source, D: Destination>(
         source: Box::new(e),
     };
     let (top, children) = p.writes.split_last().expect("the top is always written");
-    // Children (by digest, independent of each other) `width` at a time; the first error wins.
-    let mut puts = stream::iter(children)
-        .map(|c| job.destination.put_manifest(c))
-        .buffered(width.max(1));
-    while let Some(r) = puts.next().await {
-        r.map_err(dst_err)?;
+    // Children `width` at a time, the first error winning; but the walk lists a nested index
+    // after its own children, so an index waits for every manifest before it and goes alone.
+    for run in children.split_inclusive(|c| crate::media_type::is_index(c.media_type())) {
+        let (last, images) = run
+            .split_last()
+            .expect("split_inclusive yields no empty run");
+        let (images, last) = if crate::media_type::is_index(last.media_type()) {
+            (images, Some(last))
+        } else {
+            (run, None)
+        };
+        let mut puts = stream::iter(images)
+            .map(|c| job.destination.put_manifest(c))
+            .buffered(width.max(1));
+        while let Some(r) = puts.next().await {
+            r.map_err(dst_err)?;
+        }
+        drop(puts);
+        if let Some(index) = last {
+            job.destination.put_manifest(index).await.map_err(dst_err)?;
+        }
     }
-    drop(puts);
     // Children left out by the bundle's platform choice, or not in the source.
     let absent = p
         .walk

@@ -242,7 +242,8 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The root as uploads write it: verified and renamed into place, not fsynced (a manifest PUT syncs first).
+/// The root as uploads write it: a blob's data is synced before it is linked into place, the
+/// rest (directories, layer links) is not (a manifest PUT syncs the file system first).
 fn unsynced(store: &Store) -> Store {
     store.clone().with_durable(false)
 }
@@ -261,6 +262,10 @@ async fn commit<B: Catalog>(
     let store = unsynced(&store);
     let r = tokio::task::spawn_blocking(move || {
         let _counted = app.uploads.unsynced.writing();
+        let mut writer = writer;
+        // A blob at its final name is trusted by HEAD and never rewritten: after a power loss
+        // it must hold its bytes, whatever the later syncfs would have caught.
+        writer.sync_data()?;
         writer.commit(Some((&d, size)))?;
         store.link_layer(&n, &d)
     })

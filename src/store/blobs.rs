@@ -154,6 +154,18 @@ impl BlobWriter {
 }
 
 impl BlobWriter {
+    /// Makes the bytes written so far durable, for a root that skips the rest of the syncs
+    /// (`with_durable(false)`) but must never show a blob whose data a power loss could lose.
+    pub fn sync_data(&mut self) -> Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            f.flush().map_err(StoreError::io("writing", &self.tmp))?;
+            f.get_ref()
+                .sync_data()
+                .map_err(StoreError::io("syncing", &self.tmp))?;
+        }
+        Ok(())
+    }
+
     /// Publishes content whose digest the caller has already verified while
     /// streaming it (a `VerifyingReader` that reached its end); checks the size.
     pub fn commit_prehashed(mut self, digest: &Digest, size: u64) -> Result<()> {

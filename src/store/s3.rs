@@ -313,10 +313,23 @@ impl S3Root {
         size: u64,
         mut stream: crate::blob::ByteStream,
     ) -> Result<bool> {
-        if self.blob_size(digest).await?.is_some() {
-            return Ok(false);
-        }
         let key = self.key(PathSpec::BlobData(digest));
+        match self.blob_size(digest).await? {
+            // Objects appear whole, so another size is not a blob in flight: it is wrong.
+            Some(found) if found != size => {
+                return Err(S3Error::Verify {
+                    bucket: self.bucket.clone(),
+                    key,
+                    digest: digest.clone(),
+                    source: Box::new(VerifyError::SizeMismatch {
+                        expected: size,
+                        found,
+                    }),
+                });
+            }
+            Some(_) => return Ok(false),
+            None => {}
+        }
         let path = Key::from(key.as_str());
         let source_err = |source| S3Error::Source {
             bucket: self.bucket.clone(),

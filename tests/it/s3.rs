@@ -307,11 +307,30 @@ fn registry_root_on_s3_is_a_copy_source_and_destination() {
         "registry-root:s3://copies/site/{}:{}",
         img.repository, img.tag
     );
-    // Into another path of the same bucket, every platform.
-    run_ok(b.ferry().args([
+    // Bucket to bucket is refused in one line (it could hang: not fixed yet), nothing written.
+    let before = b.objects();
+    let out = run(b.ferry().args([
         "copy",
         "--all",
         &from,
+        "registry-root:s3://copies/other/app:1",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not supported yet"), "{err}");
+    assert_eq!(b.objects(), before);
+    // Out to a dir: (which keeps any manifest kind), digests preserved.
+    let work = tempfile::tempdir().unwrap();
+    let dir = format!("dir:{}", work.path().join("d").display());
+    run_ok(b.ferry().args(["copy", "--all", &from, &dir]));
+    let out = skopeo_ok(&["inspect", "--raw", &dir]);
+    assert_eq!(sha256(&out.stdout), img.digest.to_string());
+    // And back into another path of the bucket, every platform.
+    run_ok(b.ferry().args([
+        "copy",
+        "--all",
+        "--preserve-digests=true",
+        &dir,
         "registry-root:s3://copies/other/app:1",
     ]));
     assert_eq!(
@@ -321,10 +340,4 @@ fn registry_root_on_s3_is_a_copy_source_and_destination() {
     );
     let (_, _, faults, ok) = verify(&b, &b.url(""));
     assert!(ok && faults.is_empty(), "{faults:?}");
-    // Out to a dir: (which keeps any manifest kind), digests preserved.
-    let work = tempfile::tempdir().unwrap();
-    let dir = format!("dir:{}", work.path().join("d").display());
-    run_ok(b.ferry().args(["copy", "--all", &from, &dir]));
-    let out = skopeo_ok(&["inspect", "--raw", &dir]);
-    assert_eq!(sha256(&out.stdout), img.digest.to_string());
 }
