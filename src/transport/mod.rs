@@ -245,6 +245,14 @@ pub enum Put {
     Written,
 }
 
+/// A destination's name in errors and progress: `PREFIX/REPO[:TAG]`, as the user wrote it.
+pub fn dest_name(prefix: &str, repo: &str, tag: Option<&str>) -> String {
+    match tag {
+        Some(t) => format!("{prefix}/{repo}:{t}"),
+        None => format!("{prefix}/{repo}"),
+    }
+}
+
 /// Write access for one image; see the module docs for the call order.
 pub trait Destination: Send + Sync {
     /// The image as the user named it, for messages.

@@ -187,12 +187,11 @@ impl RegistryDest {
 
 impl Destination for RegistryDest {
     fn name(&self) -> String {
-        let tag = self
-            .tag
-            .as_deref()
-            .map(|t| format!(":{t}"))
-            .unwrap_or_default();
-        format!("docker://{}/{}{tag}", self.client.host(), self.repo)
+        super::dest_name(
+            &format!("docker://{}", self.client.host()),
+            &self.repo,
+            self.tag.as_deref(),
+        )
     }
 
     fn properties(&self) -> DestProperties {

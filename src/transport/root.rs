@@ -277,15 +277,10 @@ async fn write_stream(writer: BlobWriter, stream: crate::blob::ByteStream) -> Re
 
 impl Destination for RootDest {
     fn name(&self) -> String {
-        let tag = self
-            .tag
-            .as_deref()
-            .map(|t| format!(":{t}"))
-            .unwrap_or_default();
-        format!(
-            "registry-root:{}/{}{tag}",
-            self.store.root().display(),
-            self.repo
+        super::dest_name(
+            &format!("registry-root:{}", self.store.root().display()),
+            &self.repo,
+            self.tag.as_deref(),
         )
     }
 

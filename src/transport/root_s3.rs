@@ -63,12 +63,11 @@ impl Manifests for Written<'_> {
 
 impl Destination for S3Dest {
     fn name(&self) -> String {
-        let tag = self
-            .tag
-            .as_deref()
-            .map(|t| format!(":{t}"))
-            .unwrap_or_default();
-        format!("registry-root:{}/{}{tag}", self.root.url(), self.repo)
+        super::dest_name(
+            &format!("registry-root:{}", self.root.url()),
+            &self.repo,
+            self.tag.as_deref(),
+        )
     }
 
     fn properties(&self) -> DestProperties {
