@@ -17,7 +17,10 @@
 #                                     first tags, default 100), each a whole process with the tag list (RepoTags)
 #   scripts/bench.sh sync [WORK]      skopeo sync --src docker --dest docker of every repository (one call each) vs
 #                                     ferry sync the same way, and vs one ferry sync --src yaml of all repositories
-#                                     (one pool of transfers, cross-repository mounts); each run into a fresh empty target
+#                                     (one pool of transfers, cross-repository mounts), and vs the floor: the same
+#                                     unique blobs and manifests as bare GET + monolithic PUT or mount, 6 connections
+#                                     (scripts/floor_sync.py); each run into a fresh empty target; wall seconds and
+#                                     CPU seconds of the client, the source registry and the target registry
 #   scripts/bench.sh serve-load [WORK] ferry unbundle serve BUNDLE (in place) vs ferry serve ROOT vs docker-registry
 #                                     (ROOT), the same content, one server at a time: CLIENTS (default 64) keep-alive
 #                                     clients for SECONDS_LOAD (default 60) s pulling random manifests and blobs (some
@@ -358,15 +361,18 @@ sync)
   command -v skopeo >/dev/null || { echo "bench needs skopeo" >&2; exit 1; }
   # Ctrl-C or kill: leave through the EXIT trap, which stops every server by PID.
   trap 'exit 130' INT; trap 'exit 143' TERM
-  start_registry "$ROOT"; SRC=$ADDR
+  start_registry "$ROOT"; SRC=$ADDR; SRC_PID=${PIDS[-1]}
   OUT="$WORK/sync-$PRESET"; mkdir -p "$OUT"
   REPOS=$(curl -fsS "http://$SRC/v2/_catalog?n=1000" | python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)["repositories"]))')
   { echo "$SRC:"; echo "  tls-verify: false"; echo "  images:"; for r in $REPOS; do echo "    $r: []"; done; } > "$OUT/all.yaml"
+  # ferry's blob-location cache (which lets one repository's sync mount what an earlier one
+  # uploaded) starts empty in every run, in OUT, never the user's.
+  export XDG_CACHE_HOME="$OUT/xdg-cache"
   # Every target is started here, in this shell (never inside $(...)), so the EXIT trap reaches it.
   TARGET_PID=""
   fresh_target() {
     [ -n "$TARGET_PID" ] && { kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true; }
-    rm -rf "$OUT/target"; mkdir -p "$OUT/target"; sync
+    rm -rf "$OUT/target" "$XDG_CACHE_HOME"; mkdir -p "$OUT/target"; sync
     start_registry "$OUT/target"; TARGET=$ADDR; TARGET_PID=${PIDS[-1]}
   }
   skopeo_each() { for r in $REPOS; do
@@ -376,7 +382,10 @@ sync)
       "$FERRY" sync -q --src docker --dest docker --src-tls-verify=false --dest-tls-verify=false "$SRC/$r" "$TARGET" || { echo "ferry sync failed" >&2; exit 1; }
     done; }
   ferry_yaml() { "$FERRY" sync -q --src yaml --dest docker --dest-tls-verify=false "$OUT/all.yaml" "$TARGET" || { echo "ferry sync failed" >&2; exit 1; }; }
-  # What a target holds: repository, tag, manifest digest (both tools must leave the same).
+  # The floor: the same unique blobs and manifests as bare parallel GET + monolithic PUT (or mount),
+  # 6 keep-alive connections per registry, nothing else (scripts/floor_sync.py).
+  floor() { python3 "$HERE/floor_sync.py" "$ROOT" "$SRC" "$TARGET" 6 > "$OUT/floor.json" || { echo "floor sync failed" >&2; exit 1; }; }
+  # What a target holds: repository, tag, manifest digest (every run must leave the same).
   target_state() { python3 - "$TARGET" <<'PY'
 import http.client, json, sys
 c = http.client.HTTPConnection(*sys.argv[1].split(":"))
@@ -390,20 +399,63 @@ for repo in json.loads(get("/v2/_catalog?n=1000")[1])["repositories"]:
         print(repo, tag, get(f"/v2/{repo}/manifests/{tag}", "HEAD")[0].getheader("Docker-Content-Digest"))
 PY
   }
-  median_time_into() { local f=$1; shift; median_time "$@" > "$f"; }
-  PREP=fresh_target median_time_into "$OUT/t_skopeo" skopeo_each; target_state > "$OUT/skopeo.state"
-  PREP=fresh_target median_time_into "$OUT/t_each" ferry_each; target_state > "$OUT/ferry-each.state"
-  PREP=fresh_target median_time_into "$OUT/t_yaml" ferry_yaml; target_state > "$OUT/ferry-yaml.state"
+  # CPU seconds (user + system) of a running process, and of the finished children of one.
+  CLK=$(getconf CLK_TCK)
+  cpu_of() { awk -v t="$CLK" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+  # measured NAME CMD...: like median_time (PREP, i.e. a fresh target, before each run; one
+  # warm-up), recording per run in OUT/NAME.runs: wall seconds, CPU seconds of CMD's own
+  # processes (every skopeo or ferry it ran, or the floor client), of the source registry
+  # during the run, and of the target registry (started empty for the run); then the target's state.
+  measured() {
+    local name=$1; shift
+    ${PREP:-true}; ( "$@" ) >/dev/null 2>&1 || { echo "$name failed" >&2; exit 1; }
+    : > "$OUT/$name.runs"
+    for _ in $(seq 1 "$RUNS"); do
+      ${PREP:-true}
+      local s0 w0 w1 tool
+      s0=$(cpu_of "$SRC_PID"); w0=$(date +%s.%N)
+      # A subshell waits for every process CMD starts; its children's CPU is then in its own stat.
+      tool=$( ( "$@" >/dev/null 2>&1 || exit 1; awk -v t="$CLK" '{print ($16 + $17) / t}' "/proc/$BASHPID/stat" ) ) \
+        || { echo "$name failed" >&2; exit 1; }
+      w1=$(date +%s.%N)
+      echo "$(python3 -c "print(f'{$w1 - $w0:.3f}')") $tool $(python3 -c "print(f'{$(cpu_of "$SRC_PID") - $s0:.2f}')") $(cpu_of "$TARGET_PID")" >> "$OUT/$name.runs"
+    done
+    target_state > "$OUT/$name.state"
+  }
+  PREP=fresh_target measured skopeo skopeo_each
+  PREP=fresh_target measured ferry-each ferry_each
+  PREP=fresh_target measured ferry-yaml ferry_yaml
+  PREP=fresh_target measured floor floor
   stop_target
-  for f in ferry-each ferry-yaml; do
+  for f in ferry-each ferry-yaml floor; do
     cmp -s "$OUT/skopeo.state" "$OUT/$f.state" || { echo "$f: the target differs from skopeo's (see $OUT/*.state)" >&2; exit 1; }
   done
-  t_skopeo=$(cat "$OUT/t_skopeo"); t_each=$(cat "$OUT/t_each"); t_yaml=$(cat "$OUT/t_yaml")
   echo "sync of every repository of the $PRESET corpus ($(echo "$REPOS" | wc -w) repositories, $(wc -l < "$OUT/skopeo.state") tags) docker -> docker, empty target, median of $RUNS, whole process:"
-  echo "  skopeo sync --src docker, one call per repository  ${t_skopeo}s"
-  echo "  ferry sync --src docker, one call per repository   ${t_each}s   speed-up $(ratio "$t_skopeo" "$t_each")x"
-  echo "  ferry sync --src yaml, all repositories in one run ${t_yaml}s   speed-up $(ratio "$t_skopeo" "$t_yaml")x"
-  echo "  (targets checked equal: repositories, tags and manifest digests)"
+  python3 - "$OUT" <<'PY'
+import json, statistics, sys
+out = sys.argv[1]
+def med(name):
+    runs = [list(map(float, l.split())) for l in open(f"{out}/{name}.runs")]
+    return [statistics.median(col) for col in zip(*runs)]
+rows = [("skopeo", "skopeo sync --src docker, one call per repository"),
+        ("ferry-each", "ferry sync --src docker, one call per repository"),
+        ("ferry-yaml", "ferry sync --src yaml, all repositories in one run"),
+        ("floor", "floor: bare GET + monolithic PUT/mount, 6 connections")]
+m = {n: med(n) for n, _ in rows}
+print(f"  {'':<54} {'wall s':>7} {'speed-up':>8}   CPU s: {'client':>6} {'source reg':>10} {'target reg':>10} {'all':>6}")
+for n, label in rows:
+    wall, tool, src, dst = m[n]
+    print(f"  {label:<54} {wall:>7.2f} {m['skopeo'][0] / wall:>7.2f}x   {'':>5}{tool:>7.2f} {src:>10.2f} {dst:>10.2f} {tool + src + dst:>6.2f}")
+f = json.load(open(f"{out}/floor.json"))
+print(f"  floor moved {f['uploaded']} blobs ({f['bytes'] / 1e9:.2f} GB), {f['mounted']} mounts, {f['manifests']} manifests")
+wall, tool, src, dst = m["floor"]
+best = (tool + src + dst) / 2
+print(f"  every CPU second of the floor run (client and both registries) is {tool + src + dst:.2f} s; on 2 idle cores no client")
+print(f"  can finish in less than half of it, {best:.2f} s, so no client beats skopeo here by more than {m['skopeo'][0] / best:.2f}x;")
+print(f"  the registries alone need {src + dst:.2f} s ({m['skopeo'][0] / ((src + dst) / 2):.2f}x). ferry's own CPU: "
+      f"{m['ferry-yaml'][1]:.2f} s (yaml), the floor client's {tool:.2f} s")
+print("  (targets checked equal: repositories, tags and manifest digests)")
+PY
   ;;
 serve-load)
   CLIENTS="${CLIENTS:-64}"; SECONDS_LOAD="${SECONDS_LOAD:-60}"
