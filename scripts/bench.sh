@@ -352,10 +352,18 @@ inspect)
   ferry_inspect() { each_inspect "$FERRY" inspect --tls-verify=false; }
   t_skopeo=$(median_time skopeo_inspect)
   t_ferry=$(median_time ferry_inspect)
+  # CPU seconds (user + system) of one more pass of each tool's processes, and of the registry meanwhile.
+  CLK=$(getconf CLK_TCK); REG_PID=${PIDS[-1]}
+  reg_cpu() { awk -v t="$CLK" '{print ($14 + $15) / t}' "/proc/$REG_PID/stat"; }
+  cpu_pass() { local r0 c; r0=$(reg_cpu)
+    c=$( ( "$@" >/dev/null 2>&1 || exit 1; awk -v t="$CLK" '{print ($16 + $17) / t}' "/proc/$BASHPID/stat" ) ) || { echo "$* failed" >&2; exit 1; }
+    echo "$c $(python3 -c "print(f'{$(reg_cpu) - $r0:.2f}')")"; }
+  read -r c_skopeo r_skopeo < <(cpu_pass skopeo_inspect)
+  read -r c_ferry r_ferry < <(cpu_pass ferry_inspect)
   echo "inspect, $N tags of the $PRESET corpus, one process per tag (RepoTags listed), median of $RUNS:"
-  echo "  skopeo inspect  ${t_skopeo}s  ($(python3 -c "print(f'{$t_skopeo*1000/$N:.1f}')") ms per call)"
-  echo "  ferry inspect   ${t_ferry}s  ($(python3 -c "print(f'{$t_ferry*1000/$N:.1f}')") ms per call)"
-  echo "  speed-up ferry vs skopeo: $(ratio "$t_skopeo" "$t_ferry")x"
+  echo "  skopeo inspect  ${t_skopeo}s  ($(python3 -c "print(f'{$t_skopeo*1000/$N:.1f}')") ms per call), CPU ${c_skopeo}s (registry ${r_skopeo}s)"
+  echo "  ferry inspect   ${t_ferry}s  ($(python3 -c "print(f'{$t_ferry*1000/$N:.1f}')") ms per call), CPU ${c_ferry}s (registry ${r_ferry}s)"
+  echo "  speed-up ferry vs skopeo: $(ratio "$t_skopeo" "$t_ferry")x wall, $(ratio "$c_skopeo" "$c_ferry")x client CPU"
   ;;
 sync)
   command -v skopeo >/dev/null || { echo "bench needs skopeo" >&2; exit 1; }

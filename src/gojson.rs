@@ -12,6 +12,17 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     escape(&json).into_bytes()
 }
 
+/// `json.MarshalIndent(v, "", "    ")` of a value whose struct fields serialise in Go's field order.
+pub fn indent<T: Serialize + ?Sized>(value: &T) -> String {
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    value
+        .serialize(&mut ser)
+        .expect("plain data always serialises");
+    escape(&String::from_utf8(out).expect("serde_json writes UTF-8"))
+}
+
 /// Turns serde_json's compact output into Go 1.19 `json.Marshal`'s: `<`, `>`,
 /// `&`, U+2028 and U+2029 escaped as `\u….`, and `\b` `\f` spelled `\u0008`
 /// `\u000c`. (Those characters appear in the output only inside strings.)

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, VerifyError};
 use crate::image::PlatformChildError;
+use crate::image_config::ImageConfig;
 use crate::manifest::{Manifest, Platform, RawManifest};
 use crate::media_type;
+use crate::template::Value;
 use crate::transport::{SmallBlobError, Source, SourceManifests, TransportError, read_small};
 
 /// Why an image cannot be inspected; names the image.
@@ -129,197 +131,16 @@ pub async fn config_bytes<S: Source>(
     })
 }
 
-/// Deserialises an RFC 3339 time into Go's marshalled spelling (as a string), so it prints as Go would.
-fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let v: Option<String> = Option::deserialize(d)?;
-    match v {
-        None => Ok(None),
-        Some(s) => crate::gojson::go_time(&s)
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom(format!("time {s:?} is not RFC 3339"))),
-    }
-}
-
-/// An object whose values Go would decode into `struct{}` (`ExposedPorts`, `Volumes`): re-emitted as `{}`.
-type Set = Option<BTreeMap<String, serde::de::IgnoredAny>>;
-
-fn ser_set<S: serde::Serializer>(v: &Set, s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let m = v.as_ref().expect("skipped when None");
-    let mut map = s.serialize_map(Some(m.len()))?;
-    for k in m.keys() {
-        map.serialize_entry(k, &serde_json::Map::new())?;
-    }
-    map.end()
-}
-
-fn set_empty(v: &Set) -> bool {
-    v.as_ref().is_none_or(BTreeMap::is_empty)
-}
-
-/// The `config` part of an OCI image config, as image-spec's Go struct keeps it.
-#[derive(Debug, Default, Deserialize, Serialize)]
-struct OciImageConfig {
-    #[serde(rename = "User", default, skip_serializing_if = "String::is_empty")]
-    user: String,
-    #[serde(
-        rename = "ExposedPorts",
-        default,
-        skip_serializing_if = "set_empty",
-        serialize_with = "ser_set"
-    )]
-    exposed_ports: Set,
-    #[serde(rename = "Env", default, skip_serializing_if = "vec_empty")]
-    env: Option<Vec<String>>,
-    #[serde(rename = "Entrypoint", default, skip_serializing_if = "vec_empty")]
-    entrypoint: Option<Vec<String>>,
-    #[serde(rename = "Cmd", default, skip_serializing_if = "vec_empty")]
-    cmd: Option<Vec<String>>,
-    #[serde(
-        rename = "Volumes",
-        default,
-        skip_serializing_if = "set_empty",
-        serialize_with = "ser_set"
-    )]
-    volumes: Set,
-    #[serde(
-        rename = "WorkingDir",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
-    working_dir: String,
-    #[serde(rename = "Labels", default, skip_serializing_if = "map_empty")]
-    labels: Option<BTreeMap<String, String>>,
-    #[serde(
-        rename = "StopSignal",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
-    stop_signal: String,
-}
-
-fn vec_empty(v: &Option<Vec<String>>) -> bool {
-    v.as_ref().is_none_or(Vec::is_empty)
-}
-
-fn map_empty(v: &Option<BTreeMap<String, String>>) -> bool {
-    v.as_ref().is_none_or(BTreeMap::is_empty)
-}
-
-fn is_false(b: &bool) -> bool {
-    !b
-}
-
-/// `rootfs`, always written (`diff_ids` is `null` when absent, as Go writes a nil slice).
-#[derive(Debug, Default, Deserialize, Serialize)]
-struct OciRootFs {
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    diff_ids: Option<Vec<String>>,
-}
-
-/// One `history` entry.
-#[derive(Debug, Default, Deserialize, Serialize)]
-struct OciHistory {
-    #[serde(
-        default,
-        deserialize_with = "de_time",
-        skip_serializing_if = "Option::is_none"
-    )]
-    created: Option<String>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    created_by: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    author: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    comment: String,
-    #[serde(default, skip_serializing_if = "is_false")]
-    empty_layer: bool,
-}
-
-/// An image config read as image-spec's Go `v1.Image` reads it (Docker configs included:
-/// their fields are a superset), in that struct's field order.
-#[derive(Debug, Default, Deserialize, Serialize)]
-struct OciImage {
-    #[serde(
-        default,
-        deserialize_with = "de_time",
-        skip_serializing_if = "Option::is_none"
-    )]
-    created: Option<String>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    author: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    variant: String,
-    #[serde(default)]
-    os: String,
-    #[serde(
-        rename = "os.version",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
-    os_version: String,
-    #[serde(rename = "os.features", default, skip_serializing_if = "vec_empty")]
-    os_features: Option<Vec<String>>,
-    #[serde(default)]
-    config: OciImageConfig,
-    #[serde(default)]
-    rootfs: OciRootFs,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    history: Option<Vec<OciHistory>>,
-}
-
-/// The Docker-only field skopeo reports.
-#[derive(Debug, Default, Deserialize)]
-struct DockerExtra {
-    #[serde(default)]
-    docker_version: String,
-}
-
-/// JSON as Go's `json.MarshalIndent(v, "", "    ")` writes it (Go's HTML escapes included).
-pub fn go_indent<T: Serialize>(v: &T) -> String {
-    let mut out = Vec::new();
-    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-    v.serialize(&mut ser).expect("plain data always serialises");
-    crate::gojson::escape(&String::from_utf8(out).expect("serde_json writes UTF-8"))
-}
-
-/// Object members that are `null` removed, at every depth: Go's decoder leaves a
-/// field at its zero value for `null`, exactly as if the member were absent.
-fn drop_nulls(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(m) => {
-            m.retain(|_, x| !x.is_null());
-            m.values_mut().for_each(drop_nulls);
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
-        _ => {}
-    }
-}
-
-/// Decodes a config as Go's `json.Unmarshal` would into `T` (nulls are zero values).
-fn decode_config<T: serde::de::DeserializeOwned>(config: &[u8]) -> Result<T, String> {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(config).map_err(|e| format!("config does not parse: {e}"))?;
-    drop_nulls(&mut v);
-    serde_json::from_value(v).map_err(|e| format!("config does not parse: {e}"))
-}
-
 /// The config as skopeo `inspect --config` prints it: decoded as an OCI image config and re-encoded.
 pub fn oci_config_json(config: &[u8]) -> Result<String, String> {
-    let img: OciImage = decode_config(config)?;
-    Ok(go_indent(&img))
+    Ok(ImageConfig::decode(config)?.to_go_json_indented())
 }
 
 /// skopeo's `inspect` document, in its field order: the field set of skopeo 1.9
-/// (Debian bookworm's, the oracle here), which prints neither `LayersData` nor `Variant`.
+/// (Debian bookworm's, the oracle here), which has neither `LayersData` nor `Variant`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct Output {
+pub struct InspectOutput {
     #[serde(skip_serializing_if = "String::is_empty")]
     name: String,
     digest: Digest,
@@ -333,6 +154,67 @@ struct Output {
     env: Option<Vec<String>>,
 }
 
+impl InspectOutput {
+    /// The document as skopeo prints it (Go's `json.MarshalIndent`).
+    pub fn to_json(&self) -> String {
+        crate::gojson::indent(self)
+    }
+
+    /// The document as skopeo's `--format` template sees it: Go's struct, with its
+    /// always-empty `Tag`, a nil map or slice printing `map[]` / `[]`, and `Created` a
+    /// `*time.Time` (printed as `time.Time.String()` spells it, `<nil>` when absent).
+    pub fn template_value(&self) -> Value {
+        let strs = |v: &[String]| Value::List(v.iter().cloned().map(Value::Str).collect());
+        Value::Struct(vec![
+            ("Name".into(), Value::Str(self.name.clone())),
+            ("Tag".into(), Value::Str(String::new())),
+            ("Digest".into(), Value::Str(self.digest.to_string())),
+            ("RepoTags".into(), strs(&self.repo_tags)),
+            (
+                "Created".into(),
+                self.created
+                    .as_deref()
+                    .map_or(Value::Nil, |c| Value::Time(go_time_string(c))),
+            ),
+            (
+                "DockerVersion".into(),
+                Value::Str(self.docker_version.clone()),
+            ),
+            (
+                "Labels".into(),
+                Value::Map(
+                    self.labels
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), Value::Str(v.clone())))
+                        .collect(),
+                ),
+            ),
+            ("Architecture".into(), Value::Str(self.architecture.clone())),
+            ("Os".into(), Value::Str(self.os.clone())),
+            ("Layers".into(), strs(&self.layers)),
+            ("Env".into(), strs(self.env.as_deref().unwrap_or_default())),
+        ])
+    }
+}
+
+/// Go's `time.Time.String()` of a time in Go's RFC 3339 spelling (`2024-01-02T03:04:05.5Z`
+/// → `2024-01-02 03:04:05.5 +0000 UTC`); a zone other than UTC prints as its offset twice,
+/// as Go names a parsed fixed zone.
+fn go_time_string(t: &str) -> String {
+    let (date, rest) = t.split_once('T').unwrap_or((t, ""));
+    let zone_at = rest.find(['Z', '+', '-']).unwrap_or(rest.len());
+    let (clock, zone) = rest.split_at(zone_at);
+    let zone = match zone {
+        "Z" | "+00:00" | "" => "+0000 UTC".to_string(),
+        z => {
+            let z = z.replace(':', "");
+            format!("{z} {z}")
+        }
+    };
+    format!("{date} {clock} {zone}")
+}
+
 /// What the summary needs besides the image itself.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
@@ -342,22 +224,21 @@ pub struct Summary {
     pub repo_tags: Vec<String>,
 }
 
-/// skopeo's `inspect` JSON for the image `manifest` (the platform's child when
+/// skopeo's `inspect` document for the image `manifest` (the platform's child when
 /// `top` is an index) with its `config`; `Digest` is the top manifest's, as skopeo reports it.
-pub fn summary_json(
+pub fn summary(
     top: &RawManifest,
     manifest: &RawManifest,
     config: &[u8],
     extra: Summary,
-) -> Result<String, String> {
+) -> Result<InspectOutput, String> {
     let Manifest::Image(m) = manifest
         .parse()
         .map_err(|e| format!("manifest {}: {e}", manifest.digest()))?
     else {
         return Err(format!("manifest {} is an index", manifest.digest()));
     };
-    let img: OciImage = decode_config(config)?;
-    let docker: DockerExtra = decode_config(config)?;
+    let img = ImageConfig::decode(config)?;
     let is_docker = manifest.media_type() == media_type::DOCKER_MANIFEST;
     // A Docker config's `created` is a plain time.Time in containers/image: absent prints Go's zero time.
     let created = match (img.created, is_docker) {
@@ -365,19 +246,18 @@ pub fn summary_json(
         (None, true) => Some("0001-01-01T00:00:00Z".to_string()),
         (None, false) => None,
     };
-    let out = Output {
+    Ok(InspectOutput {
         name: extra.name.unwrap_or_default(),
         digest: top.digest().clone(),
         repo_tags: extra.repo_tags,
         created,
-        docker_version: docker.docker_version,
+        docker_version: img.docker_version,
         labels: img.config.labels,
         architecture: img.architecture,
         os: img.os,
         layers: m.layers.iter().map(|l| l.digest.to_string()).collect(),
         env: img.config.env,
-    };
-    Ok(go_indent(&out))
+    })
 }
 
 /// The digest skopeo's `manifest-digest` prints for a file (containers/image
@@ -486,15 +366,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn oci_config_keeps_go_field_set() {
-        let cfg = br#"{"architecture":"amd64","os":"linux","docker_version":"20","config":{"Env":["A=<b>"],"ExposedPorts":{"80/tcp":{}},"Labels":{}},"rootfs":{"type":"layers","diff_ids":["sha256:aa"]},"created":"2024-01-02T03:04:05.500Z"}"#;
-        let s = oci_config_json(cfg).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-        assert_eq!(v["created"], "2024-01-02T03:04:05.5Z");
-        assert_eq!(v["config"]["ExposedPorts"]["80/tcp"], serde_json::json!({}));
-        assert!(v["config"].get("Labels").is_none());
-        assert!(v.get("docker_version").is_none());
-        assert!(s.contains("\\u003cb\\u003e"), "{s}");
-        assert!(s.starts_with("{\n    \"created\""), "{s}");
+    fn go_time_strings() {
+        assert_eq!(
+            go_time_string("2024-01-02T03:04:05.123Z"),
+            "2024-01-02 03:04:05.123 +0000 UTC"
+        );
+        assert_eq!(
+            go_time_string("0001-01-01T00:00:00Z"),
+            "0001-01-01 00:00:00 +0000 UTC"
+        );
+        assert_eq!(
+            go_time_string("2024-01-02T03:04:05+02:00"),
+            "2024-01-02 03:04:05 +0200 +0200"
+        );
     }
 }

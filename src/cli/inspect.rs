@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use super::registry_flags::RegistryFlags;
-use crate::inspect::{Summary, config_bytes, image_manifest, oci_config_json, summary_json};
+use crate::inspect::{Summary, config_bytes, image_manifest, oci_config_json, summary};
 use crate::manifest::RawManifest;
 use crate::transport::open::{AnySource, OpenOptions, open_source};
 use crate::transport::registry::Clients;
@@ -21,6 +21,9 @@ pub struct InspectArgs {
     /// Print the image's config (re-encoded as an OCI config unless --raw).
     #[arg(long)]
     config: bool,
+    /// Print the summary through this Go template (skopeo's: `{{.Digest}}`, `{{index .Labels "k"}}`, `{{range .RepoTags}}…{{end}}`).
+    #[arg(short = 'f', long)]
+    format: Option<String>,
     /// Do not list the repository's tags (RepoTags stays empty).
     #[arg(short = 'n', long)]
     no_tags: bool,
@@ -32,6 +35,11 @@ pub struct InspectArgs {
 
 /// Prints what skopeo inspect prints for the image, so scripts can switch tools unchanged.
 pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
+    // A template that does not parse is refused before anything is read.
+    let template = match a.format.as_deref() {
+        Some(f) if !is_json_format(f) => Some(skopeo_template(f).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
     let r = ImageRef::parse(&a.image)?;
     let platform = a.platform.parsed()?;
     let open = OpenOptions {
@@ -73,7 +81,8 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
                 if a.raw {
                     return Ok(config);
                 }
-                let s = oci_config_json(&config).map_err(anyhow::Error::msg)?;
+                let mut s = oci_config_json(&config).map_err(anyhow::Error::msg)?;
+                s.push('\n');
                 return Ok(s.into_bytes());
             }
             let repo_tags = match tags {
@@ -94,8 +103,16 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
                     .map(|x| super::registry_flags::docker_name(&x)),
                 _ => None,
             };
-            let s = summary_json(&top, &manifest, &config, Summary { name, repo_tags })
+            let doc = summary(&top, &manifest, &config, Summary { name, repo_tags })
                 .map_err(anyhow::Error::msg)?;
+            if let Some(t) = &template {
+                // skopeo ranges over a one-element list and writes through a tabwriter it never flushes.
+                let data = crate::template::Value::List(vec![doc.template_value()]);
+                let text = t.execute(&data).map_err(anyhow::Error::msg)?;
+                return Ok(crate::template::tabwriter_unflushed(&text).into_bytes());
+            }
+            let mut s = doc.to_json();
+            s.push('\n');
             Ok(s.into_bytes())
         })
         // Name the image once: most causes already do.
@@ -106,10 +123,6 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
                 e.context(format!("inspecting {}", a.image))
             }
         })?;
-    let mut out = out;
-    if !a.raw {
-        out.push(b'\n');
-    }
     super::out::bytes(&out);
     Ok(ExitCode::SUCCESS)
 }
@@ -129,6 +142,29 @@ async fn read_top(
         (AnySource::DockerArchive(a), _) => Ok(a.skopeo_manifest().clone()),
         _ => source.top().await,
     }
+}
+
+/// Whether `--format` asks for the JSON document itself (containers/common `report.IsJSON`:
+/// `json` or `{{json .}}`, spaces allowed), which skopeo prints as if no format were given.
+fn is_json_format(f: &str) -> bool {
+    let f = f.trim();
+    f == "json"
+        || f.strip_prefix("{{")
+            .and_then(|x| x.strip_suffix("}}"))
+            .and_then(|x| x.trim().strip_prefix("json"))
+            .is_some_and(|x| matches!(x.trim(), "" | "."))
+}
+
+/// skopeo's template for `--format F`: `table ` cut from the front, `\t` and `\n` as a tab
+/// and a newline, a newline added unless F ends with one (containers/common
+/// `report.NormalizeFormat`), ranged over the one-element list skopeo passes.
+fn skopeo_template(f: &str) -> Result<crate::template::Template, String> {
+    let f = f.strip_prefix("table ").unwrap_or(f);
+    let mut f = f.replace("\\t", "\t").replace("\\n", "\n");
+    if !f.ends_with('\n') {
+        f.push('\n');
+    }
+    crate::template::Template::parse("skopeo inspect", &format!("{{{{range . }}}}{f}{{{{end}}}}"))
 }
 
 /// Whether a tag-list error is the registry refusing to list (skopeo goes on without tags).

@@ -43,7 +43,7 @@ pub fn run(a: ListTagsArgs) -> anyhow::Result<ExitCode> {
             })?;
             outln!(
                 "{}",
-                crate::inspect::go_indent(&TagList {
+                crate::gojson::indent(&TagList {
                     repository: String::new(),
                     tags
                 })
@@ -77,6 +77,6 @@ pub fn run(a: ListTagsArgs) -> anyhow::Result<ExitCode> {
         repository: docker_name(&r),
         tags,
     };
-    outln!("{}", crate::inspect::go_indent(&doc));
+    outln!("{}", crate::gojson::indent(&doc));
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod inplace;
+mod inspect_format;
 mod oracle;
 mod referrers;
 mod release;
