@@ -551,6 +551,9 @@ print(f"  ferry serve / docker-registry: throughput {f['rps']/d['rps']:.2f}x, p9
 for n in ["unbundle-serve", "ferry-serve"]:
     p, t = r[n], r[n + "-tls"]
     print(f"  {n} TLS / plain: throughput {t['rps']/p['rps']:.2f}x, p99 {t['p99_ms']/p['p99_ms']:.2f}x, server CPU {t['server_cpu']/p['server_cpu']:.2f}x")
+# The goal of issues 10 and 13: every ferry server's peak RSS (VmHWM) at most 64 MB, TLS on and off.
+over = [label[n] for n in names if n != "docker-registry" and r[n]["peak_rss"] > 64 * 2**20]
+print(f"  ferry peak RSS goal (<= 64 MB, every ferry server, TLS on and off): {'met' if not over else 'NOT met: ' + ', '.join(over)}")
 for n in names:
     for s in r[n]["error_samples"]:
         print(f"  error, {n}: {s}")

@@ -3,6 +3,7 @@
 # the real registry (docker-registry) and real clients (skopeo, podman, containerd, docker.io),
 # htpasswd (apache2-utils: bcrypt entries for a password-protected registry),
 # minisign (checks that ferry's bundle signatures verify with the reference tool),
+# strace (checks that a refusal which wrote nothing makes no syncfs),
 # curl (HTTP/2 over TLS) and python3 (the OCI conformance port, scripts/conformance.py),
 # and Garage (an S3-compatible store: cargo install, as Debian has none),
 # then runs every unit and integration test.
@@ -21,6 +22,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v minisign >/dev/null || need+=(minisign)
+command -v strace >/dev/null || need+=(strace)
 [ -x /usr/bin/docker ] && command -v dockerd >/dev/null || need+=(docker.io)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} with apt-get" >&2

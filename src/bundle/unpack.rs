@@ -297,15 +297,20 @@ pub async fn link(
     let streamed = std::mem::take(&mut into.added);
     let target_failed = into.failed.take();
     drop(into);
+    // The removals are synced only when there were some: a `syncfs` waits for every dirty page
+    // of the file system (other writers' too), seconds on a busy machine, and a refusal that
+    // wrote nothing must stay quick.
     let take_back = |staging: &Staging| {
-        staging.roll_back(&store);
+        let removed = staging.roll_back(&store);
         for (digest, dirs) in streamed.iter().rev() {
             let _ = std::fs::remove_file(store.path(PathSpec::BlobData(digest)));
             for d in dirs {
                 let _ = std::fs::remove_dir(d);
             }
         }
-        let _ = store.sync_fs();
+        if removed || !streamed.is_empty() {
+            let _ = store.sync_fs();
+        }
     };
     let (scan, main_in_place) = match opened {
         Ok(s) => s,

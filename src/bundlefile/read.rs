@@ -15,7 +15,11 @@ use super::format::{
 };
 use super::parts::{Parts, PartsError, PartsReader};
 use crate::digest::{Digest, VerifyingReader};
-use crate::limits::{IO_BUFFER_BYTES, MAX_INDEX_BYTES, MAX_LINK_BYTES, MAX_TAR_NAME_BYTES, echo};
+use crate::limits::{
+    FRAME_CACHE_BYTES, IO_BUFFER_BYTES, LAZY_SMALL_BYTES, MAX_FRAME_DECOMPRESSIONS,
+    MAX_INDEX_BYTES, MAX_LINK_BYTES, MAX_PREFIX_BYTES, MAX_TAR_NAME_BYTES, PREFIX_CACHE_BYTES,
+    SMALL_BLOB_BYTES, SMALL_BLOBS_BUDGET, echo,
+};
 use crate::store::paths::{LayoutFile, is_layout_dir, parse_file};
 
 /// Why a bundle was refused; every variant names the bundle and the entry or blob.
@@ -900,25 +904,6 @@ struct Frame {
     size: u64,
 }
 
-/// Blobs up to this size (manifests, configs) are kept decompressed from the opening scan, so serving one never decompresses a frame.
-const SMALL_BLOB_BYTES: u64 = 64 * 1024;
-
-/// Most bytes of small blobs kept from the opening scan (beyond it, they are read from their frames).
-const SMALL_BLOBS_BUDGET: u64 = 4 * 1024 * 1024;
-
-/// Most bytes of small blobs kept once read and verified, for a bundle opened from its offset table
-/// (the cache is emptied when full: manifests are cheap to read again from their small frames).
-const LAZY_SMALL_BYTES: u64 = 4 * 1024 * 1024;
-
-/// Most bytes of decompressed frames kept for reuse across requests.
-const FRAME_CACHE_BYTES: u64 = 8 * 1024 * 1024;
-
-/// Most bytes of decompressed first blocks of frames kept for reuse (a few KiB each).
-const PREFIX_CACHE_BYTES: u64 = 2 * 1024 * 1024;
-
-/// Most frames one bundle decompresses at once (the others wait): bounds serve's memory under load.
-const MAX_FRAME_DECOMPRESSIONS: usize = 4;
-
 /// Decompressed frames shared by every reader, least recently used first, bounded in bytes.
 #[derive(Debug, Default)]
 struct FrameCache {
@@ -1586,9 +1571,6 @@ enum FrameData {
 
 /// Where a frame's compressed first blocks end and how many bytes they hold, then its raw and RLE blocks.
 type FramePlan = ((u64, u64), Vec<Block>);
-
-/// Most bytes at the start of a frame decompressed apart so that the rest is read straight from the file.
-const MAX_PREFIX_BYTES: u64 = 256 * 1024;
 
 /// The plan of frame `i` when it ends in raw or RLE blocks: where its compressed first blocks end
 /// and how many bytes they hold (`(offset, 0)` when there are none), and the blocks after them;

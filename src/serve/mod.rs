@@ -30,7 +30,10 @@ use axum::response::{IntoResponse, Response};
 use crate::transport::Catalog;
 
 use crate::digest::Digest;
-use crate::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, echo};
+use crate::limits::{
+    DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, SERVE_CHUNK_BYTES, SERVE_CONN_BUFFER_BYTES,
+    SERVE_MMAP_THRESHOLD_BYTES, echo,
+};
 use crate::reference::{validate_repository, validate_tag};
 use crate::registry::errcode::{ErrorCode, ErrorEnvelope};
 use crate::registry::routes::Route;
@@ -242,11 +245,18 @@ pub async fn run<B: Catalog>(
 /// glibc gives each thread that allocates an arena of its own (up to 8 per core) and keeps
 /// freed chunks in it: with a blocking thread per streamed blob, that alone held some 80 MB under
 /// 64 clients. One arena keeps the server's memory flat (2 cores: little lock contention).
+/// Large buffers (decompressed frames) are mmapped from a fixed size on, so they go back to
+/// the system when freed ([`SERVE_MMAP_THRESHOLD_BYTES`]).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX takes effect for arenas created later.
+    // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX takes effect for arenas created
+    // later, M_MMAP_THRESHOLD for allocations made later.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(
+            libc::M_MMAP_THRESHOLD,
+            i32::try_from(SERVE_MMAP_THRESHOLD_BYTES).unwrap_or(i32::MAX),
+        );
     }
 }
 
@@ -264,8 +274,12 @@ async fn serve_connection<I>(
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+        .header_read_timeout(header_timeout)
+        .max_buf_size(SERVE_CONN_BUFFER_BYTES);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_send_buf_size(SERVE_CONN_BUFFER_BYTES);
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -355,6 +369,26 @@ impl tokio::io::AsyncWrite for IdleIo {
             }
             Poll::Pending => self.expired(cx).map(Err),
         }
+    }
+    // Vectored, as the socket is: hyper then queues a body's chunks and writes them as they
+    // are, instead of copying each into a growing buffer of its own per connection.
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.expired(cx).map(Err),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
@@ -706,8 +740,23 @@ async fn blob<B: Catalog>(
     if head {
         return Ok((status, headers, Body::empty()).into_response());
     }
-    let stream = crate::blob::range_stream(loc.source, start, len);
+    let source = Arc::new(Served(loc.source));
+    let stream = crate::blob::range_stream(source, start, len);
     Ok((status, headers, Body::from_stream(stream)).into_response())
+}
+
+/// A blob's bytes as `serve` streams them: in chunks of at most [`SERVE_CHUNK_BYTES`], so what one
+/// response holds stays small whatever the backend's own chunk size.
+struct Served(Arc<dyn crate::blob::RangeRead>);
+
+impl crate::blob::RangeRead for Served {
+    fn open_range(&self, start: u64, len: u64) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        self.0.open_range(start, len)
+    }
+
+    fn chunk_bytes(&self) -> usize {
+        self.0.chunk_bytes().min(SERVE_CHUNK_BYTES)
+    }
 }
 
 #[cfg(test)]

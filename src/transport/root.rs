@@ -63,15 +63,19 @@ impl Staging {
         self.images.lock().unwrap().clone()
     }
 
-    /// Removes every blob these copies added and the directories created for them; nothing that was there before.
-    pub fn roll_back(&self, store: &Store) {
+    /// Removes every blob these copies added and the directories created for them; nothing that
+    /// was there before. Says whether there was anything to remove.
+    pub fn roll_back(&self, store: &Store) -> bool {
+        let mut removed = false;
         for (digest, _, dirs) in self.added.lock().unwrap().drain(..).rev() {
+            removed = true;
             let _ = std::fs::remove_file(store.path(PathSpec::BlobData(&digest)));
             for d in dirs {
                 let _ = std::fs::remove_dir(d);
             }
         }
         self.images.lock().unwrap().clear();
+        removed
     }
 
     /// Makes the blobs durable (one `syncfs`), then links each image, children

@@ -344,6 +344,11 @@ impl FerryServe {
         }
     }
 
+    /// The server's process id (to read its memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends SIGTERM and returns how the server exited.
     pub fn stop(mut self) -> Option<std::process::ExitStatus> {
         stop(&mut self.child.take().expect("running until stopped"))

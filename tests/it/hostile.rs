@@ -937,6 +937,50 @@ fn a_refused_link_takes_back_every_blob_it_added() {
     }
 }
 
+/// A refusal that wrote nothing into the root does not wait for the disk: no `syncfs`, which
+/// waits for every dirty page of the file system (other writers' too: seconds on a busy machine,
+/// what made this refusal miss its second under load). A refusal that took blobs back does sync.
+#[test]
+fn a_refusal_that_wrote_nothing_does_not_sync_the_file_system() {
+    require("strace");
+    let work = tempfile::tempdir().unwrap();
+    let (root, old) = live_root(work.path());
+    let long = work.path().join("longname.tar.zst");
+    craft_zstd(
+        &long,
+        &index_json(&[]),
+        vec![(
+            raw_header("././@LongLink", tar::EntryType::GNULongName, 1 << 20),
+            Box::new(std::io::repeat(b'a').take(1 << 20)),
+        )],
+    );
+    let late = work.path().join("wrong-bytes.tar");
+    late_fault_bundle(&late, &old, "wrong bytes");
+    for (bundle, why, synced) in [
+        (&long, "a GNU long name of 1048576 bytes", false),
+        (&late, "content hashes to", true),
+    ] {
+        let trace = work.path().join("trace");
+        let out = run(Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=syncfs", "-o"])
+            .arg(&trace)
+            .arg(env!("CARGO_BIN_EXE_ferry"))
+            .args(["unbundle", "link"])
+            .arg(bundle)
+            .arg("--root")
+            .arg(&root));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(why), "wanted {why:?}: {stderr}");
+        let calls = std::fs::read_to_string(&trace).unwrap();
+        assert_eq!(
+            calls.contains("syncfs("),
+            synced,
+            "{why}: syncfs calls: {calls}"
+        );
+    }
+}
+
 /// Rewrites the seek table of a seekable bundle: `f(frames)` changes (compressed, decompressed) sizes.
 fn lie_in_seek_table(src: &Path, dst: &Path, f: impl Fn(&mut [(u32, u32)])) {
     let mut b = std::fs::read(src).unwrap();
