@@ -342,7 +342,8 @@ print(p["critical"]["image"]["docker-manifest-digest"])
 #[test]
 fn fixture_signatures_verify_as_cosign_checks_them_after_link_and_serve() {
     let src = source();
-    let reg = Registry::start(src.dir.path());
+    // A source with the referrers API, so the SBOM and its own signature come along too.
+    let reg = FerryServe::start_with(&["serve", src.dir.path().to_str().unwrap()]);
     let work = tempfile::tempdir().unwrap();
     let with = bundle(
         &src,
