@@ -557,9 +557,38 @@ pub const COSIGN_SIGNATURE_LAYER: &str = "application/vnd.dev.cosign.simplesigni
 /// The OCI 1.1 empty descriptor's media type (config of an artifact).
 const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 
-/// A cosign-style signature of `subject` (the shape cosign writes: a simplesigning
-/// payload layer with the signature annotation; the signature bytes are a fixed
-/// stand-in, not a verifiable signature), tagged `sha256-<hex>.sig` in `repo`.
+/// The fixed seed of the fixtures' cosign key: signatures are made with it, so fixtures stay deterministic.
+const COSIGN_KEY_SEED: &[u8] = b"ferry fixtures cosign key (test only, not a secret)";
+
+/// The fixtures' cosign signing key (ECDSA P-256, as `cosign generate-key-pair` makes), derived from a fixed seed.
+fn cosign_key() -> p256::ecdsa::SigningKey {
+    let scalar = Digest::sha256_of(COSIGN_KEY_SEED);
+    let bytes = hex_bytes(scalar.hex());
+    p256::ecdsa::SigningKey::from_slice(&bytes).expect("a sha256 is a valid P-256 scalar here")
+}
+
+/// Bytes of a hex string (a digest's hex, always valid).
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// The public half of the key the fixtures' cosign signatures are made with, as `cosign.pub`
+/// holds it (PEM, SubjectPublicKeyInfo): what a site verifies them against.
+pub fn cosign_public_key_pem() -> String {
+    use p256::pkcs8::EncodePublicKey;
+    cosign_key()
+        .verifying_key()
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .expect("PEM of a P-256 key")
+}
+
+/// A cosign key-based signature of `subject`, as `cosign sign --key` writes it: a simple-signing
+/// payload naming the digest, in a layer whose `dev.cosignproject.cosign/signature` annotation
+/// is the base64 DER ECDSA P-256 (SHA-256) signature of the payload bytes, tagged
+/// `sha256-<hex>.sig` in `repo`. RFC 6979 nonces, so the same subject gives the same bytes.
 fn cosign_signature(
     store: &Store,
     repo: &str,
@@ -582,14 +611,16 @@ fn cosign_signature(
     }))
     .expect("json");
     let config_digest = store.put_blob_bytes(&config)?;
-    let stand_in = base64::engine::general_purpose::STANDARD
-        .encode(Digest::sha256_of(&payload).hex().as_bytes());
+    let signature: p256::ecdsa::Signature =
+        p256::ecdsa::signature::Signer::sign(&cosign_key(), &payload);
+    let annotation =
+        base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes());
     let mut layer = descriptor(
         COSIGN_SIGNATURE_LAYER,
         &payload_digest,
         payload.len() as u64,
     );
-    layer["annotations"] = json!({ "dev.cosignproject.cosign/signature": stand_in });
+    layer["annotations"] = json!({ "dev.cosignproject.cosign/signature": annotation });
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": mt::OCI_MANIFEST,

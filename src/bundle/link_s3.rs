@@ -39,6 +39,9 @@ pub enum LinkS3Error {
     /// A delta whose left-out blobs are in neither the bucket nor `--base` (checked before writing).
     #[error(transparent)]
     Missing(#[from] Box<crate::bundlefile::delta::Missing>),
+    /// `--base` is not the bundle the delta was made against (checked before writing).
+    #[error(transparent)]
+    Base(#[from] Box<crate::bundlefile::delta::BaseError>),
     /// A manifest the bucket holds for a delta does not parse.
     #[error("{root}: manifest {digest}: {source}")]
     Manifest {
@@ -83,7 +86,9 @@ pub async fn link_s3(
     let index = delta.scan.index.clone();
     let mut bundles = vec![delta.clone()];
     if let Some(b) = base {
-        bundles.push(BundleFile::open_with(b, &mut StructureOnly)?);
+        let opened = BundleFile::open_with(b, &mut StructureOnly)?;
+        crate::bundlefile::delta::check_base(bundle, &index, b, &opened.scan.index_digest)?;
+        bundles.push(opened);
     }
     let manifests = left_out_at(root, &bundles, bundle, base).await?;
     Bundles(bundles.clone()).check_links()?;

@@ -12,8 +12,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use crate::bundlefile::format::{
-    BlobAt, MAX_FRAME_BYTES, MIN_FRAME_BYTES, OFFSETS_FORMAT, OFFSETS_MAGIC, OffsetTable,
-    SEEK_TABLE_MAGIC, SEEKABLE_MAGIC, SMALL_FRAME_BLOB_BYTES,
+    BlobAt, MAX_FRAME_BYTES, MIN_FRAME_BYTES, OFFSETS_FORMAT, OFFSETS_PIECE_FRAME_BYTES,
+    OFFSETS_PIECE_MAGIC, OffsetTable, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC, SMALL_FRAME_BLOB_BYTES,
 };
 use crate::store::paths::LayoutFile;
 
@@ -211,13 +211,16 @@ impl FrameWriter {
             .map_err(|_| io::Error::other("writer thread panicked"))??;
         let mut table = table;
         if let Some(payload) = offsets {
-            // A skippable frame: tar readers never see it; the seek table lists it with no decompressed bytes.
-            let mut frame = Vec::with_capacity(8 + payload.len());
-            frame.extend_from_slice(&OFFSETS_MAGIC.to_le_bytes());
-            frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            frame.extend_from_slice(payload);
-            file.write_all(&frame)?;
-            table.push((frame.len() as u32, 0));
+            // Skippable frames: tar readers never see them; the seek table lists each with no
+            // decompressed bytes. In pieces small enough for every older ferry's frame check.
+            let mut frames = Vec::with_capacity(payload.len() + payload.len() / 64 + 8);
+            for piece in payload.chunks(OFFSETS_PIECE_FRAME_BYTES - 8) {
+                frames.extend_from_slice(&OFFSETS_PIECE_MAGIC.to_le_bytes());
+                frames.extend_from_slice(&(piece.len() as u32).to_le_bytes());
+                frames.extend_from_slice(piece);
+                table.push((piece.len() as u32 + 8, 0));
+            }
+            file.write_all(&frames)?;
         }
         write_seek_table(&mut file, &table)?;
         Ok(file)

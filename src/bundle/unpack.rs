@@ -58,6 +58,9 @@ pub enum LinkError {
     /// A delta whose left-out blobs are in neither the root nor `--base` (checked before writing).
     #[error(transparent)]
     Missing(#[from] Box<crate::bundlefile::delta::Missing>),
+    /// `--base` is not the bundle the delta was made against (checked before writing).
+    #[error(transparent)]
+    Base(#[from] Box<crate::bundlefile::delta::BaseError>),
     /// An image of the bundle could not be copied into the root (its manifests do not walk).
     #[error(transparent)]
     Copy(Box<CopyError>),
@@ -208,7 +211,11 @@ pub async fn link(
     let index = crate::bundlefile::read_index(bundle)?;
     // A delta's left-out blobs: in the root, or in --base; nothing is written (not even the root's directories) otherwise.
     let base_index = match base {
-        Some(b) => Some(Base::open(b)?),
+        Some(b) => {
+            let opened = Base::open(b)?;
+            delta::check_base(bundle, &index, b, &opened.digest)?;
+            Some(opened)
+        }
         None => None,
     };
     let carried = base_index.as_ref().map(Base::carried).unwrap_or_default();

@@ -184,6 +184,94 @@ pub fn check(
     }))
 }
 
+/// A delta given with a bundle that is not its base (by the digest of the base's
+/// `ferry-bundle.json`): refused before anything is written, since blobs that happen to be
+/// present do not make another bundle the release the delta was made against.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BaseError {
+    /// `--base` names another bundle.
+    #[error(
+        "{}: a delta of {name} ({recorded}), but --base {} is another bundle ({found}); pass the bundle it was made --since; nothing was written",
+        delta.display(), base.display()
+    )]
+    Other {
+        /// The delta bundle.
+        delta: PathBuf,
+        /// The base's name as recorded.
+        name: String,
+        /// The base's identity as recorded.
+        recorded: Digest,
+        /// The bundle given as base.
+        base: PathBuf,
+        /// Its identity.
+        found: Digest,
+    },
+    /// Several bundles served together, and a delta's base is not one of them.
+    #[error(
+        "{}: a delta of {name} ({recorded}), which is none of the other bundles given ({given}); serve it with its base: ferry unbundle serve {name} {}",
+        delta.display(), delta.display()
+    )]
+    NotGiven {
+        /// The delta bundle.
+        delta: PathBuf,
+        /// The base's name as recorded.
+        name: String,
+        /// The base's identity as recorded.
+        recorded: Digest,
+        /// The other bundles given, each with its identity.
+        given: String,
+    },
+}
+
+/// Checks that `base` (whose `ferry-bundle.json` hashes to `found`) is the exact bundle the
+/// delta `index` was made against; a bundle that is not a delta takes any base (it uses none).
+pub fn check_base(
+    delta: &Path,
+    index: &BundleIndex,
+    base: &Path,
+    found: &Digest,
+) -> Result<(), Box<BaseError>> {
+    match &index.since {
+        Some(s) if &s.index_digest != found => Err(Box::new(BaseError::Other {
+            delta: delta.to_path_buf(),
+            name: s.name.clone(),
+            recorded: s.index_digest.clone(),
+            base: base.to_path_buf(),
+            found: found.clone(),
+        })),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that each delta among bundles given together (each as its path, the digest of its
+/// `ferry-bundle.json`, and its index) has its base among them, by that digest.
+pub fn check_bases_given(bundles: &[(&Path, &Digest, &BundleIndex)]) -> Result<(), Box<BaseError>> {
+    for (i, (delta, _, index)) in bundles.iter().enumerate() {
+        let Some(s) = &index.since else { continue };
+        if bundles.iter().any(|(_, id, _)| *id == &s.index_digest) {
+            continue;
+        }
+        let given: Vec<String> = bundles
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, (p, id, _))| format!("{} is {id}", p.display()))
+            .collect();
+        return Err(Box::new(BaseError::NotGiven {
+            delta: delta.to_path_buf(),
+            name: s.name.clone(),
+            recorded: s.index_digest.clone(),
+            given: if given.is_empty() {
+                "none".to_string()
+            } else {
+                given.join(", ")
+            },
+        }));
+    }
+    Ok(())
+}
+
 /// How many releases lie below each bundle among those given: `items` are each bundle's identity
 /// (the digest of its `ferry-bundle.json`) and the base it names, if a delta.
 fn depths(items: &[(Digest, Option<Digest>)]) -> Vec<usize> {

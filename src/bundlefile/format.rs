@@ -16,12 +16,17 @@
 //! [`MAX_FRAME_BYTES`]), then the seek table of the zstd seekable format in a
 //! skippable frame. `zstd -d` and `tar --zstd -x` read it as one stream.
 //!
-//! Since the offset table, the last frame before the seek table is a skippable
-//! frame ([`OFFSETS_MAGIC`], decompressed size 0 in the seek table) holding an
-//! [`OffsetTable`]: where each blob's bytes start in the tar stream and every
-//! link the tar holds, so a server starts without reading the archive. Tar
-//! readers never see it (zstd skips skippable frames); bundles without it are
-//! read by a full scan as before. A blob manifest-sized or smaller
+//! Since the offset table, the last frames before the seek table are skippable
+//! frames ([`OFFSETS_PIECE_MAGIC`], decompressed size 0 in the seek table, at
+//! most [`OFFSETS_PIECE_FRAME_BYTES`] each) whose payloads, joined, are the
+//! zstd-compressed JSON of an [`OffsetTable`]: where each blob's bytes start in
+//! the tar stream and every link the tar holds, so a server starts without
+//! reading the archive. Tar readers never see it (zstd skips skippable
+//! frames); bundles without it are read by a full scan as before. The pieces
+//! are small because ferry builds before the table refuse any frame larger
+//! than its data + 1/8 + 1 KiB, and read these bundles by a full scan; builds
+//! that wrote the table as one frame ([`OFFSETS_MAGIC`], still read) see the
+//! pieces as no table and scan too. A blob manifest-sized or smaller
 //! ([`SMALL_FRAME_BLOB_BYTES`]) sits in a frame of its own, so reading it
 //! decompresses a few KiB, not a whole frame of layer data.
 
@@ -50,8 +55,22 @@ pub const MAX_READ_FRAME_BYTES: u64 = 16 * 1024 * 1024;
 /// Blobs up to this size (manifests, configs) get a frame of their own (header and data only).
 pub const SMALL_FRAME_BLOB_BYTES: u64 = 64 * 1024;
 
-/// Skippable frame magic of the offset table (the seek table's is [`SEEK_TABLE_MAGIC`]).
+/// Skippable frame magic of the offset table as one frame, as the first builds with a table wrote
+/// it (read, never written: older readers refuse a frame that large).
 pub const OFFSETS_MAGIC: u32 = 0x184D_2A5F;
+
+/// Skippable frame magic of each piece of the offset table (the seek table's is [`SEEK_TABLE_MAGIC`]).
+pub const OFFSETS_PIECE_MAGIC: u32 = 0x184D_2A5D;
+
+/// Largest frame of a piece of the offset table, header included: the largest frame of no
+/// data that every older ferry accepts (their rule: compressed ≤ data + data/8 + 1024).
+pub const OFFSETS_PIECE_FRAME_BYTES: usize = 1024;
+
+/// The frame-size rule of every ferry reader before the offset table: a frame of `data`
+/// decompressed bytes is at most this many compressed ones. Every frame a bundle has obeys it.
+pub fn older_readers_accept(compressed: u64, data: u64) -> bool {
+    data <= MAX_READ_FRAME_BYTES && compressed <= data + data / 8 + 1024
+}
 
 /// Format identifier of the offset table.
 pub const OFFSETS_FORMAT: &str = "ferry-offsets/v1";

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{
-    BundleIndex, INDEX_NAME, MAX_OFFSETS_BYTES, OFFSETS_FORMAT, OFFSETS_MAGIC, OffsetTable,
-    SEEK_TABLE_MAGIC, SEEKABLE_MAGIC,
+    BundleIndex, INDEX_NAME, MAX_OFFSETS_BYTES, OFFSETS_FORMAT, OFFSETS_MAGIC, OFFSETS_PIECE_MAGIC,
+    OffsetTable, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC,
 };
 use super::parts::{Parts, PartsError, PartsReader};
 use crate::digest::{Digest, VerifyingReader};
@@ -1442,20 +1442,43 @@ fn read_seek_table(path: &Path, file: &Parts) -> Result<Option<SeekTable>, ReadE
     if u32::from_le_bytes(table[0..4].try_into().expect("4 bytes")) != SEEK_TABLE_MAGIC {
         return Err(bad("seek table frame has the wrong magic"));
     }
-    let mut frames = Vec::with_capacity(n as usize);
-    let mut offsets = None;
-    let (mut c, mut d) = (0u64, 0u64);
-    for i in 0..n as usize {
-        let e = &table[8 + i * entry as usize..];
-        let cs = u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")) as u64;
-        let ds = u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")) as u64;
-        if i + 1 == n as usize && ds == 0 && cs > 8 && cs <= 8 + MAX_OFFSETS_BYTES {
-            // The last frame may be the offset table (a skippable frame, nothing decompressed).
-            offsets = Some((c, cs));
-            c += cs;
-            continue;
+    let sizes: Vec<(u64, u64)> = (0..n as usize)
+        .map(|i| {
+            let e = &table[8 + i * entry as usize..];
+            (
+                u32::from_le_bytes(e[0..4].try_into().expect("4 bytes")) as u64,
+                u32::from_le_bytes(e[4..8].try_into().expect("4 bytes")) as u64,
+            )
+        })
+        .collect();
+    // The last frames may be the offset table (skippable frames, nothing decompressed): in pieces
+    // of at most OFFSETS_PIECE_FRAME_BYTES, or one frame as the first builds with a table wrote it.
+    let run = sizes
+        .iter()
+        .rev()
+        .take_while(|&&(cs, ds)| ds == 0 && cs > 8)
+        .count();
+    let table_frames = &sizes[sizes.len() - run..];
+    let total: u64 = table_frames.iter().map(|f| f.0).sum();
+    let is_table = match run {
+        0 => false,
+        1 => total <= 8 + MAX_OFFSETS_BYTES,
+        _ => {
+            table_frames
+                .iter()
+                .all(|f| f.0 <= super::format::OFFSETS_PIECE_FRAME_BYTES as u64)
+                && total <= MAX_OFFSETS_BYTES
         }
-        if ds > super::format::MAX_READ_FRAME_BYTES || cs > ds + ds / 8 + 1024 {
+    };
+    let data_frames = if is_table {
+        sizes.len() - run
+    } else {
+        sizes.len()
+    };
+    let mut frames = Vec::with_capacity(data_frames);
+    let (mut c, mut d) = (0u64, 0u64);
+    for &(cs, ds) in &sizes[..data_frames] {
+        if !super::format::older_readers_accept(cs, ds) {
             return Err(bad("a frame is larger than ferry writes"));
         }
         frames.push(Frame {
@@ -1466,6 +1489,10 @@ fn read_seek_table(path: &Path, file: &Parts) -> Result<Option<SeekTable>, ReadE
         });
         c += cs;
         d += ds;
+    }
+    let offsets = is_table.then_some((c, total));
+    if is_table {
+        c += total;
     }
     if c + table_len != len {
         if file.is_split() {
@@ -1487,25 +1514,41 @@ fn read_offsets(
         bundle: path.to_path_buf(),
         why: format!("the offset table: {why}"),
     };
-    let mut frame = vec![0u8; at.1 as usize];
-    file.read_exact_at(&mut frame, at.0)
+    let mut frames = vec![0u8; at.1 as usize];
+    file.read_exact_at(&mut frames, at.0)
         .map_err(|e| ReadError::Io {
             bundle: path.to_path_buf(),
             op: "reading the offset table",
             source: e,
         })?;
-    if u32::from_le_bytes(frame[0..4].try_into().expect("4 bytes")) != OFFSETS_MAGIC {
+    // Joins the payloads of the frames (one OFFSETS_MAGIC frame, or OFFSETS_PIECE_MAGIC pieces);
+    // frames of another kind are not a table (an old bundle's last frame of no data).
+    let magic = |at: usize| u32::from_le_bytes(frames[at..at + 4].try_into().expect("4 bytes"));
+    let first = magic(0);
+    if first != OFFSETS_MAGIC && first != OFFSETS_PIECE_MAGIC {
         return Ok(None);
     }
-    let n = u32::from_le_bytes(frame[4..8].try_into().expect("4 bytes")) as u64;
-    if n + 8 != at.1 {
-        return Err(bad(format!(
-            "its frame says {n} bytes, the seek table {}",
-            at.1 - 8
-        )));
+    let mut payload = Vec::with_capacity(frames.len());
+    let mut pos = 0usize;
+    while pos < frames.len() {
+        if frames.len() - pos < 8 || magic(pos) != first || (first == OFFSETS_MAGIC && pos > 0) {
+            return Err(bad(format!(
+                "byte {pos} of its {} is not one of its frames",
+                frames.len()
+            )));
+        }
+        let n = u32::from_le_bytes(frames[pos + 4..pos + 8].try_into().expect("4 bytes")) as usize;
+        if n > frames.len() - pos - 8 {
+            return Err(bad(format!(
+                "a frame at byte {pos} says {n} bytes, the seek table leaves {}",
+                frames.len() - pos - 8
+            )));
+        }
+        payload.extend_from_slice(&frames[pos + 8..pos + 8 + n]);
+        pos += 8 + n;
     }
     let mut json = Vec::new();
-    zstd::stream::read::Decoder::new(&frame[8..])
+    zstd::stream::read::Decoder::new(&payload[..])
         .and_then(|d| d.take(MAX_OFFSETS_BYTES + 1).read_to_end(&mut json))
         .map_err(|e| bad(format!("does not decompress: {e}")))?;
     if json.len() as u64 > MAX_OFFSETS_BYTES {

@@ -199,23 +199,50 @@ impl SigningKey {
         Ok(SigningKey { sk, pk })
     }
 
-    /// A detached minisign signature (the `.minisig` text) of `bytes`.
+    /// A detached minisign signature (the `.minisig` text) of `bytes`, the same text for the same
+    /// bytes and key: minisign's own signer mixes random bytes into each nonce, so the bundle
+    /// would differ from run to run. This is plain RFC 8032 ed25519 (deterministic) over the
+    /// same prehashed message and trusted comment, which every minisign verifier checks alike.
     pub fn sign(&self, bytes: &[u8]) -> Result<String, SignError> {
-        minisign::sign(
-            Some(&self.pk),
-            &self.sk,
-            bytes,
-            Some(TRUSTED_COMMENT),
-            Some(&format!(
-                "signature of ferry-bundle.json by ferry key {}",
-                key_id(self.pk.keynum())
-            )),
-        )
-        .map(SignatureBox::into_string)
-        .map_err(|e| SignError::Format {
+        use base64::Engine as _;
+        use blake2::Digest as _;
+        let fail = |why: String| SignError::Format {
             path: PathBuf::from(SIGNATURE_NAME),
-            why: e.to_string(),
-        })
+            why,
+        };
+        // SecretKey::to_bytes: algorithms (6), kdf salt (32), kdf limits (16), key number (8), ed25519 secret (64), checksum (32).
+        let raw = self.sk.to_bytes();
+        let (keynum, secret) = (&raw[54..62], &raw[62..126]);
+        let pair =
+            ring::signature::Ed25519KeyPair::from_seed_and_public_key(&secret[..32], &secret[32..])
+                .map_err(|e| fail(format!("not an ed25519 key: {e}")))?;
+        let prehash = blake2::Blake2b512::digest(bytes);
+        let sig = pair.sign(&prehash);
+        let mut signature = b"ED".to_vec();
+        signature.extend_from_slice(keynum);
+        signature.extend_from_slice(sig.as_ref());
+        let mut global = sig.as_ref().to_vec();
+        global.extend_from_slice(TRUSTED_COMMENT.as_bytes());
+        let global_sig = pair.sign(&global);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let text = format!(
+            "untrusted comment: signature of ferry-bundle.json by ferry key {}\n{}\ntrusted comment: {TRUSTED_COMMENT}\n{}\n",
+            key_id(self.pk.keynum()),
+            b64.encode(signature),
+            b64.encode(global_sig.as_ref()),
+        );
+        // Checked as every reader will check it, so a key that does not match its own public half never signs.
+        let sig = SignatureBox::from_string(&text).map_err(|e| fail(e.to_string()))?;
+        minisign::verify(
+            &self.pk,
+            &sig,
+            std::io::Cursor::new(bytes),
+            true,
+            false,
+            false,
+        )
+        .map_err(|e| fail(format!("the signature does not verify: {e}")))?;
+        Ok(text)
     }
 }
 
@@ -295,6 +322,7 @@ mod tests {
         let pk = VerifyingKey::load(&public).unwrap();
         let b = Path::new("b.tar.zst");
         let sig = sk.sign(b"{\"a\":1}").unwrap();
+        assert_eq!(sig, sk.sign(b"{\"a\":1}").unwrap(), "not deterministic");
         pk.check(b, b"{\"a\":1}", Some(&sig)).unwrap();
         assert!(matches!(
             pk.check(b, b"{\"a\":2}", Some(&sig)),

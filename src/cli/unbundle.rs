@@ -175,8 +175,23 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
         // Unpacked one after another: a base before its deltas, so the newest tags are written last.
         crate::bundlefile::delta::oldest_first(&mut sources)?;
         let mut indexes = Vec::new();
+        let mut ids = Vec::new();
         for b in &sources {
-            indexes.push(crate::bundlefile::read_index(b)?);
+            let (index, bytes) = crate::bundlefile::read::read_index_bytes(b)?;
+            indexes.push(index);
+            ids.push(crate::digest::Digest::sha256_of(&bytes));
+        }
+        // Several bundles given: a delta's base must be one of them (by digest). One alone
+        // goes into DIR as `link` would, where its left-out blobs must already be.
+        if sources.len() > 1 {
+            crate::bundlefile::delta::check_bases_given(
+                &sources
+                    .iter()
+                    .zip(&ids)
+                    .zip(&indexes)
+                    .map(|((p, id), i)| (p.as_path(), id, i))
+                    .collect::<Vec<_>>(),
+            )?;
         }
         let paths: Vec<&std::path::Path> = sources.iter().map(|p| p.as_path()).collect();
         let same_line = crate::bundlefile::delta::same_line(&paths)?;
@@ -233,6 +248,13 @@ fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<ExitCode> {
             },
         )?;
     }
+    // …and that other bundle must be its very base, by the digest of its ferry-bundle.json.
+    crate::bundlefile::delta::check_bases_given(
+        &bundles
+            .iter()
+            .map(|b| (b.path(), &b.scan.index_digest, &b.scan.index))
+            .collect::<Vec<_>>(),
+    )?;
     let paths: Vec<&std::path::Path> = bundles.iter().map(|b| b.path()).collect();
     let same_line = crate::bundlefile::delta::same_line(&paths)?;
     check_tags_agree(
@@ -390,10 +412,14 @@ fn push_cmd(g: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
         let mut bundles = vec![bundle];
         if let Some(b) = &a.base {
             super::must_exist(b)?;
-            bundles.push(BundleFile::open_with(
+            let opened = BundleFile::open_with(b, &mut crate::bundlefile::read::StructureOnly)?;
+            crate::bundlefile::delta::check_base(
+                &a.source,
+                &bundles[0].scan.index,
                 b,
-                &mut crate::bundlefile::read::StructureOnly,
-            )?);
+                &opened.scan.index_digest,
+            )?;
+            bundles.push(opened);
         }
         // A delta's left-out blobs are checked at the target (or in --base) before anything is pushed.
         let manifests = rt.block_on(delta_at_target(

@@ -354,6 +354,102 @@ fn push_of_a_delta_is_refused_before_any_tag_and_completes_after_old() {
     serves_every_tag(&t2.addr, &r.new);
 }
 
+/// The identity a delta records for its base: sha256 of the base's `ferry-bundle.json`, by plain tar and sha256sum.
+fn index_identity(bundle: &Path) -> String {
+    let out = run_ok(std::process::Command::new("sh").arg("-c").arg(format!(
+        "tar --zstd -xOf '{}' ferry-bundle.json | sha256sum",
+        bundle.display()
+    )));
+    format!(
+        "sha256:{}",
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+    )
+}
+
+#[test]
+fn a_base_other_than_the_one_the_delta_names_is_refused_by_digest_before_anything_is_written() {
+    // new.tar.zst holds every blob the delta leaves out, so only its identity tells it from old.
+    let r = release();
+    let (old, new, delta) = (
+        r.path("old.tar.zst"),
+        r.path("new.tar.zst"),
+        r.path("delta.tar.zst"),
+    );
+    let (old_id, new_id) = (index_identity(&old), index_identity(&new));
+    assert_ne!(old_id, new_id);
+    let named = |out: &std::process::Output| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "not refused: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+        for part in [
+            "delta.tar.zst",
+            "old.tar.zst",
+            "new.tar.zst",
+            &old_id,
+            &new_id,
+        ] {
+            assert!(err.contains(part), "{part} not named: {err}");
+        }
+    };
+    let base_new = ["--base", new.to_str().unwrap()];
+
+    // link: the root is not even created.
+    let site = r.path("site");
+    named(&link(&delta, &site, &base_new));
+    assert!(!site.exists(), "link wrote into the root");
+
+    // push: nothing reaches the target.
+    let (dir, target) = empty_registry();
+    let before = tree_hash(dir.path(), ".");
+    named(&push(&delta, &target.addr, &base_new));
+    assert_eq!(
+        tree_hash(dir.path(), "."),
+        before,
+        "push wrote to the target"
+    );
+
+    // serve in place, and serve --dir: neither starts, nothing unpacked.
+    let serve = |extra: &[&str]| {
+        run(std::process::Command::new("timeout")
+            .arg("60")
+            .arg(env!("CARGO_BIN_EXE_ferry"))
+            .args(["unbundle", "serve", "--listen", "127.0.0.1:0"])
+            .arg(&new)
+            .arg(&delta)
+            .args(extra))
+    };
+    named(&serve(&[]));
+    let kept = r.path("kept");
+    named(&serve(&["--dir", kept.to_str().unwrap()]));
+    assert!(!kept.exists(), "serve --dir unpacked");
+
+    // The base it names is taken by its identity: here as its extracted ferry-bundle.json, over a root holding it.
+    let out = link(&old, &site, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = r.path("old.json");
+    let out = run_ok(
+        std::process::Command::new("tar")
+            .arg("--zstd")
+            .arg("-xOf")
+            .arg(&old)
+            .arg("ferry-bundle.json"),
+    );
+    std::fs::write(&json, out.stdout).unwrap();
+    let out = link(&delta, &site, &["--base", json.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn cache_cmd(cache: &Path, args: &[&str]) -> std::process::Output {
     run(ferry().arg("cache").args(args).arg("--cache").arg(cache))
 }

@@ -8,23 +8,26 @@ use ferry::store::Store;
 
 use crate::harness::*;
 
-/// The magic of the offset table's skippable frame (`bundlefile::format::OFFSETS_MAGIC`).
-const OFFSETS_MAGIC: u32 = 0x184D_2A5F;
+/// The magic of each piece of the offset table (`bundlefile::format::OFFSETS_PIECE_MAGIC`).
+const OFFSETS_PIECE_MAGIC: u32 = 0x184D_2A5D;
 
-/// A bundle split at its offset table: the bytes before the table frame, the seek table
-/// entries of the frames before it, and the table's JSON (`None` when the bundle has none).
+/// Largest frame of a piece, header included (`bundlefile::format::OFFSETS_PIECE_FRAME_BYTES`).
+const PIECE_FRAME_BYTES: usize = 1024;
+
+/// A bundle split at its offset table: the bytes before the table frames, the seek table
+/// entries of the frames before them, and the table's JSON (`None` when the bundle has none).
 struct Split {
     before: Vec<u8>,
     frames: Vec<(u32, u32)>,
     table: Option<serde_json::Value>,
 }
 
-fn split(bundle: &Path) -> Split {
-    let b = std::fs::read(bundle).unwrap();
+/// The seek table entries of a seekable bundle (compressed, decompressed size) and where its frames end.
+fn seek_entries(b: &[u8]) -> (Vec<(u32, u32)>, usize) {
     let len = b.len();
     let n = u32::from_le_bytes(b[len - 9..len - 5].try_into().unwrap()) as usize;
     let start = len - 9 - n * 8;
-    let mut frames: Vec<(u32, u32)> = (0..n)
+    let frames = (0..n)
         .map(|i| {
             let e = &b[start + i * 8..];
             (
@@ -33,18 +36,38 @@ fn split(bundle: &Path) -> Split {
             )
         })
         .collect();
-    let data_end = start - 8;
-    let (last_c, last_d) = *frames.last().unwrap();
-    let at = data_end - last_c as usize;
-    if last_d != 0 || u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) != OFFSETS_MAGIC {
+    (frames, start - 8)
+}
+
+fn split(bundle: &Path) -> Split {
+    let b = std::fs::read(bundle).unwrap();
+    let (mut frames, data_end) = seek_entries(&b);
+    // The table: the trailing frames of no data, each a piece of its compressed JSON.
+    let pieces = frames.iter().rev().take_while(|f| f.1 == 0).count();
+    let at = data_end
+        - frames[frames.len() - pieces..]
+            .iter()
+            .map(|f| f.0 as usize)
+            .sum::<usize>();
+    if pieces == 0 || u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) != OFFSETS_PIECE_MAGIC {
         return Split {
             before: b[..data_end].to_vec(),
             frames,
             table: None,
         };
     }
-    frames.pop();
-    let json = zstd::stream::decode_all(&b[at + 8..data_end]).unwrap();
+    let mut payload = Vec::new();
+    let mut pos = at;
+    for (c, _) in frames.drain(frames.len() - pieces..) {
+        assert_eq!(
+            u32::from_le_bytes(b[pos..pos + 4].try_into().unwrap()),
+            OFFSETS_PIECE_MAGIC
+        );
+        assert!(c as usize <= PIECE_FRAME_BYTES, "a piece of {c} bytes");
+        payload.extend_from_slice(&b[pos + 8..pos + c as usize]);
+        pos += c as usize;
+    }
+    let json = zstd::stream::decode_all(&payload[..]).unwrap();
     Split {
         before: b[..at].to_vec(),
         frames,
@@ -52,16 +75,18 @@ fn split(bundle: &Path) -> Split {
     }
 }
 
-/// Writes `s` back as a seekable bundle at `dst`, with its table (if any) as the last frame.
+/// Writes `s` back as a seekable bundle at `dst`, with its table (if any) as the last frames.
 fn join(s: &Split, dst: &Path) {
     let mut out = s.before.clone();
     let mut frames = s.frames.clone();
     if let Some(t) = &s.table {
         let payload = zstd::stream::encode_all(&serde_json::to_vec(t).unwrap()[..], 3).unwrap();
-        out.extend_from_slice(&OFFSETS_MAGIC.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&payload);
-        frames.push((payload.len() as u32 + 8, 0));
+        for piece in payload.chunks(PIECE_FRAME_BYTES - 8) {
+            out.extend_from_slice(&OFFSETS_PIECE_MAGIC.to_le_bytes());
+            out.extend_from_slice(&(piece.len() as u32).to_le_bytes());
+            out.extend_from_slice(piece);
+            frames.push((piece.len() as u32 + 8, 0));
+        }
     }
     out.extend_from_slice(&0x184D_2A5Eu32.to_le_bytes());
     out.extend_from_slice(&((frames.len() * 8 + 9) as u32).to_le_bytes());
@@ -116,6 +141,27 @@ fn every_tag_serves(addr: &str) {
             "{name}"
         );
     }
+}
+
+#[test]
+fn every_frame_obeys_the_frame_rule_of_ferry_builds_before_the_offset_table() {
+    // Their rule (bundlefile::read before the offset table): a frame of D decompressed bytes is at
+    // most D + D/8 + 1024 compressed ones, D at most 16 MiB; anything else refuses the bundle.
+    let (zst, _) = crate::unbundle::bundles();
+    let b = std::fs::read(zst).unwrap();
+    let (frames, _) = seek_entries(&b);
+    for (i, &(c, d)) in frames.iter().enumerate() {
+        let (c, d) = (c as u64, d as u64);
+        assert!(
+            d <= 16 << 20 && c <= d + d / 8 + 1024,
+            "frame {i} of {}: {c} compressed bytes for {d}",
+            frames.len()
+        );
+    }
+    // The table is there, in more than one piece (so the rule held for a table of some size).
+    let pieces = frames.iter().rev().take_while(|f| f.1 == 0).count();
+    assert!(pieces > 1, "{pieces} piece(s)");
+    assert!(split(zst).table.is_some());
 }
 
 #[test]

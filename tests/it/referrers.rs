@@ -318,3 +318,118 @@ fn a_referrer_missing_a_blob_at_the_source_is_named_and_nothing_is_written() {
     );
     assert!(!out.exists(), "no bundle written");
 }
+
+/// Checks a cosign key-based signature as `cosign verify --key` does, offline, with Python's
+/// `cryptography` (not ferry's code): the ECDSA P-256 SHA-256 signature of the payload bytes,
+/// base64 DER, against the PEM key; prints the payload's image digest, exits 1 on a bad signature.
+const COSIGN_CHECK: &str = r#"
+import base64, json, sys
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+key = serialization.load_pem_public_key(open(sys.argv[1], "rb").read())
+payload = open(sys.argv[2], "rb").read()
+sig = base64.b64decode(open(sys.argv[3]).read(), validate=True)
+try:
+    key.verify(sig, payload, ec.ECDSA(hashes.SHA256()))
+except InvalidSignature:
+    sys.exit("InvalidSignature")
+p = json.loads(payload)
+assert p["critical"]["type"] == "cosign container image signature"
+print(p["critical"]["image"]["docker-manifest-digest"])
+"#;
+
+#[test]
+fn fixture_signatures_verify_as_cosign_checks_them_after_link_and_serve() {
+    let src = source();
+    // A source with the referrers API, so the SBOM and its own signature come along too.
+    let reg = FerryServe::start_with(&["serve", src.dir.path().to_str().unwrap()]);
+    let work = tempfile::tempdir().unwrap();
+    let with = bundle(
+        &src,
+        &reg.addr,
+        work.path(),
+        "with.tar.zst",
+        &["--with-referrers"],
+    );
+    let root = work.path().join("site");
+    run_ok(
+        ferry()
+            .args(["-q", "unbundle", "link"])
+            .arg(&with)
+            .arg("--root")
+            .arg(&root),
+    );
+    let served = FerryServe::start(&root);
+    let key = work.path().join("cosign.pub");
+    std::fs::write(&key, ferry::fixtures::cosign_public_key_pem()).unwrap();
+    let check = |payload: &[u8], sig: &str| {
+        let (p, s) = (
+            work.path().join("payload.json"),
+            work.path().join("sig.b64"),
+        );
+        std::fs::write(&p, payload).unwrap();
+        std::fs::write(&s, sig).unwrap();
+        run(std::process::Command::new("python3")
+            .arg("-c")
+            .arg(COSIGN_CHECK)
+            .arg(&key)
+            .arg(&p)
+            .arg(&s))
+    };
+    for (repo, subject, r) in &src.signed {
+        for (tag, signed) in [
+            (&r.signature_tag, subject),
+            (&r.sbom_signature_tag, &r.sbom),
+        ] {
+            // Through the served registry, as cosign fetches it: the .sig tag, its layer, the payload blob.
+            let (status, _, body) = http(
+                &served.addr,
+                "GET",
+                &format!("/v2/{repo}/manifests/{tag}"),
+                &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+            )
+            .unwrap();
+            assert_eq!(status, 200, "{repo}:{tag}");
+            let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let layer = &m["layers"][0];
+            assert_eq!(layer["mediaType"], ferry::fixtures::COSIGN_SIGNATURE_LAYER);
+            let sig = layer["annotations"]["dev.cosignproject.cosign/signature"]
+                .as_str()
+                .unwrap();
+            let digest = layer["digest"].as_str().unwrap();
+            let (status, _, payload) = http(
+                &served.addr,
+                "GET",
+                &format!("/v2/{repo}/blobs/{digest}"),
+                &[],
+            )
+            .unwrap();
+            assert_eq!(status, 200, "{repo}@{digest}");
+            let out = check(&payload, sig);
+            assert!(
+                out.status.success(),
+                "{repo}:{tag}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                signed.to_string()
+            );
+            // One byte of the payload changed (another digest named): the signature no longer holds.
+            let text = String::from_utf8(payload.clone()).unwrap();
+            let at = text
+                .find(signed.hex())
+                .expect("the payload names the digest");
+            let mut tampered = payload.clone();
+            tampered[at] = if tampered[at] == b'0' { b'1' } else { b'0' };
+            let out = check(&tampered, sig);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{repo}:{tag}: tampered payload accepted"
+            );
+            assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidSignature"));
+        }
+    }
+}

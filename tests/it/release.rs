@@ -243,6 +243,54 @@ fn signed_bundles_verify_and_bad_ones_are_refused_before_anything_is_written() {
 }
 
 /// Every part of a split bundle, in order.
+#[test]
+fn signed_bundles_are_byte_identical_run_after_run() {
+    let (src_dir, corpus) = tiny();
+    let src = Registry::start(src_dir.path());
+    let w = tempfile::tempdir().unwrap();
+    run_ok(
+        ferry()
+            .arg("keygen")
+            .arg("-q")
+            .arg("-o")
+            .arg(w.path().join("k")),
+    );
+    let sk = w.path().join("k.key");
+    let (a, b) = (w.path().join("a.tar.zst"), w.path().join("b.tar.zst"));
+    for out in [&a, &b] {
+        bundle(
+            &corpus,
+            w.path(),
+            &src.addr,
+            out,
+            &["--sign", sk.to_str().unwrap()],
+        );
+    }
+    // Plain cmp, on the bundles and on their detached signatures.
+    for (x, y) in [
+        (a.clone(), b.clone()),
+        (
+            w.path().join("a.tar.zst.minisig"),
+            w.path().join("b.tar.zst.minisig"),
+        ),
+    ] {
+        let out = run(Command::new("cmp").arg(&x).arg(&y));
+        assert!(
+            out.status.success(),
+            "{} and {} differ: {}",
+            x.display(),
+            y.display(),
+            stdout(&out)
+        );
+    }
+    run_ok(
+        ferry()
+            .args(["verify", "--key"])
+            .arg(w.path().join("k.pub"))
+            .arg(&a),
+    );
+}
+
 fn parts(first: &Path) -> Vec<PathBuf> {
     let base = first.to_str().unwrap().strip_suffix(".000").unwrap();
     (0..)
