@@ -31,7 +31,9 @@
 #                                     openssl in WORK/tls), the same load over HTTPS, and the TLS/plain ratios
 #                                     CPU seconds of server and client, per server, and the ratios
 #   scripts/bench.sh push-serve [WORK] skopeo copy --all of every tag of the corpus (served by ferry serve, read-only)
-#                                     into ferry serve --allow-push vs into docker-registry, each over a fresh empty root
+#                                     into ferry serve --allow-push vs into docker-registry, each over a fresh empty root;
+#                                     and the floor: into a target that drops every body (scripts/null_registry.py),
+#                                     plus the disk's time to write the corpus once with fdatasync; CPU-s of each process
 #   scripts/bench.sh delta [WORK]     the next release (CHANGED images changed, default 5; 2 added, 1 removed):
 #                                     size and time of bundle --since OLD vs the full bundle vs plain tar | zstd of
 #                                     just the new blobs; link time of the delta (and of the full) into a root holding OLD
@@ -561,7 +563,7 @@ PY
   ;;
 push-serve)
   command -v skopeo >/dev/null || { echo "bench needs skopeo" >&2; exit 1; }
-  start_ferry "$ROOT"; SRC=$ADDR
+  start_ferry "$ROOT"; SRC=$ADDR; SRC_PID=${PIDS[-1]}
   OUT="$WORK/push-serve-$PRESET"; mkdir -p "$OUT"
   REFS=$(grep -v '^#' "$WORK/$PRESET-list.txt" | grep -v '^$' | tr '\n' ' ')
   TARGET_PID=""
@@ -576,15 +578,54 @@ push-serve)
     PIDS+=($!); TARGET="127.0.0.1:$port"; TARGET_PID=$!
     for _ in $(seq 1 100); do curl -fsS "http://$TARGET/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
   }
-  push_all() { for ref in $REFS; do
+  # The floor: a target that reads and drops every body (no hash, no file, no sync).
+  fresh_null() {
+    fresh; local port; port=$(free_port)
+    python3 "$HERE/null_registry.py" "$port" >"$WORK/null-push.log" 2>&1 &
+    PIDS+=($!); TARGET="127.0.0.1:$port"; TARGET_PID=$!
+    for _ in $(seq 1 100); do curl -fsS "http://$TARGET/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
+  }
+  # CPU seconds (user+sys) of a process so far, from /proc/PID/stat.
+  cpu_of() { python3 -c "import os,sys; f=open(f'/proc/{sys.argv[1]}/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))" "$1"; }
+  # The children's CPU seconds between two `times` outputs (run in this shell, not in a subshell, which would show 0).
+  times_delta() { python3 - "$@" <<'PY'
+import sys
+def cpu(p):
+    f = lambda x: int(x.split("m")[0]) * 60 + float(x.split("m")[1].rstrip("s"))
+    return sum(map(f, open(p).read().split("\n")[1].split()))
+print(f"{cpu(sys.argv[2]) - cpu(sys.argv[1]):.2f}")
+PY
+  }
+  # Each timed run also notes the CPU seconds of the skopeo processes, the target and the source
+  # (one line per run in $CPU_LOG): CPU is what the load of a shared machine disturbs least.
+  push_all() {
+    local s0; s0=$(cpu_of "$SRC_PID"); times > "$OUT/times0"
+    for ref in $REFS; do
       skopeo --insecure-policy copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1
-    done; }
-  t_reg=$(PREP=fresh_registry in_target median_time push_all)
-  t_fer=$(PREP=fresh_ferry in_target median_time push_all)
+    done
+    times > "$OUT/times1"
+    echo "$(times_delta "$OUT/times0" "$OUT/times1") $(cpu_of "$TARGET_PID") $(python3 -c "print(f'{$(cpu_of "$SRC_PID")-$s0:.2f}')")" >> "$CPU_LOG"
+  }
+  cpu_report() { python3 - "$CPU_LOG" <<'PY'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()][1:]  # the first is the warm-up
+print("skopeo %.2f, target %.2f, source %.2f" % tuple(statistics.median(r[i] for r in rows) for i in range(3)) if rows else "")
+PY
+  }
+  CPU_LOG="$OUT/cpu-null"; : > "$CPU_LOG"; t_null=$(PREP=fresh_null in_target median_time push_all); c_null=$(cpu_report)
+  CPU_LOG="$OUT/cpu-registry"; : > "$CPU_LOG"; t_reg=$(PREP=fresh_registry in_target median_time push_all); c_reg=$(cpu_report)
+  CPU_LOG="$OUT/cpu-ferry"; : > "$CPU_LOG"; t_fer=$(PREP=fresh_ferry in_target median_time push_all); c_fer=$(cpu_report)
+  # The disk: writing the corpus's bytes once, durably (what a target that syncs cannot avoid).
+  BYTES=$(du -sb "$ROOT/docker/registry/v2/blobs" | cut -f1)
+  disk() { dd if=/dev/zero of="$OUT/disk" bs=1M count=$((BYTES >> 20)) conv=fdatasync status=none; }
+  t_disk=$(PREP="rm -f $OUT/disk" median_time disk); rm -f "$OUT/disk"
   echo "push, skopeo copy --all of $(echo $REFS | wc -w) tags of the $PRESET corpus into an empty root, median of $RUNS:"
-  echo "  docker-registry        ${t_reg}s"
-  echo "  ferry serve --allow-push ${t_fer}s"
+  echo "  docker-registry        ${t_reg}s   (CPU-s median: $c_reg)"
+  echo "  ferry serve --allow-push ${t_fer}s   (CPU-s median: $c_fer)"
   echo "  speed-up ferry/docker-registry: $(ratio "$t_reg" "$t_fer")x"
+  echo "  floor, a target that drops every body (null_registry.py): ${t_null}s   (CPU-s median: $c_null)"
+  echo "    best speed-up any target could show: $(ratio "$t_reg" "$t_null")x"
+  echo "  disk, writing the corpus's $BYTES bytes once with fdatasync (dd): ${t_disk}s"
   ;;
 delta)
   for t in zstd tar; do command -v "$t" >/dev/null || { echo "bench needs $t" >&2; exit 1; }; done

@@ -15,6 +15,11 @@ pub const MAX_LINK_BYTES: u64 = 256;
 /// Buffer used when streaming blobs through files and sockets.
 pub const IO_BUFFER_BYTES: usize = 256 * 1024;
 
+/// How much of an upload gathers in the page cache before its writeback is started
+/// (`sync_file_range`), so the disk writes while the rest arrives and the sync at commit
+/// waits only for the tail.
+pub const WRITE_BEHIND_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Chunk of a blob streamed from a bundle read in place: with a few chunks queued per client,
 /// 64 clients hold about 16 MiB (reads straight from the file cost little per chunk).
 pub const BUNDLE_CHUNK_BYTES: usize = 64 * 1024;

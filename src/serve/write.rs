@@ -326,7 +326,8 @@ async fn start_upload<B: Catalog>(
     };
     let _held = app.uploads.hold(&id, &name);
     let s = unsynced(&store);
-    let writer = match blocking(move || s.blob_writer()).await {
+    // Synced before it is published (see `commit`): the disk starts writing as the body arrives.
+    let writer = match blocking(move || Ok(s.blob_writer()?.write_behind())).await {
         Ok(w) => w,
         Err(e) => {
             app.uploads.end(&id, &name);

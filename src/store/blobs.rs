@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Result, Store, StoreError};
 use crate::digest::{self, Algorithm, Digest, Hasher};
-use crate::limits::{IO_BUFFER_BYTES, MAX_MANIFEST_BYTES};
+use crate::limits::{IO_BUFFER_BYTES, MAX_MANIFEST_BYTES, WRITE_BEHIND_BYTES};
 use crate::manifest::RawManifest;
 use crate::store::paths::PathSpec;
 
@@ -94,6 +94,8 @@ pub struct BlobWriter {
     /// `None` when the caller verifies the bytes itself (see [`Store::blob_writer_prehashed`]).
     hasher: Option<Hasher>,
     written: u64,
+    /// With [`BlobWriter::write_behind`]: the file offset up to which writeback was started.
+    behind: Option<u64>,
 }
 
 impl BlobWriter {
@@ -154,6 +156,42 @@ impl BlobWriter {
 }
 
 impl BlobWriter {
+    /// Starts the disk writing every [`WRITE_BEHIND_BYTES`] as the content arrives, for a
+    /// writer whose data is synced before it is published: the sync then waits for the tail
+    /// only, not for the whole blob (the disk works while the network does).
+    pub fn write_behind(mut self) -> BlobWriter {
+        self.behind = Some(0);
+        self
+    }
+
+    /// The file offset up to which writeback was started (0 without [`BlobWriter::write_behind`]).
+    pub fn written_behind(&self) -> u64 {
+        self.behind.unwrap_or(0)
+    }
+
+    /// Starts (does not wait for) the writeback of what reached the file since the last
+    /// start, once that is [`WRITE_BEHIND_BYTES`] or more. A hint: the later sync reports errors.
+    fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        let (Some(from), Some(f)) = (self.behind, self.file.as_ref()) else {
+            return;
+        };
+        let upto = self.written - f.buffer().len() as u64;
+        if upto - from < WRITE_BEHIND_BYTES {
+            return;
+        }
+        // SAFETY: a valid open fd; the range lies within what was written.
+        unsafe {
+            libc::sync_file_range(
+                f.get_ref().as_raw_fd(),
+                from as libc::off64_t,
+                (upto - from) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        self.behind = Some(upto);
+    }
+
     /// Makes the bytes written so far durable, for a root that skips the rest of the syncs
     /// (`with_durable(false)`) but must never show a blob whose data a power loss could lose.
     pub fn sync_data(&mut self) -> Result<()> {
@@ -194,6 +232,7 @@ impl Write for BlobWriter {
             h.update(&buf[..n]);
         }
         self.written += n as u64;
+        self.start_writeback();
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -303,6 +342,7 @@ impl Store {
             file: Some(io::BufWriter::with_capacity(IO_BUFFER_BYTES, file)),
             hasher: Some(Hasher::new(Algorithm::Sha256)),
             written: 0,
+            behind: None,
         })
     }
 
@@ -455,5 +495,40 @@ impl Store {
                 source: e,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write-behind writer starts the writeback of each full step as it goes (and a plain one
+    /// never does), and the content it publishes is still whole and verified.
+    #[test]
+    fn write_behind_starts_writeback_as_content_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap().with_durable(false);
+        let chunk = vec![7u8; 1024 * 1024];
+        let n = 2 * WRITE_BEHIND_BYTES as usize / chunk.len() + 1;
+        let mut plain = store.blob_writer().unwrap();
+        let mut behind = store.blob_writer().unwrap().write_behind();
+        let mut whole = Vec::new();
+        for _ in 0..n {
+            plain.write_all(&chunk).unwrap();
+            behind.write_all(&chunk).unwrap();
+            whole.extend_from_slice(&chunk);
+        }
+        assert_eq!(plain.written_behind(), 0);
+        assert!(
+            behind.written_behind() >= 2 * WRITE_BEHIND_BYTES - IO_BUFFER_BYTES as u64,
+            "writeback started up to {} of {}",
+            behind.written_behind(),
+            behind.written()
+        );
+        let want = Digest::sha256_of(&whole);
+        behind.sync_data().unwrap();
+        let (d, size) = behind.commit(Some((&want, None))).unwrap();
+        assert_eq!((d, size), (want.clone(), whole.len() as u64));
+        assert_eq!(store.blob_size(&want).unwrap(), Some(whole.len() as u64));
     }
 }
