@@ -225,7 +225,25 @@ pub enum FixtureError {
 /// Writes one gzip'd tar layer of about `size` content bytes into the store.
 fn make_layer(store: &Store, seed: u64, id: u64, size: u64) -> Result<Layer, FixtureError> {
     let io_err = |source| FixtureError::Io { id, source };
-    let writer = store.blob_writer()?;
+    let (mut writer, diff_id) = write_layer(store.blob_writer()?, seed, id, size)?;
+    writer.flush().map_err(io_err)?;
+    let (digest, size) = writer.commit(None)?;
+    Ok(Layer {
+        digest,
+        size,
+        diff_id,
+    })
+}
+
+/// Writes one gzip'd tar layer into `writer` (a store's, or memory for a layer no store
+/// holds); returns the writer and the uncompressed tar's digest.
+fn write_layer<W: Write>(
+    writer: W,
+    seed: u64,
+    id: u64,
+    size: u64,
+) -> Result<(W, Digest), FixtureError> {
+    let io_err = |source| FixtureError::Io { id, source };
     let gz = GzEncoder::new(writer, Compression::fast());
     let mut tar = tar::Builder::new(HashingWriter::new(gz));
     tar.mode(tar::HeaderMode::Deterministic);
@@ -257,14 +275,8 @@ fn make_layer(store: &Store, seed: u64, id: u64, size: u64) -> Result<Layer, Fix
     }
     let hashing = tar.into_inner().map_err(io_err)?;
     let (gz, diff_id, _) = hashing.finish();
-    let mut writer = gz.finish().map_err(io_err)?;
-    writer.flush().map_err(io_err)?;
-    let (digest, size) = writer.commit(None)?;
-    Ok(Layer {
-        digest,
-        size,
-        diff_id,
-    })
+    let writer = gz.finish().map_err(io_err)?;
+    Ok((writer, diff_id))
 }
 
 /// Generates layers on every core; results are the same whatever the thread count.
@@ -854,4 +866,65 @@ mod tests {
         assert!(report.faults.is_empty(), "{:?}", report.faults);
         assert!(report.blobs > 5);
     }
+}
+
+/// Seed of the layers of [`foreign_layer`] (apart from every preset's).
+const FOREIGN_SEED: u64 = 0xF0_4E16;
+
+/// What [`foreign_layer`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignFixture {
+    /// The image's manifest (Docker schema 2).
+    pub digest: Digest,
+    /// The foreign layer's blob.
+    pub layer: Digest,
+}
+
+/// A Docker schema 2 image in `repo:tag` of `store` whose first layer is foreign
+/// (`application/vnd.docker.image.rootfs.foreign.diff.tar.gzip`, downloaded from
+/// `urls` as Windows base layers are) and whose second is an ordinary layer. The
+/// foreign layer's bytes are put in the store (and linked into `repo`) only when
+/// `hold_layer`, so a test can serve them at a URL from one registry and name them
+/// from another. Deterministic: the same `urls` give the same digests.
+pub fn foreign_layer(
+    store: &Store,
+    repo: &str,
+    tag: &str,
+    urls: &[String],
+    hold_layer: bool,
+) -> Result<ForeignFixture, FixtureError> {
+    let (foreign, foreign_diff) = write_layer(Vec::new(), FOREIGN_SEED, 1, 3000)?;
+    let foreign_digest = Digest::sha256_of(&foreign);
+    if hold_layer {
+        store.put_blob_bytes(&foreign)?;
+    }
+    let app = make_layer(store, FOREIGN_SEED, 2, 1500)?;
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2021-01-01T00:00:00Z",
+        "config": { "Cmd": ["/bin/sh"] },
+        "rootfs": { "type": "layers", "diff_ids": [foreign_diff.to_string(), app.diff_id.to_string()] },
+    }))
+    .expect("json");
+    let config_digest = store.put_blob_bytes(&config)?;
+    let mut foreign_desc = descriptor(
+        mt::DOCKER_LAYER_FOREIGN,
+        &foreign_digest,
+        foreign.len() as u64,
+    );
+    foreign_desc["urls"] = json!(urls);
+    let manifest = serde_json::to_vec_pretty(&json!({
+        "schemaVersion": 2,
+        "mediaType": mt::DOCKER_MANIFEST,
+        "config": descriptor(mt::DOCKER_CONFIG, &config_digest, config.len() as u64),
+        "layers": [foreign_desc, descriptor(mt::DOCKER_LAYER_GZIP, &app.digest, app.size)],
+    }))
+    .expect("json");
+    let digest = store.put_blob_bytes(&manifest)?;
+    store.link_image(repo, &digest, Some(tag))?;
+    Ok(ForeignFixture {
+        digest,
+        layer: foreign_digest,
+    })
 }

@@ -113,6 +113,18 @@ pub const ENV_TAG_PAUSE_MS: &str = "FERRY_TEST_TAG_PAUSE_MS";
 /// Test-only: `serve`'s header and idle timeouts in milliseconds, so a test of them runs in seconds.
 pub const ENV_SERVE_TIMEOUT_MS: &str = "FERRY_TEST_SERVE_TIMEOUT_MS";
 
+/// Test-only: a `docker-archive:` streamed into the docker engine fails after this many bytes, so a test can
+/// check that a load broken part-way leaves no image and no file.
+pub const ENV_FAIL_ARCHIVE_STREAM_AT: &str = "FERRY_TEST_FAIL_ARCHIVE_STREAM_AT";
+
+/// Test-only: `unbundle link` fails at a chosen point, so a test can check its roll-back: `reference`
+/// (reading the first image's reference), or `finish:N` (linking the N-th image, after N were linked).
+pub const ENV_FAIL_LINK_AT: &str = "FERRY_TEST_FAIL_LINK_AT";
+
+/// Test-only: milliseconds `unbundle link` pauses after its blobs are in and before it links, so a test
+/// can act as a concurrent writer of the same root.
+pub const ENV_LINK_PAUSE_MS: &str = "FERRY_TEST_LINK_PAUSE_MS";
+
 /// Test-only: set (to anything) to skip the free-space checks, for tests of a disk that fills up mid-run.
 pub const ENV_NO_SPACE_CHECK: &str = "FERRY_TEST_NO_SPACE_CHECK";
 

@@ -904,6 +904,13 @@ impl Destination for SyncDest {
             },
         }
     }
+    fn accepts_foreign_layer_urls(&self) -> bool {
+        match self {
+            SyncDest::Open(d) => d.accepts_foreign_layer_urls(),
+            // As `DirDest`: a directory fetches foreign layers.
+            SyncDest::Dir(_) => false,
+        }
+    }
     async fn has_blob(&self, desc: &Descriptor) -> crate::transport::Result<bool> {
         match self {
             SyncDest::Open(d) => d.has_blob(desc).await,

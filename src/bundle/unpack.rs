@@ -32,7 +32,7 @@ use crate::transport::Destination;
 use crate::transport::TransportError;
 use crate::transport::bundle::Bundles;
 use crate::transport::catalog::{Catalog, CatalogSource};
-use crate::transport::root::{RootDest, Staging};
+use crate::transport::root::{RootDest, Staging, remove_added_blob};
 
 /// Why a bundle was not linked.
 #[derive(Debug, thiserror::Error)]
@@ -309,10 +309,10 @@ pub async fn link(
     // wrote nothing must stay quick.
     let take_back = |staging: &Staging| {
         let removed = staging.roll_back(&store);
-        for (digest, dirs) in streamed.iter().rev() {
-            let _ = std::fs::remove_file(store.path(PathSpec::BlobData(digest)));
-            for d in dirs {
-                let _ = std::fs::remove_dir(d);
+        if !streamed.is_empty() {
+            let repos = store.repositories().unwrap_or_default();
+            for (digest, dirs) in streamed.iter().rev() {
+                remove_added_blob(&store, &repos, digest, dirs);
             }
         }
         if removed || !streamed.is_empty() {
@@ -338,33 +338,45 @@ pub async fn link(
         bundles: Bundles(bundles.0.clone()),
         root: store.clone(),
     });
-    let copies: Vec<Job<_, _>> =
-        scan.index
-            .images
-            .iter()
-            .map(|img| {
-                let name = crate::bundlefile::format::image_name(
-                    &img.repository,
-                    img.tag.as_deref(),
-                    &img.digest,
-                );
-                let r = Reference::parse(&format!("{}@{}", img.repository, img.digest)).map_err(
-                    |e| ReadError::Index {
-                        bundle: bundle.to_path_buf(),
-                        why: format!("image {name}: {e}"),
-                    },
-                )?;
-                Ok(Job {
-                    source: CatalogSource::new(catalog.clone(), r, name),
-                    destination: RootDest::staged(
-                        store.clone(),
-                        img.repository.clone(),
-                        img.tag.clone(),
-                        staging.clone(),
-                    ),
-                })
+    let fail_reference =
+        std::env::var(crate::limits::ENV_FAIL_LINK_AT).is_ok_and(|v| v == "reference");
+    let copies: Result<Vec<Job<_, _>>, ReadError> = scan
+        .index
+        .images
+        .iter()
+        .map(|img| {
+            let name = crate::bundlefile::format::image_name(
+                &img.repository,
+                img.tag.as_deref(),
+                &img.digest,
+            );
+            let written = if fail_reference {
+                format!("{}@test-hook", img.repository)
+            } else {
+                format!("{}@{}", img.repository, img.digest)
+            };
+            let r = Reference::parse(&written).map_err(|e| ReadError::Index {
+                bundle: bundle.to_path_buf(),
+                why: format!("image {name}: {e}"),
+            })?;
+            Ok(Job {
+                source: CatalogSource::new(catalog.clone(), r, name),
+                destination: RootDest::staged(
+                    store.clone(),
+                    img.repository.clone(),
+                    img.tag.clone(),
+                    staging.clone(),
+                ),
             })
-            .collect::<Result<_, ReadError>>()?;
+        })
+        .collect();
+    let copies = match copies {
+        Ok(c) => c,
+        Err(e) => {
+            take_back(&staging);
+            return Err(e.into());
+        }
+    };
     let opts = CopyOptions {
         multi_arch: MultiArch::All,
         jobs: jobs.max(1),
@@ -400,8 +412,15 @@ pub async fn link(
         take_back(&staging);
         return Err(e);
     }
-    // One sync, then each image's links, its tag last.
-    tokio::task::block_in_place(|| {
+    if let Some(ms) = std::env::var(crate::limits::ENV_LINK_PAUSE_MS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    // One sync, then each image's links, its tag last; a failure takes back the links
+    // already made (in finish) and the blobs this run added.
+    let finished = tokio::task::block_in_place(|| {
         staging.finish(&store, |img| {
             if let Some(tag) = &img.tag {
                 summary.tags.push(TagChange {
@@ -413,7 +432,11 @@ pub async fn link(
             }
             Ok(())
         })
-    })?;
+    });
+    if let Err(e) = finished {
+        take_back(&staging);
+        return Err(e.into());
+    }
     Ok(summary)
 }
 

@@ -337,18 +337,27 @@ async fn plan<S: Source, D: Destination>(
             },
             convert::Refusal::Cannot(why) => src_err(why),
         })?;
-    // The walk's blobs, unless a conversion replaced some (kept apart only then: plans of
-    // thousands of images hold these).
-    let blobs = (!w.replaced.is_empty() || !w.new_blobs.is_empty()).then(|| {
-        let mut b: Vec<Descriptor> = walk
-            .blobs
-            .iter()
-            .filter(|b| !w.replaced.contains(&b.digest))
-            .cloned()
-            .collect();
-        b.extend(w.new_blobs.iter().map(|(d, _)| d.clone()));
-        b
-    });
+    // Foreign layers are named, not moved, where the destination keeps their URLs (a
+    // registry, a root, an OCI layout); anywhere else they are fetched like any layer.
+    let foreign: &[Descriptor] = if job.destination.accepts_foreign_layer_urls() {
+        &[]
+    } else {
+        &walk.foreign
+    };
+    // The walk's blobs, unless a conversion replaced some or foreign layers join them (kept
+    // apart only then: plans of thousands of images hold these).
+    let blobs =
+        (!w.replaced.is_empty() || !w.new_blobs.is_empty() || !foreign.is_empty()).then(|| {
+            let mut b: Vec<Descriptor> = walk
+                .blobs
+                .iter()
+                .chain(foreign)
+                .filter(|b| !w.replaced.contains(&b.digest))
+                .cloned()
+                .collect();
+            b.extend(w.new_blobs.iter().map(|(d, _)| d.clone()));
+            b
+        });
     Ok(Planned {
         walk,
         blobs,

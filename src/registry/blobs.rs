@@ -8,7 +8,7 @@ use std::io;
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode, header};
 
-use super::client::{Client, RegistryError};
+use super::client::{Client, Held, RegistryError};
 use super::routes::Route;
 use crate::blob::ByteStream;
 use crate::digest::{Hasher, check};
@@ -28,6 +28,45 @@ impl Client {
         let route = Route::blob(repo, &desc.digest);
         let url = self.url(&route, "").await?;
         let first = self.send(Method::GET, &route, "", &[]).await?;
+        Ok(self.verified(first, url, Origin::Registry(route), desc))
+    }
+
+    /// Opens a foreign (non-distributable) layer from the first of `desc.urls` that
+    /// answers, without credentials, as containers/image's `getExternalBlob` does; the
+    /// stream is verified as [`Client::get_blob`]'s is. Only `http` and `https` URLs are tried.
+    pub async fn get_external_blob(&self, desc: &Descriptor) -> Result<ByteStream, RegistryError> {
+        let mut last = None;
+        for u in &desc.urls {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                last = Some(RegistryError::Config {
+                    host: self.host().to_string(),
+                    why: format!("foreign layer {}: {u:?} is not an http(s) URL", desc.digest),
+                });
+                continue;
+            }
+            let permit = self.permit().await;
+            match self
+                .send_url(Method::GET, u.clone(), "", &[], None, permit)
+                .await
+            {
+                Ok(first) => {
+                    return Ok(self.verified(first, u.clone(), Origin::External(u.clone()), desc));
+                }
+                Err(e) => {
+                    tracing::debug!("foreign layer {}: {e}", desc.digest);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| RegistryError::Config {
+            host: self.host().to_string(),
+            why: format!("foreign layer {} lists no URL", desc.digest),
+        }))
+    }
+
+    /// The body of `first` (and of ranged re-requests to `origin` after a broken
+    /// connection) as a stream of exactly `desc.size` verified bytes.
+    fn verified(&self, first: Held, url: String, origin: Origin, desc: &Descriptor) -> ByteStream {
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(4);
         let (client, desc) = (self.clone(), desc.clone());
         tokio::spawn(async move {
@@ -40,7 +79,18 @@ impl Client {
                     Some(h) => h,
                     None => {
                         let range = [(header::RANGE, format!("bytes={have}-"))];
-                        match client.send(Method::GET, &route, "", &range).await {
+                        let again = match &origin {
+                            Origin::Registry(route) => {
+                                client.send(Method::GET, route, "", &range).await
+                            }
+                            Origin::External(u) => {
+                                let permit = client.permit().await;
+                                client
+                                    .send_url(Method::GET, u.clone(), "", &range, None, permit)
+                                    .await
+                            }
+                        };
+                        match again {
                             Ok(h) => h,
                             Err(e) => {
                                 let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
@@ -122,9 +172,16 @@ impl Client {
                     .await;
             }
         });
-        Ok(Box::pin(futures_util::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
-        )))
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }))
     }
+}
+
+/// Where a blob's bytes are asked for again after a broken connection.
+enum Origin {
+    /// The registry's blob route.
+    Registry(Route),
+    /// A foreign layer's URL.
+    External(String),
 }

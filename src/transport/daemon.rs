@@ -4,14 +4,13 @@
 //!
 //! Reading asks the engine to save the image (`GET /images/{name}/get`, a
 //! `docker save` tar), keeps that stream in an anonymous temp file, and reads
-//! it as a `docker-archive:`. Writing buffers the image as a `docker-archive:`
-//! does, builds the tar at commit into an anonymous temp file and sends it to
-//! `POST /images/load`; the engine's reply is checked for an error message.
-//! Nothing is left on disk either way.
+//! it as a `docker-archive:`. Writing buffers the blobs as a `docker-archive:`
+//! does, then at commit streams the tar, as it is built, into the body of
+//! `POST /images/load` (no archive file); the engine's reply is checked for an
+//! error message. Nothing is left on disk either way.
 
-use std::fs::File;
-use std::io::{self, Seek};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, StreamBody, combinators::BoxBody};
@@ -26,7 +25,7 @@ use super::docker_archive::{
 use super::{DestProperties, Destination, Put, Result, Source, TransportError};
 use crate::blob::BlobBody;
 use crate::digest::{Algorithm, Digest};
-use crate::limits::{IO_BUFFER_BYTES, MAX_ERROR_BODY_BYTES};
+use crate::limits::MAX_ERROR_BODY_BYTES;
 use crate::manifest::{Descriptor, RawManifest};
 
 /// The engine's socket when `DOCKER_HOST` is not set.
@@ -322,27 +321,38 @@ impl DaemonDest {
         })
     }
 
-    /// Sends the archive in `file` to `POST /images/load` and checks the reply.
-    async fn load(&self, file: File) -> Result<()> {
+    /// Sends the archive, streamed as it is written, to `POST /images/load` (chunked:
+    /// no temp file, a few chunks in memory) and checks the reply. A stream that fails
+    /// part-way aborts the request, and the engine, which reads the whole tar before it
+    /// loads anything, keeps no image.
+    async fn load(
+        &self,
+        archive: impl futures_util::Stream<Item = io::Result<Bytes>> + Send + Sync + 'static,
+    ) -> Result<()> {
         let sock = self.host.display_path();
         let io_err = |op: &'static str| TransportError::io(op, sock.clone());
-        let len = file
-            .metadata()
-            .map_err(TransportError::io("reading", Path::new("the archive")))?
-            .len();
-        let file = tokio::fs::File::from_std(file);
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, IO_BUFFER_BYTES);
-        let body = StreamBody::new(futures_util::StreamExt::map(stream, |r| r.map(Frame::data)));
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let seen = failed.clone();
+        let body = StreamBody::new(futures_util::StreamExt::map(archive, move |r| {
+            r.map(Frame::data).inspect_err(|e| {
+                *seen.lock().unwrap() = Some(e.to_string());
+            })
+        }));
         let mut req = request("POST", "/images/load?quiet=1", BodyExt::boxed(body));
-        let h = req.headers_mut();
-        h.insert(
+        req.headers_mut().insert(
             header::CONTENT_TYPE,
             "application/x-tar".parse().expect("valid"),
         );
-        h.insert(header::CONTENT_LENGTH, len.into());
-        let resp = send(&self.host, req)
-            .await
-            .map_err(io_err("loading the image into the docker engine at"))?;
+        let sent = send(&self.host, req).await;
+        // The archive's own failure (a layer that does not verify) is the cause to name.
+        if let Some(e) = failed.lock().unwrap().take() {
+            return Err(TransportError::Io {
+                op: "streaming the image into the docker engine at",
+                path: sock,
+                source: io::Error::other(e),
+            });
+        }
+        let resp = sent.map_err(io_err("loading the image into the docker engine at"))?;
         if !resp.status().is_success() {
             return Err(TransportError::Io {
                 op: "loading the image into the docker engine at",
@@ -374,6 +384,10 @@ impl Destination for DaemonDest {
         ArchiveWriter::properties()
     }
 
+    fn accepts_foreign_layer_urls(&self) -> bool {
+        false
+    }
+
     async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
         Ok(self.writer.has_blob(&desc.digest))
     }
@@ -391,11 +405,10 @@ impl Destination for DaemonDest {
     }
 
     async fn commit(&self, top: &RawManifest) -> Result<()> {
-        let mut file = self.writer.write_to(top, anonymous_temp_file()?).await?;
-        file.seek(io::SeekFrom::Start(0))
-            .map_err(TransportError::io("reading", self.writer.work()))?;
+        let loaded = self.load(self.writer.stream(top)?).await;
+        // The stream has ended either way: its blobs are not needed again.
         let _ = std::fs::remove_dir_all(self.writer.work());
-        self.load(file).await
+        loaded
     }
 }
 

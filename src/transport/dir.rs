@@ -202,6 +202,10 @@ impl Destination for DirDest {
         }
     }
 
+    fn accepts_foreign_layer_urls(&self) -> bool {
+        false
+    }
+
     async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
         Ok(has_file(&self.blob_path(&desc.digest), desc.size))
     }

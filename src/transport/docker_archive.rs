@@ -1015,27 +1015,63 @@ impl ArchiveWriter {
 
     /// Writes the archive of image `top` into `out` (blocking). Refuses
     /// anything but a Docker schema 2 manifest whose blobs were all put.
-    fn write_archive(&self, top: &RawManifest, out: &mut File) -> Result<()> {
-        self.inner.write_archive(top, out)
-    }
-
-    /// Writes the archive to `out` on a blocking thread, once.
-    pub(crate) async fn write_to(&self, top: &RawManifest, out: File) -> Result<File> {
+    /// Marks the archive committed; a second commit is refused.
+    fn commit_once(&self) -> Result<()> {
         if self.inner.committed.swap(true, Ordering::SeqCst) {
             return Err(TransportError::Invalid(
                 "the archive was committed already".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Writes the archive to `out` on a blocking thread, once, and syncs it.
+    pub(crate) async fn write_to(&self, top: &RawManifest, out: File) -> Result<File> {
+        self.commit_once()?;
         let inner = self.inner.clone();
         let top = top.clone();
         let mut out = out;
-        let w = ArchiveWriter { inner };
         tokio::task::spawn_blocking(move || {
-            w.write_archive(&top, &mut out)?;
+            inner.write_archive(&top, &mut out)?;
+            out.sync_all().map_err(|e| TransportError::Io {
+                op: "writing archive in",
+                path: inner.work.clone(),
+                source: e,
+            })?;
             Ok(out)
         })
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+    }
+
+    /// The archive as a stream, written on a blocking thread as it is read, once: a
+    /// request body with no file behind it, and at most a few chunks in memory. A failure
+    /// part-way ends the stream with that error instead of a clean end, so a reader
+    /// that needs the whole archive (the engine's `docker load`) refuses it.
+    pub(crate) fn stream(
+        &self,
+        top: &RawManifest,
+    ) -> Result<impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + Sync + 'static>
+    {
+        self.commit_once()?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(4);
+        let inner = self.inner.clone();
+        let top = top.clone();
+        tokio::task::spawn_blocking(move || {
+            let fail_at = std::env::var(crate::limits::ENV_FAIL_ARCHIVE_STREAM_AT)
+                .ok()
+                .and_then(|n| n.parse().ok());
+            let mut out = ChanWriter {
+                tx: tx.clone(),
+                sent: 0,
+                fail_at,
+            };
+            if let Err(e) = inner.write_archive(&top, &mut out) {
+                let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+            }
+        });
+        let mut rx = rx;
+        Ok(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
 
     /// The work directory (temp files of the archive go there).
@@ -1117,7 +1153,7 @@ impl WriterInner {
         Ok(())
     }
 
-    fn write_archive(&self, top: &RawManifest, out: &mut File) -> Result<()> {
+    fn write_archive(&self, top: &RawManifest, out: &mut dyn Write) -> Result<()> {
         if top.media_type() != mt::DOCKER_MANIFEST {
             return Err(TransportError::Unsupported(format!(
                 "a docker-archive holds a Docker schema 2 image, not {} ({})",
@@ -1308,7 +1344,37 @@ impl WriterInner {
         .map_err(wr)?;
         let buf = tar.into_inner().map_err(wr)?;
         buf.into_inner().map_err(|e| wr(e.into_error()))?;
-        out.sync_all().map_err(wr)?;
+        Ok(())
+    }
+}
+
+/// A writer whose chunks go to a bounded channel (the archive streamed as it is written);
+/// a reader that went away is a broken pipe.
+struct ChanWriter {
+    tx: tokio::sync::mpsc::Sender<io::Result<bytes::Bytes>>,
+    sent: u64,
+    /// [`crate::limits::ENV_FAIL_ARCHIVE_STREAM_AT`].
+    fail_at: Option<u64>,
+}
+
+impl Write for ChanWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self
+            .fail_at
+            .is_some_and(|n| self.sent + buf.len() as u64 > n)
+        {
+            return Err(io::Error::other(format!(
+                "test hook: the archive stream fails after {} bytes",
+                self.sent
+            )));
+        }
+        self.tx
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        self.sent += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
@@ -1520,6 +1586,10 @@ impl Destination for DockerArchiveDest {
 
     fn properties(&self) -> DestProperties {
         ArchiveWriter::properties()
+    }
+
+    fn accepts_foreign_layer_urls(&self) -> bool {
+        false
     }
 
     async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {

@@ -284,6 +284,14 @@ pub trait Destination: Send + Sync {
     /// Writes the top manifest and names it; the last call of a copy.
     fn commit(&self, top: &RawManifest) -> impl Future<Output = Result<()>> + Send;
 
+    /// Whether a layer that lists URLs (a foreign, non-distributable layer) may be left out
+    /// and only named by its descriptor, as registries, roots and OCI layouts keep it; when
+    /// false (`dir:`, `docker-archive:`, the daemon) its bytes are fetched and written like
+    /// any layer's. containers/image's `AcceptsForeignLayerURLs`.
+    fn accepts_foreign_layer_urls(&self) -> bool {
+        true
+    }
+
     /// Whether manifests of several images (and the children of one index) may be written
     /// at once: true only where each write is independent (a registry), so the engine
     /// overlaps their round trips; a file layout that keeps one index takes them one by one.

@@ -155,6 +155,9 @@ impl Destination for AnyDest {
     fn concurrent_manifests(&self) -> bool {
         each_dest!(self, d => d.concurrent_manifests())
     }
+    fn accepts_foreign_layer_urls(&self) -> bool {
+        each_dest!(self, d => d.accepts_foreign_layer_urls())
+    }
 }
 
 /// The repository of a reference with no registry part (roots and bundles have none).

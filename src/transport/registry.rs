@@ -35,6 +35,25 @@ impl Clients {
     }
 }
 
+/// A foreign layer read from its URLs alone, for a layout that does not hold its bytes
+/// (an `oci:` image skopeo wrote keeps only the URLs): containers/image's
+/// `getExternalBlob`, which fails when no URL answers.
+pub async fn external_blob(desc: &Descriptor) -> Result<BlobBody> {
+    let host = desc
+        .urls
+        .iter()
+        .find_map(|u| reqwest::Url::parse(u).ok()?.host_str().map(str::to_string))
+        .unwrap_or_default();
+    let client = Client::new(&host, &ClientOptions::default())?;
+    let stream = client.get_external_blob(desc).await.map_err(|e| {
+        TransportError::NotFound(format!(
+            "foreign layer {}: no URL it lists answered ({e})",
+            desc.digest
+        ))
+    })?;
+    Ok(BlobBody::Stream(stream))
+}
+
 /// Turns a 404 on a tag into a message that says which tag.
 fn not_found(e: RegistryError, what: &str) -> TransportError {
     if e.is_not_found() {
@@ -147,6 +166,18 @@ impl Source for RegistrySource {
     }
 
     async fn blob(&self, desc: &Descriptor) -> Result<BlobBody> {
+        // A layer with URLs (a foreign layer) is read from them first, then from the
+        // registry, as skopeo does (containers/image's GetBlob falls back to the repository).
+        if !desc.urls.is_empty() {
+            match self.client.get_external_blob(desc).await {
+                Ok(s) => return Ok(BlobBody::Stream(s)),
+                Err(e) => tracing::info!(
+                    "{}: foreign layer {} not fetched from its URLs ({e}); trying the registry",
+                    self.name,
+                    desc.digest
+                ),
+            }
+        }
         Ok(BlobBody::Stream(
             self.client.get_blob(&self.repo, desc).await?,
         ))

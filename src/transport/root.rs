@@ -63,16 +63,15 @@ impl Staging {
         self.images.lock().unwrap().clone()
     }
 
-    /// Removes every blob these copies added and the directories created for them; nothing that
-    /// was there before. Says whether there was anything to remove.
+    /// Removes the blobs these copies added and the directories created for them; nothing
+    /// that was there before, and none that a repository links now (see [`remove_added_blob`]).
+    /// Says whether there was anything to remove.
     pub fn roll_back(&self, store: &Store) -> bool {
-        let mut removed = false;
-        for (digest, _, dirs) in self.added.lock().unwrap().drain(..).rev() {
-            removed = true;
-            let _ = std::fs::remove_file(store.path(PathSpec::BlobData(&digest)));
-            for d in dirs {
-                let _ = std::fs::remove_dir(d);
-            }
+        let added: Vec<_> = self.added.lock().unwrap().drain(..).rev().collect();
+        let removed = !added.is_empty();
+        let repos = store.repositories().unwrap_or_default();
+        for (digest, _, dirs) in added {
+            remove_added_blob(store, &repos, &digest, &dirs);
         }
         self.images.lock().unwrap().clear();
         removed
@@ -80,16 +79,39 @@ impl Staging {
 
     /// Makes the blobs durable (one `syncfs`), then links each image, children
     /// before parents and its tag last; `before_tag(image)` runs just before
-    /// each image is linked (to read what its tag pointed at).
+    /// each image is linked (to read what its tag pointed at). All or nothing: when
+    /// one image fails, the links and tags of the images linked before it are taken
+    /// back (each tag to what it was), so no image of the set stays linked.
     pub fn finish(
         &self,
         store: &Store,
         mut before_tag: impl FnMut(&StagedImage) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         store.sync_fs()?;
-        for img in self.images.lock().unwrap().drain(..) {
-            before_tag(&img)?;
-            link(store, &img)?;
+        let fail_at = std::env::var(crate::limits::ENV_FAIL_LINK_AT)
+            .ok()
+            .and_then(|v| v.strip_prefix("finish:")?.parse::<usize>().ok());
+        let images: Vec<StagedImage> = self.images.lock().unwrap().drain(..).collect();
+        let mut undo: Vec<Unlink> = Vec::new();
+        for (i, img) in images.iter().enumerate() {
+            let linked = (|| {
+                before_tag(img)?;
+                undo.push(Unlink::before(store, img)?);
+                if fail_at == Some(i) {
+                    return Err(StoreError::Walk(format!(
+                        "test hook: linking image {i} ({}) fails",
+                        img.repo
+                    )));
+                }
+                link(store, img)
+            })();
+            if let Err(e) = linked {
+                for u in undo.iter().rev() {
+                    u.apply(store);
+                }
+                let _ = store.sync_fs();
+                return Err(e);
+            }
         }
         store.sync_fs()
     }
@@ -158,6 +180,79 @@ fn start_writeback(path: &Path) {
         // SAFETY: a valid open fd; SYNC_FILE_RANGE_WRITE only queues writeback of its dirty pages.
         unsafe {
             libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+}
+
+/// Removes a blob a failed run added (and the directories made for it), unless a link of one
+/// of `repos` names it now: a concurrent writer that has linked it relies on it. This is the
+/// test distribution's garbage collector applies in spirit (it deletes only what no
+/// repository's manifest revisions reach, marked from every repository); here a layer or
+/// revision link of any repository keeps the blob. A writer that has written the blob but not
+/// yet linked it cannot be seen, as it cannot by distribution's GC (which wants a read-only registry).
+pub fn remove_added_blob(store: &Store, repos: &[String], digest: &Digest, dirs: &[PathBuf]) {
+    if repos
+        .iter()
+        .any(|r| store.has_layer_link(r, digest) || store.has_revision(r, digest))
+    {
+        return;
+    }
+    let _ = std::fs::remove_file(store.path(PathSpec::BlobData(digest)));
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// What linking one staged image will add, recorded before it links, to take it back.
+struct Unlink {
+    repo: String,
+    /// The tag and what it pointed at before (none: it did not exist).
+    tag: Option<(String, Option<Digest>)>,
+    /// Revision links the image adds.
+    revisions: Vec<Digest>,
+    /// Layer (and config) links the image adds.
+    layers: Vec<Digest>,
+}
+
+impl Unlink {
+    /// Reads, before `img` is linked, which of its links and which tag are not there yet.
+    fn before(store: &Store, img: &StagedImage) -> Result<Unlink, StoreError> {
+        let w = store.walk(&img.top)?;
+        let tag = match &img.tag {
+            Some(t) => Some((t.clone(), store.resolve_tag(&img.repo, t)?)),
+            None => None,
+        };
+        Ok(Unlink {
+            repo: img.repo.clone(),
+            tag,
+            revisions: w
+                .manifests()
+                .map(|m| m.digest().clone())
+                .filter(|d| !store.has_revision(&img.repo, d))
+                .collect(),
+            layers: w
+                .blobs
+                .iter()
+                .chain(&w.foreign)
+                .map(|b| b.digest.clone())
+                .filter(|d| !store.has_layer_link(&img.repo, d))
+                .collect(),
+        })
+    }
+
+    /// Puts the tag back, then removes the links that were not there before (best effort).
+    fn apply(&self, store: &Store) {
+        if let Some((t, old)) = &self.tag {
+            let _ = match old {
+                Some(d) => store.tag(&self.repo, t, d).map(drop),
+                None => store.untag(&self.repo, t).map(drop),
+            };
+        }
+        for d in &self.revisions {
+            let _ = store.delete_revision(&self.repo, d);
+        }
+        for d in &self.layers {
+            let _ = store.unlink_layer(&self.repo, d);
         }
     }
 }

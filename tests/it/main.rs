@@ -6,6 +6,7 @@ mod cli;
 mod clients;
 mod conformance;
 mod copy;
+mod daemon;
 mod delta;
 mod faults;
 mod harness;

@@ -224,3 +224,99 @@ fn archives_ferry_writes_are_read_by_skopeo() {
         }
     }
 }
+
+/// skopeo and ferry run the same copy; returns whether they agreed on success and, when both
+/// succeeded, asserts they wrote the same tree.
+fn same_copy(flags: &[&str], from: &str, a: &Path, b: &Path, transport: &str, what: &str) -> bool {
+    let suffix = if transport == "oci" { ":img" } else { "" };
+    let dst_a = format!("{transport}:{}{suffix}", a.display());
+    let dst_b = format!("{transport}:{}{suffix}", b.display());
+    let sk = skopeo(&[&["copy", "-q"], flags, &[from, &dst_a]].concat());
+    let fe = run(ferry()
+        .env("FERRY_TEST_NO_RETRY_DELAY", "1")
+        .args([&["copy", "-q"], flags, &[from, &dst_b]].concat()));
+    assert_eq!(
+        fe.status.success(),
+        sk.status.success(),
+        "{what}: ferry and skopeo agree on success; skopeo: {} ferry: {}",
+        String::from_utf8_lossy(&sk.stderr),
+        String::from_utf8_lossy(&fe.stderr)
+    );
+    if sk.status.success() {
+        assert_same_tree(a, b, what);
+    } else {
+        let err = String::from_utf8_lossy(&fe.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{what}: one line: {err}");
+        assert!(
+            !b.join("manifest.json").exists() && !b.join("index.json").exists(),
+            "{what}: a failed copy names no image"
+        );
+    }
+    sk.status.success()
+}
+
+#[test]
+fn foreign_layers_are_fetched_into_dir_and_named_in_oci_as_skopeo_does() {
+    use ferry::fixtures::foreign_layer;
+    use ferry::store::Store;
+    // Registry H holds the foreign layer's bytes (held:1, whose own URL is dead); registry S
+    // names them: live:1 by a URL into H, dead:1 by a URL nothing answers and S lacks the bytes.
+    let (h_dir, s_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dead_url = "http://127.0.0.1:1/foreign-layer".to_string();
+    let store = Store::create(h_dir.path()).unwrap().with_durable(false);
+    let held = foreign_layer(&store, "held", "1", std::slice::from_ref(&dead_url), true).unwrap();
+    let h = Registry::start(h_dir.path());
+    let layer = held.layer.to_string();
+    let store = Store::create(s_dir.path()).unwrap().with_durable(false);
+    let live_url = format!("http://{}/v2/held/blobs/{layer}", h.addr);
+    foreign_layer(&store, "live", "1", &[live_url], false).unwrap();
+    foreign_layer(&store, "dead", "1", &[dead_url], false).unwrap();
+    assert!(!store.has_blob(&held.layer), "S lacks the foreign bytes");
+    let s = Registry::start(s_dir.path());
+
+    let mut m = Matrix {
+        work: tempfile::tempdir().unwrap(),
+        src: s,
+        n: 0,
+    };
+    let tls = ["--src-tls-verify=false"];
+    let live = format!("docker://{}/live:1", m.src.addr);
+    // docker:// → dir: fetches the foreign layer from its URL; → oci: names it (converted to
+    // OCI's non-distributable type, URLs kept) and fetches nothing.
+    let (a, b) = (m.path("skopeo"), m.path("ferry"));
+    assert!(same_copy(&tls, &live, &a, &b, "dir", "live -> dir:"));
+    assert!(
+        b.join(held.layer.hex()).exists(),
+        "the foreign layer is in dir:"
+    );
+    let (oa, ob) = (m.path("skopeo"), m.path("ferry"));
+    assert!(same_copy(&tls, &live, &oa, &ob, "oci", "live -> oci:"));
+    assert!(
+        !ob.join("blobs/sha256").join(held.layer.hex()).exists(),
+        "oci: keeps the URL, not the bytes"
+    );
+    // The OCI layout skopeo wrote, read back into dir: fetches from the URL.
+    let from_oci = format!("oci:{}:img", oa.display());
+    let (a, b) = (m.path("skopeo"), m.path("ferry"));
+    assert!(same_copy(&[], &from_oci, &a, &b, "dir", "oci: -> dir:"));
+    // A dead URL: from a registry that holds the bytes, both fall back to it...
+    let held_ref = format!("docker://{}/held:1", h.addr);
+    let (a, b) = (m.path("skopeo"), m.path("ferry"));
+    assert!(same_copy(&tls, &held_ref, &a, &b, "dir", "held -> dir:"));
+    // ...from one that does not, both fail (one line, no image named), into dir: only.
+    let dead = format!("docker://{}/dead:1", m.src.addr);
+    let (a, b) = (m.path("skopeo"), m.path("ferry"));
+    assert!(!same_copy(&tls, &dead, &a, &b, "dir", "dead -> dir:"));
+    let (oa, ob) = (m.path("skopeo"), m.path("ferry"));
+    assert!(same_copy(&tls, &dead, &oa, &ob, "oci", "dead -> oci:"));
+    let from_oci = format!("oci:{}:img", oa.display());
+    let (a, b) = (m.path("skopeo"), m.path("ferry"));
+    assert!(!same_copy(
+        &[],
+        &from_oci,
+        &a,
+        &b,
+        "dir",
+        "dead oci: -> dir:"
+    ));
+}

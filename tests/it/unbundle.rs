@@ -769,3 +769,121 @@ fn serve_dir_unpacks_verified_then_serves_the_root() {
     let out = run_ok(ferry().arg("verify").arg(&dir));
     assert!(String::from_utf8_lossy(&out.stdout).contains(" 0 faults"));
 }
+
+/// Blob data files under a root (none when it does not exist).
+fn data_files(root: &Path) -> usize {
+    if !root.exists() {
+        return 0;
+    }
+    files(root).keys().filter(|k| k.ends_with("/data")).count()
+}
+
+#[test]
+fn a_link_that_fails_takes_back_its_links_and_only_the_blobs_nothing_links() {
+    let (_, corpus) = small();
+    let (zst, _) = bundles();
+    let work = tempfile::tempdir().unwrap();
+    let link = |bundle: &Path, root: &Path, env: &[(&str, &str)]| {
+        let mut c = ferry();
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.args(["unbundle", "link", "-q"])
+            .arg(bundle)
+            .arg("--root")
+            .arg(root);
+        c
+    };
+    let one_line = |out: &std::process::Output, what: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
+        assert!(
+            err.contains("test hook") || err.contains("\"test-hook\""),
+            "{what}: {err}"
+        );
+    };
+    let no_tags = |root: &Path, what: &str| {
+        let store = Store::open(root);
+        for img in &corpus.images {
+            assert_eq!(
+                store.resolve_tag(&img.repository, &img.tag).unwrap_or(None),
+                None,
+                "{what}: {}:{} is not tagged",
+                img.repository,
+                img.tag
+            );
+            assert!(
+                !store.has_revision(&img.repository, &img.digest),
+                "{what}: {} is not linked",
+                img.digest
+            );
+        }
+    };
+
+    // (a) A reference that does not parse: nothing is left (read in place, no blob is in yet,
+    // so this holds even without the roll-back that path now has).
+    let a = work.path().join("a");
+    let out = run(&mut link(
+        zst,
+        &a,
+        &[("FERRY_TEST_FAIL_LINK_AT", "reference")],
+    ));
+    one_line(&out, "reference");
+    assert_eq!(data_files(&a), 0, "no blob of the failed link is left");
+
+    // (b) Linking fails at the third image, after two were linked: none stays linked.
+    let b = work.path().join("b");
+    let out = run(&mut link(
+        zst,
+        &b,
+        &[("FERRY_TEST_FAIL_LINK_AT", "finish:2")],
+    ));
+    one_line(&out, "finish");
+    no_tags(&b, "finish");
+    assert_eq!(data_files(&b), 0, "no blob of the failed link is left");
+    // A root that had the images keeps them, tags as they were.
+    run_ok(&mut link(zst, &b, &[]));
+    let before = files(&b);
+    let out = run(&mut link(
+        zst,
+        &b,
+        &[("FERRY_TEST_FAIL_LINK_AT", "finish:2")],
+    ));
+    one_line(&out, "finish again");
+    assert_eq!(files(&b), before, "a failed re-link changes nothing");
+
+    // (c) A concurrent writer links one of the run's new blobs before the run fails: that
+    // blob stays; the others go.
+    let c = work.path().join("c");
+    let relied = corpus.images[0].digest.clone();
+    let child = link(
+        zst,
+        &c,
+        &[
+            ("FERRY_TEST_FAIL_LINK_AT", "finish:0"),
+            ("FERRY_TEST_LINK_PAUSE_MS", "3000"),
+        ],
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let start = std::time::Instant::now();
+    while !Store::open(&c).has_blob(&relied) {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "the run never put {relied}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Store::open(&c)
+        .link_revision("other/writer", &relied)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    one_line(&out, "concurrent");
+    assert!(
+        Store::open(&c).has_blob(&relied),
+        "the blob another writer linked is kept"
+    );
+    assert_eq!(data_files(&c), 1, "only that blob is kept");
+}
