@@ -69,9 +69,11 @@ impl Staging {
     pub fn roll_back(&self, store: &Store) -> bool {
         let added: Vec<_> = self.added.lock().unwrap().drain(..).rev().collect();
         let removed = !added.is_empty();
-        let repos = store.repositories().unwrap_or_default();
-        for (digest, _, dirs) in added {
-            remove_added_blob(store, &repos, &digest, &dirs);
+        if removed {
+            let repos = store.repositories().unwrap_or_default();
+            for (digest, _, dirs) in added {
+                remove_added_blob(store, &repos, &digest, &dirs);
+            }
         }
         self.images.lock().unwrap().clear();
         removed
