@@ -31,11 +31,12 @@ pub struct InspectArgs {
 }
 
 /// Prints what skopeo inspect prints for the image, so scripts can switch tools unchanged.
-pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
+pub fn run(g: &super::GlobalArgs, a: InspectArgs) -> anyhow::Result<ExitCode> {
     let r = ImageRef::parse(&a.image)?;
     let platform = a.platform.parsed()?;
     let open = OpenOptions {
         source: a.registry.client_options()?,
+        s3_endpoint: g.s3_endpoint.clone(),
         ..Default::default()
     };
     // One thread is plenty for a handful of requests, and starts faster.
