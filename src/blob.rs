@@ -152,7 +152,9 @@ fn exact_len(stream: ByteStream, len: u64) -> ByteStream {
                     Some((Ok(c), (stream, seen, false)))
                 }
                 Some(Err(e)) => Some((Err(e), (stream, seen, true))),
-                None if seen < len => Some((Err(wrong("a short body", seen)), (stream, seen, true))),
+                None if seen < len => {
+                    Some((Err(wrong("a short body", seen)), (stream, seen, true)))
+                }
                 None => None,
             }
         },

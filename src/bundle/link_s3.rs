@@ -209,4 +209,3 @@ async fn left_out_at(
     })?;
     Ok(manifests)
 }
-

@@ -271,10 +271,11 @@ impl S3Root {
                 client = client.with_root_certificate(cert);
             }
         }
-        b = b.with_client_options(client.clone());
         if let Some(e) = &endpoint {
-            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+            b = b.with_endpoint(e);
+            client = client.with_allow_http(e.starts_with("http://"));
         }
+        b = b.with_client_options(client.clone());
         // The bucket's HTTPS client uses ring, as the registry client does.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let region = b
@@ -659,12 +660,15 @@ impl S3Root {
                 if !name.is_empty() && entries.iter().any(|e| paths::is_repository_marker(e)) {
                     found.push(name.clone());
                 }
-                level.extend(entries.into_iter().filter(|e| !e.starts_with('_')).map(
-                    |e| match name.as_str() {
-                        "" => e,
-                        n => format!("{n}/{e}"),
-                    },
-                ));
+                level.extend(
+                    entries
+                        .into_iter()
+                        .filter(|e| !e.starts_with('_'))
+                        .map(|e| match name.as_str() {
+                            "" => e,
+                            n => format!("{n}/{e}"),
+                        }),
+                );
             }
         }
         found.sort();

@@ -6,9 +6,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use object_store::aws::AwsAuthorizer;
+use object_store::client::{HttpConnector, HttpRequestBody, ReqwestConnector};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as Key;
-use object_store::client::{HttpConnector, HttpRequestBody, ReqwestConnector};
 
 use super::paths::{self, LayoutFile, PathSpec};
 use super::s3::{Result, S3Error, S3Root, one_line};
@@ -52,7 +52,11 @@ impl S3Root {
                 .abort_multipart(&Key::from(u.key.as_str()), &u.id)
                 .await
                 .map_err(|e| self.request_error("aborting a stale upload of", &u.key, e))?;
-            tracing::info!("s3://{}/{}: aborted an upload left open", self.bucket(), u.key);
+            tracing::info!(
+                "s3://{}/{}: aborted an upload left open",
+                self.bucket(),
+                u.key
+            );
             aborted += 1;
         }
         Ok(aborted)
@@ -100,10 +104,7 @@ impl S3Root {
             AwsAuthorizer::new(&credential, "s3", self.region())
                 .try_authorize(&mut req, None)
                 .map_err(|e| fail(one_line(&e)))?;
-            let resp = http
-                .execute(req)
-                .await
-                .map_err(|e| fail(one_line(&e)))?;
+            let resp = http.execute(req).await.map_err(|e| fail(one_line(&e)))?;
             let status = resp.status();
             let body = resp
                 .into_body()
@@ -111,6 +112,10 @@ impl S3Root {
                 .await
                 .map_err(|e| fail(one_line(&e)))?;
             let text = String::from_utf8_lossy(&body);
+            tracing::debug!(
+                "ListMultipartUploads {url}: {status}: {}",
+                &text[..text.len().min(600)]
+            );
             if !status.is_success() {
                 let code = element(&text, "Code").unwrap_or_default();
                 return Err(fail(format!("{status}: {code}")));
@@ -189,7 +194,10 @@ mod tests {
     #[test]
     fn dates_and_listings_parse() {
         assert_eq!(rfc3339_secs("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(rfc3339_secs("2026-11-30T11:53:56.032Z"), Some(1_796_039_636));
+        assert_eq!(
+            rfc3339_secs("2026-11-30T11:53:56.032Z"),
+            Some(1_796_039_636)
+        );
         assert_eq!(rfc3339_secs("2000-03-01T00:00:01Z"), Some(951_868_801));
         assert_eq!(rfc3339_secs("garbage"), None);
         let xml = "<?xml version=\"1.0\"?><ListMultipartUploadsResult><Bucket>b</Bucket>\

@@ -227,7 +227,13 @@ impl Source for S3Source {
 
     async fn list_tags(&self) -> Result<Vec<String>> {
         let tags = self.root.list_dir(PathSpec::Tags(&self.repo)).await?;
-        if tags.is_empty() && self.root.list_dir(PathSpec::Repository(&self.repo)).await?.is_empty() {
+        if tags.is_empty()
+            && self
+                .root
+                .list_dir(PathSpec::Repository(&self.repo))
+                .await?
+                .is_empty()
+        {
             return Err(TransportError::NotFound(format!(
                 "{}: no such repository",
                 self.name
@@ -336,8 +342,8 @@ impl Catalog for S3Catalog {
     fn manifest_digests(&self, repo: &str) -> Result<Vec<Digest>, StoreError> {
         crate::reference::validate_repository(repo)?;
         let alg = crate::digest::Algorithm::Sha256;
-        let hexes =
-            on_blocking_thread(self.0.list_dir(PathSpec::RevisionsAlgorithm(repo, alg))).map_err(store_err)?;
+        let hexes = on_blocking_thread(self.0.list_dir(PathSpec::RevisionsAlgorithm(repo, alg)))
+            .map_err(store_err)?;
         Ok(hexes
             .iter()
             .filter_map(|h| Digest::from_hex(alg, h).ok())
@@ -440,7 +446,10 @@ pub async fn resolve(
 pub async fn abort_stale_uploads(root: &S3Root) {
     match root.abort_stale_uploads().await {
         Ok(0) => {}
-        Ok(n) => tracing::info!("{}: aborted {n} upload(s) left open by killed runs", root.url()),
+        Ok(n) => tracing::info!(
+            "{}: aborted {n} upload(s) left open by killed runs",
+            root.url()
+        ),
         Err(e) => tracing::warn!("{e} (uploads left open by killed runs stay for a later run)"),
     }
 }

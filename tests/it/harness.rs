@@ -878,7 +878,8 @@ impl TlsProxy {
     /// (`http://HOST:PORT`), HTTP/1.1 only (the upstream speaks no HTTP/2 without TLS).
     pub fn start(upstream: &str) -> TlsProxy {
         let certs = test_certs();
-        let mut config = (*ferry::serve::tls::server_config(&certs.chain, &certs.key).unwrap()).clone();
+        let mut config =
+            (*ferry::serve::tls::server_config(&certs.chain, &certs.key).unwrap()).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

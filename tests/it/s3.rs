@@ -305,8 +305,13 @@ fn s3_endpoint_flag_overrides_the_environment() {
         cmd
     };
     let out = run(with_dead_env().args(["inspect", "--raw", &image]));
-    assert_eq!(out.status.code(), Some(1), "the environment's endpoint is dead");
-    let out = run_ok(with_dead_env().args(["--s3-endpoint", &b.endpoint, "inspect", "--raw", &image]));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the environment's endpoint is dead"
+    );
+    let out =
+        run_ok(with_dead_env().args(["--s3-endpoint", &b.endpoint, "inspect", "--raw", &image]));
     assert_eq!(sha256(&out.stdout), img.digest.to_string());
     run_ok(with_dead_env().args([
         "--s3-endpoint",
@@ -387,7 +392,10 @@ fn an_https_endpoint_is_trusted_through_aws_ca_bundle_or_the_profile_and_refused
         format!("[default]\nca_bundle = {}\n", proxy.certs.ca.display()),
     )
     .unwrap();
-    assert_eq!(ls_tls(https.ferry().env("AWS_CONFIG_FILE", &config)), expected());
+    assert_eq!(
+        ls_tls(https.ferry().env("AWS_CONFIG_FILE", &config)),
+        expected()
+    );
     // The same bucket over plain HTTP agrees.
     assert_eq!(ls(&b, &url), expected());
     let (_, _, faults, ok) = verify(&b, &url);
@@ -520,9 +528,7 @@ fn a_link_aborts_the_stale_uploads_killed_runs_left_and_no_others() {
     std::thread::sleep(Duration::from_secs(3));
     let young_id = start(&young_ours);
     // Older than 2 s is stale for this run (a day otherwise).
-    run_ok(
-        link(&b, zst, &b.url("site")).env(ferry::limits::ENV_S3_STALE_UPLOAD_SECS, "2"),
-    );
+    run_ok(link(&b, zst, &b.url("site")).env(ferry::limits::ENV_S3_STALE_UPLOAD_SECS, "2"));
     assert_eq!(ls(&b, &b.url("site")), expected());
     // An upload still open can be aborted; one ferry aborted is gone (NoSuchUpload).
     let abort = |k: &Key, id: &String| rt.block_on(s3.abort_multipart(k, id));
