@@ -206,7 +206,7 @@ fn ca_bundle(bucket: &str, path: &str) -> Result<Vec<Certificate>> {
 pub struct S3Root {
     client: Arc<AmazonS3>,
     /// The client's options (CA bundle and the rest), for the one request object_store cannot make.
-    options: ClientOptions,
+    options: Arc<ClientOptions>,
     /// The endpoint's URL (`--s3-endpoint`, the environment's, or AWS's for the region).
     endpoint: String,
     region: String,
@@ -288,7 +288,7 @@ impl S3Root {
         })?;
         Ok(S3Root {
             client: Arc::new(built),
-            options: client,
+            options: Arc::new(client),
             endpoint,
             region,
             bucket,
