@@ -20,6 +20,12 @@ pub trait RangeRead: Send + Sync {
     fn chunk_bytes(&self) -> usize {
         IO_BUFFER_BYTES
     }
+
+    /// The range as an async stream, for a source that is remote (a bucket): [`range_stream`]
+    /// then reads it on the runtime, with no blocking thread waiting on the network.
+    fn stream_range(&self, _start: u64, _len: u64) -> Option<ByteStream> {
+        None
+    }
 }
 
 /// A blob that is a whole file.
@@ -86,12 +92,12 @@ impl BlobBody {
 
 /// `len` bytes from `start` of a blob as a stream of chunks, read on one
 /// blocking thread through a short queue (memory stays flat; a short read is an
-/// error, never a silently shorter body). Shared by uploads and by `serve`.
-pub fn range_stream(
-    source: Arc<dyn RangeRead>,
-    start: u64,
-    len: u64,
-) -> impl futures_util::Stream<Item = io::Result<bytes::Bytes>> + Send + 'static {
+/// error, never a silently shorter body), or straight from the source's own
+/// async stream when it has one ([`RangeRead::stream_range`]). Shared by uploads and by `serve`.
+pub fn range_stream(source: Arc<dyn RangeRead>, start: u64, len: u64) -> ByteStream {
+    if let Some(s) = source.stream_range(start, len) {
+        return exact_len(s, len);
+    }
     // Two chunks in flight per reader: enough to keep a socket busy, little memory under many clients.
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(2);
     let chunk = source.chunk_bytes().max(1);
@@ -116,9 +122,76 @@ pub fn range_stream(
             }
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
-    })
+    }))
+}
+
+/// A stream that must hold exactly `len` bytes: one that runs short or long ends with an
+/// error instead of ending cleanly (a short body is never taken for the whole range).
+fn exact_len(stream: ByteStream, len: u64) -> ByteStream {
+    use futures_util::StreamExt;
+    Box::pin(futures_util::stream::unfold(
+        (stream, 0u64, false),
+        move |(mut stream, seen, done)| async move {
+            if done {
+                return None;
+            }
+            let wrong = |what: &str, n: u64| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{what}: {n} bytes of the {len} asked for"),
+                )
+            };
+            match stream.next().await {
+                Some(Ok(c)) => {
+                    let seen = seen + c.len() as u64;
+                    if seen > len {
+                        return Some((Err(wrong("a longer body", seen)), (stream, seen, true)));
+                    }
+                    Some((Ok(c), (stream, seen, false)))
+                }
+                Some(Err(e)) => Some((Err(e), (stream, seen, true))),
+                None if seen < len => {
+                    Some((Err(wrong("a short body", seen)), (stream, seen, true)))
+                }
+                None => None,
+            }
+        },
+    ))
+}
+
+/// A stream checked against a blob's digest and size as it passes: it ends with an
+/// `InvalidData` error instead of ending cleanly when the bytes do not match (what a
+/// [`BlobBody::Stream`] from a source promises).
+pub fn verified(stream: ByteStream, digest: crate::digest::Digest, size: u64) -> ByteStream {
+    use futures_util::StreamExt;
+    let hasher = crate::digest::Hasher::new(digest.algorithm());
+    Box::pin(futures_util::stream::unfold(
+        (exact_len(stream, size), Some(hasher), 0u64),
+        move |(mut stream, hasher, seen)| {
+            let digest = digest.clone();
+            async move {
+                let mut hasher = hasher?;
+                match stream.next().await {
+                    Some(Ok(c)) => {
+                        hasher.update(&c);
+                        let seen = seen + c.len() as u64;
+                        Some((Ok(c), (stream, Some(hasher), seen)))
+                    }
+                    Some(Err(e)) => Some((Err(e), (stream, None, seen))),
+                    None => match crate::digest::check(&digest, Some(size), &hasher.finish(), seen)
+                    {
+                        Ok(()) => None,
+                        Err(e) => Some((
+                            Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                            (stream, None, seen),
+                        )),
+                    },
+                }
+            }
+        },
+    ))
 }
 
 /// Why [`write_stream`] stopped: the stream broke (or did not verify), or the writer failed.

@@ -110,6 +110,10 @@ pub const ENV_NO_RETRY_DELAY: &str = "FERRY_TEST_NO_RETRY_DELAY";
 /// Test-only: milliseconds to pause before each new tag is renamed into place (in a bucket: before its `current` link is written), so a test can SIGKILL inside the tag phase.
 pub const ENV_TAG_PAUSE_MS: &str = "FERRY_TEST_TAG_PAUSE_MS";
 
+/// Test-only: the age in seconds past which a multipart upload ferry left open in a bucket is
+/// aborted (instead of [`S3_STALE_UPLOAD_SECS`]), so a test need not wait a day.
+pub const ENV_S3_STALE_UPLOAD_SECS: &str = "FERRY_TEST_S3_STALE_UPLOAD_SECS";
+
 /// Test-only: `serve`'s header and idle timeouts in milliseconds, so a test of them runs in seconds.
 pub const ENV_SERVE_TIMEOUT_MS: &str = "FERRY_TEST_SERVE_TIMEOUT_MS";
 
@@ -201,3 +205,11 @@ pub const S3_RETRIES: usize = 3;
 
 /// How long one S3 request may be retried in all, in seconds.
 pub const S3_RETRY_SECS: u64 = 20;
+
+/// Age past which a multipart upload to a blob's key is taken for one a killed ferry run left
+/// open, and aborted when a run starts writing the root (a concurrent run's live uploads are
+/// younger: a day is far longer than any one blob takes).
+pub const S3_STALE_UPLOAD_SECS: u64 = 24 * 3600;
+
+/// Listing requests to one bucket in flight at once (a catalog's levels of repository names).
+pub const S3_LIST_JOBS: usize = 16;

@@ -115,6 +115,8 @@ pub async fn link_s3(
         tags.push(change);
     }
 
+    // Uploads a killed run left open are aborted before this run writes (a live run's are younger).
+    crate::transport::root_s3::abort_stale_uploads(root).await;
     let catalog = Arc::new(WithManifests {
         bundles: Bundles(bundles),
         manifests,

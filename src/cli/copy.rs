@@ -69,14 +69,6 @@ pub struct CopyArgs {
 pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
     let src = ImageRef::parse(&a.source).context("source")?;
     let dst = ImageRef::parse(&a.destination).context("destination")?;
-    let on_s3 = |r: &ImageRef| matches!(r, ImageRef::RegistryRoot(p, _) if p.starts_with("s3:"));
-    if on_s3(&src) && on_s3(&dst) {
-        // Known to hang now and then (a stalled bridge between the two buckets' streams): refused
-        // until fixed, rather than left to hang a pipeline.
-        anyhow::bail!(
-            "copy from one registry-root:s3:// to another is not supported yet: copy through dir: or oci:"
-        );
-    }
     let multi_arch_hint = if a.all {
         MultiArchArg::All
     } else {
@@ -124,6 +116,7 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
             a.sides.authfile.clone(),
             a.jobs,
         )?,
+        s3_endpoint: g.s3_endpoint.clone(),
     };
     let rt = super::runtime()?;
     let summary = rt.block_on(async {

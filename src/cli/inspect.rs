@@ -34,7 +34,7 @@ pub struct InspectArgs {
 }
 
 /// Prints what skopeo inspect prints for the image, so scripts can switch tools unchanged.
-pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
+pub fn run(g: &super::GlobalArgs, a: InspectArgs) -> anyhow::Result<ExitCode> {
     // A template that does not parse is refused before anything is read.
     let template = match a.format.as_deref() {
         Some(f) if !is_json_format(f) => Some(skopeo_template(f).map_err(anyhow::Error::msg)?),
@@ -44,6 +44,7 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let platform = a.platform.parsed()?;
     let open = OpenOptions {
         source: a.registry.client_options()?,
+        s3_endpoint: g.s3_endpoint.clone(),
         ..Default::default()
     };
     // One thread is plenty for a handful of requests, and starts faster.

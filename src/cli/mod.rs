@@ -277,7 +277,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Bundle(a) => bundle::run(g, a),
         Command::Unbundle(a) => unbundle::run(g, a),
         Command::Copy(a) => copy::run(g, a),
-        Command::Inspect(a) => inspect::run(a),
+        Command::Inspect(a) => inspect::run(g, a),
         Command::ListTags(a) => list_tags::run(a),
         Command::Delete(a) => delete::run(g, a),
         Command::Login(a) => login::login(a),

@@ -144,6 +144,7 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
                 a.jobs,
             )?
         },
+        s3_endpoint: g.s3_endpoint.clone(),
     };
     let opts = SyncOptions {
         source_kind: a.src,

@@ -13,6 +13,7 @@ mod links;
 pub mod paths;
 pub mod s3;
 mod s3_read;
+mod s3_uploads;
 mod verify;
 
 use std::io;

@@ -197,16 +197,18 @@ pub fn list_blobs(root: &Path) -> io::Result<Listing<Digest>> {
     Ok((blobs, strays))
 }
 
+/// Whether an entry of a directory under `repositories/` marks that directory as a repository
+/// (`_layers`, `_manifests` or `_uploads`); any other `_` name is none of a repository's.
+pub fn is_repository_marker(name: &str) -> bool {
+    name == LAYERS || name == MANIFESTS || name == UPLOADS
+}
+
 /// Every repository name: a directory under `repositories/` that holds any of
 /// `_layers`, `_manifests` or `_uploads` (names nest, as `library/redis`).
 pub fn list_repositories(root: &Path) -> io::Result<Vec<String>> {
     fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> io::Result<()> {
         let names = read_dir_names(dir)?;
-        if !prefix.is_empty()
-            && names
-                .iter()
-                .any(|n| n == LAYERS || n == MANIFESTS || n == UPLOADS)
-        {
+        if !prefix.is_empty() && names.iter().any(|n| is_repository_marker(n)) {
             out.push(prefix.to_string());
         }
         for n in names {

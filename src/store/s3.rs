@@ -17,15 +17,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as Key;
 use object_store::{
-    BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+    BackoffConfig, Certificate, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload,
+    RetryConfig, WriteMultipart,
 };
 
 use super::paths::{self, LayoutFile, PathSpec};
 use crate::digest::{Digest, Hasher, VerifyError};
-use crate::limits::{MAX_LINK_BYTES, S3_PART_BYTES, S3_PARTS_IN_FLIGHT, S3_RETRIES, S3_RETRY_SECS};
+use crate::limits::{
+    MAX_LINK_BYTES, S3_LIST_JOBS, S3_PART_BYTES, S3_PARTS_IN_FLIGHT, S3_RETRIES, S3_RETRY_SECS,
+};
 
 /// What went wrong with a bucket; every variant names the bucket (and key) and the cause.
 #[derive(Debug, thiserror::Error)]
@@ -183,10 +186,30 @@ fn profile_settings() -> HashMap<String, String> {
     out
 }
 
+/// The certificates of a PEM CA bundle (`AWS_CA_BUNDLE`, a profile's `ca_bundle`), to trust for the
+/// bucket's HTTPS endpoint; a bundle that cannot be read or holds no certificate is refused.
+fn ca_bundle(bucket: &str, path: &str) -> Result<Vec<Certificate>> {
+    let bad = |cause: String| S3Error::Client {
+        bucket: bucket.to_string(),
+        cause: format!("CA bundle {path}: {cause}"),
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = Certificate::from_pem_bundle(&pem).map_err(|e| bad(one_line(&e)))?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".to_string()));
+    }
+    Ok(certs)
+}
+
 /// A registry root in a bucket (`s3://BUCKET[/PREFIX]`).
 #[derive(Debug, Clone)]
 pub struct S3Root {
     client: Arc<AmazonS3>,
+    /// The client's options (CA bundle and the rest), for the one request object_store cannot make.
+    options: Arc<ClientOptions>,
+    /// The endpoint's URL (`--s3-endpoint`, the environment's, or AWS's for the region).
+    endpoint: String,
+    region: String,
     bucket: String,
     prefix: String,
 }
@@ -233,17 +256,41 @@ impl S3Root {
             .or(env("AWS_ENDPOINT_URL"))
             .or(env("AWS_ENDPOINT"))
             .or(from_profile("endpoint_url"));
-        if let Some(e) = &endpoint {
-            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+        // The client's options from the environment (as `from_env` reads them), plus a CA bundle:
+        // `AWS_CA_BUNDLE`, else the profile's `ca_bundle`, trusted besides the system's roots.
+        let mut client = ClientOptions::new();
+        for (k, v) in std::env::vars() {
+            if k.starts_with("AWS_")
+                && let Ok(AmazonS3ConfigKey::Client(key)) = k.to_ascii_lowercase().parse()
+            {
+                client = client.with_config(key, v);
+            }
         }
+        if let Some(path) = env("AWS_CA_BUNDLE").or(from_profile("ca_bundle")) {
+            for cert in ca_bundle(&bucket, &path)? {
+                client = client.with_root_certificate(cert);
+            }
+        }
+        if let Some(e) = &endpoint {
+            b = b.with_endpoint(e);
+            client = client.with_allow_http(e.starts_with("http://"));
+        }
+        b = b.with_client_options(client.clone());
         // The bucket's HTTPS client uses ring, as the registry client does.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = b.build().map_err(|e| S3Error::Client {
+        let region = b
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let endpoint = endpoint.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let built = b.build().map_err(|e| S3Error::Client {
             bucket: bucket.clone(),
             cause: one_line(&e),
         })?;
         Ok(S3Root {
-            client: Arc::new(client),
+            client: Arc::new(built),
+            options: Arc::new(client),
+            endpoint,
+            region,
             bucket,
             prefix,
         })
@@ -262,6 +309,34 @@ impl S3Root {
         &self.bucket
     }
 
+    /// The object store client.
+    pub(super) fn client(&self) -> &AmazonS3 {
+        &self.client
+    }
+
+    /// The client's options (CA bundle and the rest).
+    pub(super) fn client_options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// The endpoint's URL, for messages and hand-made requests.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The region requests are signed for.
+    pub(super) fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// A key with the root's prefix taken off (`None` when it is not under the root).
+    pub(super) fn relative<'k>(&self, key: &'k str) -> Option<&'k str> {
+        match self.prefix.as_str() {
+            "" => Some(key),
+            p => key.strip_prefix(p)?.strip_prefix('/'),
+        }
+    }
+
     /// The object key of a layout element (PREFIX + the path paths.rs computes).
     pub fn key(&self, spec: PathSpec<'_>) -> String {
         self.prefixed(&paths::key_for(spec))
@@ -274,12 +349,22 @@ impl S3Root {
         }
     }
 
-    fn request_error(&self, op: &'static str, key: &str, e: object_store::Error) -> S3Error {
+    /// A failed request as one line; one that got no answer (connection, TLS) names the endpoint.
+    pub(super) fn request_error(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: object_store::Error,
+    ) -> S3Error {
+        let mut cause = one_line(&e);
+        if cause.starts_with("HTTP error") {
+            cause = format!("{}: {cause}", self.endpoint);
+        }
         S3Error::Request {
             op,
             bucket: self.bucket.clone(),
             key: key.to_string(),
-            cause: one_line(&e),
+            cause,
         }
     }
 
@@ -531,12 +616,16 @@ impl S3Root {
     /// The names one level below a layout directory (tags of a repository, digests' hex under
     /// `revisions/sha256`), sorted; empty when there is none.
     pub async fn list_dir(&self, spec: PathSpec<'_>) -> Result<Vec<String>> {
-        let dir = self.key(spec);
+        self.list_names(&self.key(spec)).await
+    }
+
+    /// The names one level below the key `dir` (one delimiter listing), sorted.
+    async fn list_names(&self, dir: &str) -> Result<Vec<String>> {
         let r = self
             .client
-            .list_with_delimiter(Some(&Key::from(dir.as_str())))
+            .list_with_delimiter(Some(&Key::from(dir)))
             .await
-            .map_err(|e| self.request_error("listing", &dir, e))?;
+            .map_err(|e| self.request_error("listing", dir, e))?;
         let mut names: Vec<String> = r
             .common_prefixes
             .iter()
@@ -544,6 +633,46 @@ impl S3Root {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// Every repository under the root, sorted, found as distribution's catalog finds them (a
+    /// directory under `repositories/` holding `_layers`, `_manifests` or `_uploads`; names nest)
+    /// with delimiter listings, a level of the name tree at a time and [`S3_LIST_JOBS`] requests at
+    /// once: a `_catalog` costs one request per directory of names, not a listing of every blob.
+    pub async fn repositories(&self) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        let mut level = vec![String::new()];
+        while !level.is_empty() {
+            let listed: Vec<(String, Vec<String>)> =
+                futures_util::stream::iter(std::mem::take(&mut level).into_iter().map(
+                    |name| async move {
+                        let dir = match name.as_str() {
+                            "" => self.key(PathSpec::Repositories),
+                            n => self.key(PathSpec::Repository(n)),
+                        };
+                        Ok::<_, S3Error>((name, self.list_names(&dir).await?))
+                    },
+                ))
+                .buffer_unordered(S3_LIST_JOBS)
+                .try_collect()
+                .await?;
+            for (name, entries) in listed {
+                if !name.is_empty() && entries.iter().any(|e| paths::is_repository_marker(e)) {
+                    found.push(name.clone());
+                }
+                level.extend(
+                    entries
+                        .into_iter()
+                        .filter(|e| !e.starts_with('_'))
+                        .map(|e| match name.as_str() {
+                            "" => e,
+                            n => format!("{n}/{e}"),
+                        }),
+                );
+            }
+        }
+        found.sort();
+        Ok(found)
     }
 
     /// `len` bytes of a blob from `start`, as a stream (a registry client's range, or all of it).
@@ -641,7 +770,7 @@ async fn abort(upload: Option<WriteMultipart>) {
 /// An object store error on one line, without its debugging detail: the request's URL and
 /// timing are dropped (the caller names the bucket and key), an S3 XML error body becomes
 /// `STATUS: Code: Message`, and the retries made are kept.
-fn one_line(e: &dyn std::error::Error) -> String {
+pub(super) fn one_line(e: &dyn std::error::Error) -> String {
     let mut full = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

@@ -15,7 +15,7 @@ use super::oci::{OciDest, OciSource};
 use super::oci_archive::{OciArchiveDest, OciArchiveSource};
 use super::registry::{Clients, Pushed, RegistryDest, RegistrySource};
 use super::root::RootDest;
-use super::root_s3::{S3Catalog, S3Dest};
+use super::root_s3::{S3Dest, S3Source};
 use super::{DestProperties, Destination, ImageRef, Put, Result, Source, TransportError};
 use crate::blob::BlobBody;
 use crate::bundlefile::read::BundleFile;
@@ -32,6 +32,8 @@ pub struct OpenOptions {
     pub source: ClientOptions,
     /// The destination registry's connection options.
     pub destination: ClientOptions,
+    /// `--s3-endpoint`: the endpoint of `registry-root:s3://` buckets (over the AWS environment's).
+    pub s3_endpoint: Option<String>,
 }
 
 /// Any transport's source.
@@ -42,7 +44,7 @@ pub enum AnySource {
     /// `registry-root:`.
     Root(CatalogSource<Store>),
     /// `registry-root:s3://`.
-    RootS3(CatalogSource<S3Catalog>),
+    RootS3(S3Source),
     /// `ferry-bundle:`.
     Bundle(CatalogSource<Bundles>),
     /// `dir:`.
@@ -194,12 +196,9 @@ pub async fn open_source(r: &ImageRef, clients: &Clients, opts: &OpenOptions) ->
         )?),
         ImageRef::RegistryRoot(root, reference) if crate::store::s3::is_s3(root) => {
             local_reference(reference, "registry-root")?;
-            let (root, image) = super::root_s3::resolve(root, reference).await?;
-            AnySource::RootS3(CatalogSource::new(
-                Arc::new(S3Catalog(root)),
-                image,
-                r.to_string(),
-            ))
+            let (root, image) =
+                super::root_s3::resolve(root, reference, opts.s3_endpoint.as_deref()).await?;
+            AnySource::RootS3(S3Source::new(root, image, r.to_string()))
         }
         ImageRef::RegistryRoot(root, reference) => {
             local_reference(reference, "registry-root")?;
@@ -299,7 +298,12 @@ pub fn open_dest(
         ImageRef::RegistryRoot(root, reference) if crate::store::s3::is_s3(root) => {
             local_reference(reference, "registry-root")?;
             // Which part of the path is the root is asked of the bucket (one listing per cut).
-            let (root, image) = super::root_s3::wait(super::root_s3::resolve(root, reference))?;
+            let (root, image) = super::root_s3::wait(async {
+                let found =
+                    super::root_s3::resolve(root, reference, opts.s3_endpoint.as_deref()).await?;
+                super::root_s3::abort_stale_uploads(&found.0).await;
+                Ok::<_, TransportError>(found)
+            })?;
             AnyDest::RootS3(S3Dest::new(
                 root,
                 image.repository().to_string(),

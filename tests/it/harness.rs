@@ -866,3 +866,75 @@ fn random_bytes<const N: usize>() -> [u8; N] {
         .expect("reading /dev/urandom");
     b
 }
+
+/// A TLS-terminating proxy in front of a plain endpoint (Garage's S3 API), serving a certificate
+/// for 127.0.0.1 signed by a test CA, so clients meet a real HTTPS endpoint; stopped when dropped.
+pub struct TlsProxy {
+    /// `https://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The test CA (`certs.ca`) and the proxy's certificate and key.
+    pub certs: TestCerts,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsProxy {
+    /// Listens on a free loopback port and forwards each TLS connection's bytes to `upstream`
+    /// (`http://HOST:PORT`), HTTP/1.1 only (the upstream speaks no HTTP/2 without TLS).
+    pub fn start(upstream: &str) -> TlsProxy {
+        let certs = test_certs();
+        let mut config =
+            (*ferry::serve::tls::server_config(&certs.chain, &certs.key).unwrap()).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => break,
+                        accepted = listener.accept() => {
+                            let Ok((socket, _)) = accepted else { continue };
+                            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+                            tokio::spawn(async move {
+                                // A client that refuses the certificate ends here.
+                                let Ok(mut tls) = acceptor.accept(socket).await else { return };
+                                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                                    return;
+                                };
+                                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        TlsProxy {
+            endpoint: format!("https://127.0.0.1:{port}"),
+            certs,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

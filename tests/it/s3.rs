@@ -293,6 +293,147 @@ fn s3_endpoint_flag_overrides_the_environment() {
     );
     assert!(out.status.success());
     assert_eq!(ls(&b, &url), expected());
+
+    // Every verb that takes a registry-root:s3:// image honours it too: inspect and copy.
+    let (_, corpus) = small();
+    let img = multi_arch(corpus);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let image = format!("registry-root:s3://flag/{}:{}", img.repository, img.tag);
+    let with_dead_env = || {
+        let mut cmd = b.ferry();
+        cmd.env("AWS_ENDPOINT_URL", &dead);
+        cmd
+    };
+    let out = run(with_dead_env().args(["inspect", "--raw", &image]));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the environment's endpoint is dead"
+    );
+    let out =
+        run_ok(with_dead_env().args(["--s3-endpoint", &b.endpoint, "inspect", "--raw", &image]));
+    assert_eq!(sha256(&out.stdout), img.digest.to_string());
+    run_ok(with_dead_env().args([
+        "--s3-endpoint",
+        &b.endpoint,
+        "copy",
+        "--all",
+        &image,
+        "registry-root:s3://flag/copied/app:1",
+    ]));
+    let rows = ls(&b, &url);
+    assert!(
+        rows.contains(&("copied/app:1".to_string(), img.digest.to_string())),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn an_https_endpoint_is_trusted_through_aws_ca_bundle_or_the_profile_and_refused_without() {
+    let (zst, _) = bundles();
+    let garage = Garage::start();
+    let b = garage.bucket("tls");
+    let proxy = TlsProxy::start(&b.endpoint);
+    let https = GarageBucket {
+        endpoint: proxy.endpoint.clone(),
+        ..b.clone()
+    };
+    let url = https.url("site");
+    // Without the test CA (the system's roots only): one line naming the endpoint and the
+    // certificate problem, nothing written.
+    for ca in [None, Some("/etc/ssl/certs/ca-certificates.crt")] {
+        let mut cmd = link(&https, zst, &url);
+        if let Some(ca) = ca {
+            cmd.env("AWS_CA_BUNDLE", ca);
+        }
+        let out = run(&mut cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line: {err}");
+        assert!(
+            lines[0].contains(&proxy.endpoint) && lines[0].to_lowercase().contains("certificate"),
+            "names the endpoint and the certificate problem: {err}"
+        );
+    }
+    assert_eq!(b.objects(), 0, "nothing was written");
+    // A CA bundle that cannot be read is one line naming it.
+    let out = run(link(&https, zst, &url).env("AWS_CA_BUNDLE", "/nonexistent/ca.pem"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("CA bundle /nonexistent/ca.pem"), "{err}");
+
+    // With AWS_CA_BUNDLE: linked over HTTPS, read back by ls and verify.
+    run_ok(link(&https, zst, &url).env("AWS_CA_BUNDLE", &proxy.certs.ca));
+    let ls_tls = |cmd: &mut Command| {
+        let out = run_ok(cmd.args(["ls", "--json", &url]));
+        let mut rows: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["image"].as_str().unwrap().to_string(),
+                    v["digest"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(
+        ls_tls(https.ferry().env("AWS_CA_BUNDLE", &proxy.certs.ca)),
+        expected()
+    );
+    // The profile's ca_bundle, with no AWS_CA_BUNDLE.
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config");
+    std::fs::write(
+        &config,
+        format!("[default]\nca_bundle = {}\n", proxy.certs.ca.display()),
+    )
+    .unwrap();
+    assert_eq!(
+        ls_tls(https.ferry().env("AWS_CONFIG_FILE", &config)),
+        expected()
+    );
+    // The same bucket over plain HTTP agrees.
+    assert_eq!(ls(&b, &url), expected());
+    let (_, _, faults, ok) = verify(&b, &url);
+    assert!(ok && faults.is_empty(), "{faults:?}");
+}
+
+#[test]
+fn two_links_of_one_bundle_into_one_bucket_at_once_leave_it_whole() {
+    let (zst, _) = bundles();
+    let garage = Garage::start();
+    let b = garage.bucket("racing");
+    let url = b.url("site");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            link(&b, zst, &url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(ls(&b, &url), expected());
+    let (n, links, faults, ok) = verify(&b, &url);
+    assert!(ok && faults.is_empty() && n > 0 && links > 0, "{faults:?}");
+    let reg = Registry::start_on_s3(&b, "/site");
+    let (_, corpus) = small();
+    for img in &corpus.images {
+        let r = format!("docker://{}/{}:{}", reg.addr, img.repository, img.tag);
+        assert_eq!(inspect_digest(&r), img.digest.to_string(), "{r}");
+    }
 }
 
 #[test]
@@ -307,30 +448,12 @@ fn registry_root_on_s3_is_a_copy_source_and_destination() {
         "registry-root:s3://copies/site/{}:{}",
         img.repository, img.tag
     );
-    // Bucket to bucket is refused in one line (it could hang: not fixed yet), nothing written.
-    let before = b.objects();
-    let out = run(b.ferry().args([
-        "copy",
-        "--all",
-        &from,
-        "registry-root:s3://copies/other/app:1",
-    ]));
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not supported yet"), "{err}");
-    assert_eq!(b.objects(), before);
-    // Out to a dir: (which keeps any manifest kind), digests preserved.
-    let work = tempfile::tempdir().unwrap();
-    let dir = format!("dir:{}", work.path().join("d").display());
-    run_ok(b.ferry().args(["copy", "--all", &from, &dir]));
-    let out = skopeo_ok(&["inspect", "--raw", &dir]);
-    assert_eq!(sha256(&out.stdout), img.digest.to_string());
-    // And back into another path of the bucket, every platform.
+    // Straight into another path of the same bucket, every platform: the source's blobs are
+    // async streams of the objects (no thread waits on the bucket), so this cannot stall.
     run_ok(b.ferry().args([
         "copy",
         "--all",
-        "--preserve-digests=true",
-        &dir,
+        &from,
         "registry-root:s3://copies/other/app:1",
     ]));
     assert_eq!(
@@ -340,4 +463,84 @@ fn registry_root_on_s3_is_a_copy_source_and_destination() {
     );
     let (_, _, faults, ok) = verify(&b, &b.url(""));
     assert!(ok && faults.is_empty(), "{faults:?}");
+    // Out to a dir: (which keeps any manifest kind), digests preserved.
+    let work = tempfile::tempdir().unwrap();
+    let dir = format!("dir:{}", work.path().join("d").display());
+    run_ok(b.ferry().args(["copy", "--all", &from, &dir]));
+    let out = skopeo_ok(&["inspect", "--raw", &dir]);
+    assert_eq!(sha256(&out.stdout), img.digest.to_string());
+    // And from the dir: back into a third path, every platform.
+    run_ok(b.ferry().args([
+        "copy",
+        "--all",
+        "--preserve-digests=true",
+        &dir,
+        "registry-root:s3://copies/third/app:1",
+    ]));
+    let rows = ls(&b, &b.url(""));
+    assert!(
+        rows.contains(&("third/app:1".to_string(), img.digest.to_string())),
+        "{rows:?}"
+    );
+}
+
+/// A client of the bucket that talks S3 directly (object_store), for what no CLI here can do:
+/// start multipart uploads, and abort them.
+fn store_client(b: &GarageBucket) -> object_store::aws::AmazonS3 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&b.endpoint)
+        .with_allow_http(true)
+        .with_region("garage")
+        .with_bucket_name(&b.bucket)
+        .with_access_key_id(&b.key_id)
+        .with_secret_access_key(&b.secret)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_link_aborts_the_stale_uploads_killed_runs_left_and_no_others() {
+    use object_store::multipart::MultipartStore;
+    use object_store::path::Path as Key;
+    let (zst, _) = bundles();
+    let garage = Garage::start();
+    let b = garage.bucket("leftover");
+    let s3 = store_client(&b);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let blob_key = |hex: &str| {
+        Key::from(format!(
+            "site/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ))
+    };
+    let (old_ours, young_ours) = (blob_key(&"ab".repeat(32)), blob_key(&"cd".repeat(32)));
+    // distribution's own upload (under a repository's _uploads) and one outside the root.
+    let theirs = Key::from("site/docker/registry/v2/repositories/app/_uploads/u1/data");
+    let elsewhere = Key::from(format!(
+        "other/docker/registry/v2/blobs/sha256/ef/{}/data",
+        "ef".repeat(32)
+    ));
+    let start = |k: &Key| rt.block_on(s3.create_multipart(k)).unwrap();
+    let old_id = start(&old_ours);
+    let theirs_id = start(&theirs);
+    let elsewhere_id = start(&elsewhere);
+    std::thread::sleep(Duration::from_secs(3));
+    let young_id = start(&young_ours);
+    // Older than 2 s is stale for this run (a day otherwise).
+    run_ok(link(&b, zst, &b.url("site")).env(ferry::limits::ENV_S3_STALE_UPLOAD_SECS, "2"));
+    assert_eq!(ls(&b, &b.url("site")), expected());
+    // An upload still open can be aborted; one ferry aborted is gone (NoSuchUpload).
+    let abort = |k: &Key, id: &String| rt.block_on(s3.abort_multipart(k, id));
+    let gone = abort(&old_ours, &old_id);
+    assert!(gone.is_err(), "ferry aborted its stale upload");
+    let e = gone.unwrap_err().to_string();
+    assert!(e.contains("NoSuchUpload") || e.contains("404"), "{e}");
+    for (what, k, id) in [
+        ("a live run's young upload", &young_ours, &young_id),
+        ("distribution's upload", &theirs, &theirs_id),
+        ("an upload outside the root", &elsewhere, &elsewhere_id),
+    ] {
+        assert!(abort(k, id).is_ok(), "{what} was left open");
+    }
 }
