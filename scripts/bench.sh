@@ -10,9 +10,12 @@
 #                                     skopeo pulling every tag from docker-registry vs from ferry unbundle serve
 #   scripts/bench.sh refs [WORK]      ferry bundle of a list of N (default 5000, REFS=N) references to one
 #                                     registry (N tags of the small corpus' images): time and memory per reference,
-#                                     whole and past the first N/10 (the cost of each further reference)
+#                                     whole and past the first N/10 (REFS_BASE=M: past the first M; the
+#                                     cost of each further reference)
 #   scripts/bench.sh copy [WORK]      skopeo copy vs ferry copy: the image with the most layers docker:// -> oci:,
-#                                     and every multi-arch image with --all docker:// -> docker:// (empty target)
+#                                     and every multi-arch image with --all docker:// -> docker:// (empty target);
+#                                     CPU seconds of the tool and of each registry, and the floor: the
+#                                     registries' own CPU over 2 cores (no client can take less)
 #   scripts/bench.sh inspect [WORK]   skopeo inspect vs ferry inspect, one call per tag of the corpus (CALLS=N
 #                                     first tags, default 100), each a whole process with the tag list (RepoTags)
 #   scripts/bench.sh sync [WORK]      skopeo sync --src docker --dest docker of every repository (one call each) vs
@@ -280,26 +283,54 @@ multi = [f'{i["repository"]}:{i["tag"]}' for i in corpus["images"] if i["platfor
 print(f'{big["repository"]}:{big["tag"]}', ",".join(multi))
 PY
 )
+  # Every process is accounted: wall (median), and CPU seconds per run (user+sys) of the tool and
+  # of each registry. The registries' own CPU for the GETs and PUTs is what a bare client would
+  # cost them too: on 2 cores, (source + target CPU) / 2 is a floor no client can beat.
+  CPU_LOG="$OUT/cpu.log"
+  cpu_of() { python3 -c "import os,sys; f=open(f'/proc/{sys.argv[1]}/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))" "$1" 2>/dev/null || echo 0; }
+  timed_tool() { /usr/bin/time -f "%U %S" -a -o "$CPU_LOG.tool" "$@"; }
+  tool_cpu() { python3 -c "import sys; v=[sum(map(float,l.split())) for l in open(sys.argv[1]) if l.strip()]; print(f'{sum(v)/max(1,int(sys.argv[2])):.3f}')" "$CPU_LOG.tool" "$1"; }
+  per_run() { python3 -c "print(f'{($2-$1)/$3:.3f}')" "$1" "$2" "$3"; }
   oci_prep() { rm -rf "$OUT/oci"; sync; }
-  skopeo_oci() { skopeo --insecure-policy copy -q --src-tls-verify=false "docker://$SRC/$BIG" "oci:$OUT/oci:x"; }
-  ferry_oci() { "$FERRY" copy -q --src-tls-verify=false "docker://$SRC/$BIG" "oci:$OUT/oci:x"; }
+  skopeo_oci() { timed_tool skopeo --insecure-policy copy -q --src-tls-verify=false "docker://$SRC/$BIG" "oci:$OUT/oci:x"; }
+  ferry_oci() { timed_tool "$FERRY" copy -q --src-tls-verify=false "docker://$SRC/$BIG" "oci:$OUT/oci:x"; }
+  SRC_PID=${PIDS[-1]}
+  NRUN=$((RUNS + 1))  # median_time runs one warm-up, then RUNS
+  rm -f "$CPU_LOG.tool"; c0=$(cpu_of "$SRC_PID")
   t_skopeo_oci=$(PREP=oci_prep median_time skopeo_oci)
+  c1=$(cpu_of "$SRC_PID"); cpu_skopeo_oci=$(tool_cpu $NRUN); rm -f "$CPU_LOG.tool"
   t_ferry_oci=$(PREP=oci_prep median_time ferry_oci)
+  c2=$(cpu_of "$SRC_PID"); cpu_ferry_oci=$(tool_cpu $NRUN); rm -f "$CPU_LOG.tool"
+  src_skopeo_oci=$(per_run "$c0" "$c1" $NRUN); src_ferry_oci=$(per_run "$c1" "$c2" $NRUN)
   TARGET_PID=""
+  # The target registry is fresh for each run; its CPU is added to $CPU_LOG.target before it stops.
   fresh_target() {
-    [ -n "$TARGET_PID" ] && { kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true; }
+    [ -n "$TARGET_PID" ] && { cpu_of "$TARGET_PID" >> "$CPU_LOG.target"; kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true; }
     rm -rf "$OUT/target"; mkdir -p "$OUT/target"; sync
     start_registry "$OUT/target"; TARGET=$ADDR; TARGET_PID=${PIDS[-1]}
   }
+  last_target() { [ -z "$TARGET_PID" ] || cpu_of "$TARGET_PID" >> "$CPU_LOG.target"; stop_target; }
   each_multi() { local tool=$1; for ref in ${MULTI//,/ }; do
-      if [ "$tool" = skopeo ]; then skopeo --insecure-policy copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1
-      else "$FERRY" copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1; fi
+      if [ "$tool" = skopeo ]; then timed_tool skopeo --insecure-policy copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1
+      else timed_tool "$FERRY" copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1; fi
     done; }
-  t_skopeo_all=$(PREP=fresh_target in_target median_time each_multi skopeo)
-  t_ferry_all=$(PREP=fresh_target in_target median_time each_multi ferry)
-  echo "copy, $PRESET corpus, median of $RUNS, whole process:"
+  multi_run() { trap last_target EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; PREP=fresh_target median_time each_multi "$1"; }
+  target_cpu() { python3 -c "import sys; v=[float(l) for l in open(sys.argv[1]) if l.strip()]; print(f'{sum(v)/max(1,int(sys.argv[2])):.3f}')" "$CPU_LOG.target" "$1"; }
+  rm -f "$CPU_LOG.target"; c0=$(cpu_of "$SRC_PID")
+  t_skopeo_all=$(multi_run skopeo)
+  c1=$(cpu_of "$SRC_PID"); cpu_skopeo_all=$(tool_cpu $NRUN); dst_skopeo_all=$(target_cpu $NRUN); rm -f "$CPU_LOG.tool" "$CPU_LOG.target"
+  t_ferry_all=$(multi_run ferry)
+  c2=$(cpu_of "$SRC_PID"); cpu_ferry_all=$(tool_cpu $NRUN); dst_ferry_all=$(target_cpu $NRUN); rm -f "$CPU_LOG.tool" "$CPU_LOG.target"
+  src_skopeo_all=$(per_run "$c0" "$c1" $NRUN); src_ferry_all=$(per_run "$c1" "$c2" $NRUN)
+  floor_oci=$(python3 -c "print(f'{$src_ferry_oci/2:.3f}')")
+  floor_all=$(python3 -c "print(f'{($src_ferry_all+$dst_ferry_all)/2:.3f}')")
+  echo "copy, $PRESET corpus, median of $RUNS, whole process; CPU seconds per run (user+sys):"
   echo "  $BIG docker:// -> oci:: skopeo ${t_skopeo_oci}s, ferry ${t_ferry_oci}s: speed-up $(ratio "$t_skopeo_oci" "$t_ferry_oci")x"
+  echo "    CPU: skopeo ${cpu_skopeo_oci} + source registry ${src_skopeo_oci}; ferry ${cpu_ferry_oci} + source registry ${src_ferry_oci}"
+  echo "    floor (the source registry's own CPU over 2 cores, disk writes not counted): ${floor_oci}s; skopeo/floor $(ratio "$t_skopeo_oci" "$floor_oci")x (the most any client could gain)"
   echo "  $(echo "$MULTI" | tr ',' '\n' | wc -l) multi-arch images, --all docker:// -> docker:// (empty target): skopeo ${t_skopeo_all}s, ferry ${t_ferry_all}s: speed-up $(ratio "$t_skopeo_all" "$t_ferry_all")x"
+  echo "    CPU: skopeo ${cpu_skopeo_all} + source ${src_skopeo_all} + target ${dst_skopeo_all}; ferry ${cpu_ferry_all} + source ${src_ferry_all} + target ${dst_ferry_all}"
+  echo "    floor (source + target registries' own CPU over 2 cores): ${floor_all}s; skopeo/floor $(ratio "$t_skopeo_all" "$floor_all")x (the most any client could gain)"
   ;;
 refs)
   N="${REFS:-5000}"
@@ -327,9 +358,10 @@ with open(out, "w") as f:
         assert r.status == 201, (r.status, repo)
         f.write(f"{repo}:t{k}\n")
 PY
-  # The same bundle of the first M (N/10) references: what N - M more references cost, apart from
-  # the fixed cost of a run (packing the corpus' blobs, the process itself).
-  M=$((N / 10)); head -n "$M" "$OUT/list.txt" > "$OUT/list-m.txt"
+  # The same bundle of the first M (REFS_BASE, default N/10) references: what N - M more references
+  # cost, apart from the fixed cost of a run (packing the corpus' blobs, the process itself). Memory
+  # per reference is measured best far apart: REFS=20000 REFS_BASE=5000.
+  M="${REFS_BASE:-$((N / 10))}"; head -n "$M" "$OUT/list.txt" > "$OUT/list-m.txt"
   refs_run() { rm -f "$OUT/b.tar.zst"; "$FERRY" bundle -q -f "$OUT/${1:-list}.txt" -o "$OUT/b.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false; }
   refs_run
   t=$(median_time refs_run)

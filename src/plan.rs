@@ -370,6 +370,8 @@ pub async fn resolve(
     ordered.sort_by_key(|(i, _)| *i);
     let mut plan = Plan {
         seen: seen.clone(),
+        // Sized once: a list of many references would otherwise hold up to twice the room it needs.
+        images: Vec::with_capacity(ordered.len()),
         ..Plan::default()
     };
     let mut names: BTreeMap<(String, String), (String, Digest)> = BTreeMap::new();

@@ -312,7 +312,8 @@ pub async fn bundle(
     // there already, so an image whose blobs are all cached needs no copy (a warm run copies nothing).
     let (copies, copy_of) = images_to_copy(&plan, &missing);
     let packer = {
-        let (opts, cache, index_json) = (opts.clone(), cache.clone(), index_json.clone());
+        // The index moves to the packer (a list of thousands of tags makes it large; a copy would double it).
+        let (opts, cache) = (opts.clone(), cache.clone());
         // The blobs the copies hand over, in order; every other blob is in the cache already.
         let blobs: BTreeSet<Digest> = copies
             .iter()
@@ -659,14 +660,7 @@ fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layo
             }
         }
         if let Some(tag) = &img.tag {
-            layout.add(
-                &rel(PathSpec::TagIndexLink(&img.repository, tag, &img.digest)),
-                link(&img.digest),
-            );
-            layout.add(
-                &rel(PathSpec::TagCurrentLink(&img.repository, tag)),
-                link(&img.digest),
-            );
+            layout.add_tag(&img.repository, tag, &img.digest);
         }
         images.push(BundleImage {
             section: img.section.clone(),
@@ -702,10 +696,23 @@ fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layo
         blobs: blobs.into_iter().collect(),
         since: base.map(|b| b.record(left_out)),
     };
-    (
-        layout,
-        serde_json::to_vec_pretty(&index).expect("index serialises"),
-    )
+    // Held while the whole bundle is packed, so sized exactly: counted first, then written
+    // (a buffer grown by doubling would hold up to twice the room, and shrinking it copies).
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer_pretty(&mut count, &index).expect("index serialises");
+    let mut json = Vec::with_capacity(count.0);
+    serde_json::to_writer_pretty(&mut json, &index).expect("index serialises");
+    (layout, json)
 }
 
 /// The directory a file goes into: its parent, `.` for a bare name (whose `parent()` is `""`).

@@ -15,7 +15,7 @@ use crate::bundlefile::format::{
     BlobAt, MAX_FRAME_BYTES, MIN_FRAME_BYTES, OFFSETS_FORMAT, OFFSETS_PIECE_FRAME_BYTES,
     OFFSETS_PIECE_MAGIC, OffsetTable, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC, SMALL_FRAME_BLOB_BYTES,
 };
-use crate::store::paths::LayoutFile;
+use crate::store::paths::{LayoutFile, PathSpec, path_for};
 
 /// Bytes written between two writeback requests.
 const WRITEBACK_BYTES: u64 = 32 * 1024 * 1024;
@@ -320,14 +320,32 @@ pub enum Content {
 /// depth-first walk with names sorted bytewise, parents first (as if keyed by
 /// component lists), at one allocation per entry (a list of 50,000 tags
 /// holds hundreds of thousands of entries).
+///
+/// Tags are kept apart, one small record each, and laid out only as they are
+/// packed: a tag is seven entries (its directory, `current/link`, and
+/// `index/<algorithm>/<hex>/link`), most of a long list's memory otherwise.
 #[derive(Debug, Default)]
 pub struct Layout {
     entries: BTreeMap<String, Content>,
+    /// Each repository's tags, by the key of its `tags` directory (which is in `entries`).
+    tags: BTreeMap<String, RepoTags>,
+}
+
+/// The tags of one repository: tag → the digest it names.
+#[derive(Debug)]
+struct RepoTags {
+    repo: String,
+    tags: BTreeMap<String, Digest>,
 }
 
 impl Layout {
     /// Adds a file (and its parent directories) at a root-relative path.
     pub fn add(&mut self, rel: &Path, content: Content) {
+        self.insert(rel, content);
+    }
+
+    /// [`Layout::add`], giving back the entry's key.
+    fn insert(&mut self, rel: &Path, content: Content) -> String {
         let mut key = String::new();
         for c in rel.components() {
             if !key.is_empty() {
@@ -338,7 +356,54 @@ impl Layout {
             }
             key.push_str(&c.as_os_str().to_string_lossy());
         }
-        self.entries.insert(key, content);
+        self.entries.insert(key.clone(), content);
+        key
+    }
+
+    /// Adds tag `tag` of `repo` naming `digest`: the same `current` and `index` links
+    /// [`Layout::add`] would hold, laid out when packed.
+    pub fn add_tag(&mut self, repo: &str, tag: &str, digest: &Digest) {
+        let key = self.insert(&path_for(Path::new(""), PathSpec::Tags(repo)), Content::Dir);
+        self.tags
+            .entry(key)
+            .or_insert_with(|| RepoTags {
+                repo: repo.to_string(),
+                tags: BTreeMap::new(),
+            })
+            .tags
+            .insert(tag.to_string(), digest.clone());
+    }
+
+    /// Every entry in packing order (tags laid out one at a time, in their place).
+    fn each(&self, emit: &mut dyn FnMut(&str, &Content) -> io::Result<()>) -> io::Result<()> {
+        for (key, content) in &self.entries {
+            emit(key, content)?;
+            let Some(repo) = self.tags.get(key) else {
+                continue;
+            };
+            // The tags directory's subtree follows it at once in key order: each tag's
+            // entries, from a layout of that tag alone, below the directory.
+            let below = format!("{key}\0");
+            for (tag, digest) in &repo.tags {
+                let link = || Content::Bytes(digest.to_string().into_bytes());
+                let mut one = Layout::default();
+                one.add(
+                    &path_for(
+                        Path::new(""),
+                        PathSpec::TagIndexLink(&repo.repo, tag, digest),
+                    ),
+                    link(),
+                );
+                one.add(
+                    &path_for(Path::new(""), PathSpec::TagCurrentLink(&repo.repo, tag)),
+                    link(),
+                );
+                for (k, c) in one.entries.iter().filter(|(k, _)| k.starts_with(&below)) {
+                    emit(k, c)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -380,7 +445,7 @@ pub fn write_tar(
         blobs: Vec::new(),
         repos: Default::default(),
     };
-    for (key, content) in &layout.entries {
+    layout.each(&mut |key, content| {
         let rel = key.replace('\0', "/");
         match content {
             Content::Dir => {
@@ -434,7 +499,8 @@ pub fn write_tar(
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     let json = serde_json::to_vec(&offsets).map_err(io::Error::other)?;
     let payload = zstd::bulk::compress(&json, 3)?;
     tar.into_inner()?.finish(Some(&payload))
@@ -466,4 +532,53 @@ pub struct CorruptBlob {
     pub digest: Digest,
     /// What did not match.
     pub cause: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every entry of a layout in packing order, with its content.
+    fn entries(l: &Layout) -> Vec<(String, Content)> {
+        let mut out = Vec::new();
+        l.each(&mut |k, c| {
+            out.push((k.to_string(), c.clone()));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn tags_laid_out_when_packed_match_tags_added_as_links() {
+        let rel = |spec| path_for(Path::new(""), spec);
+        let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
+        let link = |d: &Digest| Content::Bytes(d.to_string().into_bytes());
+        // Tags that sort around each other's names ("v1" < "v1.0" < "v1\0…" in component order).
+        let tags = [
+            ("r/x", "v1.0", &a),
+            ("r/x", "v1", &b),
+            ("r", "latest", &a),
+            ("r/x", "a", &a),
+        ];
+        let (mut eager, mut lazy) = (Layout::default(), Layout::default());
+        for l in [&mut eager, &mut lazy] {
+            l.add(&rel(PathSpec::BlobData(&a)), Content::Blob(a.clone(), 1));
+            l.add(&rel(PathSpec::RevisionLink("r/x", &a)), link(&a));
+            l.add(&rel(PathSpec::LayerLink("r", &b)), link(&b));
+        }
+        for (repo, tag, d) in tags {
+            eager.add(&rel(PathSpec::TagIndexLink(repo, tag, d)), link(d));
+            eager.add(&rel(PathSpec::TagCurrentLink(repo, tag)), link(d));
+            lazy.add_tag(repo, tag, d);
+        }
+        let want = entries(&eager);
+        assert_eq!(entries(&lazy), want);
+        // Keys sorted as the tar holds them, each tag's seven entries there.
+        assert!(want.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(
+            want.iter().filter(|(k, _)| k.contains("\0tags\0")).count(),
+            4 * 7
+        );
+    }
 }

@@ -175,8 +175,11 @@ fn run_inner(
             bad.len()
         );
     }
-    let mut seen = std::collections::BTreeSet::new();
-    entries.retain(|e| seen.insert(e.reference.clone()));
+    {
+        // Dropped at once: a copy of every reference would otherwise live as long as the run.
+        let mut seen = std::collections::BTreeSet::new();
+        entries.retain(|e| seen.insert(e.reference.clone()));
+    }
     if !a.section.is_empty() {
         let known: std::collections::BTreeSet<_> =
             entries.iter().filter_map(|e| e.section.clone()).collect();

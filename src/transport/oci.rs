@@ -29,7 +29,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::dir::{
     create_dir_all, has_file, local_blob, put_blob_file, read_manifest_file, verify_bytes,
-    write_atomic,
+    write_atomic, write_blob_atomic,
 };
 use super::{DestProperties, Destination, Put, Result, Source, TransportError};
 use crate::blob::BlobBody;
@@ -446,7 +446,7 @@ impl OciDest {
     fn write_manifest_blob(&self, manifest: &RawManifest) -> Result<()> {
         let to = blob_path(&self.root, manifest.digest());
         create_dir_all(to.parent().expect("a blob path has a parent"))?;
-        write_atomic(&self.root, &to, manifest.bytes())
+        write_blob_atomic(&self.root, &to, manifest.bytes())
     }
 }
 
