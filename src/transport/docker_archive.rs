@@ -287,11 +287,11 @@ impl Read for PosReader {
     }
 }
 
-/// One regular member of the archive, read in place.
-struct Member {
-    file: Arc<File>,
-    offset: u64,
-    size: u64,
+/// One regular member of the archive (or a whole temp file), read in place.
+pub(crate) struct Member {
+    pub(crate) file: Arc<File>,
+    pub(crate) offset: u64,
+    pub(crate) size: u64,
 }
 
 impl RangeRead for Member {
@@ -896,6 +896,10 @@ impl Source for DockerArchiveSource {
             source,
         }))
     }
+
+    fn serves_uncompressed_layers(&self) -> bool {
+        true
+    }
 }
 
 /// A temp file with no name (unlinked at once), so nothing is left behind whatever happens.
@@ -924,11 +928,22 @@ struct Stored {
 }
 
 /// Receives a blob's chunks on a blocking thread.
-struct ChanReader {
+pub(crate) struct ChanReader {
     rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
     cur: Bytes,
     /// The source failed (as opposed to the content being bad).
     source_failed: bool,
+}
+
+impl ChanReader {
+    /// Reads what `rx` receives, until its sender is dropped.
+    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>) -> ChanReader {
+        ChanReader {
+            rx,
+            cur: Bytes::new(),
+            source_failed: false,
+        }
+    }
 }
 
 impl Read for ChanReader {
@@ -990,6 +1005,7 @@ impl ArchiveWriter {
             accepts_index: false,
             accepts_sparse_index: false,
             ordered_blobs: false,
+            compresses_layers: false,
         }
     }
 
