@@ -901,6 +901,7 @@ impl Destination for SyncDest {
                 accepts_index: true,
                 accepts_sparse_index: true,
                 ordered_blobs: false,
+                compresses_layers: false,
             },
         }
     }

@@ -38,8 +38,9 @@ pub struct CopyArgs {
     /// Which part of a multi-platform image to copy.
     #[arg(long, value_enum)]
     multi_arch: Option<MultiArchArg>,
-    /// Fail rather than change any digest (no conversion).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    /// Fail rather than change any digest (no conversion). A value needs `=` (as Go's bool
+    /// flags), so `--preserve-digests SRC DST` reads SRC as the source.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
     preserve_digests: bool,
     /// Convert manifests to this format.
     #[arg(short, long, value_enum)]

@@ -129,8 +129,8 @@ pub fn run(g: &super::GlobalArgs, a: InspectArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The top manifest: from a registry by one GET of the tag (inspect reads it once,
-/// so the HEAD that pins a tag for a copy is not needed); for a docker-archive the one
-/// skopeo synthesises; elsewhere the source's own.
+/// so the HEAD that pins a tag for a copy is not needed); elsewhere the source's own (for a
+/// docker-archive, the one skopeo synthesises).
 async fn read_top(
     source: &AnySource,
     r: &ImageRef,
@@ -139,8 +139,6 @@ async fn read_top(
         (AnySource::Registry(rs), ImageRef::Docker(x)) if x.digest().is_none() => {
             rs.get_by_tag().await
         }
-        // skopeo prints the manifest containers/image synthesises for an archive.
-        (AnySource::DockerArchive(a), _) => Ok(a.skopeo_manifest().clone()),
         _ => source.top().await,
     }
 }

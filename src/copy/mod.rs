@@ -6,9 +6,10 @@
 //! reported). The engine names no transport: it sees only [`Source`] and
 //! [`Destination`].
 
+pub mod compress;
 pub mod convert;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -227,6 +228,11 @@ struct Planned {
     writes: Vec<RawManifest>,
     source_digest: Digest,
     rewritten: bool,
+    /// Layers to gzip on the way (the source serves them uncompressed, the destination
+    /// stores layers compressed).
+    compress: HashSet<Digest>,
+    /// Their compressed descriptors, by source digest, as the transfers make them.
+    compressed: std::sync::Mutex<HashMap<Digest, Descriptor>>,
 }
 
 impl Planned {
@@ -337,6 +343,24 @@ async fn plan<S: Source, D: Destination>(
             },
             convert::Refusal::Cannot(why) => src_err(why),
         })?;
+    // Layers the source serves uncompressed are gzipped for a destination that stores
+    // layers compressed, as containers/image does; that changes the image's digest, so
+    // with --preserve-digests they go as they are (as skopeo sends them).
+    let mut compress = HashSet::new();
+    if props.compresses_layers && job.source.serves_uncompressed_layers() && !opts.preserve_digests
+    {
+        let top = w.manifests.last().expect("the top is always written");
+        let m = match top.parse() {
+            Ok(crate::manifest::Manifest::Image(m)) if w.manifests.len() == 1 => m,
+            _ => {
+                return Err(src_err(format!(
+                    "{}: compressing the layers of an index is not supported",
+                    top.digest()
+                )));
+            }
+        };
+        compress = m.layers.iter().map(|l| l.digest.clone()).collect();
+    }
     // Foreign layers are named, not moved, where the destination keeps their URLs (a
     // registry, a root, an OCI layout); anywhere else they are fetched like any layer.
     let foreign: &[Descriptor] = if job.destination.accepts_foreign_layer_urls() {
@@ -369,6 +393,8 @@ async fn plan<S: Source, D: Destination>(
         writes: w.manifests,
         source_digest,
         rewritten: w.changed,
+        compress,
+        compressed: Default::default(),
     })
 }
 
@@ -530,7 +556,7 @@ async fn run<S: Source, D: Destination>(
         groups[g].push(i);
     }
     let planned_ref = &planned;
-    let mut written: Vec<(usize, Result<usize, CopyError>)> = stream::iter(groups)
+    let mut written: Vec<(usize, Result<Wrote, CopyError>)> = stream::iter(groups)
         .map(|group| async move {
             let mut out = Vec::with_capacity(group.len());
             for i in group {
@@ -550,22 +576,21 @@ async fn run<S: Source, D: Destination>(
             planned[i].as_ref().expect("written jobs are planned"),
         );
         match r {
-            Ok(n) => {
-                let top = p.writes.last().expect("the top is always written");
+            Ok((n, top)) => {
                 summary.manifests += n;
                 summary.images += 1;
                 if p.rewritten {
                     summary.rewritten.push(Rewritten {
                         image: job.destination.name(),
                         original: p.source_digest.clone(),
-                        pushed: top.digest().clone(),
+                        pushed: top.clone(),
                     });
                 }
                 summary.copied.push(Copied {
                     source: job.source.name(),
                     destination: job.destination.name(),
                     source_digest: p.source_digest.clone(),
-                    digest: top.digest().clone(),
+                    digest: top,
                     manifests: n,
                 });
             }
@@ -606,6 +631,34 @@ pub async fn copy_blob<S: Source, D: Destination>(
     destination.put_blob(desc, body).await.map_err(dst_err)
 }
 
+/// Moves one layer the source serves uncompressed, gzipped on the way; returns the
+/// compressed layer's descriptor with how it was put.
+async fn copy_compressed<S: Source, D: Destination>(
+    source: &S,
+    destination: &D,
+    desc: &Descriptor,
+) -> Result<(Put, Descriptor), CopyError> {
+    let src_err = |cause: String| CopyError::Source {
+        image: format!("{} (blob {})", source.name(), desc.digest),
+        cause,
+    };
+    let body = source
+        .blob(desc)
+        .await
+        .map_err(|e| src_err(e.to_string()))?;
+    let (new, body) = compress::gzip_layer(desc, body).await.map_err(src_err)?;
+    let put = match destination.reuse_blob(&new).await {
+        Ok(Some(put)) => Ok(put),
+        Ok(None) => destination.put_blob(&new, body).await,
+        Err(e) => Err(e),
+    }
+    .map_err(|e| CopyError::Destination {
+        image: format!("{} (blob {})", destination.name(), new.digest),
+        source: Box::new(e),
+    })?;
+    Ok((put, new))
+}
+
 /// [`copy_blob`] for one job (or a blob a conversion made, from memory), counted.
 async fn transfer<S: Source, D: Destination>(
     job: &Job<S, D>,
@@ -632,6 +685,15 @@ async fn transfer<S: Source, D: Destination>(
                     .map_err(dst_err)?
             }
         }
+        None if planned.compress.contains(&desc.digest) => {
+            let (put, new) = copy_compressed(&job.source, &job.destination, desc).await?;
+            planned
+                .compressed
+                .lock()
+                .expect("never poisoned")
+                .insert(desc.digest.clone(), new);
+            put
+        }
         None => copy_blob(&job.source, &job.destination, desc).await?,
     };
     match put {
@@ -645,18 +707,34 @@ async fn transfer<S: Source, D: Destination>(
     Ok(put)
 }
 
+/// What writing one image's manifests did: how many, and the top's digest as written.
+type Wrote = (usize, Digest);
+
 /// Children first, then the top with its name; a refused sparse index says how to get past it.
 async fn write_manifests<S: Source, D: Destination>(
     job: &Job<S, D>,
     p: &Planned,
     opts: &CopyOptions,
     width: usize,
-) -> Result<usize, CopyError> {
+) -> Result<Wrote, CopyError> {
     let dst_err = |e: TransportError| CopyError::Destination {
         image: job.destination.name(),
         source: Box::new(e),
     };
     let (top, children) = p.writes.split_last().expect("the top is always written");
+    // Layers gzipped on the way are named by their compressed digests.
+    let rewritten_top;
+    let top = if p.compress.is_empty() {
+        top
+    } else {
+        let compressed = p.compressed.lock().expect("never poisoned").clone();
+        rewritten_top =
+            compress::rewrite_layers(top, &compressed).map_err(|cause| CopyError::Source {
+                image: job.source.name(),
+                cause,
+            })?;
+        &rewritten_top
+    };
     // Children `width` at a time, the first error winning; but the walk lists a nested index
     // after its own children, so an index waits for every manifest before it and goes alone.
     for run in children.split_inclusive(|c| crate::media_type::is_index(c.media_type())) {
@@ -687,7 +765,7 @@ async fn write_manifests<S: Source, D: Destination>(
         .filter(|c| c.manifest.is_none())
         .count();
     match job.destination.commit(top).await {
-        Ok(()) => Ok(p.writes.len()),
+        Ok(()) => Ok((p.writes.len(), top.digest().clone())),
         Err(e) if absent > 0 && !p.rewritten => Err(CopyError::SparseIndex {
             hint: opts.sparse_hint,
             image: job.destination.name(),

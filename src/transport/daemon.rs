@@ -285,6 +285,10 @@ impl Source for DaemonSource {
     async fn blob(&self, desc: &Descriptor) -> Result<BlobBody> {
         self.archive.blob(desc).await
     }
+
+    fn serves_uncompressed_layers(&self) -> bool {
+        self.archive.serves_uncompressed_layers()
+    }
 }
 
 /// An image written into a Docker Engine through `docker load`.

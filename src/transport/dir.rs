@@ -202,6 +202,7 @@ impl Destination for DirDest {
             accepts_index: true,
             accepts_sparse_index: true,
             ordered_blobs: false,
+            compresses_layers: false,
         }
     }
 

@@ -43,8 +43,6 @@ use crate::reference::{DEFAULT_REGISTRY, Reference};
 const MANIFEST_FILE: &str = "manifest.json";
 /// The legacy name → tag → top layer id table.
 const REPOSITORIES_FILE: &str = "repositories";
-/// Docker's media type for an uncompressed layer (as containers/image names it).
-const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 /// Config attributes copied into the top legacy layer's `json` (containers/image's list).
 const LEGACY_ATTRS: [&str; 7] = [
     "architecture",
@@ -289,11 +287,11 @@ impl Read for PosReader {
     }
 }
 
-/// One regular member of the archive, read in place.
-struct Member {
-    file: Arc<File>,
-    offset: u64,
-    size: u64,
+/// One regular member of the archive (or a whole temp file), read in place.
+pub(crate) struct Member {
+    pub(crate) file: Arc<File>,
+    pub(crate) offset: u64,
+    pub(crate) size: u64,
 }
 
 impl RangeRead for Member {
@@ -309,6 +307,33 @@ impl RangeRead for Member {
             pos: self.offset + start,
             end: self.offset + start + len,
         }))
+    }
+}
+
+/// A compressed layer member read decompressed (containers/image serves an archive's layers
+/// by their diff_ids, uncompressed); a range is read from the start, decoding what it skips.
+struct Unpacked {
+    member: Member,
+    compression: Compression,
+    /// The decompressed size.
+    size: u64,
+}
+
+impl RangeRead for Unpacked {
+    fn open_range(&self, start: u64, len: u64) -> io::Result<Box<dyn Read + Send>> {
+        if start.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("range {start}+{len} is outside a {}-byte blob", self.size),
+            ));
+        }
+        let raw = self.member.open_range(0, self.member.size)?;
+        let mut dec = self
+            .compression
+            .decoder(io::BufReader::with_capacity(IO_BUFFER_BYTES, raw))?
+            .ok_or_else(|| io::Error::other("the layer's compression cannot be read"))?;
+        io::copy(&mut (&mut dec).take(start), &mut io::sink())?;
+        Ok(Box::new(dec.take(len)))
     }
 }
 
@@ -582,15 +607,25 @@ fn diff_ids(config: &[u8], what: &str) -> Result<Vec<Digest>> {
         .collect()
 }
 
+/// Where a blob of the image is in the archive, and how it is compressed there.
+#[derive(Clone, Copy)]
+struct Layer {
+    offset: u64,
+    size: u64,
+    compression: Compression,
+    /// The size served (decompressed).
+    unpacked: u64,
+}
+
 /// One image of a `docker-archive:` tar, read in place.
 pub struct DockerArchiveSource {
     name: String,
     file: Arc<File>,
+    /// The manifest containers/image synthesises for the image: `inspect` prints it and copies
+    /// start from it, so both are skopeo's.
     manifest: RawManifest,
-    /// The manifest containers/image synthesises for the same image (for `inspect`).
-    skopeo_manifest: RawManifest,
-    /// Blob digest → (offset, size) in the file.
-    blobs: HashMap<Digest, (u64, u64)>,
+    /// The config's digest → (offset, size); each layer's diff_id → how it is stored.
+    blobs: HashMap<Digest, Layer>,
     repo_tags: Vec<String>,
 }
 
@@ -735,14 +770,19 @@ impl DockerArchiveSource {
         }
 
         let mut blobs = HashMap::new();
-        blobs.insert(config_digest.clone(), (config_off, config_size));
-        // diff_id → the layer's descriptor (media type, digest, size); a repeated diff_id is one layer.
-        let mut by_diff: HashMap<Digest, (&'static str, Digest, u64)> = HashMap::new();
-        // diff_id → the layer's uncompressed size (containers/image describes layers by it).
-        let mut unpacked_size: HashMap<Digest, u64> = HashMap::new();
+        blobs.insert(
+            config_digest.clone(),
+            Layer {
+                offset: config_off,
+                size: config_size,
+                compression: Compression::None,
+                unpacked: config_size,
+            },
+        );
+        // diff_id → the member it was read from (a repeated diff_id is one layer).
         let mut path_diff: HashMap<String, Digest> = HashMap::new();
         for (name, diff) in layers.iter().zip(&ids) {
-            if by_diff.contains_key(diff) {
+            if blobs.contains_key(diff) {
                 continue;
             }
             let clean = clean_name(name).unwrap_or_default();
@@ -759,18 +799,13 @@ impl DockerArchiveSource {
                     cause: format!("layer {name:?} in {}: {e}", path.display()),
                 })?;
             let digest = tee.hasher.finish();
-            let media_type = match compression {
-                Compression::None => DOCKER_LAYER_TAR,
-                Compression::Gzip => mt::DOCKER_LAYER_GZIP,
-                Compression::Zstd => mt::OCI_LAYER_ZSTD,
-                c => {
-                    return Err(TransportError::Unsupported(format!(
-                        "{}: layer {name:?} is {}-compressed, which ferry cannot read",
-                        path.display(),
-                        c.name()
-                    )));
-                }
-            };
+            if matches!(compression, Compression::Bzip2 | Compression::Xz) {
+                return Err(TransportError::Unsupported(format!(
+                    "{}: layer {name:?} is {}-compressed, which ferry cannot read",
+                    path.display(),
+                    compression.name()
+                )));
+            }
             let found = unpacked.as_ref().map_or(&digest, |(d, _)| d);
             if found != diff {
                 return Err(TransportError::Corrupt {
@@ -781,35 +816,18 @@ impl DockerArchiveSource {
                     ),
                 });
             }
-            unpacked_size.insert(diff.clone(), unpacked.as_ref().map_or(size, |(_, n)| *n));
-            blobs.insert(digest.clone(), (offset, size));
-            by_diff.insert(diff.clone(), (media_type, digest, size));
+            let layer = Layer {
+                offset,
+                size,
+                compression,
+                unpacked: unpacked.as_ref().map_or(size, |(_, n)| *n),
+            };
+            blobs.insert(diff.clone(), layer);
         }
 
+        // containers/image's synthesis: every layer (repeats kept) by its diff_id, labelled
+        // gzip whatever it is, of its uncompressed size; its source serves layers decompressed.
         let manifest = GoSchema2 {
-            schema_version: 2,
-            media_type: mt::DOCKER_MANIFEST,
-            config: GoDesc {
-                media_type: mt::DOCKER_CONFIG,
-                size: config.len() as u64,
-                digest: &config_digest,
-            },
-            layers: ids
-                .iter()
-                .map(|d| {
-                    let (media_type, digest, size) = &by_diff[d];
-                    GoDesc {
-                        media_type,
-                        size: *size,
-                        digest,
-                    }
-                })
-                .collect(),
-        };
-        let bytes = serde_json::to_vec(&manifest).expect("manifests serialise");
-        let manifest = RawManifest::new(bytes, Some(mt::DOCKER_MANIFEST))?;
-        // containers/image's: every layer (repeats kept) by its diff_id, "gzip", its uncompressed size.
-        let skopeo = GoSchema2 {
             schema_version: 2,
             media_type: mt::DOCKER_MANIFEST,
             config: GoDesc {
@@ -821,29 +839,20 @@ impl DockerArchiveSource {
                 .iter()
                 .map(|d| GoDesc {
                     media_type: mt::DOCKER_LAYER_GZIP,
-                    size: unpacked_size[d],
+                    size: blobs[d].unpacked,
                     digest: d,
                 })
                 .collect(),
         };
-        let bytes = serde_json::to_vec(&skopeo).expect("manifests serialise");
-        let skopeo_manifest = RawManifest::new(bytes, Some(mt::DOCKER_MANIFEST))?;
+        let bytes = serde_json::to_vec(&manifest).expect("manifests serialise");
+        let manifest = RawManifest::new(bytes, Some(mt::DOCKER_MANIFEST))?;
         Ok(DockerArchiveSource {
             name,
             file: index.file,
             manifest,
-            skopeo_manifest,
             blobs,
             repo_tags: item.repo_tags.clone().unwrap_or_default(),
         })
-    }
-
-    /// The manifest skopeo's docker-archive source synthesises: every layer named by its
-    /// diff_id as a gzip layer of its uncompressed size (containers/image decompresses on
-    /// read). `inspect` prints this one, so its digest and bytes are skopeo's; copies use the
-    /// layers as stored.
-    pub fn skopeo_manifest(&self) -> &RawManifest {
-        &self.skopeo_manifest
     }
 
     /// The `RepoTags` the archive gives the image (as written there).
@@ -866,17 +875,30 @@ impl Source for DockerArchiveSource {
     }
 
     async fn blob(&self, desc: &Descriptor) -> Result<BlobBody> {
-        let (offset, size) = *self.blobs.get(&desc.digest).ok_or_else(|| {
+        let layer = *self.blobs.get(&desc.digest).ok_or_else(|| {
             TransportError::NotFound(format!("{}: no blob {}", self.name, desc.digest))
         })?;
-        Ok(BlobBody::Local(BlobLocation {
-            size,
-            source: Arc::new(Member {
-                file: self.file.clone(),
-                offset,
-                size,
+        let member = Member {
+            file: self.file.clone(),
+            offset: layer.offset,
+            size: layer.size,
+        };
+        let source: Arc<dyn RangeRead> = match layer.compression {
+            Compression::None => Arc::new(member),
+            compression => Arc::new(Unpacked {
+                member,
+                compression,
+                size: layer.unpacked,
             }),
+        };
+        Ok(BlobBody::Local(BlobLocation {
+            size: layer.unpacked,
+            source,
         }))
+    }
+
+    fn serves_uncompressed_layers(&self) -> bool {
+        true
     }
 }
 
@@ -906,11 +928,22 @@ struct Stored {
 }
 
 /// Receives a blob's chunks on a blocking thread.
-struct ChanReader {
+pub(crate) struct ChanReader {
     rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
     cur: Bytes,
     /// The source failed (as opposed to the content being bad).
     source_failed: bool,
+}
+
+impl ChanReader {
+    /// Reads what `rx` receives, until its sender is dropped.
+    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>) -> ChanReader {
+        ChanReader {
+            rx,
+            cur: Bytes::new(),
+            source_failed: false,
+        }
+    }
 }
 
 impl Read for ChanReader {
@@ -972,6 +1005,7 @@ impl ArchiveWriter {
             accepts_index: false,
             accepts_sparse_index: false,
             ordered_blobs: false,
+            compresses_layers: false,
         }
     }
 
@@ -1782,8 +1816,9 @@ mod tests {
         };
         assert_eq!(m.config.digest, img.blobs[0].0.digest);
         assert_eq!(m.layers.len(), 3);
-        // Layers come back uncompressed, addressed by their diff_ids.
-        assert_eq!(m.layers[0].media_type, DOCKER_LAYER_TAR);
+        // Layers come back uncompressed, addressed by their diff_ids, labelled gzip as
+        // containers/image labels them.
+        assert_eq!(m.layers[0].media_type, mt::DOCKER_LAYER_GZIP);
         assert_eq!(
             m.layers[0].digest,
             Digest::sha256_of(&layer_tar("a.txt", b"hello"))
@@ -1839,8 +1874,21 @@ mod tests {
         let Manifest::Image(m) = src.top().await.unwrap().parse().unwrap() else {
             panic!()
         };
+        // Served as containers/image serves it: by its diff_id, decompressed, whole or in part.
         assert_eq!(m.layers[0].media_type, mt::DOCKER_LAYER_GZIP);
-        assert_eq!(m.layers[0].digest, Digest::sha256_of(&g1));
+        assert_eq!(m.layers[0].digest, Digest::sha256_of(&l1));
+        assert_eq!(m.layers[0].size, l1.len() as u64);
+        let BlobBody::Local(loc) = src.blob(&m.layers[0]).await.unwrap() else {
+            panic!("read in place")
+        };
+        let mut part = Vec::new();
+        loc.source
+            .open_range(100, 50)
+            .unwrap()
+            .read_to_end(&mut part)
+            .unwrap();
+        assert_eq!(part, l1[100..150]);
+        assert_eq!(read_all(src.blob(&m.layers[0]).await.unwrap()).await, l1);
 
         // A config whose diff_id does not match the layer is refused.
         let bad = config.replace(&Digest::sha256_of(&l1).hex()[..4], "0000");

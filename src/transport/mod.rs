@@ -130,6 +130,13 @@ pub trait Source: Send + Sync {
         false
     }
 
+    /// Whether every layer it serves is uncompressed whatever its manifest labels it
+    /// (containers/image's docker-archive source), so the engine gzips the layers for a
+    /// destination that stores them compressed, as skopeo does.
+    fn serves_uncompressed_layers(&self) -> bool {
+        false
+    }
+
     /// The other tags of the same repository (a registry, a root, a bundle); a transport
     /// that holds one image says it cannot list.
     fn list_tags(&self) -> impl Future<Output = Result<Vec<String>>> + Send {
@@ -232,6 +239,9 @@ pub struct DestProperties {
     /// `jobs` at a time, and the engine reports each as done in that order
     /// ([`crate::copy::Progress::blob_done`]), so a writer that packs front to back can follow.
     pub ordered_blobs: bool,
+    /// Whether it wants layers compressed (containers/image's `DesiredLayerCompression` is
+    /// `Compress`: a registry, an OCI layout): a source's uncompressed layers are gzipped.
+    pub compresses_layers: bool,
 }
 
 /// How a blob reached a destination, for summaries.

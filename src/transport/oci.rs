@@ -461,6 +461,7 @@ impl Destination for OciDest {
             accepts_index: true,
             accepts_sparse_index: true,
             ordered_blobs: false,
+            compresses_layers: true,
         }
     }
 

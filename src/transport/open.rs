@@ -130,6 +130,9 @@ impl Source for AnySource {
     fn holds_sparse_indexes(&self) -> bool {
         each_source!(self, s => s.holds_sparse_indexes())
     }
+    fn serves_uncompressed_layers(&self) -> bool {
+        each_source!(self, s => s.serves_uncompressed_layers())
+    }
 }
 
 impl Destination for AnyDest {

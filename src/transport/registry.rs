@@ -231,6 +231,7 @@ impl Destination for RegistryDest {
             accepts_index: true,
             accepts_sparse_index: false,
             ordered_blobs: false,
+            compresses_layers: true,
         }
     }
 

@@ -391,6 +391,7 @@ impl Destination for RootDest {
             accepts_index: true,
             accepts_sparse_index: true,
             ordered_blobs: self.pack_cache,
+            compresses_layers: false,
         }
     }
 

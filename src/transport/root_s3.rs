@@ -76,6 +76,7 @@ impl Destination for S3Dest {
             accepts_index: true,
             accepts_sparse_index: true,
             ordered_blobs: false,
+            compresses_layers: false,
         }
     }
 

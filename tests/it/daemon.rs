@@ -44,6 +44,69 @@ fn untar(archive: &Path, into: &Path) {
     );
 }
 
+/// What skopeo and ferry must agree on for an image whose layers were gzipped on the way
+/// (gzip encoders differ, so not the bytes): the manifest's media type, each layer's media
+/// type, the config digest, and what each layer decompresses to (the config's diff_ids).
+fn gzipped_structure(manifest: &[u8], blob: &dyn Fn(&str) -> Vec<u8>) -> serde_json::Value {
+    use std::io::Read;
+    let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    let layers: Vec<serde_json::Value> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let gz = blob(l["digest"].as_str().unwrap());
+            assert_eq!(gz.len() as u64, l["size"].as_u64().unwrap());
+            assert_eq!(&gz[..2], &[0x1f, 0x8b], "a gzip layer");
+            let mut tar = Vec::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_end(&mut tar)
+                .unwrap();
+            serde_json::json!([
+                l["mediaType"],
+                ferry::digest::Digest::sha256_of(&tar).to_string()
+            ])
+        })
+        .collect();
+    let config: serde_json::Value =
+        serde_json::from_slice(&blob(m["config"]["digest"].as_str().unwrap())).unwrap();
+    let diff_ids = &config["rootfs"]["diff_ids"];
+    for (l, d) in layers.iter().zip(diff_ids.as_array().unwrap()) {
+        assert_eq!(&l[1], d, "a layer decompresses to its diff_id");
+    }
+    assert_eq!(layers.len(), diff_ids.as_array().unwrap().len());
+    serde_json::json!({
+        "mediaType": m["mediaType"],
+        "config": m["config"],
+        "layers": layers,
+    })
+}
+
+/// [`gzipped_structure`] of the one image of an `oci:` layout.
+fn oci_structure(layout: &Path) -> serde_json::Value {
+    let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(&d[7..])).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let top = index["manifests"][0]["digest"].as_str().unwrap();
+    gzipped_structure(&blob(top), &blob)
+}
+
+/// [`gzipped_structure`] of an image in a registry, read with skopeo.
+fn registry_structure(reference: &str, scratch: &Path) -> serde_json::Value {
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        reference,
+        &format!("dir:{}", scratch.display()),
+    ]);
+    let blob = |d: &str| std::fs::read(scratch.join(&d[7..])).unwrap();
+    gzipped_structure(
+        &std::fs::read(scratch.join("manifest.json")).unwrap(),
+        &blob,
+    )
+}
+
 #[test]
 fn docker_save_archives_read_and_written_as_skopeo_does_and_loads_stream() {
     let (_, corpus) = small();
@@ -63,53 +126,93 @@ fn docker_save_archives_read_and_written_as_skopeo_does_and_loads_stream() {
     run_ok(&mut dockerd.docker(&["save", "-o", saved.to_str().unwrap(), &pulled]));
 
     // docker save's archive (uncompressed layers) as a source into dir:: the same files, the
-    // same blob bytes (layers stay uncompressed), the same config and layer digests. Known
-    // divergence, not asserted: skopeo's manifest.json labels the uncompressed layers
-    // `…diff.tar.gzip` (its docker-archive source says so), ferry's says `…diff.tar`; and
-    // into oci: skopeo gzips the layers (Go's bytes), ferry keeps them uncompressed.
+    // same blob bytes (layers stay uncompressed, named by their diff_ids), and the same
+    // manifest.json, whose layers skopeo labels `…diff.tar.gzip` (containers/image's synthesis).
     let from = format!("docker-archive:{}", saved.display());
     let (a, b) = (w("sk-dir"), w("fe-dir"));
     skopeo_ok(&["copy", "-q", &from, &format!("dir:{}", a.display())]);
     run_ok(ferry().args(["copy", "-q", &from, &format!("dir:{}", b.display())]));
-    let (x, y) = (files(&a), files(&b));
-    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
-    for (name, bytes) in &x {
-        if name != "manifest.json" {
-            assert!(bytes == &y[name], "docker save -> dir:: {name} differs");
-        }
+    assert_same_tree(&a, &b, "docker save -> dir:");
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("manifest.json")).unwrap()).unwrap();
+    let layers = written["layers"].as_array().unwrap();
+    assert!(!layers.is_empty());
+    for l in layers {
+        assert_eq!(
+            l["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "{written}"
+        );
     }
-    let layers = |m: &[u8]| {
-        let v: serde_json::Value = serde_json::from_slice(m).unwrap();
-        let l: Vec<(String, u64)> = v["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| {
-                (
-                    l["digest"].as_str().unwrap().to_string(),
-                    l["size"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        (v["config"].clone(), l)
-    };
-    assert_eq!(layers(&x["manifest.json"]), layers(&y["manifest.json"]));
     let (by_skopeo, by_ferry) = (
         format!("docker://{}/skopeo/saved:1", dst.addr),
         format!("docker://{}/ferry/saved:1", dst.addr),
     );
     skopeo_ok(&["copy", "-q", "--dest-tls-verify=false", &from, &by_skopeo]);
     run_ok(ferry().args(["copy", "-q", "--dest-tls-verify=false", &from, &by_ferry]));
-    // skopeo gzips with Go's compressor, whose bytes no other implementation reproduces:
-    // the same image is the same config (image ID), and skopeo reads ferry's whole.
+    // skopeo gzips the layers with Go's compressor, whose bytes no other implementation
+    // reproduces: the same structure (gzip layers that decompress to the diff_ids, the same
+    // config), read whole by skopeo.
     assert_eq!(config_of(&by_ferry), config_of(&by_skopeo));
-    skopeo_ok(&[
+    assert_eq!(
+        registry_structure(&by_ferry, &w("check-ferry")),
+        registry_structure(&by_skopeo, &w("check-skopeo")),
+        "docker save -> docker://"
+    );
+    // Into oci: the same: gzipped, the manifest converted with the OCI gzip layer type.
+    let (a, b) = (w("sk-oci"), w("fe-oci"));
+    skopeo_ok(&["copy", "-q", &from, &format!("oci:{}:img", a.display())]);
+    run_ok(ferry().args(["copy", "-q", &from, &format!("oci:{}:img", b.display())]));
+    let (x, y) = (oci_structure(&a), oci_structure(&b));
+    assert_eq!(x, y, "docker save -> oci:");
+    assert_eq!(
+        y["layers"][0][0], "application/vnd.oci.image.layer.v1.tar+gzip",
+        "{y}"
+    );
+    // --preserve-digests: nothing is compressed; into a registry both push the synthesised
+    // manifest as it is (the same digest, layers as stored).
+    let (kept_sk, kept_fe) = (
+        format!("docker://{}/skopeo/kept:1", dst.addr),
+        format!("docker://{}/ferry/kept:1", dst.addr),
+    );
+    for (tool, to) in [("skopeo", &kept_sk), ("ferry", &kept_fe)] {
+        let args = [
+            "copy",
+            "-q",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &from,
+            to,
+        ];
+        if tool == "skopeo" {
+            skopeo_ok(&args);
+        } else {
+            run_ok(ferry().args(args));
+        }
+    }
+    let raw = |r: &str| skopeo_ok(&["inspect", "--tls-verify=false", "--raw", r]).stdout;
+    assert_eq!(
+        raw(&kept_fe),
+        raw(&kept_sk),
+        "docker save -> docker:// kept"
+    );
+    // Into oci: it would need the manifest converted: refused in one line, nothing named
+    // (skopeo stores the Docker manifest in the layout instead; ferry's oci: holds OCI only).
+    let c = w("kept-oci");
+    let refused = run(ferry().args([
         "copy",
         "-q",
-        "--src-tls-verify=false",
-        &by_ferry,
-        &format!("dir:{}", w("check").display()),
-    ]);
+        "--preserve-digests",
+        &from,
+        &format!("oci:{}:img", c.display()),
+    ]));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("--preserve-digests"), "{err}");
+    assert!(
+        !c.join("index.json").exists(),
+        "nothing is named at the destination"
+    );
 
     // What ferry writes to docker-archive: is what skopeo writes, member for member.
     let reg = format!("docker://{pulled}");
