@@ -67,7 +67,7 @@ pub struct BundleArgs {
     #[arg(long)]
     keep_going: bool,
     /// Verify the source registry's TLS certificate (false also allows plain http).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
     src_tls_verify: bool,
     /// Credentials for the source registry, USER[:PASS].
     #[arg(long)]

@@ -34,7 +34,7 @@ pub struct LoginArgs {
     #[arg(long)]
     authfile: Option<PathBuf>,
     /// Verify the registry's TLS certificate (false also allows plain http).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
     tls_verify: bool,
     /// Directory of CA certificates (*.crt) for the registry.
     #[arg(long)]

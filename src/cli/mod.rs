@@ -442,7 +442,30 @@ fn read_password(prompt: &str) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::duration_parser;
+    use clap::Parser;
     use std::time::Duration;
+
+    /// A bool flag given before a positional takes no value from it (skopeo's `--flag=false`
+    /// form is the only way to pass one), on every subcommand that has such flags.
+    #[test]
+    fn bool_flags_never_swallow_the_next_word() {
+        for line in [
+            "ferry serve --allow-push --allow-delete /root",
+            "ferry sync --preserve-digests --src dir --dest dir /a /b",
+            "ferry copy --preserve-digests dir:/a dir:/b",
+            "ferry copy --src-tls-verify --dest-tls-verify dir:/a dir:/b",
+            "ferry bundle --src-tls-verify -f list.txt -o b.tar.zst",
+            "ferry login --tls-verify localhost:5000",
+            "ferry unbundle push --dest-tls-verify b.tar.zst --dest localhost:5000",
+        ] {
+            let words: Vec<&str> = line.split(' ').collect();
+            let parsed = super::Args::try_parse_from(&words);
+            assert!(parsed.is_ok(), "{line}: {}", parsed.unwrap_err());
+        }
+        let explicit =
+            super::Args::try_parse_from(["ferry", "serve", "--allow-push=false", "/root"]);
+        assert!(explicit.is_ok(), "{}", explicit.unwrap_err());
+    }
 
     #[test]
     fn sizes_read_with_binary_units() {

@@ -11,7 +11,7 @@ use crate::registry::ClientOptions;
 #[derive(Debug, clap::Args)]
 pub struct RegistryFlags {
     /// Verify the registry's TLS certificate (false also allows plain http).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
     tls_verify: bool,
     /// Credentials for the registry, USER[:PASS].
     #[arg(long)]
@@ -110,10 +110,10 @@ pub fn docker_name(r: &Reference) -> String {
 #[derive(Debug, clap::Args)]
 pub struct SideFlags {
     /// Verify the source registry's TLS certificate (false also allows plain http); in `sync`, a sync file's tls-verify wins.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
     pub src_tls_verify: bool,
     /// Verify the destination registry's TLS certificate (false also allows plain http).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
     pub dest_tls_verify: bool,
     /// Credentials for the source registry, USER[:PASS]; in `sync`, a sync file's credentials win.
     #[arg(long)]

@@ -40,10 +40,10 @@ pub struct ServeFlags {
     #[arg(long)]
     pub anonymous_read: bool,
     /// Accept pushes (blob uploads, manifest PUTs) into the root (read-only unless given).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
     pub allow_push: bool,
     /// Accept deletes of manifests, tags and blobs (read-only unless given).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
     pub allow_delete: bool,
 }
 

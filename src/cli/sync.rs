@@ -45,7 +45,7 @@ pub struct SyncArgs {
     #[arg(long)]
     keep_going: bool,
     /// Fail rather than change any digest (no conversion).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
     preserve_digests: bool,
     /// Convert manifests to this format.
     #[arg(short, long, value_enum)]

@@ -49,7 +49,7 @@ struct PushArgs {
     #[command(flatten)]
     net: super::NetArgs,
     /// Verify the target's TLS certificate (false also allows plain http).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
     dest_tls_verify: bool,
     /// Credentials for the target, USER[:PASS].
     #[arg(long)]
