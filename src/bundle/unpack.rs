@@ -308,14 +308,22 @@ pub async fn link(
     // of the file system (other writers' too), seconds on a busy machine, and a refusal that
     // wrote nothing must stay quick.
     let take_back = |staging: &Staging| {
-        let removed = staging.roll_back(&store);
+        let mut removed = staging.roll_back(&store);
         if !streamed.is_empty() {
-            let repos = store.repositories().unwrap_or_default();
-            for (digest, dirs) in streamed.iter().rev() {
-                remove_added_blob(&store, &repos, digest, dirs);
+            // As in `Staging::roll_back`: no list of repositories, no removal.
+            match store.repositories() {
+                Ok(repos) => {
+                    removed = true;
+                    for (digest, dirs) in streamed.iter().rev() {
+                        remove_added_blob(&store, &repos, digest, dirs);
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "rolling back: listing repositories: {e}; added blobs left in place"
+                ),
             }
         }
-        if removed || !streamed.is_empty() {
+        if removed {
             let _ = store.sync_fs();
         }
     };

@@ -43,12 +43,16 @@ pub async fn gzip_layer(
         Ok((digest, n, file))
     };
     let joined = match body {
+        // Opening may read and decode (an archive member): on the blocking thread too.
         BlobBody::Local(loc) => {
-            let input = loc
-                .source
-                .open_range(0, loc.size)
-                .map_err(|e| format!("reading the layer: {e}"))?;
-            tokio::task::spawn_blocking(move || work(input)).await
+            tokio::task::spawn_blocking(move || {
+                let input = loc
+                    .source
+                    .open_range(0, loc.size)
+                    .map_err(|e| format!("reading the layer: {e}"))?;
+                work(input)
+            })
+            .await
         }
         BlobBody::Stream(mut stream) => {
             let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -8,7 +8,7 @@ use std::io;
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode, header};
 
-use super::client::{Client, Held, RegistryError};
+use super::client::{Client, Held, Policy, RegistryError};
 use super::routes::Route;
 use crate::blob::ByteStream;
 use crate::digest::{Hasher, check};
@@ -46,7 +46,15 @@ impl Client {
             }
             let permit = self.permit().await;
             match self
-                .send_url(Method::GET, u.clone(), "", &[], None, permit)
+                .send_url_with(
+                    Policy::EXTERNAL,
+                    Method::GET,
+                    u.clone(),
+                    "",
+                    &[],
+                    None,
+                    permit,
+                )
                 .await
             {
                 Ok(first) => {
@@ -86,7 +94,15 @@ impl Client {
                             Origin::External(u) => {
                                 let permit = client.permit().await;
                                 client
-                                    .send_url(Method::GET, u.clone(), "", &range, None, permit)
+                                    .send_url_with(
+                                        Policy::EXTERNAL,
+                                        Method::GET,
+                                        u.clone(),
+                                        "",
+                                        &range,
+                                        None,
+                                        permit,
+                                    )
                                     .await
                             }
                         };

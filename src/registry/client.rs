@@ -576,7 +576,9 @@ impl Client {
             for (k, v) in headers {
                 req = req.header(k, v);
             }
-            if let Some(a) = self.inner.auth.lock().unwrap().get(&scope) {
+            if !policy.anonymous
+                && let Some(a) = self.inner.auth.lock().unwrap().get(&scope)
+            {
                 req = req.header(header::AUTHORIZATION, a);
             }
             let watch = Arc::new(Watch::new());
@@ -641,7 +643,7 @@ impl Client {
                     _permit: permit,
                 });
             }
-            if status == StatusCode::UNAUTHORIZED && !authed_once {
+            if status == StatusCode::UNAUTHORIZED && !authed_once && !policy.anonymous {
                 authed_once = true;
                 let challenge = resp
                     .headers()
@@ -780,13 +782,27 @@ impl Client {
 pub(super) struct Policy {
     /// Repeat connection failures, stalls and 5xx on the same URL.
     pub retry: bool,
+    /// Send no credentials and answer no 401: for a URL a manifest names (a foreign layer),
+    /// which must never learn the registry's password or token.
+    pub anonymous: bool,
 }
 
 impl Policy {
     /// Retried, for every request that can be repeated as it is.
-    pub const NORMAL: Policy = Policy { retry: true };
+    pub const NORMAL: Policy = Policy {
+        retry: true,
+        anonymous: false,
+    };
     /// Sent once, for requests on an upload session (the caller restarts the whole upload).
-    pub const ONCE: Policy = Policy { retry: false };
+    pub const ONCE: Policy = Policy {
+        retry: false,
+        anonymous: false,
+    };
+    /// Retried and anonymous, for a foreign layer's URLs (containers/image's `getExternalBlob`).
+    pub const EXTERNAL: Policy = Policy {
+        retry: true,
+        anonymous: true,
+    };
 }
 
 /// When a request last made progress (a chunk of its body went out), and why its body failed, if it did.

@@ -757,6 +757,12 @@ impl crate::blob::RangeRead for Served {
     fn chunk_bytes(&self) -> usize {
         self.0.chunk_bytes().min(SERVE_CHUNK_BYTES)
     }
+
+    // A remote backend's own async stream (a bucket's HTTP body chunks, already small): without
+    // it every download would hold a blocking thread for as long as its client takes.
+    fn stream_range(&self, start: u64, len: u64) -> Option<crate::blob::ByteStream> {
+        self.0.stream_range(start, len)
+    }
 }
 
 #[cfg(test)]

@@ -114,7 +114,7 @@ impl S3Root {
             let text = String::from_utf8_lossy(&body);
             tracing::debug!(
                 "ListMultipartUploads {url}: {status}: {}",
-                &text[..text.len().min(600)]
+                text.chars().take(600).collect::<String>()
             );
             if !status.is_success() {
                 let code = element(&text, "Code").unwrap_or_default();

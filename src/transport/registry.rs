@@ -169,8 +169,10 @@ impl Source for RegistrySource {
         // A layer with URLs (a foreign layer) is read from them first, then from the
         // registry, as skopeo does (containers/image's GetBlob falls back to the repository).
         if !desc.urls.is_empty() {
-            match self.client.get_external_blob(desc).await {
-                Ok(s) => return Ok(BlobBody::Stream(s)),
+            // A client of the URL's own host with default options: the source registry's
+            // credentials and its `--tls-verify=false` stay with the source registry.
+            match external_blob(desc).await {
+                Ok(b) => return Ok(b),
                 Err(e) => tracing::info!(
                     "{}: foreign layer {} not fetched from its URLs ({e}); trying the registry",
                     self.name,

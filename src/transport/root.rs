@@ -68,11 +68,20 @@ impl Staging {
     /// Says whether there was anything to remove.
     pub fn roll_back(&self, store: &Store) -> bool {
         let added: Vec<_> = self.added.lock().unwrap().drain(..).rev().collect();
-        let removed = !added.is_empty();
-        if removed {
-            let repos = store.repositories().unwrap_or_default();
-            for (digest, _, dirs) in added {
-                remove_added_blob(store, &repos, &digest, &dirs);
+        let mut removed = false;
+        if !added.is_empty() {
+            // Without the list of repositories no blob can be known unlinked: orphans are
+            // left (distribution's GC takes them), never a blob another writer linked.
+            match store.repositories() {
+                Ok(repos) => {
+                    removed = true;
+                    for (digest, _, dirs) in added {
+                        remove_added_blob(store, &repos, &digest, &dirs);
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "rolling back: listing repositories: {e}; added blobs left in place"
+                ),
             }
         }
         self.images.lock().unwrap().clear();

@@ -320,3 +320,75 @@ fn foreign_layers_are_fetched_into_dir_and_named_in_oci_as_skopeo_does() {
         "dead oci: -> dir:"
     ));
 }
+
+/// A foreign layer's URL is another host, named by whoever wrote the manifest: it never gets
+/// the source registry's password, not even when it answers 401 with a Basic challenge, and
+/// the copy falls back to the registry (which holds the bytes), as skopeo's does.
+#[test]
+fn a_foreign_layer_url_never_receives_the_source_registrys_credentials() {
+    use ferry::fixtures::foreign_layer;
+    use ferry::store::Store;
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    // The URL's host: records each request's head and asks for Basic credentials.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/foreign-layer", listener.local_addr().unwrap());
+    let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = String::new();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && line != "\r\n" {
+                head.push_str(&line);
+                line.clear();
+            }
+            seen.lock().unwrap().push(head);
+            let _ = conn.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"grab\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::create(root.path()).unwrap().with_durable(false);
+    foreign_layer(&store, "img", "1", std::slice::from_ref(&url), true).unwrap();
+    let auth = tempfile::tempdir().unwrap();
+    let htpasswd = auth.path().join("htpasswd");
+    htpasswd_file(&htpasswd, "alice", "s3cret-pass");
+    let reg = Registry::start_with_options(
+        root.path(),
+        None,
+        &RegistryOptions {
+            htpasswd: Some(htpasswd),
+            ..Default::default()
+        },
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("d");
+    let o = ferry()
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            "--src-creds",
+            "alice:s3cret-pass",
+        ])
+        .arg(format!("docker://{}/img:1", reg.addr))
+        .arg(format!("dir:{}", dest.display()))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "falls back to the registry: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let heads = heads.lock().unwrap();
+    assert!(!heads.is_empty(), "the URL was tried first");
+    for h in heads.iter() {
+        assert!(
+            !h.to_ascii_lowercase().contains("authorization"),
+            "credentials sent to the foreign host: {h}"
+        );
+    }
+}
