@@ -476,11 +476,18 @@ impl S3Root {
             });
         }
         match upload {
-            Some(w) => w
-                .finish()
-                .await
-                .map(drop)
-                .map_err(|e| self.request_error("completing upload of blob", &key, e))?,
+            Some(w) => {
+                if let Err(e) = w.finish().await {
+                    // A racing writer of the same key (same digest, so the same bytes) may have
+                    // completed first, and a store such as Garage then drops the other upload
+                    // (NoSuchUpload): the blob is there, whole, which is all this put promises.
+                    if self.blob_size(digest).await.ok().flatten() == Some(size) {
+                        tracing::debug!("{key}: completed by another writer ({})", one_line(&e));
+                        return Ok(false);
+                    }
+                    return Err(self.request_error("completing upload of blob", &key, e));
+                }
+            }
             None => self
                 .client
                 .put(&path, PutPayload::from_iter(first))
