@@ -5,6 +5,7 @@
 # minisign (checks that ferry's bundle signatures verify with the reference tool),
 # strace (checks that a refusal which wrote nothing makes no syncfs),
 # curl (HTTP/2 over TLS) and python3 (the OCI conformance port, scripts/conformance.py),
+# Python's cryptography (checks the fixtures' cosign signatures independently of ferry),
 # and Garage (an S3-compatible store: cargo install, as Debian has none),
 # then runs every unit and integration test.
 #   scripts/test.sh [cargo test args...]
@@ -20,6 +21,7 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v minisign >/dev/null || need+=(minisign)
 command -v strace >/dev/null || need+=(strace)
@@ -31,6 +33,8 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# A python3 that is not Debian's (pyenv, a venv) does not see python3-cryptography: pip then.
+python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography
 
 # Garage (a real S3-compatible store, for tests/it/s3.rs) is not in Debian: built from crates.io (~11 min on 2 cores).
 if ! command -v garage >/dev/null && [ ! -x "$HOME/.cargo/bin/garage" ]; then
