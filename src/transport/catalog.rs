@@ -123,22 +123,12 @@ impl<C: Catalog> Source for CatalogSource<C> {
     }
 
     async fn top(&self) -> TResult<RawManifest> {
-        let digest = match self.reference.digest() {
-            Some(d) => d.clone(),
-            None => {
-                let tag = self
-                    .reference
-                    .effective_tag()
-                    .unwrap_or(crate::reference::DEFAULT_TAG);
-                self.catalog.resolve_tag(&self.repo, tag)?.ok_or_else(|| {
-                    TransportError::NotFound(format!("{}: tag {tag} not found", self.name))
-                })?
-            }
+        let tag_digest = async |tag: &str| Ok(self.catalog.resolve_tag(&self.repo, tag)?);
+        let manifest = async |d: &Digest| match self.catalog.manifest(&self.repo, d)? {
+            Some(m) => checked(m, d).map(Some),
+            None => Ok(None),
         };
-        let m = self.catalog.manifest(&self.repo, &digest)?.ok_or_else(|| {
-            TransportError::NotFound(format!("{}: manifest {digest} not found", self.name))
-        })?;
-        checked(m, &digest)
+        super::top_by_reference(&self.name, &self.reference, tag_digest, manifest).await
     }
 
     async fn manifest(&self, digest: &Digest) -> TResult<Option<RawManifest>> {

@@ -255,6 +255,31 @@ pub enum Put {
     Written,
 }
 
+/// The top manifest of a source that keeps tags and manifests itself (a registry root on disk or
+/// in a bucket): the reference's digest, or its tag (the default one when none) through
+/// `tag_digest`, then the manifest through `manifest`; each absence named after `name`.
+pub(crate) async fn top_by_reference(
+    name: &str,
+    reference: &Reference,
+    tag_digest: impl AsyncFnOnce(&str) -> Result<Option<Digest>>,
+    manifest: impl AsyncFnOnce(&Digest) -> Result<Option<RawManifest>>,
+) -> Result<RawManifest> {
+    let digest = match reference.digest() {
+        Some(d) => d.clone(),
+        None => {
+            let tag = reference
+                .effective_tag()
+                .unwrap_or(crate::reference::DEFAULT_TAG);
+            tag_digest(tag)
+                .await?
+                .ok_or_else(|| TransportError::NotFound(format!("{name}: tag {tag} not found")))?
+        }
+    };
+    manifest(&digest)
+        .await?
+        .ok_or_else(|| TransportError::NotFound(format!("{name}: manifest {digest} not found")))
+}
+
 /// A destination's name in errors and progress: `PREFIX/REPO[:TAG]`, as the user wrote it.
 pub fn dest_name(prefix: &str, repo: &str, tag: Option<&str>) -> String {
     match tag {

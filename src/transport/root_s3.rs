@@ -163,25 +163,13 @@ impl Source for S3Source {
     }
 
     async fn top(&self) -> Result<RawManifest> {
-        let digest = match self.reference.digest() {
-            Some(d) => d.clone(),
-            None => {
-                let tag = self
-                    .reference
-                    .effective_tag()
-                    .unwrap_or(crate::reference::DEFAULT_TAG);
-                crate::reference::validate_tag(tag).map_err(StoreError::from)?;
-                self.root
-                    .read_link(PathSpec::TagCurrentLink(&self.repo, tag))
-                    .await?
-                    .ok_or_else(|| {
-                        TransportError::NotFound(format!("{}: tag {tag} not found", self.name))
-                    })?
-            }
+        let tag_digest = async |tag: &str| -> Result<Option<Digest>> {
+            crate::reference::validate_tag(tag).map_err(StoreError::from)?;
+            let spec = PathSpec::TagCurrentLink(&self.repo, tag);
+            Ok(self.root.read_link(spec).await?)
         };
-        self.manifest(&digest).await?.ok_or_else(|| {
-            TransportError::NotFound(format!("{}: manifest {digest} not found", self.name))
-        })
+        let manifest = async |d: &Digest| self.manifest(d).await;
+        super::top_by_reference(&self.name, &self.reference, tag_digest, manifest).await
     }
 
     async fn manifest(&self, digest: &Digest) -> Result<Option<RawManifest>> {
