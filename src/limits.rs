@@ -129,6 +129,10 @@ pub const ENV_FAIL_LINK_AT: &str = "FERRY_TEST_FAIL_LINK_AT";
 /// can act as a concurrent writer of the same root.
 pub const ENV_LINK_PAUSE_MS: &str = "FERRY_TEST_LINK_PAUSE_MS";
 
+/// Test-only: milliseconds `unbundle link` pauses at the failure `FERRY_TEST_FAIL_LINK_AT=finish:N` asks
+/// for (the images before N linked, nothing taken back yet), so a test can act as a concurrent writer.
+pub const ENV_FINISH_PAUSE_MS: &str = "FERRY_TEST_FINISH_PAUSE_MS";
+
 /// Test-only: set (to anything) to skip the free-space checks, for tests of a disk that fills up mid-run.
 pub const ENV_NO_SPACE_CHECK: &str = "FERRY_TEST_NO_SPACE_CHECK";
 

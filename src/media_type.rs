@@ -12,6 +12,8 @@ pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.man
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// Docker gzip'd layer.
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// Docker uncompressed layer.
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
 /// Docker foreign (non-distributable) layer.
 pub const DOCKER_LAYER_FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 /// OCI image manifest.
@@ -48,6 +50,12 @@ pub fn is_image_manifest(media_type: &str) -> bool {
 /// Whether this is a Docker schema 1 manifest, which ferry refuses.
 pub fn is_schema1(media_type: &str) -> bool {
     media_type == DOCKER_SCHEMA1 || media_type == DOCKER_SCHEMA1_SIGNED
+}
+
+/// Whether a layer of this type is a plain, uncompressed tar (which a destination that stores
+/// layers compressed gets gzipped).
+pub fn is_uncompressed_layer(media_type: &str) -> bool {
+    media_type == OCI_LAYER || media_type == DOCKER_LAYER
 }
 
 /// Whether a layer may be copied between registries (foreign and non-distributable ones may not).

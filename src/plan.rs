@@ -218,6 +218,9 @@ impl Source for CachedRegistry {
     async fn blob(&self, desc: &Descriptor) -> Result<BlobBody, TransportError> {
         self.source.blob(desc).await
     }
+    fn foreign_urls_first(&self) -> bool {
+        self.source.foreign_urls_first()
+    }
 }
 
 impl image::Manifests for CachedRegistry {

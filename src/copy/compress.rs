@@ -1,5 +1,6 @@
 //! Gzipping a layer a source serves uncompressed, for a destination that stores layers
-//! compressed (as containers/image compresses when the destination desires it). The
+//! compressed (as containers/image compresses when the destination desires it): one rule,
+//! [`layers_to_gzip`], for every source. The
 //! compressed digest is only known at the end, so the layer is gzipped while it streams
 //! into an unnamed temp file, hashed as it is written; memory stays bounded.
 
@@ -82,6 +83,41 @@ pub async fn gzip_layer(
         }),
     });
     Ok((new, body))
+}
+
+/// The layers to gzip on the way, for a destination that stores layers compressed: each
+/// distributable layer of the image manifests to be written whose media type says it is a
+/// plain tar (`application/vnd.oci.image.layer.v1.tar`,
+/// `application/vnd.docker.image.rootfs.diff.tar`), or every one when the source serves all
+/// its layers uncompressed whatever their type says (`all_uncompressed`: a `docker save`
+/// archive). Gzipping changes the image's digest, so only a copy of one image manifest is
+/// rewritten; an index whose images would need it is refused, named.
+pub fn layers_to_gzip(
+    writes: &[crate::manifest::RawManifest],
+    all_uncompressed: bool,
+) -> Result<std::collections::HashSet<crate::digest::Digest>, String> {
+    let mut out = std::collections::HashSet::new();
+    for m in writes {
+        if let Ok(crate::manifest::Manifest::Image(img)) = m.parse() {
+            out.extend(
+                img.layers
+                    .iter()
+                    .filter(|l| mt::is_distributable(&l.media_type))
+                    .filter(|l| all_uncompressed || mt::is_uncompressed_layer(&l.media_type))
+                    .map(|l| l.digest.clone()),
+            );
+        }
+    }
+    if !out.is_empty() && writes.len() > 1 {
+        let top = writes.last().expect("the top is always written");
+        return Err(format!(
+            "{}: its images have uncompressed layers, which the destination stores gzipped; \
+             gzipping the layers of a multi-platform image is not supported: copy one platform, \
+             or keep the layers as they are with --preserve-digests",
+            top.digest()
+        ));
+    }
+    Ok(out)
 }
 
 /// `top` with each layer `compressed` names replaced by its compressed descriptor.

@@ -118,7 +118,7 @@ fn family_of(media_type: &str) -> Format {
 /// The layer media type in the other family; `None` when it has no equivalent.
 fn layer_type(media_type: &str, to: Format) -> Option<&'static str> {
     const NONDIST: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
-    const DOCKER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+    const DOCKER_TAR: &str = mt::DOCKER_LAYER;
     Some(match (to, media_type) {
         (Format::Oci, mt::DOCKER_LAYER_GZIP) | (Format::Oci, mt::OCI_LAYER_GZIP) => {
             mt::OCI_LAYER_GZIP

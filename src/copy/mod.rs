@@ -8,6 +8,7 @@
 
 pub mod compress;
 pub mod convert;
+pub mod foreign;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -343,24 +344,15 @@ async fn plan<S: Source, D: Destination>(
             },
             convert::Refusal::Cannot(why) => src_err(why),
         })?;
-    // Layers the source serves uncompressed are gzipped for a destination that stores
-    // layers compressed, as containers/image does; that changes the image's digest, so
-    // with --preserve-digests they go as they are (as skopeo sends them).
-    let mut compress = HashSet::new();
-    if props.compresses_layers && job.source.serves_uncompressed_layers() && !opts.preserve_digests
-    {
-        let top = w.manifests.last().expect("the top is always written");
-        let m = match top.parse() {
-            Ok(crate::manifest::Manifest::Image(m)) if w.manifests.len() == 1 => m,
-            _ => {
-                return Err(src_err(format!(
-                    "{}: compressing the layers of an index is not supported",
-                    top.digest()
-                )));
-            }
-        };
-        compress = m.layers.iter().map(|l| l.digest.clone()).collect();
-    }
+    // Uncompressed layers are gzipped for a destination that stores layers compressed, as
+    // containers/image does; that changes the image's digest, so with --preserve-digests
+    // they go as they are (as skopeo sends them).
+    let compress = if props.compresses_layers && !opts.preserve_digests {
+        compress::layers_to_gzip(&w.manifests, job.source.serves_uncompressed_layers())
+            .map_err(src_err)?
+    } else {
+        HashSet::new()
+    };
     // Foreign layers are named, not moved, where the destination keeps their URLs (a
     // registry, a root, an OCI layout); anywhere else they are fetched like any layer.
     let foreign: &[Descriptor] = if job.destination.accepts_foreign_layer_urls() {
@@ -624,10 +616,12 @@ pub async fn copy_blob<S: Source, D: Destination>(
     if let Some(put) = destination.reuse_blob(desc).await.map_err(dst_err)? {
         return Ok(put);
     }
-    let body: BlobBody = source.blob(desc).await.map_err(|e| CopyError::Source {
-        image: format!("{} (blob {})", source.name(), desc.digest),
-        cause: e.to_string(),
-    })?;
+    let body: BlobBody = foreign::open_blob(source, desc)
+        .await
+        .map_err(|cause| CopyError::Source {
+            image: format!("{} (blob {})", source.name(), desc.digest),
+            cause,
+        })?;
     destination.put_blob(desc, body).await.map_err(dst_err)
 }
 
@@ -642,10 +636,7 @@ async fn copy_compressed<S: Source, D: Destination>(
         image: format!("{} (blob {})", source.name(), desc.digest),
         cause,
     };
-    let body = source
-        .blob(desc)
-        .await
-        .map_err(|e| src_err(e.to_string()))?;
+    let body = foreign::open_blob(source, desc).await.map_err(src_err)?;
     let (new, body) = compress::gzip_layer(desc, body).await.map_err(src_err)?;
     let put = match destination.reuse_blob(&new).await {
         Ok(Some(put)) => Ok(put),

@@ -51,27 +51,29 @@ pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Writes a file's full content under a temp name and renames it into place,
-/// so readers see the old content or the new, never a part.
+/// so readers see the old content or the new, never a part. Returns the new
+/// file's metadata as written (so a caller can know it from a later writer's).
 pub(super) fn write_atomic(
     store: &Store,
     dest: &Path,
     content: &[u8],
     op: &'static str,
-) -> Result<()> {
+) -> Result<fs::Metadata> {
     let parent = dest.parent().expect("layout paths have parents");
     fs::create_dir_all(parent).map_err(StoreError::io("creating directory", parent))?;
     let tmp = temp_path(store, "file");
-    let write = || -> io::Result<()> {
+    let write = || -> io::Result<fs::Metadata> {
         let mut f = File::create(&tmp)?;
         f.write_all(content)?;
         if store.durable {
             f.sync_all()?;
         }
+        let written = f.metadata()?;
         fs::rename(&tmp, dest)?;
         if store.durable {
             fsync_dir(parent)?;
         }
-        Ok(())
+        Ok(written)
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);

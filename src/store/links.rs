@@ -52,30 +52,111 @@ pub struct LinkReport {
     pub tag_moved_from: Option<Digest>,
 }
 
+/// Which file a link is, as one writer wrote it: its device, inode and modification time.
+/// Another writer that rewrites the link makes a new file, and one that finds it and relies
+/// on it renews its time, so the stamp no longer matches either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkStamp {
+    dev: u64,
+    ino: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl LinkStamp {
+    /// The stamp of the file `m` describes.
+    fn of(m: &fs::Metadata) -> LinkStamp {
+        use std::os::unix::fs::MetadataExt;
+        LinkStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        }
+    }
+}
+
+/// The kinds of repository link a roll-back takes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// `_layers/…/link`: a config or layer blob.
+    Layer,
+    /// `_manifests/revisions/…/link`: a manifest.
+    Revision,
+}
+
+impl LinkKind {
+    /// The link's path spec in `repo`.
+    fn spec<'a>(self, repo: &'a str, digest: &'a Digest) -> PathSpec<'a> {
+        match self {
+            LinkKind::Layer => PathSpec::LayerLink(repo, digest),
+            LinkKind::Revision => PathSpec::RevisionLink(repo, digest),
+        }
+    }
+}
+
+/// A link one writer created, recorded so that a roll-back removes it only while it is
+/// still that writer's alone ([`Store::take_back_link`]).
+#[derive(Debug, Clone)]
+pub struct CreatedLink {
+    /// Layer or revision.
+    pub kind: LinkKind,
+    /// The digest it names.
+    pub digest: Digest,
+    stamp: LinkStamp,
+}
+
 impl Store {
-    /// Writes `sha256:<hex>` (no newline) at `path` unless it already says exactly that.
-    fn write_link(&self, path: &Path, digest: &Digest) -> Result<bool> {
-        if let Ok(Some(existing)) = read_link(path)
-            && &existing == digest
-        {
-            return Ok(false);
+    /// Writes `sha256:<hex>` (no newline) at `path` unless it already says exactly that (then
+    /// renews it, see [`Store::renew_link`]). Returns the stamp of the file when this call wrote it.
+    fn write_link(&self, path: &Path, digest: &Digest) -> Result<Option<LinkStamp>> {
+        if self.renew_link(path, digest) {
+            return Ok(None);
         }
         // A new link's directory appears with its link in it (never empty, even if killed).
         let dir = path.parent().expect("link paths have parents");
         let name = path.file_name().expect("link paths name a file");
         let durable = self.durable;
+        let mut stamp = None;
         if place_dir(self, dir, "dir", |d| {
             let mut f = fs::File::create(d.join(name))?;
             io::Write::write_all(&mut f, digest.to_string().as_bytes())?;
             if durable {
                 f.sync_all()?;
             }
+            stamp = Some(LinkStamp::of(&f.metadata()?));
             Ok(())
         })? {
-            return Ok(true);
+            return Ok(stamp);
         }
-        write_atomic(self, path, digest.to_string().as_bytes(), "writing link")?;
-        Ok(true)
+        // The directory is there: another writer may have just made this very link.
+        if self.renew_link(path, digest) {
+            return Ok(None);
+        }
+        let written = write_atomic(self, path, digest.to_string().as_bytes(), "writing link")?;
+        Ok(Some(LinkStamp::of(&written)))
+    }
+
+    /// When the link at `path` already says `digest`, marks it as relied on by one more
+    /// writer and returns true: its modification time moves on by a nanosecond, so the writer
+    /// that made it sees at roll-back that it is not only its own ([`Store::take_back_link`]).
+    /// False when it says something else, is gone, or cannot be renewed (the caller writes it).
+    fn renew_link(&self, path: &Path, digest: &Digest) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if !matches!(read_link(path), Ok(Some(d)) if &d == digest) {
+            return false;
+        }
+        let Ok(f) = fs::File::open(path) else {
+            return false;
+        };
+        let Ok(m) = f.metadata() else { return false };
+        let renewed = m
+            .modified()
+            .and_then(|t| f.set_modified(t + std::time::Duration::from_nanos(1)));
+        // Still the file at `path` after the renewal: a roll-back that moved it away meanwhile
+        // saw the renewal and puts it back, or the caller writes it anew.
+        renewed.is_ok()
+            && fs::metadata(path).is_ok_and(|now| now.ino() == m.ino() && now.dev() == m.dev())
     }
 
     /// Lets `repo` serve the config or layer blob `digest`.
@@ -195,26 +276,51 @@ impl Store {
         tag: Option<&str>,
         wanted: &(dyn Fn(&Digest) -> bool + Sync),
     ) -> Result<LinkReport> {
+        self.link_image_recording(repo, digest, tag, wanted, &mut Vec::new())
+    }
+
+    /// [`Store::link_image_with`] that adds to `created` each layer and revision link this
+    /// call wrote (not the ones it found), as it writes them, so a roll-back can take back
+    /// exactly those even when linking fails part-way ([`Store::take_back_link`]).
+    pub fn link_image_recording(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        tag: Option<&str>,
+        wanted: &(dyn Fn(&Digest) -> bool + Sync),
+        created: &mut Vec<CreatedLink>,
+    ) -> Result<LinkReport> {
         validate_repository(repo)?;
         if let Some(t) = tag {
             validate_tag(t)?;
         }
         let w = self.walk_only(digest, wanted)?;
         let mut report = LinkReport::default();
+        let mut link = |kind: LinkKind, d: &Digest| -> Result<()> {
+            let path = self.path(kind.spec(repo, d));
+            if let Some(stamp) = self.write_link(&path, d)? {
+                created.push(CreatedLink {
+                    kind,
+                    digest: d.clone(),
+                    stamp,
+                });
+            }
+            Ok(())
+        };
         for b in &w.blobs {
             if !self.has_blob(&b.digest) {
                 return Err(StoreError::BlobUnknown(b.digest.clone()));
             }
-            self.link_layer(repo, &b.digest)?;
+            link(LinkKind::Layer, &b.digest)?;
             report.blobs.insert(b.digest.clone());
         }
         // Foreign layers are linked only when the store happens to hold them.
         for b in w.foreign.iter().filter(|b| self.has_blob(&b.digest)) {
-            self.link_layer(repo, &b.digest)?;
+            link(LinkKind::Layer, &b.digest)?;
             report.blobs.insert(b.digest.clone());
         }
         for m in w.manifests() {
-            self.link_revision(repo, m.digest())?;
+            link(LinkKind::Revision, m.digest())?;
             report.manifests.push(m.digest().clone());
         }
         report.missing_children = w.absent().map(|c| c.descriptor.digest.clone()).collect();
@@ -291,15 +397,15 @@ impl image::Manifests for Only<'_> {
     }
 }
 
-/// Removes a layout directory in one step: it is renamed into the temp area
-/// (so no reader ever sees it half gone), then deleted. `false` when it was not there.
-fn remove_dir_whole(store: &Store, dir: &Path) -> Result<bool> {
+/// Moves a layout directory into the temp area in one step (so no reader ever sees it half
+/// gone) and returns where it went; `None` when it was not there.
+fn move_aside(store: &Store, dir: &Path) -> Result<Option<std::path::PathBuf>> {
     let tmp = super::blobs::temp_path(store, "del");
     let temp_dir = store.path(PathSpec::Temp);
     fs::create_dir_all(&temp_dir).map_err(StoreError::io("creating directory", &temp_dir))?;
     match fs::rename(dir, &tmp) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             return Err(StoreError::Io {
                 op: "removing",
@@ -313,8 +419,63 @@ fn remove_dir_whole(store: &Store, dir: &Path) -> Result<bool> {
     {
         fsync_dir(parent).map_err(StoreError::io("syncing", parent))?;
     }
+    Ok(Some(tmp))
+}
+
+/// Removes a layout directory in one step: it is moved aside ([`move_aside`]), then
+/// deleted. `false` when it was not there.
+fn remove_dir_whole(store: &Store, dir: &Path) -> Result<bool> {
+    let Some(tmp) = move_aside(store, dir)? else {
+        return Ok(false);
+    };
     fs::remove_dir_all(&tmp).map_err(StoreError::io("removing", &tmp))?;
     Ok(true)
+}
+
+impl Store {
+    /// Takes back a link this writer created in `repo`, unless another writer has rewritten or
+    /// renewed it since (it relies on it then): the link's directory is moved aside, its stamp
+    /// checked, and it is deleted only when still `link`'s; otherwise it is put back (unless
+    /// the other writer has made it anew meanwhile). `false` when the link stays.
+    pub fn take_back_link(&self, repo: &str, link: &CreatedLink) -> Result<bool> {
+        validate_repository(repo)?;
+        let path = self.path(link.kind.spec(repo, &link.digest));
+        let still_ours =
+            |p: &Path| fs::metadata(p).is_ok_and(|m| LinkStamp::of(&m) == link.stamp);
+        // Checked first, so a link in use is not even moved (a reader could miss it meanwhile).
+        if !still_ours(&path) {
+            return Ok(false);
+        }
+        let dir = path.parent().expect("link paths have parents");
+        let name = path.file_name().expect("link paths name a file");
+        let Some(tmp) = move_aside(self, dir)? else {
+            return Ok(false);
+        };
+        if still_ours(&tmp.join(name)) {
+            fs::remove_dir_all(&tmp).map_err(StoreError::io("removing", &tmp))?;
+            return Ok(true);
+        }
+        // Renewed between the check and the move: put it back, unless it was made anew.
+        match fs::rename(&tmp, dir) {
+            Ok(()) => {
+                if self.durable {
+                    fsync_dir(dir.parent().expect("link directories have parents"))
+                        .map_err(StoreError::io("syncing", dir))?;
+                }
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                let _ = fs::remove_dir_all(&tmp);
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    op: "putting back a link another writer uses",
+                    path: dir.to_path_buf(),
+                    source: e,
+                });
+            }
+        }
+        Ok(false)
+    }
 }
 
 impl Store {

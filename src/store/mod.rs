@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 pub use blobs::BlobWriter;
 pub use gc::GcReport;
-pub use links::LinkReport;
+pub use links::{CreatedLink, LinkKind, LinkReport, LinkStamp};
 pub use s3_read::{Listing, RepoLinks};
 pub use verify::{Fault, VerifyReport};
 

@@ -137,6 +137,14 @@ pub trait Source: Send + Sync {
         false
     }
 
+    /// Whether a layer that lists URLs (a foreign layer) is read from its URLs before the
+    /// source itself: true for a registry (containers/image's order, so a registry that
+    /// lacks the layer is not asked first); anywhere else the source's own bytes come first
+    /// and the URLs only when it lacks them ([`crate::copy::foreign`]).
+    fn foreign_urls_first(&self) -> bool {
+        false
+    }
+
     /// The other tags of the same repository (a registry, a root, a bundle); a transport
     /// that holds one image says it cannot list.
     fn list_tags(&self) -> impl Future<Output = Result<Vec<String>>> + Send {

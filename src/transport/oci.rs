@@ -411,11 +411,8 @@ impl Source for OciSource {
     }
 
     async fn blob(&self, desc: &Descriptor) -> Result<BlobBody> {
-        // A layer with URLs is read from them, never from the layout (containers/image's
-        // OCI source does the same: the layout keeps only the URLs of a foreign layer).
-        if !desc.urls.is_empty() {
-            return super::registry::external_blob(desc).await;
-        }
+        // The layout's own bytes; a foreign layer it lacks is fetched from its URLs by the
+        // copy engine (crate::copy::foreign).
         local_blob(&blob_path(&self.root, &desc.digest), desc)
     }
 }

@@ -133,6 +133,9 @@ impl Source for AnySource {
     fn serves_uncompressed_layers(&self) -> bool {
         each_source!(self, s => s.serves_uncompressed_layers())
     }
+    fn foreign_urls_first(&self) -> bool {
+        each_source!(self, s => s.foreign_urls_first())
+    }
 }
 
 impl Destination for AnyDest {

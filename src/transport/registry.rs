@@ -35,9 +35,9 @@ impl Clients {
     }
 }
 
-/// A foreign layer read from its URLs alone, for a layout that does not hold its bytes
-/// (an `oci:` image skopeo wrote keeps only the URLs): containers/image's
-/// `getExternalBlob`, which fails when no URL answers.
+/// A foreign layer read from its URLs alone (containers/image's `getExternalBlob`, which fails
+/// when no URL answers), by an anonymous client of the URL's own host with default options:
+/// a source registry's credentials and its `--tls-verify=false` never reach it.
 pub async fn external_blob(desc: &Descriptor) -> Result<BlobBody> {
     let host = desc
         .urls
@@ -166,20 +166,7 @@ impl Source for RegistrySource {
     }
 
     async fn blob(&self, desc: &Descriptor) -> Result<BlobBody> {
-        // A layer with URLs (a foreign layer) is read from them first, then from the
-        // registry, as skopeo does (containers/image's GetBlob falls back to the repository).
-        if !desc.urls.is_empty() {
-            // A client of the URL's own host with default options: the source registry's
-            // credentials and its `--tls-verify=false` stay with the source registry.
-            match external_blob(desc).await {
-                Ok(b) => return Ok(b),
-                Err(e) => tracing::info!(
-                    "{}: foreign layer {} not fetched from its URLs ({e}); trying the registry",
-                    self.name,
-                    desc.digest
-                ),
-            }
-        }
+        // A foreign layer's URLs are the copy engine's to try (crate::copy::foreign).
         Ok(BlobBody::Stream(
             self.client.get_blob(&self.repo, desc).await?,
         ))
@@ -187,6 +174,10 @@ impl Source for RegistrySource {
 
     async fn list_tags(&self) -> Result<Vec<String>> {
         Ok(self.client.list_tags(&self.repo).await?)
+    }
+
+    fn foreign_urls_first(&self) -> bool {
+        true
     }
 }
 

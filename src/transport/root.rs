@@ -20,7 +20,7 @@ use crate::blob::{BlobBody, StreamWriteError};
 use crate::digest::Digest;
 use crate::manifest::{Descriptor, RawManifest};
 use crate::store::paths::PathSpec;
-use crate::store::{BlobWriter, Store, StoreError};
+use crate::store::{BlobWriter, CreatedLink, Store, StoreError};
 
 /// One image a staged copy will link at [`Staging::finish`].
 #[derive(Debug, Clone)]
@@ -109,12 +109,13 @@ impl Staging {
                 before_tag(img)?;
                 undo.push(Unlink::before(store, img)?);
                 if fail_at == Some(i) {
+                    pause_before_failing();
                     return Err(StoreError::Walk(format!(
                         "test hook: linking image {i} ({}) fails",
                         img.repo
                     )));
                 }
-                link(store, img)
+                link(store, img, &mut undo.last_mut().expect("pushed above").created)
             })();
             if let Err(e) = linked {
                 for u in undo.iter().rev() {
@@ -137,6 +138,18 @@ impl Staging {
             .filter(|p| !p.exists())
             .map(Path::to_path_buf)
             .collect()
+    }
+}
+
+/// Test hook: waits [`crate::limits::ENV_FINISH_PAUSE_MS`] before the failure
+/// [`crate::limits::ENV_FAIL_LINK_AT`] asks for, with the images before it linked, so a test
+/// can act as a concurrent writer of the same repositories.
+fn pause_before_failing() {
+    if let Some(ms) = std::env::var(crate::limits::ENV_FINISH_PAUSE_MS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
 
@@ -214,21 +227,20 @@ pub fn remove_added_blob(store: &Store, repos: &[String], digest: &Digest, dirs:
     }
 }
 
-/// What linking one staged image will add, recorded before it links, to take it back.
+/// What linking one staged image added, to take it back: the tag as it was before, and the
+/// links this run wrote, each recorded as it was written (a link another writer made first,
+/// or renews while this run goes on, is that writer's too and stays).
 struct Unlink {
     repo: String,
     /// The tag and what it pointed at before (none: it did not exist).
     tag: Option<(String, Option<Digest>)>,
-    /// Revision links the image adds.
-    revisions: Vec<Digest>,
-    /// Layer (and config) links the image adds.
-    layers: Vec<Digest>,
+    /// Layer and revision links this run created.
+    created: Vec<CreatedLink>,
 }
 
 impl Unlink {
-    /// Reads, before `img` is linked, which of its links and which tag are not there yet.
+    /// Reads, before `img` is linked, what its tag points at.
     fn before(store: &Store, img: &StagedImage) -> Result<Unlink, StoreError> {
-        let w = store.walk(&img.top)?;
         let tag = match &img.tag {
             Some(t) => Some((t.clone(), store.resolve_tag(&img.repo, t)?)),
             None => None,
@@ -236,22 +248,12 @@ impl Unlink {
         Ok(Unlink {
             repo: img.repo.clone(),
             tag,
-            revisions: w
-                .manifests()
-                .map(|m| m.digest().clone())
-                .filter(|d| !store.has_revision(&img.repo, d))
-                .collect(),
-            layers: w
-                .blobs
-                .iter()
-                .chain(&w.foreign)
-                .map(|b| b.digest.clone())
-                .filter(|d| !store.has_layer_link(&img.repo, d))
-                .collect(),
+            created: Vec::new(),
         })
     }
 
-    /// Puts the tag back, then removes the links that were not there before (best effort).
+    /// Puts the tag back, then takes back the links this run created, parents first, where
+    /// no other writer has rewritten or renewed them since (best effort).
     fn apply(&self, store: &Store) {
         if let Some((t, old)) = &self.tag {
             let _ = match old {
@@ -259,21 +261,23 @@ impl Unlink {
                 None => store.untag(&self.repo, t).map(drop),
             };
         }
-        for d in &self.revisions {
-            let _ = store.delete_revision(&self.repo, d);
-        }
-        for d in &self.layers {
-            let _ = store.unlink_layer(&self.repo, d);
+        for link in self.created.iter().rev() {
+            let _ = store.take_back_link(&self.repo, link);
         }
     }
 }
 
-/// Links one image whose blobs and manifests are in `store`: only the manifests its copy wrote, its tag last.
-fn link(store: &Store, img: &StagedImage) -> Result<(), StoreError> {
+/// Links one image whose blobs and manifests are in `store`: only the manifests its copy
+/// wrote, its tag last; each link it creates is added to `created` as it is written.
+fn link(store: &Store, img: &StagedImage, created: &mut Vec<CreatedLink>) -> Result<(), StoreError> {
     store
-        .link_image_with(&img.repo, &img.top, img.tag.as_deref(), &|d| {
-            img.written.contains(d)
-        })
+        .link_image_recording(
+            &img.repo,
+            &img.top,
+            img.tag.as_deref(),
+            &|d| img.written.contains(d),
+            created,
+        )
         .map(drop)
 }
 
@@ -495,6 +499,7 @@ impl Destination for RootDest {
                     top,
                     written,
                 },
+                &mut Vec::new(),
             )
         })
         .await

@@ -6,6 +6,7 @@ mod cli;
 mod clients;
 mod conformance;
 mod copy;
+mod copy_gaps;
 mod daemon;
 mod delta;
 mod faults;
