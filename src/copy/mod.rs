@@ -616,26 +616,41 @@ pub async fn copy_blob<S: Source, D: Destination>(
     if let Some(put) = destination.reuse_blob(desc).await.map_err(dst_err)? {
         return Ok(put);
     }
-    let body: BlobBody = foreign::open_blob(source, desc)
-        .await
-        .map_err(|cause| CopyError::Source {
-            image: format!("{} (blob {})", source.name(), desc.digest),
-            cause,
-        })?;
+    let body: BlobBody =
+        foreign::open_blob(source, desc)
+            .await
+            .map_err(|cause| CopyError::Source {
+                image: format!("{} (blob {})", source.name(), desc.digest),
+                cause,
+            })?;
     destination.put_blob(desc, body).await.map_err(dst_err)
 }
 
-/// Moves one layer the source serves uncompressed, gzipped on the way; returns the
-/// compressed layer's descriptor with how it was put.
+/// Moves one layer the source serves uncompressed, gzipped on the way; returns how it was
+/// put and the compressed layer's descriptor, or `None` when the destination had the plain
+/// layer already and keeps it as it is (containers/image reuses it the same way; only a
+/// layer whose type says plain tar, not one a `docker save` archive labels gzip).
 async fn copy_compressed<S: Source, D: Destination>(
     source: &S,
     destination: &D,
     desc: &Descriptor,
-) -> Result<(Put, Descriptor), CopyError> {
+) -> Result<(Put, Option<Descriptor>), CopyError> {
     let src_err = |cause: String| CopyError::Source {
         image: format!("{} (blob {})", source.name(), desc.digest),
         cause,
     };
+    let dst_err = |digest: &Digest, e: TransportError| CopyError::Destination {
+        image: format!("{} (blob {})", destination.name(), digest),
+        source: Box::new(e),
+    };
+    if media_type::is_uncompressed_layer(&desc.media_type)
+        && let Some(put) = destination
+            .reuse_blob(desc)
+            .await
+            .map_err(|e| dst_err(&desc.digest, e))?
+    {
+        return Ok((put, None));
+    }
     let body = foreign::open_blob(source, desc).await.map_err(src_err)?;
     let (new, body) = compress::gzip_layer(desc, body).await.map_err(src_err)?;
     let put = match destination.reuse_blob(&new).await {
@@ -643,11 +658,8 @@ async fn copy_compressed<S: Source, D: Destination>(
         Ok(None) => destination.put_blob(&new, body).await,
         Err(e) => Err(e),
     }
-    .map_err(|e| CopyError::Destination {
-        image: format!("{} (blob {})", destination.name(), new.digest),
-        source: Box::new(e),
-    })?;
-    Ok((put, new))
+    .map_err(|e| dst_err(&new.digest, e))?;
+    Ok((put, Some(new)))
 }
 
 /// [`copy_blob`] for one job (or a blob a conversion made, from memory), counted.
@@ -678,11 +690,13 @@ async fn transfer<S: Source, D: Destination>(
         }
         None if planned.compress.contains(&desc.digest) => {
             let (put, new) = copy_compressed(&job.source, &job.destination, desc).await?;
-            planned
-                .compressed
-                .lock()
-                .expect("never poisoned")
-                .insert(desc.digest.clone(), new);
+            if let Some(new) = new {
+                planned
+                    .compressed
+                    .lock()
+                    .expect("never poisoned")
+                    .insert(desc.digest.clone(), new);
+            }
             put
         }
         None => copy_blob(&job.source, &job.destination, desc).await?,
@@ -715,10 +729,11 @@ async fn write_manifests<S: Source, D: Destination>(
     let (top, children) = p.writes.split_last().expect("the top is always written");
     // Layers gzipped on the way are named by their compressed digests.
     let rewritten_top;
-    let top = if p.compress.is_empty() {
+    // (None gzipped, when the destination had every plain layer: the top goes as it is.)
+    let compressed = p.compressed.lock().expect("never poisoned").clone();
+    let top = if compressed.is_empty() {
         top
     } else {
-        let compressed = p.compressed.lock().expect("never poisoned").clone();
         rewritten_top =
             compress::rewrite_layers(top, &compressed).map_err(|cause| CopyError::Source {
                 image: job.source.name(),

@@ -76,6 +76,22 @@ impl LinkStamp {
     }
 }
 
+/// Gives a new link file a modification time of its own: this second, with random
+/// nanoseconds. File times come from a coarse clock (milliseconds apart), and a freed inode
+/// number is soon reused, so without it a file another writer made anew moments later could
+/// carry the same stamp as the one it replaced.
+fn mark_unique(f: &fs::File) -> io::Result<()> {
+    use std::hash::{BuildHasher, Hasher};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let nanos = (random % 1_000_000_000) as u32;
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(now.as_secs(), nanos))
+}
+
 /// The kinds of repository link a roll-back takes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkKind {
@@ -121,6 +137,7 @@ impl Store {
         if place_dir(self, dir, "dir", |d| {
             let mut f = fs::File::create(d.join(name))?;
             io::Write::write_all(&mut f, digest.to_string().as_bytes())?;
+            mark_unique(&f)?;
             if durable {
                 f.sync_all()?;
             }
@@ -440,8 +457,7 @@ impl Store {
     pub fn take_back_link(&self, repo: &str, link: &CreatedLink) -> Result<bool> {
         validate_repository(repo)?;
         let path = self.path(link.kind.spec(repo, &link.digest));
-        let still_ours =
-            |p: &Path| fs::metadata(p).is_ok_and(|m| LinkStamp::of(&m) == link.stamp);
+        let still_ours = |p: &Path| fs::metadata(p).is_ok_and(|m| LinkStamp::of(&m) == link.stamp);
         // Checked first, so a link in use is not even moved (a reader could miss it meanwhile).
         if !still_ours(&path) {
             return Ok(false);
@@ -534,5 +550,45 @@ impl Store {
     /// Removes temp files of dead ferry processes from the temp area (what [`Store::create`] does at start).
     pub fn clear_stale_temps(&self) {
         super::blobs::clear_stale_temps(&self.path(PathSpec::Temp));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer's roll-back takes back a link it created and nobody touched; it leaves one
+    /// another writer renewed (found and relied on), and one another writer made anew after
+    /// the first was removed.
+    #[test]
+    fn take_back_removes_only_a_link_still_this_writers_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap().with_durable(false);
+        let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
+        let create = |d: &Digest| {
+            let path = store.path(PathSpec::LayerLink("r", d));
+            let stamp = store.write_link(&path, d).unwrap().expect("created");
+            CreatedLink {
+                kind: LinkKind::Layer,
+                digest: d.clone(),
+                stamp,
+            }
+        };
+        // Untouched: taken back.
+        let la = create(&a);
+        assert!(store.take_back_link("r", &la).unwrap());
+        assert!(!store.has_layer_link("r", &a));
+        // Renewed by another writer (it found the link and relies on it): stays.
+        let lb = create(&b);
+        let path = store.path(PathSpec::LayerLink("r", &b));
+        assert_eq!(store.write_link(&path, &b).unwrap(), None, "found, not created");
+        assert!(!store.take_back_link("r", &lb).unwrap());
+        assert!(store.has_layer_link("r", &b));
+        // Made anew by another writer after a removal: a new file, which stays.
+        let la = create(&a);
+        store.unlink_layer("r", &a).unwrap();
+        store.link_layer("r", &a).unwrap();
+        assert!(!store.take_back_link("r", &la).unwrap());
+        assert!(store.has_layer_link("r", &a));
     }
 }

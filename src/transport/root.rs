@@ -115,7 +115,11 @@ impl Staging {
                         img.repo
                     )));
                 }
-                link(store, img, &mut undo.last_mut().expect("pushed above").created)
+                link(
+                    store,
+                    img,
+                    &mut undo.last_mut().expect("pushed above").created,
+                )
             })();
             if let Err(e) = linked {
                 for u in undo.iter().rev() {
@@ -269,7 +273,11 @@ impl Unlink {
 
 /// Links one image whose blobs and manifests are in `store`: only the manifests its copy
 /// wrote, its tag last; each link it creates is added to `created` as it is written.
-fn link(store: &Store, img: &StagedImage, created: &mut Vec<CreatedLink>) -> Result<(), StoreError> {
+fn link(
+    store: &Store,
+    img: &StagedImage,
+    created: &mut Vec<CreatedLink>,
+) -> Result<(), StoreError> {
     store
         .link_image_recording(
             &img.repo,

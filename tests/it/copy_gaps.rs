@@ -3,6 +3,8 @@
 //! root or a bundle, an `oci:` layout that holds a foreign layer's bytes, and a link
 //! roll-back that leaves alone what a concurrent writer relies on.
 
+use std::path::Path;
+
 use ferry::store::Store;
 
 use crate::harness::*;
@@ -46,7 +48,10 @@ fn a_failed_link_leaves_a_layer_link_a_concurrent_writer_relies_on() {
         }) {
             break img;
         }
-        assert!(start.elapsed().as_secs() < 120, "the run never linked an image");
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "the run never linked an image"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     let store = Store::open(&root);
@@ -76,5 +81,438 @@ fn a_failed_link_leaves_a_layer_link_a_concurrent_writer_relies_on() {
     assert!(
         !store.has_layer_link(&img.repository, other),
         "the run's other layer links are taken back"
+    );
+}
+
+/// The layer media types of an image manifest.
+fn layer_types(manifest: &[u8]) -> Vec<String> {
+    let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The top manifest of `oci:LAYOUT` (its one image).
+fn oci_manifest(layout: &Path) -> Vec<u8> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let hex = &index["manifests"][0]["digest"].as_str().unwrap()[7..];
+    std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
+}
+
+/// Plain-tar layers (skopeo `--dest-decompress` wrote them into `dir:`, then kept them into
+/// `oci:` with `--dest-oci-accept-uncompressed-layers`) copied from `dir:` and `oci:` to a
+/// registry and to `oci:` are gzipped by ferry as by skopeo: the same manifest type, config
+/// and layer types, each layer gzip of its diff_id; into `dir:` both keep them as they are;
+/// `--preserve-digests` keeps them (the digest skopeo keeps); a multi-platform image with such
+/// layers is refused in one line, nothing named.
+#[test]
+fn uncompressed_layers_from_dir_and_oci_are_gzipped_as_skopeo_gzips_them() {
+    use ferry::media_type as mt;
+    let (root, corpus) = tiny();
+    let reg = Registry::start(root.path());
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let find = |t: &str| corpus.images.iter().find(|i| i.media_type == t).unwrap();
+    let (docker, oci) = (find(mt::DOCKER_MANIFEST), find(mt::OCI_MANIFEST));
+    let src = |i: &ferry::fixtures::FixtureImage| {
+        format!("docker://{}/{}:{}", reg.addr, i.repository, i.tag)
+    };
+    let (d1, d2, o2) = (w.join("d1"), w.join("d2"), w.join("o2"));
+    let arg = |p: &Path, pre: &str, suf: &str| format!("{pre}:{}{suf}", p.display());
+    let tls = "--src-tls-verify=false";
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        tls,
+        "--dest-decompress",
+        &src(docker),
+        &arg(&d1, "dir", ""),
+    ]);
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        tls,
+        "--dest-decompress",
+        &src(oci),
+        &arg(&d2, "dir", ""),
+    ]);
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        "--dest-oci-accept-uncompressed-layers",
+        &arg(&d2, "dir", ""),
+        &arg(&o2, "oci", ":img"),
+    ]);
+    let plain = |m: &[u8], t: &str| layer_types(m).iter().all(|l| l == t);
+    assert!(plain(
+        &std::fs::read(d1.join("manifest.json")).unwrap(),
+        "application/vnd.docker.image.rootfs.diff.tar"
+    ));
+    assert!(
+        plain(&oci_manifest(&o2), mt::OCI_LAYER),
+        "the fixture has plain tar layers"
+    );
+
+    let raw = |r: &str| skopeo_ok(&["inspect", "--raw", "--tls-verify=false", r]).stdout;
+    let scratch = |n: &str| w.join(format!("scratch-{n}"));
+    for (from, name) in [
+        (arg(&d1, "dir", ""), "dir"),
+        (arg(&o2, "oci", ":img"), "oci"),
+    ] {
+        // To a registry: the same structure (types, config, what each layer gunzips to).
+        let (sk, fe) = (
+            format!("docker://{}/out/{name}:skopeo", reg.addr),
+            format!("docker://{}/out/{name}:ferry", reg.addr),
+        );
+        skopeo_ok(&["copy", "-q", "--dest-tls-verify=false", &from, &sk]);
+        run_ok(ferry().args(["copy", "-q", "--dest-tls-verify=false", &from, &fe]));
+        assert_eq!(
+            crate::daemon::registry_structure(&sk, &scratch(&format!("{name}-sk"))),
+            crate::daemon::registry_structure(&fe, &scratch(&format!("{name}-fe"))),
+            "{from} -> docker://: as skopeo gzips"
+        );
+        // To an OCI layout.
+        let (oa, ob) = (
+            w.join(format!("{name}-skopeo")),
+            w.join(format!("{name}-ferry")),
+        );
+        skopeo_ok(&["copy", "-q", &from, &arg(&oa, "oci", ":img")]);
+        run_ok(ferry().args(["copy", "-q", &from, &arg(&ob, "oci", ":img")]));
+        assert_eq!(
+            crate::daemon::oci_structure(&oa),
+            crate::daemon::oci_structure(&ob),
+            "{from} -> oci:: as skopeo gzips"
+        );
+        // To dir: both keep the layers as they are (the same tree, byte for byte).
+        let (da, db) = (
+            w.join(format!("{name}-dir-skopeo")),
+            w.join(format!("{name}-dir-ferry")),
+        );
+        skopeo_ok(&["copy", "-q", &from, &arg(&da, "dir", "")]);
+        run_ok(ferry().args(["copy", "-q", &from, &arg(&db, "dir", "")]));
+        assert_eq!(files(&da), files(&db), "{from} -> dir:");
+    }
+    // --preserve-digests (after the others: skopeo keeps a plain layer the destination has,
+    // and ferry does too): the layers go as they are, the digest is the source's.
+    for (from, name) in [
+        (arg(&d1, "dir", ""), "dir"),
+        (arg(&o2, "oci", ":img"), "oci"),
+    ] {
+        let (sk, fe) = (
+            format!("docker://{}/out/{name}:keep-skopeo", reg.addr),
+            format!("docker://{}/out/{name}:keep-ferry", reg.addr),
+        );
+        skopeo_ok(&[
+            "copy",
+            "-q",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &from,
+            &sk,
+        ]);
+        run_ok(ferry().args([
+            "copy",
+            "-q",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &from,
+            &fe,
+        ]));
+        assert_eq!(
+            sha256(&raw(&fe)),
+            sha256(&raw(&sk)),
+            "{from}: --preserve-digests"
+        );
+    }
+
+    // Now that the repository has the plain layers, a copy that may gzip keeps them as they
+    // are, as skopeo does (it reuses what the destination has).
+    let from = arg(&o2, "oci", ":img");
+    let (sk, fe) = (
+        format!("docker://{}/out/oci:again-skopeo", reg.addr),
+        format!("docker://{}/out/oci:again-ferry", reg.addr),
+    );
+    skopeo_ok(&["copy", "-q", "--dest-tls-verify=false", &from, &sk]);
+    run_ok(ferry().args(["copy", "-q", "--dest-tls-verify=false", &from, &fe]));
+    let kept = sha256(&oci_manifest(&o2));
+    assert_eq!(
+        sha256(&raw(&sk)),
+        kept,
+        "skopeo keeps the plain layers it finds"
+    );
+    assert_eq!(sha256(&raw(&fe)), kept, "so does ferry");
+
+    // A multi-platform image with plain tar layers: refused in one line, nothing named.
+    let multi = multi_arch(&corpus);
+    let d3 = w.join("d3");
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        "--all",
+        tls,
+        "--dest-decompress",
+        &src(multi),
+        &arg(&d3, "dir", ""),
+    ]);
+    let out = run(ferry().args([
+        "copy",
+        "-q",
+        "--all",
+        "--dest-tls-verify=false",
+        &arg(&d3, "dir", ""),
+        &format!("docker://{}/out/multi:ferry", reg.addr),
+    ]));
+    let err = one_line(&out, "a multi-platform image with plain tar layers");
+    assert!(err.contains("uncompressed layers"), "{err}");
+    assert!(
+        !skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/out/multi:ferry", reg.addr)
+        ])
+        .status
+        .success(),
+        "no tag at the destination"
+    );
+}
+
+/// Two registries for foreign layers: H holds the foreign layer's bytes (`held:1`, whose own
+/// URL is dead), S names them: `live:1` by a URL into H, `dead:1` by a URL nothing answers;
+/// S's root lacks the bytes, as a bundle or a linked root does.
+struct ForeignSites {
+    h_dir: tempfile::TempDir,
+    s_dir: tempfile::TempDir,
+    h: Registry,
+    s: Registry,
+    layer: ferry::digest::Digest,
+}
+
+const DEAD_URL: &str = "http://127.0.0.1:1/foreign-layer";
+
+fn foreign_sites() -> ForeignSites {
+    use ferry::fixtures::foreign_layer;
+    let (h_dir, s_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = Store::create(h_dir.path()).unwrap().with_durable(false);
+    let dead = DEAD_URL.to_string();
+    let held = foreign_layer(&store, "held", "1", std::slice::from_ref(&dead), true).unwrap();
+    // A layer whose only URL is not http: containers/image reads it from an OCI layout.
+    foreign_layer(
+        &store,
+        "nonhttp",
+        "1",
+        &["ftp://127.0.0.1:1/x".into()],
+        true,
+    )
+    .unwrap();
+    let h = Registry::start(h_dir.path());
+    let store = Store::create(s_dir.path()).unwrap().with_durable(false);
+    let live_url = format!("http://{}/v2/held/blobs/{}", h.addr, held.layer);
+    foreign_layer(&store, "live", "1", &[live_url], false).unwrap();
+    foreign_layer(&store, "dead", "1", &[dead], false).unwrap();
+    assert!(!store.has_blob(&held.layer), "S lacks the foreign bytes");
+    let s = Registry::start(s_dir.path());
+    ForeignSites {
+        h_dir,
+        s_dir,
+        h,
+        s,
+        layer: held.layer,
+    }
+}
+
+/// Copying an image with a foreign layer out of a registry root or a bundle (neither holds the
+/// layer's bytes) into `dir:` fetches the layer from its URL: the tree skopeo writes from a
+/// registry serving the same root, byte for byte; into `docker-archive:` too (skopeo reads
+/// it back to the same `dir:`). A URL that does not answer fails in one line, nothing written.
+#[test]
+fn foreign_layers_out_of_a_root_and_a_bundle_are_fetched_from_their_urls() {
+    let f = foreign_sites();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let root = f.s_dir.path().display().to_string();
+    let dir = |p: &Path| format!("dir:{}", p.display());
+    let oracle = w.join("skopeo");
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        &format!("docker://{}/live:1", f.s.addr),
+        &dir(&oracle),
+    ]);
+    assert!(
+        oracle.join(f.layer.hex()).exists(),
+        "skopeo fetched the layer"
+    );
+
+    // From the root.
+    let from_root = w.join("from-root");
+    run_ok(ferry().args([
+        "copy",
+        "-q",
+        &format!("registry-root:{root}/live:1"),
+        &dir(&from_root),
+    ]));
+    assert_eq!(files(&oracle), files(&from_root), "registry-root: -> dir:");
+
+    // From a bundle of S, which leaves the foreign layer out.
+    let list = w.join("list.txt");
+    std::fs::write(&list, "live:1\n").unwrap();
+    let bundle = w.join("b.tar.zst");
+    run_ok(
+        ferry()
+            .args([
+                "bundle",
+                "-q",
+                "--src-tls-verify=false",
+                "--source",
+                &f.s.addr,
+                "-f",
+            ])
+            .arg(&list)
+            .arg("-o")
+            .arg(&bundle)
+            .arg("--cache")
+            .arg(w.join("cache")),
+    );
+    let from_bundle = w.join("from-bundle");
+    run_ok(ferry().args([
+        "copy",
+        "-q",
+        &format!("ferry-bundle:{}:live:1", bundle.display()),
+        &dir(&from_bundle),
+    ]));
+    assert_eq!(files(&oracle), files(&from_bundle), "ferry-bundle: -> dir:");
+
+    // Into docker-archive:, read back by skopeo as skopeo's own archive of the registry's image.
+    let (xa, xb) = (w.join("skopeo.tar"), w.join("ferry.tar"));
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        &format!("docker://{}/live:1", f.s.addr),
+        &format!("docker-archive:{}:live:1", xa.display()),
+    ]);
+    run_ok(ferry().args([
+        "copy",
+        "-q",
+        &format!("registry-root:{root}/live:1"),
+        &format!("docker-archive:{}:live:1", xb.display()),
+    ]));
+    let (ya, yb) = (w.join("back-skopeo"), w.join("back-ferry"));
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        &format!("docker-archive:{}", xa.display()),
+        &dir(&ya),
+    ]);
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        &format!("docker-archive:{}", xb.display()),
+        &dir(&yb),
+    ]);
+    assert_eq!(files(&ya), files(&yb), "registry-root: -> docker-archive:");
+
+    // A URL nothing answers, and no bytes in the root: one line, nothing written.
+    let dead = w.join("dead");
+    let out = run(ferry().env("FERRY_TEST_NO_RETRY_DELAY", "1").args([
+        "copy",
+        "-q",
+        &format!("registry-root:{root}/dead:1"),
+        &dir(&dead),
+    ]));
+    let err = one_line(&out, "a dead URL");
+    assert!(
+        err.contains(&f.layer.to_string()) && err.contains("dead:1"),
+        "{err}"
+    );
+    assert!(!dead.join("manifest.json").exists(), "nothing named");
+    drop((f.h, f.h_dir));
+}
+
+/// An `oci:` layout that holds a foreign layer's bytes gives them when its URLs are not http
+/// (as skopeo does: the same `dir:` tree) or do not answer (where skopeo fails); a layout
+/// without the bytes and a dead URL still fails in one line.
+#[test]
+fn an_oci_layout_that_holds_a_foreign_layer_gives_it_when_its_urls_cannot() {
+    let f = foreign_sites();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let bytes = std::fs::read(
+        Store::open(f.h_dir.path()).path(ferry::store::paths::PathSpec::BlobData(&f.layer)),
+    )
+    .unwrap();
+    let layout = |name: &str, hold: bool| {
+        let o = w.join(format!("oci-{name}-{hold}"));
+        skopeo_ok(&[
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            &format!("docker://{}/{name}:1", f.h.addr),
+            &format!("oci:{}:img", o.display()),
+        ]);
+        let blob = o.join("blobs/sha256").join(f.layer.hex());
+        assert!(!blob.exists(), "skopeo keeps only the URLs in oci:");
+        if hold {
+            std::fs::write(&blob, &bytes).unwrap();
+        }
+        format!("oci:{}:img", o.display())
+    };
+    let dir = |name: &str| w.join(name);
+    let copy = |from: &str, to: &Path| {
+        run(ferry().env("FERRY_TEST_NO_RETRY_DELAY", "1").args([
+            "copy",
+            "-q",
+            from,
+            &format!("dir:{}", to.display()),
+        ]))
+    };
+
+    // Not http: both read the layout.
+    let nonhttp = layout("nonhttp", true);
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        &nonhttp,
+        &format!("dir:{}", dir("sk-nonhttp").display()),
+    ]);
+    let out = copy(&nonhttp, &dir("fe-nonhttp"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        files(&dir("sk-nonhttp")),
+        files(&dir("fe-nonhttp")),
+        "non-http URL"
+    );
+
+    // A dead http URL: skopeo fails, ferry reads the layout.
+    let held = layout("held", true);
+    let out = copy(&held, &dir("fe-held"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dir("fe-held").join(f.layer.hex())).unwrap(),
+        bytes
+    );
+
+    // Neither: one line, nothing named.
+    let lacking = layout("held", false);
+    let out = copy(&lacking, &dir("fe-none"));
+    let err = one_line(&out, "neither the layout nor the URL");
+    assert!(err.contains(&f.layer.to_string()), "{err}");
+    assert!(
+        !dir("fe-none").join("manifest.json").exists(),
+        "nothing named"
     );
 }

@@ -47,7 +47,10 @@ fn untar(archive: &Path, into: &Path) {
 /// What skopeo and ferry must agree on for an image whose layers were gzipped on the way
 /// (gzip encoders differ, so not the bytes): the manifest's media type, each layer's media
 /// type, the config digest, and what each layer decompresses to (the config's diff_ids).
-fn gzipped_structure(manifest: &[u8], blob: &dyn Fn(&str) -> Vec<u8>) -> serde_json::Value {
+pub(crate) fn gzipped_structure(
+    manifest: &[u8],
+    blob: &dyn Fn(&str) -> Vec<u8>,
+) -> serde_json::Value {
     use std::io::Read;
     let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
     let layers: Vec<serde_json::Value> = m["layers"]
@@ -83,7 +86,7 @@ fn gzipped_structure(manifest: &[u8], blob: &dyn Fn(&str) -> Vec<u8>) -> serde_j
 }
 
 /// [`gzipped_structure`] of the one image of an `oci:` layout.
-fn oci_structure(layout: &Path) -> serde_json::Value {
+pub(crate) fn oci_structure(layout: &Path) -> serde_json::Value {
     let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(&d[7..])).unwrap();
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -92,7 +95,7 @@ fn oci_structure(layout: &Path) -> serde_json::Value {
 }
 
 /// [`gzipped_structure`] of an image in a registry, read with skopeo.
-fn registry_structure(reference: &str, scratch: &Path) -> serde_json::Value {
+pub(crate) fn registry_structure(reference: &str, scratch: &Path) -> serde_json::Value {
     skopeo_ok(&[
         "copy",
         "-q",
