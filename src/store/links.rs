@@ -581,7 +581,11 @@ mod tests {
         // Renewed by another writer (it found the link and relies on it): stays.
         let lb = create(&b);
         let path = store.path(PathSpec::LayerLink("r", &b));
-        assert_eq!(store.write_link(&path, &b).unwrap(), None, "found, not created");
+        assert_eq!(
+            store.write_link(&path, &b).unwrap(),
+            None,
+            "found, not created"
+        );
         assert!(!store.take_back_link("r", &lb).unwrap());
         assert!(store.has_layer_link("r", &b));
         // Made anew by another writer after a removal: a new file, which stays.
