@@ -123,34 +123,54 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
     let summary = rt.block_on(async {
         let clients = Clients::default();
         writable(&dst)?;
-        // One check of each registry first: a dead or mistyped one is one clear line, at once.
-        if let ImageRef::Docker(r) = &src {
-            clients
-                .get(r.registry(DEFAULT_REGISTRY), &open.source)?
-                .ping()
-                .await
-                .with_context(|| format!("reading {}", a.source))?;
-        }
-        let source = open_source(&src, &clients, &open).await?;
-        // The source is read before the destination is touched: a mistyped source leaves
-        // an existing destination (a dir: image, a layout) as it was.
-        source
-            .top()
-            .await
-            .with_context(|| format!("reading {}", a.source))?;
         // Separate clients: the two sides may be one host with different credentials.
         let dest_clients = Clients::default();
-        if let ImageRef::Docker(r) = &dst {
-            dest_clients
-                .get(r.registry(DEFAULT_REGISTRY), &open.destination)?
-                .ping()
+        // One check of each registry first: a dead or mistyped one is one clear line, at once.
+        // The source is read before the destination is touched (a mistyped source leaves an
+        // existing destination, a dir: image or a layout, as it was); a registry destination's
+        // ping only reads, so it overlaps the source's round trips.
+        let read_source = async {
+            if let ImageRef::Docker(r) = &src {
+                clients
+                    .get(r.registry(DEFAULT_REGISTRY), &open.source)?
+                    .ping()
+                    .await
+                    .with_context(|| format!("reading {}", a.source))?;
+            }
+            let source = open_source(&src, &clients, &open).await?;
+            source
+                .top()
                 .await
-                .with_context(|| format!("writing {}", a.destination))?;
-        }
-        let destination = open_dest(&dst, &dest_clients, &open, &Arc::new(Pushed::default()))?;
+                .with_context(|| format!("reading {}", a.source))?;
+            anyhow::Ok(source)
+        };
+        let ping_dest = async {
+            if let ImageRef::Docker(r) = &dst {
+                dest_clients
+                    .get(r.registry(DEFAULT_REGISTRY), &open.destination)?
+                    .ping()
+                    .await
+                    .with_context(|| format!("writing {}", a.destination))?;
+            }
+            anyhow::Ok(())
+        };
+        // Both finish; a source that failed is named first.
+        let (source, pinged) = tokio::join!(read_source, ping_dest);
+        let source = source?;
+        pinged?;
+        // A registry destination mounts what earlier runs put into its other repositories
+        // (as skopeo's blob-info cache lets it): the registry then takes no bytes again.
+        let pushed = Arc::new(match &dst {
+            ImageRef::Docker(_) => super::sync::blob_locations(),
+            _ => Pushed::default(),
+        });
+        let destination = open_dest(&dst, &dest_clients, &open, &pushed)?;
         let bar = super::progress::bar(g.quiet || g.debug, "copy");
         let r = crate::copy::copy(source, destination, &opts, bar.as_ref()).await;
         bar.finish();
+        if let Err(e) = pushed.save() {
+            tracing::warn!("keeping the target's blob locations for the next run: {e}");
+        }
         anyhow::Ok(r?)
     })?;
     let copied = summary.copied.first().context("copy reported no image")?;

@@ -252,9 +252,9 @@ pub fn run(g: &GlobalArgs, a: SyncArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Where the target's blob locations are kept between runs (in the bundle cache), so a
-/// sync of one repository mounts what an earlier sync uploaded to another; only this run's
-/// when there is no cache directory.
-fn blob_locations() -> Pushed {
+/// sync or copy into one repository mounts what an earlier run uploaded to another; only
+/// this run's when there is no cache directory.
+pub(super) fn blob_locations() -> Pushed {
     match super::bundle::default_cache() {
         Ok(dir) => Pushed::persistent(
             crate::store::Store::open(&dir).path(crate::store::paths::PathSpec::CacheBlobLocations),

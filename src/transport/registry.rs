@@ -1,6 +1,6 @@
 //! `docker://HOST/REPO[:TAG|@DIGEST]`: a registry through the distribution
-//! API. Reading pins the tag with one HEAD, then GETs by digest (so a tag
-//! that moves mid-copy cannot mix two images); blobs come as verified
+//! API. Reading pins the tag with its one manifest GET, then GETs children by
+//! digest (so a tag that moves mid-copy cannot mix two images); blobs come as verified
 //! streams. Writing skips blobs the repository has, mounts blobs this run
 //! already pushed to another repository of the same registry, and names the
 //! image last.
@@ -121,7 +121,7 @@ impl RegistrySource {
         }
     }
 
-    /// The manifest by its tag, with a GET (the tag could not be pinned by HEAD).
+    /// The manifest by its tag, with one GET (also when a HEAD could not pin the tag).
     pub async fn get_by_tag(&self) -> Result<RawManifest> {
         let tag = self.reference.as_str();
         self.client
@@ -140,13 +140,16 @@ impl Source for RegistrySource {
         // Pinned once per source: every caller sees the same image even if the tag moves meanwhile.
         self.top
             .get_or_try_init(|| async {
-                match self.pin().await? {
-                    Some(d) => self
+                // One GET: by a tag, the bytes received are the image (their digest pins it,
+                // checked against the registry's Docker-Content-Digest); a HEAD first would
+                // cost the registry a request and tell nothing the GET does not.
+                match Digest::parse(&self.reference) {
+                    Ok(d) => self
                         .client
                         .get_manifest(&self.repo, &d.to_string())
                         .await
                         .map_err(|e| not_found(e, &format!("manifest {d}"))),
-                    None => self.get_by_tag().await,
+                    Err(_) => self.get_by_tag().await,
                 }
             })
             .await

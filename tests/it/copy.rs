@@ -410,3 +410,107 @@ fn a_sparse_index_from_a_bundle_is_refused_or_rewritten_on_request() {
         amd64.to_string()
     );
 }
+
+/// A registry with access logging over a hard-linked copy of the small corpus.
+fn logged_registry(root: Option<&Path>) -> (tempfile::TempDir, Registry) {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(root) = root {
+        hardlink_copy(root, dir.path());
+    }
+    let opts = RegistryOptions {
+        access_log: true,
+        ..Default::default()
+    };
+    let reg = Registry::start_with_options(dir.path(), None, &opts);
+    (dir, reg)
+}
+
+/// One `ferry copy --all --json` between two registries, blob locations kept in `cache`; the summary.
+fn copy_json(cache: &Path, from: &str, to: &str) -> serde_json::Value {
+    let out = run_ok(ferry().env("XDG_CACHE_HOME", cache).args([
+        "copy",
+        "-q",
+        "--all",
+        "--json",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        from,
+        to,
+    ]));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The requests of `log` from `since` on whose method is `method` and whose path holds `part`.
+fn count(log: &[(String, String)], since: usize, method: &str, part: &str) -> usize {
+    log[since..]
+        .iter()
+        .filter(|(m, p)| m == method && p.contains(part))
+        .count()
+}
+
+#[test]
+fn a_registry_copy_asks_each_thing_once_and_a_later_run_mounts_what_an_earlier_one_put() {
+    let (root, corpus) = small();
+    let img = multi_arch(corpus);
+    let (_s, src) = logged_registry(Some(root));
+    let (_d, dst) = logged_registry(None);
+    let cache = tempfile::tempdir().unwrap();
+    let from = format!("docker://{}/{}:{}", src.addr, img.repository, img.tag);
+    let first = copy_json(
+        cache.path(),
+        &from,
+        &format!("docker://{}/one/x:{}", dst.addr, img.tag),
+    );
+    let blobs = first["blobs_uploaded"].as_u64().unwrap() as usize;
+    assert!(blobs > 2, "{first}");
+    let (s, d) = (src.requests(), dst.requests());
+    // The source: the index and each child once by GET (no HEAD pins the tag), each blob once.
+    assert_eq!(count(&s, 0, "HEAD", "/"), 0, "{s:?}");
+    assert_eq!(
+        count(&s, 0, "GET", "/manifests/"),
+        1 + img.platforms.len(),
+        "{s:?}"
+    );
+    let blob_gets: std::collections::BTreeSet<&String> = s
+        .iter()
+        .filter(|(m, p)| m == "GET" && p.contains("/blobs/"))
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(
+        (blob_gets.len(), count(&s, 0, "GET", "/blobs/")),
+        (blobs, blobs),
+        "{s:?}"
+    );
+    // The target: each blob by one POST and one monolithic PUT (no PATCH), asked about at most once.
+    assert_eq!(count(&d, 0, "PATCH", "/"), 0, "{d:?}");
+    assert_eq!(count(&d, 0, "POST", "/blobs/uploads/"), blobs, "{d:?}");
+    assert_eq!(count(&d, 0, "PUT", "/blobs/uploads/"), blobs, "{d:?}");
+    assert!(count(&d, 0, "HEAD", "/blobs/") <= blobs, "{d:?}");
+
+    // Another process, another repository of the same target: every blob is mounted from
+    // where the first run put it, and the source is asked for no blob.
+    let (s0, d0) = (s.len(), d.len());
+    let second = copy_json(
+        cache.path(),
+        &from,
+        &format!("docker://{}/two/x:{}", dst.addr, img.tag),
+    );
+    assert_eq!(
+        (
+            second["blobs_mounted"].as_u64(),
+            second["blobs_uploaded"].as_u64()
+        ),
+        (Some(blobs as u64), Some(0)),
+        "{second}"
+    );
+    let (s, d) = (src.requests(), dst.requests());
+    assert_eq!(count(&s, s0, "GET", "/blobs/"), 0, "{s:?}");
+    assert_eq!(count(&d, d0, "POST", "mount="), blobs, "{d:?}");
+    assert_eq!(count(&d, d0, "PUT", "/blobs/uploads/"), 0, "{d:?}");
+    assert_eq!(
+        inspect_digest(&format!("docker://{}/two/x:{}", dst.addr, img.tag)),
+        img.digest.to_string()
+    );
+    let (blobs, manifests, text) = dst.gc_dry_run();
+    assert_eq!((blobs, manifests), (0, 0), "{text}");
+}

@@ -147,6 +147,8 @@ pub struct RegistryOptions {
     pub htpasswd: Option<PathBuf>,
     /// `storage.s3` on this Garage bucket under this rootdirectory, instead of the filesystem driver.
     pub s3: Option<(GarageBucket, String)>,
+    /// `log.accesslog` on, so a test can count the requests a client sent ([`Registry::requests`]).
+    pub access_log: bool,
 }
 
 /// The Debian `docker-registry` (distribution 2.8) over a root, on a random loopback port.
@@ -184,7 +186,8 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n{}  delete:\n    enabled: {}\nhttp:\n  addr: {addr}\n  secret: ferry-test-not-a-secret\n{}{}",
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: {}\nstorage:\n{}  delete:\n    enabled: {}\nhttp:\n  addr: {addr}\n  secret: ferry-test-not-a-secret\n{}{}",
+                    !opts.access_log,
                     match &opts.s3 {
                         Some((b, rootdir)) => b.registry_storage(rootdir),
                         None => format!("  filesystem:\n    rootdirectory: {}\n", root.display()),
@@ -230,6 +233,23 @@ impl Registry {
             };
         }
         panic!("could not start docker-registry on a free port");
+    }
+
+    /// The requests the registry has answered so far, as (method, path with query), oldest
+    /// first; empty unless it was started with [`RegistryOptions::access_log`].
+    pub fn requests(&self) -> Vec<(String, String)> {
+        let log = std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| {
+                let quoted = l.split('"').nth(1)?;
+                let mut parts = quoted.split(' ');
+                let (method, path) = (parts.next()?, parts.next()?);
+                parts
+                    .next()?
+                    .starts_with("HTTP/")
+                    .then(|| (method.to_string(), path.to_string()))
+            })
+            .collect()
     }
 
     /// Starts a registry on distribution's S3 driver over `bucket`, its keys under `rootdirectory` (`/site`, `/`).
