@@ -147,6 +147,8 @@ pub struct RegistryOptions {
     pub htpasswd: Option<PathBuf>,
     /// `storage.s3` on this Garage bucket under this rootdirectory, instead of the filesystem driver.
     pub s3: Option<(GarageBucket, String)>,
+    /// `log.level: info`, so every answered request is logged (read with [`Registry::requests`]).
+    pub log_requests: bool,
 }
 
 /// The Debian `docker-registry` (distribution 2.8) over a root, on a random loopback port.
@@ -156,6 +158,8 @@ pub struct Registry {
     pub addr: String,
     /// Its config file (for garbage-collect).
     pub config: PathBuf,
+    /// Its stdout and stderr.
+    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -184,7 +188,8 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n{}  delete:\n    enabled: {}\nhttp:\n  addr: {addr}\n  secret: ferry-test-not-a-secret\n{}{}",
+                    "version: 0.1\nlog:\n  level: {}\n  accesslog:\n    disabled: true\nstorage:\n{}  delete:\n    enabled: {}\nhttp:\n  addr: {addr}\n  secret: ferry-test-not-a-secret\n{}{}",
+                    if opts.log_requests { "info" } else { "warn" },
                     match &opts.s3 {
                         Some((b, rootdir)) => b.registry_storage(rootdir),
                         None => format!("  filesystem:\n    rootdirectory: {}\n", root.display()),
@@ -226,10 +231,31 @@ impl Registry {
                 child: child.hand_over(),
                 addr,
                 config,
+                log: dir.path().join("log"),
                 _dir: dir,
             };
         }
         panic!("could not start docker-registry on a free port");
+    }
+
+    /// Every request answered so far, as (method, URI), in the order logged; needs
+    /// [`RegistryOptions::log_requests`].
+    pub fn requests(&self) -> Vec<(String, String)> {
+        let log = String::from_utf8_lossy(&std::fs::read(&self.log).unwrap()).into_owned();
+        let field = |line: &str, key: &str| {
+            line.split(&format!(" {key}="))
+                .nth(1)
+                .map(|v| v.split(' ').next().unwrap().trim_matches('"').to_string())
+        };
+        log.lines()
+            .filter(|l| l.contains("msg=\"response completed\""))
+            .filter_map(|l| {
+                Some((
+                    field(l, "http.request.method")?,
+                    field(l, "http.request.uri")?,
+                ))
+            })
+            .collect()
     }
 
     /// Starts a registry on distribution's S3 driver over `bucket`, its keys under `rootdirectory` (`/site`, `/`).
