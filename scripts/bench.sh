@@ -213,7 +213,7 @@ PY
   warm_prep
   /usr/bin/time -f "%M %O %U %S" -o "$WORK/warm.time" "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
   bare_prep; r0=$(reg_cpu)
-  /usr/bin/time -f "%U %S" -o "$WORK/bare.time" curl -fsS -Z --parallel-max 6 -K "$OUT/dl.cfg"
+  /usr/bin/time -f "%U %S" -o "$WORK/bare.time" curl -fsS -Z --parallel-max 6 -K "$OUT/dl.cfg" >/dev/null 2>&1
   bare_reg=$(python3 -c "print(f'{$(reg_cpu)-$r0:.2f}')")
   read -r cold_rss cold_out cold_u cold_s < "$WORK/cold.time"; read -r warm_rss warm_out warm_u warm_s < "$WORK/warm.time"
   read -r bare_u bare_s < "$WORK/bare.time"
