@@ -171,7 +171,7 @@ PY
 bundle)
   INCUMBENT="${INCUMBENT:-$PWD/../shared/incumbent}"
   for t in skopeo zstd tar /usr/bin/time; do command -v "$t" >/dev/null || { echo "bench needs $t" >&2; exit 1; }; done
-  start_registry "$ROOT"; REG=$ADDR
+  start_registry "$ROOT"; REG=$ADDR; REGPID=${PIDS[-1]}
   LIST="$WORK/$PRESET-list.txt"; OUT="$WORK/bundle-$PRESET"; mkdir -p "$OUT"
   SEEDLOG="$WORK/seed.log"; : > "$SEEDLOG"
   # Clean-up between runs is untimed for both sides (the seed script times its own clean-up apart: clean=).
@@ -203,12 +203,21 @@ PY
   bare_prep() { rm -rf "$OUT/dl"; mkdir -p "$OUT/dl"; sync; }
   bare() { curl -fsS -Z --parallel-max 6 -K "$OUT/dl.cfg"; }
   t_bare=$(PREP=bare_prep median_time bare)
-  # Peak memory and bytes written (file system outputs, 512-byte blocks) of one cold and one warm run.
-  cold_prep
-  /usr/bin/time -f "%M %O" -o "$WORK/cold.time" "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
+  # Peak memory, bytes written (file system outputs, 512-byte blocks) and CPU seconds (user+sys, which
+  # load disturbs far less than wall time) of one cold and one warm run, with the registry's CPU
+  # seconds meanwhile (/proc/PID/stat); and the CPU seconds of one bare download run.
+  reg_cpu() { awk '{print ($14+$15)/100}' "/proc/$REGPID/stat"; }
+  cold_prep; r0=$(reg_cpu)
+  /usr/bin/time -f "%M %O %U %S" -o "$WORK/cold.time" "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
+  cold_reg=$(python3 -c "print(f'{$(reg_cpu)-$r0:.2f}')")
   warm_prep
-  /usr/bin/time -f "%M %O" -o "$WORK/warm.time" "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
-  read -r cold_rss cold_out < "$WORK/cold.time"; read -r warm_rss warm_out < "$WORK/warm.time"
+  /usr/bin/time -f "%M %O %U %S" -o "$WORK/warm.time" "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
+  bare_prep; r0=$(reg_cpu)
+  /usr/bin/time -f "%U %S" -o "$WORK/bare.time" curl -fsS -Z --parallel-max 6 -K "$OUT/dl.cfg" >/dev/null 2>&1
+  bare_reg=$(python3 -c "print(f'{$(reg_cpu)-$r0:.2f}')")
+  read -r cold_rss cold_out cold_u cold_s < "$WORK/cold.time"; read -r warm_rss warm_out warm_u warm_s < "$WORK/warm.time"
+  read -r bare_u bare_s < "$WORK/bare.time"
+  cpu() { python3 -c "print(f'{$1+$2:.2f}')"; }
   UNIQUE=$(python3 -c "import json; print(json.load(open('$WORK/$PRESET.json'))['unique_bytes'])")
   echo "bundle of the $PRESET corpus ($(wc -l < "$LIST") list lines, $(python3 -c "print(f'{$UNIQUE/1e9:.2f}')") GB unique), median of $RUNS, whole process:"
   echo "  seed workflow (skopeo sync + convert + tar + zstd -T0 + sync)  ${t_seed}s"
@@ -217,6 +226,7 @@ PY
   echo "  tar -c ROOT | zstd -T0 > F && sync (packing floor)           ${t_floor}s   warm/floor $(ratio "$t_warm" "$t_floor")x"
   echo "  bare parallel download of the same blobs (curl -Z, 6 at once) ${t_bare}s   empty cache/bare $(ratio "$t_cold" "$t_bare")x"
   echo "  peak RSS: cold $((cold_rss / 1024)) MB, warm $((warm_rss / 1024)) MB"
+  echo "  CPU-s (one run): ferry cold $(cpu "$cold_u" "$cold_s") + registry $cold_reg; ferry warm $(cpu "$warm_u" "$warm_s"); bare curl $(cpu "$bare_u" "$bare_s") + registry $bare_reg"
   echo "  bytes written, cold: $(python3 -c "print(f'{$cold_out*512/1e9:.2f} GB = {$cold_out*512/$UNIQUE:.2f}x the unique bytes')")"
   echo "  seed phases (last run): $(tail -1 "$SEEDLOG" | cut -d' ' -f1-9)"
   ;;

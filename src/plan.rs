@@ -142,6 +142,8 @@ pub struct CachedRegistry {
     pinned: Option<Digest>,
     /// Manifests already read, shared by every image of one run (a list names the same manifests many times).
     seen: SeenManifests,
+    /// Resolve a tag with one GET rather than HEAD then GET (see [`CachedRegistry::tag_by_get`]).
+    tag_by_get: bool,
 }
 
 /// Manifests read by a run, by digest (their bytes are shared, so holding them costs little).
@@ -162,7 +164,16 @@ impl CachedRegistry {
             source: RegistrySource::new(client, repo, reference, name),
             cache,
             seen,
+            tag_by_get: false,
         }
+    }
+
+    /// Resolves a tag with one GET of its manifest instead of a HEAD (then a GET by digest when
+    /// the cache lacks it): for a cache that holds no blob, where the HEAD can never spare the GET.
+    /// One request per tag instead of two, and the digest is that of the very bytes received.
+    pub fn tag_by_get(mut self, yes: bool) -> CachedRegistry {
+        self.tag_by_get = yes;
+        self
     }
 
     async fn get(&self, digest: &Digest) -> Result<Option<RawManifest>, TransportError> {
@@ -198,6 +209,7 @@ impl Source for CachedRegistry {
         // A pinned digest the cache (or this run) holds needs no GET; a written digest, no request at all.
         let pinned = match &self.pinned {
             Some(d) => Some(d.clone()),
+            None if self.tag_by_get => None,
             None => self.source.pin().await?,
         };
         match pinned {
@@ -208,6 +220,10 @@ impl Source for CachedRegistry {
             None => {
                 let m = self.source.get_by_tag().await?;
                 self.cache.put_blob_bytes(m.bytes())?;
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .insert(m.digest().clone(), m.clone());
                 Ok(m)
             }
         }
@@ -240,6 +256,7 @@ async fn resolve_one(
     walks: &Walks,
     clients: &Clients,
     cache: &Store,
+    tag_by_get: bool,
 ) -> Result<PlannedImage, String> {
     let r = &entry.reference;
     let registry = r.registry(&opts.default_registry).to_string();
@@ -253,7 +270,8 @@ async fn resolve_one(
         r.remote_ref(),
         cache.clone(),
         seen.clone(),
-    );
+    )
+    .tag_by_get(tag_by_get);
     let repository = match (opts.keep_host, r.host()) {
         (true, Some(h)) => {
             // A port's ':' cannot stand in a repository name: `host:5000/x` is kept as `host_5000/x`.
@@ -332,6 +350,15 @@ async fn check_registries(
         .await
 }
 
+/// Whether `cache` holds no blob at all (a new cache: no manifest a HEAD could find there).
+fn holds_no_blob(cache: &Store) -> bool {
+    crate::store::paths::ALGORITHMS.iter().all(|&alg| {
+        std::fs::read_dir(cache.path(crate::store::paths::PathSpec::BlobsAlgorithm(alg)))
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    })
+}
+
 /// Resolves every entry (several at once), then checks bundle names for clashes.
 pub async fn resolve(
     entries: &[ListEntry],
@@ -343,6 +370,7 @@ pub async fn resolve(
     let seen = &SeenManifests::default();
     let walks = &Walks::default();
     let dead = check_registries(entries, &opts, clients).await;
+    let tag_by_get = holds_no_blob(cache);
     let mut results: Vec<(usize, Result<PlannedImage, String>)> = Vec::new();
     let live: Vec<(usize, &ListEntry)> = entries
         .iter()
@@ -363,7 +391,10 @@ pub async fn resolve(
     let resolved: Vec<(usize, Result<PlannedImage, String>)> = stream::iter(live)
         .map(|(i, e)| {
             let opts = opts.clone();
-            async move { (i, resolve_one(e, &opts, seen, walks, clients, cache).await) }
+            async move {
+                let r = resolve_one(e, &opts, seen, walks, clients, cache, tag_by_get).await;
+                (i, r)
+            }
         })
         .buffer_unordered(opts.jobs.max(1))
         .collect()

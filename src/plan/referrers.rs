@@ -145,7 +145,7 @@ pub(super) async fn carry(
         }
         let resolved: Vec<(usize, ListEntry, Result<PlannedImage, String>)> = stream::iter(entries)
             .map(|(i, e)| async move {
-                let r = resolve_one(&e, opts, seen, walks, clients, cache).await;
+                let r = resolve_one(&e, opts, seen, walks, clients, cache, false).await;
                 (i, e, r)
             })
             .buffered(opts.jobs.max(1))

@@ -142,7 +142,8 @@ pub fn key_for(spec: PathSpec<'_>) -> String {
     path_for(Path::new(""), spec).to_string_lossy().into_owned()
 }
 
-const ALGORITHMS: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
+/// Every digest algorithm the layout has a blobs directory for.
+pub const ALGORITHMS: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
 
 fn read_dir_names(dir: &Path) -> io::Result<Vec<String>> {
     let mut names = Vec::new();

@@ -771,3 +771,100 @@ fn a_warm_run_fetches_only_the_missing_blob_and_packs_the_same_bytes() {
         );
     }
 }
+
+/// What a registry answered, settled: the registry logs a request just after answering it, so
+/// wait until the log stops growing.
+fn settled_requests(reg: &Registry) -> Vec<(String, String)> {
+    let mut last = reg.requests();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = reg.requests();
+        if now.len() == last.len() {
+            return now;
+        }
+        last = now;
+    }
+}
+
+// A new cache cannot hold a manifest, so a HEAD per tag spares nothing: each tag is resolved with
+// one manifest GET, and no manifest is fetched twice. A warm cache still asks with one HEAD per
+// tag (tags move) and downloads nothing.
+#[test]
+fn a_new_cache_resolves_each_tag_with_one_get_and_a_warm_one_with_one_head() {
+    let (root, corpus) = small();
+    let dir = tempfile::tempdir().unwrap();
+    hardlink_copy(root, dir.path());
+    let src = Registry::start_with_options(
+        dir.path(),
+        None,
+        &RegistryOptions {
+            access_log: true,
+            ..Default::default()
+        },
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (list, cache) = (work.path().join("list.txt"), work.path().join("cache"));
+    std::fs::write(&list, corpus.images_list()).unwrap();
+    let by_tag: BTreeSet<String> = corpus
+        .images
+        .iter()
+        .map(|i| format!("/v2/{}/manifests/{}", i.repository, i.tag))
+        .collect();
+    let manifests = |reqs: &[(String, String)], method: &str| -> Vec<String> {
+        reqs.iter()
+            .filter(|(m, u)| m == method && u.contains("/manifests/"))
+            .map(|(_, u)| u.clone())
+            .collect()
+    };
+    run_ok(&mut bundle_cmd(
+        &list,
+        &work.path().join("cold.tar.zst"),
+        &cache,
+        &src.addr,
+    ));
+    let cold = settled_requests(&src);
+    assert!(!cold.is_empty(), "the registry logs its requests");
+    assert_eq!(
+        manifests(&cold, "HEAD"),
+        Vec::<String>::new(),
+        "no HEAD into a new cache"
+    );
+    let gets = manifests(&cold, "GET");
+    let tags: BTreeSet<String> = gets
+        .iter()
+        .filter(|u| !u.contains("@") && !u.contains("/manifests/sha256:"))
+        .cloned()
+        .collect();
+    assert_eq!(tags, by_tag, "each tag by one GET");
+    assert_eq!(
+        gets.len(),
+        gets.iter().collect::<BTreeSet<_>>().len(),
+        "no manifest fetched twice: {gets:?}"
+    );
+    // Only children come by digest: every top manifest came with its tag.
+    for img in &corpus.images {
+        assert!(
+            !gets
+                .iter()
+                .any(|u| u.ends_with(&format!("/manifests/{}", img.digest))),
+            "{} fetched again by digest",
+            img.digest
+        );
+    }
+
+    run_ok(&mut bundle_cmd(
+        &list,
+        &work.path().join("warm.tar.zst"),
+        &cache,
+        &src.addr,
+    ));
+    let all = settled_requests(&src);
+    let warm = &all[cold.len()..];
+    let heads: BTreeSet<String> = manifests(warm, "HEAD").into_iter().collect();
+    assert_eq!(heads, by_tag, "a warm run asks each tag with a HEAD");
+    assert_eq!(manifests(warm, "HEAD").len(), by_tag.len());
+    assert!(
+        warm.iter().all(|(m, u)| m == "HEAD" || u == "/v2/"),
+        "a warm run fetches nothing: {warm:?}"
+    );
+}
