@@ -63,11 +63,15 @@ impl Args {
             .skip(1)
             .map(|a| a.to_str())
             .find(|a| !a.is_some_and(|a| a.starts_with('-')))??;
-        let augment: fn(clap::Command) -> clap::Command = match name {
-            "inspect" => inspect::InspectArgs::augment_args,
-            "list-tags" => list_tags::ListTagsArgs::augment_args,
-            "delete" => delete::DeleteArgs::augment_args,
-            "manifest-digest" => manifest_digest::ManifestDigestArgs::augment_args,
+        type Augment = fn(clap::Command) -> clap::Command;
+        let (name, augment): (&'static str, Augment) = match name {
+            "inspect" => ("inspect", inspect::InspectArgs::augment_args),
+            "list-tags" => ("list-tags", list_tags::ListTagsArgs::augment_args),
+            "delete" => ("delete", delete::DeleteArgs::augment_args),
+            "manifest-digest" => (
+                "manifest-digest",
+                manifest_digest::ManifestDigestArgs::augment_args,
+            ),
             _ => return None,
         };
         let root = clap::Command::new("ferry")
