@@ -518,7 +518,7 @@ mod tests {
             "ferry inspect --tls-verify=false docker://127.0.0.1:5000/a/b:1",
             "ferry --debug inspect --raw --config -n docker://h/x@sha256:0000",
             "ferry inspect -q --format {{.Digest}} --creds u:p --override-arch arm64 oci:/tmp/o:t",
-            "ferry --s3-endpoint http://s3 inspect registry-root:s3://b/r:a/b:1",
+            "ferry --s3-endpoint=http://s3 inspect registry-root:s3://b/r:a/b:1",
             "ferry list-tags --tls-verify=false docker://h/a",
             "ferry delete --authfile /a.json docker://h/a:1",
             "ferry manifest-digest /tmp/m.json",
@@ -541,6 +541,8 @@ mod tests {
             "ferry inspect a b",
             "ferry help inspect",
             "ferry copy dir:/a dir:/b",
+            // A global flag's value given as the next word comes first: the full parse reads it.
+            "ferry --s3-endpoint http://s3 inspect registry-root:s3://b/r:a/b:1",
             "ferry",
         ] {
             assert!(super::Args::parse_narrow(&words(line)).is_none(), "{line}");
