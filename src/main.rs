@@ -2,10 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args = ferry::cli::Args::parse();
+    let args = ferry::cli::Args::parse_args();
     ferry::cli::init_logging(&args.global);
     match ferry::cli::run(args) {
         Ok(code) => code,

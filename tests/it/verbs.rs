@@ -736,6 +736,44 @@ fn bad_input_is_one_line_and_bad_flags_exit_2() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// One-shot verbs run one process per image in scripts, so the binary starts lean: it is a
+/// fixed-address executable (ELF `ET_EXEC`), which the loader maps without relocating ~29,000
+/// pointers, and the narrow parse of a one-shot verb still leaves help, versions and usage
+/// errors to clap's full tree (the same text and exit codes as `ferry copy`'s).
+#[test]
+fn one_shot_verbs_start_without_relocations_and_keep_clap_messages() {
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_ferry")).expect("reading the ferry binary");
+    assert_eq!(&bin[..4], b"\x7fELF");
+    let e_type = u16::from_le_bytes([bin[16], bin[17]]);
+    assert_eq!(
+        e_type, 2,
+        "ferry is linked as a PIE (ET_DYN), not a fixed-address ET_EXEC"
+    );
+
+    let help = ferry_out(&["inspect", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(
+        text(&help.stdout).starts_with("Print an image's manifest"),
+        "{}",
+        text(&help.stdout)
+    );
+    assert!(text(&help.stdout).contains("Usage: ferry inspect [OPTIONS] <IMAGE>"));
+    let version = ferry_out(&["inspect", "--version"]);
+    assert_eq!(version.status.code(), Some(0));
+    assert!(
+        text(&version.stdout).starts_with("ferry-inspect 0."),
+        "{}",
+        text(&version.stdout)
+    );
+    let missing = ferry_out(&["list-tags"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        text(&missing.stderr).contains("Usage: ferry list-tags"),
+        "{}",
+        text(&missing.stderr)
+    );
+}
+
 /// A real credential helper (docker's protocol over stdin/stdout) that keeps each login as a
 /// file in `$FERRY_TEST_HELPER_DIR`, written into `bin` as `docker-credential-NAME`.
 fn credential_helper(bin: &Path, name: &str) {
