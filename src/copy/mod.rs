@@ -21,7 +21,9 @@ use crate::digest::Digest;
 use crate::image::{self, ImageWalk, Selection, WalkOptions, Walks};
 use crate::manifest::{Descriptor, Platform, RawManifest};
 use crate::media_type;
-use crate::transport::{self, Destination, Put, Source, SourceManifests, TransportError};
+use crate::transport::{
+    self, Destination, PlainLayers, Put, Source, SourceManifests, TransportError,
+};
 pub use convert::Format;
 
 /// Progress events, so the CLI can draw bars without the library printing.
@@ -344,14 +346,15 @@ async fn plan<S: Source, D: Destination>(
             },
             convert::Refusal::Cannot(why) => src_err(why),
         })?;
-    // Uncompressed layers are gzipped for a destination that stores layers compressed, as
-    // containers/image does; that changes the image's digest, so with --preserve-digests
-    // they go as they are (as skopeo sends them).
-    let compress = if props.compresses_layers && !opts.preserve_digests {
-        compress::layers_to_gzip(&w.manifests, job.source.serves_uncompressed_layers())
-            .map_err(src_err)?
-    } else {
-        HashSet::new()
+    // Uncompressed layers from skopeo's file sources are gzipped for a destination that
+    // stores layers compressed, as containers/image does; that changes the image's digest, so
+    // with --preserve-digests they go as they are (as skopeo sends them), and images already
+    // distributed keep theirs always (`PlainLayers::Keep`).
+    let compress = match job.source.plain_layers() {
+        _ if !props.compresses_layers || opts.preserve_digests => HashSet::new(),
+        PlainLayers::Keep => HashSet::new(),
+        PlainLayers::GzipTyped => compress::layers_to_gzip(&w.manifests, false).map_err(src_err)?,
+        PlainLayers::GzipAll => compress::layers_to_gzip(&w.manifests, true).map_err(src_err)?,
     };
     // Foreign layers are named, not moved, where the destination keeps their URLs (a
     // registry, a root, an OCI layout); anywhere else they are fetched like any layer.

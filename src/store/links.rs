@@ -92,6 +92,17 @@ fn mark_unique(f: &fs::File) -> io::Result<()> {
     f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(now.as_secs(), nanos))
 }
 
+/// What [`Store::renew_link`] did with a link that may already be there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    /// It says the digest and now carries a stamp of its own.
+    Renewed,
+    /// It says the digest, but its time cannot be changed: kept as it is.
+    Unchangeable,
+    /// Absent, saying something else, or its time did not move: to be written.
+    Rewrite,
+}
+
 /// The kinds of repository link a roll-back takes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkKind {
@@ -126,7 +137,7 @@ impl Store {
     /// Writes `sha256:<hex>` (no newline) at `path` unless it already says exactly that (then
     /// renews it, see [`Store::renew_link`]). Returns the stamp of the file when this call wrote it.
     fn write_link(&self, path: &Path, digest: &Digest) -> Result<Option<LinkStamp>> {
-        if self.renew_link(path, digest) {
+        if self.renew_link(path, digest) != Renewal::Rewrite {
             return Ok(None);
         }
         // A new link's directory appears with its link in it (never empty, even if killed).
@@ -147,7 +158,7 @@ impl Store {
             return Ok(stamp);
         }
         // The directory is there: another writer may have just made this very link.
-        if self.renew_link(path, digest) {
+        if self.renew_link(path, digest) != Renewal::Rewrite {
             return Ok(None);
         }
         let written = write_atomic(self, path, digest.to_string().as_bytes(), "writing link")?;
@@ -155,25 +166,40 @@ impl Store {
     }
 
     /// When the link at `path` already says `digest`, marks it as relied on by one more
-    /// writer and returns true: its modification time moves on by a nanosecond, so the writer
-    /// that made it sees at roll-back that it is not only its own ([`Store::take_back_link`]).
-    /// False when it says something else, is gone, or cannot be renewed (the caller writes it).
-    fn renew_link(&self, path: &Path, digest: &Digest) -> bool {
+    /// writer: its modification time moves on by a nanosecond, so the writer that made it
+    /// sees at roll-back that it is not only its own ([`Store::take_back_link`]). A file
+    /// system whose clock is too coarse to show the move gets the link rewritten instead (a
+    /// new file, so the stamp changes all the same); one that refuses the change (read-only,
+    /// another owner) keeps the link as it is, as before renewals existed.
+    fn renew_link(&self, path: &Path, digest: &Digest) -> Renewal {
         use std::os::unix::fs::MetadataExt;
         if !matches!(read_link(path), Ok(Some(d)) if &d == digest) {
-            return false;
+            return Renewal::Rewrite;
         }
         let Ok(f) = fs::File::open(path) else {
-            return false;
+            return Renewal::Rewrite;
         };
-        let Ok(m) = f.metadata() else { return false };
-        let renewed = m
+        let Ok(before) = f.metadata() else {
+            return Renewal::Rewrite;
+        };
+        let moved = before
             .modified()
             .and_then(|t| f.set_modified(t + std::time::Duration::from_nanos(1)));
-        // Still the file at `path` after the renewal: a roll-back that moved it away meanwhile
-        // saw the renewal and puts it back, or the caller writes it anew.
-        renewed.is_ok()
-            && fs::metadata(path).is_ok_and(|now| now.ino() == m.ino() && now.dev() == m.dev())
+        if moved.is_err() {
+            return Renewal::Unchangeable;
+        }
+        // Still the file at `path`, with a stamp of its own now: a roll-back that moved it away
+        // meanwhile saw the renewal and puts it back, or the caller writes it anew.
+        match fs::metadata(path) {
+            Ok(now)
+                if now.ino() == before.ino()
+                    && now.dev() == before.dev()
+                    && LinkStamp::of(&now) != LinkStamp::of(&before) =>
+            {
+                Renewal::Renewed
+            }
+            _ => Renewal::Rewrite,
+        }
     }
 
     /// Lets `repo` serve the config or layer blob `digest`.
@@ -298,7 +324,9 @@ impl Store {
 
     /// [`Store::link_image_with`] that adds to `created` each layer and revision link this
     /// call wrote (not the ones it found), as it writes them, so a roll-back can take back
-    /// exactly those even when linking fails part-way ([`Store::take_back_link`]).
+    /// exactly those even when linking fails part-way ([`Store::take_back_link`]). Links
+    /// already in `created` (this run's, made for an earlier image of `repo`) are left as
+    /// they are, so their stamps stay this run's.
     pub fn link_image_recording(
         &self,
         repo: &str,
@@ -315,6 +343,12 @@ impl Store {
         let mut report = LinkReport::default();
         let mut link = |kind: LinkKind, d: &Digest| -> Result<()> {
             let path = self.path(kind.spec(repo, d));
+            // One this run made for an earlier image stays this run's alone: not renewed.
+            if created.iter().any(|c| c.kind == kind && &c.digest == d)
+                && matches!(read_link(&path), Ok(Some(now)) if &now == d)
+            {
+                return Ok(());
+            }
             if let Some(stamp) = self.write_link(&path, d)? {
                 created.push(CreatedLink {
                     kind,
@@ -594,5 +628,33 @@ mod tests {
         store.link_layer("r", &a).unwrap();
         assert!(!store.take_back_link("r", &la).unwrap());
         assert!(store.has_layer_link("r", &a));
+    }
+
+    /// One run that links two tags of one image in one repository: the second image leaves
+    /// the links the first created as they are (no renewal of its own links), so a roll-back
+    /// of the run takes every one of them back.
+    #[test]
+    fn a_run_that_links_one_image_twice_takes_back_every_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap().with_durable(false);
+        let config = store.put_blob_bytes(b"{}").unwrap();
+        let layer = store.put_blob_bytes(b"layer").unwrap();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer}","size":5}}]}}"#
+        );
+        let top = store.put_blob_bytes(manifest.as_bytes()).unwrap();
+        let mut created = Vec::new();
+        for tag in ["one", "two"] {
+            store
+                .link_image_recording("r", &top, Some(tag), &|_| true, &mut created)
+                .unwrap();
+        }
+        assert_eq!(created.len(), 3, "each link created once: {created:?}");
+        for l in created.iter().rev() {
+            assert!(store.take_back_link("r", l).unwrap(), "{l:?} taken back");
+        }
+        assert!(!store.has_revision("r", &top));
+        assert!(!store.has_layer_link("r", &layer));
+        assert!(!store.has_layer_link("r", &config));
     }
 }

@@ -286,8 +286,8 @@ impl Source for DaemonSource {
         self.archive.blob(desc).await
     }
 
-    fn serves_uncompressed_layers(&self) -> bool {
-        self.archive.serves_uncompressed_layers()
+    fn plain_layers(&self) -> super::PlainLayers {
+        self.archive.plain_layers()
     }
 }
 

@@ -75,6 +75,10 @@ impl DirSource {
 }
 
 impl Source for DirSource {
+    fn plain_layers(&self) -> super::PlainLayers {
+        super::PlainLayers::GzipTyped
+    }
+
     fn name(&self) -> String {
         format!("dir:{}", self.path.display())
     }

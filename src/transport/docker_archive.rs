@@ -897,8 +897,8 @@ impl Source for DockerArchiveSource {
         }))
     }
 
-    fn serves_uncompressed_layers(&self) -> bool {
-        true
+    fn plain_layers(&self) -> super::PlainLayers {
+        super::PlainLayers::GzipAll
     }
 }
 

@@ -130,11 +130,11 @@ pub trait Source: Send + Sync {
         false
     }
 
-    /// Whether every layer it serves is uncompressed whatever its manifest labels it
-    /// (containers/image's docker-archive source), so the engine gzips the layers for a
-    /// destination that stores them compressed, as skopeo does.
-    fn serves_uncompressed_layers(&self) -> bool {
-        false
+    /// What the engine does with its uncompressed layers for a destination that stores layers
+    /// compressed: kept by default, so an image already distributed (a registry, a root, a
+    /// bundle) keeps its digest whatever mover carries it.
+    fn plain_layers(&self) -> PlainLayers {
+        PlainLayers::Keep
     }
 
     /// Whether a layer that lists URLs (a foreign layer) is read from its URLs before the
@@ -231,6 +231,21 @@ impl<S: Source> crate::image::Manifests for SourceManifests<'_, S> {
     ) -> impl Future<Output = Result<Option<RawManifest>>> + Send {
         self.0.manifest(digest)
     }
+}
+
+/// What happens to a source's uncompressed layers on the way to a destination that stores
+/// layers compressed (`DestProperties::compresses_layers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainLayers {
+    /// Copied as they are, digests kept: images already distributed (a registry, a root, a
+    /// bundle), where a changed digest would orphan pins, signatures and referrers.
+    Keep,
+    /// Gzipped when their media type says plain tar, as skopeo does for its `dir:`, `oci:`
+    /// and `oci-archive:` sources.
+    GzipTyped,
+    /// Every layer gzipped whatever its media type says: a `docker save` archive, whose
+    /// layers are plain tar under a gzip label (containers/image's docker-archive source).
+    GzipAll,
 }
 
 /// What a destination can hold, so the copy engine adapts without naming it.

@@ -381,6 +381,10 @@ impl OciSource {
 }
 
 impl Source for OciSource {
+    fn plain_layers(&self) -> super::PlainLayers {
+        super::PlainLayers::GzipTyped
+    }
+
     fn name(&self) -> String {
         display_name(&self.root, self.reference.as_deref())
     }

@@ -103,6 +103,10 @@ impl OciArchiveSource {
 }
 
 impl Source for OciArchiveSource {
+    fn plain_layers(&self) -> super::PlainLayers {
+        super::PlainLayers::GzipTyped
+    }
+
     fn name(&self) -> String {
         self.name.clone()
     }

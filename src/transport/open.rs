@@ -130,8 +130,8 @@ impl Source for AnySource {
     fn holds_sparse_indexes(&self) -> bool {
         each_source!(self, s => s.holds_sparse_indexes())
     }
-    fn serves_uncompressed_layers(&self) -> bool {
-        each_source!(self, s => s.serves_uncompressed_layers())
+    fn plain_layers(&self) -> super::PlainLayers {
+        each_source!(self, s => s.plain_layers())
     }
     fn foreign_urls_first(&self) -> bool {
         each_source!(self, s => s.foreign_urls_first())

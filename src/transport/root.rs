@@ -10,7 +10,7 @@
 //! failure [`Staging::roll_back`] takes back every blob they added (`unbundle link`
 //! is all or nothing).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -104,6 +104,9 @@ impl Staging {
             .and_then(|v| v.strip_prefix("finish:")?.parse::<usize>().ok());
         let images: Vec<StagedImage> = self.images.lock().unwrap().drain(..).collect();
         let mut undo: Vec<Unlink> = Vec::new();
+        // The links this run creates, by repository: shared by the images of one repository,
+        // so a later image does not renew (and so keep at roll-back) an earlier one's.
+        let mut created: HashMap<String, Vec<CreatedLink>> = HashMap::new();
         for (i, img) in images.iter().enumerate() {
             let linked = (|| {
                 before_tag(img)?;
@@ -115,15 +118,18 @@ impl Staging {
                         img.repo
                     )));
                 }
-                link(
-                    store,
-                    img,
-                    &mut undo.last_mut().expect("pushed above").created,
-                )
+                link(store, img, created.entry(img.repo.clone()).or_default())
             })();
             if let Err(e) = linked {
                 for u in undo.iter().rev() {
                     u.apply(store);
+                }
+                // Then the links this run created, parents first, where no other writer has
+                // rewritten or renewed them since (best effort).
+                for (repo, links) in &created {
+                    for link in links.iter().rev() {
+                        let _ = store.take_back_link(repo, link);
+                    }
                 }
                 let _ = store.sync_fs();
                 return Err(e);
@@ -231,15 +237,13 @@ pub fn remove_added_blob(store: &Store, repos: &[String], digest: &Digest, dirs:
     }
 }
 
-/// What linking one staged image added, to take it back: the tag as it was before, and the
-/// links this run wrote, each recorded as it was written (a link another writer made first,
-/// or renews while this run goes on, is that writer's too and stays).
+/// The tag one staged image moves, as it was before, to put it back; the links the run
+/// wrote are recorded apart, as they are written (a link another writer made first, or
+/// renews while this run goes on, is that writer's too and stays).
 struct Unlink {
     repo: String,
     /// The tag and what it pointed at before (none: it did not exist).
     tag: Option<(String, Option<Digest>)>,
-    /// Layer and revision links this run created.
-    created: Vec<CreatedLink>,
 }
 
 impl Unlink {
@@ -252,21 +256,16 @@ impl Unlink {
         Ok(Unlink {
             repo: img.repo.clone(),
             tag,
-            created: Vec::new(),
         })
     }
 
-    /// Puts the tag back, then takes back the links this run created, parents first, where
-    /// no other writer has rewritten or renewed them since (best effort).
+    /// Puts the tag back (best effort).
     fn apply(&self, store: &Store) {
         if let Some((t, old)) = &self.tag {
             let _ = match old {
                 Some(d) => store.tag(&self.repo, t, d).map(drop),
                 None => store.untag(&self.repo, t).map(drop),
             };
-        }
-        for link in self.created.iter().rev() {
-            let _ = store.take_back_link(&self.repo, link);
         }
     }
 }

@@ -772,20 +772,6 @@ fn a_warm_run_fetches_only_the_missing_blob_and_packs_the_same_bytes() {
     }
 }
 
-/// What a registry answered, settled: the registry logs a request just after answering it, so
-/// wait until the log stops growing.
-fn settled_requests(reg: &Registry) -> Vec<(String, String)> {
-    let mut last = reg.requests();
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let now = reg.requests();
-        if now.len() == last.len() {
-            return now;
-        }
-        last = now;
-    }
-}
-
 // A new cache cannot hold a manifest, so a HEAD per tag spares nothing: each tag is resolved with
 // one manifest GET, and no manifest is fetched twice. A warm cache still asks with one HEAD per
 // tag (tags move) and downloads nothing.
@@ -822,7 +808,7 @@ fn a_new_cache_resolves_each_tag_with_one_get_and_a_warm_one_with_one_head() {
         &cache,
         &src.addr,
     ));
-    let cold = settled_requests(&src);
+    let cold = src.settled_requests();
     assert!(!cold.is_empty(), "the registry logs its requests");
     assert_eq!(
         manifests(&cold, "HEAD"),
@@ -858,7 +844,7 @@ fn a_new_cache_resolves_each_tag_with_one_get_and_a_warm_one_with_one_head() {
         &cache,
         &src.addr,
     ));
-    let all = settled_requests(&src);
+    let all = src.settled_requests();
     let warm = &all[cold.len()..];
     let heads: BTreeSet<String> = manifests(warm, "HEAD").into_iter().collect();
     assert_eq!(heads, by_tag, "a warm run asks each tag with a HEAD");

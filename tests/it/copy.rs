@@ -463,7 +463,7 @@ fn a_registry_copy_asks_each_thing_once_and_a_later_run_mounts_what_an_earlier_o
     );
     let blobs = first["blobs_uploaded"].as_u64().unwrap() as usize;
     assert!(blobs > 2, "{first}");
-    let (s, d) = (src.requests(), dst.requests());
+    let (s, d) = (src.settled_requests(), dst.settled_requests());
     // The source: the index and each child once by GET (no HEAD pins the tag), each blob once.
     assert_eq!(count(&s, 0, "HEAD", "/"), 0, "{s:?}");
     assert_eq!(
@@ -503,7 +503,7 @@ fn a_registry_copy_asks_each_thing_once_and_a_later_run_mounts_what_an_earlier_o
         (Some(blobs as u64), Some(0)),
         "{second}"
     );
-    let (s, d) = (src.requests(), dst.requests());
+    let (s, d) = (src.settled_requests(), dst.settled_requests());
     assert_eq!(count(&s, s0, "GET", "/blobs/"), 0, "{s:?}");
     assert_eq!(count(&d, d0, "POST", "mount="), blobs, "{d:?}");
     assert_eq!(count(&d, d0, "PUT", "/blobs/uploads/"), 0, "{d:?}");

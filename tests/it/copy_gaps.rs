@@ -246,7 +246,25 @@ fn uncompressed_layers_from_dir_and_oci_are_gzipped_as_skopeo_gzips_them() {
     );
     assert_eq!(sha256(&raw(&fe)), kept, "so does ferry");
 
-    // A multi-platform image with plain tar layers: refused in one line, nothing named.
+    // An image already in a registry keeps its digest whatever its layers are, so no mover
+    // (copy, sync, unbundle push) orphans the pins, signatures and referrers that name it.
+    let moved = format!("docker://{}/out/kept:ferry", reg.addr);
+    run_ok(ferry().args([
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &sk,
+        &moved,
+    ]));
+    assert_eq!(
+        sha256(&raw(&moved)),
+        kept,
+        "a registry source's plain layers go as they are"
+    );
+
+    // A multi-platform image with plain tar layers from a file source: refused in one line,
+    // nothing named (skopeo gzips each platform's layers and rewrites the index).
     let multi = multi_arch(&corpus);
     let d3 = w.join("d3");
     skopeo_ok(&[

@@ -235,6 +235,20 @@ impl Registry {
         panic!("could not start docker-registry on a free port");
     }
 
+    /// [`Registry::requests`] once the log stops growing: the registry logs a request only
+    /// after answering it, so lines of a client that just exited may still be on their way.
+    pub fn settled_requests(&self) -> Vec<(String, String)> {
+        let mut last = self.requests();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let now = self.requests();
+            if now.len() == last.len() {
+                return now;
+            }
+            last = now;
+        }
+    }
+
     /// The requests the registry has answered so far, as (method, path with query), oldest
     /// first; empty unless it was started with [`RegistryOptions::access_log`].
     pub fn requests(&self) -> Vec<(String, String)> {
