@@ -154,9 +154,14 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
             }
             anyhow::Ok(())
         };
-        // Both finish; a source that failed is named first.
-        let (source, pinged) = tokio::join!(read_source, ping_dest);
-        let source = source?;
+        // A source that fails is named at once, whatever the destination's ping is doing (a
+        // hung destination must not hold a mistyped source's error for its timeout); when the
+        // ping fails first, the source is still read to the end and named first if it fails.
+        tokio::pin!(read_source, ping_dest);
+        let (source, pinged) = tokio::select! {
+            s = &mut read_source => (s?, ping_dest.await),
+            p = &mut ping_dest => (read_source.await?, p),
+        };
         pinged?;
         // A registry destination mounts what earlier runs put into its other repositories
         // (as skopeo's blob-info cache lets it): the registry then takes no bytes again.

@@ -313,6 +313,37 @@ fn bad_input_gets_one_line_and_leaves_no_tag() {
     );
 }
 
+/// A source that does not exist is named at once even when the destination hangs: the
+/// destination's ping runs beside the source's reads and is dropped when the source fails,
+/// instead of holding the error for the ping's 60 s header timeout.
+#[test]
+fn a_missing_source_is_named_at_once_while_the_destination_hangs() {
+    let (root, corpus) = small();
+    let src = FerryServe::start(root);
+    // Accepts connections (the kernel's backlog) and never answers a byte.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let img = &corpus.images[0];
+    let started = std::time::Instant::now();
+    let out = copy(&[
+        "-q",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{}/{}:no-such-tag", src.addr, img.repository),
+        &format!("docker://{}/x/y:1", hung.local_addr().unwrap()),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("no-such-tag"), "the source is named: {err}");
+    // Bounded by the source's answer, not by the destination's header timeout (60 s).
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "waited {:?} for a hung destination",
+        started.elapsed()
+    );
+    drop(hung);
+}
+
 #[test]
 fn a_root_links_only_what_the_copy_brought() {
     let (root, corpus) = small();
