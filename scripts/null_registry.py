@@ -40,27 +40,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     break
-                left = size
-                while left:
-                    b = self.rfile.read(min(left, 1 << 20))
-                    if not b:
-                        raise ConnectionError("body cut short")
-                    left -= len(b)
-                    n += len(b)
-                    if keep:
-                        out.append(b)
+                n += self.read_exactly(size, out if keep else None)
                 self.rfile.readline()
         else:
-            left = int(self.headers.get("Content-Length") or 0)
-            while left:
-                b = self.rfile.read(min(left, 1 << 20))
-                if not b:
-                    raise ConnectionError("body cut short")
-                left -= len(b)
-                n += len(b)
-                if keep:
-                    out.append(b)
+            n += self.read_exactly(int(self.headers.get("Content-Length") or 0), out if keep else None)
         return b"".join(out) if keep else n
+
+    def read_exactly(self, left, out):
+        """Reads `left` body bytes in 1 MiB pieces, appending them to out unless it is None."""
+        n = left
+        while left:
+            b = self.rfile.read(min(left, 1 << 20))
+            if not b:
+                raise ConnectionError("body cut short")
+            left -= len(b)
+            if out is not None:
+                out.append(b)
+        return n
 
     def route(self):
         u = urlsplit(self.path)

@@ -133,6 +133,14 @@ pub const ENV_LINK_PAUSE_MS: &str = "FERRY_TEST_LINK_PAUSE_MS";
 /// for (the images before N linked, nothing taken back yet), so a test can act as a concurrent writer.
 pub const ENV_FINISH_PAUSE_MS: &str = "FERRY_TEST_FINISH_PAUSE_MS";
 
+/// Test-only: sleeps for the milliseconds the environment variable `var` names (none when unset),
+/// so a test can act while a run waits at a chosen point.
+pub fn test_pause(var: &str) {
+    if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
 /// Test-only: set (to anything) to skip the free-space checks, for tests of a disk that fills up mid-run.
 pub const ENV_NO_SPACE_CHECK: &str = "FERRY_TEST_NO_SPACE_CHECK";
 

@@ -420,12 +420,7 @@ pub async fn link(
         take_back(&staging);
         return Err(e);
     }
-    if let Some(ms) = std::env::var(crate::limits::ENV_LINK_PAUSE_MS)
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
+    crate::limits::test_pause(crate::limits::ENV_LINK_PAUSE_MS);
     // One sync, then each image's links, its tag last; a failure takes back the links
     // already made (in finish) and the blobs this run added.
     let finished = tokio::task::block_in_place(|| {

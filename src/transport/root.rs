@@ -112,7 +112,7 @@ impl Staging {
                 before_tag(img)?;
                 undo.push(Unlink::before(store, img)?);
                 if fail_at == Some(i) {
-                    pause_before_failing();
+                    crate::limits::test_pause(crate::limits::ENV_FINISH_PAUSE_MS);
                     return Err(StoreError::Walk(format!(
                         "test hook: linking image {i} ({}) fails",
                         img.repo
@@ -148,18 +148,6 @@ impl Staging {
             .filter(|p| !p.exists())
             .map(Path::to_path_buf)
             .collect()
-    }
-}
-
-/// Test hook: waits [`crate::limits::ENV_FINISH_PAUSE_MS`] before the failure
-/// [`crate::limits::ENV_FAIL_LINK_AT`] asks for, with the images before it linked, so a test
-/// can act as a concurrent writer of the same repositories.
-fn pause_before_failing() {
-    if let Some(ms) = std::env::var(crate::limits::ENV_FINISH_PAUSE_MS)
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
 

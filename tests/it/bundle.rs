@@ -778,16 +778,7 @@ fn a_warm_run_fetches_only_the_missing_blob_and_packs_the_same_bytes() {
 #[test]
 fn a_new_cache_resolves_each_tag_with_one_get_and_a_warm_one_with_one_head() {
     let (root, corpus) = small();
-    let dir = tempfile::tempdir().unwrap();
-    hardlink_copy(root, dir.path());
-    let src = Registry::start_with_options(
-        dir.path(),
-        None,
-        &RegistryOptions {
-            access_log: true,
-            ..Default::default()
-        },
-    );
+    let (_dir, src) = logged_registry(Some(root));
     let work = tempfile::tempdir().unwrap();
     let (list, cache) = (work.path().join("list.txt"), work.path().join("cache"));
     std::fs::write(&list, corpus.images_list()).unwrap();

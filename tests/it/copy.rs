@@ -442,20 +442,6 @@ fn a_sparse_index_from_a_bundle_is_refused_or_rewritten_on_request() {
     );
 }
 
-/// A registry with access logging over a hard-linked copy of the small corpus.
-fn logged_registry(root: Option<&Path>) -> (tempfile::TempDir, Registry) {
-    let dir = tempfile::tempdir().unwrap();
-    if let Some(root) = root {
-        hardlink_copy(root, dir.path());
-    }
-    let opts = RegistryOptions {
-        access_log: true,
-        ..Default::default()
-    };
-    let reg = Registry::start_with_options(dir.path(), None, &opts);
-    (dir, reg)
-}
-
 /// One `ferry copy --all --json` between two registries, blob locations kept in `cache`; the summary.
 fn copy_json(cache: &Path, from: &str, to: &str) -> serde_json::Value {
     let out = run_ok(ferry().env("XDG_CACHE_HOME", cache).args([

@@ -972,3 +972,17 @@ impl Drop for TlsProxy {
         }
     }
 }
+
+/// A `docker-registry` with its access log on ([`Registry::requests`]), over a hard-linked copy of `root` or an empty root.
+pub fn logged_registry(root: Option<&Path>) -> (tempfile::TempDir, Registry) {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(root) = root {
+        hardlink_copy(root, dir.path());
+    }
+    let opts = RegistryOptions {
+        access_log: true,
+        ..Default::default()
+    };
+    let reg = Registry::start_with_options(dir.path(), None, &opts);
+    (dir, reg)
+}

@@ -19,7 +19,12 @@ fn link(b: &GarageBucket, bundle: &std::path::Path, url: &str) -> Command {
 
 /// `ferry ls --json s3://…` as (repo:tag, digest) pairs, sorted.
 fn ls(b: &GarageBucket, url: &str) -> Vec<(String, String)> {
-    let out = run_ok(b.ferry().args(["ls", "--json", url]));
+    ls_with(&mut b.ferry(), url)
+}
+
+/// [`ls`] run by `cmd` (a ferry command with its own S3 environment).
+fn ls_with(cmd: &mut Command, url: &str) -> Vec<(String, String)> {
+    let out = run_ok(cmd.args(["ls", "--json", url]));
     let mut rows: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
@@ -365,21 +370,7 @@ fn an_https_endpoint_is_trusted_through_aws_ca_bundle_or_the_profile_and_refused
 
     // With AWS_CA_BUNDLE: linked over HTTPS, read back by ls and verify.
     run_ok(link(&https, zst, &url).env("AWS_CA_BUNDLE", &proxy.certs.ca));
-    let ls_tls = |cmd: &mut Command| {
-        let out = run_ok(cmd.args(["ls", "--json", &url]));
-        let mut rows: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (
-                    v["image"].as_str().unwrap().to_string(),
-                    v["digest"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        rows.sort();
-        rows
-    };
+    let ls_tls = |cmd: &mut Command| ls_with(cmd, &url);
     assert_eq!(
         ls_tls(https.ferry().env("AWS_CA_BUNDLE", &proxy.certs.ca)),
         expected()
