@@ -1,18 +1,20 @@
 //! Gzipping a layer a source serves uncompressed, for a destination that stores layers
 //! compressed (as containers/image compresses when the destination desires it): one rule,
-//! [`layers_to_gzip`], for every source. The
+//! [`layers_to_gzip`], for every source, and one rewrite, [`rewrite_manifests`], of the
+//! manifests that name them (every platform of an index, then the index). The
 //! compressed digest is only known at the end, so the layer is gzipped while it streams
 //! into an unnamed temp file, hashed as it is written; memory stays bounded.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{self, BufWriter, Read};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 
 use crate::blob::{BlobBody, BlobLocation};
-use crate::digest::{HashingWriter, VerifyingReader};
+use crate::digest::{Digest, HashingWriter, VerifyingReader};
 use crate::limits::IO_BUFFER_BYTES;
-use crate::manifest::Descriptor;
+use crate::manifest::{Descriptor, Manifest, RawManifest};
 use crate::media_type as mt;
 use crate::transport::docker_archive::{ChanReader, Member, anonymous_temp_file};
 
@@ -32,7 +34,7 @@ pub async fn gzip_layer(
     body: BlobBody,
 ) -> Result<(Descriptor, BlobBody), String> {
     let (expected, size) = (desc.digest.clone(), desc.size);
-    let work = move |input: Box<dyn Read + Send>| -> Result<(crate::digest::Digest, u64, std::fs::File), String> {
+    let work = move |input: Box<dyn Read + Send>| -> Result<(Digest, u64, std::fs::File), String> {
         let mut input = VerifyingReader::new(input, expected, Some(size));
         let file = anonymous_temp_file().map_err(|e| e.to_string())?;
         let out = HashingWriter::new(BufWriter::with_capacity(IO_BUFFER_BYTES, file));
@@ -90,15 +92,11 @@ pub async fn gzip_layer(
 /// plain tar (`application/vnd.oci.image.layer.v1.tar`,
 /// `application/vnd.docker.image.rootfs.diff.tar`), or every one when the source serves all
 /// its layers uncompressed whatever their type says (`all_uncompressed`: a `docker save`
-/// archive). Gzipping changes the image's digest, so only a copy of one image manifest is
-/// rewritten; an index whose images would need it is refused, named.
-pub fn layers_to_gzip(
-    writes: &[crate::manifest::RawManifest],
-    all_uncompressed: bool,
-) -> Result<std::collections::HashSet<crate::digest::Digest>, String> {
-    let mut out = std::collections::HashSet::new();
+/// archive). Gzipping changes the digests, so [`rewrite_manifests`] names the new layers.
+pub fn layers_to_gzip(writes: &[RawManifest], all_uncompressed: bool) -> HashSet<Digest> {
+    let mut out = HashSet::new();
     for m in writes {
-        if let Ok(crate::manifest::Manifest::Image(img)) = m.parse() {
+        if let Ok(Manifest::Image(img)) = m.parse() {
             out.extend(
                 img.layers
                     .iter()
@@ -108,34 +106,64 @@ pub fn layers_to_gzip(
             );
         }
     }
-    if !out.is_empty() && writes.len() > 1 {
-        let top = writes.last().expect("the top is always written");
-        return Err(format!(
-            "{}: its images have uncompressed layers, which the destination stores gzipped; \
-             gzipping the layers of a multi-platform image is not supported: copy one platform, \
-             or keep the layers as they are with --preserve-digests",
-            top.digest()
-        ));
-    }
-    Ok(out)
+    out
 }
 
-/// `top` with each layer `compressed` names replaced by its compressed descriptor.
-pub fn rewrite_layers(
-    top: &crate::manifest::RawManifest,
-    compressed: &std::collections::HashMap<crate::digest::Digest, Descriptor>,
-) -> Result<crate::manifest::RawManifest, String> {
-    let mut m: crate::manifest::ImageManifest = serde_json::from_slice(top.bytes())
-        .map_err(|e| format!("manifest {}: {e}", top.digest()))?;
-    for l in &mut m.layers {
-        if let Some(new) = compressed.get(&l.digest) {
-            l.media_type = gzip_type(&l.media_type).to_string();
-            l.digest = new.digest.clone();
-            l.size = new.size;
+/// `writes` (children first, the top last) as they are written once the layers `compressed`
+/// names (by source digest) were gzipped: each image manifest naming one names the gzipped
+/// layer instead, and each index naming a rewritten child names the new child, its platform
+/// and annotations kept, as containers/image rewrites every platform of an index it
+/// compresses. A manifest nothing changed goes as it is.
+pub fn rewrite_manifests(
+    writes: &[RawManifest],
+    compressed: &HashMap<Digest, Descriptor>,
+) -> Result<Vec<RawManifest>, String> {
+    let mut renamed: HashMap<Digest, RawManifest> = HashMap::new();
+    let mut out = Vec::with_capacity(writes.len());
+    for m in writes {
+        let parsed = m
+            .parse()
+            .map_err(|e| format!("manifest {}: {e}", m.digest()))?;
+        let new = match parsed {
+            Manifest::Image(mut img)
+                if img
+                    .layers
+                    .iter()
+                    .any(|l| compressed.contains_key(&l.digest)) =>
+            {
+                for l in &mut img.layers {
+                    if let Some(new) = compressed.get(&l.digest) {
+                        l.media_type = gzip_type(&l.media_type).to_string();
+                        l.digest = new.digest.clone();
+                        l.size = new.size;
+                    }
+                }
+                super::convert::write_image(&img, m.media_type())?
+            }
+            Manifest::Index(index)
+                if index
+                    .manifests
+                    .iter()
+                    .any(|c| renamed.contains_key(&c.digest)) =>
+            {
+                let children: Vec<Descriptor> = index
+                    .manifests
+                    .iter()
+                    .map(|c| match renamed.get(&c.digest) {
+                        Some(n) => super::convert::renamed_child(c, n),
+                        None => c.clone(),
+                    })
+                    .collect();
+                super::convert::rewrite_index(m, &children)?
+            }
+            _ => m.clone(),
+        };
+        if new.digest() != m.digest() {
+            renamed.insert(m.digest().clone(), new.clone());
         }
+        out.push(new);
     }
-    let bytes = serde_json::to_vec(&m).expect("manifests serialise");
-    crate::manifest::RawManifest::new(bytes, Some(top.media_type())).map_err(|e| e.to_string())
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -181,5 +209,127 @@ mod tests {
         let mut bad = data.clone();
         bad[7] ^= 1;
         assert!(gzip_layer(&desc, body(&bad)).await.is_err());
+    }
+    /// An image manifest of `kind` (`DOCKER_MANIFEST` or `OCI_MANIFEST`) with these layers.
+    fn image(kind: &str, layers: &[(&str, &Digest)]) -> RawManifest {
+        type Layer = fn(&str, &Digest) -> String;
+        let (config, layer): (&str, Layer) = if kind == mt::DOCKER_MANIFEST {
+            (mt::DOCKER_CONFIG, |t: &str, d: &Digest| {
+                format!(r#"{{"mediaType":"{t}","size":3,"digest":"{d}"}}"#)
+            })
+        } else {
+            (mt::OCI_CONFIG, |t: &str, d: &Digest| {
+                format!(r#"{{"mediaType":"{t}","digest":"{d}","size":3}}"#)
+            })
+        };
+        let layers: Vec<String> = layers.iter().map(|(t, d)| layer(t, d)).collect();
+        let json = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{kind}","config":{},"layers":[{}]}}"#,
+            layer(config, &Digest::sha256_of(b"config")),
+            layers.join(",")
+        );
+        RawManifest::new(json.into_bytes(), None).unwrap()
+    }
+
+    #[test]
+    fn every_platform_is_rewritten_then_the_index_names_the_new_children() {
+        let (plain, gz) = (Digest::sha256_of(b"plain"), Digest::sha256_of(b"gz"));
+        let zipped = Descriptor {
+            media_type: mt::OCI_LAYER_GZIP.into(),
+            digest: Digest::sha256_of(b"zipped"),
+            size: 5,
+            platform: None,
+            urls: Vec::new(),
+            annotations: Default::default(),
+        };
+        let a = image(
+            mt::OCI_MANIFEST,
+            &[(mt::OCI_LAYER, &plain), (mt::OCI_LAYER_GZIP, &gz)],
+        );
+        let b = image(mt::OCI_MANIFEST, &[(mt::OCI_LAYER, &plain)]);
+        let c = image(mt::OCI_MANIFEST, &[(mt::OCI_LAYER_GZIP, &gz)]);
+        let entry = |m: &RawManifest, arch: &str, extra: &str| {
+            format!(
+                r#"{{"mediaType":"{}","digest":"{}","size":{},"platform":{{"architecture":"{arch}","os":"linux"}}{extra}}}"#,
+                m.media_type(),
+                m.digest(),
+                m.bytes().len()
+            )
+        };
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{},{},{}],"annotations":{{"k":"v"}}}}"#,
+            mt::OCI_INDEX,
+            entry(&b, "arm64", r#","annotations":{"n":"b"}"#),
+            entry(&c, "s390x", ""),
+            entry(&a, "amd64", ""),
+        );
+        let index = RawManifest::new(index.into_bytes(), None).unwrap();
+        let writes = [a.clone(), b.clone(), c.clone(), index.clone()];
+        let compressed = HashMap::from([(plain.clone(), zipped.clone())]);
+        let out = rewrite_manifests(&writes, &compressed).unwrap();
+        assert_eq!(out.len(), 4);
+        for (new, old) in [(&out[0], &a), (&out[1], &b)] {
+            assert_ne!(
+                new.digest(),
+                old.digest(),
+                "a platform with a plain layer is rewritten"
+            );
+            let Ok(Manifest::Image(m)) = new.parse() else {
+                panic!()
+            };
+            assert_eq!(m.layers[0].digest, zipped.digest);
+            assert_eq!(m.layers[0].size, 5);
+            assert_eq!(m.layers[0].media_type, mt::OCI_LAYER_GZIP);
+        }
+        let Ok(Manifest::Image(m)) = out[0].parse() else {
+            panic!()
+        };
+        assert_eq!(m.layers[1].digest, gz, "a gzip layer stays");
+        assert_eq!(out[2], c, "a platform without plain layers goes as it is");
+        let Ok(Manifest::Index(i)) = out[3].parse() else {
+            panic!()
+        };
+        let Ok(Manifest::Index(old)) = index.parse() else {
+            panic!()
+        };
+        assert_ne!(out[3].digest(), index.digest());
+        assert_eq!(out[3].media_type(), mt::OCI_INDEX);
+        assert_eq!(
+            i.annotations, old.annotations,
+            "the index's annotations kept"
+        );
+        let names: Vec<(&Digest, u64)> = i.manifests.iter().map(|d| (&d.digest, d.size)).collect();
+        let want = [&out[1], &out[2], &out[0]].map(|m| (m.digest(), m.bytes().len() as u64));
+        assert_eq!(names, want, "the new children, in the index's order");
+        for (new, old) in i.manifests.iter().zip(&old.manifests) {
+            assert_eq!(new.platform, old.platform);
+            assert_eq!(new.annotations, old.annotations);
+        }
+        // Nothing gzipped (the destination had every plain layer): all as it is.
+        assert_eq!(rewrite_manifests(&writes, &HashMap::new()).unwrap(), writes);
+    }
+
+    #[test]
+    fn a_docker_manifest_is_written_in_go_field_order() {
+        let plain = Digest::sha256_of(b"plain");
+        let docker = image(mt::DOCKER_MANIFEST, &[(mt::DOCKER_LAYER, &plain)]);
+        let zipped = Descriptor {
+            media_type: mt::DOCKER_LAYER_GZIP.into(),
+            digest: Digest::sha256_of(b"zipped"),
+            size: 5,
+            platform: None,
+            urls: Vec::new(),
+            annotations: Default::default(),
+        };
+        let out = rewrite_manifests(&[docker], &HashMap::from([(plain, zipped.clone())])).unwrap();
+        let want = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","size":3,"digest":"{}"}},"layers":[{{"mediaType":"{}","size":5,"digest":"{}"}}]}}"#,
+            mt::DOCKER_MANIFEST,
+            mt::DOCKER_CONFIG,
+            Digest::sha256_of(b"config"),
+            mt::DOCKER_LAYER_GZIP,
+            zipped.digest
+        );
+        assert_eq!(String::from_utf8_lossy(out[0].bytes()), want);
     }
 }

@@ -88,11 +88,16 @@ fn go_platform(p: &Option<Platform>) -> Option<GoPlatform<'_>> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct GoImage<D: Serialize> {
+struct GoImage<'a, D: Serialize> {
     schema_version: u32,
-    media_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<&'a str>,
     config: D,
     layers: Vec<D>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<OciDesc<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     annotations: Option<std::collections::BTreeMap<String, String>>,
 }
@@ -194,7 +199,8 @@ fn convert_image(
     let bytes = match to {
         Format::Oci => json(&GoImage {
             schema_version: 2,
-            media_type: mt::OCI_MANIFEST,
+            media_type: Some(mt::OCI_MANIFEST),
+            artifact_type: None,
             config: oci_desc(&config, config_type),
             layers: m
                 .layers
@@ -202,11 +208,13 @@ fn convert_image(
                 .zip(&layer_types)
                 .map(|(l, t)| oci_desc(l, t))
                 .collect(),
+            subject: None,
             annotations: (!m.annotations.is_empty()).then(|| m.annotations.clone()),
         }),
         Format::V2s2 => json(&GoImage {
             schema_version: 2,
-            media_type: mt::DOCKER_MANIFEST,
+            media_type: Some(mt::DOCKER_MANIFEST),
+            artifact_type: None,
             config: docker_desc(&m.config, config_type),
             layers: m
                 .layers
@@ -214,6 +222,7 @@ fn convert_image(
                 .zip(&layer_types)
                 .map(|(l, t)| docker_desc(l, t))
                 .collect(),
+            subject: None,
             annotations: None,
         }),
     };
@@ -272,6 +281,66 @@ fn write_index(
         }),
     };
     RawManifest::new(bytes, None).map_err(|e| Refusal::Cannot(e.to_string()))
+}
+
+/// An image manifest of `media_type`'s family whose descriptors changed (layers gzipped on
+/// the way), serialised as containers/image serialises it: same fields, Go struct order.
+pub(super) fn write_image(
+    m: &crate::manifest::ImageManifest,
+    media_type: &str,
+) -> Result<RawManifest, String> {
+    let bytes = match family_of(media_type) {
+        Format::Oci => json(&GoImage {
+            schema_version: 2,
+            // An OCI manifest may leave its type out; Go keeps it out (omitempty).
+            media_type: m.media_type.is_some().then_some(mt::OCI_MANIFEST),
+            artifact_type: m.artifact_type.as_deref(),
+            config: oci_desc(&m.config, &m.config.media_type),
+            layers: m
+                .layers
+                .iter()
+                .map(|l| oci_desc(l, &l.media_type))
+                .collect(),
+            subject: m.subject.as_ref().map(|s| oci_desc(s, &s.media_type)),
+            annotations: (!m.annotations.is_empty()).then(|| m.annotations.clone()),
+        }),
+        Format::V2s2 => json(&GoImage {
+            schema_version: 2,
+            media_type: Some(mt::DOCKER_MANIFEST),
+            artifact_type: None,
+            config: docker_desc(&m.config, &m.config.media_type),
+            layers: m
+                .layers
+                .iter()
+                .map(|l| docker_desc(l, &l.media_type))
+                .collect(),
+            subject: None,
+            annotations: None,
+        }),
+    };
+    RawManifest::new(bytes, Some(media_type)).map_err(|e| e.to_string())
+}
+
+/// `index` naming `children` (its entries, some renamed) in its own family, as
+/// containers/image writes an index whose children it rewrote.
+pub(super) fn rewrite_index(
+    index: &RawManifest,
+    children: &[Descriptor],
+) -> Result<RawManifest, String> {
+    write_index(index, children, family_of(index.media_type())).map_err(|r| match r {
+        Refusal::DigestChange(why) | Refusal::Cannot(why) => why,
+    })
+}
+
+/// An index entry `entry` naming `new`, the rewritten child, instead: new type, digest and
+/// size; platform and annotations kept.
+pub(super) fn renamed_child(entry: &Descriptor, new: &RawManifest) -> Descriptor {
+    Descriptor {
+        media_type: new.media_type().to_string(),
+        digest: new.digest().clone(),
+        size: new.bytes().len() as u64,
+        ..entry.clone()
+    }
 }
 
 /// An index with only the present children, in the original's media type and order (a sparse index made whole).
@@ -422,12 +491,7 @@ pub fn plan_writes(
                 let children: Vec<Descriptor> = present
                     .iter()
                     .map(|c| match renamed.get(&c.descriptor.digest) {
-                        Some(n) => Descriptor {
-                            media_type: n.media_type().to_string(),
-                            digest: n.digest().clone(),
-                            size: n.bytes().len() as u64,
-                            ..c.descriptor.clone()
-                        },
+                        Some(n) => renamed_child(&c.descriptor, n),
                         None => c.descriptor.clone(),
                     })
                     .collect();

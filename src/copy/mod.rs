@@ -353,8 +353,8 @@ async fn plan<S: Source, D: Destination>(
     let compress = match job.source.plain_layers() {
         _ if !props.compresses_layers || opts.preserve_digests => HashSet::new(),
         PlainLayers::Keep => HashSet::new(),
-        PlainLayers::GzipTyped => compress::layers_to_gzip(&w.manifests, false).map_err(src_err)?,
-        PlainLayers::GzipAll => compress::layers_to_gzip(&w.manifests, true).map_err(src_err)?,
+        PlainLayers::GzipTyped => compress::layers_to_gzip(&w.manifests, false),
+        PlainLayers::GzipAll => compress::layers_to_gzip(&w.manifests, true),
     };
     // Foreign layers are named, not moved, where the destination keeps their URLs (a
     // registry, a root, an OCI layout); anywhere else they are fetched like any layer.
@@ -574,7 +574,10 @@ async fn run<S: Source, D: Destination>(
             Ok((n, top)) => {
                 summary.manifests += n;
                 summary.images += 1;
-                if p.rewritten {
+                // An index is rewritten by a conversion, or by naming children whose layers were gzipped.
+                let gzipped =
+                    p.walk.is_index() && p.writes.last().map(|t| t.digest()) != Some(&top);
+                if p.rewritten || gzipped {
                     summary.rewritten.push(Rewritten {
                         image: job.destination.name(),
                         original: p.source_digest.clone(),
@@ -729,21 +732,23 @@ async fn write_manifests<S: Source, D: Destination>(
         image: job.destination.name(),
         source: Box::new(e),
     };
-    let (top, children) = p.writes.split_last().expect("the top is always written");
-    // Layers gzipped on the way are named by their compressed digests.
-    let rewritten_top;
-    // (None gzipped, when the destination had every plain layer: the top goes as it is.)
+    // Layers gzipped on the way are named by their compressed digests, in every manifest that
+    // names them and in the indexes above (none gzipped, when the destination had every plain
+    // layer: the manifests go as they are).
     let compressed = p.compressed.lock().expect("never poisoned").clone();
-    let top = if compressed.is_empty() {
-        top
+    let rewritten;
+    let writes = if compressed.is_empty() {
+        &p.writes
     } else {
-        rewritten_top =
-            compress::rewrite_layers(top, &compressed).map_err(|cause| CopyError::Source {
+        rewritten = compress::rewrite_manifests(&p.writes, &compressed).map_err(|cause| {
+            CopyError::Source {
                 image: job.source.name(),
                 cause,
-            })?;
-        &rewritten_top
+            }
+        })?;
+        &rewritten
     };
+    let (top, children) = writes.split_last().expect("the top is always written");
     // Children `width` at a time, the first error winning; but the walk lists a nested index
     // after its own children, so an index waits for every manifest before it and goes alone.
     for run in children.split_inclusive(|c| crate::media_type::is_index(c.media_type())) {
