@@ -1,5 +1,6 @@
 //! The copy engine's gaps, each checked against real components (skopeo as the oracle
-//! where it has an answer): uncompressed layers from any source, foreign layers out of a
+//! where it has an answer): uncompressed layers from any source (one image or every platform
+//! of an index), foreign layers out of a
 //! root or a bundle, an `oci:` layout that holds a foreign layer's bytes, and a link
 //! roll-back that leaves alone what a concurrent writer relies on.
 
@@ -107,8 +108,7 @@ fn oci_manifest(layout: &Path) -> Vec<u8> {
 /// `oci:` with `--dest-oci-accept-uncompressed-layers`) copied from `dir:` and `oci:` to a
 /// registry and to `oci:` are gzipped by ferry as by skopeo: the same manifest type, config
 /// and layer types, each layer gzip of its diff_id; into `dir:` both keep them as they are;
-/// `--preserve-digests` keeps them (the digest skopeo keeps); a multi-platform image with such
-/// layers is refused in one line, nothing named.
+/// `--preserve-digests` keeps them (the digest skopeo keeps).
 #[test]
 fn uncompressed_layers_from_dir_and_oci_are_gzipped_as_skopeo_gzips_them() {
     use ferry::media_type as mt;
@@ -262,41 +262,222 @@ fn uncompressed_layers_from_dir_and_oci_are_gzipped_as_skopeo_gzips_them() {
         kept,
         "a registry source's plain layers go as they are"
     );
+    // A multi-platform image with such layers is gzipped platform by platform: see
+    // `a_multi_platform_image_with_plain_layers_is_gzipped_platform_by_platform_as_skopeo_does`.
+}
 
-    // A multi-platform image with plain tar layers from a file source: refused in one line,
-    // nothing named (skopeo gzips each platform's layers and rewrites the index).
-    let multi = multi_arch(&corpus);
-    let d3 = w.join("d3");
+/// What skopeo and ferry must agree on for a multi-platform image whose layers were gzipped on
+/// the way, read back by skopeo (`copy --all` out of it into `dir:`): the index's media type
+/// and entries (media type, platform, annotations, count and order), and each child's
+/// `gzipped_structure` (its type, its config, what each layer gunzips to); each entry names
+/// its child's bytes. Also returns the index's digest.
+fn index_structure(reference: &str, scratch: &Path) -> (serde_json::Value, String) {
     skopeo_ok(&[
         "copy",
         "-q",
         "--all",
-        tls,
+        "--src-tls-verify=false",
+        reference,
+        &format!("dir:{}", scratch.display()),
+    ]);
+    let read = |name: &str| std::fs::read(scratch.join(name)).unwrap();
+    let index_bytes = read("manifest.json");
+    let index: serde_json::Value = serde_json::from_slice(&index_bytes).unwrap();
+    let blob = |d: &str| read(&d[7..]);
+    let entries: Vec<serde_json::Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let d = e["digest"].as_str().unwrap();
+            let child = read(&format!("{}.manifest.json", &d[7..]));
+            assert_eq!(sha256(&child), d, "{reference}: the entry names its child");
+            assert_eq!(child.len() as u64, e["size"].as_u64().unwrap());
+            serde_json::json!({
+                "mediaType": e["mediaType"],
+                "platform": e["platform"],
+                "annotations": e["annotations"],
+                "image": crate::daemon::gzipped_structure(&child, &blob),
+            })
+        })
+        .collect();
+    (
+        serde_json::json!({"mediaType": index["mediaType"], "manifests": entries}),
+        sha256(&index_bytes),
+    )
+}
+
+/// A multi-platform image whose layers are plain tar (skopeo `--all --dest-decompress` wrote
+/// it into `dir:` as a Docker list, then `--dest-oci-accept-uncompressed-layers` into `oci:`
+/// as an OCI index) copied with `--all` from `oci:` and `dir:` into a registry and into `oci:`
+/// is gzipped by ferry as by skopeo: every platform's layers gzipped, each child written anew,
+/// the index rewritten to name them (the same index type, entries, platforms and order, each
+/// child's type and config, what each layer gunzips to), readable by skopeo. With
+/// `--preserve-digests` both keep every digest, and both refuse where the destination needs
+/// a conversion (ferry in one line, saying what it cannot keep). A layer that fails on the
+/// way fails the copy in one line, with no tag at the destination.
+#[test]
+fn a_multi_platform_image_with_plain_layers_is_gzipped_platform_by_platform_as_skopeo_does() {
+    use ferry::media_type as mt;
+    let (root, corpus) = tiny();
+    let reg = Registry::start(root.path());
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let multi = multi_arch(&corpus);
+    let arg = |p: &Path, pre: &str, suf: &str| format!("{pre}:{}{suf}", p.display());
+    let (d3, o3) = (w.join("d3"), w.join("o3"));
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        "--all",
+        "--src-tls-verify=false",
         "--dest-decompress",
-        &src(multi),
+        &format!("docker://{}/{}:{}", reg.addr, multi.repository, multi.tag),
         &arg(&d3, "dir", ""),
     ]);
+    skopeo_ok(&[
+        "copy",
+        "-q",
+        "--all",
+        "--dest-oci-accept-uncompressed-layers",
+        &arg(&d3, "dir", ""),
+        &arg(&o3, "oci", ":img"),
+    ]);
+    // The fixtures: a Docker list and an OCI index, every platform's layers plain tar.
+    let children = |index: &[u8], read: &dyn Fn(&str) -> Vec<u8>, kind: &str, layer: &str| {
+        let index: serde_json::Value = serde_json::from_slice(index).unwrap();
+        assert_eq!(index["mediaType"], kind);
+        let entries = index["manifests"].as_array().unwrap();
+        assert_eq!(entries.len(), multi.platforms.len());
+        for e in entries {
+            let types = layer_types(&read(&e["digest"].as_str().unwrap()[7..]));
+            assert!(
+                !types.is_empty() && types.iter().all(|t| t == layer),
+                "{types:?}"
+            );
+        }
+    };
+    let d3_list = std::fs::read(d3.join("manifest.json")).unwrap();
+    children(
+        &d3_list,
+        &|hex| std::fs::read(d3.join(format!("{hex}.manifest.json"))).unwrap(),
+        mt::DOCKER_MANIFEST_LIST,
+        mt::DOCKER_LAYER,
+    );
+    let o3_index = oci_manifest(&o3);
+    children(
+        &o3_index,
+        &|hex| std::fs::read(o3.join("blobs/sha256").join(hex)).unwrap(),
+        mt::OCI_INDEX,
+        mt::OCI_LAYER,
+    );
+
+    let scratch = |n: &str| w.join(format!("scratch-{n}"));
+    let sources = [
+        (arg(&o3, "oci", ":img"), "oci", sha256(&o3_index)),
+        (arg(&d3, "dir", ""), "dir", sha256(&d3_list)),
+    ];
+    for (from, name, source_digest) in &sources {
+        // To a registry: the same structure; the index's digest changes (both tools).
+        let (sk, fe) = (
+            format!("docker://{}/out/{name}:skopeo", reg.addr),
+            format!("docker://{}/out/{name}:ferry", reg.addr),
+        );
+        skopeo_ok(&["copy", "-q", "--all", "--dest-tls-verify=false", from, &sk]);
+        run_ok(ferry().args(["copy", "-q", "--all", "--dest-tls-verify=false", from, &fe]));
+        let (a, a_digest) = index_structure(&sk, &scratch(&format!("{name}-sk")));
+        let (b, b_digest) = index_structure(&fe, &scratch(&format!("{name}-fe")));
+        assert_eq!(a, b, "{from} -> docker://: as skopeo gzips");
+        assert_ne!(&a_digest, source_digest, "skopeo rewrites the index");
+        assert_ne!(&b_digest, source_digest, "so does ferry");
+        assert_eq!(
+            inspect_digest(&fe),
+            b_digest,
+            "skopeo inspect --raw reads it"
+        );
+        // To an OCI layout (from dir:, converted to OCI as well).
+        let (oa, ob) = (
+            arg(&w.join(format!("{name}-skopeo")), "oci", ":img"),
+            arg(&w.join(format!("{name}-ferry")), "oci", ":img"),
+        );
+        skopeo_ok(&["copy", "-q", "--all", from, &oa]);
+        run_ok(ferry().args(["copy", "-q", "--all", from, &ob]));
+        let (a, a_digest) = index_structure(&oa, &scratch(&format!("{name}-oci-sk")));
+        let (b, b_digest) = index_structure(&ob, &scratch(&format!("{name}-oci-fe")));
+        assert_eq!(a, b, "{from} -> oci:: as skopeo gzips");
+        assert_eq!(a["mediaType"], mt::OCI_INDEX);
+        assert_ne!(&a_digest, source_digest, "skopeo rewrites the index");
+        assert_ne!(&b_digest, source_digest, "so does ferry");
+    }
+
+    // A plain layer that fails on the way (its bytes are not what the manifest names, in a
+    // copy of the layout): one line naming it, no tag. Before any copy has put the plain
+    // layers into the registry, where a copy would reuse them as they are.
+    let o4 = w.join("o4");
+    run_ok(std::process::Command::new("cp").arg("-r").arg(&o3).arg(&o4));
+    let child =
+        serde_json::from_slice::<serde_json::Value>(&o3_index).unwrap()["manifests"][1]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let child: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(o3.join("blobs/sha256").join(&child[7..])).unwrap())
+            .unwrap();
+    let layer = child["layers"][0]["digest"].as_str().unwrap();
+    let path = o4.join("blobs/sha256").join(&layer[7..]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let bad = format!("docker://{}/out/bad:ferry", reg.addr);
     let out = run(ferry().args([
         "copy",
         "-q",
         "--all",
         "--dest-tls-verify=false",
-        &arg(&d3, "dir", ""),
-        &format!("docker://{}/out/multi:ferry", reg.addr),
+        &arg(&o4, "oci", ":img"),
+        &bad,
     ]));
-    let err = one_line(&out, "a multi-platform image with plain tar layers");
-    assert!(err.contains("uncompressed layers"), "{err}");
+    let err = one_line(&out, "a damaged plain layer");
+    assert!(err.contains(layer), "{err}");
     assert!(
-        !skopeo(&[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{}/out/multi:ferry", reg.addr)
-        ])
-        .status
-        .success(),
+        !skopeo(&["inspect", "--raw", "--tls-verify=false", &bad])
+            .status
+            .success(),
         "no tag at the destination"
     );
+
+    // --preserve-digests: both keep the layers as they are, and every digest.
+    for (from, name, source_digest) in &sources {
+        let (sk, fe) = (
+            format!("docker://{}/out/{name}:keep-skopeo", reg.addr),
+            format!("docker://{}/out/{name}:keep-ferry", reg.addr),
+        );
+        let keep = ["copy", "-q", "--all", "--preserve-digests"];
+        let tls = "--dest-tls-verify=false";
+        skopeo_ok(&[&keep[..], &[tls, from.as_str(), sk.as_str()]].concat());
+        run_ok(ferry().args(keep).args([tls, from.as_str(), fe.as_str()]));
+        assert_eq!(&inspect_digest(&sk), source_digest, "{from}: skopeo keeps");
+        assert_eq!(&inspect_digest(&fe), source_digest, "{from}: ferry keeps");
+    }
+    // Where the destination needs a conversion (a Docker list into oci:), both refuse.
+    let (from, _, _) = &sources[1];
+    let kb_dir = w.join("keep-ferry");
+    let (ka, kb) = (
+        arg(&w.join("keep-skopeo"), "oci", ":img"),
+        arg(&kb_dir, "oci", ":img"),
+    );
+    let keep = ["copy", "-q", "--all", "--preserve-digests"];
+    let refused = skopeo(&[&keep[..], &[from.as_str(), ka.as_str()]].concat());
+    assert!(!refused.status.success(), "skopeo refuses too");
+    let out = run(ferry().args(keep).args([from.as_str(), kb.as_str()]));
+    let err = one_line(&out, "a conversion with --preserve-digests");
+    assert!(
+        err.contains("--preserve-digests") && err.contains("converted to OCI"),
+        "{err}"
+    );
+    assert!(!kb_dir.join("index.json").exists(), "nothing named");
 }
 
 /// Two registries for foreign layers: H holds the foreign layer's bytes (`held:1`, whose own
