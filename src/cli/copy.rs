@@ -188,7 +188,7 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
     }
     if !g.quiet {
         let changed = if copied.digest != copied.source_digest {
-            format!(" (converted from {})", copied.source_digest)
+            format!(" (was {} at the source)", copied.source_digest)
         } else {
             String::new()
         };

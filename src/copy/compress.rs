@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use crate::blob::{BlobBody, BlobLocation};
 use crate::digest::{Digest, HashingWriter, VerifyingReader};
 use crate::limits::IO_BUFFER_BYTES;
-use crate::manifest::{Descriptor, Manifest, RawManifest};
+use crate::manifest::{Descriptor, ImageManifest, Manifest, RawManifest};
 use crate::media_type as mt;
 use crate::transport::docker_archive::{ChanReader, Member, anonymous_temp_file};
 
@@ -96,7 +96,9 @@ pub async fn gzip_layer(
 pub fn layers_to_gzip(writes: &[RawManifest], all_uncompressed: bool) -> HashSet<Digest> {
     let mut out = HashSet::new();
     for m in writes {
-        if let Ok(Manifest::Image(img)) = m.parse() {
+        if let Ok(Manifest::Image(img)) = m.parse()
+            && may_change_layers(m, &img)
+        {
             out.extend(
                 img.layers
                     .iter()
@@ -107,6 +109,13 @@ pub fn layers_to_gzip(writes: &[RawManifest], all_uncompressed: bool) -> HashSet
         }
     }
     out
+}
+
+/// Whether an image manifest's layers may be compressed on the way: not an OCI artifact's
+/// (a config other than the OCI image config), whose layers are whatever its kind says, as
+/// containers/image's `OCI1.CanChangeLayerCompression` refuses them.
+fn may_change_layers(m: &RawManifest, img: &ImageManifest) -> bool {
+    m.media_type() == mt::DOCKER_MANIFEST || img.config.media_type == mt::OCI_CONFIG
 }
 
 /// `writes` (children first, the top last) as they are written once the layers `compressed`
@@ -126,10 +135,11 @@ pub fn rewrite_manifests(
             .map_err(|e| format!("manifest {}: {e}", m.digest()))?;
         let new = match parsed {
             Manifest::Image(mut img)
-                if img
-                    .layers
-                    .iter()
-                    .any(|l| compressed.contains_key(&l.digest)) =>
+                if may_change_layers(m, &img)
+                    && img
+                        .layers
+                        .iter()
+                        .any(|l| compressed.contains_key(&l.digest)) =>
             {
                 for l in &mut img.layers {
                     if let Some(new) = compressed.get(&l.digest) {
@@ -307,6 +317,37 @@ mod tests {
         }
         // Nothing gzipped (the destination had every plain layer): all as it is.
         assert_eq!(rewrite_manifests(&writes, &HashMap::new()).unwrap(), writes);
+    }
+
+    #[test]
+    fn an_artifact_keeps_its_layers_even_beside_an_image_that_shares_one() {
+        let plain = Digest::sha256_of(b"plain");
+        let img = image(mt::OCI_MANIFEST, &[(mt::OCI_LAYER, &plain)]);
+        let artifact = String::from_utf8(img.bytes().to_vec()).unwrap().replace(
+            mt::OCI_CONFIG,
+            "application/vnd.example.sbom.config.v1+json",
+        );
+        let artifact = RawManifest::new(artifact.into_bytes(), None).unwrap();
+        assert!(layers_to_gzip(std::slice::from_ref(&artifact), true).is_empty());
+        assert_eq!(
+            layers_to_gzip(&[img.clone(), artifact.clone()], false),
+            HashSet::from([plain.clone()])
+        );
+        let zipped = Descriptor {
+            media_type: mt::OCI_LAYER_GZIP.into(),
+            digest: Digest::sha256_of(b"zipped"),
+            size: 5,
+            platform: None,
+            urls: Vec::new(),
+            annotations: Default::default(),
+        };
+        let out = rewrite_manifests(
+            &[img.clone(), artifact.clone()],
+            &HashMap::from([(plain, zipped)]),
+        )
+        .unwrap();
+        assert_ne!(out[0], img, "the image is rewritten");
+        assert_eq!(out[1], artifact, "the artifact goes byte for byte");
     }
 
     #[test]

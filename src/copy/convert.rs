@@ -104,10 +104,15 @@ struct GoImage<'a, D: Serialize> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct GoIndex<D: Serialize> {
+struct GoIndex<'a, D: Serialize> {
     schema_version: u32,
-    media_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<&'a str>,
     manifests: Vec<D>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<OciDesc<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     annotations: Option<std::collections::BTreeMap<String, String>>,
 }
@@ -263,20 +268,28 @@ fn write_index(
     let bytes = match to {
         Format::Oci => json(&GoIndex {
             schema_version: 2,
-            media_type: mt::OCI_INDEX,
+            // An OCI index rewritten in place keeps its type out if it was (Go's omitempty);
+            // one converted from a Docker list names it, as containers/image's does.
+            media_type: (i.media_type.is_some()
+                || matches!(family_of(raw.media_type()), Format::V2s2))
+            .then_some(mt::OCI_INDEX),
+            artifact_type: i.artifact_type.as_deref(),
             manifests: children
                 .iter()
                 .map(|c| oci_desc(c, &c.media_type))
                 .collect(),
+            subject: i.subject.as_ref().map(|s| oci_desc(s, &s.media_type)),
             annotations: (!i.annotations.is_empty()).then(|| i.annotations.clone()),
         }),
         Format::V2s2 => json(&GoIndex {
             schema_version: 2,
-            media_type: mt::DOCKER_MANIFEST_LIST,
+            media_type: Some(mt::DOCKER_MANIFEST_LIST),
+            artifact_type: None,
             manifests: children
                 .iter()
                 .map(|c| docker_desc(c, &c.media_type))
                 .collect(),
+            subject: None,
             annotations: None,
         }),
     };

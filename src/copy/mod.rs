@@ -130,7 +130,8 @@ pub struct Copied {
     pub manifests: usize,
 }
 
-/// An index written with a new digest because its children were left out or converted.
+/// An index written with a new digest because its children were left out, converted, or
+/// rewritten to name layers gzipped on the way.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Rewritten {
     /// The destination image.

@@ -96,6 +96,38 @@ fn layer_types(manifest: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// How many distinct layers the children of `oci:LAYOUT`'s top index name.
+fn distinct_layers(layout: &Path) -> usize {
+    let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(&d[7..])).unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&oci_manifest(layout)).unwrap();
+    let mut layers = std::collections::BTreeSet::new();
+    for e in index["manifests"].as_array().unwrap() {
+        let child: serde_json::Value =
+            serde_json::from_slice(&blob(e["digest"].as_str().unwrap())).unwrap();
+        for l in child["layers"].as_array().unwrap() {
+            layers.insert(l["digest"].as_str().unwrap().to_string());
+        }
+    }
+    layers.len()
+}
+
+/// Puts annotations on `oci:LAYOUT`'s top index and on its first entry (written as a new
+/// index blob that index.json names), so a rewrite must carry both.
+fn annotate_index(layout: &Path) {
+    let mut index: serde_json::Value = serde_json::from_slice(&oci_manifest(layout)).unwrap();
+    index["annotations"] = serde_json::json!({"org.example.index": "kept"});
+    index["manifests"][0]["annotations"] = serde_json::json!({"org.example.entry": "kept"});
+    let bytes = serde_json::to_vec(&index).unwrap();
+    let digest = sha256(&bytes);
+    std::fs::write(layout.join("blobs/sha256").join(&digest[7..]), &bytes).unwrap();
+    let path = layout.join("index.json");
+    let mut top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    top["manifests"][0]["digest"] = digest.into();
+    top["manifests"][0]["size"] = bytes.len().into();
+    std::fs::write(path, serde_json::to_vec(&top).unwrap()).unwrap();
+}
+
 /// The top manifest of `oci:LAYOUT` (its one image).
 fn oci_manifest(layout: &Path) -> Vec<u8> {
     let index: serde_json::Value =
@@ -302,7 +334,11 @@ fn index_structure(reference: &str, scratch: &Path) -> (serde_json::Value, Strin
         })
         .collect();
     (
-        serde_json::json!({"mediaType": index["mediaType"], "manifests": entries}),
+        serde_json::json!({
+            "mediaType": index["mediaType"],
+            "annotations": index["annotations"],
+            "manifests": entries,
+        }),
         sha256(&index_bytes),
     )
 }
@@ -343,6 +379,7 @@ fn a_multi_platform_image_with_plain_layers_is_gzipped_platform_by_platform_as_s
         &arg(&d3, "dir", ""),
         &arg(&o3, "oci", ":img"),
     ]);
+    annotate_index(&o3);
     // The fixtures: a Docker list and an OCI index, every platform's layers plain tar.
     let children = |index: &[u8], read: &dyn Fn(&str) -> Vec<u8>, kind: &str, layer: &str| {
         let index: serde_json::Value = serde_json::from_slice(index).unwrap();
@@ -406,6 +443,12 @@ fn a_multi_platform_image_with_plain_layers_is_gzipped_platform_by_platform_as_s
         let (b, b_digest) = index_structure(&ob, &scratch(&format!("{name}-oci-fe")));
         assert_eq!(a, b, "{from} -> oci:: as skopeo gzips");
         assert_eq!(a["mediaType"], mt::OCI_INDEX);
+        // A plain layer the platforms share is gzipped once: one gzipped layer for each.
+        assert_eq!(
+            distinct_layers(&w.join(format!("{name}-ferry"))),
+            distinct_layers(&o3),
+            "{from}: one gzipped layer per plain layer"
+        );
         assert_ne!(&a_digest, source_digest, "skopeo rewrites the index");
         assert_ne!(&b_digest, source_digest, "so does ferry");
     }
