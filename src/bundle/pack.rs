@@ -15,14 +15,13 @@ use crate::bundlefile::format::{
     BlobAt, MAX_FRAME_BYTES, MIN_FRAME_BYTES, OFFSETS_FORMAT, OFFSETS_PIECE_FRAME_BYTES,
     OFFSETS_PIECE_MAGIC, OffsetTable, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC, SMALL_FRAME_BLOB_BYTES,
 };
+use crate::limits::WRITE_BEHIND_BYTES;
 use crate::store::paths::{LayoutFile, PathSpec, path_for};
 
-/// Bytes written between two writeback requests.
-const WRITEBACK_BYTES: u64 = 32 * 1024 * 1024;
-
-/// A file that asks the kernel to start writing back every [`WRITEBACK_BYTES`],
-/// so the final fsync waits for the last few MiB instead of the whole file
-/// (the disk works while we are still producing).
+/// A file that asks the kernel to start writing back every [`WRITE_BEHIND_BYTES`] (as an
+/// upload does), so the final fsync waits for the last few MiB instead of the whole file (the
+/// disk works while we are still producing). 32 MiB between requests left a small bundle's
+/// fsync waiting ~20 ms for its tail.
 pub struct Writeback {
     file: SplitFile,
     written: u64,
@@ -48,7 +47,7 @@ impl Write for Writeback {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.written += n as u64;
-        if self.written - self.flushed >= WRITEBACK_BYTES {
+        if self.written - self.flushed >= WRITE_BEHIND_BYTES {
             self.file.writeback_hint();
             self.flushed = self.written;
         }
