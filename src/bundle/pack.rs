@@ -15,14 +15,13 @@ use crate::bundlefile::format::{
     BlobAt, MAX_FRAME_BYTES, MIN_FRAME_BYTES, OFFSETS_FORMAT, OFFSETS_PIECE_FRAME_BYTES,
     OFFSETS_PIECE_MAGIC, OffsetTable, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC, SMALL_FRAME_BLOB_BYTES,
 };
+use crate::limits::WRITE_BEHIND_BYTES;
 use crate::store::paths::{LayoutFile, PathSpec, path_for};
 
-/// Bytes written between two writeback requests.
-const WRITEBACK_BYTES: u64 = 32 * 1024 * 1024;
-
-/// A file that asks the kernel to start writing back every [`WRITEBACK_BYTES`],
-/// so the final fsync waits for the last few MiB instead of the whole file
-/// (the disk works while we are still producing).
+/// A file that asks the kernel to start writing back every [`WRITE_BEHIND_BYTES`] (as an
+/// upload does), so the final fsync waits for the last few MiB instead of the whole file (the
+/// disk works while we are still producing). 32 MiB between requests left a small bundle's
+/// fsync waiting ~20 ms for its tail.
 pub struct Writeback {
     file: SplitFile,
     written: u64,
@@ -48,7 +47,7 @@ impl Write for Writeback {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.written += n as u64;
-        if self.written - self.flushed >= WRITEBACK_BYTES {
+        if self.written - self.flushed >= WRITE_BEHIND_BYTES {
             self.file.writeback_hint();
             self.flushed = self.written;
         }
@@ -140,7 +139,8 @@ impl Write for Output {
     }
 }
 
-type Job = (usize, Vec<u8>);
+/// A frame to write: its sequence number, its bytes, and whether to store them as raw blocks.
+type Job = (usize, Vec<u8>, bool);
 type Done = (usize, io::Result<(Vec<u8>, usize)>);
 
 /// Frame buffers handed back once used, for the next frame: a fresh megabyte from the allocator
@@ -174,6 +174,8 @@ type Written = io::Result<(SplitFile, Vec<(u32, u32)>)>;
 /// writer thread puts them back in order and records the seek table.
 pub struct FrameWriter {
     buf: Vec<u8>,
+    /// Bytes of `buf` from blobs that are compressed already (see [`compressed_already`]).
+    packed: usize,
     /// Tar bytes taken so far.
     position: u64,
     seq: usize,
@@ -205,6 +207,7 @@ impl FrameWriter {
         let writer = std::thread::spawn(move || write_frames(file, done_rx, compressed));
         FrameWriter {
             buf: raw.take(MAX_FRAME_BYTES),
+            packed: 0,
             raw,
             position: 0,
             seq: 0,
@@ -218,11 +221,15 @@ impl FrameWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
+        // A frame of compressed layer bytes (tar headers and padding aside) is stored, not
+        // compressed: zstd would spend most of a cold bundle's compression CPU to find nothing.
+        let stored = self.packed * 8 >= self.buf.len() * 7;
+        self.packed = 0;
         let chunk = std::mem::replace(&mut self.buf, self.raw.take(MAX_FRAME_BYTES));
         let Some(tx) = self.jobs.as_ref() else {
             return Err(io::Error::other("compression threads stopped"));
         };
-        if tx.send((self.seq, chunk)).is_err() {
+        if tx.send((self.seq, chunk, stored)).is_err() {
             return Err(self.stopped());
         }
         self.seq += 1;
@@ -284,13 +291,19 @@ impl FrameWriter {
 impl FrameWriter {
     /// Up to `n` bytes of `r` read into the frame buffer's spare room, frames cut exactly where
     /// [`Write::write`] would cut them; returns how many (fewer when `r` ends).
+    /// Counts the bytes as compressed already when the first ones read say so.
     fn copy_from(&mut self, r: &mut dyn Read, n: u64) -> io::Result<u64> {
         let mut left = n;
+        let mut packed = None;
         while left > 0 {
             let room = (MAX_FRAME_BYTES - self.buf.len()) as u64;
+            let start = self.buf.len();
             let got = r.take(room.min(left)).read_to_end(&mut self.buf)? as u64;
             if got == 0 {
                 break;
+            }
+            if *packed.get_or_insert_with(|| compressed_already(&self.buf[start..])) {
+                self.packed += got as usize;
             }
             self.position += got;
             left -= got;
@@ -343,16 +356,54 @@ fn compress_worker(
     };
     loop {
         let job = rx.lock().unwrap().recv();
-        let Ok((seq, chunk)) = job else { return };
+        let Ok((seq, chunk, stored)) = job else {
+            return;
+        };
         let mut frame = compressed.take(zstd::zstd_safe::compress_bound(chunk.len()));
-        let out = compressor
-            .compress_to_buffer(&chunk, &mut frame)
-            .map(|_| (frame, chunk.len()));
+        let out = if stored {
+            stored_frame(&chunk, &mut frame);
+            Ok((frame, chunk.len()))
+        } else {
+            compressor
+                .compress_to_buffer(&chunk, &mut frame)
+                .map(|_| (frame, chunk.len()))
+        };
         raw.give(chunk);
         if tx.send((seq, out)).is_err() {
             return;
         }
     }
+}
+
+/// Whether content starting with `head` is compressed already (gzip, zstd: what image layers
+/// are), so zstd cannot shrink it.
+fn compressed_already(head: &[u8]) -> bool {
+    head.starts_with(&[0x1f, 0x8b, 0x08]) || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+}
+
+/// The most bytes one zstd block holds (RFC 8878, `Block_Maximum_Size`).
+const ZSTD_BLOCK_BYTES: usize = 128 * 1024;
+
+/// Appends `data` to `out` as one zstd frame of raw (stored) blocks, with its content size and
+/// checksum: the frame zstd itself writes for bytes it cannot shrink, made without searching
+/// them (every zstd reader, and ferry's in-place reader, reads it as any other frame).
+fn stored_frame(data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd]);
+    // Frame header descriptor: a 4-byte content size, single segment, a checksum, no dictionary.
+    out.push(0b1010_0100);
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    if data.is_empty() {
+        out.extend_from_slice(&[1, 0, 0]); // one empty last block
+    }
+    let mut blocks = data.chunks(ZSTD_BLOCK_BYTES).peekable();
+    while let Some(block) = blocks.next() {
+        // Block header: last-block bit, type 0 (raw), size.
+        let header = (block.len() as u32) << 3 | u32::from(blocks.peek().is_none());
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(block);
+    }
+    let checksum = xxhash_rust::xxh64::xxh64(data, 0) as u32;
+    out.extend_from_slice(&checksum.to_le_bytes());
 }
 
 /// Writes the compressed frames in order, giving each buffer back to `compressed` once written.
@@ -720,6 +771,69 @@ mod tests {
         );
         let e = append_blob(&mut tar, &mut h, "x", wrong).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn stored_frames_are_the_frames_zstd_writes_for_bytes_it_cannot_shrink() {
+        // Pseudo-random bytes (xorshift): nothing for zstd to find.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..MAX_FRAME_BYTES)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut zstd = zstd::bulk::Compressor::new(1).unwrap();
+        zstd.include_checksum(true).unwrap();
+        zstd.include_contentsize(true).unwrap();
+        for n in [
+            0,
+            1,
+            1000,
+            ZSTD_BLOCK_BYTES,
+            ZSTD_BLOCK_BYTES + 1,
+            MAX_FRAME_BYTES,
+        ] {
+            let mut ours = Vec::new();
+            stored_frame(&data[..n], &mut ours);
+            // Read by zstd's own decoder, which checks the content size and the checksum.
+            assert_eq!(
+                zstd::stream::decode_all(&ours[..]).unwrap(),
+                &data[..n],
+                "{n}"
+            );
+            // Its blocks and checksum byte for byte what zstd writes (the header may differ: zstd
+            // gives a window size where a frame larger than its window needs one).
+            if n > 65536 + 256 {
+                assert!(
+                    zstd.compress(&data[..n]).unwrap().ends_with(&ours[9..]),
+                    "{n}"
+                );
+            }
+            // A damaged byte is caught by the checksum.
+            if n > 0 {
+                let last = ours.len() - 5;
+                ours[last] ^= 1;
+                assert!(zstd::stream::decode_all(&ours[..]).is_err(), "{n}");
+            }
+        }
+    }
+
+    #[test]
+    fn blobs_compressed_already_are_stored_and_others_compressed() {
+        // Very compressible bytes, once plain and once behind gzip's magic: only the first shrink.
+        let plain: Vec<u8> = (0..3 * MAX_FRAME_BYTES).map(|i| (i % 7) as u8).collect();
+        let mut gzip_like = plain.clone();
+        gzip_like[..3].copy_from_slice(&[0x1f, 0x8b, 0x08]);
+        for (data, stored) in [(&plain, false), (&gzip_like, true)] {
+            let packed = one_entry(true, true, data);
+            let tar = one_entry(false, true, data);
+            let decoded = zstd::stream::decode_all(&packed[..]).unwrap();
+            assert!(decoded == tar, "stored {stored}");
+            assert_eq!(packed.len() > 2 * data.len(), stored, "{}", packed.len());
+        }
     }
 
     #[test]
