@@ -45,7 +45,7 @@ pub const SERVE_MMAP_THRESHOLD_BYTES: usize = 256 * 1024;
 /// (its default, 128 KiB, applies once [`SERVE_MMAP_THRESHOLD_BYTES`] is set): an upload's
 /// socket buffers are freed and allocated again for every chunk, and a heap trimmed each time
 /// made every new buffer fault its pages in again (50-90 thousand page faults per push of the
-/// medium corpus, for 1.44 GB; a few hundred with this).
+/// medium corpus, for 1.44 GB; about 1,500 with this).
 pub const SERVE_TRIM_THRESHOLD_BYTES: usize = 4 * 1024 * 1024;
 
 /// Blobs up to this size (manifests, configs) are kept decompressed from a bundle's opening scan,
