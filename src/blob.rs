@@ -209,9 +209,26 @@ pub enum StreamWriteError<E> {
 /// few KiB: one thread wake-up each would cost more than the write). Returns the writer
 /// when the stream ended cleanly; on any error the writer is dropped (its temp file with it).
 pub async fn write_stream<W, E>(
+    stream: ByteStream,
+    writer: W,
+    mut write: impl FnMut(&mut W, &[u8]) -> Result<(), E> + Send + 'static,
+) -> Result<W, StreamWriteError<E>>
+where
+    W: Send + 'static,
+    E: Send + 'static,
+{
+    write_stream_batches(stream, writer, move |w: &mut W, batch: &[bytes::Bytes]| {
+        batch.iter().try_for_each(|chunk| write(w, chunk))
+    })
+    .await
+}
+
+/// [`write_stream`] for a writer that takes each batch whole (one vectored write of the chunks
+/// as they arrived, instead of copying each into a buffer first).
+pub async fn write_stream_batches<W, E>(
     mut stream: ByteStream,
     mut writer: W,
-    mut write: impl FnMut(&mut W, &[u8]) -> Result<(), E> + Send + 'static,
+    mut write: impl FnMut(&mut W, &[bytes::Bytes]) -> Result<(), E> + Send + 'static,
 ) -> Result<W, StreamWriteError<E>>
 where
     W: Send + 'static,
@@ -222,9 +239,7 @@ where
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<bytes::Bytes>>(2);
     let task = tokio::task::spawn_blocking(move || {
         while let Some(batch) = rx.blocking_recv() {
-            for chunk in &batch {
-                write(&mut writer, chunk)?;
-            }
+            write(&mut writer, &batch)?;
         }
         Ok(writer)
     });

@@ -32,7 +32,7 @@ use crate::transport::Catalog;
 use crate::digest::Digest;
 use crate::limits::{
     DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, SERVE_CHUNK_BYTES, SERVE_CONN_BUFFER_BYTES,
-    SERVE_MMAP_THRESHOLD_BYTES, echo,
+    SERVE_MMAP_THRESHOLD_BYTES, SERVE_TRIM_THRESHOLD_BYTES, echo,
 };
 use crate::reference::{validate_repository, validate_tag};
 use crate::registry::errcode::{ErrorCode, ErrorEnvelope};
@@ -246,7 +246,8 @@ pub async fn run<B: Catalog>(
 /// freed chunks in it: with a blocking thread per streamed blob, that alone held some 80 MB under
 /// 64 clients. One arena keeps the server's memory flat (2 cores: little lock contention).
 /// Large buffers (decompressed frames) are mmapped from a fixed size on, so they go back to
-/// the system when freed ([`SERVE_MMAP_THRESHOLD_BYTES`]).
+/// the system when freed ([`SERVE_MMAP_THRESHOLD_BYTES`]); up to [`SERVE_TRIM_THRESHOLD_BYTES`]
+/// free at the heap's top is kept, so buffers freed and allocated again do not fault again.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX takes effect for arenas created
@@ -256,6 +257,10 @@ fn limit_malloc_arenas() {
         libc::mallopt(
             libc::M_MMAP_THRESHOLD,
             i32::try_from(SERVE_MMAP_THRESHOLD_BYTES).unwrap_or(i32::MAX),
+        );
+        libc::mallopt(
+            libc::M_TRIM_THRESHOLD,
+            i32::try_from(SERVE_TRIM_THRESHOLD_BYTES).unwrap_or(i32::MAX),
         );
     }
 }

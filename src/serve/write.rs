@@ -8,7 +8,6 @@
 //! place without fsync; a manifest PUT syncs the root once before the manifest
 //! becomes visible (see [`super::uploads::Unsynced`]).
 
-use std::io::Write as _;
 use std::sync::Arc;
 
 use axum::body::{Body, HttpBody as _};
@@ -193,10 +192,10 @@ async fn append(
         // No body (the closing PUT of a chunked upload): no writer thread for nothing.
         return Ok(writer);
     }
-    crate::blob::write_stream(
+    crate::blob::write_stream_batches(
         body_stream(body),
         writer,
-        |w: &mut crate::store::BlobWriter, c: &[u8]| w.write_all(c),
+        |w: &mut crate::store::BlobWriter, batch: &[bytes::Bytes]| w.write_batch(batch),
     )
     .await
     .map_err(|e| match e {
