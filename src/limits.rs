@@ -41,7 +41,8 @@ pub const SERVE_CONN_BUFFER_BYTES: usize = 64 * 1024;
 /// (it rises to 32 MiB after a large free, and the freed frames then stay in the heap).
 pub const SERVE_MMAP_THRESHOLD_BYTES: usize = 256 * 1024;
 
-/// Free memory at the top of a server's heap that glibc keeps instead of giving it back at once
+/// Free memory at the top of each malloc arena of a server (one for the threads made after
+/// `M_ARENA_MAX` is set, plus any made before) that glibc keeps instead of giving it back at once
 /// (its default, 128 KiB, applies once [`SERVE_MMAP_THRESHOLD_BYTES`] is set): an upload's
 /// socket buffers are freed and allocated again for every chunk, and a heap trimmed each time
 /// made every new buffer fault its pages in again (50-90 thousand page faults per push of the

@@ -843,6 +843,8 @@ fn write_bundle(
         },
     }
     file.commit(output).map_err(werr)?;
-    let _ = std::fs::File::open(&dir).and_then(|d| d.sync_all());
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(werr)?;
     Ok(size)
 }

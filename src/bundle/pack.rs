@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::bundlefile::format::{
     BlobAt, MAX_FRAME_BYTES, MIN_FRAME_BYTES, OFFSETS_FORMAT, OFFSETS_PIECE_FRAME_BYTES,
     OFFSETS_PIECE_MAGIC, OffsetTable, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC, SMALL_FRAME_BLOB_BYTES,
+    ZSTD_MAGIC,
 };
 use crate::limits::WRITE_BEHIND_BYTES;
 use crate::store::paths::{LayoutFile, PathSpec, path_for};
@@ -378,7 +379,7 @@ fn compress_worker(
 /// Whether content starting with `head` is compressed already (gzip, zstd: what image layers
 /// are), so zstd cannot shrink it.
 fn compressed_already(head: &[u8]) -> bool {
-    head.starts_with(&[0x1f, 0x8b, 0x08]) || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+    head.starts_with(&[0x1f, 0x8b, 0x08]) || head.starts_with(&ZSTD_MAGIC)
 }
 
 /// The most bytes one zstd block holds (RFC 8878, `Block_Maximum_Size`).
@@ -388,10 +389,11 @@ const ZSTD_BLOCK_BYTES: usize = 128 * 1024;
 /// checksum: the frame zstd itself writes for bytes it cannot shrink, made without searching
 /// them (every zstd reader, and ferry's in-place reader, reads it as any other frame).
 fn stored_frame(data: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd]);
+    out.extend_from_slice(&ZSTD_MAGIC);
     // Frame header descriptor: a 4-byte content size, single segment, a checksum, no dictionary.
     out.push(0b1010_0100);
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    let size = u32::try_from(data.len()).expect("a frame holds at most MAX_FRAME_BYTES");
+    out.extend_from_slice(&size.to_le_bytes());
     if data.is_empty() {
         out.extend_from_slice(&[1, 0, 0]); // one empty last block
     }

@@ -29,6 +29,11 @@
 //! pieces as no table and scan too. A blob manifest-sized or smaller
 //! ([`SMALL_FRAME_BLOB_BYTES`]) sits in a frame of its own, so reading it
 //! decompresses a few KiB, not a whole frame of layer data.
+//!
+//! A frame whose bytes are mostly compressed already (gzip or zstd layers) is
+//! written as a zstd frame of raw blocks with its content size and checksum
+//! (the frame zstd writes for bytes it cannot shrink), without running the
+//! compressor; every zstd reader reads it as any other frame.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +41,9 @@ use crate::digest::Digest;
 
 /// Name of the index entry, always first.
 pub const INDEX_NAME: &str = "ferry-bundle.json";
+
+/// The four bytes every zstd frame starts with (RFC 8878), written and checked in one place.
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
 /// Format identifier written into the index.
 pub const FORMAT: &str = "ferry-bundle/v1";

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::format::{
     BundleIndex, INDEX_NAME, MAX_OFFSETS_BYTES, OFFSETS_FORMAT, OFFSETS_MAGIC, OFFSETS_PIECE_MAGIC,
-    OffsetTable, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC,
+    OffsetTable, SEEK_TABLE_MAGIC, SEEKABLE_MAGIC, ZSTD_MAGIC,
 };
 use super::parts::{Parts, PartsError, PartsReader};
 use crate::digest::{Digest, VerifyingReader};
@@ -138,8 +138,6 @@ impl BlobVisitor for HashOnly {
         Ok(())
     }
 }
-
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
 /// A frame that does not match the seek table, carried inside an `io::Error` so the scan can name it.
 #[derive(Debug, thiserror::Error)]

@@ -212,9 +212,6 @@ impl BlobWriter {
         }
         let buffered = self.file.as_mut().expect("file present until commit");
         buffered.flush()?;
-        if let Some(h) = self.hasher.as_mut() {
-            chunks.iter().for_each(|c| h.update(c));
-        }
         let file = buffered.get_mut();
         let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
         let mut rest = &mut slices[..];
@@ -225,6 +222,11 @@ impl BlobWriter {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+        // Hashed once all is written, so a failed write leaves the hash and the count of what
+        // the file holds as they were.
+        if let Some(h) = self.hasher.as_mut() {
+            chunks.iter().for_each(|c| h.update(c));
         }
         self.written += total as u64;
         self.start_writeback();
