@@ -349,7 +349,10 @@ PY
       t=$(python3 "$HERE/floor_copy.py" "$1" "$ROOT" "$SRC" "$TARGET" "$MULTI" 6 | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])') || exit 1
       ts+=("$t")
     done
-    python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${ts[@]}"; }
+    # Printed by a builtin: bash would exec a last external command in place of this subshell,
+    # and its EXIT trap (which stops the last target) would not run.
+    t=$(python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${ts[@]}")
+    echo "$t"; }
   t_floor_bare=$(floor_copy bare); t_floor_crit=$(floor_copy crit); rm -f "$CPU_LOG.target"
   floor_oci=$(python3 -c "print(f'{$src_ferry_oci/2:.3f}')")
   floor_all=$(python3 -c "print(f'{($src_ferry_all+$dst_ferry_all)/2:.3f}')")
