@@ -14,8 +14,9 @@
 #                                     cost of each further reference)
 #   scripts/bench.sh copy [WORK]      skopeo copy vs ferry copy: the image with the most layers docker:// -> oci:,
 #                                     and every multi-arch image with --all docker:// -> docker:// (empty target);
-#                                     CPU seconds of the tool and of each registry, and the floor: the
-#                                     registries' own CPU over 2 cores (no client can take less)
+#                                     CPU seconds of the tool and of each registry, and the floors: the
+#                                     registries' own CPU over 2 cores (no client can take less); for --all
+#                                     also a bare client and its critical path (scripts/floor_copy.py)
 #   scripts/bench.sh inspect [WORK]   skopeo inspect vs ferry inspect, one call per tag of the corpus (CALLS=N
 #                                     first tags, default 100), each a whole process with the tag list (RepoTags)
 #   scripts/bench.sh sync [WORK]      skopeo sync --src docker --dest docker of every repository (one call each) vs
@@ -335,6 +336,24 @@ PY
   t_ferry_all=$(multi_run ferry)
   c2=$(cpu_of "$SRC_PID"); cpu_ferry_all=$(tool_cpu $NRUN); dst_ferry_all=$(target_cpu $NRUN); rm -f "$CPU_LOG.tool" "$CPU_LOG.target"
   src_skopeo_all=$(per_run "$c0" "$c1" $NRUN); src_ferry_all=$(per_run "$c1" "$c2" $NRUN)
+  # Two floors measured on the same registries, each run into a fresh empty target
+  # (scripts/floor_copy.py, median of RUNS of its own seconds): `bare`, a bare client making only
+  # the requests any copy of these images must make, 6 connections, no checks, no hashing, no
+  # process start; `crit`, each image's largest blob that it must upload, alone, GET streamed into
+  # POST + PUT (the target hashes and fsyncs it before it answers, and the image's manifests
+  # must wait for it): the critical path of a client that copies one image per process.
+  floor_copy() { trap last_target EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
+    local ts=() t
+    for _ in $(seq 1 "$RUNS"); do
+      fresh_target
+      t=$(python3 "$HERE/floor_copy.py" "$1" "$ROOT" "$SRC" "$TARGET" "$MULTI" 6 | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])') || exit 1
+      ts+=("$t")
+    done
+    # Printed by a builtin: bash would exec a last external command in place of this subshell,
+    # and its EXIT trap (which stops the last target) would not run.
+    t=$(python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${ts[@]}")
+    echo "$t"; }
+  t_floor_bare=$(floor_copy bare); t_floor_crit=$(floor_copy crit); rm -f "$CPU_LOG.target"
   floor_oci=$(python3 -c "print(f'{$src_ferry_oci/2:.3f}')")
   floor_all=$(python3 -c "print(f'{($src_ferry_all+$dst_ferry_all)/2:.3f}')")
   # A client that checks what it carries hashes each unique blob of the multi-arch images once
@@ -368,6 +387,8 @@ PY
   echo "    CPU: skopeo ${cpu_skopeo_all} + source ${src_skopeo_all} + target ${dst_skopeo_all}; ferry ${cpu_ferry_all} + source ${src_ferry_all} + target ${dst_ferry_all}"
   echo "    floor (source + target registries' own CPU over 2 cores): ${floor_all}s; skopeo/floor $(ratio "$t_skopeo_all" "$floor_all")x (the most any client could gain)"
   echo "    floor of a verifying client (the registries' CPU plus sha256 of the $(wc -l < "$OUT/multi-blobs.txt") unique blobs, ${hash_cpu} CPU-s, over 2 cores): ${floor_verify}s; skopeo/floor $(ratio "$t_skopeo_all" "$floor_verify")x"
+  echo "    floor of a bare client (scripts/floor_copy.py bare: only the requests a copy must make, 6 connections, no checks, no hashing, no process start): ${t_floor_bare}s; skopeo/floor $(ratio "$t_skopeo_all" "$t_floor_bare")x, ferry/floor $(ratio "$t_ferry_all" "$t_floor_bare")x"
+  echo "    critical path (scripts/floor_copy.py crit: each image's largest blob it must upload, alone, GET streamed into POST + PUT, summed): ${t_floor_crit}s; skopeo/floor $(ratio "$t_skopeo_all" "$t_floor_crit")x"
   ;;
 refs)
   N="${REFS:-5000}"

@@ -912,6 +912,11 @@ impl Destination for SyncDest {
             SyncDest::Dir(_) => false,
         }
     }
+    fn prepare(&self) {
+        if let SyncDest::Open(d) = self {
+            d.prepare()
+        }
+    }
     async fn has_blob(&self, desc: &Descriptor) -> crate::transport::Result<bool> {
         match self {
             SyncDest::Open(d) => d.has_blob(desc).await,

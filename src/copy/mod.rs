@@ -403,6 +403,7 @@ pub async fn copy_all<S: Source, D: Destination>(
     opts: &CopyOptions,
     progress: &dyn Progress,
 ) -> Result<CopySummary, CopyError> {
+    prepare(&jobs);
     let walks = Walks::default();
     let mut planned = Vec::with_capacity(jobs.len());
     let read: Vec<Result<Planned, CopyError>> = stream::iter(&jobs)
@@ -429,6 +430,7 @@ pub async fn copy_each<S: Source, D: Destination>(
     opts: &CopyOptions,
     progress: &dyn Progress,
 ) -> (CopySummary, Vec<(usize, CopyError)>) {
+    prepare(jobs);
     let walks = Walks::default();
     let planned: Vec<Result<Planned, CopyError>> = stream::iter(jobs)
         .map(|job| plan(job, opts, &walks))
@@ -436,6 +438,13 @@ pub async fn copy_each<S: Source, D: Destination>(
         .collect()
         .await;
     run(jobs, planned, opts, progress).await
+}
+
+/// Lets every destination start what it will need before its first blob, while the sources are read.
+fn prepare<S: Source, D: Destination>(jobs: &[Job<S, D>]) {
+    for j in jobs {
+        j.destination.prepare();
+    }
 }
 
 /// Moves the blobs of every planned job, then writes each job's manifests.

@@ -35,6 +35,13 @@ fn digest_url(location: &str, digest: &Digest) -> String {
     format!("{location}{sep}digest={digest}")
 }
 
+/// Whether a mount attempt's error is the registry declining the mount (a client error other
+/// than "slow down"), after which a plain upload may still succeed.
+fn refused_mount(e: &RegistryError) -> bool {
+    matches!(e, RegistryError::Status { status, .. }
+        if status.is_client_error() && *status != StatusCode::TOO_MANY_REQUESTS)
+}
+
 fn stream_body(source: Arc<dyn RangeRead>, start: u64, len: u64) -> reqwest::Body {
     reqwest::Body::wrap_stream(range_stream(source, start, len))
 }
@@ -79,6 +86,47 @@ impl Client {
         }
     }
 
+    /// Whether `repo` has no tag yet (one page of one tag asked for, with the push scope a push
+    /// needs anyway), so a push may open each upload without asking about the blob first.
+    pub async fn has_no_tags(&self, repo: &str) -> Result<bool, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let route = Route::Tags {
+            name: repo.to_string(),
+        };
+        let url = self.url(&route, "?n=1").await?;
+        let held = match self
+            .send_url(
+                Method::GET,
+                url,
+                &push_scope(repo),
+                &[],
+                None,
+                self.permit().await,
+            )
+            .await
+        {
+            Ok(h) => h,
+            Err(e) if e.is_not_found() => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        let body = self
+            .read_body(
+                held.resp,
+                limits::MAX_MANIFEST_BYTES,
+                &format!("reading the tags of {repo}"),
+            )
+            .await?;
+        let page: Page = serde_json::from_slice(&body).map_err(|e| RegistryError::Config {
+            host: self.host().to_string(),
+            why: format!("{repo}: tag list does not parse: {e}"),
+        })?;
+        Ok(page.tags.unwrap_or_default().is_empty())
+    }
+
     /// Mounts `digest` into `repo` from the repository `from` of the same registry, without its
     /// bytes; false when the registry refused (it then opened an upload session, which is cancelled).
     pub async fn mount_blob(
@@ -96,7 +144,7 @@ impl Client {
             )
             .await?;
         let scope = push_scope(repo);
-        let held = self
+        let held = match self
             .send_url(
                 Method::POST,
                 format!("{uploads}?mount={digest}&from={from}"),
@@ -105,7 +153,15 @@ impl Client {
                 None,
                 self.permit().await,
             )
-            .await?;
+            .await
+        {
+            Ok(h) => h,
+            Err(e) if refused_mount(&e) => {
+                tracing::debug!("mounting blob {digest} into {repo} from {from} refused: {e}");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
         if held.resp.status() == StatusCode::CREATED {
             return Ok(true);
         }
@@ -160,6 +216,13 @@ impl Client {
                 .await;
             let held = match held {
                 Ok(h) => h,
+                // A registry that refuses the mount itself (4xx, where the spec asks for a 202
+                // and a plain session) gets the plain POST: a mount is only ever a shortcut.
+                Err(e) if from.is_some() && refused_mount(&e) => {
+                    tracing::debug!("mounting blob {digest} into {repo} refused: {e}");
+                    from = None;
+                    continue;
+                }
                 Err(e) => return Err(first.unwrap_or(e)),
             };
             if held.resp.status() == StatusCode::CREATED && from.is_some() {

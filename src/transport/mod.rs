@@ -319,6 +319,11 @@ pub trait Destination: Send + Sync {
     /// What it can hold.
     fn properties(&self) -> DestProperties;
 
+    /// Starts, without waiting, what the destination will want to know before its first blob
+    /// (a registry: whether the repository is new), so it overlaps the reading of the source;
+    /// called once, before any blob. The default needs nothing.
+    fn prepare(&self) {}
+
     /// Whether the blob is there already (so it need not be read from the source).
     fn has_blob(&self, desc: &Descriptor) -> impl Future<Output = Result<bool>> + Send;
 

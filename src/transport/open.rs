@@ -145,6 +145,9 @@ impl Destination for AnyDest {
     fn properties(&self) -> DestProperties {
         each_dest!(self, d => d.properties())
     }
+    fn prepare(&self) {
+        each_dest!(self, d => d.prepare())
+    }
     async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
         each_dest!(self, d => d.has_blob(desc).await)
     }

@@ -193,6 +193,23 @@ pub struct RegistryDest {
     /// Tag to name the image with; `None` pushes by digest only.
     tag: Option<String>,
     pushed: Arc<Pushed>,
+    /// Whether the repository had no tag when first asked (then a blob is not asked about
+    /// with a HEAD: its upload opens with a mount from the repository itself, which the
+    /// registry answers with 201 when it holds the blob after all).
+    new_repo: tokio::sync::OnceCell<bool>,
+    /// That question, asked by [`Destination::prepare`] while the source is read.
+    asking: Mutex<Option<tokio::task::JoinHandle<bool>>>,
+}
+
+/// Whether `repo` has no tag; an answer that is not a clear yes is no (the blobs are asked about).
+async fn repo_is_new(client: Client, repo: String) -> bool {
+    match client.has_no_tags(&repo).await {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::debug!("asking whether {repo} has tags: {e}");
+            false
+        }
+    }
 }
 
 impl RegistryDest {
@@ -208,7 +225,24 @@ impl RegistryDest {
             repo,
             tag,
             pushed,
+            new_repo: tokio::sync::OnceCell::new(),
+            asking: Mutex::new(None),
         }
+    }
+
+    /// Whether the repository had no tag (asked once: the answer [`Destination::prepare`]
+    /// started, else asked now).
+    async fn is_new_repo(&self) -> bool {
+        *self
+            .new_repo
+            .get_or_init(|| async {
+                let asked = self.asking.lock().unwrap().take();
+                match asked {
+                    Some(h) => h.await.unwrap_or(false),
+                    None => repo_is_new(self.client.clone(), self.repo.clone()).await,
+                }
+            })
+            .await
     }
 }
 
@@ -231,6 +265,17 @@ impl Destination for RegistryDest {
         }
     }
 
+    /// Asks, in the background, whether the repository is new (has no tag).
+    fn prepare(&self) {
+        let mut asking = self.asking.lock().unwrap();
+        if asking.is_none() && !self.new_repo.initialized() {
+            *asking = Some(tokio::spawn(repo_is_new(
+                self.client.clone(),
+                self.repo.clone(),
+            )));
+        }
+    }
+
     async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
         let host = self.client.host();
         if self.pushed.seen_in(host, &desc.digest, &self.repo) {
@@ -244,12 +289,16 @@ impl Destination for RegistryDest {
         Ok(has)
     }
 
-    /// Present (seen in this run, or by one HEAD), else mounted from a repository known to hold it.
+    /// Present (seen in this run, or by one HEAD), else mounted from a repository known to hold
+    /// it. A new repository (no tag) is not asked about each blob: the upload asks instead.
     async fn reuse_blob(&self, desc: &Descriptor) -> Result<Option<Put>> {
-        if self.has_blob(desc).await? {
+        let host = self.client.host();
+        if self.pushed.seen_in(host, &desc.digest, &self.repo) {
             return Ok(Some(Put::Present));
         }
-        let host = self.client.host();
+        if !self.is_new_repo().await && self.has_blob(desc).await? {
+            return Ok(Some(Put::Present));
+        }
         while let Some(from) = self.pushed.mount_source(host, &desc.digest, &self.repo) {
             if self
                 .client
@@ -273,10 +322,17 @@ impl Destination for RegistryDest {
         Ok(None)
     }
 
-    /// Mounts or uploads; the engine has asked [`Destination::reuse_blob`] just before.
+    /// Mounts or uploads; the engine has asked [`Destination::reuse_blob`] just before. Into a
+    /// new repository the upload opens with a mount from the repository itself: one request
+    /// that says whether it holds the blob (201) or opens the upload (202), where a HEAD and a
+    /// POST would be two in a row.
     async fn put_blob(&self, desc: &Descriptor, body: BlobBody) -> Result<Put> {
         let host = self.client.host();
-        let from = self.pushed.mount_source(host, &desc.digest, &self.repo);
+        let from = match self.pushed.mount_source(host, &desc.digest, &self.repo) {
+            Some(other) => Some(other),
+            None if self.is_new_repo().await => Some(self.repo.clone()),
+            None => None,
+        };
         let r = self
             .client
             .upload_blob(&self.repo, &desc.digest, desc.size, from.as_deref(), body)
@@ -284,6 +340,7 @@ impl Destination for RegistryDest {
         self.pushed.record(host, &desc.digest, &self.repo);
         Ok(match r {
             BlobPush::Present => Put::Present,
+            BlobPush::Mounted if from.as_deref() == Some(self.repo.as_str()) => Put::Present,
             BlobPush::Mounted => Put::Mounted,
             BlobPush::Uploaded => Put::Written,
         })

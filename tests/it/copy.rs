@@ -531,3 +531,90 @@ fn a_registry_copy_asks_each_thing_once_and_a_later_run_mounts_what_an_earlier_o
     let (blobs, manifests, text) = dst.gc_dry_run();
     assert_eq!((blobs, manifests), (0, 0), "{text}");
 }
+
+#[test]
+fn a_new_repository_is_not_asked_about_each_blob_and_one_that_holds_images_is() {
+    let (root, corpus) = small();
+    let img = multi_arch(corpus);
+    let (_s, src) = logged_registry(Some(root));
+    let (_d, dst) = logged_registry(None);
+    let cache = tempfile::tempdir().unwrap();
+    let from = format!("docker://{}/{}:{}", src.addr, img.repository, img.tag);
+
+    // A repository with no tag: one tag list, no HEAD; each upload opens with a mount from the
+    // repository itself (the registry says 202 and opens it), then one monolithic PUT.
+    let first = copy_json(
+        cache.path(),
+        &from,
+        &format!("docker://{}/new/x:{}", dst.addr, img.tag),
+    );
+    let blobs = first["blobs_uploaded"].as_u64().unwrap() as usize;
+    assert!(blobs > 2, "{first}");
+    let d = dst.settled_requests();
+    assert_eq!(count(&d, 0, "GET", "/v2/new/x/tags/list"), 1, "{d:?}");
+    assert_eq!(count(&d, 0, "HEAD", "/blobs/"), 0, "{d:?}");
+    assert_eq!(count(&d, 0, "POST", "/blobs/uploads/"), blobs, "{d:?}");
+    assert_eq!(count(&d, 0, "POST", "&from=new/x"), blobs, "{d:?}");
+    assert_eq!(count(&d, 0, "PUT", "/blobs/uploads/"), blobs, "{d:?}");
+
+    // The same repository, now tagged, under another tag, by another process that keeps no
+    // record: each blob is asked about (HEAD), found, and neither read nor sent again.
+    let (s0, d0) = (src.settled_requests().len(), d.len());
+    let other = tempfile::tempdir().unwrap();
+    let second = copy_json(
+        other.path(),
+        &from,
+        &format!("docker://{}/new/x:again", dst.addr),
+    );
+    assert_eq!(
+        (
+            second["blobs_present"].as_u64(),
+            second["blobs_uploaded"].as_u64()
+        ),
+        (Some(blobs as u64), Some(0)),
+        "{second}"
+    );
+    let (s, d) = (src.settled_requests(), dst.settled_requests());
+    assert_eq!(count(&d, d0, "HEAD", "/blobs/"), blobs, "{d:?}");
+    assert_eq!(count(&d, d0, "POST", "/"), 0, "{d:?}");
+    assert_eq!(count(&s, s0, "GET", "/blobs/"), 0, "{s:?}");
+
+    // A new repository and blobs the record knows elsewhere: mounted, not asked about first.
+    let d1 = dst.settled_requests().len();
+    let by_digest = format!("docker://{}/half/x@{}", dst.addr, img.digest);
+    let third = copy_json(cache.path(), &from, &by_digest);
+    assert_eq!(
+        third["blobs_mounted"].as_u64(),
+        Some(blobs as u64),
+        "{third}"
+    );
+    let d = dst.settled_requests();
+    assert_eq!(count(&d, d1, "HEAD", "/blobs/"), 0, "{d:?}");
+    assert_eq!(count(&d, d1, "POST", "&from=new/x"), blobs, "{d:?}");
+
+    // So that repository holds the image's blobs but no tag (pushed by digest): a copy that
+    // keeps no record finds every blob there by the uploads' own mounts, and sends no byte.
+    let d1 = d.len();
+    let fourth = copy_json(
+        tempfile::tempdir().unwrap().path(),
+        &from,
+        &format!("docker://{}/half/x:{}", dst.addr, img.tag),
+    );
+    assert_eq!(
+        (
+            fourth["blobs_present"].as_u64(),
+            fourth["blobs_uploaded"].as_u64()
+        ),
+        (Some(blobs as u64), Some(0)),
+        "{fourth}"
+    );
+    let d = dst.settled_requests();
+    assert_eq!(count(&d, d1, "PUT", "/blobs/uploads/"), 0, "{d:?}");
+    assert_eq!(count(&d, d1, "POST", "&from=half/x"), blobs, "{d:?}");
+    assert_eq!(
+        inspect_digest(&format!("docker://{}/half/x:{}", dst.addr, img.tag)),
+        img.digest.to_string()
+    );
+    let (blobs, manifests, text) = dst.gc_dry_run();
+    assert_eq!((blobs, manifests), (0, 0), "{text}");
+}

@@ -38,6 +38,8 @@ enum Fault {
     ForgetSessions,
     /// Every request waits 300 ms; blob GETs get 404 at once (only the manifests' concurrency is measured).
     SlowCount,
+    /// Every cross-repository mount (`POST ?mount=`) gets 405 UNSUPPORTED, as some registries answer.
+    RefuseMounts,
 }
 
 struct Proxy {
@@ -49,6 +51,8 @@ struct Proxy {
     max_in_flight: AtomicUsize,
     uploads: AtomicUsize,
     closed: Mutex<HashSet<String>>,
+    /// Mounts refused ([`Fault::RefuseMounts`]).
+    refused: AtomicUsize,
 }
 
 /// Counts a request as in flight until its answer's headers are ready.
@@ -77,7 +81,16 @@ async fn handle(State(p): State<Arc<Proxy>>, req: Request) -> Response {
     let method = req.method().clone();
     let blob_get = method == "GET" && path.contains("/blobs/sha256:");
     let upload_write = (method == "PUT" || method == "PATCH") && path.contains("/blobs/uploads/");
+    let mount = method == "POST" && req.uri().query().is_some_and(|q| q.contains("mount="));
     match p.fault {
+        Fault::RefuseMounts if mount => {
+            p.refused.fetch_add(1, Ordering::SeqCst);
+            return errors(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UNSUPPORTED",
+                "The operation is unsupported.",
+            );
+        }
         Fault::StallHeaders if blob_get => {
             futures_util::future::pending::<()>().await;
         }
@@ -189,6 +202,7 @@ fn proxy(upstream: &str, fault: Fault) -> (Arc<Proxy>, String, tokio::runtime::R
         max_in_flight: AtomicUsize::new(0),
         uploads: AtomicUsize::new(0),
         closed: Mutex::new(HashSet::new()),
+        refused: AtomicUsize::new(0),
     });
     let app = axum::Router::new().fallback(handle).with_state(p.clone());
     rt.spawn(async move { axum::serve(listener, app).await });
@@ -573,4 +587,42 @@ fn requests_to_one_host_reach_jobs_and_no_more_than_max_per_host() {
     let capped = max(&["--jobs", "16", "--max-per-host", "4"], "c2");
     eprintln!("--jobs 16 --max-per-host 4: {capped} in flight at most");
     assert!((2..=4).contains(&capped), "{capped} in flight");
+}
+
+#[test]
+fn a_registry_that_refuses_mounts_still_takes_the_copy() {
+    // A new repository opens each upload with a mount from itself, and a second repository
+    // mounts from the first; a registry that refuses every mount gets plain uploads instead.
+    let (_, corpus) = small();
+    let img = corpus
+        .images
+        .iter()
+        .find(|i| !i.platforms.is_empty())
+        .expect("a multi-platform image");
+    let (_s, src) = small_registry();
+    let (_d, reg) = empty_registry();
+    let (p, addr, _rt) = proxy(&reg.addr, Fault::RefuseMounts);
+    let cache = tempfile::tempdir().unwrap();
+    let from = format!("docker://{}/{}:{}", src.addr, img.repository, img.tag);
+    for repo in ["one/x", "two/x"] {
+        run_ok(ferry().env("XDG_CACHE_HOME", cache.path()).args([
+            "copy",
+            "-q",
+            "--all",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &from,
+            &format!("docker://{addr}/{repo}:{}", img.tag),
+        ]));
+        assert_eq!(
+            inspect_digest(&format!("docker://{}/{repo}:{}", reg.addr, img.tag)),
+            img.digest.to_string()
+        );
+    }
+    assert!(
+        p.refused.load(Ordering::SeqCst) > 0,
+        "mounts were asked for"
+    );
+    let (blobs, manifests, text) = reg.gc_dry_run();
+    assert_eq!((blobs, manifests), (0, 0), "{text}");
 }
