@@ -331,7 +331,7 @@ pub async fn bundle(
                     _ => Err(std::io::Error::other(Aborted)),
                 }
             };
-            write_bundle(&opts, &index_json, &layout, &cache, &mut ready)
+            write_bundle(&opts, index_json, &layout, &cache, &mut ready)
         })
     };
     let mut jobs = Vec::with_capacity(copies.len());
@@ -425,7 +425,7 @@ pub async fn bundle(
         let (layout, index_json) = layout_and_index(&plan, opts.mtime, base.as_ref());
         let (o, c) = (opts.clone(), cache.clone());
         tokio::task::spawn_blocking(move || {
-            write_bundle(&o, &index_json, &layout, &c, &mut |_| Ok(true))
+            write_bundle(&o, index_json, &layout, &c, &mut |_| Ok(true))
         })
         .await
         .map_err(|e| BundleError::Write {
@@ -752,7 +752,7 @@ fn write_small(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Packs into `.<output>.tmp-<pid>` (or one temp file per part), fsyncs, renames; on any failure the temp files are removed.
 fn write_bundle(
     opts: &BundleOptions,
-    index_json: &[u8],
+    index_json: Vec<u8>,
     layout: &pack::Layout,
     cache: &Store,
     ready: &mut dyn FnMut(&Digest) -> std::io::Result<bool>,
@@ -801,7 +801,7 @@ fn write_bundle(
         }
     };
     let signature = match &opts.sign {
-        Some(k) => Some(k.sign(index_json).map_err(|e| BundleError::Write {
+        Some(k) => Some(k.sign(&index_json).map_err(|e| BundleError::Write {
             path: output.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
         })?),

@@ -144,29 +144,61 @@ type Job = (usize, Vec<u8>);
 type Done = (usize, io::Result<(Vec<u8>, usize)>);
 
 /// Frame buffers handed back once used, for the next frame: a fresh megabyte from the allocator
-/// is fresh pages, and faulting them in cost about a tenth of a cold bundle's CPU. Holds no more
-/// buffers than were ever in flight at once (a few per thread).
-#[derive(Clone, Default)]
-struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
+/// is fresh pages, and faulting them in cost about a tenth of a cold bundle's CPU. Keeps at most
+/// `cap` idle buffers: as many as can be in flight at once (see [`FrameWriter::new`]), so a
+/// buffer beyond them, which no later frame could use, goes back to the allocator.
+#[derive(Clone)]
+struct Pool {
+    free: Arc<Mutex<Vec<Vec<u8>>>>,
+    cap: usize,
+    /// Buffers ever allocated (the most in flight at once, with the idle ones).
+    allocated: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 impl Pool {
+    /// A pool keeping at most `cap` idle buffers.
+    fn new(cap: usize) -> Pool {
+        Pool {
+            free: Arc::default(),
+            cap,
+            allocated: Arc::default(),
+        }
+    }
+
     /// An empty buffer of at least `capacity` bytes, reused when one is free.
     fn take(&self, capacity: usize) -> Vec<u8> {
-        match self.0.lock().unwrap().pop() {
+        match self.free.lock().unwrap().pop() {
             Some(mut b) => {
                 b.clear();
                 b.reserve(capacity);
                 b
             }
-            None => Vec::with_capacity(capacity),
+            None => {
+                self.allocated
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Vec::with_capacity(capacity)
+            }
         }
     }
 
-    /// Hands `buf` back for reuse.
+    /// Hands `buf` back for reuse (or frees it, when `cap` buffers are idle already).
     fn give(&self, buf: Vec<u8>) {
-        self.0.lock().unwrap().push(buf);
+        let mut free = self.free.lock().unwrap();
+        if free.len() < self.cap {
+            free.push(buf);
+        }
+    }
+
+    /// Idle buffers held and buffers ever allocated (for tests).
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
+        (
+            self.free.lock().unwrap().len(),
+            self.allocated.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 }
+
 /// The finished file and its seek table: (compressed, decompressed) size per frame.
 type Written = io::Result<(SplitFile, Vec<(u32, u32)>)>;
 
@@ -180,6 +212,9 @@ pub struct FrameWriter {
     jobs: Option<SyncSender<Job>>,
     /// Tar-side frame buffers, given back by the workers once compressed.
     raw: Pool,
+    /// Compressed frame buffers (held here only for tests to count).
+    #[cfg(test)]
+    compressed: Pool,
     workers: Vec<std::thread::JoinHandle<()>>,
     writer: Option<std::thread::JoinHandle<Written>>,
 }
@@ -188,11 +223,14 @@ impl FrameWriter {
     /// Starts compressing into `file` at `level` with `threads` workers.
     pub fn new(file: SplitFile, level: i32, threads: usize) -> FrameWriter {
         let threads = threads.max(1);
-        // Short queues keep memory flat: at most a few frames in flight per thread.
-        let (job_tx, job_rx) = sync_channel::<Job>(threads);
+        // Queues of one frame keep memory flat and every worker fed: raw (tar-side) frames in
+        // flight are the one being filled, one waiting and one per worker; compressed ones are
+        // one per worker, one waiting, one being written and those the writer holds until the
+        // frames before them are done (fewer than the workers). 1 MiB each.
+        let (job_tx, job_rx) = sync_channel::<Job>(1);
         let job_rx = Arc::new(Mutex::new(job_rx));
-        let (done_tx, done_rx) = sync_channel::<Done>(threads);
-        let (raw, compressed) = (Pool::default(), Pool::default());
+        let (done_tx, done_rx) = sync_channel::<Done>(1);
+        let (raw, compressed) = (Pool::new(threads + 2), Pool::new(2 * threads + 1));
         let workers = (0..threads)
             .map(|_| {
                 let rx = job_rx.clone();
@@ -202,10 +240,15 @@ impl FrameWriter {
             })
             .collect();
         drop(done_tx);
-        let writer = std::thread::spawn(move || write_frames(file, done_rx, compressed));
+        let writer = {
+            let compressed = compressed.clone();
+            std::thread::spawn(move || write_frames(file, done_rx, compressed))
+        };
         FrameWriter {
             buf: raw.take(MAX_FRAME_BYTES),
             raw,
+            #[cfg(test)]
+            compressed,
             position: 0,
             seq: 0,
             jobs: Some(job_tx),
@@ -218,7 +261,8 @@ impl FrameWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buf, self.raw.take(MAX_FRAME_BYTES));
+        // Sent before the next buffer is taken: one fewer in flight while the queue is full.
+        let chunk = std::mem::take(&mut self.buf);
         let Some(tx) = self.jobs.as_ref() else {
             return Err(io::Error::other("compression threads stopped"));
         };
@@ -226,6 +270,7 @@ impl FrameWriter {
             return Err(self.stopped());
         }
         self.seq += 1;
+        self.buf = self.raw.take(MAX_FRAME_BYTES);
         Ok(())
     }
 
@@ -495,13 +540,14 @@ impl Layout {
     }
 }
 
-/// Writes `index_json` (then its minisign `signature`, when signed) then `layout` as tar entries into `out`. Before each
+/// Writes `index_json` (then its minisign `signature`, when signed) then `layout` as tar entries into `out`
+/// (`index_json` is freed once written: a list of many tags makes it megabytes). Before each
 /// blob, `ready(digest)` is called and must return once the blob is in `cache`,
 /// saying whether it must be re-hashed (a blob verified by this very run need not be)
 /// (so packing can run while later blobs are still downloading).
 pub fn write_tar(
     out: Output,
-    index_json: &[u8],
+    index_json: Vec<u8>,
     signature: Option<&[u8]>,
     layout: &Layout,
     cache: &crate::store::Store,
@@ -521,7 +567,13 @@ pub fn write_tar(
         h
     };
     let mut h = header(tar::EntryType::Regular, index_json.len() as u64, 0o644);
-    tar.append_data(&mut h, crate::bundlefile::format::INDEX_NAME, index_json)?;
+    tar.append_data(
+        &mut h,
+        crate::bundlefile::format::INDEX_NAME,
+        index_json.as_slice(),
+    )?;
+    let index_digest = Digest::sha256_of(&index_json);
+    drop(index_json);
     if let Some(sig) = signature {
         let mut h = header(tar::EntryType::Regular, sig.len() as u64, 0o644);
         tar.append_data(&mut h, crate::bundlefile::sign::SIGNATURE_NAME, sig)?;
@@ -529,7 +581,7 @@ pub fn write_tar(
     tar.get_mut().boundary()?;
     let mut offsets = OffsetTable {
         format: OFFSETS_FORMAT.to_string(),
-        index_digest: Digest::sha256_of(index_json),
+        index_digest,
         blobs: Vec::new(),
         repos: Default::default(),
     };
@@ -720,6 +772,41 @@ mod tests {
         );
         let e = append_blob(&mut tar, &mut h, "x", wrong).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn frame_buffers_are_no_more_than_the_frames_in_flight() {
+        // Hardly compressible bytes, so compressed frames fill their buffers too.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..4 * MAX_FRAME_BYTES)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let threads = 2;
+        let file = SplitFile::create(dir.path(), "t", None).unwrap();
+        let mut w = FrameWriter::new(file, 1, threads);
+        for _ in 0..10 {
+            w.write_all(&data).unwrap();
+        }
+        let (raw, compressed) = (w.raw.clone(), w.compressed.clone());
+        w.finish(None).unwrap();
+        // Filling, waiting, one per worker; one per worker, waiting, being written, held back.
+        let (raw_idle, raw_made) = raw.counts();
+        let (out_idle, out_made) = compressed.counts();
+        assert!(raw_made <= threads + 2, "{raw_made} tar-side buffers");
+        assert!(out_made <= 2 * threads + 1, "{out_made} compressed buffers");
+        assert!(raw_idle <= raw_made && out_idle <= out_made);
+        // Capped: buffers handed back beyond the cap are freed.
+        let pool = Pool::new(2);
+        for _ in 0..3 {
+            pool.give(Vec::with_capacity(8));
+        }
+        assert_eq!(pool.counts(), (2, 0));
     }
 
     #[test]
