@@ -151,7 +151,8 @@ type Done = (usize, io::Result<(Vec<u8>, usize)>);
 struct Pool {
     free: Arc<Mutex<Vec<Vec<u8>>>>,
     cap: usize,
-    /// Buffers ever allocated (the most in flight at once, with the idle ones).
+    /// Buffers ever allocated (the most in flight at once, with the idle ones), for tests.
+    #[cfg(test)]
     allocated: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -161,6 +162,7 @@ impl Pool {
         Pool {
             free: Arc::default(),
             cap,
+            #[cfg(test)]
             allocated: Arc::default(),
         }
     }
@@ -174,6 +176,7 @@ impl Pool {
                 b
             }
             None => {
+                #[cfg(test)]
                 self.allocated
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Vec::with_capacity(capacity)
@@ -241,15 +244,14 @@ impl FrameWriter {
             })
             .collect();
         drop(done_tx);
-        let writer = {
-            let compressed = compressed.clone();
-            std::thread::spawn(move || write_frames(file, done_rx, compressed))
-        };
+        #[cfg(test)]
+        let counted = compressed.clone();
+        let writer = std::thread::spawn(move || write_frames(file, done_rx, compressed));
         FrameWriter {
             buf: raw.take(MAX_FRAME_BYTES),
             raw,
             #[cfg(test)]
-            compressed,
+            compressed: counted,
             position: 0,
             seq: 0,
             jobs: Some(job_tx),
@@ -803,7 +805,10 @@ mod tests {
         let (out_idle, out_made) = compressed.counts();
         assert!(raw_made >= 1 && out_made >= 1);
         assert!(raw_idle <= threads + 2, "{raw_idle} tar-side buffers kept");
-        assert!(out_idle <= 2 * threads + 1, "{out_idle} compressed buffers kept");
+        assert!(
+            out_idle <= 2 * threads + 1,
+            "{out_idle} compressed buffers kept"
+        );
         // Capped: buffers handed back beyond the cap are freed.
         let pool = Pool::new(2);
         for _ in 0..3 {
