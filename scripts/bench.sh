@@ -9,7 +9,8 @@
 #                                     zstd -d | tar -x vs ferry unbundle link (empty root);
 #                                     skopeo pulling every tag from docker-registry vs from ferry unbundle serve
 #   scripts/bench.sh refs [WORK]      ferry bundle of a list of N (default 5000, REFS=N) references to one
-#                                     registry (N tags of the small corpus' images): time and memory per reference,
+#                                     registry (N tags of the small corpus' images): time, memory and CPU (ferry's and
+#                                     the registry's) per reference,
 #                                     whole and past the first N/10 (REFS_BASE=M: past the first M; the
 #                                     cost of each further reference)
 #   scripts/bench.sh copy [WORK]      skopeo copy vs ferry copy: the image with the most layers docker:// -> oci:,
@@ -433,13 +434,16 @@ PY
   # median_time runs RUNS + 1 times (one warm-up); the marginal CPU is per reference past the first M.
   reg_ms=$(python3 -c "print(f'{($r1-$r0)*1000/(($RUNS+1)*$N):.3f}')")
   reg_marginal_ms=$(python3 -c "print(f'{(($r1-$r0)-($r2-$r1))*1000/(($RUNS+1)*($N-$M)):.3f}')")
-  /usr/bin/time -f "%M" -o "$OUT/time" "$FERRY" bundle -q -f "$OUT/list.txt" -o "$OUT/b.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
-  /usr/bin/time -f "%M" -o "$OUT/time-m" "$FERRY" bundle -q -f "$OUT/list-m.txt" -o "$OUT/b.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
-  rss=$(cat "$OUT/time"); rss_m=$(cat "$OUT/time-m")
+  # Peak RSS (KB) and ferry's own CPU seconds (user+sys), which load disturbs far less than wall time.
+  /usr/bin/time -f "%M %U %S" -o "$OUT/time" "$FERRY" bundle -q -f "$OUT/list.txt" -o "$OUT/b.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
+  /usr/bin/time -f "%M %U %S" -o "$OUT/time-m" "$FERRY" bundle -q -f "$OUT/list-m.txt" -o "$OUT/b.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
+  read -r rss cu cs < "$OUT/time"; read -r rss_m cu_m cs_m < "$OUT/time-m"
+  cpu=$(python3 -c "print(round($cu+$cs, 2))"); cpu_m=$(python3 -c "print(round($cu_m+$cs_m, 2))")
   echo "bundle of $N references to one registry ($PRESET images, warm cache), median of $RUNS, whole process:"
   echo "  ${t}s, $(python3 -c "print(f'{$t*1000/$N:.2f}')") ms per reference; peak RSS $((rss / 1024)) MB, $(python3 -c "print(f'{$rss/$N:.1f}')") KB per reference"
   echo "  $M references: ${t_m}s, peak RSS $((rss_m / 1024)) MB; each reference past them: $(python3 -c "print(f'{($t-$t_m)*1000/($N-$M):.2f}')") ms, $(python3 -c "print(f'{($rss-$rss_m)/($N-$M):.1f}')") KB"
   echo "  registry CPU per reference: ${reg_ms} ms (past the first $M: ${reg_marginal_ms} ms); floor over 2 cores: $(python3 -c "print(f'{$reg_ms/2:.3f}')") ms per reference"
+  echo "  ferry CPU: ${cpu} s, $(python3 -c "print(f'{$cpu*1000/$N:.3f}')") ms per reference ($M references: ${cpu_m} s; each reference past them: $(python3 -c "print(f'{($cpu-$cpu_m)*1000/($N-$M):.3f}')") ms)"
   ;;
 inspect)
   command -v skopeo >/dev/null || { echo "bench needs skopeo" >&2; exit 1; }

@@ -48,25 +48,28 @@ pub struct PlannedImage {
     pub source: String,
     /// `file:line` of the list entry, so a failure later on can name it.
     pub location: String,
-    /// Registry host asked.
-    pub registry: String,
+    /// Registry host asked (shared by every image of the run naming it, as the two below).
+    pub registry: Arc<str>,
     /// Repository asked at that registry.
-    pub remote_repository: String,
+    pub remote_repository: Arc<str>,
     /// Repository in the bundle.
-    pub repository: String,
+    pub repository: Arc<str>,
     /// Tag in the bundle (none for a digest-only reference).
     pub tag: Option<String>,
     /// The top manifest's digest (the source's, never rewritten).
     pub digest: Digest,
-    /// The top manifest's media type.
-    pub media_type: String,
     /// The walk of the image as chosen: kept children and their blobs (shared by every reference to it).
     pub walk: Arc<ImageWalk>,
-    /// For an index: every child, with whether it is kept.
-    pub platforms: Vec<PlatformEntry>,
+    /// For an index: every child, with whether it is kept (shared by every reference to it).
+    pub platforms: Arc<[PlatformEntry]>,
 }
 
 impl PlannedImage {
+    /// The top manifest's media type.
+    pub fn media_type(&self) -> &str {
+        self.walk.top.media_type()
+    }
+
     /// The chosen children (deepest first), then the top manifest.
     pub fn manifests(&self) -> impl Iterator<Item = &RawManifest> {
         self.walk.manifests()
@@ -112,8 +115,8 @@ impl Plan {
                 .entry(b.digest.clone())
                 .or_insert_with(|| BlobSource {
                     size: b.size,
-                    registry: img.registry.clone(),
-                    repository: img.remote_repository.clone(),
+                    registry: img.registry.to_string(),
+                    repository: img.remote_repository.to_string(),
                     descriptor: b.clone(),
                 });
         }
@@ -127,6 +130,53 @@ impl Plan {
 }
 
 mod referrers;
+
+/// What the images of one run share instead of each holding a copy: names (registries and
+/// repositories: a list of 50,000 tags names a few hundred) and each index's platform list.
+#[derive(Default)]
+pub(crate) struct Shared {
+    names: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+    platforms: std::sync::Mutex<HashMap<Digest, Arc<[PlatformEntry]>>>,
+}
+
+impl Shared {
+    /// `name`, as the one copy this run holds.
+    fn name(&self, name: &str) -> Arc<str> {
+        let mut names = self.names.lock().unwrap();
+        match names.get(name) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = Arc::from(name);
+                names.insert(n.clone());
+                n
+            }
+        }
+    }
+
+    /// The platforms of `walk`'s top index (each child, kept or not), listed once per run
+    /// (the selection is the run's, so a top digest always gives the same list).
+    fn platforms(&self, walk: &ImageWalk) -> Arc<[PlatformEntry]> {
+        let top = walk.top.digest();
+        if let Some(p) = self.platforms.lock().unwrap().get(top) {
+            return p.clone();
+        }
+        let p: Arc<[PlatformEntry]> = walk
+            .children
+            .iter()
+            .filter(|c| &c.parent == top)
+            .map(|c| PlatformEntry {
+                platform: c.platform_label(),
+                digest: c.descriptor.digest.clone(),
+                present: c.selected,
+            })
+            .collect();
+        self.platforms
+            .lock()
+            .unwrap()
+            .insert(top.clone(), p.clone());
+        p
+    }
+}
 
 fn entry_label(e: &ListEntry) -> String {
     format!("{} ({}:{})", e.reference, e.file, e.line)
@@ -249,11 +299,13 @@ impl image::Manifests for CachedRegistry {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn resolve_one(
     entry: &ListEntry,
     opts: &PlanOptions,
     seen: &SeenManifests,
     walks: &Walks,
+    shared: &Shared,
     clients: &Clients,
     cache: &Store,
     tag_by_get: bool,
@@ -300,27 +352,16 @@ async fn resolve_one(
         .walk(&cached, top, &walk_opts)
         .await
         .map_err(|e| e.to_string())?;
-    let platforms = walk
-        .children
-        .iter()
-        .filter(|c| &c.parent == walk.top.digest())
-        .map(|c| PlatformEntry {
-            platform: c.platform_label(),
-            digest: c.descriptor.digest.clone(),
-            present: c.selected,
-        })
-        .collect();
     Ok(PlannedImage {
         section: entry.section.clone(),
         source: r.to_string(),
         location: format!("{}:{}", entry.file, entry.line),
-        registry,
-        remote_repository,
-        repository,
+        registry: shared.name(&registry),
+        remote_repository: shared.name(&remote_repository),
+        repository: shared.name(&repository),
         tag: r.effective_tag().map(str::to_string),
         digest: walk.top.digest().clone(),
-        media_type: walk.top.media_type().to_string(),
-        platforms,
+        platforms: shared.platforms(&walk),
         walk,
     })
 }
@@ -369,6 +410,7 @@ pub async fn resolve(
     let opts = Arc::new(opts.clone());
     let seen = &SeenManifests::default();
     let walks = &Walks::default();
+    let shared = &Shared::default();
     let dead = check_registries(entries, &opts, clients).await;
     let tag_by_get = holds_no_blob(cache);
     let mut results: Vec<(usize, Result<PlannedImage, String>)> = Vec::new();
@@ -392,7 +434,8 @@ pub async fn resolve(
         .map(|(i, e)| {
             let opts = opts.clone();
             async move {
-                let r = resolve_one(e, &opts, seen, walks, clients, cache, tag_by_get).await;
+                let r =
+                    resolve_one(e, &opts, seen, walks, shared, clients, cache, tag_by_get).await;
                 (i, r)
             }
         })
@@ -408,7 +451,7 @@ pub async fn resolve(
         images: Vec::with_capacity(ordered.len()),
         ..Plan::default()
     };
-    let mut names: BTreeMap<(String, String), (String, Digest)> = BTreeMap::new();
+    let mut names: BTreeMap<(Arc<str>, String), (String, Digest)> = BTreeMap::new();
     for (i, r) in ordered {
         let e = &entries[i];
         match r {
@@ -440,7 +483,7 @@ pub async fn resolve(
         }
     }
     if opts.with_referrers {
-        referrers::carry(&mut plan, &opts, seen, walks, clients, cache).await;
+        referrers::carry(&mut plan, &opts, seen, walks, shared, clients, cache).await;
     }
     plan
 }

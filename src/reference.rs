@@ -283,6 +283,11 @@ pub fn parse_images_list(file: &str, text: &str) -> Result<Vec<ListEntry>, ListE
     let mut entries: Vec<ListEntry> = Vec::new();
     let mut errors = Vec::new();
     let mut section = None;
+    // Where each reference was taken, by its hash (an index, not a copy): comparing each line
+    // with every earlier one cost the square of the list's length (50,000 lines: over a second).
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut taken: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    use std::hash::BuildHasher;
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if let Some(name) = line.strip_prefix("##") {
@@ -302,7 +307,18 @@ pub fn parse_images_list(file: &str, text: &str) -> Result<Vec<ListEntry>, ListE
         }
         match Reference::parse(content) {
             Ok(reference) => {
-                if !entries.iter().any(|e| e.reference == reference) {
+                let again = match taken.entry(hasher.hash_one(&reference)) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(entries.len());
+                        false
+                    }
+                    // Two references of one hash are compared in full, with every entry (rare).
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        entries[*o.get()].reference == reference
+                            || entries.iter().any(|e| e.reference == reference)
+                    }
+                };
+                if !again {
                     entries.push(ListEntry {
                         file: file.to_string(),
                         line: i + 1,

@@ -331,7 +331,7 @@ pub async fn bundle(
                     _ => Err(std::io::Error::other(Aborted)),
                 }
             };
-            write_bundle(&opts, &index_json, &layout, &cache, &mut ready)
+            write_bundle(&opts, index_json, &layout, &cache, &mut ready)
         })
     };
     let mut jobs = Vec::with_capacity(copies.len());
@@ -351,7 +351,7 @@ pub async fn bundle(
         jobs.push(Job {
             source: CachedRegistry::new(
                 client,
-                img.remote_repository.clone(),
+                img.remote_repository.to_string(),
                 img.digest.to_string(),
                 cache.clone(),
                 plan.seen.clone(),
@@ -425,7 +425,7 @@ pub async fn bundle(
         let (layout, index_json) = layout_and_index(&plan, opts.mtime, base.as_ref());
         let (o, c) = (opts.clone(), cache.clone());
         tokio::task::spawn_blocking(move || {
-            write_bundle(&o, &index_json, &layout, &c, &mut |_| Ok(true))
+            write_bundle(&o, index_json, &layout, &c, &mut |_| Ok(true))
         })
         .await
         .map_err(|e| BundleError::Write {
@@ -459,7 +459,7 @@ pub async fn bundle(
                 source: crate::transport::catalog::CatalogSource::new(cached.clone(), r, name),
                 destination: RootDest::importing(
                     root.clone(),
-                    img.repository.clone(),
+                    img.repository.to_string(),
                     img.tag.clone(),
                     cache.clone(),
                 ),
@@ -501,7 +501,7 @@ pub async fn bundle(
                 .images
                 .iter()
                 .map(|i| cache::RecordImage {
-                    repository: i.repository.clone(),
+                    repository: i.repository.to_string(),
                     digest: i.digest.clone(),
                 })
                 .collect(),
@@ -531,7 +531,7 @@ fn images_to_copy(plan: &Plan, missing: &BTreeSet<Digest>) -> (Vec<usize>, Vec<O
         .enumerate()
         .map(|(i, img)| {
             *first
-                .entry((img.registry.as_str(), &img.digest))
+                .entry((&*img.registry, &img.digest))
                 .or_insert_with(|| {
                     img.blobs()
                         .iter()
@@ -616,7 +616,7 @@ fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layo
     // Images already laid out under their repository: another tag of one has the same links.
     let mut linked: std::collections::HashSet<(&str, &Digest)> = std::collections::HashSet::new();
     for img in &plan.images {
-        let again = !linked.insert((img.repository.as_str(), &img.digest));
+        let again = !linked.insert((&*img.repository, &img.digest));
         let name =
             crate::bundlefile::format::image_name(&img.repository, img.tag.as_deref(), &img.digest);
         let mut blob = |layout: &mut pack::Layout, digest: &Digest, size: u64| {
@@ -665,11 +665,11 @@ fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layo
         images.push(BundleImage {
             section: img.section.clone(),
             source: img.source.clone(),
-            repository: img.repository.clone(),
+            repository: img.repository.to_string(),
             tag: img.tag.clone(),
             digest: img.digest.clone(),
-            media_type: img.media_type.clone(),
-            platforms: img.platforms.clone(),
+            media_type: img.media_type().to_string(),
+            platforms: img.platforms.to_vec(),
         });
     }
     // Each image once per left-out blob, in first-use order (a linear check per name would cost
@@ -752,7 +752,7 @@ fn write_small(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Packs into `.<output>.tmp-<pid>` (or one temp file per part), fsyncs, renames; on any failure the temp files are removed.
 fn write_bundle(
     opts: &BundleOptions,
-    index_json: &[u8],
+    index_json: Vec<u8>,
     layout: &pack::Layout,
     cache: &Store,
     ready: &mut dyn FnMut(&Digest) -> std::io::Result<bool>,
@@ -801,7 +801,7 @@ fn write_bundle(
         }
     };
     let signature = match &opts.sign {
-        Some(k) => Some(k.sign(index_json).map_err(|e| BundleError::Write {
+        Some(k) => Some(k.sign(&index_json).map_err(|e| BundleError::Write {
             path: output.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
         })?),

@@ -145,29 +145,64 @@ type Job = (usize, Vec<u8>, bool);
 type Done = (usize, io::Result<(Vec<u8>, usize)>);
 
 /// Frame buffers handed back once used, for the next frame: a fresh megabyte from the allocator
-/// is fresh pages, and faulting them in cost about a tenth of a cold bundle's CPU. Holds no more
-/// buffers than were ever in flight at once (a few per thread).
-#[derive(Clone, Default)]
-struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
+/// is fresh pages, and faulting them in cost about a tenth of a cold bundle's CPU. Keeps at most
+/// `cap` idle buffers: as many as can be in flight at once (see [`FrameWriter::new`]), so a
+/// buffer beyond them, which no later frame could use, goes back to the allocator.
+#[derive(Clone)]
+struct Pool {
+    free: Arc<Mutex<Vec<Vec<u8>>>>,
+    cap: usize,
+    /// Buffers ever allocated (the most in flight at once, with the idle ones), for tests.
+    #[cfg(test)]
+    allocated: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 impl Pool {
+    /// A pool keeping at most `cap` idle buffers.
+    fn new(cap: usize) -> Pool {
+        Pool {
+            free: Arc::default(),
+            cap,
+            #[cfg(test)]
+            allocated: Arc::default(),
+        }
+    }
+
     /// An empty buffer of at least `capacity` bytes, reused when one is free.
     fn take(&self, capacity: usize) -> Vec<u8> {
-        match self.0.lock().unwrap().pop() {
+        match self.free.lock().unwrap().pop() {
             Some(mut b) => {
                 b.clear();
                 b.reserve(capacity);
                 b
             }
-            None => Vec::with_capacity(capacity),
+            None => {
+                #[cfg(test)]
+                self.allocated
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Vec::with_capacity(capacity)
+            }
         }
     }
 
-    /// Hands `buf` back for reuse.
+    /// Hands `buf` back for reuse (or frees it, when `cap` buffers are idle already).
     fn give(&self, buf: Vec<u8>) {
-        self.0.lock().unwrap().push(buf);
+        let mut free = self.free.lock().unwrap();
+        if free.len() < self.cap {
+            free.push(buf);
+        }
+    }
+
+    /// Idle buffers held and buffers ever allocated (for tests).
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
+        (
+            self.free.lock().unwrap().len(),
+            self.allocated.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 }
+
 /// The finished file and its seek table: (compressed, decompressed) size per frame.
 type Written = io::Result<(SplitFile, Vec<(u32, u32)>)>;
 
@@ -183,6 +218,9 @@ pub struct FrameWriter {
     jobs: Option<SyncSender<Job>>,
     /// Tar-side frame buffers, given back by the workers once compressed.
     raw: Pool,
+    /// Compressed frame buffers (held here only for tests to count).
+    #[cfg(test)]
+    compressed: Pool,
     workers: Vec<std::thread::JoinHandle<()>>,
     writer: Option<std::thread::JoinHandle<Written>>,
 }
@@ -191,11 +229,15 @@ impl FrameWriter {
     /// Starts compressing into `file` at `level` with `threads` workers.
     pub fn new(file: SplitFile, level: i32, threads: usize) -> FrameWriter {
         let threads = threads.max(1);
-        // Short queues keep memory flat: at most a few frames in flight per thread.
-        let (job_tx, job_rx) = sync_channel::<Job>(threads);
+        // Queues of one frame keep memory flat and every worker fed: raw (tar-side) frames in
+        // flight are the one being filled, one waiting and one per worker; compressed ones are
+        // one per worker, one waiting, one being written and those the writer holds until the
+        // frames before them are done (as a rule fewer than the workers, more while the OS holds
+        // one worker back). 1 MiB each; the pools keep no more idle than that.
+        let (job_tx, job_rx) = sync_channel::<Job>(1);
         let job_rx = Arc::new(Mutex::new(job_rx));
-        let (done_tx, done_rx) = sync_channel::<Done>(threads);
-        let (raw, compressed) = (Pool::default(), Pool::default());
+        let (done_tx, done_rx) = sync_channel::<Done>(1);
+        let (raw, compressed) = (Pool::new(threads + 2), Pool::new(2 * threads + 1));
         let workers = (0..threads)
             .map(|_| {
                 let rx = job_rx.clone();
@@ -205,11 +247,15 @@ impl FrameWriter {
             })
             .collect();
         drop(done_tx);
+        #[cfg(test)]
+        let counted = compressed.clone();
         let writer = std::thread::spawn(move || write_frames(file, done_rx, compressed));
         FrameWriter {
             buf: raw.take(MAX_FRAME_BYTES),
             packed: 0,
             raw,
+            #[cfg(test)]
+            compressed: counted,
             position: 0,
             seq: 0,
             jobs: Some(job_tx),
@@ -226,7 +272,8 @@ impl FrameWriter {
         // compressed: zstd would spend most of a cold bundle's compression CPU to find nothing.
         let stored = self.packed * 8 >= self.buf.len() * 7;
         self.packed = 0;
-        let chunk = std::mem::replace(&mut self.buf, self.raw.take(MAX_FRAME_BYTES));
+        // Sent before the next buffer is taken: one fewer in flight while the queue is full.
+        let chunk = std::mem::take(&mut self.buf);
         let Some(tx) = self.jobs.as_ref() else {
             return Err(io::Error::other("compression threads stopped"));
         };
@@ -234,6 +281,7 @@ impl FrameWriter {
             return Err(self.stopped());
         }
         self.seq += 1;
+        self.buf = self.raw.take(MAX_FRAME_BYTES);
         Ok(())
     }
 
@@ -548,13 +596,14 @@ impl Layout {
     }
 }
 
-/// Writes `index_json` (then its minisign `signature`, when signed) then `layout` as tar entries into `out`. Before each
+/// Writes `index_json` (then its minisign `signature`, when signed) then `layout` as tar entries into `out`
+/// (`index_json` is freed once written: a list of many tags makes it megabytes). Before each
 /// blob, `ready(digest)` is called and must return once the blob is in `cache`,
 /// saying whether it must be re-hashed (a blob verified by this very run need not be)
 /// (so packing can run while later blobs are still downloading).
 pub fn write_tar(
     out: Output,
-    index_json: &[u8],
+    index_json: Vec<u8>,
     signature: Option<&[u8]>,
     layout: &Layout,
     cache: &crate::store::Store,
@@ -574,7 +623,13 @@ pub fn write_tar(
         h
     };
     let mut h = header(tar::EntryType::Regular, index_json.len() as u64, 0o644);
-    tar.append_data(&mut h, crate::bundlefile::format::INDEX_NAME, index_json)?;
+    tar.append_data(
+        &mut h,
+        crate::bundlefile::format::INDEX_NAME,
+        index_json.as_slice(),
+    )?;
+    let index_digest = Digest::sha256_of(&index_json);
+    drop(index_json);
     if let Some(sig) = signature {
         let mut h = header(tar::EntryType::Regular, sig.len() as u64, 0o644);
         tar.append_data(&mut h, crate::bundlefile::sign::SIGNATURE_NAME, sig)?;
@@ -582,7 +637,7 @@ pub fn write_tar(
     tar.get_mut().boundary()?;
     let mut offsets = OffsetTable {
         format: OFFSETS_FORMAT.to_string(),
-        index_digest: Digest::sha256_of(index_json),
+        index_digest,
         blobs: Vec::new(),
         repos: Default::default(),
     };
@@ -836,6 +891,46 @@ mod tests {
             assert!(decoded == tar, "stored {stored}");
             assert_eq!(packed.len() > 2 * data.len(), stored, "{}", packed.len());
         }
+    }
+
+    #[test]
+    fn frame_buffers_are_no_more_than_the_frames_in_flight() {
+        // Hardly compressible bytes, so compressed frames fill their buffers too.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..4 * MAX_FRAME_BYTES)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let threads = 2;
+        let file = SplitFile::create(dir.path(), "t", None).unwrap();
+        let mut w = FrameWriter::new(file, 1, threads);
+        for _ in 0..10 {
+            w.write_all(&data).unwrap();
+        }
+        let (raw, compressed) = (w.raw.clone(), w.compressed.clone());
+        w.finish(None).unwrap();
+        // Tar-side: filling, waiting, one per worker; compressed: one per worker, waiting,
+        // being written, held back. How many were in flight at once depends on the scheduler;
+        // how many are kept idle does not.
+        let (raw_idle, raw_made) = raw.counts();
+        let (out_idle, out_made) = compressed.counts();
+        assert!(raw_made >= 1 && out_made >= 1);
+        assert!(raw_idle <= threads + 2, "{raw_idle} tar-side buffers kept");
+        assert!(
+            out_idle <= 2 * threads + 1,
+            "{out_idle} compressed buffers kept"
+        );
+        // Capped: buffers handed back beyond the cap are freed.
+        let pool = Pool::new(2);
+        for _ in 0..3 {
+            pool.give(Vec::with_capacity(8));
+        }
+        assert_eq!(pool.counts(), (2, 0));
     }
 
     #[test]

@@ -226,6 +226,8 @@ fn run_inner(
         split_size: a.split_size,
         since: a.since,
     };
+    // Before the runtime starts its threads: arenas are set when a thread first allocates.
+    crate::serve::limit_malloc_arenas();
     let progress = super::progress::bar(g.quiet || g.debug, "bundle");
     let result = super::runtime()?.block_on(bundle(
         &entries,

@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use futures_util::{StreamExt, stream};
 
 use super::{
-    Clients, Failure, Plan, PlanOptions, PlannedImage, SeenManifests, Store, Walks, resolve_one,
+    Clients, Failure, Plan, PlanOptions, PlannedImage, SeenManifests, Shared, Store, Walks,
+    resolve_one,
 };
 use crate::digest::Digest;
 use crate::limits::REFERRER_DEPTH;
@@ -86,10 +87,11 @@ pub(super) async fn carry(
     opts: &PlanOptions,
     seen: &SeenManifests,
     walks: &Walks,
+    shared: &Shared,
     clients: &Clients,
     cache: &Store,
 ) {
-    let mut planned: BTreeSet<(String, Digest)> = plan
+    let mut planned: BTreeSet<(std::sync::Arc<str>, Digest)> = plan
         .images
         .iter()
         .flat_map(|i| {
@@ -145,7 +147,7 @@ pub(super) async fn carry(
         }
         let resolved: Vec<(usize, ListEntry, Result<PlannedImage, String>)> = stream::iter(entries)
             .map(|(i, e)| async move {
-                let r = resolve_one(&e, opts, seen, walks, clients, cache, false).await;
+                let r = resolve_one(&e, opts, seen, walks, shared, clients, cache, false).await;
                 (i, e, r)
             })
             .buffered(opts.jobs.max(1))
