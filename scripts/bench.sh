@@ -388,8 +388,8 @@ PY
   echo "    CPU: skopeo ${cpu_skopeo_all} + source ${src_skopeo_all} + target ${dst_skopeo_all}; ferry ${cpu_ferry_all} + source ${src_ferry_all} + target ${dst_ferry_all}"
   echo "    floor (source + target registries' own CPU over 2 cores): ${floor_all}s; skopeo/floor $(ratio "$t_skopeo_all" "$floor_all")x (the most any client could gain)"
   echo "    floor of a verifying client (the registries' CPU plus sha256 of the $(wc -l < "$OUT/multi-blobs.txt") unique blobs, ${hash_cpu} CPU-s, over 2 cores): ${floor_verify}s; skopeo/floor $(ratio "$t_skopeo_all" "$floor_verify")x"
-  echo "    floor of a bare client (scripts/floor_copy.py bare: only the requests a copy must make, 6 connections, no checks, no hashing, no process start): ${t_floor_bare}s; skopeo/floor $(ratio "$t_skopeo_all" "$t_floor_bare")x, ferry/floor $(ratio "$t_ferry_all" "$t_floor_bare")x"
-  echo "    critical path (scripts/floor_copy.py crit: each image's largest blob it must upload, alone, GET streamed into POST + PUT, summed): ${t_floor_crit}s; skopeo/floor $(ratio "$t_skopeo_all" "$t_floor_crit")x"
+  echo "    a bare reference client (scripts/floor_copy.py bare: only the requests a copy must make, 6 connections, no checks, no hashing, no process start; a yardstick, not a strict floor): ${t_floor_bare}s; skopeo/bare $(ratio "$t_skopeo_all" "$t_floor_bare")x, ferry/bare $(ratio "$t_ferry_all" "$t_floor_bare")x"
+  echo "    critical path (scripts/floor_copy.py crit: each image's largest blob it must upload, alone, GET streamed into POST + PUT, summed; a floor for one image per process): ${t_floor_crit}s; skopeo/floor $(ratio "$t_skopeo_all" "$t_floor_crit")x, ferry/floor $(ratio "$t_ferry_all" "$t_floor_crit")x"
   ;;
 refs)
   N="${REFS:-5000}"

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::digest::Digest;
 
@@ -37,6 +37,18 @@ pub struct Pushed {
     saved: OnceLock<Mutex<HashMap<Key, Vec<String>>>>,
     /// Locations learnt in this run, in order, to be added to the file.
     learnt: Mutex<Vec<(String, Digest, String)>>,
+    /// Whether each (host, repository) had no tag when first asked: one question per
+    /// repository and run, however many of its images the run writes.
+    new_repos: Mutex<HashMap<(String, String), Arc<NewRepo>>>,
+}
+
+/// The answer to "has this repository no tag?", asked once and shared.
+#[derive(Debug, Default)]
+pub struct NewRepo {
+    /// The answer, once known.
+    pub answer: tokio::sync::OnceCell<bool>,
+    /// Whether a background question was started already.
+    pub asked: std::sync::atomic::AtomicBool,
 }
 
 impl Pushed {
@@ -46,6 +58,16 @@ impl Pushed {
             file: Some(file),
             ..Pushed::default()
         }
+    }
+
+    /// The one shared "has no tag" answer of `repo` of `host` for this run.
+    pub fn new_repo(&self, host: &str, repo: &str) -> Arc<NewRepo> {
+        self.new_repos
+            .lock()
+            .unwrap()
+            .entry((host.to_string(), repo.to_string()))
+            .or_default()
+            .clone()
     }
 
     /// Whether this run has seen `repo` of `host` hold the blob (so no HEAD is needed).

@@ -6,6 +6,7 @@
 //! image last.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::{DestProperties, Destination, Put, Result, Source, TransportError};
@@ -195,10 +196,9 @@ pub struct RegistryDest {
     pushed: Arc<Pushed>,
     /// Whether the repository had no tag when first asked (then a blob is not asked about
     /// with a HEAD: its upload opens with a mount from the repository itself, which the
-    /// registry answers with 201 when it holds the blob after all).
-    new_repo: tokio::sync::OnceCell<bool>,
-    /// That question, asked by [`Destination::prepare`] while the source is read.
-    asking: Mutex<Option<tokio::task::JoinHandle<bool>>>,
+    /// registry answers with 201 when it holds the blob after all); shared by every image
+    /// of the run written into it, asked by [`Destination::prepare`] while the source is read.
+    new_repo: Arc<super::locations::NewRepo>,
 }
 
 /// Whether `repo` has no tag; an answer that is not a clear yes is no (the blobs are asked about).
@@ -220,28 +220,23 @@ impl RegistryDest {
         tag: Option<String>,
         pushed: Arc<Pushed>,
     ) -> RegistryDest {
+        let new_repo = pushed.new_repo(client.host(), &repo);
         RegistryDest {
             client,
             repo,
             tag,
             pushed,
-            new_repo: tokio::sync::OnceCell::new(),
-            asking: Mutex::new(None),
+            new_repo,
         }
     }
 
-    /// Whether the repository had no tag (asked once: the answer [`Destination::prepare`]
-    /// started, else asked now).
+    /// Whether the repository had no tag (asked once per run: a question already under way,
+    /// started by [`Destination::prepare`] for this or another image, is waited for).
     async fn is_new_repo(&self) -> bool {
         *self
             .new_repo
-            .get_or_init(|| async {
-                let asked = self.asking.lock().unwrap().take();
-                match asked {
-                    Some(h) => h.await.unwrap_or(false),
-                    None => repo_is_new(self.client.clone(), self.repo.clone()).await,
-                }
-            })
+            .answer
+            .get_or_init(|| repo_is_new(self.client.clone(), self.repo.clone()))
             .await
     }
 }
@@ -267,12 +262,18 @@ impl Destination for RegistryDest {
 
     /// Asks, in the background, whether the repository is new (has no tag).
     fn prepare(&self) {
-        let mut asking = self.asking.lock().unwrap();
-        if asking.is_none() && !self.new_repo.initialized() {
-            *asking = Some(tokio::spawn(repo_is_new(
+        if !self.new_repo.asked.swap(true, Ordering::Relaxed) {
+            let (new_repo, client, repo) = (
+                self.new_repo.clone(),
                 self.client.clone(),
                 self.repo.clone(),
-            )));
+            );
+            tokio::spawn(async move {
+                new_repo
+                    .answer
+                    .get_or_init(|| repo_is_new(client, repo))
+                    .await;
+            });
         }
     }
 

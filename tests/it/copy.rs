@@ -498,11 +498,13 @@ fn a_registry_copy_asks_each_thing_once_and_a_later_run_mounts_what_an_earlier_o
         (blobs, blobs),
         "{s:?}"
     );
-    // The target: each blob by one POST and one monolithic PUT (no PATCH), asked about at most once.
+    // The target: each blob by one POST and one monolithic PUT (no PATCH); a new repository
+    // is asked for its tags once and about no blob.
     assert_eq!(count(&d, 0, "PATCH", "/"), 0, "{d:?}");
     assert_eq!(count(&d, 0, "POST", "/blobs/uploads/"), blobs, "{d:?}");
     assert_eq!(count(&d, 0, "PUT", "/blobs/uploads/"), blobs, "{d:?}");
-    assert!(count(&d, 0, "HEAD", "/blobs/") <= blobs, "{d:?}");
+    assert_eq!(count(&d, 0, "HEAD", "/blobs/"), 0, "{d:?}");
+    assert_eq!(count(&d, 0, "GET", "/tags/list"), 1, "{d:?}");
 
     // Another process, another repository of the same target: every blob is mounted from
     // where the first run put it, and the source is asked for no blob.
@@ -617,4 +619,35 @@ fn a_new_repository_is_not_asked_about_each_blob_and_one_that_holds_images_is() 
     );
     let (blobs, manifests, text) = dst.gc_dry_run();
     assert_eq!((blobs, manifests), (0, 0), "{text}");
+}
+
+/// `unbundle push` writes one image at a time, several into one repository: each repository is
+/// asked for its tags once per run (the answer is shared), not once per image.
+#[test]
+fn a_push_asks_each_repository_for_its_tags_once() {
+    let (_, corpus) = small();
+    let mut per_repo = std::collections::BTreeMap::<&str, usize>::new();
+    for i in &corpus.images {
+        *per_repo.entry(i.repository.as_str()).or_default() += 1;
+    }
+    assert!(per_repo.values().any(|&n| n > 1), "{per_repo:?}");
+    let (_d, dst) = logged_registry(None);
+    run_ok(
+        ferry()
+            .args([
+                "unbundle",
+                "push",
+                "-q",
+                "--dest-tls-verify=false",
+                "--dest",
+            ])
+            .arg(&dst.addr)
+            .arg(&crate::unbundle::bundles().0),
+    );
+    let d = dst.settled_requests();
+    for repo in per_repo.keys() {
+        let tags = format!("/v2/{repo}/tags/list");
+        assert_eq!(count(&d, 0, "GET", &tags), 1, "{repo}: {d:?}");
+    }
+    assert_eq!(count(&d, 0, "GET", "/tags/list"), per_repo.len(), "{d:?}");
 }
