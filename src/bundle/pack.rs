@@ -830,18 +830,23 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 
-    #[test]
-    fn stored_frames_are_the_frames_zstd_writes_for_bytes_it_cannot_shrink() {
-        // Pseudo-random bytes (xorshift): nothing for zstd to find.
+    /// `n` pseudo-random bytes (xorshift): nothing for zstd to find in them.
+    fn noise(n: usize) -> Vec<u8> {
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let data: Vec<u8> = (0..MAX_FRAME_BYTES)
+        (0..n)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 x as u8
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn stored_frames_are_the_frames_zstd_writes_for_bytes_it_cannot_shrink() {
+        // Pseudo-random bytes: nothing for zstd to find.
+        let data = noise(MAX_FRAME_BYTES);
         let mut zstd = zstd::bulk::Compressor::new(1).unwrap();
         zstd.include_checksum(true).unwrap();
         zstd.include_contentsize(true).unwrap();
@@ -896,15 +901,7 @@ mod tests {
     #[test]
     fn frame_buffers_are_no_more_than_the_frames_in_flight() {
         // Hardly compressible bytes, so compressed frames fill their buffers too.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..4 * MAX_FRAME_BYTES)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = noise(4 * MAX_FRAME_BYTES);
         let dir = tempfile::tempdir().unwrap();
         let threads = 2;
         let file = SplitFile::create(dir.path(), "t", None).unwrap();

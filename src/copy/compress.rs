@@ -241,17 +241,22 @@ mod tests {
         RawManifest::new(json.into_bytes(), None).unwrap()
     }
 
-    #[test]
-    fn every_platform_is_rewritten_then_the_index_names_the_new_children() {
-        let (plain, gz) = (Digest::sha256_of(b"plain"), Digest::sha256_of(b"gz"));
-        let zipped = Descriptor {
-            media_type: mt::OCI_LAYER_GZIP.into(),
+    /// The descriptor of a layer gzipped on the way, of `media_type`.
+    fn zipped(media_type: &str) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
             digest: Digest::sha256_of(b"zipped"),
             size: 5,
             platform: None,
             urls: Vec::new(),
             annotations: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn every_platform_is_rewritten_then_the_index_names_the_new_children() {
+        let (plain, gz) = (Digest::sha256_of(b"plain"), Digest::sha256_of(b"gz"));
+        let zipped = zipped(mt::OCI_LAYER_GZIP);
         let a = image(
             mt::OCI_MANIFEST,
             &[(mt::OCI_LAYER, &plain), (mt::OCI_LAYER_GZIP, &gz)],
@@ -333,14 +338,7 @@ mod tests {
             layers_to_gzip(&[img.clone(), artifact.clone()], false),
             HashSet::from([plain.clone()])
         );
-        let zipped = Descriptor {
-            media_type: mt::OCI_LAYER_GZIP.into(),
-            digest: Digest::sha256_of(b"zipped"),
-            size: 5,
-            platform: None,
-            urls: Vec::new(),
-            annotations: Default::default(),
-        };
+        let zipped = zipped(mt::OCI_LAYER_GZIP);
         let out = rewrite_manifests(
             &[img.clone(), artifact.clone()],
             &HashMap::from([(plain, zipped)]),
@@ -354,14 +352,7 @@ mod tests {
     fn a_docker_manifest_is_written_in_go_field_order() {
         let plain = Digest::sha256_of(b"plain");
         let docker = image(mt::DOCKER_MANIFEST, &[(mt::DOCKER_LAYER, &plain)]);
-        let zipped = Descriptor {
-            media_type: mt::DOCKER_LAYER_GZIP.into(),
-            digest: Digest::sha256_of(b"zipped"),
-            size: 5,
-            platform: None,
-            urls: Vec::new(),
-            annotations: Default::default(),
-        };
+        let zipped = zipped(mt::DOCKER_LAYER_GZIP);
         let out = rewrite_manifests(&[docker], &HashMap::from([(plain, zipped.clone())])).unwrap();
         let want = format!(
             r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","size":3,"digest":"{}"}},"layers":[{{"mediaType":"{}","size":5,"digest":"{}"}}]}}"#,
