@@ -149,6 +149,32 @@ pub fn test_pause(var: &str) {
     }
 }
 
+/// glibc gives each thread that allocates an arena of its own (up to 8 per core) and keeps
+/// freed chunks in it: with a blocking thread per streamed blob, that alone held some 80 MB under
+/// 64 clients. One arena keeps the server's memory flat (2 cores: little lock contention).
+/// Large buffers (decompressed frames) are mmapped from a fixed size on, so they go back to
+/// the system when freed ([`SERVE_MMAP_THRESHOLD_BYTES`]); up to [`SERVE_TRIM_THRESHOLD_BYTES`]
+/// free at the heap's top is kept, so buffers freed and allocated again do not fault again.
+/// `ferry bundle` calls it too: the plan and index of a long list are freed on one thread while
+/// the packer's threads allocate their frame buffers in arenas of their own (20,000 tags: 74 MB
+/// peak, 59 MB with it).
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX takes effect for arenas created
+    // later, M_MMAP_THRESHOLD for allocations made later.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(
+            libc::M_MMAP_THRESHOLD,
+            i32::try_from(SERVE_MMAP_THRESHOLD_BYTES).unwrap_or(i32::MAX),
+        );
+        libc::mallopt(
+            libc::M_TRIM_THRESHOLD,
+            i32::try_from(SERVE_TRIM_THRESHOLD_BYTES).unwrap_or(i32::MAX),
+        );
+    }
+}
+
 /// Test-only: set (to anything) to skip the free-space checks, for tests of a disk that fills up mid-run.
 pub const ENV_NO_SPACE_CHECK: &str = "FERRY_TEST_NO_SPACE_CHECK";
 

@@ -67,6 +67,22 @@ pub struct CopyArgs {
 }
 
 /// Runs `ferry copy`.
+/// One check of a registry reference's host (nothing for other transports), so a dead or
+/// mistyped registry is one clear line before anything is read or written.
+async fn ping(
+    r: &ImageRef,
+    clients: &Clients,
+    opts: &crate::registry::ClientOptions,
+) -> anyhow::Result<()> {
+    if let ImageRef::Docker(r) = r {
+        clients
+            .get(r.registry(DEFAULT_REGISTRY), opts)?
+            .ping()
+            .await?;
+    }
+    Ok(())
+}
+
 pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
     let src = ImageRef::parse(&a.source).context("source")?;
     let dst = ImageRef::parse(&a.destination).context("destination")?;
@@ -130,13 +146,9 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
         // existing destination, a dir: image or a layout, as it was); a registry destination's
         // ping only reads, so it overlaps the source's round trips.
         let read_source = async {
-            if let ImageRef::Docker(r) = &src {
-                clients
-                    .get(r.registry(DEFAULT_REGISTRY), &open.source)?
-                    .ping()
-                    .await
-                    .with_context(|| format!("reading {}", a.source))?;
-            }
+            ping(&src, &clients, &open.source)
+                .await
+                .with_context(|| format!("reading {}", a.source))?;
             let source = open_source(&src, &clients, &open).await?;
             source
                 .top()
@@ -145,14 +157,9 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
             anyhow::Ok(source)
         };
         let ping_dest = async {
-            if let ImageRef::Docker(r) = &dst {
-                dest_clients
-                    .get(r.registry(DEFAULT_REGISTRY), &open.destination)?
-                    .ping()
-                    .await
-                    .with_context(|| format!("writing {}", a.destination))?;
-            }
-            anyhow::Ok(())
+            ping(&dst, &dest_clients, &open.destination)
+                .await
+                .with_context(|| format!("writing {}", a.destination))
         };
         // A source that fails is named at once, whatever the destination's ping is doing (a
         // hung destination must not hold a mistyped source's error for its timeout); when the

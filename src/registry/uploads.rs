@@ -25,7 +25,7 @@ pub enum BlobPush {
     Uploaded,
 }
 
-fn push_scope(repo: &str) -> String {
+pub(super) fn push_scope(repo: &str) -> String {
     format!("repository:{repo}:pull,push")
 }
 
@@ -84,47 +84,6 @@ impl Client {
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
         }
-    }
-
-    /// Whether `repo` has no tag yet (one page of one tag asked for, with the push scope a push
-    /// needs anyway), so a push may open each upload without asking about the blob first.
-    pub async fn has_no_tags(&self, repo: &str) -> Result<bool, RegistryError> {
-        #[derive(serde::Deserialize)]
-        struct Page {
-            #[serde(default)]
-            tags: Option<Vec<String>>,
-        }
-        let route = Route::Tags {
-            name: repo.to_string(),
-        };
-        let url = self.url(&route, "?n=1").await?;
-        let held = match self
-            .send_url(
-                Method::GET,
-                url,
-                &push_scope(repo),
-                &[],
-                None,
-                self.permit().await,
-            )
-            .await
-        {
-            Ok(h) => h,
-            Err(e) if e.is_not_found() => return Ok(true),
-            Err(e) => return Err(e),
-        };
-        let body = self
-            .read_body(
-                held.resp,
-                limits::MAX_MANIFEST_BYTES,
-                &format!("reading the tags of {repo}"),
-            )
-            .await?;
-        let page: Page = serde_json::from_slice(&body).map_err(|e| RegistryError::Config {
-            host: self.host().to_string(),
-            why: format!("{repo}: tag list does not parse: {e}"),
-        })?;
-        Ok(page.tags.unwrap_or_default().is_empty())
     }
 
     /// Mounts `digest` into `repo` from the repository `from` of the same registry, without its

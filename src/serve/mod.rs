@@ -31,8 +31,7 @@ use crate::transport::Catalog;
 
 use crate::digest::Digest;
 use crate::limits::{
-    DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, SERVE_CHUNK_BYTES, SERVE_CONN_BUFFER_BYTES,
-    SERVE_MMAP_THRESHOLD_BYTES, SERVE_TRIM_THRESHOLD_BYTES, echo,
+    DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, SERVE_CHUNK_BYTES, SERVE_CONN_BUFFER_BYTES, echo,
 };
 use crate::reference::{validate_repository, validate_tag};
 use crate::registry::errcode::{ErrorCode, ErrorEnvelope};
@@ -166,7 +165,7 @@ pub async fn run<B: Catalog>(
         Some(ms) => (Duration::from_millis(ms), Duration::from_millis(ms)),
         None => (HEADER_READ_TIMEOUT, IDLE_TIMEOUT),
     };
-    limit_malloc_arenas();
+    crate::limits::limit_malloc_arenas();
     let writes = opts.allow_push || opts.allow_delete;
     if writes && backend.writable().is_none() {
         return Err(std::io::Error::other(
@@ -240,32 +239,6 @@ pub async fn run<B: Catalog>(
     let _ = stop_tx.send(true);
     while conns.join_next().await.is_some() {}
     Ok(())
-}
-
-/// glibc gives each thread that allocates an arena of its own (up to 8 per core) and keeps
-/// freed chunks in it: with a blocking thread per streamed blob, that alone held some 80 MB under
-/// 64 clients. One arena keeps the server's memory flat (2 cores: little lock contention).
-/// Large buffers (decompressed frames) are mmapped from a fixed size on, so they go back to
-/// the system when freed ([`SERVE_MMAP_THRESHOLD_BYTES`]); up to [`SERVE_TRIM_THRESHOLD_BYTES`]
-/// free at the heap's top is kept, so buffers freed and allocated again do not fault again.
-/// `ferry bundle` calls it too: the plan and index of a long list are freed on one thread while
-/// the packer's threads allocate their frame buffers in arenas of their own (20,000 tags: 74 MB
-/// peak, 59 MB with it).
-pub(crate) fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX takes effect for arenas created
-    // later, M_MMAP_THRESHOLD for allocations made later.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(
-            libc::M_MMAP_THRESHOLD,
-            i32::try_from(SERVE_MMAP_THRESHOLD_BYTES).unwrap_or(i32::MAX),
-        );
-        libc::mallopt(
-            libc::M_TRIM_THRESHOLD,
-            i32::try_from(SERVE_TRIM_THRESHOLD_BYTES).unwrap_or(i32::MAX),
-        );
-    }
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (h2 by ALPN or prior knowledge) on one connection until it ends or `stop` changes, then shuts it down gracefully.
