@@ -60,14 +60,28 @@ pub struct PlannedImage {
     pub digest: Digest,
     /// The walk of the image as chosen: kept children and their blobs (shared by every reference to it).
     pub walk: Arc<ImageWalk>,
-    /// For an index: every child, with whether it is kept (shared by every reference to it).
-    pub platforms: Arc<[PlatformEntry]>,
 }
 
 impl PlannedImage {
     /// The top manifest's media type.
     pub fn media_type(&self) -> &str {
         self.walk.top.media_type()
+    }
+
+    /// For an index: every child, with whether it is kept (read off the walk, which every
+    /// reference to the image shares, when the bundle's index is written).
+    pub fn platforms(&self) -> Vec<PlatformEntry> {
+        let top = self.walk.top.digest();
+        self.walk
+            .children
+            .iter()
+            .filter(|c| &c.parent == top)
+            .map(|c| PlatformEntry {
+                platform: c.platform_label(),
+                digest: c.descriptor.digest.clone(),
+                present: c.selected,
+            })
+            .collect()
     }
 
     /// The chosen children (deepest first), then the top manifest.
@@ -132,11 +146,10 @@ impl Plan {
 mod referrers;
 
 /// What the images of one run share instead of each holding a copy: names (registries and
-/// repositories: a list of 50,000 tags names a few hundred) and each index's platform list.
+/// repositories: a list of 50,000 tags names a few hundred).
 #[derive(Default)]
 pub(crate) struct Shared {
     names: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
-    platforms: std::sync::Mutex<HashMap<Digest, Arc<[PlatformEntry]>>>,
 }
 
 impl Shared {
@@ -151,30 +164,6 @@ impl Shared {
                 n
             }
         }
-    }
-
-    /// The platforms of `walk`'s top index (each child, kept or not), listed once per run
-    /// (the selection is the run's, so a top digest always gives the same list).
-    fn platforms(&self, walk: &ImageWalk) -> Arc<[PlatformEntry]> {
-        let top = walk.top.digest();
-        if let Some(p) = self.platforms.lock().unwrap().get(top) {
-            return p.clone();
-        }
-        let p: Arc<[PlatformEntry]> = walk
-            .children
-            .iter()
-            .filter(|c| &c.parent == top)
-            .map(|c| PlatformEntry {
-                platform: c.platform_label(),
-                digest: c.descriptor.digest.clone(),
-                present: c.selected,
-            })
-            .collect();
-        self.platforms
-            .lock()
-            .unwrap()
-            .insert(top.clone(), p.clone());
-        p
     }
 }
 
@@ -361,7 +350,6 @@ async fn resolve_one(
         repository: shared.name(&repository),
         tag: r.effective_tag().map(str::to_string),
         digest: walk.top.digest().clone(),
-        platforms: shared.platforms(&walk),
         walk,
     })
 }

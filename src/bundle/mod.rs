@@ -123,17 +123,16 @@ pub struct SparseImage {
 pub fn sparse_images(plan: &Plan) -> Vec<SparseImage> {
     plan.images
         .iter()
-        .filter(|i| i.platforms.iter().any(|p| !p.present))
-        .map(|i| SparseImage {
+        .map(|i| (i, i.platforms()))
+        .filter(|(_, platforms)| platforms.iter().any(|p| !p.present))
+        .map(|(i, platforms)| SparseImage {
             image: i.source.clone(),
-            kept: i
-                .platforms
+            kept: platforms
                 .iter()
                 .filter(|p| p.present)
                 .map(|p| p.platform.clone())
                 .collect(),
-            left_out: i
-                .platforms
+            left_out: platforms
                 .iter()
                 .filter(|p| !p.present)
                 .map(|p| p.platform.clone())
@@ -669,7 +668,7 @@ fn layout_and_index(plan: &Plan, mtime: u64, base: Option<&Base>) -> (pack::Layo
             tag: img.tag.clone(),
             digest: img.digest.clone(),
             media_type: img.media_type().to_string(),
-            platforms: img.platforms.to_vec(),
+            platforms: img.platforms(),
         });
     }
     // Each image once per left-out blob, in first-use order (a linear check per name would cost
