@@ -75,7 +75,12 @@ free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0)
 PIDS=()
 # Every server this script starts is stopped by its PID: on a normal exit, on a failure (set -e),
 # and on Ctrl-C or SIGTERM (which would otherwise end bash without running the EXIT trap).
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
+# The registry's config goes with the run; its log stays only when the run failed.
+cleanup() {
+  local rc=$?
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -f "$WORK/registry.$$.yml"; [ "$rc" -ne 0 ] || rm -f "$WORK/registry.$$.log"
+}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -103,7 +108,8 @@ in_target() { trap stop_target EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; 
 # start_registry ROOT / start_ferry ROOT: start a server over ROOT in the background, set ADDR.
 start_registry() {
   local port; port=$(free_port)
-  cat > "$WORK/registry.yml" <<YAML
+  # One config and log per bench process: cases run side by side in one WORK must not share them.
+  cat > "$WORK/registry.$$.yml" <<YAML
 version: 0.1
 log:
   level: error
@@ -116,7 +122,7 @@ http:
   addr: 127.0.0.1:$port
   secret: bench-not-a-secret
 YAML
-  docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
+  docker-registry serve "$WORK/registry.$$.yml" >"$WORK/registry.$$.log" 2>&1 &
   PIDS+=($!)
   ADDR="127.0.0.1:$port"
   for _ in $(seq 1 100); do curl -fsS "http://$ADDR/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
