@@ -401,6 +401,10 @@ impl tokio::io::AsyncRead for IdleIo {
                     // Waited out the patience for a mark: read the rest of this body as before
                     // (lowering the mark wakes the socket if anything is waiting; read again).
                     Poll::Ready(_) if self.mark > 1 => {
+                        tracing::debug!(
+                            "no {} bytes within the patience: reading this body on without a low-water mark",
+                            self.mark
+                        );
                         self.low.give_up();
                         self.set_mark(1);
                     }

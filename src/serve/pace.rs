@@ -23,6 +23,7 @@ use crate::limits::{UPLOAD_RCVLOWAT_BYTES, UPLOAD_RCVLOWAT_MARGIN_BYTES};
 #[derive(Clone, Default)]
 pub(super) struct LowWater(Arc<Mark>);
 
+/// What [`LowWater`] shares.
 #[derive(Default)]
 struct Mark {
     /// The mark the body asks for (0 or 1: none).
@@ -43,6 +44,7 @@ impl LowWater {
         self.0.wanted.store(1, Ordering::Relaxed);
     }
 
+    /// The body has `left` bytes still to come: the mark, or 1 once that is too close to the end.
     fn ask(&self, left: u64) {
         let mark = if !self.0.gave_up.load(Ordering::Relaxed)
             && left > UPLOAD_RCVLOWAT_BYTES as u64 + UPLOAD_RCVLOWAT_MARGIN_BYTES
@@ -54,6 +56,7 @@ impl LowWater {
         self.0.wanted.store(mark, Ordering::Relaxed);
     }
 
+    /// No mark: a body starts or ends.
     fn reset(&self) {
         self.0.wanted.store(1, Ordering::Relaxed);
         self.0.gave_up.store(false, Ordering::Relaxed);
@@ -142,5 +145,38 @@ impl Drop for Paced {
     fn drop(&mut self) {
         // The next request's head is never waited for with a mark.
         self.low.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mark is asked for only while more than the mark plus the margin is still to come; it is
+    /// back at 1 near the end, stays at 1 for the rest of a body once the socket gave up, and a
+    /// new body may ask again.
+    #[test]
+    fn the_mark_is_never_above_what_is_still_to_come() {
+        let low = LowWater::default();
+        let edge = UPLOAD_RCVLOWAT_BYTES as u64 + UPLOAD_RCVLOWAT_MARGIN_BYTES;
+        assert_eq!(low.wanted(), 1);
+        for (left, want) in [
+            (100 * edge, UPLOAD_RCVLOWAT_BYTES),
+            (edge + 1, UPLOAD_RCVLOWAT_BYTES),
+            (edge, 1),
+            (UPLOAD_RCVLOWAT_BYTES as u64, 1),
+            (0, 1),
+        ] {
+            low.ask(left);
+            assert_eq!(low.wanted(), want, "{left} bytes still to come");
+        }
+        low.ask(10 * edge);
+        low.give_up();
+        assert_eq!(low.wanted(), 1);
+        low.ask(10 * edge);
+        assert_eq!(low.wanted(), 1, "asked again after the socket gave up");
+        low.reset();
+        low.ask(10 * edge);
+        assert_eq!(low.wanted(), UPLOAD_RCVLOWAT_BYTES, "a new body");
     }
 }
