@@ -11,6 +11,7 @@ use std::time::Duration;
 use ferry::store::Store;
 
 use crate::harness::*;
+use crate::serve_secure::read_response;
 
 /// One HTTP/1.0 request with a body; returns status, response head and body.
 fn req(
@@ -932,24 +933,6 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Reads one HTTP/1.1 response off a keep-alive connection: status, head and its
-/// `Content-Length` bytes of body.
-fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        let n = s.read(&mut byte).expect("reading a response head");
-        assert!(n == 1, "connection closed before a response head");
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let len: usize = header(&head, "content-length").map_or(0, |v| v.parse().unwrap());
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    (status, head, body)
-}
-
 /// Sends `body` in 1,000-byte pieces, pausing 300 ms (longer than the server waits for a
 /// receive low-water mark, shorter than its idle timeout) after each offset of `pauses`.
 fn send_in_pieces(s: &mut TcpStream, body: &[u8], pauses: &[usize]) {
@@ -964,8 +947,8 @@ fn send_in_pieces(s: &mut TcpStream, body: &[u8], pauses: &[usize]) {
     }
 }
 
-/// Upload bodies sent in small pieces with pauses, at the start, in the middle and near the end
-/// (where the server must have dropped its receive low-water mark), arrive whole and verified:
+/// Upload bodies sent in small pieces with pauses, only near the end (where the server must have
+/// dropped its receive low-water mark) or from the start, arrive whole and verified:
 /// one by POST `?digest=`, one by POST, PATCH and PUT, all on one keep-alive connection, which
 /// then answers its next request; both blobs are then served back byte for byte.
 #[test]
@@ -978,7 +961,6 @@ fn uploads_sent_in_small_pieces_with_pauses_arrive_whole() {
     let addr = server.addr.clone();
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let pauses = |n: usize| [10_000, 100_000, n / 2, n - 300_000, n - 100_000, n - 10];
 
     let one = noise(3 * 1024 * 1024 + 17, 1);
     let d1 = sha256(&one);
@@ -987,9 +969,10 @@ fn uploads_sent_in_small_pieces_with_pauses_arrive_whole() {
         one.len()
     );
     s.write_all(head.as_bytes()).unwrap();
-    send_in_pieces(&mut s, &one, &pauses(one.len()));
-    let (status, head, body) = read_response(&mut s);
-    assert_eq!(status, 201, "{head}\n{}", String::from_utf8_lossy(&body));
+    // Without a pause until the mark must be gone (the socket waits on it most of the body)...
+    send_in_pieces(&mut s, &one, &[one.len() - 300_000, one.len() - 10]);
+    let (status, head) = read_response(&mut s);
+    assert_eq!(status, 201, "{head}");
     assert_eq!(header(&head, "docker-content-digest"), Some(d1.as_str()));
 
     let two = noise(2 * 1024 * 1024 + 5, 2);
@@ -1001,7 +984,7 @@ fn uploads_sent_in_small_pieces_with_pauses_arrive_whole() {
         .as_bytes(),
     )
     .unwrap();
-    let (status, head, _) = read_response(&mut s);
+    let (status, head) = read_response(&mut s);
     assert_eq!(status, 202, "{head}");
     let location = header(&head, "location").unwrap().to_string();
     let patch = format!(
@@ -1010,9 +993,14 @@ fn uploads_sent_in_small_pieces_with_pauses_arrive_whole() {
         two.len()
     );
     s.write_all(patch.as_bytes()).unwrap();
-    send_in_pieces(&mut s, &two, &pauses(two.len()));
-    let (status, head, body) = read_response(&mut s);
-    assert_eq!(status, 202, "{head}\n{}", String::from_utf8_lossy(&body));
+    // ...and with pauses from the start (the socket gives up the mark for the rest of the body).
+    send_in_pieces(
+        &mut s,
+        &two,
+        &[10_000, 100_000, two.len() / 2, two.len() - 10],
+    );
+    let (status, head) = read_response(&mut s);
+    assert_eq!(status, 202, "{head}");
     assert_eq!(
         header(&head, "range"),
         Some(format!("0-{}", two.len() - 1).as_str())
@@ -1022,12 +1010,12 @@ fn uploads_sent_in_small_pieces_with_pauses_arrive_whole() {
             .as_bytes(),
     )
     .unwrap();
-    let (status, head, body) = read_response(&mut s);
-    assert_eq!(status, 201, "{head}\n{}", String::from_utf8_lossy(&body));
+    let (status, head) = read_response(&mut s);
+    assert_eq!(status, 201, "{head}");
 
     s.write_all(format!("GET /v2/ HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .unwrap();
-    let (status, head, _) = read_response(&mut s);
+    let (status, head) = read_response(&mut s);
     assert_eq!(status, 200, "{head}");
     for (d, bytes) in [(&d1, &one), (&d2, &two)] {
         let (status, _, got) = http(&addr, "GET", &format!("/v2/slow/blobs/{d}"), &[]).unwrap();
