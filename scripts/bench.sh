@@ -706,20 +706,24 @@ def cpu(p):
 print(f"{cpu(sys.argv[2]) - cpu(sys.argv[1]):.2f}")
 PY
   }
-  # Each timed run also notes the CPU seconds of the skopeo processes, the target and the source
-  # (one line per run in $CPU_LOG): CPU is what the load of a shared machine disturbs least.
+  # Voluntary context switches of a process's threads so far (each a wake-up; threads that have
+  # ended are not counted: tokio's blocking threads live on 10 s after their last task).
+  switches_of() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/{n+=$2} END{print n+0}'; }
+  # Each timed run also notes the CPU seconds of the skopeo processes, the target and the source,
+  # and the target's context switches (one line per run in $CPU_LOG): CPU and switches are what
+  # the load of a shared machine disturbs least.
   push_all() {
     local s0; s0=$(cpu_of "$SRC_PID"); times > "$OUT/times0"
     for ref in $REFS; do
       skopeo --insecure-policy copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1
     done
     times > "$OUT/times1"
-    echo "$(times_delta "$OUT/times0" "$OUT/times1") $(cpu_of "$TARGET_PID") $(python3 -c "print(f'{$(cpu_of "$SRC_PID")-$s0:.2f}')")" >> "$CPU_LOG"
+    echo "$(times_delta "$OUT/times0" "$OUT/times1") $(cpu_of "$TARGET_PID") $(python3 -c "print(f'{$(cpu_of "$SRC_PID")-$s0:.2f}')") $(switches_of "$TARGET_PID")" >> "$CPU_LOG"
   }
   cpu_report() { python3 - "$CPU_LOG" <<'PY'
 import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()][1:]  # the first is the warm-up
-print("skopeo %.2f, target %.2f, source %.2f" % tuple(statistics.median(r[i] for r in rows) for i in range(3)) if rows else "")
+print("skopeo %.2f, target %.2f, source %.2f; target's voluntary context switches %d" % tuple(statistics.median(r[i] for r in rows) for i in range(4)) if rows else "")
 PY
   }
   CPU_LOG="$OUT/cpu-null"; : > "$CPU_LOG"; t_null=$(PREP=fresh_null in_target median_time push_all); c_null=$(cpu_report)

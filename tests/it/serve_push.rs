@@ -11,6 +11,7 @@ use std::time::Duration;
 use ferry::store::Store;
 
 use crate::harness::*;
+use crate::serve_secure::read_response;
 
 /// One HTTP/1.0 request with a body; returns status, response head and body.
 fn req(
@@ -917,4 +918,155 @@ fn a_server_killed_mid_push_leaves_only_whole_content() {
     }
     let (blobs, manifests, text) = reg.gc_dry_run();
     assert_eq!((blobs, manifests), (0, 0), "{text}");
+}
+
+/// `n` bytes of noise (a xorshift stream), so a misplaced piece changes the digest.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends `body` in 1,000-byte pieces, pausing 300 ms (longer than the server waits for a
+/// receive low-water mark, shorter than its idle timeout) after each offset of `pauses`.
+fn send_in_pieces(s: &mut TcpStream, body: &[u8], pauses: &[usize]) {
+    let mut sent = 0;
+    for piece in body.chunks(1000) {
+        s.write_all(piece).unwrap();
+        let before = sent;
+        sent += piece.len();
+        if pauses.iter().any(|&p| before < p && p <= sent) {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+/// Upload bodies sent in small pieces with pauses, only near the end (where the server must have
+/// dropped its receive low-water mark) or from the start, arrive whole and verified:
+/// one by POST `?digest=`, one by POST, PATCH and PUT, all on one keep-alive connection, which
+/// then answers its next request; both blobs are then served back byte for byte.
+#[test]
+fn uploads_sent_in_small_pieces_with_pauses_arrive_whole() {
+    let dst = empty_root();
+    let server = FerryServe::start_with_env(
+        &["serve", dst.path().to_str().unwrap(), "--allow-push"],
+        &[(ferry::limits::ENV_SERVE_TIMEOUT_MS, "5000")],
+    );
+    let addr = server.addr.clone();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+
+    let one = noise(3 * 1024 * 1024 + 17, 1);
+    let d1 = sha256(&one);
+    let head = format!(
+        "POST /v2/slow/blobs/uploads/?digest={d1} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        one.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // Without a pause until the mark must be gone (the socket waits on it most of the body)...
+    send_in_pieces(&mut s, &one, &[one.len() - 300_000, one.len() - 10]);
+    let (status, head) = read_response(&mut s);
+    assert_eq!(status, 201, "{head}");
+    assert_eq!(header(&head, "docker-content-digest"), Some(d1.as_str()));
+
+    let two = noise(2 * 1024 * 1024 + 5, 2);
+    let d2 = sha256(&two);
+    s.write_all(
+        format!(
+            "POST /v2/slow/blobs/uploads/ HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (status, head) = read_response(&mut s);
+    assert_eq!(status, 202, "{head}");
+    let location = header(&head, "location").unwrap().to_string();
+    let patch = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Range: 0-{}\r\nContent-Length: {}\r\n\r\n",
+        two.len() - 1,
+        two.len()
+    );
+    s.write_all(patch.as_bytes()).unwrap();
+    // ...and with pauses from the start (the socket gives up the mark for the rest of the body).
+    send_in_pieces(
+        &mut s,
+        &two,
+        &[10_000, 100_000, two.len() / 2, two.len() - 10],
+    );
+    let (status, head) = read_response(&mut s);
+    assert_eq!(status, 202, "{head}");
+    assert_eq!(
+        header(&head, "range"),
+        Some(format!("0-{}", two.len() - 1).as_str())
+    );
+    s.write_all(
+        format!("PUT {location}?digest={d2} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let (status, head) = read_response(&mut s);
+    assert_eq!(status, 201, "{head}");
+
+    s.write_all(format!("GET /v2/ HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let (status, head) = read_response(&mut s);
+    assert_eq!(status, 200, "{head}");
+    for (d, bytes) in [(&d1, &one), (&d2, &two)] {
+        let (status, _, got) = http(&addr, "GET", &format!("/v2/slow/blobs/{d}"), &[]).unwrap();
+        assert_eq!(status, 200, "{d}");
+        assert!(
+            got == *bytes,
+            "{d}: the blob served back differs from the one sent"
+        );
+    }
+}
+
+/// A client that stops sending in the middle of a large upload body is cut by the idle timeout
+/// (the receive low-water mark set for the body does not keep the connection waiting), nothing
+/// of the blob is visible, and the server goes on answering.
+#[test]
+fn an_upload_that_stops_mid_body_is_cut_by_the_idle_timeout() {
+    let dst = empty_root();
+    let server = FerryServe::start_with_env(
+        &["serve", dst.path().to_str().unwrap(), "--allow-push"],
+        &[(ferry::limits::ENV_SERVE_TIMEOUT_MS, "1000")],
+    );
+    let addr = server.addr.clone();
+    let blob = noise(4 * 1024 * 1024, 3);
+    let d = sha256(&blob);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "POST /v2/cut/blobs/uploads/?digest={d} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+        blob.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&blob[..1024 * 1024]).unwrap();
+    // The server closes (or resets) the connection; it never answers 201.
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("connection still open after the idle timeout: {e}"),
+    }
+    assert!(
+        !String::from_utf8_lossy(&rest).contains(" 201 "),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+    let (status, _, _) = http(&addr, "HEAD", &format!("/v2/cut/blobs/{d}"), &[]).unwrap();
+    assert_eq!(status, 404);
+    let blobs = Store::open(dst.path());
+    assert!(
+        !blobs.has_blob(&d.parse().unwrap()),
+        "a part of the blob is visible"
+    );
+    let (status, _, _) = http(&addr, "GET", "/v2/", &[]).unwrap();
+    assert_eq!(status, 200);
 }

@@ -268,7 +268,7 @@ fn anonymous_read_lets_pulls_through_and_nothing_else() {
 }
 
 /// Reads one HTTP/1.1 response (head and a `Content-Length` body) from a keep-alive socket.
-fn read_response(s: &mut TcpStream) -> (u16, String) {
+pub(crate) fn read_response(s: &mut TcpStream) -> (u16, String) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
