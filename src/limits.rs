@@ -50,10 +50,21 @@ pub const UPLOAD_RCVLOWAT_BYTES: usize = 512 * 1024;
 /// raised only while more than it plus this margin of the body is still to come.
 pub const UPLOAD_RCVLOWAT_MARGIN_BYTES: u64 = 4 * SERVE_CONN_BUFFER_BYTES as u64;
 
-/// How long a connection waits for [`UPLOAD_RCVLOWAT_BYTES`] before it goes back to waking per
-/// segment for the rest of that body: a slow or pausing client is then read as before, and a
+/// How long a read waits for [`UPLOAD_RCVLOWAT_BYTES`] before the connection goes back to waking
+/// per segment for the rest of that body: a slow or pausing client is then read as before, and a
 /// mistaken mark could delay a body by this much, never stall it.
 pub const UPLOAD_RCVLOWAT_PATIENCE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// [`UPLOAD_RCVLOWAT_PATIENCE`], or the milliseconds [`ENV_RCVLOWAT_PATIENCE_MS`] names (tests).
+pub fn upload_rcvlowat_patience() -> std::time::Duration {
+    static PATIENCE: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *PATIENCE.get_or_init(|| {
+        std::env::var(ENV_RCVLOWAT_PATIENCE_MS)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(UPLOAD_RCVLOWAT_PATIENCE, std::time::Duration::from_millis)
+    })
+}
 
 /// Allocations of at least this many bytes are mmapped by glibc in a server and returned to the
 /// system when freed (decompressed frames, compressed reads), instead of glibc's dynamic threshold
@@ -143,6 +154,10 @@ pub const ENV_S3_STALE_UPLOAD_SECS: &str = "FERRY_TEST_S3_STALE_UPLOAD_SECS";
 
 /// Test-only: `serve`'s header and idle timeouts in milliseconds, so a test of them runs in seconds.
 pub const ENV_SERVE_TIMEOUT_MS: &str = "FERRY_TEST_SERVE_TIMEOUT_MS";
+
+/// Test-only: milliseconds a read waits for `serve`'s receive low-water mark (instead of
+/// [`UPLOAD_RCVLOWAT_PATIENCE`]), so a test can tell a mark lowered in time from one waited out.
+pub const ENV_RCVLOWAT_PATIENCE_MS: &str = "FERRY_TEST_RCVLOWAT_PATIENCE_MS";
 
 /// Test-only: a `docker-archive:` streamed into the docker engine fails after this many bytes, so a test can
 /// check that a load broken part-way leaves no image and no file.

@@ -332,6 +332,9 @@ struct IdleIo {
     low: pace::LowWater,
     /// The `SO_RCVLOWAT` the socket has now (1: the kernel's default).
     mark: usize,
+    /// While a mark is set and a read waits: when to stop waiting for the mark (counted from
+    /// the start of that wait, not from the last byte: the handler may have been busy).
+    patience: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl IdleIo {
@@ -342,19 +345,14 @@ impl IdleIo {
             deadline: Box::pin(tokio::time::sleep(idle)),
             low,
             mark: 1,
+            patience: None,
         }
     }
 
-    /// Restarts the wait: the idle timeout, or while a mark is set the shorter patience for it.
+    /// Restarts the idle wait: something was read or written.
     fn moved(&mut self) {
-        let wait = if self.mark > 1 {
-            self.idle.min(crate::limits::UPLOAD_RCVLOWAT_PATIENCE)
-        } else {
-            self.idle
-        };
-        self.deadline
-            .as_mut()
-            .reset(tokio::time::Instant::now() + wait);
+        let at = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(at);
     }
 
     /// Gives the socket the mark the body asks for, if it changed.
@@ -362,7 +360,7 @@ impl IdleIo {
         if mark != self.mark {
             pace::set_rcvlowat(&self.inner, mark);
             self.mark = mark;
-            self.moved();
+            self.patience = None;
         }
     }
 
@@ -372,6 +370,17 @@ impl IdleIo {
             .as_mut()
             .poll(cx)
             .map(|()| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long"))
+    }
+
+    /// `Ready` once a read has waited out the patience for the mark (armed at the first wait).
+    fn impatient(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.mark <= 1 {
+            return false;
+        }
+        let patience = self.patience.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep(crate::limits::upload_rcvlowat_patience()))
+        });
+        patience.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -394,22 +403,20 @@ impl tokio::io::AsyncRead for IdleIo {
                     if buf.filled().len() > before {
                         self.moved();
                     }
+                    self.patience = None;
                     return Poll::Ready(r);
                 }
-                Poll::Pending => match self.expired(cx) {
-                    Poll::Pending => return Poll::Pending,
+                Poll::Pending if self.impatient(cx) => {
                     // Waited out the patience for a mark: read the rest of this body as before
                     // (lowering the mark wakes the socket if anything is waiting; read again).
-                    Poll::Ready(_) if self.mark > 1 => {
-                        tracing::debug!(
-                            "no {} bytes within the patience: reading this body on without a low-water mark",
-                            self.mark
-                        );
-                        self.low.give_up();
-                        self.set_mark(1);
-                    }
-                    Poll::Ready(e) => return Poll::Ready(Err(e)),
-                },
+                    tracing::debug!(
+                        "no {} bytes within the patience: reading this body on without a low-water mark",
+                        self.mark
+                    );
+                    self.low.give_up();
+                    self.set_mark(1);
+                }
+                Poll::Pending => return self.expired(cx).map(Err),
             }
         }
     }

@@ -4,8 +4,8 @@
 //! says what it wants after each chunk; the socket ([`super::IdleIo`]) applies it before its next
 //! read. The mark is never above the body's bytes still to come less what hyper and TLS may
 //! already hold ([`UPLOAD_RCVLOWAT_MARGIN_BYTES`]), it is back at 1 before the body's end, and a
-//! socket that waits longer than [`UPLOAD_RCVLOWAT_PATIENCE`] drops it for the rest of the body,
-//! so no request can stall on it.
+//! read that waits longer than [`crate::limits::UPLOAD_RCVLOWAT_PATIENCE`] drops it for the rest of the body,
+//! so no request can stall on it. Only on kernels that wake a reader when the mark is lowered.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -81,10 +81,32 @@ pub(super) fn set_rcvlowat(socket: &impl std::os::fd::AsRawFd, bytes: usize) {
     }
 }
 
+/// Whether the kernel wakes a waiting reader when the mark is lowered (Linux 4.18 and later,
+/// `tcp_set_rcvlowat`): on older kernels, and elsewhere, a body waited out at the patience could
+/// sit on a full window with no wake-up until the idle timeout, so no body is paced there.
+fn supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        cfg!(target_os = "linux")
+            && std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .is_ok_and(|r| release_at_least(&r, 4, 18))
+    })
+}
+
+/// A kernel release string (`uname -r`: `6.1.0-18-amd64`, `3.10.0-1160.el7`) is at least `major.minor`.
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
 /// The request body, paced when it is worth it: an HTTP/1 body whose length is known and larger
 /// than the mark plus its margin, on a connection that has a [`LowWater`]; any other as it is.
 pub(super) fn paced(parts: &Parts, body: Body) -> Body {
-    let Some(low) = parts.extensions.get::<LowWater>() else {
+    let Some(low) = parts.extensions.get::<LowWater>().filter(|_| supported()) else {
         return body;
     };
     let http1 = matches!(parts.version, Version::HTTP_10 | Version::HTTP_11);
@@ -155,6 +177,20 @@ mod tests {
     /// A mark is asked for only while more than the mark plus the margin is still to come; it is
     /// back at 1 near the end, stays at 1 for the rest of a body once the socket gave up, and a
     /// new body may ask again.
+    #[test]
+    fn only_kernels_from_4_18_on_are_paced() {
+        for (release, paced) in [
+            ("3.10.0-1160.el7.x86_64", false),
+            ("4.17.19", false),
+            ("4.18.0-553.el8_10.x86_64", true),
+            ("5.4.0-150-generic\n", true),
+            ("6.1.0-18-amd64", true),
+            ("", false),
+        ] {
+            assert_eq!(release_at_least(release, 4, 18), paced, "{release:?}");
+        }
+    }
+
     #[test]
     fn the_mark_is_never_above_what_is_still_to_come() {
         let low = LowWater::default();

@@ -947,21 +947,41 @@ fn send_in_pieces(s: &mut TcpStream, body: &[u8], pauses: &[usize]) {
     }
 }
 
-/// Upload bodies sent in small pieces with pauses, only near the end (where the server must have
-/// dropped its receive low-water mark) or from the start, arrive whole and verified:
-/// one by POST `?digest=`, one by POST, PATCH and PUT, all on one keep-alive connection, which
+/// The line `serve --debug` logs when a read waited out its patience for the low-water mark.
+const GAVE_UP: &str = "within the patience";
+
+/// Upload bodies sent in small pieces with pauses arrive whole and verified, and the receive
+/// low-water mark is both applied and lowered in time:
+/// - paused only near its end, with a patience longer than the client's read timeout: had the
+///   mark not been lowered before the body's last bytes, the server would wait on it past that
+///   timeout; the log shows it never waited the patience out;
+/// - paused from the start, with the default patience: the log shows the server waited on the
+///   mark (so it was set) and read the body on without it.
+///
+/// One body by POST `?digest=`, one by POST, PATCH and PUT, each on a keep-alive connection that
 /// then answers its next request; both blobs are then served back byte for byte.
 #[test]
 fn uploads_sent_in_small_pieces_with_pauses_arrive_whole() {
     let dst = empty_root();
-    let server = FerryServe::start_with_env(
-        &["serve", dst.path().to_str().unwrap(), "--allow-push"],
-        &[(ferry::limits::ENV_SERVE_TIMEOUT_MS, "5000")],
-    );
+    let log = dst.path().join("serve.log");
+    let serve = |patience: Option<&str>| {
+        let mut env = vec![
+            (ferry::limits::ENV_SERVE_TIMEOUT_MS, "120000"),
+            ("RUST_LOG", "ferry::serve=debug"),
+        ];
+        env.extend(patience.map(|p| (ferry::limits::ENV_RCVLOWAT_PATIENCE_MS, p)));
+        FerryServe::start_logged(
+            &["serve", dst.path().to_str().unwrap(), "--allow-push"],
+            Some(&log),
+            &env,
+        )
+    };
+    let logged = || std::fs::read_to_string(&log).unwrap();
+
+    let server = serve(Some("60000"));
     let addr = server.addr.clone();
     let mut s = TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let one = noise(3 * 1024 * 1024 + 17, 1);
     let d1 = sha256(&one);
     let head = format!(
@@ -969,12 +989,22 @@ fn uploads_sent_in_small_pieces_with_pauses_arrive_whole() {
         one.len()
     );
     s.write_all(head.as_bytes()).unwrap();
-    // Without a pause until the mark must be gone (the socket waits on it most of the body)...
+    // Without a pause until the mark must be gone (the socket waits on it most of the body).
     send_in_pieces(&mut s, &one, &[one.len() - 300_000, one.len() - 10]);
     let (status, head) = read_response(&mut s);
     assert_eq!(status, 201, "{head}");
     assert_eq!(header(&head, "docker-content-digest"), Some(d1.as_str()));
+    s.write_all(format!("GET /v2/ HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let (status, head) = read_response(&mut s);
+    assert_eq!(status, 200, "{head}");
+    drop(server);
+    assert!(!logged().contains(GAVE_UP), "{}", logged());
 
+    let server = serve(None);
+    let addr = server.addr.clone();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let two = noise(2 * 1024 * 1024 + 5, 2);
     let d2 = sha256(&two);
     s.write_all(
@@ -993,7 +1023,7 @@ fn uploads_sent_in_small_pieces_with_pauses_arrive_whole() {
         two.len()
     );
     s.write_all(patch.as_bytes()).unwrap();
-    // ...and with pauses from the start (the socket gives up the mark for the rest of the body).
+    // With pauses from the start (the socket gives up the mark for the rest of the body).
     send_in_pieces(
         &mut s,
         &two,
@@ -1012,11 +1042,12 @@ fn uploads_sent_in_small_pieces_with_pauses_arrive_whole() {
     .unwrap();
     let (status, head) = read_response(&mut s);
     assert_eq!(status, 201, "{head}");
-
     s.write_all(format!("GET /v2/ HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .unwrap();
     let (status, head) = read_response(&mut s);
     assert_eq!(status, 200, "{head}");
+    assert!(logged().contains(GAVE_UP), "{}", logged());
+
     for (d, bytes) in [(&d1, &one), (&d2, &two)] {
         let (status, _, got) = http(&addr, "GET", &format!("/v2/slow/blobs/{d}"), &[]).unwrap();
         assert_eq!(status, 200, "{d}");
