@@ -8,9 +8,9 @@
 //! names no transport. The call order on a destination is part of the
 //! contract (as in containers/image):
 //!
-//! 1. [`Destination::reuse_blob`] (or [`Destination::has_blob`]) / [`Destination::put_blob`] for every config
-//!    and layer, in any order and concurrently (unless
-//!    [`DestProperties::ordered_blobs`] says otherwise);
+//! 1. [`Destination::reuse_blob`] (or [`Destination::has_blob`]) / [`Destination::put_blob`]
+//!    (or [`Destination::put_blob_opening`]) for every config and layer, in any order and
+//!    concurrently (unless [`DestProperties::ordered_blobs`] says otherwise);
 //! 2. [`Destination::put_manifest`] for every child manifest, children
 //!    before the index that lists them;
 //! 3. [`Destination::commit`] with the top manifest: it writes the top
