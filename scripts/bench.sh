@@ -17,7 +17,8 @@
 #                                     and every multi-arch image with --all docker:// -> docker:// (empty target);
 #                                     CPU seconds of the tool and of each registry, and the floors: the
 #                                     registries' own CPU over 2 cores (no client can take less); for --all
-#                                     also a bare client and its critical path (scripts/floor_copy.py)
+#                                     also a bare client, its critical path, and the tightest floor for one process
+#                                     per image: per image max(critical path, (registries' CPU + sha256) / 2) (scripts/floor_copy.py)
 #   scripts/bench.sh inspect [WORK]   skopeo inspect vs ferry inspect, one call per tag of the corpus (CALLS=N
 #                                     first tags, default 100), each a whole process with the tag list (RepoTags)
 #   scripts/bench.sh sync [WORK]      skopeo sync --src docker --dest docker of every repository (one call each) vs
@@ -349,11 +350,15 @@ PY
   # process start; `crit`, each image's largest blob that it must upload, alone, GET streamed into
   # POST + PUT (the target hashes and fsyncs it before it answers, and the image's manifests
   # must wait for it): the critical path of a client that copies one image per process.
+  # Each run's JSON (per image: seconds; for bare also the registries' CPU and sha256's) goes to
+  # $OUT/floor-MODE.jsonl, from which the tightest floor is taken below.
   floor_copy() { trap last_target EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
     local ts=() t
+    : > "$OUT/floor-$1.jsonl"
     for _ in $(seq 1 "$RUNS"); do
       fresh_target
-      t=$(python3 "$HERE/floor_copy.py" "$1" "$ROOT" "$SRC" "$TARGET" "$MULTI" 6 | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])') || exit 1
+      FLOOR_PIDS="$SRC_PID,$TARGET_PID" python3 "$HERE/floor_copy.py" "$1" "$ROOT" "$SRC" "$TARGET" "$MULTI" 6 >> "$OUT/floor-$1.jsonl" || exit 1
+      t=$(tail -1 "$OUT/floor-$1.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])') || exit 1
       ts+=("$t")
     done
     # Printed by a builtin: bash would exec a last external command in place of this subshell,
@@ -386,6 +391,27 @@ PY
   HASHER="sha256sum"; command -v openssl >/dev/null && HASHER="openssl dgst -sha256"
   hash_cpu=$(for _ in 1 2 3; do /usr/bin/time -f "%U %S" sh -c "xargs $HASHER < '$OUT/multi-blobs.txt' >/dev/null" 2>&1 | awk '{print $1+$2}'; done | sort -n | head -1)
   floor_verify=$(python3 -c "print(f'{($src_ferry_all+$dst_ferry_all+$hash_cpu)/2:.3f}')")
+  # The tightest floor for one process per image, one image after the other: an image's copy
+  # can end no sooner than its critical path (crit) nor than its share of the work on 2 cores
+  # (the registries' CPU under the bare client, plus sha256 of what it uploads), so the sum over
+  # images of the larger of the two, per-image medians of the runs above.
+  floor_tight=$(python3 - "$OUT/floor-crit.jsonl" "$OUT/floor-bare.jsonl" <<'PY'
+import json, statistics, sys
+def per_image(path, key):
+    runs = [json.loads(l) for l in open(path) if l.strip()]
+    vals = {}
+    for r in runs:
+        for i in r["images"]:
+            if key in i:
+                vals.setdefault(i["ref"], []).append(i[key])
+    return {k: statistics.median(v) for k, v in vals.items()}
+crit = per_image(sys.argv[1], "seconds")
+cpu = per_image(sys.argv[2], "registries_cpu")
+sha = per_image(sys.argv[2], "sha256_cpu")
+total = sum(max(crit.get(ref, 0.0), (cpu[ref] + sha.get(ref, 0.0)) / 2) for ref in cpu)
+print(f"{total:.3f}")
+PY
+)
   echo "copy, $PRESET corpus, median of $RUNS, whole process; CPU seconds per run (user+sys):"
   echo "  $BIG docker:// -> oci:: skopeo ${t_skopeo_oci}s, ferry ${t_ferry_oci}s: speed-up $(ratio "$t_skopeo_oci" "$t_ferry_oci")x"
   echo "    CPU: skopeo ${cpu_skopeo_oci} + source registry ${src_skopeo_oci}; ferry ${cpu_ferry_oci} + source registry ${src_ferry_oci}"
@@ -396,6 +422,7 @@ PY
   echo "    floor of a verifying client (the registries' CPU plus sha256 of the $(wc -l < "$OUT/multi-blobs.txt") unique blobs, ${hash_cpu} CPU-s, over 2 cores): ${floor_verify}s; skopeo/floor $(ratio "$t_skopeo_all" "$floor_verify")x"
   echo "    a bare reference client (scripts/floor_copy.py bare: only the requests a copy must make, 6 connections, no checks, no hashing, no process start; a yardstick, not a strict floor): ${t_floor_bare}s; skopeo/bare $(ratio "$t_skopeo_all" "$t_floor_bare")x, ferry/bare $(ratio "$t_ferry_all" "$t_floor_bare")x"
   echo "    critical path (scripts/floor_copy.py crit: each image's largest blob it must upload, alone, GET streamed into POST + PUT, summed; a floor for one image per process): ${t_floor_crit}s; skopeo/floor $(ratio "$t_skopeo_all" "$t_floor_crit")x, ferry/floor $(ratio "$t_ferry_all" "$t_floor_crit")x"
+  echo "    tightest floor for one process per image (per image the larger of its critical path and (its registries' CPU under the bare client + sha256 of its uploads) / 2 cores, summed): ${floor_tight}s; skopeo/floor $(ratio "$t_skopeo_all" "$floor_tight")x, ferry/floor $(ratio "$t_ferry_all" "$floor_tight")x"
   ;;
 refs)
   N="${REFS:-5000}"

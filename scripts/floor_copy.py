@@ -14,8 +14,14 @@ image's blobs. DST must be empty (a fresh registry for each floor). Images in th
     the critical path through the two registries (the target hashes and fsyncs the blob before
     it answers the PUT, and no manifest can name the blob before that), below which no client
     that copies one image per process can go, whatever its parallelism.
-Prints one JSON line: the floor's seconds (summed over the images) and what it moved."""
-import http.client, json, os, sys, threading, time
+Prints one JSON line: the floor's seconds (summed over the images), what it moved, and per image
+("images": ref, seconds). With FLOOR_PIDS=SRC_PID,DST_PID in the environment, bare also gives each
+image's share of the two registries' CPU seconds (user+sys from /proc, read before and after the
+image) and, measured after the timed part, the CPU seconds sha256 takes over the blobs the image
+uploaded (hashlib, page cache warm): what any client that checks what it carries must add.
+Together they give the tightest floor this bench defends for one process per image:
+  sum over images of max(crit seconds, (registries' CPU + sha256 CPU) / 2 cores)."""
+import hashlib, http.client, json, os, sys, threading, time
 
 mode, root, src, dst = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 refs = sys.argv[5].split(",")
@@ -98,13 +104,45 @@ def parallel(items, step, pool):
         sys.exit("floor copy failed: " + errors[0])
 
 
+def cpu_of(pid):
+    """User+sys CPU seconds of a process so far (0 when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+PIDS = [p for p in os.environ.get("FLOOR_PIDS", "").split(",") if p]
+
+
+def registries_cpu():
+    return [cpu_of(p) for p in PIDS]
+
+
+def sha256_cpu(digests):
+    """CPU seconds this process takes to sha256 the blobs' files (read included)."""
+    t = time.process_time()
+    for d in digests:
+        h = d.split(":", 1)[1]
+        hasher = hashlib.sha256()
+        with open(f"{v2}/blobs/sha256/{h[:2]}/{h}/data", "rb") as f:
+            while chunk := f.read(1 << 20):
+                hasher.update(chunk)
+    return time.process_time() - t
+
+
 def bare():
     pool = [(conn(src), conn(dst)) for _ in range(jobs)]
     where = {}  # blob digest -> destination repository holding it
     moved = {"uploaded": 0, "mounted": 0, "bytes": 0, "manifests": 0}
     count = threading.Lock()
+    per_image, uploads = [], []
     start = time.monotonic()
     for repo, tag, top, children, blobs in images:
+        t0, c0 = time.monotonic(), registries_cpu()
+        uploads.append([d for d in blobs if d not in where])
         drepo = repo
         s, d = pool[0]
         raw = {}
@@ -136,12 +174,21 @@ def bare():
                 moved["manifests"] += 1
         parallel([(c, c) for c in children], put, pool)
         put(*pool[0], (tag, top))
-    return time.monotonic() - start, moved
+        one = {"ref": f"{repo}:{tag}", "seconds": round(time.monotonic() - t0, 4)}
+        if PIDS:
+            one["registries_cpu"] = round(sum(registries_cpu()) - sum(c0), 3)
+        per_image.append(one)
+    seconds = time.monotonic() - start
+    if PIDS:
+        for one, digests in zip(per_image, uploads):
+            one["sha256_cpu"] = round(sha256_cpu(digests), 4)
+    moved["images"] = per_image
+    return seconds, moved
 
 
 def crit():
     s, d = conn(src), conn(dst)
-    seen, total, moved = set(), 0.0, []
+    seen, total, moved, per_image = set(), 0.0, [], []
     for repo, tag, top, children, blobs in images:
         new = {k: v for k, v in blobs.items() if k not in seen}
         seen |= set(blobs)
@@ -150,9 +197,11 @@ def crit():
         digest, size = max(new.items(), key=lambda kv: kv[1])
         t = time.monotonic()
         upload(s, d, repo, repo, digest, size)
-        total += time.monotonic() - t
+        took = time.monotonic() - t
+        total += took
         moved.append(size)
-    return total, {"blobs": len(moved), "bytes": sum(moved)}
+        per_image.append({"ref": f"{repo}:{tag}", "seconds": round(took, 4)})
+    return total, {"blobs": len(moved), "bytes": sum(moved), "images": per_image}
 
 
 if mode not in ("bare", "crit"):

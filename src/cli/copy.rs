@@ -12,7 +12,7 @@ use crate::copy::{CopyOptions, Format, MultiArch};
 use crate::reference::DEFAULT_REGISTRY;
 use crate::transport::open::{OpenOptions, open_dest, open_source, writable};
 use crate::transport::registry::{Clients, Pushed};
-use crate::transport::{ImageRef, Source};
+use crate::transport::{Destination, ImageRef, Source};
 
 /// skopeo's `--multi-arch` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -156,27 +156,42 @@ pub fn run(g: &GlobalArgs, a: CopyArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("reading {}", a.source))?;
             anyhow::Ok(source)
         };
-        let ping_dest = async {
-            ping(&dst, &dest_clients, &open.destination)
-                .await
-                .with_context(|| format!("writing {}", a.destination))
-        };
-        // A source that fails is named at once, whatever the destination's ping is doing (a
-        // hung destination must not hold a mistyped source's error for its timeout); when the
-        // ping fails first, the source is still read to the end and named first if it fails.
-        tokio::pin!(read_source, ping_dest);
-        let (source, pinged) = tokio::select! {
-            s = &mut read_source => (s?, ping_dest.await),
-            p = &mut ping_dest => (read_source.await?, p),
-        };
-        pinged?;
         // A registry destination mounts what earlier runs put into its other repositories
         // (as skopeo's blob-info cache lets it): the registry then takes no bytes again.
         let pushed = Arc::new(match &dst {
             ImageRef::Docker(_) => super::sync::blob_locations(),
             _ => Pushed::default(),
         });
-        let destination = open_dest(&dst, &dest_clients, &open, &pushed)?;
+        // A registry destination is opened at once (that touches nothing), so once it answers
+        // it is asked whether its repository is new while the source is still being read.
+        let early = match &dst {
+            ImageRef::Docker(_) => open_dest(&dst, &dest_clients, &open, &pushed).ok(),
+            _ => None,
+        };
+        let ping_dest = async {
+            ping(&dst, &dest_clients, &open.destination)
+                .await
+                .with_context(|| format!("writing {}", a.destination))?;
+            if let Some(d) = &early {
+                d.prepare();
+            }
+            anyhow::Ok(())
+        };
+        // A source that fails is named at once, whatever the destination's ping is doing (a
+        // hung destination must not hold a mistyped source's error for its timeout); when the
+        // ping fails first, the source is still read to the end and named first if it fails.
+        let (source, pinged) = {
+            tokio::pin!(read_source, ping_dest);
+            tokio::select! {
+                s = &mut read_source => (s?, ping_dest.await),
+                p = &mut ping_dest => (read_source.await?, p),
+            }
+        };
+        pinged?;
+        let destination = match early {
+            Some(d) => d,
+            None => open_dest(&dst, &dest_clients, &open, &pushed)?,
+        };
         let bar = super::progress::bar(g.quiet || g.debug, "copy");
         let r = crate::copy::copy(source, destination, &opts, bar.as_ref()).await;
         bar.finish();

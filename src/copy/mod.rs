@@ -22,7 +22,7 @@ use crate::image::{self, ImageWalk, Selection, WalkOptions, Walks};
 use crate::manifest::{Descriptor, Platform, RawManifest};
 use crate::media_type;
 use crate::transport::{
-    self, Destination, PlainLayers, Put, Source, SourceManifests, TransportError,
+    self, Destination, OpeningPutError, PlainLayers, Put, Source, SourceManifests, TransportError,
 };
 pub use convert::Format;
 
@@ -632,14 +632,17 @@ pub async fn copy_blob<S: Source, D: Destination>(
     if let Some(put) = destination.reuse_blob(desc).await.map_err(dst_err)? {
         return Ok(put);
     }
-    let body: BlobBody =
-        foreign::open_blob(source, desc)
-            .await
-            .map_err(|cause| CopyError::Source {
+    // The source opens the bytes while the destination gets ready to take them.
+    destination
+        .put_blob_opening(desc, foreign::open_blob(source, desc))
+        .await
+        .map_err(|e| match e {
+            OpeningPutError::Source(cause) => CopyError::Source {
                 image: format!("{} (blob {})", source.name(), desc.digest),
                 cause,
-            })?;
-    destination.put_blob(desc, body).await.map_err(dst_err)
+            },
+            OpeningPutError::Destination(e) => dst_err(e),
+        })
 }
 
 /// Moves one layer the source serves uncompressed, gzipped on the way; returns how it was

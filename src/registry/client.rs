@@ -254,6 +254,9 @@ struct Inner {
     auth: Mutex<HashMap<String, String>>,
     credentials: Mutex<Option<Option<Credentials>>>,
     permits: Arc<Semaphore>,
+    /// Whether the scheme probe got an answer from the registry (any HTTP status, or plain
+    /// HTTP to the TLS probe): it is up, and [`Client::ping`] need not ask again.
+    answered: std::sync::atomic::AtomicBool,
 }
 
 /// A response plus the permit that counts it against the host's cap until dropped.
@@ -373,6 +376,7 @@ impl Client {
                 auth: Mutex::new(HashMap::new()),
                 credentials: Mutex::new(None),
                 permits: Arc::new(Semaphore::new(opts.max_concurrent.max(1))),
+                answered: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -393,9 +397,20 @@ impl Client {
                 }
                 let url = format!("{https}/v2/");
                 let probe = self.inner.http.get(&url).send();
+                let answered = || {
+                    self.inner
+                        .answered
+                        .store(true, std::sync::atomic::Ordering::Relaxed)
+                };
                 match tokio::time::timeout(self.inner.opts.headers_timeout, probe).await {
-                    Ok(Ok(_)) => Ok(https),
+                    Ok(Ok(_)) => {
+                        answered();
+                        Ok(https)
+                    }
                     Ok(Err(e)) => {
+                        if is_plain_http_answer(&e) {
+                            answered();
+                        }
                         tracing::debug!(
                             "https to {} failed ({}), using http",
                             self.inner.host,
@@ -690,8 +705,16 @@ impl Client {
 
     /// Checks once that the registry answers at all (`GET /v2/`, any HTTP status counts),
     /// with the usual retries, so a dead or mistyped registry is reported once for all its images.
+    /// A registry that answered the scheme probe (`--tls-verify=false`) is not asked again.
     pub async fn ping(&self) -> Result<(), RegistryError> {
         let url = self.url(&Route::Base, "").await?;
+        if self
+            .inner
+            .answered
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
         let limit = self.inner.opts.headers_timeout;
         let mut attempt = 0u32;
         loop {

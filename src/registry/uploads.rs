@@ -25,6 +25,21 @@ pub enum BlobPush {
     Uploaded,
 }
 
+/// Why [`Client::upload_blob_opening`] failed: its body would not open, or the registry failed.
+#[derive(Debug)]
+pub enum UploadError<E> {
+    /// The body's own error (the source could not give the bytes); nothing was uploaded.
+    Body(E),
+    /// The registry failed.
+    Registry(RegistryError),
+}
+
+impl<E> From<RegistryError> for UploadError<E> {
+    fn from(e: RegistryError) -> Self {
+        UploadError::Registry(e)
+    }
+}
+
 pub(super) fn push_scope(repo: &str) -> String {
     format!("repository:{repo}:pull,push")
 }
@@ -145,6 +160,30 @@ impl Client {
         from: Option<&str>,
         body: BlobBody,
     ) -> Result<BlobPush, RegistryError> {
+        let opened = async { Ok::<_, std::convert::Infallible>(body) };
+        match self
+            .upload_blob_opening(repo, digest, size, from, opened)
+            .await
+        {
+            Ok(put) => Ok(put),
+            Err(UploadError::Registry(e)) => Err(e),
+            Err(UploadError::Body(never)) => match never {},
+        }
+    }
+
+    /// [`Client::upload_blob`] for a body still being opened (a source's GET under way): the
+    /// session is opened (the POST, or the mount) while `body` resolves, so a copy waits for
+    /// one round trip where it waited for two in a row. A body that fails to open cancels
+    /// the session and is returned as [`UploadError::Body`]; a mount the registry accepts
+    /// drops the body unread.
+    pub async fn upload_blob_opening<E>(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        from: Option<&str>,
+        body: impl std::future::Future<Output = Result<BlobBody, E>> + Send,
+    ) -> Result<BlobPush, UploadError<E>> {
         let scope = push_scope(repo);
         let uploads = self
             .url(
@@ -155,7 +194,8 @@ impl Client {
             )
             .await?;
         let mut from = from;
-        let mut body = Some(body);
+        let mut opening = Some(std::pin::pin!(body));
+        let mut body = None;
         let mut first: Option<RegistryError> = None;
         let mut attempt = 0u32;
         loop {
@@ -163,8 +203,8 @@ impl Client {
                 Some(f) => format!("{uploads}?mount={digest}&from={f}"),
                 None => uploads.clone(),
             };
-            let held = self
-                .send_url(
+            let post = async {
+                self.send_url(
                     Method::POST,
                     start_url,
                     &scope,
@@ -172,7 +212,34 @@ impl Client {
                     None,
                     self.permit().await,
                 )
-                .await;
+                .await
+            };
+            // The first session opens while the body does; a later one has the body already.
+            let held = match opening.take() {
+                Some(open) => {
+                    let (held, opened) = tokio::join!(post, open);
+                    match opened {
+                        Ok(b) => body = Some(b),
+                        // The bytes cannot be had: a mount that took is still the blob; an
+                        // opened session is cancelled, so nothing is left behind.
+                        Err(e) => match held {
+                            Ok(h) if h.resp.status() == StatusCode::CREATED && from.is_some() => {
+                                return Ok(BlobPush::Mounted);
+                            }
+                            Ok(h) => {
+                                if let Ok(location) = self.location(&h).await {
+                                    drop(h);
+                                    self.cancel_upload(&location, &scope).await;
+                                }
+                                return Err(UploadError::Body(e));
+                            }
+                            Err(_) => return Err(UploadError::Body(e)),
+                        },
+                    }
+                    held
+                }
+                None => post.await,
+            };
             let held = match held {
                 Ok(h) => h,
                 // A registry that refuses the mount itself (4xx, where the spec asks for a 202
@@ -182,7 +249,7 @@ impl Client {
                     from = None;
                     continue;
                 }
-                Err(e) => return Err(first.unwrap_or(e)),
+                Err(e) => return Err(first.unwrap_or(e).into()),
             };
             if held.resp.status() == StatusCode::CREATED && from.is_some() {
                 return Ok(BlobPush::Mounted);
@@ -234,7 +301,7 @@ impl Client {
                 }
             );
             if !again {
-                return Err(first.unwrap_or(e));
+                return Err(first.unwrap_or(e).into());
             }
             first.get_or_insert(e);
             tokio::time::sleep(super::client::backoff(attempt, None)).await;

@@ -8,9 +8,9 @@
 //! names no transport. The call order on a destination is part of the
 //! contract (as in containers/image):
 //!
-//! 1. [`Destination::reuse_blob`] (or [`Destination::has_blob`]) / [`Destination::put_blob`] for every config
-//!    and layer, in any order and concurrently (unless
-//!    [`DestProperties::ordered_blobs`] says otherwise);
+//! 1. [`Destination::reuse_blob`] (or [`Destination::has_blob`]) / [`Destination::put_blob`]
+//!    (or [`Destination::put_blob_opening`]) for every config and layer, in any order and
+//!    concurrently (unless [`DestProperties::ordered_blobs`] says otherwise);
 //! 2. [`Destination::put_manifest`] for every child manifest, children
 //!    before the index that lists them;
 //! 3. [`Destination::commit`] with the top manifest: it writes the top
@@ -267,6 +267,16 @@ pub struct DestProperties {
     pub compresses_layers: bool,
 }
 
+/// Why [`Destination::put_blob_opening`] failed: the source could not give the bytes, or the
+/// destination failed; the copy names the side.
+#[derive(Debug)]
+pub enum OpeningPutError {
+    /// The source's cause; nothing was written.
+    Source(String),
+    /// The destination failed.
+    Destination(TransportError),
+}
+
 /// How a blob reached a destination, for summaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Put {
@@ -340,6 +350,23 @@ pub trait Destination: Send + Sync {
         desc: &Descriptor,
         body: BlobBody,
     ) -> impl Future<Output = Result<Put>> + Send;
+
+    /// [`Destination::put_blob`] for bytes the source is still opening: a destination that
+    /// must ask something before it takes bytes (a registry opens an upload session) asks
+    /// while the source answers, so a copy waits for one round trip, not two in a row. `open`
+    /// fails with the source's cause ([`OpeningPutError::Source`]). The default opens, then puts.
+    fn put_blob_opening(
+        &self,
+        desc: &Descriptor,
+        open: impl Future<Output = std::result::Result<BlobBody, String>> + Send,
+    ) -> impl Future<Output = std::result::Result<Put, OpeningPutError>> + Send {
+        async move {
+            let body = open.await.map_err(OpeningPutError::Source)?;
+            self.put_blob(desc, body)
+                .await
+                .map_err(OpeningPutError::Destination)
+        }
+    }
 
     /// Writes a child manifest (after its blobs and children, before its parents).
     fn put_manifest(&self, manifest: &RawManifest) -> impl Future<Output = Result<()>> + Send;

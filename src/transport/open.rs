@@ -157,6 +157,13 @@ impl Destination for AnyDest {
     async fn put_blob(&self, desc: &Descriptor, body: BlobBody) -> Result<Put> {
         each_dest!(self, d => d.put_blob(desc, body).await)
     }
+    async fn put_blob_opening(
+        &self,
+        desc: &Descriptor,
+        open: impl std::future::Future<Output = std::result::Result<BlobBody, String>> + Send,
+    ) -> std::result::Result<Put, super::OpeningPutError> {
+        each_dest!(self, d => d.put_blob_opening(desc, open).await)
+    }
     async fn put_manifest(&self, manifest: &RawManifest) -> Result<()> {
         each_dest!(self, d => d.put_manifest(manifest).await)
     }

@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use super::{DestProperties, Destination, Put, Result, Source, TransportError};
+use super::{DestProperties, Destination, OpeningPutError, Put, Result, Source, TransportError};
 use crate::blob::BlobBody;
 use crate::digest::Digest;
 use crate::manifest::{Descriptor, RawManifest};
 use crate::reference::Reference;
-use crate::registry::uploads::BlobPush;
+use crate::registry::uploads::{BlobPush, UploadError};
 use crate::registry::{Client, ClientOptions, RegistryError};
 
 /// Clients per registry host, created on first use and shared (one connection pool and token cache per host).
@@ -241,6 +241,33 @@ impl RegistryDest {
     }
 }
 
+impl RegistryDest {
+    /// The repository an upload opens with a mount from: another one known to hold the blob,
+    /// or this one when it is new (the mount then says whether it holds the blob after all).
+    async fn upload_from(&self, desc: &Descriptor) -> Option<String> {
+        match self
+            .pushed
+            .mount_source(self.client.host(), &desc.digest, &self.repo)
+        {
+            Some(other) => Some(other),
+            None if self.is_new_repo().await => Some(self.repo.clone()),
+            None => None,
+        }
+    }
+
+    /// Records where the blob now is and says how it got there.
+    fn uploaded(&self, desc: &Descriptor, from: Option<&str>, r: BlobPush) -> Put {
+        self.pushed
+            .record(self.client.host(), &desc.digest, &self.repo);
+        match r {
+            BlobPush::Present => Put::Present,
+            BlobPush::Mounted if from == Some(self.repo.as_str()) => Put::Present,
+            BlobPush::Mounted => Put::Mounted,
+            BlobPush::Uploaded => Put::Written,
+        }
+    }
+}
+
 impl Destination for RegistryDest {
     fn name(&self) -> String {
         super::dest_name(
@@ -328,23 +355,31 @@ impl Destination for RegistryDest {
     /// that says whether it holds the blob (201) or opens the upload (202), where a HEAD and a
     /// POST would be two in a row.
     async fn put_blob(&self, desc: &Descriptor, body: BlobBody) -> Result<Put> {
-        let host = self.client.host();
-        let from = match self.pushed.mount_source(host, &desc.digest, &self.repo) {
-            Some(other) => Some(other),
-            None if self.is_new_repo().await => Some(self.repo.clone()),
-            None => None,
-        };
+        let from = self.upload_from(desc).await;
         let r = self
             .client
             .upload_blob(&self.repo, &desc.digest, desc.size, from.as_deref(), body)
             .await?;
-        self.pushed.record(host, &desc.digest, &self.repo);
-        Ok(match r {
-            BlobPush::Present => Put::Present,
-            BlobPush::Mounted if from.as_deref() == Some(self.repo.as_str()) => Put::Present,
-            BlobPush::Mounted => Put::Mounted,
-            BlobPush::Uploaded => Put::Written,
-        })
+        Ok(self.uploaded(desc, from.as_deref(), r))
+    }
+
+    /// [`Destination::put_blob`] with the upload session (or the mount) opened while the
+    /// source opens the bytes.
+    async fn put_blob_opening(
+        &self,
+        desc: &Descriptor,
+        open: impl std::future::Future<Output = std::result::Result<BlobBody, String>> + Send,
+    ) -> std::result::Result<Put, OpeningPutError> {
+        let from = self.upload_from(desc).await;
+        let r = self
+            .client
+            .upload_blob_opening(&self.repo, &desc.digest, desc.size, from.as_deref(), open)
+            .await
+            .map_err(|e| match e {
+                UploadError::Body(cause) => OpeningPutError::Source(cause),
+                UploadError::Registry(e) => OpeningPutError::Destination(e.into()),
+            })?;
+        Ok(self.uploaded(desc, from.as_deref(), r))
     }
 
     async fn put_manifest(&self, manifest: &RawManifest) -> Result<()> {

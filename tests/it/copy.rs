@@ -505,6 +505,13 @@ fn a_registry_copy_asks_each_thing_once_and_a_later_run_mounts_what_an_earlier_o
     assert_eq!(count(&d, 0, "PUT", "/blobs/uploads/"), blobs, "{d:?}");
     assert_eq!(count(&d, 0, "HEAD", "/blobs/"), 0, "{d:?}");
     assert_eq!(count(&d, 0, "GET", "/tags/list"), 1, "{d:?}");
+    // Neither registry is pinged with a GET /v2/: each answered the scheme probe (TLS, which
+    // a plain-HTTP registry answers in plain HTTP, outside its access log) already.
+    // (The one GET /v2/ each logs is the harness's own check that the registry is up.)
+    for log in [&s, &d] {
+        let pings = log.iter().filter(|(m, p)| m == "GET" && p == "/v2/");
+        assert_eq!(pings.count(), 1, "{log:?}");
+    }
 
     // Another process, another repository of the same target: every blob is mounted from
     // where the first run put it, and the source is asked for no blob.
@@ -532,6 +539,59 @@ fn a_registry_copy_asks_each_thing_once_and_a_later_run_mounts_what_an_earlier_o
     );
     let (blobs, manifests, text) = dst.gc_dry_run();
     assert_eq!((blobs, manifests), (0, 0), "{text}");
+}
+
+#[test]
+fn a_blob_the_source_lacks_fails_the_copy_and_the_upload_opened_meanwhile_is_cancelled() {
+    let (root, corpus) = small();
+    let img = multi_arch(corpus);
+    let (s, src) = logged_registry(Some(root));
+    // The source has lost the data of one layer (its link stays): its GET answers 404.
+    let store = ferry::store::Store::open(s.path());
+    let layer = store
+        .walk(&img.digest)
+        .unwrap()
+        .blobs
+        .last()
+        .unwrap()
+        .clone();
+    std::fs::remove_file(store.path(ferry::store::paths::PathSpec::BlobData(&layer.digest)))
+        .unwrap();
+    let (d, dst) = logged_registry(None);
+    let cache = tempfile::tempdir().unwrap();
+    let out = run(ferry().env("XDG_CACHE_HOME", cache.path()).args([
+        "copy",
+        "-q",
+        "--all",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{}/{}:{}", src.addr, img.repository, img.tag),
+        &format!("docker://{}/new/x:{}", dst.addr, img.tag),
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let missing = layer.digest.to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains(&missing) && err.contains(&img.repository),
+        "{err}"
+    );
+    // The upload session was opened while the source answered (one mount-or-upload POST for
+    // the missing layer), then cancelled: nothing is named, no upload is left behind.
+    let r = dst.settled_requests();
+    assert_eq!(
+        count(&r, 0, "POST", &format!("mount={missing}")),
+        1,
+        "{r:?}"
+    );
+    assert_eq!(count(&r, 0, "DELETE", "/blobs/uploads/"), 1, "{r:?}");
+    assert_eq!(count(&r, 0, "PUT", "/manifests/"), 0, "{r:?}");
+    // No session is left open (a cancelled one keeps only the registry's own hash state).
+    let (uploads, tags) = uploads_and_tags(d.path());
+    assert!(
+        uploads.is_empty() && tags.is_empty(),
+        "{uploads:?} {tags:?}"
+    );
 }
 
 #[test]

@@ -255,44 +255,6 @@ fn one_image_bundle() -> &'static PathBuf {
     })
 }
 
-/// Every file under `dir` (recursively).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// Upload sessions left in a registry root (their `data` or `startedat` files), and any tag links.
-///
-/// A cancelled session is gone except for `hashstates/…`: distribution 2.8 deletes the
-/// session's directory on DELETE, then its request handler's deferred `Close` writes the
-/// hash state again. Its `data` and `startedat` files are what a live session holds.
-fn uploads_and_tags(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let files = files_under(&root.join("docker/registry/v2/repositories"));
-    let uploads = files
-        .iter()
-        .filter(|p| p.components().any(|c| c.as_os_str() == "_uploads"))
-        .filter(|p| !p.components().any(|c| c.as_os_str() == "hashstates"))
-        .cloned()
-        .collect();
-    let tags = files
-        .iter()
-        .filter(|p| p.components().any(|c| c.as_os_str() == "tags"))
-        .cloned()
-        .collect();
-    (uploads, tags)
-}
-
 /// Bundles [`small_image`] through a proxy with `fault`; returns (stderr, seconds, cache, work dir, proxy addr).
 fn bundle_through(fault: Fault) -> (String, f64, PathBuf, tempfile::TempDir, String) {
     let (_d, reg) = small_registry();

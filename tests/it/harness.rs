@@ -986,3 +986,41 @@ pub fn logged_registry(root: Option<&Path>) -> (tempfile::TempDir, Registry) {
     let reg = Registry::start_with_options(dir.path(), None, &opts);
     (dir, reg)
 }
+
+/// Every file under `dir` (recursively).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Upload sessions left in a registry root (their `data` or `startedat` files), and any tag links.
+///
+/// A cancelled session is gone except for `hashstates/…`: distribution 2.8 deletes the
+/// session's directory on DELETE, then its request handler's deferred `Close` writes the
+/// hash state again. Its `data` and `startedat` files are what a live session holds.
+pub fn uploads_and_tags(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let files = files_under(&root.join("docker/registry/v2/repositories"));
+    let uploads = files
+        .iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "_uploads"))
+        .filter(|p| !p.components().any(|c| c.as_os_str() == "hashstates"))
+        .cloned()
+        .collect();
+    let tags = files
+        .iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "tags"))
+        .cloned()
+        .collect();
+    (uploads, tags)
+}
