@@ -66,12 +66,13 @@ def check(r, want, what):
 
 
 def upload(s, d, srepo, drepo, digest, size):
-    """GET from the source streamed into POST + PUT at the destination."""
+    """GET from the source streamed into POST + PUT at the destination; the GET and the POST
+    are both sent before either answer is read (a client may open the session meanwhile)."""
     s.request("GET", f"/v2/{srepo}/blobs/{digest}")
+    d.request("POST", f"/v2/{drepo}/blobs/uploads/", headers={"Content-Length": "0"})
     body = s.getresponse()
     if body.status != 200:
         raise RuntimeError(f"GET blob {digest}: HTTP {body.status}")
-    d.request("POST", f"/v2/{drepo}/blobs/uploads/", headers={"Content-Length": "0"})
     r = d.getresponse()
     check(r, 202, "POST upload")
     loc = r.getheader("Location")
@@ -105,13 +106,15 @@ def parallel(items, step, pool):
 
 
 def cpu_of(pid):
-    """User+sys CPU seconds of a process so far (0 when it cannot be read)."""
+    """User+sys CPU seconds of a process so far (in clock ticks: 10 ms per process per reading,
+    so an image's share can be off by some tens of milliseconds); a process that cannot be read
+    fails the floor rather than count as 0."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
+    except (OSError, ValueError, IndexError) as e:
+        sys.exit(f"floor copy failed: reading the CPU of process {pid}: {e}")
 
 
 PIDS = [p for p in os.environ.get("FLOOR_PIDS", "").split(",") if p]

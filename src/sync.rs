@@ -935,6 +935,22 @@ impl Destination for SyncDest {
             SyncDest::Dir(d) => d.get().await?.put_blob(desc, body).await,
         }
     }
+    async fn put_blob_opening(
+        &self,
+        desc: &Descriptor,
+        open: impl std::future::Future<Output = std::result::Result<BlobBody, String>> + Send,
+    ) -> std::result::Result<Put, crate::transport::OpeningPutError> {
+        match self {
+            SyncDest::Open(d) => d.put_blob_opening(desc, open).await,
+            SyncDest::Dir(d) => {
+                let dir = d
+                    .get()
+                    .await
+                    .map_err(crate::transport::OpeningPutError::Destination)?;
+                dir.put_blob_opening(desc, open).await
+            }
+        }
+    }
     async fn put_manifest(&self, manifest: &RawManifest) -> crate::transport::Result<()> {
         match self {
             SyncDest::Open(d) => d.put_manifest(manifest).await,
