@@ -321,16 +321,36 @@ pub async fn bundle(
             .cloned()
             .collect();
         tokio::task::spawn_blocking(move || {
-            let mut ready = move |d: &Digest| {
+            // How long the packer stood waiting for downloads, for the --debug timeline.
+            let (mut waited, mut waits) = (std::time::Duration::ZERO, 0usize);
+            let mut ready = |d: &Digest| {
                 if !blobs.contains(d) {
                     return Ok(true); // a manifest: cached by the plan, re-hashed as it is packed
                 }
-                match ready_rx.recv() {
+                let t = Instant::now();
+                let got = ready_rx.recv();
+                let w = t.elapsed();
+                if w > std::time::Duration::from_micros(200) {
+                    waited += w;
+                    waits += 1;
+                    tracing::debug!(
+                        "packer waited {:.1} ms for {d} at {:.3}s",
+                        w.as_secs_f64() * 1e3,
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+                match got {
                     Ok((got, true, fresh)) if &got == d => Ok(!fresh),
                     _ => Err(std::io::Error::other(Aborted)),
                 }
             };
-            write_bundle(&opts, index_json, &layout, &cache, &mut ready)
+            let r = write_bundle(&opts, index_json, &layout, &cache, &mut ready, start);
+            tracing::debug!(
+                "packer: waited {:.1} ms for downloads ({waits} times); done at {:.3}s",
+                waited.as_secs_f64() * 1e3,
+                start.elapsed().as_secs_f64()
+            );
+            r
         })
     };
     let mut jobs = Vec::with_capacity(copies.len());
@@ -424,7 +444,7 @@ pub async fn bundle(
         let (layout, index_json) = layout_and_index(&plan, opts.mtime, base.as_ref());
         let (o, c) = (opts.clone(), cache.clone());
         tokio::task::spawn_blocking(move || {
-            write_bundle(&o, index_json, &layout, &c, &mut |_| Ok(true))
+            write_bundle(&o, index_json, &layout, &c, &mut |_| Ok(true), start)
         })
         .await
         .map_err(|e| BundleError::Write {
@@ -506,6 +526,7 @@ pub async fn bundle(
                 .collect(),
         },
     )?;
+    tracing::debug!("recorded at {:.3}s", start.elapsed().as_secs_f64());
     if !plan.failures.is_empty() {
         return Err(BundleError::Images {
             failures: plan.failures,
@@ -555,6 +576,7 @@ struct PackFeed {
 
 impl Progress for PackFeed {
     fn blob_done(&self, desc: &Descriptor, outcome: BlobOutcome) {
+        tracing::debug!("blob done {} {} {:?}", desc.digest, desc.size, outcome);
         if outcome == BlobOutcome::Written {
             self.progress.fetched(desc.size);
         }
@@ -755,6 +777,7 @@ fn write_bundle(
     layout: &pack::Layout,
     cache: &Store,
     ready: &mut dyn FnMut(&Digest) -> std::io::Result<bool>,
+    start: Instant,
 ) -> Result<u64, BundleError> {
     let output = &opts.output;
     let dir = output_dir(output);
@@ -829,7 +852,9 @@ fn write_bundle(
         ready,
     )
     .map_err(werr)?;
+    tracing::debug!("packed, syncing at {:.3}s", start.elapsed().as_secs_f64());
     file.sync_all().map_err(werr)?;
+    tracing::debug!("synced at {:.3}s", start.elapsed().as_secs_f64());
     let size = file.len();
     let detached = crate::bundlefile::sign::detached_path(output);
     match &signature {
