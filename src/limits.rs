@@ -118,6 +118,10 @@ pub const ENV_NO_RETRY_DELAY: &str = "FERRY_TEST_NO_RETRY_DELAY";
 /// Test-only: milliseconds to pause before each new tag is renamed into place (in a bucket: before its `current` link is written), so a test can SIGKILL inside the tag phase.
 pub const ENV_TAG_PAUSE_MS: &str = "FERRY_TEST_TAG_PAUSE_MS";
 
+/// Test-only: milliseconds the plan waits before it resolves the list's last entry, so a test
+/// can see the blobs of the entries before it move while the plan is not yet resolved.
+pub const ENV_PLAN_PAUSE_MS: &str = "FERRY_TEST_PLAN_PAUSE_MS";
+
 /// Test-only: the age in seconds past which a multipart upload ferry left open in a bucket is
 /// aborted (instead of [`S3_STALE_UPLOAD_SECS`]), so a test need not wait a day.
 pub const ENV_S3_STALE_UPLOAD_SECS: &str = "FERRY_TEST_S3_STALE_UPLOAD_SECS";
