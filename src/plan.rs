@@ -395,6 +395,18 @@ pub async fn resolve(
     clients: &Clients,
     cache: &Store,
 ) -> Plan {
+    resolve_with(entries, opts, clients, cache, &|_| {}).await
+}
+
+/// [`resolve`], calling `resolved` with each image as soon as it is resolved (in no set order,
+/// before the whole list is), so its blobs can start moving while other tags are still asked.
+pub async fn resolve_with(
+    entries: &[ListEntry],
+    opts: &PlanOptions,
+    clients: &Clients,
+    cache: &Store,
+    resolved: &(dyn Fn(&PlannedImage) + Sync),
+) -> Plan {
     let opts = Arc::new(opts.clone());
     let seen = &SeenManifests::default();
     let walks = &Walks::default();
@@ -418,12 +430,22 @@ pub async fn resolve(
             },
         )
         .collect();
+    let pause = std::env::var(crate::limits::ENV_PLAN_PAUSE_MS)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(std::time::Duration::from_millis);
     let resolved: Vec<(usize, Result<PlannedImage, String>)> = stream::iter(live)
         .map(|(i, e)| {
             let opts = opts.clone();
             async move {
+                if let Some(pause) = pause.filter(|_| i + 1 == entries.len()) {
+                    tokio::time::sleep(pause).await;
+                }
                 let r =
                     resolve_one(e, &opts, seen, walks, shared, clients, cache, tag_by_get).await;
+                if let Ok(img) = &r {
+                    resolved(img);
+                }
                 (i, r)
             }
         })

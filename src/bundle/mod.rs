@@ -3,6 +3,7 @@
 //! seekable `tar.zst`, written under a temp name and renamed into place.
 
 pub mod cache;
+mod early;
 pub mod link_s3;
 mod pack;
 mod space;
@@ -244,7 +245,16 @@ pub async fn bundle(
     // Held (shared) until the run ends: `ferry cache prune`/`gc` refuse meanwhile.
     let _lock = cache::lock_shared(&opts.cache)?;
     let clients = Clients::default();
-    let mut plan: Plan = plan::resolve(entries, &opts.plan, &clients, &cache).await;
+    // Each image's blobs start moving as soon as its manifests are read (see `early`).
+    let early = Arc::new(early::EarlyFetch::new(cache.clone(), opts.jobs));
+    let start_early = |img: &plan::PlannedImage| {
+        if let Ok(client) = clients.get(&img.registry, &opts.plan.client) {
+            early.start(img, client);
+        }
+    };
+    let mut plan: Plan =
+        plan::resolve_with(entries, &opts.plan, &clients, &cache, &start_early).await;
+    early.close();
     tracing::info!(
         "plan: {} images, {} blobs, resolved in {:.2}s",
         plan.images.len(),
@@ -279,17 +289,25 @@ pub async fn bundle(
             ),
         });
     }
+    // Blobs this run fetches: those the cache lacks, and those it holds because an early
+    // download of this run brought them (or is bringing them).
     let missing: BTreeSet<Digest> = plan
         .blobs
         .keys()
-        .filter(|d| !cache.has_blob(d))
+        .filter(|d| early.started(d) || !cache.has_blob(d))
         .cloned()
         .collect();
     let fetch_bytes: u64 = missing.iter().map(|d| plan.blobs[d].size).sum();
     let pack_bytes = plan.blob_bytes();
+    // Room for what is not in the cache yet (early downloads have taken theirs already).
+    let absent_bytes: u64 = missing
+        .iter()
+        .filter(|d| !cache.has_blob(d))
+        .map(|d| plan.blobs[d].size)
+        .sum();
     space::check(
         &opts.cache,
-        fetch_bytes,
+        absent_bytes,
         &output_dir(&opts.output),
         pack_bytes,
     )?;
@@ -321,16 +339,36 @@ pub async fn bundle(
             .cloned()
             .collect();
         tokio::task::spawn_blocking(move || {
-            let mut ready = move |d: &Digest| {
+            // How long the packer stood waiting for downloads, for the --debug timeline.
+            let (mut waited, mut waits) = (std::time::Duration::ZERO, 0usize);
+            let mut ready = |d: &Digest| {
                 if !blobs.contains(d) {
                     return Ok(true); // a manifest: cached by the plan, re-hashed as it is packed
                 }
-                match ready_rx.recv() {
+                let t = Instant::now();
+                let got = ready_rx.recv();
+                let w = t.elapsed();
+                if w > std::time::Duration::from_micros(200) {
+                    waited += w;
+                    waits += 1;
+                    tracing::debug!(
+                        "packer waited {:.1} ms for {d} at {:.3}s",
+                        w.as_secs_f64() * 1e3,
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+                match got {
                     Ok((got, true, fresh)) if &got == d => Ok(!fresh),
                     _ => Err(std::io::Error::other(Aborted)),
                 }
             };
-            write_bundle(&opts, index_json, &layout, &cache, &mut ready)
+            let r = write_bundle(&opts, index_json, &layout, &cache, &mut ready, start);
+            tracing::debug!(
+                "packer: waited {:.1} ms for downloads ({waits} times); done at {:.3}s",
+                waited.as_secs_f64() * 1e3,
+                start.elapsed().as_secs_f64()
+            );
+            r
         })
     };
     let mut jobs = Vec::with_capacity(copies.len());
@@ -355,7 +393,7 @@ pub async fn bundle(
                 cache.clone(),
                 plan.seen.clone(),
             ),
-            destination: RootDest::pack_cache(cache.clone()),
+            destination: early::EarlyCache::new(cache.clone(), early.clone()),
         });
     }
     let copy_opts = CopyOptions {
@@ -371,6 +409,7 @@ pub async fn bundle(
         ready: std::sync::Mutex::new(ready_tx),
         progress: progress.clone(),
         left_out: left_out.clone(),
+        early: early.clone(),
     };
     let (copied, failed) = crate::copy::copy_each(&jobs, &copy_opts, &feed).await;
     drop(feed);
@@ -386,17 +425,18 @@ pub async fn bundle(
                 .map(|cause| (i, cause.clone()))
         })
         .collect();
+    let (early_blobs, early_bytes) = early.written();
     tracing::info!(
-        "fetch: {} blobs downloaded at {:.2}s",
-        copied.blobs_uploaded,
+        "fetch: {} blobs downloaded ({early_blobs} of them while the plan was resolved) at {:.2}s",
+        copied.blobs_uploaded + early_blobs,
         start.elapsed().as_secs_f64()
     );
     let packed = packer.await.map_err(|e| BundleError::Write {
         path: opts.output.clone(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    let blobs_downloaded = copied.blobs_uploaded;
-    let bytes_downloaded = copied.bytes_uploaded;
+    let blobs_downloaded = copied.blobs_uploaded + early_blobs;
+    let bytes_downloaded = copied.bytes_uploaded + early_bytes;
 
     let bundle_bytes = if image_failures.is_empty() {
         packed.map_err(|e| corrupt_cache(e, &cache, opts))?
@@ -424,7 +464,7 @@ pub async fn bundle(
         let (layout, index_json) = layout_and_index(&plan, opts.mtime, base.as_ref());
         let (o, c) = (opts.clone(), cache.clone());
         tokio::task::spawn_blocking(move || {
-            write_bundle(&o, index_json, &layout, &c, &mut |_| Ok(true))
+            write_bundle(&o, index_json, &layout, &c, &mut |_| Ok(true), start)
         })
         .await
         .map_err(|e| BundleError::Write {
@@ -506,6 +546,7 @@ pub async fn bundle(
                 .collect(),
         },
     )?;
+    tracing::debug!("recorded at {:.3}s", start.elapsed().as_secs_f64());
     if !plan.failures.is_empty() {
         return Err(BundleError::Images {
             failures: plan.failures,
@@ -551,11 +592,22 @@ struct PackFeed {
     progress: Arc<dyn Progress>,
     /// Blobs a delta leaves out: the packer does not wait for them.
     left_out: Arc<BTreeSet<Digest>>,
+    /// The run's early downloads: a blob one of them wrote is as fresh as one the copy wrote.
+    early: Arc<early::EarlyFetch>,
 }
 
 impl Progress for PackFeed {
     fn blob_done(&self, desc: &Descriptor, outcome: BlobOutcome) {
-        if outcome == BlobOutcome::Written {
+        let fresh = outcome == BlobOutcome::Written
+            || (outcome == BlobOutcome::Present && self.early.fresh(&desc.digest));
+        tracing::debug!(
+            "blob done {} {} {:?}{}",
+            desc.digest,
+            desc.size,
+            outcome,
+            if fresh { " (fresh)" } else { "" }
+        );
+        if fresh {
             self.progress.fetched(desc.size);
         }
         if self.left_out.contains(&desc.digest) && outcome != BlobOutcome::Failed {
@@ -564,7 +616,7 @@ impl Progress for PackFeed {
         let _ = self.ready.lock().unwrap().send((
             desc.digest.clone(),
             outcome != BlobOutcome::Failed,
-            outcome == BlobOutcome::Written,
+            fresh,
         ));
     }
 }
@@ -755,6 +807,7 @@ fn write_bundle(
     layout: &pack::Layout,
     cache: &Store,
     ready: &mut dyn FnMut(&Digest) -> std::io::Result<bool>,
+    start: Instant,
 ) -> Result<u64, BundleError> {
     let output = &opts.output;
     let dir = output_dir(output);
@@ -829,7 +882,9 @@ fn write_bundle(
         ready,
     )
     .map_err(werr)?;
+    tracing::debug!("packed, syncing at {:.3}s", start.elapsed().as_secs_f64());
     file.sync_all().map_err(werr)?;
+    tracing::debug!("synced at {:.3}s", start.elapsed().as_secs_f64());
     let size = file.len();
     let detached = crate::bundlefile::sign::detached_path(output);
     match &signature {

@@ -44,14 +44,26 @@ impl Writeback {
     }
 }
 
-impl Write for Writeback {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
+impl Writeback {
+    /// Counts `n` bytes written, starting the writeback every [`WRITE_BEHIND_BYTES`].
+    fn wrote(&mut self, n: usize) {
         self.written += n as u64;
         if self.written - self.flushed >= WRITE_BEHIND_BYTES {
             self.file.writeback_hint();
             self.flushed = self.written;
         }
+    }
+}
+
+impl Write for Writeback {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.wrote(n);
+        Ok(n)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.file.write_vectored(bufs)?;
+        self.wrote(n);
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -142,7 +154,16 @@ impl Write for Output {
 
 /// A frame to write: its sequence number, its bytes, and whether to store them as raw blocks.
 type Job = (usize, Vec<u8>, bool);
-type Done = (usize, io::Result<(Vec<u8>, usize)>);
+type Done = (usize, io::Result<(Frame, usize)>);
+
+/// A frame ready to be written.
+enum Frame {
+    /// Compressed by zstd.
+    Compressed(Vec<u8>),
+    /// Stored as raw blocks ([`write_stored`]): the tar-side bytes themselves and their
+    /// checksum, written straight from the buffer (no copy of already-compressed layers).
+    Stored { raw: Vec<u8>, checksum: u32 },
+}
 
 /// Frame buffers handed back once used, for the next frame: a fresh megabyte from the allocator
 /// is fresh pages, and faulting them in cost about a tenth of a cold bundle's CPU. Keeps at most
@@ -233,11 +254,12 @@ impl FrameWriter {
         // flight are the one being filled, one waiting and one per worker; compressed ones are
         // one per worker, one waiting, one being written and those the writer holds until the
         // frames before them are done (as a rule fewer than the workers, more while the OS holds
-        // one worker back). 1 MiB each; the pools keep no more idle than that.
+        // one worker back). A stored frame has no compressed buffer: its tar-side one goes the
+        // compressed frames' way. 1 MiB each; the pools keep no more idle than that.
         let (job_tx, job_rx) = sync_channel::<Job>(1);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = sync_channel::<Done>(1);
-        let (raw, compressed) = (Pool::new(threads + 2), Pool::new(2 * threads + 1));
+        let (raw, compressed) = (Pool::new(3 * threads + 3), Pool::new(2 * threads + 1));
         let workers = (0..threads)
             .map(|_| {
                 let rx = job_rx.clone();
@@ -249,7 +271,8 @@ impl FrameWriter {
         drop(done_tx);
         #[cfg(test)]
         let counted = compressed.clone();
-        let writer = std::thread::spawn(move || write_frames(file, done_rx, compressed));
+        let pools = (raw.clone(), compressed);
+        let writer = std::thread::spawn(move || write_frames(file, done_rx, pools));
         FrameWriter {
             buf: raw.take(MAX_FRAME_BYTES),
             packed: 0,
@@ -408,16 +431,24 @@ fn compress_worker(
         let Ok((seq, chunk, stored)) = job else {
             return;
         };
-        let mut frame = compressed.take(zstd::zstd_safe::compress_bound(chunk.len()));
+        let len = chunk.len();
         let out = if stored {
-            stored_frame(&chunk, &mut frame);
-            Ok((frame, chunk.len()))
+            let checksum = xxhash_rust::xxh64::xxh64(&chunk, 0) as u32;
+            Ok((
+                Frame::Stored {
+                    raw: chunk,
+                    checksum,
+                },
+                len,
+            ))
         } else {
-            compressor
+            let mut frame = compressed.take(zstd::zstd_safe::compress_bound(len));
+            let out = compressor
                 .compress_to_buffer(&chunk, &mut frame)
-                .map(|_| (frame, chunk.len()))
+                .map(|_| (Frame::Compressed(frame), len));
+            raw.give(chunk);
+            out
         };
-        raw.give(chunk);
         if tx.send((seq, out)).is_err() {
             return;
         }
@@ -433,31 +464,66 @@ fn compressed_already(head: &[u8]) -> bool {
 /// The most bytes one zstd block holds (RFC 8878, `Block_Maximum_Size`).
 const ZSTD_BLOCK_BYTES: usize = 128 * 1024;
 
-/// Appends `data` to `out` as one zstd frame of raw (stored) blocks, with its content size and
-/// checksum: the frame zstd itself writes for bytes it cannot shrink, made without searching
-/// them (every zstd reader, and ferry's in-place reader, reads it as any other frame).
-fn stored_frame(data: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&ZSTD_MAGIC);
-    // Frame header descriptor: a 4-byte content size, single segment, a checksum, no dictionary.
-    out.push(0b1010_0100);
+/// Writes `data` to `w` as one zstd frame of raw (stored) blocks, with its content size and
+/// `checksum` (the low 32 bits of its XXH64): the frame zstd itself writes for bytes it cannot
+/// shrink, made without searching them (every zstd reader, and ferry's in-place reader, reads
+/// it as any other frame). One vectored write of the headers and the bytes where they lie;
+/// returns the frame's size.
+fn write_stored(w: &mut impl Write, data: &[u8], checksum: u32) -> io::Result<usize> {
     let size = u32::try_from(data.len()).expect("a frame holds at most MAX_FRAME_BYTES");
-    out.extend_from_slice(&size.to_le_bytes());
-    if data.is_empty() {
-        out.extend_from_slice(&[1, 0, 0]); // one empty last block
+    let mut head = [0u8; 9];
+    head[..4].copy_from_slice(&ZSTD_MAGIC);
+    // Frame header descriptor: a 4-byte content size, single segment, a checksum, no dictionary.
+    head[4] = 0b1010_0100;
+    head[5..].copy_from_slice(&size.to_le_bytes());
+    let checksum = checksum.to_le_bytes();
+    // Block headers: last-block bit, type 0 (raw), size. No data: one empty last block.
+    let blocks: Vec<&[u8]> = if data.is_empty() {
+        vec![data]
+    } else {
+        data.chunks(ZSTD_BLOCK_BYTES).collect()
+    };
+    let headers: Vec<[u8; 3]> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let h = (b.len() as u32) << 3 | u32::from(i + 1 == blocks.len());
+            let h = h.to_le_bytes();
+            [h[0], h[1], h[2]]
+        })
+        .collect();
+    let mut slices = Vec::with_capacity(2 * blocks.len() + 2);
+    slices.push(io::IoSlice::new(&head));
+    for (h, b) in headers.iter().zip(&blocks) {
+        slices.push(io::IoSlice::new(h));
+        slices.push(io::IoSlice::new(b));
     }
-    let mut blocks = data.chunks(ZSTD_BLOCK_BYTES).peekable();
-    while let Some(block) = blocks.next() {
-        // Block header: last-block bit, type 0 (raw), size.
-        let header = (block.len() as u32) << 3 | u32::from(blocks.peek().is_none());
-        out.extend_from_slice(&header.to_le_bytes()[..3]);
-        out.extend_from_slice(block);
+    slices.push(io::IoSlice::new(&checksum));
+    let total = slices.iter().map(|s| s.len()).sum();
+    let mut rest = &mut slices[..];
+    io::IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match w.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-    let checksum = xxhash_rust::xxh64::xxh64(data, 0) as u32;
-    out.extend_from_slice(&checksum.to_le_bytes());
+    Ok(total)
 }
 
-/// Writes the compressed frames in order, giving each buffer back to `compressed` once written.
-fn write_frames(file: SplitFile, rx: Receiver<Done>, compressed: Pool) -> Written {
+/// `data` as one stored frame, appended to `out` (see [`write_stored`]).
+#[cfg(test)]
+fn stored_frame(data: &[u8], out: &mut Vec<u8>) {
+    let checksum = xxhash_rust::xxh64::xxh64(data, 0) as u32;
+    write_stored(out, data, checksum).expect("a Vec takes every byte");
+}
+
+/// Writes the frames in order, giving each buffer back to its pool (`pools`: tar-side,
+/// compressed) once written.
+fn write_frames(file: SplitFile, rx: Receiver<Done>, pools: (Pool, Pool)) -> Written {
+    let (raw, compressed) = pools;
     let mut w = Writeback::new(file);
     let mut pending = BTreeMap::new();
     let mut next = 0usize;
@@ -466,9 +532,23 @@ fn write_frames(file: SplitFile, rx: Receiver<Done>, compressed: Pool) -> Writte
         let (frame, raw_len) = result?;
         pending.insert(seq, (frame, raw_len));
         while let Some((frame, raw_len)) = pending.remove(&next) {
-            w.write_all(&frame)?;
-            table.push((frame.len() as u32, raw_len as u32));
-            compressed.give(frame);
+            let written = match frame {
+                Frame::Compressed(frame) => {
+                    w.write_all(&frame)?;
+                    let n = frame.len();
+                    compressed.give(frame);
+                    n
+                }
+                Frame::Stored {
+                    raw: data,
+                    checksum,
+                } => {
+                    let n = write_stored(&mut w, &data, checksum)?;
+                    raw.give(data);
+                    n
+                }
+            };
+            table.push((written as u32, raw_len as u32));
             next += 1;
         }
     }
@@ -902,25 +982,27 @@ mod tests {
     fn frame_buffers_are_no_more_than_the_frames_in_flight() {
         // Hardly compressible bytes, so compressed frames fill their buffers too.
         let data = noise(4 * MAX_FRAME_BYTES);
-        let dir = tempfile::tempdir().unwrap();
         let threads = 2;
-        let file = SplitFile::create(dir.path(), "t", None).unwrap();
-        let mut w = FrameWriter::new(file, 1, threads);
-        for _ in 0..10 {
-            w.write_all(&data).unwrap();
-        }
-        let (raw, compressed) = (w.raw.clone(), w.compressed.clone());
-        w.finish(None).unwrap();
+        let (raw_idle, raw_made, out_idle, out_made) = pooled(&data, threads);
         // Tar-side: filling, waiting, one per worker; compressed: one per worker, waiting,
         // being written, held back. How many were in flight at once depends on the scheduler;
         // how many are kept idle does not.
-        let (raw_idle, raw_made) = raw.counts();
-        let (out_idle, out_made) = compressed.counts();
         assert!(raw_made >= 1 && out_made >= 1);
         assert!(raw_idle <= threads + 2, "{raw_idle} tar-side buffers kept");
         assert!(
             out_idle <= 2 * threads + 1,
             "{out_idle} compressed buffers kept"
+        );
+        // Bytes compressed already are stored from their tar-side buffers: no compressed
+        // buffer at all, and the tar-side ones go the compressed ones' way.
+        let mut gzip_like = data.clone();
+        gzip_like[..3].copy_from_slice(&[0x1f, 0x8b, 0x08]);
+        let (raw_idle, raw_made, _, out_made) = pooled(&gzip_like, threads);
+        assert_eq!(out_made, 0);
+        assert!(raw_made >= 1);
+        assert!(
+            raw_idle <= 3 * threads + 3,
+            "{raw_idle} tar-side buffers kept"
         );
         // Capped: buffers handed back beyond the cap are freed.
         let pool = Pool::new(2);
@@ -928,6 +1010,22 @@ mod tests {
             pool.give(Vec::with_capacity(8));
         }
         assert_eq!(pool.counts(), (2, 0));
+    }
+
+    /// Idle and allocated buffers of both pools (tar-side, compressed) after `data`, as one
+    /// blob entry, went ten times through a frame writer with `threads` workers.
+    fn pooled(data: &[u8], threads: usize) -> (usize, usize, usize, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SplitFile::create(dir.path(), "t", None).unwrap();
+        let mut w = FrameWriter::new(file, 1, threads);
+        for _ in 0..10 {
+            let mut r = data;
+            w.copy_from(&mut r, data.len() as u64).unwrap();
+        }
+        let (raw, compressed) = (w.raw.clone(), w.compressed.clone());
+        w.finish(None).unwrap();
+        let ((raw_idle, raw_made), (out_idle, out_made)) = (raw.counts(), compressed.counts());
+        (raw_idle, raw_made, out_idle, out_made)
     }
 
     #[test]

@@ -35,6 +35,12 @@ fn fs_info(path: &Path) -> Option<(u64, u64)> {
     Some((st.f_fsid as u64, st.f_bavail as u64 * st.f_frsize as u64))
 }
 
+/// Bytes free for an unprivileged writer on the file system holding `path` (or its nearest
+/// existing parent); `None` when it cannot be asked.
+pub(super) fn available(path: &Path) -> Option<u64> {
+    fs_info(path).map(|(_, free)| free)
+}
+
 /// A directory a run must write to, checked before any blob moves: it must exist, be a
 /// directory, and take a file (probed by creating and removing one, which also catches a
 /// read-only mount where permission bits would not, e.g. for root).

@@ -227,7 +227,7 @@ fn run_inner(
         since: a.since,
     };
     // Before the runtime starts its threads: arenas are set when a thread first allocates.
-    crate::limits::limit_malloc_arenas();
+    crate::limits::one_malloc_arena();
     let progress = super::progress::bar(g.quiet || g.debug, "bundle");
     let result = super::runtime()?.block_on(bundle(
         &entries,

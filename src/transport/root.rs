@@ -11,7 +11,6 @@
 //! is all or nothing).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -364,15 +363,21 @@ impl RootDest {
 }
 
 /// Writes a stream into a store blob writer, off the runtime; the writer is dropped (temp file deleted) on error.
+/// Each batch of chunks goes to the file as it arrived, in one vectored write (not copied into
+/// the writer's buffer first: a copy of every downloaded byte).
 async fn write_stream(writer: BlobWriter, stream: crate::blob::ByteStream) -> Result<BlobWriter> {
     let temp = writer.temp_path().to_path_buf();
-    crate::blob::write_stream(stream, writer, move |w: &mut BlobWriter, chunk: &[u8]| {
-        w.write_all(chunk).map_err(|source| StoreError::Io {
-            op: "writing blob",
-            path: w.temp_path().to_path_buf(),
-            source,
-        })
-    })
+    crate::blob::write_stream_batches(
+        stream,
+        writer,
+        move |w: &mut BlobWriter, batch: &[bytes::Bytes]| {
+            w.write_batch(batch).map_err(|source| StoreError::Io {
+                op: "writing blob",
+                path: w.temp_path().to_path_buf(),
+                source,
+            })
+        },
+    )
     .await
     .map_err(|e| match e {
         StreamWriteError::Write(e) => e.into(),

@@ -845,3 +845,55 @@ fn a_new_cache_resolves_each_tag_with_one_get_and_a_warm_one_with_one_head() {
         "a warm run fetches nothing: {warm:?}"
     );
 }
+
+#[test]
+fn blobs_move_while_later_tags_are_resolved_each_once_and_the_bundle_is_the_same() {
+    let (root, corpus) = small();
+    let (_dir, src) = logged_registry(Some(root));
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("list.txt");
+    std::fs::write(&list, corpus.images_list()).unwrap();
+    let last = corpus.images.last().unwrap();
+    let last_tag = format!("/v2/{}/manifests/{}", last.repository, last.tag);
+    let early = work.path().join("early.tar.zst");
+    // The last entry is resolved a second after the others: the blobs of those move meanwhile.
+    let res = json(&run_ok(
+        bundle_cmd(&list, &early, &work.path().join("cache"), &src.addr)
+            .arg("--json")
+            .env(ferry::limits::ENV_PLAN_PAUSE_MS, "1000"),
+    ));
+    let reqs = src.settled_requests();
+    let at = |want: &str| reqs.iter().position(|(m, u)| m == "GET" && u == want);
+    let last_at = at(&last_tag).expect("the last tag was asked");
+    let blobs: Vec<&str> = reqs
+        .iter()
+        .filter(|(m, u)| m == "GET" && u.contains("/blobs/"))
+        .map(|(_, u)| u.as_str())
+        .collect();
+    assert!(
+        reqs[..last_at].iter().any(|(_, u)| u.contains("/blobs/")),
+        "no blob moved before the last tag was resolved: {reqs:?}"
+    );
+    // Each blob once, though both the early downloads and the copy after the plan want it.
+    let digests: BTreeSet<&str> = blobs
+        .iter()
+        .map(|u| u.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        blobs.len(),
+        digests.len(),
+        "a blob fetched twice: {blobs:?}"
+    );
+    assert_eq!(digests.len() as u64, res["blobs"].as_u64().unwrap());
+    assert_eq!(res["blobs_downloaded"], res["blobs"]);
+    assert_eq!(res["bytes_downloaded"], res["blob_bytes"]);
+    assert_eq!(res["blobs_reused"].as_u64(), Some(0));
+    // One connection starts nothing early: the same bundle, byte for byte.
+    let plain = work.path().join("plain.tar.zst");
+    run_ok(
+        bundle_cmd(&list, &plain, &work.path().join("cache-1"), &src.addr).args(["--jobs", "1"]),
+    );
+    assert!(std::fs::read(&early).unwrap() == std::fs::read(&plain).unwrap());
+    let report = run_ok(ferry().arg("verify").arg(work.path().join("cache")));
+    assert!(String::from_utf8_lossy(&report.stdout).contains(" 0 faults"));
+}
