@@ -32,8 +32,9 @@ pub(super) struct EarlyFetch {
     permits: Arc<tokio::sync::Semaphore>,
     /// Cleared when the plan is resolved: a download that has not started by then is not started.
     open: Arc<AtomicBool>,
-    /// Bytes that may still be started (half of the cache's free space at the start).
-    budget: Mutex<u64>,
+    /// Bytes that may still be started (half of the cache's free space at the start), taken
+    /// when a download begins.
+    budget: Arc<Mutex<u64>>,
     /// Each blob started early, and whether it is in the cache once done.
     started: Mutex<HashMap<Digest, Shared<BoxFuture<'static, bool>>>>,
     /// Blobs an early download wrote (and verified while writing).
@@ -52,7 +53,7 @@ impl EarlyFetch {
             cache,
             permits: Arc::new(tokio::sync::Semaphore::new(jobs / 2)),
             open: Arc::new(AtomicBool::new(jobs >= 2)),
-            budget: Mutex::new(budget),
+            budget: Arc::new(Mutex::new(budget)),
             started: Mutex::default(),
             fresh: Arc::default(),
             fresh_bytes: Arc::default(),
@@ -76,24 +77,37 @@ impl EarlyFetch {
             name,
         ));
         let mut started = self.started.lock().unwrap();
-        let mut budget = self.budget.lock().unwrap();
         for desc in blobs {
             if started.contains_key(&desc.digest)
-                || *budget < desc.size
+                || *self.budget.lock().unwrap() < desc.size
                 || self.cache.has_blob(&desc.digest)
             {
                 continue;
             }
-            *budget -= desc.size;
             let (source, desc) = (source.clone(), desc.clone());
-            let (cache, permits, open) =
-                (self.cache.clone(), self.permits.clone(), self.open.clone());
+            let (cache, permits, open, budget) = (
+                self.cache.clone(),
+                self.permits.clone(),
+                self.open.clone(),
+                self.budget.clone(),
+            );
             let (fresh, fresh_bytes) = (self.fresh.clone(), self.fresh_bytes.clone());
             let digest = desc.digest.clone();
             let task = tokio::spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("never closed");
+                // Closed with the plan: a download still queued then is left to the copy,
+                // which must not wait behind the ones running.
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return false;
+                };
                 if !open.load(Ordering::Relaxed) {
                     return false;
+                }
+                {
+                    let mut budget = budget.lock().unwrap();
+                    if *budget < desc.size {
+                        return false;
+                    }
+                    *budget -= desc.size;
                 }
                 let dest = RootDest::pack_cache(cache);
                 match crate::copy::copy_blob(&*source, &dest, &desc).await {
@@ -117,6 +131,7 @@ impl EarlyFetch {
     /// The plan is resolved: downloads not yet begun are left to the copy.
     pub(super) fn close(&self) {
         self.open.store(false, Ordering::Relaxed);
+        self.permits.close();
     }
 
     /// Whether the blob was started early (the copy counts it among the blobs to fetch).

@@ -244,9 +244,26 @@ pub async fn bundle(
     space::check_writable(&opts.cache, "cache")?;
     // Held (shared) until the run ends: `ferry cache prune`/`gc` refuse meanwhile.
     let _lock = cache::lock_shared(&opts.cache)?;
+    if let Some(dir) = &opts.root_dir
+        && std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    {
+        return Err(BundleError::Write {
+            path: dir.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "--root-dir must be a new or empty directory",
+            ),
+        });
+    }
     let clients = Clients::default();
-    // Each image's blobs start moving as soon as its manifests are read (see `early`).
-    let early = Arc::new(early::EarlyFetch::new(cache.clone(), opts.jobs));
+    // Each image's blobs start moving as soon as its manifests are read (see `early`), on
+    // the connections a host allows (`--max-per-host` may be below `--jobs`).
+    let early = Arc::new(early::EarlyFetch::new(
+        cache.clone(),
+        opts.jobs.min(opts.plan.client.max_concurrent),
+    ));
     let start_early = |img: &plan::PlannedImage| {
         if let Ok(client) = clients.get(&img.registry, &opts.plan.client) {
             early.start(img, client);
@@ -276,19 +293,6 @@ pub async fn bundle(
         });
     }
 
-    if let Some(dir) = &opts.root_dir
-        && std::fs::read_dir(dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-    {
-        return Err(BundleError::Write {
-            path: dir.clone(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "--root-dir must be a new or empty directory",
-            ),
-        });
-    }
     // Blobs this run fetches: those the cache lacks, and those it holds because an early
     // download of this run brought them (or is bringing them).
     let missing: BTreeSet<Digest> = plan
