@@ -1041,15 +1041,7 @@ fn a_seek_table_that_lies_is_refused_by_verify_serve_and_link() {
 
 /// A plain bundle with one listed blob of `size` pseudo-random bytes and nothing else.
 fn one_blob_bundle(path: &Path, size: usize) {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let content: Vec<u8> = (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let content = noise(size, 0x9e37_79b9_7f4a_7c15);
     let d = Digest::sha256_of(&content);
     craft_plain(
         path,

@@ -920,19 +920,6 @@ fn a_server_killed_mid_push_leaves_only_whole_content() {
     assert_eq!((blobs, manifests), (0, 0), "{text}");
 }
 
-/// `n` bytes of noise (a xorshift stream), so a misplaced piece changes the digest.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Sends `body` in 1,000-byte pieces, pausing 300 ms (longer than the server waits for a
 /// receive low-water mark, shorter than its idle timeout) after each offset of `pauses`.
 fn send_in_pieces(s: &mut TcpStream, body: &[u8], pauses: &[usize]) {
