@@ -153,6 +153,18 @@ impl Rng {
     }
 }
 
+/// `n` deterministic pseudo-random bytes for `seed`: nothing a compressor can find in them, and
+/// a misplaced piece changes the digest (tests of streams, frames and uploads).
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed, 0);
+    let mut out: Vec<u8> = std::iter::repeat_with(|| rng.next().to_le_bytes())
+        .take(n.div_ceil(8))
+        .flatten()
+        .collect();
+    out.truncate(n);
+    out
+}
+
 /// File content: runs of text-like bytes (compressible) and random bytes (not), like real binaries and configs.
 struct Content {
     rng: Rng,

@@ -910,23 +910,10 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 
-    /// `n` pseudo-random bytes (xorshift): nothing for zstd to find in them.
-    fn noise(n: usize) -> Vec<u8> {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     #[test]
     fn stored_frames_are_the_frames_zstd_writes_for_bytes_it_cannot_shrink() {
         // Pseudo-random bytes: nothing for zstd to find.
-        let data = noise(MAX_FRAME_BYTES);
+        let data = crate::fixtures::noise(MAX_FRAME_BYTES, 1);
         let mut zstd = zstd::bulk::Compressor::new(1).unwrap();
         zstd.include_checksum(true).unwrap();
         zstd.include_contentsize(true).unwrap();
@@ -981,7 +968,7 @@ mod tests {
     #[test]
     fn frame_buffers_are_no_more_than_the_frames_in_flight() {
         // Hardly compressible bytes, so compressed frames fill their buffers too.
-        let data = noise(4 * MAX_FRAME_BYTES);
+        let data = crate::fixtures::noise(4 * MAX_FRAME_BYTES, 1);
         let threads = 2;
         let (raw_idle, raw_made, out_idle, out_made) = pooled(&data, threads);
         // Tar-side: filling, waiting, one per worker; compressed: one per worker, waiting,

@@ -1024,16 +1024,3 @@ pub fn uploads_and_tags(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
         .collect();
     (uploads, tags)
 }
-
-/// `n` bytes of noise (a xorshift stream), so a misplaced piece changes the digest.
-pub fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}

@@ -1041,7 +1041,7 @@ fn a_seek_table_that_lies_is_refused_by_verify_serve_and_link() {
 
 /// A plain bundle with one listed blob of `size` pseudo-random bytes and nothing else.
 fn one_blob_bundle(path: &Path, size: usize) {
-    let content = noise(size, 0x9e37_79b9_7f4a_7c15);
+    let content = ferry::fixtures::noise(size, 0x9e37_79b9_7f4a_7c15);
     let d = Digest::sha256_of(&content);
     craft_plain(
         path,

@@ -238,16 +238,8 @@ fn stalled_clients_hold_little_server_memory() {
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("root");
     let store = Store::create(&root).unwrap().with_durable(false);
-    // 32 MiB of deterministic, incompressible-looking bytes (xorshift).
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let blob: Vec<u8> = (0..32 * 1024 * 1024 / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
+    // 32 MiB of deterministic, incompressible bytes.
+    let blob = ferry::fixtures::noise(32 * 1024 * 1024, 1);
     let digest = store.put_blob_bytes(&blob).unwrap();
     store.link_layer("big/blob", &digest).unwrap();
     let server = FerryServe::start(&root);

@@ -969,7 +969,7 @@ fn uploads_sent_in_small_pieces_with_pauses_arrive_whole() {
     let addr = server.addr.clone();
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let one = noise(3 * 1024 * 1024 + 17, 1);
+    let one = ferry::fixtures::noise(3 * 1024 * 1024 + 17, 1);
     let d1 = sha256(&one);
     let head = format!(
         "POST /v2/slow/blobs/uploads/?digest={d1} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
@@ -992,7 +992,7 @@ fn uploads_sent_in_small_pieces_with_pauses_arrive_whole() {
     let addr = server.addr.clone();
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let two = noise(2 * 1024 * 1024 + 5, 2);
+    let two = ferry::fixtures::noise(2 * 1024 * 1024 + 5, 2);
     let d2 = sha256(&two);
     s.write_all(
         format!(
@@ -1056,7 +1056,7 @@ fn an_upload_that_stops_mid_body_is_cut_by_the_idle_timeout() {
         &[(ferry::limits::ENV_SERVE_TIMEOUT_MS, "1000")],
     );
     let addr = server.addr.clone();
-    let blob = noise(4 * 1024 * 1024, 3);
+    let blob = ferry::fixtures::noise(4 * 1024 * 1024, 3);
     let d = sha256(&blob);
     let mut s = TcpStream::connect(&addr).unwrap();
     let head = format!(
