@@ -500,16 +500,7 @@ fn write_stored(w: &mut impl Write, data: &[u8], checksum: u32) -> io::Result<us
     }
     slices.push(io::IoSlice::new(&checksum));
     let total = slices.iter().map(|s| s.len()).sum();
-    let mut rest = &mut slices[..];
-    io::IoSlice::advance_slices(&mut rest, 0);
-    while !rest.is_empty() {
-        match w.write_vectored(rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    crate::store::write_all_vectored(w, &mut slices)?;
     Ok(total)
 }
 

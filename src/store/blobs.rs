@@ -54,6 +54,22 @@ pub(super) fn clear_stale_temps(dir: &Path) {
     }
 }
 
+/// Writes every slice with vectored writes, as `write_all` does for one buffer (std's own
+/// `write_all_vectored` is not stable): short writes resumed, interruptions retried.
+pub fn write_all_vectored(w: &mut impl Write, slices: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    let mut rest = slices;
+    io::IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match w.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -214,15 +230,7 @@ impl BlobWriter {
         buffered.flush()?;
         let file = buffered.get_mut();
         let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            match file.write_vectored(rest) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        write_all_vectored(file, &mut slices)?;
         // Hashed once all is written, so a failed write leaves the hash and the count of what
         // the file holds as they were.
         if let Some(h) = self.hasher.as_mut() {

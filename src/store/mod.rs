@@ -19,7 +19,7 @@ mod verify;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use blobs::BlobWriter;
+pub use blobs::{BlobWriter, write_all_vectored};
 pub use gc::GcReport;
 pub use links::{CreatedLink, LinkKind, LinkReport, LinkStamp};
 pub use s3_read::{Listing, RepoLinks};
