@@ -58,12 +58,8 @@ pub const UPLOAD_RCVLOWAT_PATIENCE: std::time::Duration = std::time::Duration::f
 /// [`UPLOAD_RCVLOWAT_PATIENCE`], or the milliseconds [`ENV_RCVLOWAT_PATIENCE_MS`] names (tests).
 pub fn upload_rcvlowat_patience() -> std::time::Duration {
     static PATIENCE: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
-    *PATIENCE.get_or_init(|| {
-        std::env::var(ENV_RCVLOWAT_PATIENCE_MS)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(UPLOAD_RCVLOWAT_PATIENCE, std::time::Duration::from_millis)
-    })
+    *PATIENCE
+        .get_or_init(|| test_millis(ENV_RCVLOWAT_PATIENCE_MS).unwrap_or(UPLOAD_RCVLOWAT_PATIENCE))
 }
 
 /// Allocations of at least this many bytes are mmapped by glibc in a server and returned to the
@@ -179,11 +175,17 @@ pub const ENV_LINK_PAUSE_MS: &str = "FERRY_TEST_LINK_PAUSE_MS";
 /// for (the images before N linked, nothing taken back yet), so a test can act as a concurrent writer.
 pub const ENV_FINISH_PAUSE_MS: &str = "FERRY_TEST_FINISH_PAUSE_MS";
 
+/// Test-only: the milliseconds the environment variable `var` names, if it is set to a number.
+pub fn test_millis(var: &str) -> Option<std::time::Duration> {
+    let ms = std::env::var(var).ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
 /// Test-only: sleeps for the milliseconds the environment variable `var` names (none when unset),
 /// so a test can act while a run waits at a chosen point.
 pub fn test_pause(var: &str) {
-    if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse().ok()) {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
+    if let Some(pause) = test_millis(var) {
+        std::thread::sleep(pause);
     }
 }
 

@@ -430,10 +430,7 @@ pub async fn resolve_with(
             },
         )
         .collect();
-    let pause = std::env::var(crate::limits::ENV_PLAN_PAUSE_MS)
-        .ok()
-        .and_then(|ms| ms.parse().ok())
-        .map(std::time::Duration::from_millis);
+    let pause = crate::limits::test_millis(crate::limits::ENV_PLAN_PAUSE_MS);
     let resolved: Vec<(usize, Result<PlannedImage, String>)> = stream::iter(live)
         .map(|(i, e)| {
             let opts = opts.clone();

@@ -159,13 +159,11 @@ pub async fn run<B: Catalog>(
     opts: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (header_timeout, idle) = match std::env::var(crate::limits::ENV_SERVE_TIMEOUT_MS)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        Some(ms) => (Duration::from_millis(ms), Duration::from_millis(ms)),
-        None => (HEADER_READ_TIMEOUT, IDLE_TIMEOUT),
-    };
+    let (header_timeout, idle) =
+        match crate::limits::test_millis(crate::limits::ENV_SERVE_TIMEOUT_MS) {
+            Some(t) => (t, t),
+            None => (HEADER_READ_TIMEOUT, IDLE_TIMEOUT),
+        };
     crate::limits::limit_malloc_arenas();
     let writes = opts.allow_push || opts.allow_delete;
     if writes && backend.writable().is_none() {

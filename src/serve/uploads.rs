@@ -114,10 +114,7 @@ impl Unsynced {
 impl Uploads {
     /// An empty table whose idle limit is [`UPLOAD_IDLE_SECS`] (or the test hook's milliseconds).
     pub fn new() -> Uploads {
-        let idle = std::env::var(ENV_UPLOAD_IDLE_MS)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_millis)
+        let idle = crate::limits::test_millis(ENV_UPLOAD_IDLE_MS)
             .unwrap_or(Duration::from_secs(UPLOAD_IDLE_SECS));
         Uploads {
             slots: Mutex::new(HashMap::new()),

@@ -276,11 +276,7 @@ impl Store {
                     fsync_dir(d)?;
                 }
             }
-            if let Ok(d) = std::env::var(crate::limits::ENV_TAG_PAUSE_MS)
-                && let Ok(ms) = d.parse::<u64>()
-            {
-                std::thread::sleep(std::time::Duration::from_millis(ms));
-            }
+            crate::limits::test_pause(crate::limits::ENV_TAG_PAUSE_MS);
             Ok(())
         })
     }

@@ -756,10 +756,8 @@ impl S3Root {
         let old = self.read_link(PathSpec::TagCurrentLink(repo, tag)).await?;
         self.write_link(PathSpec::TagIndexLink(repo, tag, top), top)
             .await?;
-        if let Ok(ms) = std::env::var(crate::limits::ENV_TAG_PAUSE_MS)
-            && let Ok(ms) = ms.parse::<u64>()
-        {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+        if let Some(pause) = crate::limits::test_millis(crate::limits::ENV_TAG_PAUSE_MS) {
+            tokio::time::sleep(pause).await;
         }
         self.write_link(PathSpec::TagCurrentLink(repo, tag), top)
             .await?;
