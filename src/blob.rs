@@ -272,10 +272,10 @@ where
         }
     }
     drop(tx);
-    let writer = match task.await {
-        Ok(r) => r.map_err(StreamWriteError::Write)?,
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
-    };
+    let writer = crate::task::join(task)
+        .await
+        .map_err(StreamWriteError::Read)?
+        .map_err(StreamWriteError::Write)?;
     match failed {
         Some(e) => Err(StreamWriteError::Read(e)),
         None => Ok(writer),

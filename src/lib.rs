@@ -24,5 +24,6 @@ pub mod registry;
 pub mod serve;
 pub mod store;
 pub mod sync;
+pub mod task;
 pub mod template;
 pub mod transport;

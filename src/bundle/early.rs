@@ -134,6 +134,17 @@ impl EarlyFetch {
         self.permits.close();
     }
 
+    /// The run failed: cancels the downloads still running and waits until each has ended,
+    /// so none is still writing into the cache when the command returns.
+    pub(super) async fn stop(&self) {
+        self.close();
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+        let pending: Vec<_> = self.started.lock().unwrap().values().cloned().collect();
+        futures_util::future::join_all(pending).await;
+    }
+
     /// Whether the blob was started early (the copy counts it among the blobs to fetch).
     pub(super) fn started(&self, digest: &Digest) -> bool {
         self.started.lock().unwrap().contains_key(digest)

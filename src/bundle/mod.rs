@@ -264,13 +264,38 @@ pub async fn bundle(
         cache.clone(),
         opts.jobs.min(opts.plan.client.max_concurrent),
     ));
+    let result = fetch_and_pack(
+        entries, opts, progress, start, base, &cache, &clients, &early,
+    )
+    .await;
+    if result.is_err() {
+        // Nothing keeps writing into the cache once the command has failed.
+        early.stop().await;
+    }
+    result
+}
+
+/// The run once the cache is open: resolve the plan (blobs starting `early`), check the
+/// space, copy every image into the cache while the packer writes the bundle, then
+/// `--root-dir` and the cache's record.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_and_pack(
+    entries: &[ListEntry],
+    opts: &BundleOptions,
+    progress: Arc<dyn Progress>,
+    start: Instant,
+    base: Option<Base>,
+    cache: &Store,
+    clients: &Clients,
+    early: &Arc<early::EarlyFetch>,
+) -> Result<BundleSummary, BundleError> {
     let start_early = |img: &plan::PlannedImage| {
         if let Ok(client) = clients.get(&img.registry, &opts.plan.client) {
             early.start(img, client);
         }
     };
     let mut plan: Plan =
-        plan::resolve_with(entries, &opts.plan, &clients, &cache, &start_early).await;
+        plan::resolve_with(entries, &opts.plan, clients, cache, &start_early).await;
     early.close();
     tracing::info!(
         "plan: {} images, {} blobs, resolved in {:.2}s",
@@ -435,15 +460,17 @@ pub async fn bundle(
         copied.blobs_uploaded + early_blobs,
         start.elapsed().as_secs_f64()
     );
-    let packed = packer.await.map_err(|e| BundleError::Write {
-        path: opts.output.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let packed = crate::task::join(packer)
+        .await
+        .map_err(|source| BundleError::Write {
+            path: opts.output.clone(),
+            source,
+        })?;
     let blobs_downloaded = copied.blobs_uploaded + early_blobs;
     let bytes_downloaded = copied.bytes_uploaded + early_bytes;
 
     let bundle_bytes = if image_failures.is_empty() {
-        packed.map_err(|e| corrupt_cache(e, &cache, opts))?
+        packed.map_err(|e| corrupt_cache(e, cache, opts))?
     } else {
         let mut kept = Vec::new();
         for (i, img) in std::mem::take(&mut plan.images).into_iter().enumerate() {
@@ -467,15 +494,15 @@ pub async fn bundle(
         // --keep-going: pack again without the failed images; everything left is in the cache.
         let (layout, index_json) = layout_and_index(&plan, opts.mtime, base.as_ref());
         let (o, c) = (opts.clone(), cache.clone());
-        tokio::task::spawn_blocking(move || {
+        crate::task::unblock(move || {
             write_bundle(&o, index_json, &layout, &c, &mut |_| Ok(true), start)
         })
         .await
-        .map_err(|e| BundleError::Write {
+        .map_err(|source| BundleError::Write {
             path: opts.output.clone(),
-            source: std::io::Error::other(e.to_string()),
+            source,
         })?
-        .map_err(|e| corrupt_cache(e, &cache, opts))?
+        .map_err(|e| corrupt_cache(e, cache, opts))?
     };
     tracing::info!("packed at {:.2}s", start.elapsed().as_secs_f64());
 

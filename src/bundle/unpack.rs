@@ -485,9 +485,15 @@ async fn take_rest(
                         });
                 }
                 let (b, d) = (bundle.clone(), d.clone());
-                tokio::task::spawn_blocking(move || rehash(&b, &d, offset, size))
+                crate::task::unblock(move || rehash(&b, &d, offset, size))
                     .await
-                    .expect("hashing does not panic")
+                    .unwrap_or_else(|source| {
+                        Err(LinkError::Read(ReadError::Io {
+                            bundle: bundle.path().to_path_buf(),
+                            op: "reading a blob",
+                            source,
+                        }))
+                    })
             }
         })
         .buffer_unordered(jobs.max(1))

@@ -255,13 +255,13 @@ impl DaemonSource {
             .map_err(io_err("buffering the saved image from"))?;
         let file = out.into_std().await;
         let display = format!("docker-daemon:{name}");
-        let archive = tokio::task::spawn_blocking({
+        let archive = crate::task::unblock({
             let display = display.clone();
             let path = PathBuf::from(format!("docker save {asked} (from {})", sock.display()));
             move || DockerArchiveSource::from_file(file, &path, display, None)
         })
         .await
-        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+        .map_err(io_err("reading the saved image from"))??;
         Ok(DaemonSource {
             name: display,
             archive,

@@ -414,11 +414,10 @@ fn start_writeback(file: &File) {
     let _ = file;
 }
 
-fn joined<T>(r: std::result::Result<T, tokio::task::JoinError>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
+async fn joined<T>(task: tokio::task::JoinHandle<Result<T>>, to: &Path) -> Result<T> {
+    crate::task::join(task)
+        .await
+        .map_err(TransportError::io("writing", to))?
 }
 
 /// Writes a blob to `to` through a temporary file in `tmp_dir` (same file
@@ -432,6 +431,7 @@ pub(super) async fn put_blob_file(
     body: BlobBody,
 ) -> Result<()> {
     let mut sink = BlobSink::new(tmp_dir, desc)?;
+    let dest = to.to_path_buf();
     let to = to.to_path_buf();
     match body {
         BlobBody::Local(loc) => {
@@ -454,7 +454,7 @@ pub(super) async fn put_blob_file(
                 }
                 sink.finish(&to)
             });
-            joined(task.await)
+            joined(task, &dest).await
         }
         BlobBody::Stream(stream) => {
             // On any error the sink is dropped, and its temporary file with it.
@@ -472,7 +472,7 @@ pub(super) async fn put_blob_file(
                             source: e,
                         },
                     })?;
-            joined(tokio::task::spawn_blocking(move || sink.finish(&to)).await)
+            joined(tokio::task::spawn_blocking(move || sink.finish(&to)), &dest).await
         }
     }
 }

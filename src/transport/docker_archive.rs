@@ -1040,10 +1040,10 @@ impl ArchiveWriter {
             }
         }
         drop(tx);
-        match task.await {
-            Ok(r) => r?,
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
-        }
+        crate::task::join(task).await.map_err(TransportError::io(
+            "buffering a blob in",
+            self.inner.work.clone(),
+        ))??;
         Ok(Put::Written)
     }
 
@@ -1065,7 +1065,8 @@ impl ArchiveWriter {
         let inner = self.inner.clone();
         let top = top.clone();
         let mut out = out;
-        tokio::task::spawn_blocking(move || {
+        let work = self.inner.work.clone();
+        crate::task::unblock(move || {
             inner.write_archive(&top, &mut out)?;
             out.sync_all().map_err(|e| TransportError::Io {
                 op: "writing archive in",
@@ -1075,7 +1076,7 @@ impl ArchiveWriter {
             Ok(out)
         })
         .await
-        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+        .map_err(TransportError::io("writing archive in", work))?
     }
 
     /// The archive as a stream, written on a blocking thread as it is read, once: a
@@ -1647,7 +1648,8 @@ impl Destination for DockerArchiveDest {
         let out = File::create_new(&tmp).map_err(TransportError::io("creating", &tmp))?;
         let out = self.writer.write_to(top, out).await?;
         let (path, regular) = (self.path.clone(), self.regular);
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        let target = self.path.clone();
+        crate::task::unblock(move || -> Result<()> {
             if regular {
                 // Re-checked: a file that appeared meanwhile is not replaced.
                 output_kind(&path)?;
@@ -1669,7 +1671,7 @@ impl Destination for DockerArchiveDest {
             Ok(())
         })
         .await
-        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+        .map_err(TransportError::io("writing", target))??;
         let _ = std::fs::remove_dir_all(self.writer.work());
         Ok(())
     }

@@ -210,8 +210,9 @@ impl Destination for OciArchiveDest {
     async fn commit(&self, top: &RawManifest) -> Result<()> {
         self.inner.commit(top).await?;
         let (layout, path) = (self.dir.path().to_path_buf(), self.path.clone());
-        tokio::task::spawn_blocking(move || OciArchiveDest::pack(&layout, &path))
+        let archive = path.clone();
+        crate::task::unblock(move || OciArchiveDest::pack(&layout, &path))
             .await
-            .expect("packing does not panic")
+            .map_err(TransportError::io("packing", archive))?
     }
 }

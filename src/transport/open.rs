@@ -196,9 +196,9 @@ fn open_bundle(path: &Path) -> Result<Arc<Bundles>> {
 
 /// Runs file-heavy work on a blocking thread.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
+    crate::task::unblock(f)
         .await
-        .expect("opening a transport does not panic")
+        .map_err(TransportError::io("opening", "the transport"))?
 }
 
 /// Opens the image `r` for reading.

@@ -420,9 +420,9 @@ impl Destination for RootDest {
             && from.has_blob(&desc.digest)
         {
             let (to, from, d) = (self.store.clone(), from.clone(), desc.digest.clone());
-            tokio::task::spawn_blocking(move || to.import_blob(&from, &d))
+            crate::task::unblock(move || to.import_blob(&from, &d))
                 .await
-                .expect("importing does not panic")?;
+                .map_err(TransportError::io("importing into", self.store.root()))??;
             return Ok(Put::Written);
         }
         let dirs = self
@@ -434,17 +434,17 @@ impl Destination for RootDest {
             BlobBody::Stream(stream) => {
                 let w = write_stream(self.store.blob_writer_prehashed()?, stream).await?;
                 let (d, size) = (desc.digest.clone(), desc.size);
-                tokio::task::spawn_blocking(move || w.commit_prehashed(&d, size))
+                crate::task::unblock(move || w.commit_prehashed(&d, size))
                     .await
-                    .expect("commit does not panic")?;
+                    .map_err(TransportError::io("writing into", self.store.root()))??;
             }
             BlobBody::Local(loc) => {
                 let stream = Box::pin(crate::blob::range_stream(loc.source, 0, loc.size));
                 let w = write_stream(self.store.blob_writer()?, stream).await?;
                 let (d, size) = (desc.digest.clone(), desc.size);
-                tokio::task::spawn_blocking(move || w.commit(Some((&d, Some(size)))))
+                crate::task::unblock(move || w.commit(Some((&d, Some(size)))))
                     .await
-                    .expect("commit does not panic")?;
+                    .map_err(TransportError::io("writing into", self.store.root()))??;
             }
         }
         self.record(&desc.digest, desc.size, dirs);
@@ -486,8 +486,9 @@ impl Destination for RootDest {
             self.sync,
             top.digest().clone(),
         );
+        let root = self.store.root().to_path_buf();
         // File-system work off the async threads: one syncfs, then the links, the tag last.
-        tokio::task::spawn_blocking(move || {
+        crate::task::unblock(move || {
             if sync {
                 store.sync_fs()?;
             }
@@ -503,7 +504,7 @@ impl Destination for RootDest {
             )
         })
         .await
-        .expect("linking does not panic")?;
+        .map_err(TransportError::io("linking in", root))??;
         Ok(())
     }
 }

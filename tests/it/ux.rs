@@ -160,6 +160,14 @@ fn bare_output_name_is_checked_for_space_and_a_full_disk_is_named() {
         0,
         "nothing left"
     );
+    // Downloads begun while the plan was resolved were stopped, not left half-written.
+    let tmp = w.join("cache").join(".ferry-tmp");
+    assert_eq!(
+        std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0),
+        0,
+        "no partial blob in {}",
+        tmp.display()
+    );
 
     // The check passed (turned off here), then the disk fills up while the bundle is written.
     let out = run(
