@@ -37,7 +37,8 @@
 #                                     openssl in WORK/tls), the same load over HTTPS, and the TLS/plain ratios
 #                                     CPU seconds of server and client, per server, and the ratios
 #   scripts/bench.sh push-serve [WORK] skopeo copy --all of every tag of the corpus (served by ferry serve, read-only)
-#                                     into ferry serve --allow-push vs into docker-registry, each over a fresh empty root;
+#                                     into ferry serve --allow-push vs into docker-registry, each over a fresh empty root,
+#                                     the targets' runs interleaved (rounds in rotated order);
 #                                     and the floor: into a target that drops every body (scripts/null_registry.py),
 #                                     plus the disk's time to write the corpus once with fdatasync; CPU-s of each process
 #   scripts/bench.sh delta [WORK]     the next release (CHANGED images changed, default 5; 2 added, 1 removed):
@@ -706,7 +707,9 @@ push-serve)
   TARGET_PID=""
   fresh() {
     [ -n "$TARGET_PID" ] && { kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true; }
-    rm -rf "$OUT/target"; mkdir -p "$OUT/target/docker/registry/v2"; sync
+    # Set aside, deleted after the last round (see the rounds below).
+    [ ! -d "$OUT/target" ] || mv "$OUT/target" "$OUT/old-target.$(date +%s%N)"
+    mkdir -p "$OUT/target/docker/registry/v2"; sync
   }
   fresh_registry() { fresh; start_registry "$OUT/target"; TARGET=$ADDR; TARGET_PID=${PIDS[-1]}; }
   fresh_ferry() {
@@ -753,9 +756,32 @@ rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()][1:]
 print("skopeo %.2f, target %.2f, source %.2f; target's voluntary context switches %d" % tuple(statistics.median(r[i] for r in rows) for i in range(4)) if rows else "")
 PY
   }
-  CPU_LOG="$OUT/cpu-null"; : > "$CPU_LOG"; t_null=$(PREP=fresh_null in_target median_time push_all); c_null=$(cpu_report)
-  CPU_LOG="$OUT/cpu-registry"; : > "$CPU_LOG"; t_reg=$(PREP=fresh_registry in_target median_time push_all); c_reg=$(cpu_report)
-  CPU_LOG="$OUT/cpu-ferry"; : > "$CPU_LOG"; t_fer=$(PREP=fresh_ferry in_target median_time push_all); c_fer=$(cpu_report)
+  # One push into a fresh target of kind $1 (null, registry, ferry), in this subshell: its seconds.
+  timed_push() {
+    "fresh_$1"; local s e; s=$(date +%s.%N); push_all >/dev/null 2>&1; e=$(date +%s.%N)
+    python3 -c "print($e-$s)"
+  }
+  # Rounds, each pushing once into every kind of target, in an order rotated round by round; the
+  # first round warms up. Nothing is deleted until the last round has run (each target written is
+  # set aside: RUNS+1 rounds need about 2 x (RUNS+1) x the corpus on disk), and the kinds are
+  # interleaved, because deleting makes later runs slower on some file systems: ext4 without a
+  # journal (this machine's) scans past every inode deleted in the last minutes when it
+  # allocates one, so the kind run after the others' deletes would pay for them.
+  rm -rf "$OUT"/old-target.* "$OUT/target"
+  KINDS=(null registry ferry); declare -A SECS=()
+  for k in "${KINDS[@]}"; do : > "$OUT/cpu-$k"; done
+  for round in $(seq 0 "$RUNS"); do
+    for i in 0 1 2; do
+      k=${KINDS[$(( (i + round) % 3 ))]}
+      secs=$(CPU_LOG="$OUT/cpu-$k" in_target timed_push "$k")
+      [ "$round" -eq 0 ] || SECS[$k]+="$secs "
+    done
+  done
+  median_of() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" $1; }
+  t_null=$(median_of "${SECS[null]}"); c_null=$(CPU_LOG="$OUT/cpu-null" cpu_report)
+  t_reg=$(median_of "${SECS[registry]}"); c_reg=$(CPU_LOG="$OUT/cpu-registry" cpu_report)
+  t_fer=$(median_of "${SECS[ferry]}"); c_fer=$(CPU_LOG="$OUT/cpu-ferry" cpu_report)
+  rm -rf "$OUT"/old-target.* "$OUT/target"
   # The disk: writing the corpus's bytes once, durably (what a target that syncs cannot avoid).
   BYTES=$(du -sb "$ROOT/docker/registry/v2/blobs" | cut -f1)
   disk() { dd if=/dev/zero of="$OUT/disk" bs=1M count=$((BYTES >> 20)) conv=fdatasync status=none; }

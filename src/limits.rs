@@ -20,6 +20,14 @@ pub const IO_BUFFER_BYTES: usize = 256 * 1024;
 /// waits only for the tail.
 pub const WRITE_BEHIND_BYTES: u64 = 8 * 1024 * 1024;
 
+/// An upload written with direct I/O ([`crate::store::BlobWriter::direct`]) reaches the disk in
+/// pieces of this size (a multiple of [`DIRECT_IO_ALIGN`]); one such buffer per upload in flight.
+pub const DIRECT_IO_BYTES: usize = 1024 * 1024;
+
+/// Alignment of direct I/O's buffer, file offsets and lengths: the largest logical block size
+/// of common disks, so every one of them takes it.
+pub const DIRECT_IO_ALIGN: usize = 4096;
+
 /// Chunk of a blob streamed from a bundle read in place: with a few chunks queued per client,
 /// 64 clients hold about 16 MiB (reads straight from the file cost little per chunk).
 pub const BUNDLE_CHUNK_BYTES: usize = 64 * 1024;

@@ -326,7 +326,7 @@ async fn start_upload<B: Catalog>(
     let _held = app.uploads.hold(&id, &name);
     let s = unsynced(&store);
     // Synced before it is published (see `commit`): the disk starts writing as the body arrives.
-    let writer = match blocking(move || Ok(s.blob_writer()?.write_behind())).await {
+    let writer = match blocking(move || Ok(s.blob_writer()?.direct())).await {
         Ok(w) => w,
         Err(e) => {
             app.uploads.end(&id, &name);
