@@ -408,6 +408,15 @@ async fn write_chunk<B: Catalog>(
     Ok(session)
 }
 
+/// An upload that waits for its next request keeps little in memory (see
+/// [`crate::store::BlobWriter::park`]); done off the runtime, as it writes.
+async fn park(mut session: Session) -> Result<Session, ApiError> {
+    crate::task::unblock(move || session.writer.park().map(|()| session))
+        .await
+        .and_then(|r| r)
+        .map_err(|e| ApiError::Internal(format!("writing an upload: {e}")))
+}
+
 /// PATCH: one more chunk.
 async fn patch_upload<B: Catalog>(
     app: Arc<App<B>>,
@@ -419,6 +428,13 @@ async fn patch_upload<B: Catalog>(
     let session = take(&app, &name, &id)?;
     let _held = app.uploads.hold(&id, &name);
     let session = write_chunk(&app, &name, &id, session, headers, body).await?;
+    let session = match park(session).await {
+        Ok(s) => s,
+        Err(e) => {
+            app.uploads.end(&id, &name);
+            return Err(e);
+        }
+    };
     let offset = session.writer.written();
     app.uploads.put_back(&id, session);
     Ok(upload_state(StatusCode::ACCEPTED, &name, &id, offset))

@@ -138,14 +138,44 @@ struct DirectBuf {
 
 impl DirectBuf {
     fn new() -> DirectBuf {
-        let mem = vec![0u8; DIRECT_IO_BYTES + DIRECT_IO_ALIGN];
+        DirectBuf::with_room(DIRECT_IO_BYTES)
+    }
+
+    fn with_room(room: usize) -> DirectBuf {
+        let mem = vec![0u8; room + DIRECT_IO_ALIGN];
         let start = mem.as_ptr().align_offset(DIRECT_IO_ALIGN);
         DirectBuf { mem, start, len: 0 }
     }
 
-    /// Copies as much of `buf` as fits; how much that was.
+    /// Bytes it can hold: [`DIRECT_IO_BYTES`], or fewer while shrunk.
+    fn room(&self) -> usize {
+        (self.mem.len() - self.start).min(DIRECT_IO_BYTES)
+    }
+
+    /// The same bytes in a buffer with `room`.
+    fn resize(&mut self, room: usize) {
+        let mut other = DirectBuf::with_room(room);
+        other.put(self.bytes(self.len));
+        *self = other;
+    }
+
+    /// Keeps only the bytes gathered (less than a block once the whole ones are written), so an
+    /// upload waiting for its next request holds a few KiB, not a whole buffer.
+    fn shrink(&mut self) {
+        self.resize(self.len);
+    }
+
+    /// Copies as much of `buf` as fits, the buffer grown back to its size first if it was
+    /// shrunk; how much that was.
     fn take(&mut self, buf: &[u8]) -> usize {
-        let n = buf.len().min(DIRECT_IO_BYTES - self.len);
+        if self.room() < DIRECT_IO_BYTES && !buf.is_empty() {
+            self.resize(DIRECT_IO_BYTES);
+        }
+        self.put(buf)
+    }
+
+    fn put(&mut self, buf: &[u8]) -> usize {
+        let n = buf.len().min(self.room() - self.len);
         let at = self.start + self.len;
         self.mem[at..at + n].copy_from_slice(&buf[..n]);
         self.len += n;
@@ -305,6 +335,19 @@ impl BlobWriter {
         let at = d.start + len;
         d.mem.copy_within(at..at + rest, d.start);
         d.len = rest;
+        Ok(())
+    }
+
+    /// Between two requests of an upload: the whole blocks gathered go to the disk and the
+    /// direct buffer shrinks to the rest (under a block), so a waiting upload holds little memory.
+    pub fn park(&mut self) -> io::Result<()> {
+        let Some(d) = self.direct.as_ref() else {
+            return Ok(());
+        };
+        self.flush_direct(d.len / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN)?;
+        if let Some(d) = self.direct.as_mut() {
+            d.shrink();
+        }
         Ok(())
     }
 
@@ -789,7 +832,8 @@ mod tests {
 
     /// A direct-I/O writer keeps every byte and its order whatever the sizes (empty, under a
     /// block, around a block and around its buffer, several buffers and a tail), whether the
-    /// bytes come one write at a time or in batches, and with bytes written after a sync.
+    /// bytes come one write at a time or in batches, parked between two requests, and with
+    /// bytes written after a sync.
     #[test]
     fn direct_writes_keep_the_bytes_at_every_size() {
         let dir = tempfile::tempdir().unwrap();
@@ -813,6 +857,21 @@ mod tests {
             let (a, rest) = whole.split_at(size / 3);
             let (mid, tail) = rest.split_at(rest.len() / 2);
             w.write_all(a).unwrap();
+            // An upload waiting between two requests holds less than a block (and the
+            // alignment's slack).
+            w.park().unwrap();
+            if let Some(d) = &w.direct {
+                assert!(
+                    d.len < DIRECT_IO_ALIGN,
+                    "{} bytes left after parking",
+                    d.len
+                );
+                assert!(
+                    d.mem.len() < 2 * DIRECT_IO_ALIGN,
+                    "parked in {} bytes",
+                    d.mem.len()
+                );
+            }
             let batch: Vec<bytes::Bytes> = mid
                 .chunks(7001)
                 .map(bytes::Bytes::copy_from_slice)
