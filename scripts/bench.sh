@@ -14,7 +14,8 @@
 #                                     whole and past the first N/10 (REFS_BASE=M: past the first M; the
 #                                     cost of each further reference)
 #   scripts/bench.sh copy [WORK]      skopeo copy vs ferry copy: the image with the most layers docker:// -> oci:,
-#                                     and every multi-arch image with --all docker:// -> docker:// (empty target);
+#                                     and every multi-arch image with --all docker:// -> docker:// (empty target; the
+#                                     two tools' runs interleaved, targets deleted only at the end);
 #                                     CPU seconds of the tool and of each registry, and the floors: the
 #                                     registries' own CPU over 2 cores (no client can take less); for --all
 #                                     also a bare client, its critical path, and the tightest floor for one process
@@ -327,9 +328,14 @@ PY
   # another repository, as skopeo's blob-info cache does) start empty with each fresh target, in OUT.
   export XDG_CACHE_HOME="$OUT/xdg-cache"
   # The target registry is fresh for each run; its CPU is added to $CPU_LOG.target before it stops.
+  # The last target is set aside, not deleted, until every timed run is done: deleting makes
+  # later runs slower on some file systems (ext4 without a journal, this machine's, scans past
+  # every inode deleted in the last minutes when it allocates one), so the tool run after the
+  # other's deletes would pay for them.
   fresh_target() {
     [ -n "$TARGET_PID" ] && { cpu_of "$TARGET_PID" >> "$CPU_LOG.target"; kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true; }
-    rm -rf "$OUT/target" "$XDG_CACHE_HOME"; mkdir -p "$OUT/target"; sync
+    [ ! -d "$OUT/target" ] || mv "$OUT/target" "$OUT/old-target.$(date +%s%N)"
+    rm -rf "$XDG_CACHE_HOME"; mkdir -p "$OUT/target"; sync
     start_registry "$OUT/target"; TARGET=$ADDR; TARGET_PID=${PIDS[-1]}
   }
   last_target() { [ -z "$TARGET_PID" ] || cpu_of "$TARGET_PID" >> "$CPU_LOG.target"; stop_target; }
@@ -337,14 +343,32 @@ PY
       if [ "$tool" = skopeo ]; then timed_tool skopeo --insecure-policy copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1
       else timed_tool "$FERRY" copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://$SRC/$ref" "docker://$TARGET/$ref" || exit 1; fi
     done; }
-  multi_run() { trap last_target EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; PREP=fresh_target median_time each_multi "$1"; }
+  # One timed run of tool $1 into a fresh target, in this subshell (which stops the target):
+  # its seconds; the source registry's CPU during it goes to $CPU_LOG.source.
+  one_multi() { trap last_target EXIT; trap 'exit 130' INT; trap 'exit 143' TERM
+    fresh_target
+    local c s e; c=$(cpu_of "$SRC_PID"); s=$(date +%s.%N); each_multi "$1" >/dev/null 2>&1; e=$(date +%s.%N)
+    python3 -c "print($(cpu_of "$SRC_PID")-$c)" >> "$CPU_LOG.source"
+    python3 -c "print($e-$s)"; }
   target_cpu() { python3 -c "import sys; v=[float(l) for l in open(sys.argv[1]) if l.strip()]; print(f'{sum(v)/max(1,int(sys.argv[2])):.3f}')" "$CPU_LOG.target" "$1"; }
-  rm -f "$CPU_LOG.target"; c0=$(cpu_of "$SRC_PID")
-  t_skopeo_all=$(multi_run skopeo)
-  c1=$(cpu_of "$SRC_PID"); cpu_skopeo_all=$(tool_cpu $NRUN); dst_skopeo_all=$(target_cpu $NRUN); rm -f "$CPU_LOG.tool" "$CPU_LOG.target"
-  t_ferry_all=$(multi_run ferry)
-  c2=$(cpu_of "$SRC_PID"); cpu_ferry_all=$(tool_cpu $NRUN); dst_ferry_all=$(target_cpu $NRUN); rm -f "$CPU_LOG.tool" "$CPU_LOG.target"
-  src_skopeo_all=$(per_run "$c0" "$c1" $NRUN); src_ferry_all=$(per_run "$c1" "$c2" $NRUN)
+  # Rounds of one run per tool, the order alternating round by round (the first round warms up),
+  # so whatever the machine's state does to later runs weighs on both alike.
+  rm -rf "$OUT"/old-target.* "$OUT/target"
+  declare -A ALL=()
+  for t in skopeo ferry; do rm -f "$OUT/cpu-$t.log".*; done
+  for round in $(seq 0 "$RUNS"); do
+    order="skopeo ferry"; [ $((round % 2)) -eq 1 ] && order="ferry skopeo"
+    for t in $order; do
+      secs=$(CPU_LOG="$OUT/cpu-$t.log" one_multi "$t") || exit 1
+      [ "$round" -eq 0 ] || ALL[$t]+="$secs "
+    done
+  done
+  median_of() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" $1; }
+  sum_per_run() { python3 -c "import sys; v=[float(l) for l in open(sys.argv[1]) if l.strip()]; print(f'{sum(v)/max(1,int(sys.argv[2])):.3f}')" "$1" "$2"; }
+  t_skopeo_all=$(median_of "${ALL[skopeo]}"); t_ferry_all=$(median_of "${ALL[ferry]}")
+  cpu_skopeo_all=$(CPU_LOG="$OUT/cpu-skopeo.log" tool_cpu $NRUN); cpu_ferry_all=$(CPU_LOG="$OUT/cpu-ferry.log" tool_cpu $NRUN)
+  dst_skopeo_all=$(CPU_LOG="$OUT/cpu-skopeo.log" target_cpu $NRUN); dst_ferry_all=$(CPU_LOG="$OUT/cpu-ferry.log" target_cpu $NRUN)
+  src_skopeo_all=$(sum_per_run "$OUT/cpu-skopeo.log.source" $NRUN); src_ferry_all=$(sum_per_run "$OUT/cpu-ferry.log.source" $NRUN)
   # Two floors measured on the same registries, each run into a fresh empty target
   # (scripts/floor_copy.py, median of RUNS of its own seconds): `bare`, a bare client making only
   # the requests any copy of these images must make, 6 connections, no checks, no hashing, no
@@ -367,6 +391,7 @@ PY
     t=$(python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${ts[@]}")
     echo "$t"; }
   t_floor_bare=$(floor_copy bare); t_floor_crit=$(floor_copy crit); rm -f "$CPU_LOG.target"
+  rm -rf "$OUT"/old-target.* "$OUT/target"
   floor_oci=$(python3 -c "print(f'{$src_ferry_oci/2:.3f}')")
   floor_all=$(python3 -c "print(f'{($src_ferry_all+$dst_ferry_all)/2:.3f}')")
   # A client that checks what it carries hashes each unique blob of the multi-arch images once
