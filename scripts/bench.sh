@@ -349,7 +349,9 @@ PY
     fresh_target
     local c s e; c=$(cpu_of "$SRC_PID"); s=$(date +%s.%N); each_multi "$1" >/dev/null 2>&1; e=$(date +%s.%N)
     python3 -c "print($(cpu_of "$SRC_PID")-$c)" >> "$CPU_LOG.source"
-    python3 -c "print($e-$s)"; }
+    # Printed by a builtin, so that bash does not exec the last command in place of the subshell
+    # (its EXIT trap, which logs and stops the target, would not run).
+    s=$(python3 -c "print($e-$s)"); echo "$s"; }
   target_cpu() { python3 -c "import sys; v=[float(l) for l in open(sys.argv[1]) if l.strip()]; print(f'{sum(v)/max(1,int(sys.argv[2])):.3f}')" "$CPU_LOG.target" "$1"; }
   # Rounds of one run per tool, the order alternating round by round (the first round warms up),
   # so whatever the machine's state does to later runs weighs on both alike.
@@ -359,7 +361,8 @@ PY
   for round in $(seq 0 "$RUNS"); do
     order="skopeo ferry"; [ $((round % 2)) -eq 1 ] && order="ferry skopeo"
     for t in $order; do
-      secs=$(CPU_LOG="$OUT/cpu-$t.log" one_multi "$t") || exit 1
+      # Set in the subshell itself, not for the call only: its EXIT trap logs the target's CPU there.
+      secs=$(CPU_LOG="$OUT/cpu-$t.log"; one_multi "$t") || exit 1
       [ "$round" -eq 0 ] || ALL[$t]+="$secs "
     done
   done
@@ -784,7 +787,7 @@ PY
   # One push into a fresh target of kind $1 (null, registry, ferry), in this subshell: its seconds.
   timed_push() {
     "fresh_$1"; local s e; s=$(date +%s.%N); push_all >/dev/null 2>&1; e=$(date +%s.%N)
-    python3 -c "print($e-$s)"
+    s=$(python3 -c "print($e-$s)"); echo "$s"  # a builtin last: see one_multi in `copy`
   }
   # Rounds, each pushing once into every kind of target, in an order rotated round by round; the
   # first round warms up. Nothing is deleted until the last round has run (each target written is
