@@ -83,6 +83,8 @@ cleanup() {
   local rc=$?
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -f "$WORK/registry.$$.yml"; [ "$rc" -ne 0 ] || rm -f "$WORK/registry.$$.log"
+  # Targets set aside by push-serve and copy (deleted at their end, or here when a run failed).
+  [ -z "${OUT:-}" ] || rm -rf "$OUT"/old-target.*
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -101,6 +103,8 @@ median_time() {
   python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${ts[@]}"
 }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+# median_of "S1 S2 ...": the median of seconds gathered in a string.
+median_of() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" $1; }
 # A target started by fresh_target inside $(...) lives in that subshell, out of reach of the
 # main shell's EXIT trap (a subshell does not inherit traps): stop it there, also when a run in
 # the subshell fails (`exit 1`) or is interrupted, with traps set inside the subshell.
@@ -366,7 +370,6 @@ PY
       [ "$round" -eq 0 ] || ALL[$t]+="$secs "
     done
   done
-  median_of() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" $1; }
   sum_per_run() { python3 -c "import sys; v=[float(l) for l in open(sys.argv[1]) if l.strip()]; print(f'{sum(v)/max(1,int(sys.argv[2])):.3f}')" "$1" "$2"; }
   t_skopeo_all=$(median_of "${ALL[skopeo]}"); t_ferry_all=$(median_of "${ALL[ferry]}")
   cpu_skopeo_all=$(CPU_LOG="$OUT/cpu-skopeo.log" tool_cpu $NRUN); cpu_ferry_all=$(CPU_LOG="$OUT/cpu-ferry.log" tool_cpu $NRUN)
@@ -805,11 +808,10 @@ PY
       [ "$round" -eq 0 ] || SECS[$k]+="$secs "
     done
   done
-  median_of() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" $1; }
   t_null=$(median_of "${SECS[null]}"); c_null=$(CPU_LOG="$OUT/cpu-null" cpu_report)
   t_reg=$(median_of "${SECS[registry]}"); c_reg=$(CPU_LOG="$OUT/cpu-registry" cpu_report)
   t_fer=$(median_of "${SECS[ferry]}"); c_fer=$(CPU_LOG="$OUT/cpu-ferry" cpu_report)
-  rm -rf "$OUT"/old-target.* "$OUT/target"
+  rm -rf "$OUT"/old-target.* "$OUT/target"; sync
   # The disk: writing the corpus's bytes once, durably (what a target that syncs cannot avoid).
   BYTES=$(du -sb "$ROOT/docker/registry/v2/blobs" | cut -f1)
   disk() { dd if=/dev/zero of="$OUT/disk" bs=1M count=$((BYTES >> 20)) conv=fdatasync status=none; }

@@ -3,12 +3,13 @@
 //! A blocking task can end three ways: its value, a panic, or cancelled because the
 //! runtime shut down before it ran (a command that failed while downloads were still in
 //! flight). The last is not a bug and must not become a panic printed over the one error
-//! line the user should see: it is an `Interrupted` [`io::Error`] here.
+//! line the user should see: it is an [`io::Error`] here (of kind `Other`: `Interrupted` would
+//! make every `read`/`write_all` loop retry it).
 
 use std::io;
 
 /// Awaits a task from `spawn_blocking` (or `spawn`): its value, its panic unwound on,
-/// or a cancellation as an `Interrupted` error.
+/// or a cancellation as an error ([`cancelled`]).
 pub async fn join<T>(task: tokio::task::JoinHandle<T>) -> io::Result<T> {
     match task.await {
         Ok(v) => Ok(v),
@@ -24,10 +25,7 @@ pub async fn unblock<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) 
 
 /// The error a task cancelled by the runtime's shutdown ends with.
 pub fn cancelled() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Interrupted,
-        "cancelled: ferry is shutting down",
-    )
+    io::Error::other("cancelled: ferry is shutting down")
 }
 
 #[cfg(test)]
@@ -40,11 +38,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_aborted_task_is_an_interrupted_error_not_a_panic() {
+    async fn an_aborted_task_is_an_error_not_a_panic() {
         let t = tokio::spawn(std::future::pending::<()>());
         t.abort();
         let e = join(t).await.unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+        assert_eq!(e.kind(), io::ErrorKind::Other);
+        assert!(e.to_string().contains("cancelled"), "{e}");
     }
 
     #[tokio::test]

@@ -117,7 +117,8 @@ pub(super) fn write_atomic(
 pub struct BlobWriter {
     store: Store,
     tmp: PathBuf,
-    /// Buffered, so the many small chunks a network read yields become few large writes.
+    /// Buffered, so the many small chunks a network read yields become few large writes (in
+    /// direct mode a small buffer, for the tail only).
     file: Option<io::BufWriter<File>>,
     /// `None` when the caller verifies the bytes itself (see [`Store::blob_writer_prehashed`]).
     hasher: Option<Hasher>,
@@ -126,6 +127,9 @@ pub struct BlobWriter {
     behind: Option<u64>,
     /// With [`BlobWriter::direct`]: the bytes not yet written, in an aligned buffer.
     direct: Option<DirectBuf>,
+    /// Tests: the disk refuses the next direct write (EINVAL), as one needing a larger alignment would.
+    #[cfg(test)]
+    refuse_direct: bool,
 }
 
 /// Bytes on their way to a file opened with `O_DIRECT`, gathered in memory aligned to
@@ -134,17 +138,20 @@ struct DirectBuf {
     mem: Vec<u8>,
     start: usize,
     len: usize,
+    /// The file offset of the buffer's first byte.
+    at: u64,
 }
 
 impl DirectBuf {
-    fn new() -> DirectBuf {
-        DirectBuf::with_room(DIRECT_IO_BYTES)
-    }
-
     fn with_room(room: usize) -> DirectBuf {
         let mem = vec![0u8; room + DIRECT_IO_ALIGN];
         let start = mem.as_ptr().align_offset(DIRECT_IO_ALIGN);
-        DirectBuf { mem, start, len: 0 }
+        DirectBuf {
+            mem,
+            start,
+            len: 0,
+            at: 0,
+        }
     }
 
     /// Bytes it can hold: [`DIRECT_IO_BYTES`], or fewer while shrunk.
@@ -156,6 +163,7 @@ impl DirectBuf {
     fn resize(&mut self, room: usize) {
         let mut other = DirectBuf::with_room(room);
         other.put(self.bytes(self.len));
+        other.at = self.at;
         *self = other;
     }
 
@@ -186,6 +194,14 @@ impl DirectBuf {
     fn bytes(&self, len: usize) -> &[u8] {
         &self.mem[self.start..self.start + len]
     }
+}
+
+/// Writes `bytes` at `offset` and leaves the file's position after them (where the next write,
+/// direct or not, goes).
+fn write_direct_at(file: &mut File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    use std::io::Seek;
+    file.seek(io::SeekFrom::Start(offset))?;
+    file.write_all(bytes)
 }
 
 /// Sets or clears `O_DIRECT` on an open file (Linux lets `F_SETFL` change it).
@@ -287,7 +303,11 @@ impl BlobWriter {
             .expect("file present until commit")
             .get_ref();
         if self.written == 0 && set_direct(file, true).is_ok() {
-            self.direct = Some(DirectBuf::new());
+            // Grown at the first byte: a session opened with no body yet holds nothing.
+            self.direct = Some(DirectBuf::with_room(0));
+            // Only a tail (or bytes after a sync) ever goes through the buffered writer now.
+            let (file, _) = self.file.take().expect("checked above").into_parts();
+            self.file = Some(io::BufWriter::with_capacity(DIRECT_IO_ALIGN, file));
             self
         } else {
             self.write_behind()
@@ -297,7 +317,11 @@ impl BlobWriter {
     /// Appends `buf` through the direct buffer, writing it out each time it is full.
     fn write_direct(&mut self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
-            let d = self.direct.as_mut().expect("direct mode");
+            let Some(d) = self.direct.as_mut() else {
+                // Direct I/O was refused on the way: the rest goes through the page cache.
+                let f = self.file.as_mut().expect("file present until commit");
+                return f.write_all(buf);
+            };
             let n = d.take(buf);
             buf = &buf[n..];
             if d.len == DIRECT_IO_BYTES {
@@ -318,11 +342,22 @@ impl BlobWriter {
             .expect("file present until commit")
             .get_mut();
         if len > 0 {
-            match file.write_all(d.bytes(len)) {
+            #[cfg(test)]
+            let refused = self.refuse_direct;
+            #[cfg(not(test))]
+            let refused = false;
+            let wrote = if refused {
+                Err(io::Error::from_raw_os_error(libc::EINVAL))
+            } else {
+                write_direct_at(file, d.bytes(len), d.at)
+            };
+            match wrote {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     set_direct(file, false)?;
-                    file.write_all(d.bytes(len))?;
+                    // From the buffer's own offset again: a part written before the refusal
+                    // is written over with the same bytes, never twice.
+                    write_direct_at(file, d.bytes(len), d.at)?;
                     let rest = d.bytes(d.len)[len..].to_vec();
                     self.direct = None;
                     self.behind = Some(0);
@@ -335,6 +370,7 @@ impl BlobWriter {
         let at = d.start + len;
         d.mem.copy_within(at..at + rest, d.start);
         d.len = rest;
+        d.at += len as u64;
         Ok(())
     }
 
@@ -409,7 +445,8 @@ impl BlobWriter {
 
     /// Appends chunks as they arrived from the network: each is hashed, then all are written
     /// with one vectored write, never copied into the buffer (a batch that is small, or made of
-    /// many tiny chunks, goes through the buffer as [`Write::write_all`] would).
+    /// many tiny chunks, goes through the buffer as [`Write::write_all`] would; in direct mode,
+    /// every batch is copied into the aligned buffer).
     pub fn write_batch(&mut self, chunks: &[bytes::Bytes]) -> io::Result<()> {
         let total: usize = chunks.iter().map(|c| c.len()).sum();
         if self.direct.is_some()
@@ -595,6 +632,8 @@ impl Store {
             written: 0,
             behind: None,
             direct: None,
+            #[cfg(test)]
+            refuse_direct: false,
         })
     }
 
@@ -891,5 +930,34 @@ mod tests {
                 .unwrap();
             assert!(stored == whole, "size {size}: the stored blob differs");
         }
+    }
+
+    /// A disk that refuses a direct write mid-upload (EINVAL: it needs a larger alignment) gets
+    /// every byte through the page cache instead, each once and in order, the refused buffer
+    /// included, even when the chunk that filled it goes on past it.
+    #[test]
+    fn a_refused_direct_write_falls_back_to_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap().with_durable(false);
+        let whole = crate::fixtures::noise(3 * DIRECT_IO_BYTES + 777, 5);
+        let mut w = store.blob_writer().unwrap().direct();
+        if w.direct.is_none() {
+            return; // this file system takes no direct I/O at all: nothing to refuse
+        }
+        let (a, b) = whole.split_at(DIRECT_IO_BYTES + 100);
+        w.write_all(a).unwrap(); // one buffer written direct
+        w.refuse_direct = true;
+        w.write_all(b).unwrap(); // fills the next one and goes on past it
+        assert!(w.direct.is_none(), "direct I/O ended by the refusal");
+        let want = Digest::sha256_of(&whole);
+        w.sync_data().unwrap();
+        w.commit(Some((&want, Some(whole.len() as u64)))).unwrap();
+        let mut stored = Vec::new();
+        store
+            .open_blob(&want)
+            .unwrap()
+            .read_to_end(&mut stored)
+            .unwrap();
+        assert!(stored == whole, "the stored blob differs");
     }
 }
