@@ -4,7 +4,8 @@
 #                                     ferry verify vs sha256sum of the same blob files
 #   scripts/bench.sh bundle [WORK]    the seed workflow (skopeo sync + shell + tar + zstd) vs ferry bundle
 #                                     with an empty cache and with a warm one, vs plain tar | zstd of the root,
-#                                     vs a bare parallel download of the same blobs (curl -Z, 6 at once)
+#                                     vs a bare parallel download of the same blobs (curl -Z, 6 at once; its runs and
+#                                     the empty-cache ones interleaved, A B then B A)
 #   scripts/bench.sh unbundle [WORK]  skopeo sync --scoped dir->docker vs ferry unbundle push (empty registry);
 #                                     zstd -d | tar -x vs ferry unbundle link (empty root);
 #                                     skopeo pulling every tag from docker-registry vs from ferry unbundle serve
@@ -198,10 +199,8 @@ bundle)
   floor_prep() { rm -f "$OUT/floor.tar.zst"; sync; }
   floor() { tar -C "$OUT/root" -c docker | zstd -q -T0 -3 > "$OUT/floor.tar.zst" && sync; }
   t_seed=$(PREP=seed_prep median_time seed)
-  t_cold=$(PREP=cold_prep median_time ferry_bundle)
-  rm -rf "$OUT/root"; "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false --root-dir "$OUT/root"
-  t_warm=$(PREP=warm_prep median_time ferry_bundle)
-  t_floor=$(PREP=floor_prep median_time floor)
+  # The root (--root-dir) names the blobs of the bare download below; its cache serves the warm runs.
+  rm -rf "$OUT/root" "$OUT/cache"; "$FERRY" bundle -q -f "$LIST" -o "$OUT/ferry.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false --root-dir "$OUT/root"
   # The bare download: the same blobs (configs and layers, each once, from a repository that links
   # it) from the same registry into files, 6 at a time (ferry's default --jobs), one curl process.
   python3 - "$OUT/root/docker/registry/v2/repositories" "$REG" "$OUT/dl" > "$OUT/dl.cfg" <<'PY'
@@ -217,7 +216,20 @@ for h, repo in sorted(seen.items()):
 PY
   bare_prep() { rm -rf "$OUT/dl"; mkdir -p "$OUT/dl"; sync; }
   bare() { curl -fsS -Z --parallel-max 6 -K "$OUT/dl.cfg"; }
-  t_bare=$(PREP=bare_prep median_time bare)
+  # Empty cache against the bare download in rounds, A B then B A (the first round warms up): run
+  # one series after the other, the later would pay for the earlier's deletes (ext4 without a
+  # journal, as here, scans recently deleted inodes when it allocates) and its page cache.
+  cold_kept="$OUT/cache.kept"; rm -rf "$cold_kept"; mv "$OUT/cache" "$cold_kept"
+  one() { local s e; "$1_prep"; s=$(date +%s.%N); "$2" >/dev/null 2>&1; e=$(date +%s.%N); python3 -c "print($e-$s)"; }
+  T_COLD=""; T_BARE=""
+  for round in $(seq 0 "$RUNS"); do
+    if [ $((round % 2)) -eq 0 ]; then c=$(one cold ferry_bundle); b=$(one bare bare); else b=$(one bare bare); c=$(one cold ferry_bundle); fi
+    [ "$round" -eq 0 ] || { T_COLD+="$c "; T_BARE+="$b "; }
+  done
+  t_cold=$(median_of "$T_COLD"); t_bare=$(median_of "$T_BARE")
+  rm -rf "$OUT/cache"; mv "$cold_kept" "$OUT/cache"
+  t_warm=$(PREP=warm_prep median_time ferry_bundle)
+  t_floor=$(PREP=floor_prep median_time floor)
   # Peak memory, bytes written (file system outputs, 512-byte blocks) and CPU seconds (user+sys, which
   # load disturbs far less than wall time) of one cold and one warm run, with the registry's CPU
   # seconds meanwhile (/proc/PID/stat); and the CPU seconds of one bare download run.
