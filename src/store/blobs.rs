@@ -793,6 +793,17 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// The bytes of a stored blob.
+    fn stored(store: &Store, digest: &Digest) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        store
+            .open_blob(digest)
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        bytes
+    }
+
     /// Batches written straight from their chunks (after bytes still in the buffer, and before
     /// more through it) give the same file and digest as one plain write of all the bytes, for a
     /// large batch, a small one and one of many tiny chunks alike.
@@ -827,12 +838,7 @@ mod tests {
         let want = Digest::sha256_of(&whole);
         let (d, size) = w.commit(Some((&want, Some(whole.len() as u64)))).unwrap();
         assert_eq!((d, size), (want.clone(), whole.len() as u64));
-        let mut stored = Vec::new();
-        store
-            .open_blob(&want)
-            .unwrap()
-            .read_to_end(&mut stored)
-            .unwrap();
+        let stored = stored(&store, &want);
         assert!(
             stored == whole,
             "the stored blob differs from the bytes written"
@@ -922,12 +928,7 @@ mod tests {
             let want = Digest::sha256_of(&whole);
             w.sync_data().unwrap();
             w.commit(Some((&want, Some(size as u64)))).unwrap();
-            let mut stored = Vec::new();
-            store
-                .open_blob(&want)
-                .unwrap()
-                .read_to_end(&mut stored)
-                .unwrap();
+            let stored = stored(&store, &want);
             assert!(stored == whole, "size {size}: the stored blob differs");
         }
     }
@@ -952,12 +953,7 @@ mod tests {
         let want = Digest::sha256_of(&whole);
         w.sync_data().unwrap();
         w.commit(Some((&want, Some(whole.len() as u64)))).unwrap();
-        let mut stored = Vec::new();
-        store
-            .open_blob(&want)
-            .unwrap()
-            .read_to_end(&mut stored)
-            .unwrap();
+        let stored = stored(&store, &want);
         assert!(stored == whole, "the stored blob differs");
     }
 }
