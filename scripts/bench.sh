@@ -252,6 +252,7 @@ PY
   echo "  ferry bundle, warm cache                                     ${t_warm}s"
   echo "  tar -c ROOT | zstd -T0 > F && sync (packing floor)           ${t_floor}s   warm/floor $(ratio "$t_warm" "$t_floor")x"
   echo "  bare parallel download of the same blobs (curl -Z, 6 at once) ${t_bare}s   empty cache/bare $(ratio "$t_cold" "$t_bare")x"
+  echo "    (interleaved runs, seconds: empty cache $T_COLD; bare $T_BARE)"
   echo "  peak RSS: cold $((cold_rss / 1024)) MB, warm $((warm_rss / 1024)) MB"
   echo "  CPU-s (one run): ferry cold $(cpu "$cold_u" "$cold_s") + registry $cold_reg; ferry warm $(cpu "$warm_u" "$warm_s"); bare curl $(cpu "$bare_u" "$bare_s") + registry $bare_reg"
   echo "  bytes written, cold: $(python3 -c "print(f'{$cold_out*512/1e9:.2f} GB = {$cold_out*512/$UNIQUE:.2f}x the unique bytes')")"
