@@ -411,10 +411,16 @@ async fn write_chunk<B: Catalog>(
 /// An upload that waits for its next request keeps little in memory (see
 /// [`crate::store::BlobWriter::park`]); done off the runtime, as it writes.
 async fn park(mut session: Session) -> Result<Session, ApiError> {
-    crate::task::unblock(move || session.writer.park().map(|()| session))
-        .await
-        .and_then(|r| r)
-        .map_err(|e| ApiError::Internal(format!("writing an upload: {e}")))
+    blocking(move || {
+        let path = session.writer.temp_path().to_path_buf();
+        session.writer.park().map_err(|source| StoreError::Io {
+            op: "writing",
+            path,
+            source,
+        })?;
+        Ok(session)
+    })
+    .await
 }
 
 /// PATCH: one more chunk.
