@@ -104,6 +104,14 @@ median_time() {
   python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${ts[@]}"
 }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+# set_aside DIR: a target done with is moved to $OUT/old-target.N (deleted after the timed rounds,
+# or by cleanup) when ASIDE=1, else deleted now; a case sets ASIDE=1 only when the disk has room
+# for every target of its rounds (see room_for).
+ASIDE=0
+set_aside() { if [ "$ASIDE" = 1 ]; then [ ! -e "$1" ] || mv "$1" "$OUT/old-target.$(date +%s%N)"; else rm -rf "$1"; fi; }
+# room_for BYTES: whether the file system of $OUT has BYTES free, and a margin of as much again.
+room_for() { [ "$(df -B1 --output=avail "$OUT" | tail -1)" -gt $((2 * $1)) ]; }
+aside_said() { [ "$ASIDE" = 1 ] && echo "set aside until the rounds ended" || echo "deleted before the next run (too little disk to set them aside)"; }
 # median_of "S1 S2 ...": the median of seconds gathered in a string.
 median_of() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" $1; }
 # A target started by fresh_target inside $(...) lives in that subshell, out of reach of the
@@ -351,7 +359,7 @@ PY
   # other's deletes would pay for them.
   fresh_target() {
     [ -n "$TARGET_PID" ] && { cpu_of "$TARGET_PID" >> "$CPU_LOG.target"; kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true; }
-    [ ! -d "$OUT/target" ] || mv "$OUT/target" "$OUT/old-target.$(date +%s%N)"
+    set_aside "$OUT/target"
     rm -rf "$XDG_CACHE_HOME"; mkdir -p "$OUT/target"; sync
     start_registry "$OUT/target"; TARGET=$ADDR; TARGET_PID=${PIDS[-1]}
   }
@@ -373,6 +381,26 @@ PY
   # Rounds of one run per tool, the order alternating round by round (the first round warms up),
   # so whatever the machine's state does to later runs weighs on both alike.
   rm -rf "$OUT"/old-target.* "$OUT/target"
+  # Room to set aside every target: the multi-arch images' blobs, twice per round, and the floors'.
+  MULTI_BYTES=$(python3 - "$ROOT" "$MULTI" <<'PY'
+import json, sys
+root, refs = sys.argv[1], sys.argv[2].split(",")
+v2 = f"{root}/docker/registry/v2"
+path = lambda d: f"{v2}/blobs/sha256/{d[7:9]}/{d[7:]}/data"
+seen = {}
+def walk(d):
+    import os
+    seen[d] = os.path.getsize(path(d))
+    m = json.load(open(path(d)))
+    for c in m.get("manifests", []): walk(c["digest"])
+    for b in ([m["config"]] if "config" in m else []) + m.get("layers", []): seen[b["digest"]] = b["size"]
+for r in refs:
+    repo, tag = r.rsplit(":", 1)
+    walk(open(f"{v2}/repositories/{repo}/_manifests/tags/{tag}/current/link").read().strip())
+print(sum(seen.values()))
+PY
+)
+  ASIDE=0; room_for $(( (4 * RUNS + 2) * MULTI_BYTES )) && ASIDE=1
   declare -A ALL=()
   for t in skopeo ferry; do rm -f "$OUT/cpu-$t.log".*; done
   for round in $(seq 0 "$RUNS"); do
@@ -462,6 +490,7 @@ PY
   echo "    CPU: skopeo ${cpu_skopeo_oci} + source registry ${src_skopeo_oci}; ferry ${cpu_ferry_oci} + source registry ${src_ferry_oci}"
   echo "    floor (the source registry's own CPU over 2 cores, disk writes not counted): ${floor_oci}s; skopeo/floor $(ratio "$t_skopeo_oci" "$floor_oci")x (the most any client could gain)"
   echo "  $(echo "$MULTI" | tr ',' '\n' | wc -l) multi-arch images, --all docker:// -> docker:// (empty target): skopeo ${t_skopeo_all}s, ferry ${t_ferry_all}s: speed-up $(ratio "$t_skopeo_all" "$t_ferry_all")x"
+  echo "    (the two tools interleaved, round by round; each target $(aside_said))"
   echo "    CPU: skopeo ${cpu_skopeo_all} + source ${src_skopeo_all} + target ${dst_skopeo_all}; ferry ${cpu_ferry_all} + source ${src_ferry_all} + target ${dst_ferry_all}"
   echo "    floor (source + target registries' own CPU over 2 cores): ${floor_all}s; skopeo/floor $(ratio "$t_skopeo_all" "$floor_all")x (the most any client could gain)"
   echo "    floor of a verifying client (the registries' CPU plus sha256 of the $(wc -l < "$OUT/multi-blobs.txt") unique blobs, ${hash_cpu} CPU-s, over 2 cores): ${floor_verify}s; skopeo/floor $(ratio "$t_skopeo_all" "$floor_verify")x"
@@ -752,7 +781,7 @@ push-serve)
   fresh() {
     [ -n "$TARGET_PID" ] && { kill "$TARGET_PID"; wait "$TARGET_PID" 2>/dev/null || true; }
     # Set aside, deleted after the last round (see the rounds below).
-    [ ! -d "$OUT/target" ] || mv "$OUT/target" "$OUT/old-target.$(date +%s%N)"
+    set_aside "$OUT/target"
     mkdir -p "$OUT/target/docker/registry/v2"; sync
   }
   fresh_registry() { fresh; start_registry "$OUT/target"; TARGET=$ADDR; TARGET_PID=${PIDS[-1]}; }
@@ -807,11 +836,12 @@ PY
   }
   # Rounds, each pushing once into every kind of target, in an order rotated round by round; the
   # first round warms up. Nothing is deleted until the last round has run (each target written is
-  # set aside: RUNS+1 rounds need about 2 x (RUNS+1) x the corpus on disk), and the kinds are
+  # set aside, when the disk has room: RUNS+1 rounds need about 2 x (RUNS+1) x the corpus), and the kinds are
   # interleaved, because deleting makes later runs slower on some file systems: ext4 without a
   # journal (this machine's) scans past every inode deleted in the last minutes when it
   # allocates one, so the kind run after the others' deletes would pay for them.
   rm -rf "$OUT"/old-target.* "$OUT/target"
+  ASIDE=0; room_for $(( 2 * (RUNS + 1) * $(du -sb "$ROOT/docker/registry/v2/blobs" | cut -f1) )) && ASIDE=1
   KINDS=(null registry ferry); declare -A SECS=()
   for k in "${KINDS[@]}"; do : > "$OUT/cpu-$k"; done
   for round in $(seq 0 "$RUNS"); do
@@ -833,6 +863,7 @@ PY
   echo "  docker-registry        ${t_reg}s   (CPU-s median: $c_reg)"
   echo "  ferry serve --allow-push ${t_fer}s   (CPU-s median: $c_fer)"
   echo "  speed-up ferry/docker-registry: $(ratio "$t_reg" "$t_fer")x"
+  echo "  (targets run interleaved, round by round; each written target $(aside_said))"
   echo "  floor, a target that drops every body (null_registry.py): ${t_null}s   (CPU-s median: $c_null)"
   echo "    best speed-up any target could show: $(ratio "$t_reg" "$t_null")x"
   echo "  disk, writing the corpus's $BYTES bytes once with fdatasync (dd): ${t_disk}s"
