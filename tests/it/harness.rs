@@ -54,6 +54,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What the server still sends on `s` until it closes the connection (a reset counts as closed),
+/// waiting at most `timeout` for each read; an `Err` names a connection still open after it.
+pub fn read_until_closed(s: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>, std::io::Error> {
+    s.set_read_timeout(Some(timeout))?;
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => Ok(rest),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(rest),
+        Err(e) => Err(e),
+    }
+}
+
 /// A plain HTTP/1.0 request with std only, for readiness checks and raw status probes.
 pub fn http(
     addr: &str,
