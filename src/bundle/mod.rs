@@ -320,20 +320,19 @@ async fn fetch_and_pack(
 
     // Blobs this run fetches: those the cache lacks, and those it holds because an early
     // download of this run brought them (or is bringing them).
-    let missing: BTreeSet<Digest> = plan
-        .blobs
-        .keys()
-        .filter(|d| early.started(d) || !cache.has_blob(d))
-        .cloned()
-        .collect();
+    // Room is needed for what is not in the cache yet (early downloads have taken theirs already).
+    let (mut missing, mut absent_bytes) = (BTreeSet::new(), 0u64);
+    for (d, blob) in &plan.blobs {
+        let present = cache.has_blob(d);
+        if !present {
+            absent_bytes += blob.size;
+        }
+        if !present || early.started(d) {
+            missing.insert(d.clone());
+        }
+    }
     let fetch_bytes: u64 = missing.iter().map(|d| plan.blobs[d].size).sum();
     let pack_bytes = plan.blob_bytes();
-    // Room for what is not in the cache yet (early downloads have taken theirs already).
-    let absent_bytes: u64 = missing
-        .iter()
-        .filter(|d| !cache.has_blob(d))
-        .map(|d| plan.blobs[d].size)
-        .sum();
     space::check(
         &opts.cache,
         absent_bytes,
