@@ -10,6 +10,7 @@ pub mod bundlefile;
 pub mod cli;
 pub mod copy;
 pub mod digest;
+pub mod direct;
 pub mod fixtures;
 pub mod gojson;
 pub mod image;

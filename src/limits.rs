@@ -20,8 +20,9 @@ pub const IO_BUFFER_BYTES: usize = 256 * 1024;
 /// waits only for the tail.
 pub const WRITE_BEHIND_BYTES: u64 = 8 * 1024 * 1024;
 
-/// An upload written with direct I/O ([`crate::store::BlobWriter::direct`]) reaches the disk in
-/// pieces of this size (a multiple of [`DIRECT_IO_ALIGN`]); one such buffer per upload in flight.
+/// A file written with direct I/O ([`crate::direct::DirectWriter`]: an upload `serve` takes, a
+/// bundle being packed) reaches the disk in pieces of this size (a multiple of
+/// [`DIRECT_IO_ALIGN`]); one such buffer per file being written.
 pub const DIRECT_IO_BYTES: usize = 1024 * 1024;
 
 /// Alignment of direct I/O's buffer, file offsets and lengths: the largest logical block size

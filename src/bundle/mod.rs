@@ -902,7 +902,7 @@ fn write_bundle(
             pack::Output::Zstd(pack::FrameWriter::new(file, opts.level, threads))
         }
     };
-    let file = pack::write_tar(
+    let mut file = pack::write_tar(
         out,
         index_json,
         signature.as_deref().map(str::as_bytes),

@@ -22,7 +22,8 @@ use crate::store::paths::{LayoutFile, PathSpec, path_for};
 /// A file that asks the kernel to start writing back every [`WRITE_BEHIND_BYTES`] (as an
 /// upload does), so the final fsync waits for the last few MiB instead of the whole file (the
 /// disk works while we are still producing). 32 MiB between requests left a small bundle's
-/// fsync waiting ~20 ms for its tail.
+/// fsync waiting ~20 ms for its tail. A no-op while the bundle is written direct (see
+/// [`SplitFile`]): its bytes are on the disk as they are written.
 pub struct Writeback {
     file: SplitFile,
     written: u64,

@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Result, Store, StoreError};
 use crate::digest::{self, Algorithm, Digest, Hasher};
-use crate::limits::{
-    DIRECT_IO_ALIGN, DIRECT_IO_BYTES, IO_BUFFER_BYTES, MAX_MANIFEST_BYTES, WRITE_BEHIND_BYTES,
-};
+use crate::direct::DirectWriter;
+use crate::limits::{IO_BUFFER_BYTES, MAX_MANIFEST_BYTES, WRITE_BEHIND_BYTES};
 use crate::manifest::RawManifest;
 use crate::store::paths::PathSpec;
 
@@ -125,110 +124,9 @@ pub struct BlobWriter {
     written: u64,
     /// With [`BlobWriter::write_behind`]: the file offset up to which writeback was started.
     behind: Option<u64>,
-    /// With [`BlobWriter::direct`]: the bytes not yet written, in an aligned buffer.
-    direct: Option<DirectBuf>,
-    /// Tests: the disk refuses the next direct write (EINVAL), as one needing a larger alignment would.
-    #[cfg(test)]
-    refuse_direct: bool,
-}
-
-/// Bytes on their way to a file opened with `O_DIRECT`, gathered in memory aligned to
-/// [`DIRECT_IO_ALIGN`] (a plain `Vec` with its start skipped to the boundary: no unsafe code).
-struct DirectBuf {
-    mem: Vec<u8>,
-    start: usize,
-    len: usize,
-    /// The file offset of the buffer's first byte.
-    at: u64,
-}
-
-impl DirectBuf {
-    fn with_room(room: usize) -> DirectBuf {
-        let mem = vec![0u8; room + DIRECT_IO_ALIGN];
-        let start = mem.as_ptr().align_offset(DIRECT_IO_ALIGN);
-        DirectBuf {
-            mem,
-            start,
-            len: 0,
-            at: 0,
-        }
-    }
-
-    /// Bytes it can hold: [`DIRECT_IO_BYTES`], or fewer while shrunk.
-    fn room(&self) -> usize {
-        (self.mem.len() - self.start).min(DIRECT_IO_BYTES)
-    }
-
-    /// The same bytes in a buffer with `room`.
-    fn resize(&mut self, room: usize) {
-        let mut other = DirectBuf::with_room(room);
-        other.put(self.bytes(self.len));
-        other.at = self.at;
-        *self = other;
-    }
-
-    /// Keeps only the bytes gathered (less than a block once the whole ones are written), so an
-    /// upload waiting for its next request holds a few KiB, not a whole buffer.
-    fn shrink(&mut self) {
-        self.resize(self.len);
-    }
-
-    /// Copies as much of `buf` as fits, the buffer grown back to its size first if it was
-    /// shrunk; how much that was.
-    fn take(&mut self, buf: &[u8]) -> usize {
-        if self.room() < DIRECT_IO_BYTES && !buf.is_empty() {
-            self.resize(DIRECT_IO_BYTES);
-        }
-        self.put(buf)
-    }
-
-    fn put(&mut self, buf: &[u8]) -> usize {
-        let n = buf.len().min(self.room() - self.len);
-        let at = self.start + self.len;
-        self.mem[at..at + n].copy_from_slice(&buf[..n]);
-        self.len += n;
-        n
-    }
-
-    /// The first `len` bytes gathered.
-    fn bytes(&self, len: usize) -> &[u8] {
-        &self.mem[self.start..self.start + len]
-    }
-}
-
-/// Writes `bytes` at `offset` and leaves the file's position after them (where the next write,
-/// direct or not, goes).
-fn write_direct_at(file: &mut File, bytes: &[u8], offset: u64) -> io::Result<()> {
-    use std::io::Seek;
-    file.seek(io::SeekFrom::Start(offset))?;
-    file.write_all(bytes)
-}
-
-/// Sets or clears `O_DIRECT` on an open file (Linux lets `F_SETFL` change it).
-#[cfg(target_os = "linux")]
-fn set_direct(file: &File, on: bool) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a valid open fd, with flags it returned.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let flags = if on {
-        flags | libc::O_DIRECT
-    } else {
-        flags & !libc::O_DIRECT
-    };
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_direct(_file: &File, _on: bool) -> io::Result<()> {
-    Err(io::Error::from(io::ErrorKind::Unsupported))
+    /// With [`BlobWriter::direct`], while the disk takes direct I/O: the file (then `file` is
+    /// `None` until the direct writing ends).
+    direct: Option<DirectWriter>,
 }
 
 impl BlobWriter {
@@ -269,8 +167,9 @@ impl BlobWriter {
 
     /// Flushes the buffer and hands back the file.
     fn take_file(&mut self) -> Result<File> {
-        self.end_direct()
-            .map_err(StoreError::io("writing", &self.tmp))?;
+        if let Some(d) = self.direct.take() {
+            return d.into_file().map_err(StoreError::io("writing", &self.tmp));
+        }
         let buffered = self.file.take().expect("file present until commit");
         buffered.into_inner().map_err(|e| StoreError::Io {
             op: "writing",
@@ -297,114 +196,54 @@ impl BlobWriter {
     /// upload, after its hash). Where the file system refuses direct I/O, it is
     /// [`BlobWriter::write_behind`] instead.
     pub fn direct(mut self) -> BlobWriter {
-        let file = self
+        if self.written > 0 {
+            return self.write_behind();
+        }
+        let (file, _) = self
             .file
-            .as_ref()
+            .take()
             .expect("file present until commit")
-            .get_ref();
-        if self.written == 0 && set_direct(file, true).is_ok() {
-            // Grown at the first byte: a session opened with no body yet holds nothing.
-            self.direct = Some(DirectBuf::with_room(0));
-            // Only a tail (or bytes after a sync) ever goes through the buffered writer now.
-            let (file, _) = self.file.take().expect("checked above").into_parts();
-            self.file = Some(io::BufWriter::with_capacity(DIRECT_IO_ALIGN, file));
+            .into_parts();
+        let direct = DirectWriter::new(file);
+        if direct.is_direct() {
+            self.direct = Some(direct);
             self
         } else {
-            self.write_behind()
+            self.buffered(direct).write_behind()
         }
     }
 
-    /// Appends `buf` through the direct buffer, writing it out each time it is full.
-    fn write_direct(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            let Some(d) = self.direct.as_mut() else {
-                // Direct I/O was refused on the way: the rest goes through the page cache.
-                let f = self.file.as_mut().expect("file present until commit");
-                return f.write_all(buf);
-            };
-            let n = d.take(buf);
-            buf = &buf[n..];
-            if d.len == DIRECT_IO_BYTES {
-                self.flush_direct(DIRECT_IO_BYTES)?;
-            }
-        }
-        Ok(())
+    /// Goes on through the page cache with what a direct writer wrote (nothing is held back
+    /// once direct I/O has ended or was refused).
+    fn buffered(mut self, direct: DirectWriter) -> BlobWriter {
+        self.file = Some(Self::buffer(direct.into_file().expect("nothing held")));
+        self
     }
 
-    /// Writes the first `len` gathered bytes (a multiple of [`DIRECT_IO_ALIGN`]) at the file's
-    /// offset (a multiple too) and keeps the rest. A disk that refuses the alignment ends direct
-    /// I/O: the bytes are written through the page cache, as every later one.
-    fn flush_direct(&mut self, len: usize) -> io::Result<()> {
-        let d = self.direct.as_mut().expect("direct mode");
-        let file = self
-            .file
-            .as_mut()
-            .expect("file present until commit")
-            .get_mut();
-        if len > 0 {
-            #[cfg(test)]
-            let refused = self.refuse_direct;
-            #[cfg(not(test))]
-            let refused = false;
-            let wrote = if refused {
-                Err(io::Error::from_raw_os_error(libc::EINVAL))
-            } else {
-                write_direct_at(file, d.bytes(len), d.at)
-            };
-            match wrote {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    set_direct(file, false)?;
-                    // From the buffer's own offset again: a part written before the refusal
-                    // is written over with the same bytes, never twice.
-                    write_direct_at(file, d.bytes(len), d.at)?;
-                    let rest = d.bytes(d.len)[len..].to_vec();
-                    self.direct = None;
-                    self.behind = Some(0);
-                    return self.file.as_mut().expect("file present").write_all(&rest);
-                }
-                Err(e) => return Err(e),
-            }
+    fn buffer(file: File) -> io::BufWriter<File> {
+        io::BufWriter::with_capacity(IO_BUFFER_BYTES, file)
+    }
+
+    /// After a direct writer's call: if the disk refused direct I/O on the way, the rest goes
+    /// through the page cache, with write-behind.
+    fn after_direct(&mut self, wrote: io::Result<()>) -> io::Result<()> {
+        wrote?;
+        if self.direct.as_ref().is_some_and(|d| !d.is_direct()) {
+            let d = self.direct.take().expect("checked");
+            self.file = Some(Self::buffer(d.into_file()?));
+            self.behind = Some(0);
         }
-        let rest = d.len - len;
-        let at = d.start + len;
-        d.mem.copy_within(at..at + rest, d.start);
-        d.len = rest;
-        d.at += len as u64;
         Ok(())
     }
 
     /// Between two requests of an upload: the whole blocks gathered go to the disk and the
     /// direct buffer shrinks to the rest (under a block), so a waiting upload holds little memory.
     pub fn park(&mut self) -> io::Result<()> {
-        let Some(d) = self.direct.as_ref() else {
+        let Some(d) = self.direct.as_mut() else {
             return Ok(());
         };
-        self.flush_direct(d.len / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN)?;
-        if let Some(d) = self.direct.as_mut() {
-            d.shrink();
-        }
-        Ok(())
-    }
-
-    /// Ends direct I/O: the whole blocks gathered go out direct, the tail (less than a block)
-    /// through the page cache with `O_DIRECT` cleared. A no-op for other writers.
-    fn end_direct(&mut self) -> io::Result<()> {
-        let Some(d) = self.direct.as_ref() else {
-            return Ok(());
-        };
-        let whole = d.len / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN;
-        self.flush_direct(whole)?;
-        let Some(d) = self.direct.take() else {
-            return Ok(()); // direct I/O was refused meanwhile: all is written
-        };
-        let file = self
-            .file
-            .as_mut()
-            .expect("file present until commit")
-            .get_mut();
-        set_direct(file, false)?;
-        file.write_all(d.bytes(d.len))
+        let parked = d.park();
+        self.after_direct(parked)
     }
 
     /// Starts the disk writing every [`WRITE_BEHIND_BYTES`] as the content arrives, for a
@@ -473,8 +312,13 @@ impl BlobWriter {
     /// Makes the bytes written so far durable, for a root that skips the rest of the syncs
     /// (`with_durable(false)`) but must never show a blob whose data a power loss could lose.
     pub fn sync_data(&mut self) -> Result<()> {
-        self.end_direct()
-            .map_err(StoreError::io("writing", &self.tmp))?;
+        if let Some(d) = self.direct.take() {
+            // Bytes written after the sync (there are none in an upload) go through the page cache.
+            let file = d
+                .into_file()
+                .map_err(StoreError::io("writing", &self.tmp))?;
+            self.file = Some(Self::buffer(file));
+        }
         if let Some(f) = self.file.as_mut() {
             f.flush().map_err(StoreError::io("writing", &self.tmp))?;
             f.get_ref()
@@ -503,8 +347,9 @@ impl BlobWriter {
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.direct.is_some() {
-            self.write_direct(buf)?;
+        if let Some(d) = self.direct.as_mut() {
+            let wrote = d.put(buf);
+            self.after_direct(wrote)?;
             if let Some(h) = self.hasher.as_mut() {
                 h.update(buf);
             }
@@ -632,8 +477,6 @@ impl Store {
             written: 0,
             behind: None,
             direct: None,
-            #[cfg(test)]
-            refuse_direct: false,
         })
     }
 
@@ -792,6 +635,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::{DIRECT_IO_ALIGN, DIRECT_IO_BYTES};
 
     /// The bytes of a stored blob.
     fn stored(store: &Store, digest: &Digest) -> Vec<u8> {
@@ -889,11 +733,15 @@ mod tests {
             let mut w = store.blob_writer().unwrap().direct();
             #[cfg(target_os = "linux")]
             {
-                use std::os::fd::AsRawFd;
-                let fd = w.file.as_ref().unwrap().get_ref().as_raw_fd();
-                // SAFETY: F_GETFL on a valid open fd.
-                let direct = unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_DIRECT != 0;
-                assert_eq!(direct, w.direct.is_some(), "O_DIRECT set iff direct mode");
+                let file = match (&w.direct, &w.file) {
+                    (Some(d), _) => d.file(),
+                    (None, f) => f.as_ref().unwrap().get_ref(),
+                };
+                assert_eq!(
+                    crate::direct::is_o_direct(file),
+                    w.direct.is_some(),
+                    "O_DIRECT set iff direct mode"
+                );
                 assert!(
                     w.direct.is_some() || w.behind.is_some(),
                     "refused direct I/O falls back to write-behind"
@@ -905,17 +753,9 @@ mod tests {
             // An upload waiting between two requests holds less than a block (and the
             // alignment's slack).
             w.park().unwrap();
-            if let Some(d) = &w.direct {
-                assert!(
-                    d.len < DIRECT_IO_ALIGN,
-                    "{} bytes left after parking",
-                    d.len
-                );
-                assert!(
-                    d.mem.len() < 2 * DIRECT_IO_ALIGN,
-                    "parked in {} bytes",
-                    d.mem.len()
-                );
+            if let Some((len, mem)) = w.direct.as_ref().and_then(|d| d.held()) {
+                assert!(len < DIRECT_IO_ALIGN, "{len} bytes left after parking");
+                assert!(mem < 2 * DIRECT_IO_ALIGN, "parked in {mem} bytes");
             }
             let batch: Vec<bytes::Bytes> = mid
                 .chunks(7001)
@@ -947,7 +787,7 @@ mod tests {
         }
         let (a, b) = whole.split_at(DIRECT_IO_BYTES + 100);
         w.write_all(a).unwrap(); // one buffer written direct
-        w.refuse_direct = true;
+        w.direct.as_mut().unwrap().refuse_next();
         w.write_all(b).unwrap(); // fills the next one and goes on past it
         assert!(w.direct.is_none(), "direct I/O ended by the refusal");
         let want = Digest::sha256_of(&whole);
