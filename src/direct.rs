@@ -78,7 +78,9 @@ impl DirectBuf {
 
 /// A file being written front to back, with direct I/O while the file system takes it (see the
 /// module's doc). Call [`DirectWriter::end`] (or [`DirectWriter::into_file`]) before syncing:
-/// until then the last bytes may still be in memory.
+/// until then the last bytes may still be in memory. After a failed write the file's content is
+/// undefined (part of the bytes may be held): the caller abandons it, as an upload or a bundle
+/// does; `end` alone may be retried.
 pub struct DirectWriter {
     file: File,
     /// `Some` while writing direct; `None` once refused or ended (the page cache's turn).
@@ -93,6 +95,8 @@ impl DirectWriter {
     /// `O_DIRECT` and the position is aligned; else through the page cache.
     pub fn new(mut file: File) -> DirectWriter {
         let at = file.stream_position().ok();
+        #[cfg(test)]
+        let at = at.filter(|_| !tests::REFUSE_AT_OPEN.get());
         let buf = match at {
             Some(at) if at % DIRECT_IO_ALIGN as u64 == 0 && set_direct(&file, true).is_ok() => {
                 // Grown at the first byte: a file opened with nothing to write yet holds nothing.
@@ -155,9 +159,10 @@ impl DirectWriter {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     set_direct(&self.file, false)?;
                     // From the buffer's own offset again: a part written before the refusal
-                    // is written over with the same bytes, never twice.
-                    let d = self.buf.take().expect("direct mode");
+                    // is written over with the same bytes, never twice (a retry after an
+                    // error here writes them over once more).
                     write_at(&mut self.file, d.bytes(d.len), d.at)?;
+                    self.buf = None;
                     return Ok(());
                 }
                 Err(e) => return Err(e),
@@ -187,11 +192,15 @@ impl DirectWriter {
             return Ok(());
         };
         self.flush_direct(d.len / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN)?;
-        let Some(d) = self.buf.take() else {
+        let Some(d) = self.buf.as_ref() else {
             return Ok(()); // refused meanwhile: all is written
         };
         set_direct(&self.file, false)?;
-        self.file.write_all(d.bytes(d.len))
+        // At its own offset, and the buffer dropped only once written: a retry after an error
+        // writes the same bytes at the same place.
+        write_at(&mut self.file, d.bytes(d.len), d.at)?;
+        self.buf = None;
+        Ok(())
     }
 
     /// Ends direct I/O ([`DirectWriter::end`]) and hands back the file, every byte in it.
@@ -281,8 +290,13 @@ pub(crate) fn is_o_direct(file: &File) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    thread_local! {
+        /// Tests: writers opened on this thread take no direct I/O, as on a file system without it.
+        pub(crate) static REFUSE_AT_OPEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 
     /// Every byte in order, whatever the write sizes, parked or not, vectored or not, and with
     /// bytes written after direct I/O ended.

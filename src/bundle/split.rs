@@ -228,8 +228,8 @@ mod tests {
         );
     }
 
-    /// Parts of several direct-I/O buffers, cut off a block boundary, hold every byte in order
-    /// (each part's tail and the next part's head meet where the limit says).
+    /// Parts of several direct-I/O buffers, cut off a block boundary, hold every byte in order,
+    /// each but the last exactly the limit long.
     #[test]
     fn large_parts_written_direct_concatenate_to_the_whole() {
         let data = crate::fixtures::noise(5 * crate::limits::DIRECT_IO_BYTES + 4321, 3);
@@ -240,6 +240,11 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let out = dir.path().join("b.tar");
             let mut f = SplitFile::create(dir.path(), "b.tar", limit).unwrap();
+            #[cfg(target_os = "linux")]
+            assert!(
+                f.parts[0].1.is_direct(),
+                "this file system takes direct I/O, so the test must exercise it"
+            );
             for chunk in data.chunks(300_007) {
                 f.write_all(chunk).unwrap();
             }
@@ -253,6 +258,11 @@ mod tests {
                     part_path(&out, i)
                 };
                 let Ok(bytes) = std::fs::read(&p) else { break };
+                if let Some(l) = limit
+                    && (cat.len() + bytes.len()) < data.len()
+                {
+                    assert_eq!(bytes.len() as u64, l, "part {i} ends where the limit says");
+                }
                 cat.extend(bytes);
                 if limit.is_none() {
                     break;

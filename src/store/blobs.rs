@@ -116,8 +116,8 @@ pub(super) fn write_atomic(
 pub struct BlobWriter {
     store: Store,
     tmp: PathBuf,
-    /// Buffered, so the many small chunks a network read yields become few large writes (in
-    /// direct mode a small buffer, for the tail only).
+    /// Buffered, so the many small chunks a network read yields become few large writes
+    /// (`None` while [`BlobWriter::direct`] writes direct).
     file: Option<io::BufWriter<File>>,
     /// `None` when the caller verifies the bytes itself (see [`Store::blob_writer_prehashed`]).
     hasher: Option<Hasher>,
@@ -312,12 +312,13 @@ impl BlobWriter {
     /// Makes the bytes written so far durable, for a root that skips the rest of the syncs
     /// (`with_durable(false)`) but must never show a blob whose data a power loss could lose.
     pub fn sync_data(&mut self) -> Result<()> {
-        if let Some(d) = self.direct.take() {
+        if let Some(d) = self.direct.as_mut() {
+            d.end().map_err(StoreError::io("writing", &self.tmp))?;
             // Bytes written after the sync (there are none in an upload) go through the page cache.
-            let file = d
-                .into_file()
-                .map_err(StoreError::io("writing", &self.tmp))?;
-            self.file = Some(Self::buffer(file));
+            let file = self.direct.take().expect("checked").into_file();
+            self.file = Some(Self::buffer(
+                file.map_err(StoreError::io("writing", &self.tmp))?,
+            ));
         }
         if let Some(f) = self.file.as_mut() {
             f.flush().map_err(StoreError::io("writing", &self.tmp))?;
@@ -771,6 +772,27 @@ mod tests {
             let stored = stored(&store, &want);
             assert!(stored == whole, "size {size}: the stored blob differs");
         }
+    }
+
+    /// A file system that takes no direct I/O at all: the writer goes through the page cache
+    /// with write-behind, and keeps every byte.
+    #[test]
+    fn a_file_system_without_direct_io_gets_write_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap().with_durable(false);
+        crate::direct::tests::REFUSE_AT_OPEN.set(true);
+        let mut w = store.blob_writer().unwrap().direct();
+        crate::direct::tests::REFUSE_AT_OPEN.set(false);
+        assert!(w.direct.is_none() && w.behind.is_some());
+        let whole = crate::fixtures::noise(2 * WRITE_BEHIND_BYTES as usize + 5, 9);
+        w.write_all(&whole).unwrap();
+        assert!(
+            w.written_behind() > 0,
+            "writeback started as the bytes came"
+        );
+        let want = Digest::sha256_of(&whole);
+        w.commit(Some((&want, Some(whole.len() as u64)))).unwrap();
+        assert!(stored(&store, &want) == whole, "the stored blob differs");
     }
 
     /// A disk that refuses a direct write mid-upload (EINVAL: it needs a larger alignment) gets
