@@ -6,19 +6,24 @@
 //! checks: a stale entry costs one refused mount and is forgotten.
 //!
 //! The file holds one `HOST DIGEST REPOSITORY` line per location, newest
-//! last, at most [`MAX_SAVED`] lines; it is rewritten whole (temp file and
-//! rename) with what it held merged in, so concurrent runs lose at most a few
-//! entries, never the file.
+//! last. A run reads only its target hosts' lines, and adds what it learnt in
+//! one append, so its cost follows what it copies, not the file's size. Once
+//! the file passes [`COMPACT_BYTES`] it is rewritten whole (temp file and
+//! rename) with the newest [`MAX_SAVED`] distinct lines; runs appending
+//! meanwhile lose at most a few entries, never the file.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use crate::digest::Digest;
 
-/// Most locations kept in the file (the newest).
+/// Most locations kept in the file (the newest) when it is compacted.
 pub const MAX_SAVED: usize = 50_000;
+
+/// Size past which the file is compacted: about twice what [`MAX_SAVED`] lines take.
+pub const COMPACT_BYTES: u64 = 10 * 1024 * 1024;
 
 /// Most repositories remembered per blob and registry (mount candidates).
 const MAX_REPOS_PER_BLOB: usize = 4;
@@ -33,8 +38,8 @@ pub struct Pushed {
     seen: Mutex<HashMap<Key, Vec<String>>>,
     /// The file, when locations are kept between runs.
     file: Option<PathBuf>,
-    /// Locations read from the file on first use: candidates only.
-    saved: OnceLock<Mutex<HashMap<Key, Vec<String>>>>,
+    /// Locations read from the file, per host on its first use: candidates only.
+    saved: Mutex<HashMap<String, HashMap<Digest, Vec<String>>>>,
     /// Locations learnt in this run, in order, to be added to the file.
     learnt: Mutex<Vec<(String, Digest, String)>>,
     /// Whether each (host, repository) had no tag when first asked: one question per
@@ -105,39 +110,45 @@ impl Pushed {
         if let Some(r) = self.seen.lock().unwrap().get(&key).and_then(other) {
             return Some(r);
         }
-        self.saved()?.lock().unwrap().get(&key).and_then(other)
+        self.with_saved(host, |saved| saved.get(digest).and_then(other))
+            .flatten()
     }
 
     /// Drops an earlier run's location that a registry refused to mount from.
     pub fn forget(&self, host: &str, digest: &Digest, repo: &str) {
-        if let Some(saved) = self.saved()
-            && let Some(repos) = saved
-                .lock()
-                .unwrap()
-                .get_mut(&(host.to_string(), digest.clone()))
-        {
-            repos.retain(|r| r != repo);
-        }
+        self.with_saved(host, |saved| {
+            if let Some(repos) = saved.get_mut(digest) {
+                repos.retain(|r| r != repo);
+            }
+        });
     }
 
-    /// The file's locations, read once; `None` when there is no file.
-    fn saved(&self) -> Option<&Mutex<HashMap<Key, Vec<String>>>> {
+    /// Runs `f` on the file's locations in `host` (read on the host's first use); `None` when
+    /// there is no file.
+    fn with_saved<T>(
+        &self,
+        host: &str,
+        f: impl FnOnce(&mut HashMap<Digest, Vec<String>>) -> T,
+    ) -> Option<T> {
         let file = self.file.as_ref()?;
-        Some(self.saved.get_or_init(|| {
-            let mut map: HashMap<Key, Vec<String>> = HashMap::new();
-            for (host, digest, repo) in read_lines(file) {
-                let repos = map.entry((host, digest)).or_default();
+        let mut saved = self.saved.lock().unwrap();
+        let in_host = saved.entry(host.to_string()).or_insert_with(|| {
+            let mut map: HashMap<Digest, Vec<String>> = HashMap::new();
+            for (_, digest, repo) in read_lines(file, Some(host)) {
+                let repos = map.entry(digest).or_default();
                 repos.retain(|r| *r != repo);
                 repos.push(repo);
                 if repos.len() > MAX_REPOS_PER_BLOB {
                     repos.remove(0);
                 }
             }
-            Mutex::new(map)
-        }))
+            map
+        });
+        Some(f(in_host))
     }
 
-    /// Adds this run's locations to the file (if there is one and anything was learnt).
+    /// Adds this run's locations to the file (if there is one and anything was learnt), in
+    /// one append; compacts the file once it is past [`COMPACT_BYTES`].
     pub fn save(&self) -> std::io::Result<()> {
         let Some(file) = &self.file else {
             return Ok(());
@@ -146,39 +157,69 @@ impl Pushed {
         if learnt.is_empty() {
             return Ok(());
         }
-        // Merged with what the file holds now (another run may have written it meanwhile).
-        let mut lines = read_lines(file);
-        let new: HashSet<&(String, Digest, String)> = learnt.iter().collect();
-        lines.retain(|l| !new.contains(l));
-        lines.extend(learnt.iter().cloned());
-        let skip = lines.len().saturating_sub(MAX_SAVED);
-        write_lines(file, &lines[skip..])
+        let mut text = String::new();
+        for (host, digest, repo) in &learnt {
+            text.push_str(&format!("{host} {digest} {repo}\n"));
+        }
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = append_private(file)?;
+        // One write: concurrent runs' appends do not interleave within it.
+        f.write_all(text.as_bytes())?;
+        if f.metadata()?.len() > COMPACT_BYTES {
+            compact(file)?;
+        }
+        Ok(())
     }
 }
 
-/// The file's well-formed lines, oldest first; a missing or unreadable file is empty.
-fn read_lines(file: &Path) -> Vec<(String, Digest, String)> {
+/// Opens the file for appending, created readable by its owner only.
+fn append_private(file: &Path) -> std::io::Result<std::fs::File> {
+    let mut open = std::fs::OpenOptions::new();
+    open.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    open.open(file)
+}
+
+/// Rewrites the file with its newest [`MAX_SAVED`] distinct lines, oldest first.
+fn compact(file: &Path) -> std::io::Result<()> {
+    let lines = read_lines(file, None);
+    let mut seen = HashSet::new();
+    let mut newest: Vec<&(String, Digest, String)> = lines
+        .iter()
+        .rev()
+        .filter(|l| seen.insert(*l))
+        .take(MAX_SAVED)
+        .collect();
+    newest.reverse();
+    write_lines(file, &newest)
+}
+
+/// The file's well-formed lines (of `host` only, when given), oldest first; a missing or
+/// unreadable file is empty.
+fn read_lines(file: &Path, host: Option<&str>) -> Vec<(String, Digest, String)> {
     let Ok(text) = std::fs::read_to_string(file) else {
         return Vec::new();
     };
     text.lines()
         .filter_map(|l| {
             let mut parts = l.split(' ');
-            let (host, digest, repo) = (parts.next()?, parts.next()?, parts.next()?);
-            if parts.next().is_some() || host.is_empty() || repo.is_empty() {
+            let (h, digest, repo) = (parts.next()?, parts.next()?, parts.next()?);
+            if host.is_some_and(|want| want != h) {
                 return None;
             }
-            Some((
-                host.to_string(),
-                Digest::parse(digest).ok()?,
-                repo.to_string(),
-            ))
+            if parts.next().is_some() || h.is_empty() || repo.is_empty() {
+                return None;
+            }
+            Some((h.to_string(), Digest::parse(digest).ok()?, repo.to_string()))
         })
         .collect()
 }
 
 /// Replaces the file atomically (a temp file beside it, then rename), readable by its owner only.
-fn write_lines(file: &Path, lines: &[(String, Digest, String)]) -> std::io::Result<()> {
+fn write_lines(file: &Path, lines: &[&(String, Digest, String)]) -> std::io::Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::Builder::new()
@@ -239,5 +280,56 @@ mod tests {
             Pushed::persistent(file).mount_source("h:1", &d(1), "b"),
             None
         );
+    }
+
+    /// A run reads only its host's lines and appends what it learnt (the file is not
+    /// rewritten); past [`COMPACT_BYTES`] the file is compacted to its newest distinct lines.
+    #[test]
+    fn saves_append_and_a_large_file_is_compacted() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("locations");
+        std::fs::write(&file, format!("other:1 {} a\nh:1 {} a\n", d(1), d(2))).unwrap();
+        let run = Pushed::persistent(file.clone());
+        assert_eq!(
+            run.mount_source("h:1", &d(1), "b"),
+            None,
+            "another host's line"
+        );
+        assert_eq!(run.mount_source("h:1", &d(2), "b").as_deref(), Some("a"));
+        let ino = std::fs::metadata(&file).unwrap().ino();
+        run.record("h:1", &d(3), "c");
+        run.save().unwrap();
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().ino(),
+            ino,
+            "appended in place"
+        );
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.ends_with(&format!("h:1 {} c\n", d(3))), "{text}");
+        assert_eq!(text.lines().count(), 3);
+
+        // Past the threshold: old lines, then distinct ones, then one of those again.
+        let line = |n: usize| format!("h:1 {} r{n}\n", Digest::sha256_of(&n.to_le_bytes()));
+        let mut big = line(0).repeat(1000);
+        let mut n = 1;
+        while (big.len() as u64) <= COMPACT_BYTES {
+            big.push_str(&line(n));
+            n += 1;
+        }
+        big.push_str(&line(n - 2)); // seen again: kept once, where it was seen last
+        std::fs::write(&file, big).unwrap();
+        let run = Pushed::persistent(file.clone());
+        run.record("h:1", &d(4), "z");
+        run.save().unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), MAX_SAVED);
+        assert_eq!(lines[MAX_SAVED - 1], format!("h:1 {} z", d(4)));
+        assert_eq!(format!("{}\n", lines[MAX_SAVED - 2]), line(n - 2));
+        assert_eq!(format!("{}\n", lines[MAX_SAVED - 3]), line(n - 1));
+        assert_eq!(text.matches(&line(n - 2)).count(), 1);
+        assert!((text.len() as u64) < COMPACT_BYTES);
+        assert!(!text.contains(&line(0)), "the oldest lines went");
     }
 }
