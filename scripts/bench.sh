@@ -546,7 +546,7 @@ PY
   /usr/bin/time -f "%M %U %S" -o "$OUT/time-m" "$FERRY" bundle -q -f "$OUT/list-m.txt" -o "$OUT/b.tar.zst" --cache "$OUT/cache" --source "$REG" --src-tls-verify=false
   read -r rss cu cs < "$OUT/time"; read -r rss_m cu_m cs_m < "$OUT/time-m"
   cpu=$(python3 -c "print(round($cu+$cs, 2))"); cpu_m=$(python3 -c "print(round($cu_m+$cs_m, 2))")
-  echo "bundle of $N references to one registry ($PRESET images, warm cache), median of $RUNS, whole process:"
+  echo "bundle of $N references to one registry ($PRESET images, warm cache), whole process; seconds: median of $RUNS; peak RSS and ferry CPU: one more run each:"
   echo "  ${t}s, $(python3 -c "print(f'{$t*1000/$N:.2f}')") ms per reference; peak RSS $((rss / 1024)) MB, $(python3 -c "print(f'{$rss/$N:.1f}')") KB per reference"
   echo "  $M references: ${t_m}s, peak RSS $((rss_m / 1024)) MB; each reference past them: $(python3 -c "print(f'{($t-$t_m)*1000/($N-$M):.2f}')") ms, $(python3 -c "print(f'{($rss-$rss_m)/($N-$M):.1f}')") KB"
   echo "  registry CPU per reference: ${reg_ms} ms (past the first $M: ${reg_marginal_ms} ms); floor over 2 cores: $(python3 -c "print(f'{$reg_ms/2:.3f}')") ms per reference"
