@@ -12,7 +12,15 @@ use ferry::store::Store;
 
 /// The ferry binary under test.
 pub fn ferry() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    // What ferry keeps between runs by default (the bundle cache, the blob-location record)
+    // goes under the build's scratch directory, never into the user's ~/.cache; a test that
+    // needs a cache of its own sets XDG_CACHE_HOME again.
+    cmd.env(
+        "XDG_CACHE_HOME",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+    );
+    cmd
 }
 
 /// Runs a command and returns its output, with the command line in any panic message.
