@@ -101,7 +101,9 @@ median_time() {
     local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
     ts+=("$(python3 -c "print($e-$s)")")
   done
-  python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${ts[@]}"
+  # Printed by a builtin: in a subshell with an EXIT trap (in_target), bash could exec a last
+  # external command in place of the subshell, and the trap would not run.
+  local t; t=$(median_of "${ts[*]}"); echo "$t"
 }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 # set_aside DIR: a target done with is moved to $OUT/old-target.N (deleted after the timed rounds,
@@ -435,7 +437,7 @@ PY
     done
     # Printed by a builtin: bash would exec a last external command in place of this subshell,
     # and its EXIT trap (which stops the last target) would not run.
-    t=$(python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${ts[@]}")
+    t=$(median_of "${ts[*]}")
     echo "$t"; }
   t_floor_bare=$(floor_copy bare); t_floor_crit=$(floor_copy crit); rm -f "$CPU_LOG.target"
   rm -rf "$OUT"/old-target.* "$OUT/target"

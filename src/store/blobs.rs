@@ -209,17 +209,13 @@ impl BlobWriter {
             self.direct = Some(direct);
             self
         } else {
-            self.buffered(direct).write_behind()
+            // Refused at the start: nothing is held, so handing the file back cannot fail.
+            self.file = Some(Self::buffer(direct.into_file().expect("nothing held")));
+            self.write_behind()
         }
     }
 
-    /// Goes on through the page cache with what a direct writer wrote (nothing is held back
-    /// once direct I/O has ended or was refused).
-    fn buffered(mut self, direct: DirectWriter) -> BlobWriter {
-        self.file = Some(Self::buffer(direct.into_file().expect("nothing held")));
-        self
-    }
-
+    /// The buffered writer every page-cache write goes through.
     fn buffer(file: File) -> io::BufWriter<File> {
         io::BufWriter::with_capacity(IO_BUFFER_BYTES, file)
     }

@@ -431,14 +431,13 @@ pub(super) async fn put_blob_file(
     body: BlobBody,
 ) -> Result<()> {
     let mut sink = BlobSink::new(tmp_dir, desc)?;
-    let dest = to.to_path_buf();
-    let to = to.to_path_buf();
+    let target = to.to_path_buf();
     match body {
         BlobBody::Local(loc) => {
             let task = tokio::task::spawn_blocking(move || {
                 let source_err = |source| TransportError::Io {
                     op: "reading the source of",
-                    path: to.clone(),
+                    path: target.clone(),
                     source,
                 };
                 let mut reader = loc.source.open_range(0, loc.size).map_err(source_err)?;
@@ -452,9 +451,9 @@ pub(super) async fn put_blob_file(
                     };
                     sink.write(&buf[..n])?;
                 }
-                sink.finish(&to)
+                sink.finish(&target)
             });
-            joined(task, &dest).await
+            joined(task, to).await
         }
         BlobBody::Stream(stream) => {
             // On any error the sink is dropped, and its temporary file with it.
@@ -468,11 +467,15 @@ pub(super) async fn put_blob_file(
                         }
                         StreamWriteError::Read(e) => TransportError::Io {
                             op: "receiving the blob for",
-                            path: to.clone(),
+                            path: target.clone(),
                             source: e,
                         },
                     })?;
-            joined(tokio::task::spawn_blocking(move || sink.finish(&to)), &dest).await
+            joined(
+                tokio::task::spawn_blocking(move || sink.finish(&target)),
+                to,
+            )
+            .await
         }
     }
 }
